@@ -1,0 +1,196 @@
+//! Records shared by the kernel programs (`watcher-ebpf`) and the agent (`watcher`).
+//!
+//! Every record that crosses the ring buffer starts with a [`Header`] whose `kind` is one of the
+//! `KIND_*` tags. All structs are `#[repr(C)]` with explicit padding and no `bool`, so the layout
+//! is the same on both sides; the size assertions at the bottom keep it that way. Userspace
+//! decodes by checking the length, reading the header with `read_unaligned`, then the body.
+#![no_std]
+
+/// Bumped whenever a record layout changes; the agent refuses programs of another version.
+pub const ABI_VERSION: u32 = 1;
+
+pub const KIND_EXEC: u32 = 1;
+pub const KIND_FORK: u32 = 2;
+pub const KIND_EXIT: u32 = 3;
+pub const KIND_CONNECT: u32 = 4;
+pub const KIND_DNS_PACKET: u32 = 5;
+
+pub const COMM_LEN: usize = 16;
+pub const FILENAME_LEN: usize = 256;
+/// argv is copied as NUL-separated strings into this many bytes.
+pub const ARGS_LEN: usize = 2048;
+/// Each argument is read with at most this many bytes (the rest is truncated).
+pub const ARG_MAX_LEN: usize = 512;
+/// At most this many arguments are read.
+pub const MAX_ARGS: usize = 32;
+/// DNS payload bytes captured per packet.
+pub const DNS_PAYLOAD_LEN: usize = 1024;
+
+/// Maximum number of watched processes tracked in the kernel at once.
+pub const MAX_WATCHED: u32 = 65536;
+
+/// Common to every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub kind: u32,
+    /// Process id (thread-group id) of the task that caused the record.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent process id as the watcher knows it (the parent at fork time).
+    pub ppid: u32,
+    /// `bpf_ktime_get_boot_ns()` at the event.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Flags in [`ExecRecord::flags`].
+pub const EXEC_ARGS_TRUNCATED: u32 = 1;
+pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
+/// The kernel sent SIGKILL at exec entry (enforce mode).
+pub const EXEC_KILLED: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub hdr: Header,
+    /// Return value of execve (0 on success, -errno on failure).
+    pub ret: i32,
+    pub flags: u32,
+    pub argc: u32,
+    /// Bytes used in `args`.
+    pub args_len: u32,
+    pub filename: [u8; FILENAME_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkRecord {
+    pub hdr: Header,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitRecord {
+    pub hdr: Header,
+    /// The status passed to exit/exit_group, when `code_known` is 1. A process killed by a
+    /// signal never calls them; then `code_known` is 0.
+    pub exit_code: i32,
+    pub code_known: u32,
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `ConnectRecord::op`
+pub const OP_CONNECT: u8 = 1;
+/// An unconnected UDP send (sendto/sendmsg with an address).
+pub const OP_SENDMSG: u8 = 2;
+
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectRecord {
+    pub hdr: Header,
+    /// IPv4 addresses use the first 4 bytes; network byte order.
+    pub daddr: [u8; 16],
+    pub family: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub op: u8,
+    pub verdict: u8,
+    pub _pad: u8,
+}
+
+/// `DnsPacketRecord::direction`
+pub const DIR_EGRESS: u8 = 1;
+pub const DIR_INGRESS: u8 = 2;
+
+/// A DNS packet (query leaving or answer arriving) seen by the cgroup_skb programs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsPacketRecord {
+    pub hdr: Header,
+    /// Source and destination addresses, network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub direction: u8,
+    /// Length of the DNS payload on the wire (TCP: after the 2-byte length prefix is *not*
+    /// stripped; the agent strips it).
+    pub payload_len: u32,
+    /// How many bytes of `payload` are valid.
+    pub captured_len: u32,
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+    pub payload: [u8; DNS_PAYLOAD_LEN],
+}
+
+/// Value of the `WATCHED` map: one entry per watched process (keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcInfo {
+    pub ppid: u32,
+    /// Which job (run or daemon job) the process belongs to; 0 for `watcher run`.
+    pub job: u32,
+    /// Set by exit/exit_group: the status the process asked for.
+    pub exit_code: i32,
+    pub code_known: u32,
+}
+
+/// Value of the `SOCK_OWNER` map (keyed by socket cookie): which process uses a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockOwner {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Indexes of the per-CPU `COUNTERS` array: what the kernel could not deliver or track.
+pub const CNT_RINGBUF_FULL_EXEC: u32 = 0;
+pub const CNT_RINGBUF_FULL_FORK: u32 = 1;
+pub const CNT_RINGBUF_FULL_EXIT: u32 = 2;
+pub const CNT_RINGBUF_FULL_CONNECT: u32 = 3;
+pub const CNT_RINGBUF_FULL_DNS: u32 = 4;
+/// The `WATCHED` map was full: a new process could not be tracked.
+pub const CNT_WATCHED_FULL: u32 = 5;
+/// The per-thread exec scratch map was full.
+pub const CNT_EXEC_SCRATCH_FULL: u32 = 6;
+pub const NUM_COUNTERS: u32 = 8;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain-old-data, repr(C), explicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for ProcInfo {}
+    unsafe impl aya::Pod for SockOwner {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Header>() == 56);
+    assert!(core::mem::size_of::<ExecRecord>() == 56 + 16 + FILENAME_LEN + ARGS_LEN);
+    assert!(core::mem::size_of::<ForkRecord>() == 64);
+    assert!(core::mem::size_of::<ExitRecord>() == 64);
+    assert!(core::mem::size_of::<ConnectRecord>() == 56 + 24);
+    assert!(core::mem::size_of::<DnsPacketRecord>() == 112 + DNS_PAYLOAD_LEN);
+    assert!(core::mem::size_of::<ProcInfo>() == 16);
+    assert!(core::mem::size_of::<SockOwner>() == 32);
+};

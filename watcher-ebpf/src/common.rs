@@ -1,0 +1,53 @@
+//! Helpers shared by the programs: who is watched, headers, counters.
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+};
+use watcher_common::{Header, ProcInfo};
+
+use crate::maps::{COUNTERS, WATCHED, WATCHED_CGROUPS};
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // Per-CPU slot: no other writer.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// The watch entry of the current process, adding it when its cgroup is a watched one.
+#[inline(always)]
+pub fn watched_current() -> Option<ProcInfo> {
+    let tgid = current_tgid();
+    if let Some(info) = unsafe { WATCHED.get(&tgid) } {
+        return Some(*info);
+    }
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    let job = unsafe { WATCHED_CGROUPS.get(&cg) }?;
+    let info = ProcInfo { ppid: 0, job: *job, exit_code: 0, code_known: 0 };
+    if WATCHED.insert(&tgid, &info, 0).is_err() {
+        count(watcher_common::CNT_WATCHED_FULL);
+    }
+    Some(info)
+}
+
+/// Fill a header for the current task.
+#[inline(always)]
+pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    hdr.kind = kind;
+    hdr.pid = (pid_tgid >> 32) as u32;
+    hdr.tid = pid_tgid as u32;
+    hdr.ppid = ppid;
+    hdr.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hdr.uid = uid_gid as u32;
+    hdr.gid = (uid_gid >> 32) as u32;
+    hdr.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+}

@@ -1,0 +1,278 @@
+//! Process sensors: exec (filename + argv), fork (new processes, not threads) and exit.
+//! Offsets come from /sys/kernel/tracing/events/{syscalls,sched}/*/format.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_user_str,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use watcher_common::{
+    ARG_MAX_LEN, ARGS_LEN, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
+    CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
+    ExitRecord, FILENAME_LEN, ForkRecord, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, ProcInfo,
+};
+
+use crate::{
+    common::{count, current_tgid, fill_header, watched_current},
+    maps::{CLONE_FLAGS, EVENTS, EXEC_PENDING, EXEC_SCRATCH, WATCHED},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+// sys_enter_execve: filename @16, argv @24. sys_enter_execveat: filename @24, argv @32.
+#[tracepoint]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    exec_enter(&ctx, 16, 24);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    exec_enter(&ctx, 24, 32);
+    0
+}
+
+#[inline(always)]
+fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
+    let Some(info) = watched_current() else { return };
+    let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return };
+    let rec = unsafe { &mut *rec };
+    fill_header(&mut rec.hdr, KIND_EXEC, info.ppid);
+    rec.ret = 0;
+    rec.flags = 0;
+    rec.argc = 0;
+    rec.args_len = 0;
+
+    let filename: *const u8 = unsafe { ctx.read_at(filename_off) }.unwrap_or(core::ptr::null());
+    let n = unsafe {
+        bpf_probe_read_user_str(rec.filename.as_mut_ptr().cast(), FILENAME_LEN as u32, filename.cast())
+    };
+    if n <= 0 {
+        rec.filename[0] = 0;
+    } else if n as usize >= FILENAME_LEN {
+        rec.flags |= EXEC_FILENAME_TRUNCATED;
+    }
+
+    let argv: *const *const u8 = unsafe { ctx.read_at(argv_off) }.unwrap_or(core::ptr::null());
+    if !argv.is_null() {
+        read_args(rec, argv);
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
+        count(CNT_EXEC_SCRATCH_FULL);
+    }
+}
+
+#[inline(always)]
+fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
+    // Arguments are stored NUL-separated. `off` stays below ARGS_LEN - ARG_MAX_LEN so that each
+    // read of at most ARG_MAX_LEN bytes fits; the verifier sees the mask.
+    let mut off: usize = 0;
+    let mut argc: u32 = 0;
+    for i in 0..MAX_ARGS {
+        let p: *const u8 = match unsafe { bpf_probe_read_user(argv.wrapping_add(i)) } {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        if p.is_null() {
+            rec.argc = argc;
+            rec.args_len = off as u32;
+            return;
+        }
+        if off > ARGS_LEN - ARG_MAX_LEN {
+            rec.flags |= EXEC_ARGS_TRUNCATED;
+            break;
+        }
+        let at = off & (ARGS_LEN - 1);
+        let n = unsafe {
+            bpf_probe_read_user_str(
+                rec.args.as_mut_ptr().wrapping_add(at).cast(),
+                ARG_MAX_LEN as u32,
+                p.cast(),
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        if n as usize >= ARG_MAX_LEN {
+            rec.flags |= EXEC_ARGS_TRUNCATED;
+        }
+        off += n as usize;
+        argc += 1;
+    }
+    if argc as usize == MAX_ARGS {
+        // There may be more arguments than we read.
+        let more: *const u8 = unsafe { bpf_probe_read_user(argv.wrapping_add(MAX_ARGS)) }
+            .unwrap_or(core::ptr::null());
+        if !more.is_null() {
+            rec.flags |= EXEC_ARGS_TRUNCATED;
+        }
+    }
+    rec.argc = argc;
+    rec.args_len = off as u32;
+}
+
+#[tracepoint]
+pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
+    exec_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
+    exec_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn exec_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(rec) = EXEC_PENDING.get_ptr_mut(&tid) else { return };
+    let rec = unsafe { &mut *rec };
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    rec.ret = ret as i32;
+    if ret == 0 {
+        // After a successful exec the comm is the new program's and a non-leader thread
+        // that exec'd has become the leader.
+        rec.hdr.comm = bpf_get_current_comm().unwrap_or(rec.hdr.comm);
+        rec.hdr.pid = (pid_tgid >> 32) as u32;
+        rec.hdr.tid = tid;
+    }
+    // Failed attempts (PATH search ENOENT, ...) are not events; a killed one is.
+    if ret == 0 || rec.flags & watcher_common::EXEC_KILLED != 0 {
+        if EVENTS.output(rec, 0).is_err() {
+            count(CNT_RINGBUF_FULL_EXEC);
+        }
+    }
+    let _ = EXEC_PENDING.remove(&tid);
+}
+
+// clone flags, so sched_process_fork can tell processes from threads.
+#[tracepoint]
+pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
+    let flags: u64 = unsafe { ctx.read_at(16) }.unwrap_or(CLONE_THREAD);
+    note_clone(flags);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    // struct clone_args starts with `u64 flags`.
+    let uargs: *const u64 = unsafe { ctx.read_at(16) }.unwrap_or(core::ptr::null());
+    let flags = unsafe { bpf_probe_read_user(uargs) }.unwrap_or(CLONE_THREAD);
+    note_clone(flags);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fork(_ctx: TracePointContext) -> u32 {
+    note_clone(0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_vfork(_ctx: TracePointContext) -> u32 {
+    note_clone(0);
+    0
+}
+
+#[inline(always)]
+fn note_clone(flags: u64) {
+    let tgid = current_tgid();
+    if unsafe { WATCHED.get(&tgid) }.is_none() {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = CLONE_FLAGS.insert(&tid, &flags, 0);
+}
+
+// sched_process_fork: parent_pid @12, child_pid @20. Runs in the parent.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let flags = match unsafe { CLONE_FLAGS.get(&tid) } {
+        Some(f) => *f,
+        // No clone syscall in flight: a kernel-created thread (io_uring worker, ...).
+        None => return 0,
+    };
+    let _ = CLONE_FLAGS.remove(&tid);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let Some(info) = watched_current() else { return 0 };
+    let child: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
+    if child <= 0 {
+        return 0;
+    }
+    let child = child as u32;
+    let parent = current_tgid();
+    let child_info = ProcInfo { ppid: parent, job: info.job, exit_code: 0, code_known: 0 };
+    if WATCHED.insert(&child, &child_info, 0).is_err() {
+        count(CNT_WATCHED_FULL);
+    }
+    match EVENTS.reserve::<ForkRecord>(0) {
+        Some(mut entry) => {
+            let rec = unsafe { &mut *entry.as_mut_ptr() };
+            fill_header(&mut rec.hdr, KIND_FORK, info.ppid);
+            rec.child_pid = child;
+            rec._pad = 0;
+            entry.submit(0);
+        }
+        None => count(CNT_RINGBUF_FULL_FORK),
+    }
+    0
+}
+
+// sched_process_exit: pid @24, group_dead @32. Runs in the exiting task.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let _ = CLONE_FLAGS.remove(&tid);
+    let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    if group_dead == 0 {
+        return 0;
+    }
+    let Some(info) = (unsafe { WATCHED.get(&tgid) }).copied() else { return 0 };
+    match EVENTS.reserve::<ExitRecord>(0) {
+        Some(mut entry) => {
+            let rec = unsafe { &mut *entry.as_mut_ptr() };
+            fill_header(&mut rec.hdr, KIND_EXIT, info.ppid);
+            rec.exit_code = info.exit_code;
+            rec.code_known = info.code_known;
+            entry.submit(0);
+        }
+        None => count(CNT_RINGBUF_FULL_EXIT),
+    }
+    let _ = WATCHED.remove(&tgid);
+    0
+}
+
+// sys_enter_exit / sys_enter_exit_group: error_code @16.
+#[tracepoint]
+pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
+    note_exit_code(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_exit(ctx: TracePointContext) -> u32 {
+    note_exit_code(&ctx);
+    0
+}
+
+#[inline(always)]
+fn note_exit_code(ctx: &TracePointContext) {
+    let tgid = current_tgid();
+    if let Some(info) = WATCHED.get_ptr_mut(&tgid) {
+        let code: i64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+        unsafe {
+            (*info).exit_code = (code & 0xff) as i32;
+            (*info).code_known = 1;
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Every map the programs share with userspace.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use watcher_common::{ExecRecord, MAX_WATCHED, NUM_COUNTERS, ProcInfo, SockOwner};
+
+/// All records to userspace. Userspace may resize it before load (`--ringbuf-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Watched processes, keyed by tgid. A plain hash (not LRU) so nothing is evicted silently:
+/// an insert that fails is counted in COUNTERS[CNT_WATCHED_FULL].
+#[map]
+pub static WATCHED: HashMap<u32, ProcInfo> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// Cgroup v2 ids whose every process is watched (the cgroup of `watcher run`), value = job id.
+#[map]
+pub static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// clone flags of a thread's clone/clone3/fork/vfork in flight, keyed by tid, so that
+/// sched_process_fork can tell a new process from a new thread.
+#[map]
+pub static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// One scratch record per CPU to build an exec record (too big for the 512-byte stack).
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// exec records between sys_enter_execve and sys_exit_execve, keyed by tid.
+#[map]
+pub static EXEC_PENDING: HashMap<u32, ExecRecord> = HashMap::with_max_entries(4096, 0);
+
+/// Which watched process owns a socket (by socket cookie): filled by the connect/sendmsg hooks,
+/// read by the packet programs, which run without process context on ingress.
+#[map]
+pub static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU counters of what could not be delivered or tracked (indexes: CNT_*).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// Unconnected UDP destinations already reported per process, so a chatty UDP sender does not
+/// flood the ring buffer with the same destination. Value: unused.
+#[map]
+pub static UDP_SEEN: LruHashMap<crate::net::UdpKey, u8> = LruHashMap::with_max_entries(8192, 0);

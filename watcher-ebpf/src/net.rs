@@ -1,0 +1,110 @@
+//! Network sensors on the cgroup socket-address hooks: TCP/UDP connect and unconnected UDP
+//! sends, IPv4 and IPv6. Returning 1 lets the call proceed; 0 makes it fail with EPERM
+//! inside the kernel, before anything leaves the socket.
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie,
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use watcher_common::{
+    AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, KIND_CONNECT, OP_CONNECT,
+    OP_SENDMSG, SockOwner, VERDICT_ALLOW,
+};
+
+use crate::{
+    common::{count, fill_header, watched_current},
+    maps::{EVENTS, SOCK_OWNER, UDP_SEEN},
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpKey {
+    pub pid: u32,
+    pub port: u16,
+    pub family: u16,
+    pub addr: [u8; 16],
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET, OP_CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET6, OP_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET, OP_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET6, OP_SENDMSG)
+}
+
+#[inline(always)]
+fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
+    let Some(info) = watched_current() else { return 1 };
+    let sa = unsafe { &*ctx.sock_addr };
+
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        let ip6 = sa.user_ip6;
+        daddr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
+        daddr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
+        daddr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
+        daddr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
+    }
+    // user_port holds the port in network byte order in its low 16 bits.
+    let dport = u16::from_be(sa.user_port as u16);
+    let proto = sa.protocol as u8;
+    let verdict = VERDICT_ALLOW;
+
+    let mut owner = SockOwner::default();
+    fill_owner(&mut owner, info.ppid);
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
+
+    if op == OP_SENDMSG {
+        // Report each destination of unconnected UDP once per process.
+        let key = UdpKey { pid: owner.pid, port: dport, family, addr: daddr };
+        if unsafe { UDP_SEEN.get(&key) }.is_some() {
+            return 1;
+        }
+        let _ = UDP_SEEN.insert(&key, &1, 0);
+    }
+
+    match EVENTS.reserve::<ConnectRecord>(0) {
+        Some(mut entry) => {
+            let rec = unsafe { &mut *entry.as_mut_ptr() };
+            fill_header(&mut rec.hdr, KIND_CONNECT, info.ppid);
+            rec.daddr = daddr;
+            rec.family = family;
+            rec.dport = dport;
+            rec.proto = proto;
+            rec.op = op;
+            rec.verdict = verdict;
+            rec._pad = 0;
+            entry.submit(0);
+        }
+        None => count(CNT_RINGBUF_FULL_CONNECT),
+    }
+    1
+}
+
+#[inline(always)]
+fn fill_owner(owner: &mut SockOwner, ppid: u32) {
+    use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    owner.pid = (pid_tgid >> 32) as u32;
+    owner.ppid = ppid;
+    owner.uid = uid_gid as u32;
+    owner.gid = (uid_gid >> 32) as u32;
+    owner.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+}

@@ -1,0 +1,143 @@
+//! A cgroup v2 directory per watched step: created before the command starts, every process of
+//! the step is in it, and at the end everything left in it is killed and the directory removed.
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on unified systems, /sys/fs/cgroup/unified in
+/// hybrid mode. Read from /proc/self/mountinfo.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    parse_cgroup2_root(&info).ok_or_else(|| {
+        anyhow!("no cgroup v2 filesystem is mounted (looked in /proc/self/mountinfo); watcher needs cgroup v2 to scope its socket hooks")
+    })
+}
+
+fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
+    for line in mountinfo.lines() {
+        // ... mount-point ... - fstype source options
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            return left.split_whitespace().nth(4).map(PathBuf::from);
+        }
+    }
+    None
+}
+
+pub struct Cgroup {
+    path: PathBuf,
+    id: u64,
+    removed: bool,
+}
+
+impl Cgroup {
+    /// Create `<root>/<name>`. The name is made unique by the caller (pid + counter).
+    pub fn create(root: &Path, name: &str) -> anyhow::Result<Cgroup> {
+        let path = root.join(name);
+        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        let id = fs::metadata(&path)
+            .with_context(|| format!("reading cgroup {}", path.display()))?
+            .ino();
+        Ok(Cgroup { path, id, removed: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cgroup id the kernel reports (`bpf_get_current_cgroup_id`): the directory's inode.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Path of `cgroup.procs`, which a child writes "0" to, to move itself in.
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        fs::read_to_string(self.procs_file())
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kill every process in the cgroup and wait until it is empty (at most `timeout`).
+    pub fn kill_all(&self, timeout: Duration) -> anyhow::Result<()> {
+        let kill_file = self.path.join("cgroup.kill");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            // cgroup.kill (Linux >= 5.14) kills atomically, including processes forking now.
+            let atomic = fs::OpenOptions::new()
+                .write(true)
+                .open(&kill_file)
+                .and_then(|mut f| f.write_all(b"1"))
+                .is_ok();
+            if !atomic {
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("processes still alive in cgroup {} after SIGKILL", self.path.display());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kill what is left and remove the directory.
+    pub fn remove(&mut self) -> anyhow::Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        self.kill_all(Duration::from_secs(5))?;
+        // rmdir fails with EBUSY until the last task is fully gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e).with_context(|| format!("removing cgroup {}", self.path.display())),
+            }
+        }
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_mountinfo() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+                      27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(parse_cgroup2_root(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(parse_cgroup2_root("30 1 0:26 / /proc rw - proc proc rw\n"), None);
+    }
+}

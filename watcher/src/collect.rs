@@ -1,0 +1,247 @@
+//! Turns raw kernel records into log events: boot-time clock to wall clock, DNS packets into
+//! one `dns` event per query joined with its answer. Pure: time comes from the records (and
+//! from the caller for timeouts), so it is tested without a kernel.
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::{
+    dns,
+    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, Ts},
+    record::{Proto, Record, Task},
+};
+
+/// How long a query waits for its answer before it is logged unanswered.
+pub const DNS_ANSWER_TIMEOUT_NS: u64 = 2_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct QueryKey {
+    id: u16,
+    client: IpAddr,
+    client_port: u16,
+    server: IpAddr,
+    server_port: u16,
+}
+
+struct Pending {
+    boot_ns: u64,
+    events: Vec<Dns>,
+}
+
+pub struct Collector {
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME, nanoseconds.
+    clock_offset_ns: i128,
+    pending: HashMap<QueryKey, Pending>,
+}
+
+pub fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        n => format!("RCODE{n}"),
+    }
+}
+
+impl Collector {
+    pub fn new(clock_offset_ns: i128) -> Collector {
+        Collector { clock_offset_ns, pending: HashMap::new() }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> Ts {
+        Ts((boot_ns as i128 + self.clock_offset_ns).max(0) as u64)
+    }
+
+    fn proc(task: &Task) -> Proc {
+        Proc { pid: task.pid, ppid: task.ppid, comm: task.comm.clone(), uid: task.uid }
+    }
+
+    /// Queries still waiting for an answer.
+    pub fn pending_queries(&self) -> usize {
+        self.pending.values().map(|p| p.events.len()).sum()
+    }
+
+    pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
+        match rec {
+            Record::Exec { task, filename, argv, argv_truncated, .. } => out.push(Event::Exec(Exec {
+                ts: self.wall(task.boot_ns),
+                proc: Self::proc(&task),
+                filename,
+                argv,
+                argv_truncated,
+                cgroup_id: task.cgroup_id,
+            })),
+            Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
+                ts: self.wall(task.boot_ns),
+                proc: Proc { pid: child_pid, ppid: task.pid, comm: task.comm, uid: task.uid },
+            })),
+            Record::Exit { task, exit_code } => out.push(Event::Exit(Exit {
+                ts: self.wall(task.boot_ns),
+                proc: Self::proc(&task),
+                exit_code,
+            })),
+            Record::Connect { task, daddr, dport, proto, sendmsg, allowed } => {
+                out.push(Event::Connect(Connect {
+                    ts: self.wall(task.boot_ns),
+                    proc: Self::proc(&task),
+                    daddr,
+                    dport,
+                    proto,
+                    op: if sendmsg { "sendto" } else { "connect" }.into(),
+                    allowed,
+                }))
+            }
+            Record::DnsPacket { task, saddr, daddr, sport, dport, proto, egress, payload_len, payload, allowed } => {
+                let transport = if proto == Proto::Tcp { dns::Transport::Tcp } else { dns::Transport::Udp };
+                let parsed = dns::parse(&payload, transport);
+                if egress {
+                    self.on_query(task, saddr, sport, daddr, dport, proto, payload_len, allowed, parsed, out);
+                } else {
+                    self.on_answer(task, daddr, dport, saddr, sport, proto, payload_len, parsed, out);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_query(
+        &mut self,
+        task: Task,
+        client: IpAddr,
+        client_port: u16,
+        server: IpAddr,
+        server_port: u16,
+        proto: Proto,
+        payload_len: u32,
+        allowed: bool,
+        parsed: Result<dns::DnsMessage, dns::DnsError>,
+        out: &mut Vec<Event>,
+    ) {
+        let ts = self.wall(task.boot_ns);
+        let base = Dns {
+            ts,
+            proc: Self::proc(&task),
+            qname: String::new(),
+            qtype: String::new(),
+            server,
+            server_port,
+            proto,
+            id: 0,
+            rcode: None,
+            answers: None,
+            cnames: vec![],
+            error: None,
+            payload_len,
+            allowed,
+        };
+        let msg = match parsed {
+            Ok(m) if !m.questions.is_empty() => m,
+            Ok(_) => {
+                out.push(Event::Dns(Dns { error: Some("DNS message without a question".into()), ..base }));
+                return;
+            }
+            Err(e) => {
+                out.push(Event::Dns(Dns { error: Some(e.to_string()), ..base }));
+                return;
+            }
+        };
+        let events: Vec<Dns> = msg
+            .questions
+            .iter()
+            .map(|q| Dns { qname: q.name.clone(), qtype: q.qtype.clone(), id: msg.id, ..base.clone() })
+            .collect();
+        if !allowed {
+            // Dropped in the kernel: no answer will come.
+            out.extend(events.into_iter().map(Event::Dns));
+            return;
+        }
+        let key = QueryKey { id: msg.id, client, client_port, server, server_port };
+        // A retransmission of the same query replaces the first; the first is logged now.
+        if let Some(old) = self.pending.insert(key, Pending { boot_ns: task.boot_ns, events }) {
+            out.extend(old.events.into_iter().map(Event::Dns));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_answer(
+        &mut self,
+        task: Task,
+        client: IpAddr,
+        client_port: u16,
+        server: IpAddr,
+        server_port: u16,
+        proto: Proto,
+        payload_len: u32,
+        parsed: Result<dns::DnsMessage, dns::DnsError>,
+        out: &mut Vec<Event>,
+    ) {
+        let Ok(msg) = parsed else {
+            // An unparseable answer: the query (if any) stays pending and is logged unanswered.
+            return;
+        };
+        let answers = dns::resolved_ips(&msg);
+        let cnames: Vec<String> = msg
+            .answers
+            .iter()
+            .filter_map(|a| match &a.data {
+                dns::AnswerData::Name(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        let rcode = rcode_name(msg.rcode);
+        let key = QueryKey { id: msg.id, client, client_port, server, server_port };
+        let events = match self.pending.remove(&key) {
+            Some(p) => p.events,
+            None => {
+                // The answer to a query we did not see (sent before the watch began, or lost):
+                // still worth logging, since a later connect may use its addresses.
+                msg.questions
+                    .iter()
+                    .map(|q| Dns {
+                        ts: self.wall(task.boot_ns),
+                        proc: Self::proc(&task),
+                        qname: q.name.clone(),
+                        qtype: q.qtype.clone(),
+                        server,
+                        server_port,
+                        proto,
+                        id: msg.id,
+                        rcode: None,
+                        answers: None,
+                        cnames: vec![],
+                        error: None,
+                        payload_len,
+                        allowed: true,
+                    })
+                    .collect()
+            }
+        };
+        for mut e in events {
+            e.rcode = Some(rcode.clone());
+            e.answers = Some(answers.clone());
+            e.cnames = cnames.clone();
+            out.push(Event::Dns(e));
+        }
+    }
+
+    /// Log queries that waited longer than the timeout, unanswered.
+    pub fn expire(&mut self, now_boot_ns: u64, out: &mut Vec<Event>) {
+        let mut expired: Vec<(u64, Vec<Dns>)> = Vec::new();
+        self.pending.retain(|_, p| {
+            if now_boot_ns.saturating_sub(p.boot_ns) >= DNS_ANSWER_TIMEOUT_NS {
+                expired.push((p.boot_ns, std::mem::take(&mut p.events)));
+                false
+            } else {
+                true
+            }
+        });
+        expired.sort_by_key(|(t, _)| *t);
+        out.extend(expired.into_iter().flat_map(|(_, e)| e).map(Event::Dns));
+    }
+
+    /// At the end of a run: log every query still waiting, unanswered.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.expire(u64::MAX, out);
+    }
+}

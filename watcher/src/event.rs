@@ -1,0 +1,305 @@
+//! The event model: exactly what `--log` writes, one JSON object per line, and what `replay`
+//! reads back. Schema version [`SCHEMA_VERSION`]; the `start` record of each log names it.
+//! Field names are a contract with other tools: add fields, never rename or remove them
+//! without bumping the version.
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::record::Proto;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Wall-clock time of an event, nanoseconds since the Unix epoch, written as RFC 3339 UTC
+/// with nanoseconds (`2026-11-23T19:10:00.123456789Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Ts(pub u64);
+
+impl Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.0);
+        s.collect_str(&humantime::format_rfc3339_nanos(t))
+    }
+}
+
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let t = humantime::parse_rfc3339(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid timestamp {s:?} (want RFC 3339): {e}"))
+        })?;
+        let ns = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| serde::de::Error::custom("timestamp before 1970"))?
+            .as_nanos();
+        Ok(Ts(ns as u64))
+    }
+}
+
+/// The process an event belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub uid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Event {
+    Start(Start),
+    Exec(Exec),
+    Fork(Fork),
+    Exit(Exit),
+    Connect(Connect),
+    Dns(Dns),
+    Loss(Loss),
+    Alert(Alert),
+    End(End),
+}
+
+impl Event {
+    pub fn ts(&self) -> Ts {
+        match self {
+            Event::Start(e) => e.ts,
+            Event::Exec(e) => e.ts,
+            Event::Fork(e) => e.ts,
+            Event::Exit(e) => e.ts,
+            Event::Connect(e) => e.ts,
+            Event::Dns(e) => e.ts,
+            Event::Loss(e) => e.ts,
+            Event::Alert(e) => e.ts,
+            Event::End(e) => e.ts,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Start(_) => "start",
+            Event::Exec(_) => "exec",
+            Event::Fork(_) => "fork",
+            Event::Exit(_) => "exit",
+            Event::Connect(_) => "connect",
+            Event::Dns(_) => "dns",
+            Event::Loss(_) => "loss",
+            Event::Alert(_) => "alert",
+            Event::End(_) => "end",
+        }
+    }
+}
+
+/// First record of every log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub ts: Ts,
+    pub schema: u32,
+    pub watcher: String,
+    /// `run`, `daemon` or `drill`.
+    pub mode: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The watcher's own pid (the parent of the watched command).
+    pub pid: u32,
+    #[serde(default)]
+    pub sensors: Vec<SensorState>,
+    /// Resolvers from /etc/resolv.conf at the time of the run.
+    #[serde(default)]
+    pub resolvers: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorState {
+    pub name: String,
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exec {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub filename: String,
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub argv_truncated: bool,
+    #[serde(default)]
+    pub cgroup_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fork {
+    pub ts: Ts,
+    /// The new process: `pid` is the child, `ppid` the process that forked it,
+    /// `comm` the child's (inherited) command name.
+    #[serde(flatten)]
+    pub proc: Proc,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    /// Status passed to exit(); absent when the process was killed by a signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connect {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub proto: Proto,
+    /// `connect`, or `sendto` for an unconnected UDP send (reported once per destination and
+    /// process).
+    pub op: String,
+    /// false when the kernel denied it (enforce mode).
+    pub allowed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dns {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub qname: String,
+    pub qtype: String,
+    pub server: IpAddr,
+    #[serde(default = "dns_port")]
+    pub server_port: u16,
+    pub proto: Proto,
+    pub id: u16,
+    /// DNS response code (`NOERROR`, `NXDOMAIN`, ...); absent when no answer was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+    /// Addresses from the answer; absent when no answer was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<IpAddr>>,
+    /// CNAME targets in the answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cnames: Vec<String>,
+    /// The payload to port 53 was not a DNS query this watcher could parse (`qname` is empty);
+    /// `error` says why. Never dropped: it may be data leaving over port 53.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub payload_len: u32,
+    pub allowed: bool,
+}
+
+fn dns_port() -> u16 {
+    53
+}
+
+/// Events the kernel could not deliver (ring buffer full) or track (map full), counted in the
+/// kernel and reported here as they happen, and in the summary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    pub ts: Ts,
+    /// What was lost: `exec`, `fork`, `exit`, `connect`, `dns`, `watch` (process not tracked),
+    /// `exec-scratch`, `decode`.
+    pub source: String,
+    /// Lost since the previous loss event for this source.
+    pub count: u64,
+    /// Lost since the start of the run.
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub ts: Ts,
+    pub rule: String,
+    /// `flag`, `deny` or `kill`.
+    pub action: String,
+    /// `low`, `medium`, `high`, `critical`.
+    pub severity: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    pub message: String,
+}
+
+/// Last record of a log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct End {
+    pub ts: Ts,
+    /// The command's exit code (128+N when killed by signal N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub lost: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_round_trips_through_rfc3339() {
+        let ts = Ts(1_795_000_000_123_456_789);
+        let s = serde_json::to_string(&ts).unwrap();
+        assert!(s.ends_with(".123456789Z\""), "{s}");
+        assert_eq!(serde_json::from_str::<Ts>(&s).unwrap(), ts);
+        assert!(serde_json::from_str::<Ts>("\"yesterday\"").is_err());
+    }
+
+    #[test]
+    fn connect_has_the_documented_field_names() {
+        let e = Event::Connect(Connect {
+            ts: Ts(0),
+            proc: Proc { pid: 5, ppid: 1, comm: "curl".into(), uid: 0 },
+            daddr: "::1".parse().unwrap(),
+            dport: 8080,
+            proto: Proto::Tcp,
+            op: "connect".into(),
+            allowed: true,
+        });
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["kind"], "connect");
+        assert_eq!(v["pid"], 5);
+        assert_eq!(v["ppid"], 1);
+        assert_eq!(v["comm"], "curl");
+        assert_eq!(v["daddr"], "::1");
+        assert_eq!(v["dport"], 8080);
+        assert_eq!(v["proto"], "tcp");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn dns_answers_absent_until_answered() {
+        let mut d = Dns {
+            ts: Ts(0),
+            proc: Proc::default(),
+            qname: "example.test".into(),
+            qtype: "A".into(),
+            server: "127.0.0.1".parse().unwrap(),
+            server_port: 53,
+            proto: Proto::Udp,
+            id: 1,
+            rcode: None,
+            answers: None,
+            cnames: vec![],
+            error: None,
+            payload_len: 30,
+            allowed: true,
+        };
+        let v = serde_json::to_value(Event::Dns(d.clone())).unwrap();
+        assert!(v.get("answers").is_none());
+        d.answers = Some(vec!["10.0.0.1".parse().unwrap()]);
+        let v = serde_json::to_value(Event::Dns(d)).unwrap();
+        assert_eq!(v["answers"][0], "10.0.0.1");
+        assert_eq!(v["qname"], "example.test");
+        assert_eq!(v["qtype"], "A");
+        assert_eq!(v["server"], "127.0.0.1");
+    }
+}

@@ -1,0 +1,17 @@
+//! watcher: an eBPF build-sandbox egress and syscall watcher.
+//!
+//! The library holds everything but the CLI so that tests and benchmarks reach the same code.
+//! Only `sensor` touches aya; `record`, `collect`, `event`, `dns`, `policy` and `secrets` are
+//! pure and tested without a kernel.
+pub mod cgroup;
+pub mod collect;
+pub mod dns;
+pub mod event;
+pub mod exitcode;
+pub mod log;
+pub mod policy;
+pub mod record;
+pub mod report;
+pub mod run;
+pub mod secrets;
+pub mod sensor;

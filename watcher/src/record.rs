@@ -1,0 +1,337 @@
+//! Decoding of the fixed-layout records the kernel programs put in the ring buffer.
+//!
+//! Each record is length-checked and read with `read_unaligned`; the tag is matched against the
+//! known `KIND_*` values, never transmuted. Pure: no aya, no I/O.
+use std::net::IpAddr;
+
+use watcher_common as c;
+
+/// Task fields common to every record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    /// Nanoseconds since boot (CLOCK_BOOTTIME).
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Exec {
+        task: Task,
+        ret: i32,
+        filename: String,
+        argv: Vec<String>,
+        argv_truncated: bool,
+        killed: bool,
+    },
+    Fork {
+        task: Task,
+        child_pid: u32,
+    },
+    Exit {
+        task: Task,
+        exit_code: Option<i32>,
+    },
+    Connect {
+        task: Task,
+        daddr: IpAddr,
+        dport: u16,
+        proto: Proto,
+        /// true for an unconnected UDP send (sendto/sendmsg with an address).
+        sendmsg: bool,
+        allowed: bool,
+    },
+    DnsPacket {
+        task: Task,
+        saddr: IpAddr,
+        daddr: IpAddr,
+        sport: u16,
+        dport: u16,
+        proto: Proto,
+        egress: bool,
+        payload_len: u32,
+        payload: Vec<u8>,
+        allowed: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Other,
+}
+
+impl Proto {
+    fn from_ip_proto(p: u8) -> Proto {
+        match p {
+            c::PROTO_TCP => Proto::Tcp,
+            c::PROTO_UDP => Proto::Udp,
+            _ => Proto::Other,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than a header")]
+    Short(usize),
+    #[error("record kind {kind} needs {need} bytes, got {got}")]
+    Truncated { kind: u32, need: usize, got: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if buf.len() < need {
+        return Err(DecodeError::Truncated { kind, need, got: buf.len() });
+    }
+    // SAFETY: length checked above; T is a repr(C) plain-old-data record for which every bit
+    // pattern is valid; read_unaligned makes no alignment assumption.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+/// Bytes up to the first NUL, lossily as UTF-8.
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn task(h: &c::Header) -> Task {
+    Task {
+        pid: h.pid,
+        tid: h.tid,
+        ppid: h.ppid,
+        boot_ns: h.ts_ns,
+        cgroup_id: h.cgroup_id,
+        uid: h.uid,
+        gid: h.gid,
+        comm: cstr(&h.comm),
+    }
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == c::AF_INET {
+        IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+    } else {
+        IpAddr::from(*raw)
+    }
+}
+
+/// Split the NUL-separated argv blob into at most `argc` strings.
+fn split_args(blob: &[u8], argc: u32) -> Vec<String> {
+    blob.split(|&b| b == 0)
+        .take(argc as usize)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
+    if buf.len() < std::mem::size_of::<c::Header>() {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    let hdr: c::Header = read(buf, 0)?;
+    match hdr.kind {
+        c::KIND_EXEC => {
+            let r: c::ExecRecord = read(buf, hdr.kind)?;
+            let used = (r.args_len as usize).min(r.args.len());
+            Ok(Record::Exec {
+                task: task(&r.hdr),
+                ret: r.ret,
+                filename: cstr(&r.filename),
+                argv: split_args(&r.args[..used], r.argc),
+                argv_truncated: r.flags & c::EXEC_ARGS_TRUNCATED != 0,
+                killed: r.flags & c::EXEC_KILLED != 0,
+            })
+        }
+        c::KIND_FORK => {
+            let r: c::ForkRecord = read(buf, hdr.kind)?;
+            Ok(Record::Fork { task: task(&r.hdr), child_pid: r.child_pid })
+        }
+        c::KIND_EXIT => {
+            let r: c::ExitRecord = read(buf, hdr.kind)?;
+            Ok(Record::Exit {
+                task: task(&r.hdr),
+                exit_code: (r.code_known != 0).then_some(r.exit_code),
+            })
+        }
+        c::KIND_CONNECT => {
+            let r: c::ConnectRecord = read(buf, hdr.kind)?;
+            Ok(Record::Connect {
+                task: task(&r.hdr),
+                daddr: ip(r.family, &r.daddr),
+                dport: r.dport,
+                proto: Proto::from_ip_proto(r.proto),
+                sendmsg: r.op == c::OP_SENDMSG,
+                allowed: r.verdict != c::VERDICT_DENY,
+            })
+        }
+        c::KIND_DNS_PACKET => {
+            let r: c::DnsPacketRecord = read(buf, hdr.kind)?;
+            let n = (r.captured_len as usize).min(r.payload.len());
+            Ok(Record::DnsPacket {
+                task: task(&r.hdr),
+                saddr: ip(r.family, &r.saddr),
+                daddr: ip(r.family, &r.daddr),
+                sport: r.sport,
+                dport: r.dport,
+                proto: Proto::from_ip_proto(r.proto),
+                egress: r.direction == c::DIR_EGRESS,
+                payload_len: r.payload_len,
+                payload: r.payload[..n].to_vec(),
+                allowed: r.verdict != c::VERDICT_DENY,
+            })
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) POD value for the test.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn hdr(kind: u32) -> c::Header {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"node");
+        c::Header { kind, pid: 42, tid: 43, ppid: 7, ts_ns: 1_000, cgroup_id: 99, uid: 1000, gid: 1000, comm }
+    }
+
+    #[test]
+    fn exec_round_trip() {
+        let mut r = c::ExecRecord {
+            hdr: hdr(c::KIND_EXEC),
+            ret: 0,
+            flags: c::EXEC_ARGS_TRUNCATED,
+            argc: 3,
+            args_len: 0,
+            filename: [0; c::FILENAME_LEN],
+            args: [0; c::ARGS_LEN],
+        };
+        r.filename[..7].copy_from_slice(b"/bin/sh");
+        let blob = b"sh\0-c\0echo hi\0";
+        r.args[..blob.len()].copy_from_slice(blob);
+        r.args_len = blob.len() as u32;
+        let rec = decode(&bytes_of(&r)).unwrap();
+        match rec {
+            Record::Exec { task, filename, argv, argv_truncated, killed, ret } => {
+                assert_eq!(task.pid, 42);
+                assert_eq!(task.ppid, 7);
+                assert_eq!(task.comm, "node");
+                assert_eq!(filename, "/bin/sh");
+                assert_eq!(argv, vec!["sh", "-c", "echo hi"]);
+                assert!(argv_truncated);
+                assert!(!killed);
+                assert_eq!(ret, 0);
+            }
+            other => panic!("wrong record {other:?}"),
+        }
+    }
+
+    #[test]
+    fn connect_v4_and_v6() {
+        let mut r = c::ConnectRecord { hdr: hdr(c::KIND_CONNECT), ..Default::default() };
+        r.family = c::AF_INET;
+        r.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        r.dport = 443;
+        r.proto = c::PROTO_TCP;
+        r.op = c::OP_CONNECT;
+        r.verdict = c::VERDICT_DENY;
+        match decode(&bytes_of(&r)).unwrap() {
+            Record::Connect { daddr, dport, proto, sendmsg, allowed, .. } => {
+                assert_eq!(daddr, "10.1.2.3".parse::<IpAddr>().unwrap());
+                assert_eq!(dport, 443);
+                assert_eq!(proto, Proto::Tcp);
+                assert!(!sendmsg);
+                assert!(!allowed);
+            }
+            other => panic!("wrong record {other:?}"),
+        }
+        r.family = c::AF_INET6;
+        r.daddr = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        r.proto = c::PROTO_UDP;
+        r.op = c::OP_SENDMSG;
+        r.verdict = c::VERDICT_ALLOW;
+        match decode(&bytes_of(&r)).unwrap() {
+            Record::Connect { daddr, proto, sendmsg, allowed, .. } => {
+                assert_eq!(daddr, "2001:db8::1".parse::<IpAddr>().unwrap());
+                assert_eq!(proto, Proto::Udp);
+                assert!(sendmsg);
+                assert!(allowed);
+            }
+            other => panic!("wrong record {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dns_packet_payload_is_bounded_by_captured_len() {
+        let mut r = c::DnsPacketRecord {
+            hdr: hdr(c::KIND_DNS_PACKET),
+            saddr: [0; 16],
+            daddr: [0; 16],
+            family: c::AF_INET,
+            sport: 40000,
+            dport: 53,
+            proto: c::PROTO_UDP,
+            direction: c::DIR_EGRESS,
+            payload_len: 5000,
+            captured_len: 3,
+            verdict: c::VERDICT_ALLOW,
+            _pad: [0; 7],
+            payload: [7; c::DNS_PAYLOAD_LEN],
+        };
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 53]);
+        match decode(&bytes_of(&r)).unwrap() {
+            Record::DnsPacket { payload, payload_len, egress, daddr, .. } => {
+                assert_eq!(payload, vec![7, 7, 7]);
+                assert_eq!(payload_len, 5000);
+                assert!(egress);
+                assert_eq!(daddr, "127.0.0.53".parse::<IpAddr>().unwrap());
+            }
+            other => panic!("wrong record {other:?}"),
+        }
+        // A lying captured_len can never read past the record.
+        r.captured_len = 1_000_000;
+        match decode(&bytes_of(&r)).unwrap() {
+            Record::DnsPacket { payload, .. } => assert_eq!(payload.len(), c::DNS_PAYLOAD_LEN),
+            other => panic!("wrong record {other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short(10)));
+        let h = hdr(77);
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(77)));
+        let h = hdr(c::KIND_EXEC);
+        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Truncated { kind: 1, .. })));
+    }
+
+    #[test]
+    fn exit_code_known_or_not() {
+        let r = c::ExitRecord { hdr: hdr(c::KIND_EXIT), exit_code: 3, code_known: 1 };
+        assert!(matches!(decode(&bytes_of(&r)).unwrap(), Record::Exit { exit_code: Some(3), .. }));
+        let r = c::ExitRecord { hdr: hdr(c::KIND_EXIT), exit_code: 0, code_known: 0 };
+        assert!(matches!(decode(&bytes_of(&r)).unwrap(), Record::Exit { exit_code: None, .. }));
+    }
+}

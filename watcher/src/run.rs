@@ -1,0 +1,340 @@
+//! `watcher run -- CMD`: run one command in a fresh cgroup, watch exactly its process tree,
+//! log its events, and clean everything up.
+use std::{
+    ffi::CString,
+    io::Write as _,
+    os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cgroup::{Cgroup, cgroup2_root},
+    collect::Collector,
+    event::{End, Event, Loss, SCHEMA_VERSION, Start, Ts},
+    exitcode,
+    log::LogWriter,
+    record,
+    report::{Summary, event_line},
+    sensor::{COUNTER_NAMES, Sensor, SensorConfig},
+};
+
+pub struct RunOptions {
+    pub command: Vec<String>,
+    pub log: Option<PathBuf>,
+    pub quiet: bool,
+    pub ringbuf_bytes: u32,
+}
+
+/// CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds: converts kernel timestamps to wall time.
+pub fn clock_offset_ns() -> i128 {
+    use nix::time::{ClockId, clock_gettime};
+    let ns = |c| clock_gettime(c).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0);
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_BOOTTIME)
+}
+
+pub fn boot_now_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+pub fn now_ts() -> Ts {
+    Ts(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0))
+}
+
+/// Resolvers named in /etc/resolv.conf.
+pub fn system_resolvers() -> Vec<std::net::IpAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .filter_map(|ip| ip.trim().split('%').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Everything the run loop feeds events to: log, terminal, summary.
+struct Sinks {
+    log: Option<LogWriter>,
+    quiet: bool,
+    summary: Summary,
+    root_pid: u32,
+    watcher_pid: u32,
+}
+
+impl Sinks {
+    fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
+        // The command itself was forked by us before the kernel knew it: its parent is watcher.
+        if let Event::Exec(x) = &mut e {
+            if x.proc.pid == self.root_pid && x.proc.ppid == 0 {
+                x.proc.ppid = self.watcher_pid;
+            }
+        }
+        if !self.quiet {
+            if let Some(line) = event_line(&e) {
+                eprintln!("watcher: {line}");
+            }
+        }
+        self.summary.add(&e);
+        if let Some(log) = &mut self.log {
+            log.write(&e)?;
+        }
+        Ok(())
+    }
+}
+
+struct LossTracker {
+    seen: [u64; COUNTER_NAMES.len()],
+    decode_errors: u64,
+    decode_reported: u64,
+}
+
+impl LossTracker {
+    fn check(&mut self, sensor: &Sensor, sinks: &mut Sinks) -> anyhow::Result<()> {
+        let totals = sensor.counters()?;
+        for (i, &t) in totals.iter().enumerate() {
+            if t > self.seen[i] {
+                let e = Event::Loss(Loss { ts: now_ts(), source: COUNTER_NAMES[i].into(), count: t - self.seen[i], total: t });
+                self.seen[i] = t;
+                sinks.emit(e)?;
+            }
+        }
+        if self.decode_errors > self.decode_reported {
+            let e = Event::Loss(Loss {
+                ts: now_ts(),
+                source: "decode".into(),
+                count: self.decode_errors - self.decode_reported,
+                total: self.decode_errors,
+            });
+            self.decode_reported = self.decode_errors;
+            sinks.emit(e)?;
+        }
+        Ok(())
+    }
+}
+
+fn process(
+    batch: &mut Vec<Result<record::Record, record::DecodeError>>,
+    collector: &mut Collector,
+    loss: &mut LossTracker,
+    sinks: &mut Sinks,
+) -> anyhow::Result<()> {
+    let mut events = Vec::with_capacity(batch.len());
+    for r in batch.drain(..) {
+        match r {
+            Ok(rec) => collector.push(rec, &mut events),
+            Err(e) => {
+                tracing::debug!("undecodable record: {e}");
+                loss.decode_errors += 1;
+            }
+        }
+    }
+    for e in events {
+        sinks.emit(e)?;
+    }
+    Ok(())
+}
+
+/// Run the command; returns the exit code watcher should exit with.
+pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
+    if opts.command.is_empty() {
+        bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
+    }
+    let watcher_pid = std::process::id();
+    // Open the log first: a bad path is the user's error to hear about before anything runs.
+    let log = match &opts.log {
+        Some(p) => Some(LogWriter::create(p)?),
+        None => None,
+    };
+
+    let root = cgroup2_root()?;
+    if !nix::unistd::geteuid().is_root() {
+        // Sensor::load says this precisely; check before creating anything.
+        Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: root.clone() })?;
+    }
+    let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
+    let mut sensor = Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: cgroup.path().to_path_buf() })?;
+    sensor.watch_cgroup(cgroup.id(), 0)?;
+
+    let mut sinks = Sinks { log, quiet: opts.quiet, summary: Summary::default(), root_pid: 0, watcher_pid };
+    sinks.emit(Event::Start(Start {
+        ts: now_ts(),
+        schema: SCHEMA_VERSION,
+        watcher: env!("CARGO_PKG_VERSION").into(),
+        mode: "run".into(),
+        command: opts.command.clone(),
+        pid: watcher_pid,
+        sensors: sensor.states().to_vec(),
+        resolvers: system_resolvers(),
+    }))?;
+    if !opts.quiet {
+        let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
+        eprintln!("watcher: sensors active: {}; watching cgroup {}", active.join(", "), cgroup.path().display());
+    }
+
+    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let mut child = match spawn(&opts.command, &cgroup, tty) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => exitcode::NOT_FOUND,
+                std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
+                _ => exitcode::WATCHER_ERROR,
+            };
+            eprintln!("watcher: cannot run {}: {e}", opts.command[0]);
+            sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(code), lost: 0 }))?;
+            if let Some(log) = &mut sinks.log {
+                log.finish()?;
+            }
+            cgroup.remove()?;
+            return Ok(code);
+        }
+    };
+    let child_pid = child.id().unwrap_or(0);
+    sinks.root_pid = child_pid;
+    sensor.watch_pid(child_pid, watcher_pid, 0)?;
+
+    let mut collector = Collector::new(clock_offset_ns());
+    let mut loss = LossTracker { seen: [0; COUNTER_NAMES.len()], decode_errors: 0, decode_reported: 0 };
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut sigs = Vec::new();
+    for k in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit(),
+              SignalKind::user_defined1(), SignalKind::user_defined2()] {
+        sigs.push((k, signal(k).context("installing signal handlers")?));
+    }
+    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    for (kind, mut s) in sigs {
+        let tx = sig_tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = tx.send(kind.as_raw_value());
+            }
+        });
+    }
+
+    let status = loop {
+        tokio::select! {
+            r = sensor.wait_and_drain(&mut batch) => {
+                r?;
+                process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
+            }
+            st = child.wait() => break st.context("waiting for the command")?,
+            Some(sig) = sig_rx.recv() => {
+                if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child_pid as i32), sig);
+                }
+            }
+            _ = tick.tick() => {
+                let mut ev = Vec::new();
+                collector.expire(boot_now_ns(), &mut ev);
+                for e in ev { sinks.emit(e)?; }
+                loss.check(&sensor, &mut sinks)?;
+                if let Some(log) = &mut sinks.log { log.flush()?; }
+            }
+        }
+    };
+    if tty {
+        reclaim_terminal();
+    }
+
+    // The command is done: nothing of its tree may outlive the step. Processes that left the
+    // cgroup (only root can) are still tracked by pid in the kernel; kill those too.
+    let survivors = cgroup.pids();
+    if !survivors.is_empty() && !opts.quiet {
+        eprintln!("watcher: killing {} process(es) left behind by the command", survivors.len());
+    }
+    cgroup.kill_all(Duration::from_secs(5))?;
+    for pid in sensor.watched_pids() {
+        if pid != watcher_pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // Let the exit records of the killed processes arrive, then take everything left.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sensor.drain(&mut batch);
+    process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
+    let mut ev = Vec::new();
+    collector.finish(&mut ev);
+    for e in ev {
+        sinks.emit(e)?;
+    }
+    loss.check(&sensor, &mut sinks)?;
+
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => exitcode::WATCHER_ERROR,
+    };
+    let lost = sinks.summary.lost_total();
+    sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(code), lost }))?;
+    if let Some(log) = &mut sinks.log {
+        log.finish()?;
+    }
+    drop(sensor); // detaches every program (the links are owned by this process)
+    cgroup.remove()?;
+    eprint!("{}", prefix_lines(&sinks.summary.render(), "watcher: "));
+    Ok(code)
+}
+
+fn prefix_lines(s: &str, p: &str) -> String {
+    s.lines().map(|l| format!("{p}{l}\n")).collect()
+}
+
+/// Start the command in its own process group inside the cgroup. When stdin is a terminal the
+/// child's group becomes the terminal's foreground group, as a shell would do, so the terminal
+/// (Ctrl-C, Ctrl-Z, reads) behaves exactly as if the command ran directly.
+fn spawn(command: &[String], cgroup: &Cgroup, tty: bool) -> std::io::Result<tokio::process::Child> {
+    let procs = CString::new(cgroup.procs_file().into_os_string().into_encoded_bytes())
+        .map_err(|_| std::io::Error::other("cgroup path contains NUL"))?;
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).process_group(0).kill_on_drop(false);
+    // SAFETY: only async-signal-safe calls (open, write, close, signal, tcsetpgrp, getpid)
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if !ok {
+                return Err(err);
+            }
+            if tty {
+                let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, libc::getpid());
+                libc::signal(libc::SIGTTOU, old);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Make watcher's own process group the terminal's foreground group again.
+fn reclaim_terminal() {
+    // SAFETY: plain libc calls on our own process.
+    unsafe {
+        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(0, libc::getpgrp());
+        libc::signal(libc::SIGTTOU, old);
+    }
+    let _ = std::io::stderr().flush();
+}

@@ -1,0 +1,238 @@
+//! The only module that touches aya: loads the kernel programs, attaches them, fills the
+//! watch maps, drains the ring buffer and reads the loss counters.
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
+};
+use tokio::io::unix::AsyncFd;
+use watcher_common::{NUM_COUNTERS, ProcInfo};
+
+use crate::{event::SensorState, record};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
+
+/// Tracepoints: (program name, category, tracepoint name).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
+    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("sys_exit_execve", "syscalls", "sys_exit_execve"),
+    ("sys_exit_execveat", "syscalls", "sys_exit_execveat"),
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
+    ("sys_enter_fork", "syscalls", "sys_enter_fork"),
+    ("sys_enter_vfork", "syscalls", "sys_enter_vfork"),
+    ("sys_enter_exit", "syscalls", "sys_enter_exit"),
+    ("sys_enter_exit_group", "syscalls", "sys_enter_exit_group"),
+    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+const SOCK_ADDR_PROGS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Names of the per-CPU counters, by index (see watcher_common::CNT_*).
+pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] =
+    ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "reserved"];
+
+pub struct SensorConfig {
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+    /// The cgroup v2 directory the socket and packet hooks attach to.
+    pub cgroup: PathBuf,
+}
+
+pub struct Sensor {
+    ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    states: Vec<SensorState>,
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "watcher needs root to load its eBPF programs (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and \
+             CAP_SYS_ADMIN): run it with sudo, or use `watcher replay`, which needs no privileges"
+        );
+    }
+    Ok(())
+}
+
+fn ensure_tracefs() -> anyhow::Result<()> {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("nodev"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("tracefs is not mounted at /sys/kernel/tracing and mounting it failed; tracepoints need it")
+}
+
+fn explain_load_error(what: &str, e: impl std::error::Error) -> anyhow::Error {
+    let mut detail = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    // A verifier log can be thousands of lines; its last lines say why.
+    let lines: Vec<&str> = detail.lines().collect();
+    if lines.len() > 12 {
+        detail = format!("{}\n[...]\n{}", lines[0], lines[lines.len() - 10..].join("\n"));
+    }
+    anyhow!(
+        "the kernel refused watcher's {what}: {detail}. watcher needs Linux >= 5.8 with BPF ring \
+         buffers, syscall and sched tracepoints, cgroup v2, and the cgroup_sock_addr and \
+         cgroup_skb program types"
+    )
+}
+
+impl Sensor {
+    /// Load and attach everything. Fails with one sentence naming what is missing.
+    pub fn load(cfg: &SensorConfig) -> anyhow::Result<Sensor> {
+        require_root()?;
+        if EBPF_OBJECT.is_empty() {
+            bail!("this watcher binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild it with scripts/setup.sh");
+        }
+        // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+        let _ = nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+            nix::sys::resource::RLIM_INFINITY,
+            nix::sys::resource::RLIM_INFINITY,
+        );
+        ensure_tracefs()?;
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| explain_load_error("eBPF object (maps and BTF)", e))?;
+        let mut states = Vec::new();
+
+        for (prog, category, name) in TRACEPOINTS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
+                .try_into()?;
+            p.load().map_err(|e| explain_load_error(&format!("tracepoint program {prog}"), e))?;
+            p.attach(category, name)
+                .map_err(|e| explain_load_error(&format!("attachment to tracepoint {category}/{name}"), e))?;
+        }
+        states.push(SensorState {
+            name: "process".into(),
+            active: true,
+            detail: Some("tracepoints: execve/execveat, clone/fork, sched_process_fork/exit".into()),
+        });
+
+        let cgroup = std::fs::File::open(&cfg.cgroup)
+            .with_context(|| format!("cannot open cgroup {}", cfg.cgroup.display()))?;
+        for prog in SOCK_ADDR_PROGS {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
+                .try_into()?;
+            p.load().map_err(|e| explain_load_error(&format!("cgroup_sock_addr program {prog}"), e))?;
+            p.attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| explain_load_error(&format!("attachment of {prog} to {}", cfg.cgroup.display()), e))?;
+        }
+        states.push(SensorState {
+            name: "network".into(),
+            active: true,
+            detail: Some("cgroup_sock_addr: connect4/6, sendmsg4/6 (TCP, UDP, io_uring)".into()),
+        });
+
+        for (prog, ty) in [("dns_egress", CgroupSkbAttachType::Egress), ("dns_ingress", CgroupSkbAttachType::Ingress)] {
+            let p: &mut CgroupSkb = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
+                .try_into()?;
+            p.load().map_err(|e| explain_load_error(&format!("cgroup_skb program {prog}"), e))?;
+            p.attach(cgroup.as_fd(), ty, CgroupAttachMode::Single)
+                .map_err(|e| explain_load_error(&format!("attachment of {prog} to {}", cfg.cgroup.display()), e))?;
+        }
+        states.push(SensorState {
+            name: "dns".into(),
+            active: true,
+            detail: Some("cgroup_skb egress/ingress: port 53 over UDP and TCP, queries and answers".into()),
+        });
+        states.push(SensorState {
+            name: "fentry/lsm".into(),
+            active: false,
+            detail: Some("not used: tracepoints and cgroup hooks cover every sensor".into()),
+        });
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
+        // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
+        // open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))?;
+        Ok(Sensor { ebpf, ring, states })
+    }
+
+    pub fn states(&self) -> &[SensorState] {
+        &self.states
+    }
+
+    pub fn watch_cgroup(&mut self, cgroup_id: u64, job: u32) -> anyhow::Result<()> {
+        let mut m: HashMap<_, u64, u32> =
+            HashMap::try_from(self.ebpf.map_mut("WATCHED_CGROUPS").ok_or_else(|| anyhow!("no WATCHED_CGROUPS map"))?)?;
+        m.insert(&cgroup_id, &job, 0).context("adding the cgroup to the watch map")?;
+        Ok(())
+    }
+
+    pub fn watch_pid(&mut self, pid: u32, ppid: u32, job: u32) -> anyhow::Result<()> {
+        let mut m: HashMap<_, u32, ProcInfo> =
+            HashMap::try_from(self.ebpf.map_mut("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?)?;
+        m.insert(&pid, &ProcInfo { ppid, job, exit_code: 0, code_known: 0 }, 0)
+            .context("adding the process to the watch map")?;
+        Ok(())
+    }
+
+    /// Processes the kernel still tracks as watched.
+    pub fn watched_pids(&self) -> Vec<u32> {
+        let Some(map) = self.ebpf.map("WATCHED") else { return vec![] };
+        let Ok(m) = HashMap::<_, u32, ProcInfo>::try_from(map) else { return vec![] };
+        m.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Wait until records are available, then decode all of them into `out`.
+    pub async fn wait_and_drain(&mut self, out: &mut Vec<Result<record::Record, record::DecodeError>>) -> anyhow::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            out.push(record::decode(&item));
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Decode whatever is in the ring buffer now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Result<record::Record, record::DecodeError>>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            out.push(record::decode(&item));
+        }
+    }
+
+    /// Totals of the kernel's loss counters (summed over CPUs), by COUNTER_NAMES index.
+    pub fn counters(&self) -> anyhow::Result<[u64; NUM_COUNTERS as usize]> {
+        let map = self.ebpf.map("COUNTERS").ok_or_else(|| anyhow!("no COUNTERS map"))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map)?;
+        let mut totals = [0u64; NUM_COUNTERS as usize];
+        for (i, t) in totals.iter_mut().enumerate() {
+            let values = arr.get(&(i as u32), 0)?;
+            *t = values.iter().sum();
+        }
+        Ok(totals)
+    }
+}
