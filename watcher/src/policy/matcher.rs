@@ -1,0 +1,244 @@
+//! Compiled matchers: built once when a policy is loaded, queried per event without I/O and
+//! (on the allow path) without allocation.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::schema::{PolicySpec, PortRange, Resolver, ShellPolicy, Target, ports_allow};
+
+/// An allowed network and its inclusive port ranges (`None` = any port):
+/// `(ipnet::IpNet, Option<Vec<(u16, u16)>>)`.
+pub type AllowedNet = (IpNet, Option<Vec<(u16, u16)>>);
+
+/// The text `exec_denied` returns when a non-empty `exec.allow` has no matching pattern.
+pub const NOT_IN_EXEC_ALLOW: &str = "not in exec.allow";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    /// `egress.allow` host entries without `ports`.
+    hosts_any_port: GlobSet,
+    /// `egress.allow` host entries with `ports`.
+    hosts_with_ports: Vec<(GlobMatcher, Vec<PortRange>)>,
+    /// Every host pattern of `egress.allow` plus `dns.allow`.
+    dns_names: GlobSet,
+    /// Registry host names added by `with_registry_hosts`, lowercased, no trailing dot.
+    registry_hosts: HashSet<String>,
+    /// `ip`/`cidr` entries (ips as /32 or /128) and registry hosts that are IP literals.
+    nets: Vec<(IpNet, Option<Vec<PortRange>>)>,
+    loopback: bool,
+    system_resolvers: bool,
+    resolver_ips: Vec<IpAddr>,
+    exec_deny: GlobSet,
+    exec_deny_text: Vec<String>,
+    exec_allow: Option<GlobSet>,
+    shells_denied: bool,
+    secret_env: GlobSet,
+    secret_env_text: Vec<String>,
+}
+
+fn build_set<'a>(globs: impl IntoIterator<Item = &'a globset::Glob>) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(g.clone());
+    }
+    b.build()
+        .map_err(|e| format!("cannot compile the policy's patterns: {e}"))
+}
+
+/// Lowercases (only if needed) and drops one trailing dot.
+fn normalize_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let name = match name.strip_suffix('.') {
+        Some(n) if !n.is_empty() => n,
+        _ => name,
+    };
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// Events carry IPv4-mapped IPv6 addresses as IPv4 (`to_canonical`), so a `::ffff:a.b.c.d/n`
+/// network (n >= 96) is turned into the IPv4 network it covers.
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96)
+        && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n);
+    }
+    net
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl Compiled {
+    pub(crate) fn new(spec: &PolicySpec) -> Result<Compiled, String> {
+        let mut any_port = Vec::new();
+        let mut hosts_with_ports = Vec::new();
+        let mut nets = Vec::new();
+        for entry in &spec.egress.allow {
+            match (&entry.target, &entry.ports) {
+                (Target::Host(h), None) => any_port.push(h.glob()),
+                (Target::Host(h), Some(p)) => {
+                    hosts_with_ports.push((h.glob().compile_matcher(), p.clone()))
+                }
+                (Target::Ip(ip), p) => nets.push((IpNet::from(ip.to_canonical()), p.clone())),
+                (Target::Cidr(net), p) => nets.push((canonical_net(*net), p.clone())),
+            }
+        }
+        let host_globs = spec.egress.allow.iter().filter_map(|e| match &e.target {
+            Target::Host(h) => Some(h.glob()),
+            _ => None,
+        });
+        let dns_names = build_set(host_globs.chain(spec.dns.allow.iter().map(|h| h.glob())))?;
+        let exec_allow = if spec.exec.allow.is_empty() {
+            None
+        } else {
+            Some(build_set(spec.exec.allow.iter().map(|p| p.glob()))?)
+        };
+        Ok(Compiled {
+            hosts_any_port: build_set(any_port)?,
+            hosts_with_ports,
+            dns_names,
+            registry_hosts: HashSet::new(),
+            nets,
+            loopback: spec.egress.loopback,
+            system_resolvers: spec.dns.resolvers.contains(&Resolver::System),
+            resolver_ips: spec
+                .dns
+                .resolvers
+                .iter()
+                .filter_map(|r| match r {
+                    Resolver::Ip(ip) => Some(ip.to_canonical()),
+                    Resolver::System => None,
+                })
+                .collect(),
+            exec_deny: build_set(spec.exec.deny.iter().map(|p| p.glob()))?,
+            exec_deny_text: spec
+                .exec
+                .deny
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+            exec_allow,
+            shells_denied: spec.exec.install_scripts.shells == ShellPolicy::Deny,
+            secret_env: build_set(spec.secrets.env.iter().map(|p| p.glob()))?,
+            secret_env_text: spec
+                .secrets
+                .env
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+        })
+    }
+
+    pub(crate) fn add_registry_host(&mut self, host: &str) {
+        let host = host.trim();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return;
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let net = IpNet::from(ip.to_canonical());
+            if !self.nets.iter().any(|(n, p)| *n == net && p.is_none()) {
+                self.nets.push((net, None));
+            }
+        }
+        self.registry_hosts
+            .insert(normalize_name(host).into_owned());
+    }
+
+    pub(crate) fn host_allowed(&self, name: &str, port: u16) -> bool {
+        let name = normalize_name(name);
+        let name = name.as_ref();
+        if name.is_empty() {
+            return false;
+        }
+        self.registry_hosts.contains(name)
+            || self.hosts_any_port.is_match(name)
+            || self
+                .hosts_with_ports
+                .iter()
+                .any(|(glob, ports)| ports_allow(Some(ports), port) && glob.is_match(name))
+    }
+
+    pub(crate) fn ip_allowed(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = ip.to_canonical();
+        (self.loopback && ip.is_loopback())
+            || self
+                .nets
+                .iter()
+                .any(|(net, ports)| net.contains(&ip) && ports_allow(ports.as_deref(), port))
+    }
+
+    pub(crate) fn dns_name_allowed(&self, name: &str) -> bool {
+        let name = normalize_name(name);
+        let name = name.as_ref();
+        !name.is_empty() && (self.registry_hosts.contains(name) || self.dns_names.is_match(name))
+    }
+
+    pub(crate) fn resolver_allowed(&self, ip: IpAddr, system_resolvers: &[IpAddr]) -> bool {
+        let ip = ip.to_canonical();
+        self.resolver_ips.contains(&ip)
+            || (self.system_resolvers && system_resolvers.iter().any(|r| r.to_canonical() == ip))
+    }
+
+    pub(crate) fn exec_denied(&self, path: &str) -> Option<String> {
+        let base = basename(path);
+        if self.exec_deny.is_match(path) || self.exec_deny.is_match(base) {
+            let mut hits = self.exec_deny.matches(path);
+            hits.extend(self.exec_deny.matches(base));
+            let first = hits.into_iter().min().unwrap_or(0);
+            return Some(self.exec_deny_text.get(first).cloned().unwrap_or_default());
+        }
+        match &self.exec_allow {
+            Some(allow) if !(allow.is_match(path) || allow.is_match(base)) => {
+                Some(NOT_IN_EXEC_ALLOW.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn shells_denied(&self) -> bool {
+        self.shells_denied
+    }
+
+    pub(crate) fn secret_env_patterns(&self) -> &[String] {
+        &self.secret_env_text
+    }
+
+    pub(crate) fn is_secret_env(&self, name: &str) -> bool {
+        self.secret_env.is_match(name)
+    }
+
+    pub(crate) fn allowed_cidrs(&self) -> Vec<AllowedNet> {
+        let mut out: Vec<AllowedNet> = self
+            .nets
+            .iter()
+            .map(|(net, ports)| {
+                (
+                    *net,
+                    ports
+                        .as_ref()
+                        .map(|p| p.iter().map(|r| (r.start, r.end)).collect()),
+                )
+            })
+            .collect();
+        if self.loopback {
+            let v4 = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
+            let v6 = Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("valid prefix");
+            out.push((IpNet::V4(v4), None));
+            out.push((IpNet::V6(v6), None));
+        }
+        out
+    }
+}
