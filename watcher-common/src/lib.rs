@@ -21,8 +21,27 @@ pub const FILENAME_LEN: usize = 256;
 pub const ARGS_LEN: usize = 2048;
 /// Each argument is read with at most this many bytes (the rest is truncated).
 pub const ARG_MAX_LEN: usize = 512;
+/// Room for one argument past ARGS_LEN so the verifier sees every write in bounds.
+pub const ARGS_BUF_LEN: usize = ARGS_LEN + ARG_MAX_LEN;
 /// At most this many arguments are read.
 pub const MAX_ARGS: usize = 32;
+/// Selected environment entries ("NAME=value", NUL-separated) captured at exec: only names
+/// in the `ENV_CAPTURE` map (package-manager context such as `npm_package_name`, CI job ids),
+/// never the whole environment.
+pub const ENV_LEN: usize = 512;
+/// Each captured entry is read with at most this many bytes.
+pub const ENV_ENTRY_MAX_LEN: usize = 128;
+/// The buffer has room for one entry past ENV_LEN so the verifier sees every write in bounds.
+pub const ENV_BUF_LEN: usize = ENV_LEN + ENV_ENTRY_MAX_LEN;
+/// Environment entries examined per exec: ENV_SCAN_CHUNK per program run, chained by tail
+/// calls (each run is verified separately, which keeps the verifier's work small).
+pub const ENV_SCAN_CHUNK: usize = 16;
+pub const MAX_ENV_SCAN: usize = 512;
+/// Key of the `ENV_CAPTURE` map: a variable name, NUL-padded.
+pub const ENV_NAME_LEN: usize = 32;
+/// `ENV_CAPTURE` value flags.
+pub const ENV_FLAG_CAPTURE: u32 = 1;
+
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;
 
@@ -64,8 +83,17 @@ pub struct ExecRecord {
     pub argc: u32,
     /// Bytes used in `args`.
     pub args_len: u32,
+    /// Bytes used in `env`.
+    pub env_len: u32,
+    /// OR of the `ENV_CAPTURE` flags of the captured entries.
+    pub env_flags: u32,
+    /// Kernel-internal scan state: the user pointer to envp and the next index to examine.
+    pub envp: u64,
+    pub env_idx: u32,
+    pub _pad: u32,
     pub filename: [u8; FILENAME_LEN],
-    pub args: [u8; ARGS_LEN],
+    pub args: [u8; ARGS_BUF_LEN],
+    pub env: [u8; ENV_BUF_LEN],
 }
 
 #[repr(C)]
@@ -186,7 +214,7 @@ mod user {
 
 const _: () = {
     assert!(core::mem::size_of::<Header>() == 56);
-    assert!(core::mem::size_of::<ExecRecord>() == 56 + 16 + FILENAME_LEN + ARGS_LEN);
+    assert!(core::mem::size_of::<ExecRecord>() == 56 + 40 + FILENAME_LEN + ARGS_BUF_LEN + ENV_BUF_LEN);
     assert!(core::mem::size_of::<ForkRecord>() == 64);
     assert!(core::mem::size_of::<ExitRecord>() == 64);
     assert!(core::mem::size_of::<ConnectRecord>() == 56 + 24);

@@ -11,12 +11,13 @@ use aya_ebpf::{
 use watcher_common::{
     ARG_MAX_LEN, ARGS_LEN, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
     CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
-    ExitRecord, FILENAME_LEN, ForkRecord, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, ProcInfo,
+    ENV_ENTRY_MAX_LEN, ENV_LEN, ENV_NAME_LEN, ExitRecord, FILENAME_LEN, ForkRecord, KIND_EXEC,
+    KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo,
 };
 
 use crate::{
     common::{count, current_tgid, fill_header, watched_current},
-    maps::{CLONE_FLAGS, EVENTS, EXEC_PENDING, EXEC_SCRATCH, WATCHED},
+    maps::{CLONE_FLAGS, ENV_CAPTURE, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_SCRATCH, WATCHED},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -59,16 +60,97 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     if !argv.is_null() {
         read_args(rec, argv);
     }
+    rec.env_len = 0;
+    rec.env_flags = 0;
+    rec.env_idx = 0;
+    rec._pad = 0;
+    rec.envp = unsafe { ctx.read_at::<u64>(argv_off + 8) }.unwrap_or(0);
+    // Continue in exec_env_scan (tail calls); if that is impossible, keep what we have.
+    if rec.envp != 0 {
+        unsafe { ENV_SCAN_PROG.tail_call(ctx, 0) };
+    }
+    finish_exec_enter(rec);
+}
+
+#[inline(always)]
+fn finish_exec_enter(rec: &watcher_common::ExecRecord) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
         count(CNT_EXEC_SCRATCH_FULL);
     }
 }
 
+/// Examines ENV_SCAN_CHUNK environment entries per run and tail-calls itself for the next
+/// chunk; copies the entries whose names are in ENV_CAPTURE. Not attached: reached only by
+/// tail call from sys_enter_execve{,at}.
+#[tracepoint]
+pub fn exec_env_scan(ctx: TracePointContext) -> u32 {
+    let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let rec = unsafe { &mut *rec };
+    let more = scan_env_chunk(rec);
+    if more && (rec.env_idx as usize) < MAX_ENV_SCAN {
+        unsafe { ENV_SCAN_PROG.tail_call(&ctx, 0) };
+    }
+    finish_exec_enter(rec);
+    0
+}
+
+/// Returns true when entries remain.
+#[inline(always)]
+fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
+    let envp = rec.envp as *const *const u8;
+    let start = rec.env_idx as usize;
+    let mut off = rec.env_len as usize;
+    for i in 0..ENV_SCAN_CHUNK {
+        let p: *const u8 = match unsafe { bpf_probe_read_user(envp.wrapping_add(start + i)) } {
+            Ok(p) => p,
+            Err(_) => {
+                rec.env_len = off as u32;
+                return false;
+            }
+        };
+        if p.is_null() {
+            rec.env_len = off as u32;
+            return false;
+        }
+        let mut key = [0u8; ENV_NAME_LEN];
+        let n = unsafe { bpf_probe_read_user_str(key.as_mut_ptr().cast(), ENV_NAME_LEN as u32, p.cast()) };
+        if n <= 0 {
+            continue;
+        }
+        // Keep the name only: zero from '=' on, without branches (a branch per byte would
+        // multiply the verifier's states). A name longer than the key never matches.
+        let mut seen: u8 = 0;
+        for b in key.iter_mut() {
+            let x = (*b ^ b'=') as u32;
+            seen |= (x.wrapping_sub(1) >> 31) as u8;
+            *b &= seen.wrapping_sub(1);
+        }
+        if seen == 0 {
+            continue;
+        }
+        let Some(flags) = (unsafe { ENV_CAPTURE.get(&key) }) else { continue };
+        rec.env_flags |= *flags;
+        let at = off & (ENV_LEN * 2 - 1);
+        if off > ENV_LEN || at > ENV_LEN {
+            continue;
+        }
+        let m = unsafe {
+            bpf_probe_read_user_str(rec.env.as_mut_ptr().wrapping_add(at).cast(), ENV_ENTRY_MAX_LEN as u32, p.cast())
+        };
+        if m > 0 {
+            off += m as usize;
+        }
+    }
+    rec.env_idx = (start + ENV_SCAN_CHUNK) as u32;
+    rec.env_len = off as u32;
+    true
+}
+
 #[inline(always)]
 fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
-    // Arguments are stored NUL-separated. `off` stays below ARGS_LEN - ARG_MAX_LEN so that each
-    // read of at most ARG_MAX_LEN bytes fits; the verifier sees the mask.
+    // Arguments are stored NUL-separated. A read of at most ARG_MAX_LEN bytes starts at an
+    // offset <= ARGS_LEN, so it fits in ARGS_BUF_LEN; the verifier sees the mask and the check.
     let mut off: usize = 0;
     let mut argc: u32 = 0;
     for i in 0..MAX_ARGS {
@@ -81,11 +163,11 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
             rec.args_len = off as u32;
             return;
         }
-        if off > ARGS_LEN - ARG_MAX_LEN {
+        let at = off & (ARGS_LEN * 2 - 1);
+        if off > ARGS_LEN || at > ARGS_LEN {
             rec.flags |= EXEC_ARGS_TRUNCATED;
             break;
         }
-        let at = off & (ARGS_LEN - 1);
         let n = unsafe {
             bpf_probe_read_user_str(
                 rec.args.as_mut_ptr().wrapping_add(at).cast(),

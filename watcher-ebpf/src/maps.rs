@@ -1,9 +1,9 @@
 //! Every map the programs share with userspace.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
-use watcher_common::{ExecRecord, MAX_WATCHED, NUM_COUNTERS, ProcInfo, SockOwner};
+use watcher_common::{ENV_NAME_LEN, ExecRecord, MAX_WATCHED, NUM_COUNTERS, ProcInfo, SockOwner};
 
 /// All records to userspace. Userspace may resize it before load (`--ringbuf-size`).
 #[map]
@@ -44,3 +44,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTE
 /// flood the ring buffer with the same destination. Value: unused.
 #[map]
 pub static UDP_SEEN: LruHashMap<crate::net::UdpKey, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// Environment variable names (NUL-padded) whose entries are copied into exec records, with
+/// flags. Filled by userspace before anything is watched.
+#[map]
+pub static ENV_CAPTURE: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, 0);
+
+/// Slot 0: exec_env_scan, which sys_enter_execve tail-calls to scan the environment in chunks.
+#[map]
+pub static ENV_SCAN_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -64,13 +64,14 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, .. } => out.push(Event::Exec(Exec {
+            Record::Exec { task, filename, argv, argv_truncated, env, .. } => out.push(Event::Exec(Exec {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
                 filename,
                 argv,
                 argv_truncated,
                 cgroup_id: task.cgroup_id,
+                env: env.into_iter().collect(),
             })),
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
                 ts: self.wall(task.boot_ns),

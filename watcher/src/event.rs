@@ -127,6 +127,11 @@ pub struct Exec {
     pub argv_truncated: bool,
     #[serde(default)]
     pub cgroup_id: u64,
+    /// The few environment variables watcher captures at exec to attribute work to a package
+    /// or a CI job (`npm_package_name`, `npm_lifecycle_event`, `CARGO_PKG_NAME`,
+    /// `GITHUB_RUN_ID`, ...; see README). Never the rest of the environment.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -21,13 +21,27 @@ enum Command {
         /// Show only the summary, not one line per event.
         #[arg(long, short)]
         quiet: bool,
-        /// Kernel ring buffer size in MiB (a power of two).
-        #[arg(long, default_value_t = 16, value_name = "MIB")]
-        ringbuf_mib: u32,
+        /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
+        #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
+        ringbuf_size: u32,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1024u64),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, 64K, 16M)"))?;
+    let bytes = n * mult;
+    if bytes < 4096 || bytes > 1 << 30 || !bytes.is_power_of_two() {
+        return Err(format!("{s} is not a power of two between 4K and 1024M"));
+    }
+    Ok(bytes as u32)
 }
 
 fn main() {
@@ -35,14 +49,19 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("WATCHER_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // Usage errors exit 125 like every other failure of watcher itself, so they are never
+    // confused with an exit code of the wrapped command.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exitcode::WATCHER_ERROR } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let result = match cli.command {
-        Command::Run { log, quiet, ringbuf_mib, command } => {
-            if !ringbuf_mib.is_power_of_two() || ringbuf_mib > 1024 {
-                eprintln!("watcher: --ringbuf-mib must be a power of two between 1 and 1024, got {ringbuf_mib}");
-                std::process::exit(exitcode::WATCHER_ERROR);
-            }
-            run::run(run::RunOptions { command, log, quiet, ringbuf_bytes: ringbuf_mib * 1024 * 1024 })
+        Command::Run { log, quiet, ringbuf_size, command } => {
+            run::run(run::RunOptions { command, log, quiet, ringbuf_bytes: ringbuf_size })
         }
     };
     match result {

@@ -29,6 +29,8 @@ pub enum Record {
         argv: Vec<String>,
         argv_truncated: bool,
         killed: bool,
+        /// Captured environment entries (only names the agent asked for), in order.
+        env: Vec<(String, String)>,
     },
     Fork {
         task: Task,
@@ -141,6 +143,17 @@ fn split_args(blob: &[u8], argc: u32) -> Vec<String> {
         .collect()
 }
 
+fn split_env(blob: &[u8]) -> Vec<(String, String)> {
+    blob.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let s = String::from_utf8_lossy(s);
+            let (k, v) = s.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
     if buf.len() < std::mem::size_of::<c::Header>() {
         return Err(DecodeError::Short(buf.len()));
@@ -150,6 +163,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         c::KIND_EXEC => {
             let r: c::ExecRecord = read(buf, hdr.kind)?;
             let used = (r.args_len as usize).min(r.args.len());
+            let env_used = (r.env_len as usize).min(r.env.len());
             Ok(Record::Exec {
                 task: task(&r.hdr),
                 ret: r.ret,
@@ -157,6 +171,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 argv: split_args(&r.args[..used], r.argc),
                 argv_truncated: r.flags & c::EXEC_ARGS_TRUNCATED != 0,
                 killed: r.flags & c::EXEC_KILLED != 0,
+                env: split_env(&r.env[..env_used]),
             })
         }
         c::KIND_FORK => {
@@ -225,16 +240,29 @@ mod tests {
             flags: c::EXEC_ARGS_TRUNCATED,
             argc: 3,
             args_len: 0,
+            env_len: 0,
+            env_flags: 0,
             filename: [0; c::FILENAME_LEN],
-            args: [0; c::ARGS_LEN],
+            args: [0; c::ARGS_BUF_LEN],
+            env: [0; c::ENV_BUF_LEN],
         };
+        let env = b"npm_package_name=left-pad\0npm_lifecycle_event=postinstall\0";
+        r.env[..env.len()].copy_from_slice(env);
+        r.env_len = env.len() as u32;
         r.filename[..7].copy_from_slice(b"/bin/sh");
         let blob = b"sh\0-c\0echo hi\0";
         r.args[..blob.len()].copy_from_slice(blob);
         r.args_len = blob.len() as u32;
         let rec = decode(&bytes_of(&r)).unwrap();
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, killed, ret } => {
+            Record::Exec { task, filename, argv, argv_truncated, killed, ret, env } => {
+                assert_eq!(
+                    env,
+                    vec![
+                        ("npm_package_name".to_string(), "left-pad".to_string()),
+                        ("npm_lifecycle_event".to_string(), "postinstall".to_string())
+                    ]
+                );
                 assert_eq!(task.pid, 42);
                 assert_eq!(task.ppid, 7);
                 assert_eq!(task.comm, "node");

@@ -8,11 +8,11 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use watcher_common::{NUM_COUNTERS, ProcInfo};
+use watcher_common::{ENV_FLAG_CAPTURE, ENV_NAME_LEN, NUM_COUNTERS, ProcInfo};
 
 use crate::{event::SensorState, record};
 
@@ -35,6 +35,23 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 const SOCK_ADDR_PROGS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Environment variables captured at exec (never secrets): who runs this — which package's
+/// install script, which CI job.
+pub const CAPTURED_ENV: &[&str] = &[
+    "npm_package_name",
+    "npm_package_version",
+    "npm_lifecycle_event",
+    "CARGO_PKG_NAME",
+    "CARGO_PKG_VERSION",
+    "CARGO_MANIFEST_DIR",
+    "GITHUB_RUN_ID",
+    "GITHUB_JOB",
+    "GITHUB_REPOSITORY",
+    "CI_JOB_ID",
+    "CI_PROJECT_PATH",
+    "BUILDKITE_JOB_ID",
+];
 
 /// Names of the per-CPU counters, by index (see watcher_common::CNT_*).
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] =
@@ -119,6 +136,19 @@ impl Sensor {
             .map_err(|e| explain_load_error("eBPF object (maps and BTF)", e))?;
         let mut states = Vec::new();
 
+        // Loaded, not attached: the exec tracepoints tail-call it to scan the environment.
+        {
+            let p: &mut TracePoint = ebpf
+                .program_mut("exec_env_scan")
+                .ok_or_else(|| anyhow!("eBPF object has no program exec_env_scan"))?
+                .try_into()?;
+            p.load().map_err(|e| explain_load_error("tracepoint program exec_env_scan", e))?;
+            let fd = p.fd()?.try_clone()?;
+            let mut slots = ProgramArray::try_from(
+                ebpf.map_mut("ENV_SCAN_PROG").ok_or_else(|| anyhow!("no ENV_SCAN_PROG map"))?,
+            )?;
+            slots.set(0, &fd, 0).context("installing the environment scanner")?;
+        }
         for (prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -171,6 +201,16 @@ impl Sensor {
             detail: Some("not used: tracepoints and cgroup hooks cover every sensor".into()),
         });
 
+        {
+            let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> = HashMap::try_from(
+                ebpf.map_mut("ENV_CAPTURE").ok_or_else(|| anyhow!("no ENV_CAPTURE map"))?,
+            )?;
+            for name in CAPTURED_ENV {
+                let mut key = [0u8; ENV_NAME_LEN];
+                key[..name.len()].copy_from_slice(name.as_bytes());
+                capture.insert(&key, &ENV_FLAG_CAPTURE, 0).context("filling ENV_CAPTURE")?;
+            }
+        }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
         // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
         // open for as long as it is registered.

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# After the suite: nothing the tests created may be left behind.
+set -u
+fail=0
+if command -v bpftool >/dev/null 2>&1; then
+  progs=$(bpftool prog list 2>/dev/null | grep -E 'name (sys_enter_execve|sys_exit_execve|sched_process_fork|connect4|dns_egress)' || true)
+  if [ -n "$progs" ]; then echo "leftover: watcher BPF programs still loaded:"; echo "$progs"; fail=1; fi
+fi
+cg=$(ls -d /sys/fs/cgroup/unified/watcher-* /sys/fs/cgroup/watcher-* 2>/dev/null || true)
+if [ -n "$cg" ]; then echo "leftover: cgroups: $cg"; fail=1; fi
+ns=$(ip netns list 2>/dev/null | grep watcher || true)
+if [ -n "$ns" ]; then echo "leftover: network namespaces: $ns"; fail=1; fi
+if [ $fail -eq 0 ]; then echo "leftovers: none (no BPF programs, cgroups or namespaces left)"; fi
+exit $fail

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, and the root integration tests that load the real kernel
+# programs. Installs prerequisites first (idempotent), so it also works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-prereqs.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --workspace --bins
+cargo test --release --workspace --no-fail-fast -- --test-threads="${WATCHER_TEST_THREADS:-2}"
+bash scripts/check-leftovers.sh
