@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-prereqs.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 echo "[setup] building target/release/watcher" >&2
-cargo build --release --workspace --bins
+cargo build --release --bins
 
 if [ "${1:-}" = "--no-demo" ]; then
   exit 0

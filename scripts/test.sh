@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-prereqs.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --workspace --bins
-cargo test --release --workspace --no-fail-fast -- --test-threads="${WATCHER_TEST_THREADS:-2}"
+cargo build --release --bins
+cargo test --release --no-fail-fast -- --test-threads="${WATCHER_TEST_THREADS:-2}"
 bash scripts/check-leftovers.sh

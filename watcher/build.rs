@@ -1,5 +1,5 @@
 //! Builds the kernel programs (crate `watcher-ebpf`) for bpfel-unknown-none with the pinned
-//! nightly and bpf-linker, and leaves the object in OUT_DIR/watcher for `include_bytes!`.
+//! nightly and bpf-linker, and leaves the object in OUT_DIR/watcher-ebpf for `include_bytes!`.
 //! With AYA_BUILD_SKIP=1 (pure userspace work: unit tests, replay) an empty object is written
 //! instead and the agent says so plainly if asked to load kernel programs.
 use anyhow::{Context as _, anyhow};
@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
-        std::fs::write(out_dir.join("watcher"), b"").context("writing empty eBPF object")?;
+        std::fs::write(out_dir.join("watcher-ebpf"), b"").context("writing empty eBPF object")?;
         return Ok(());
     }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -16,7 +16,7 @@ use watcher_common::{ENV_FLAG_CAPTURE, ENV_NAME_LEN, NUM_COUNTERS, ProcInfo};
 
 use crate::{event::SensorState, record};
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher-ebpf"));
 
 /// Tracepoints: (program name, category, tracepoint name).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
