@@ -5,8 +5,9 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
     dns,
-    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, Ts},
+    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, SecretMatch, Ts},
     record::{Proto, Record, Task},
+    secrets::SecretSet,
 };
 
 /// How long a query waits for its answer before it is logged unanswered.
@@ -30,6 +31,8 @@ pub struct Collector {
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, nanoseconds.
     clock_offset_ns: i128,
     pending: HashMap<QueryKey, Pending>,
+    /// Values of the environment given to the command, to find them leaving in DNS names.
+    secrets: Option<SecretSet>,
 }
 
 pub fn rcode_name(rcode: u8) -> String {
@@ -46,7 +49,25 @@ pub fn rcode_name(rcode: u8) -> String {
 
 impl Collector {
     pub fn new(clock_offset_ns: i128) -> Collector {
-        Collector { clock_offset_ns, pending: HashMap::new() }
+        Collector { clock_offset_ns, pending: HashMap::new(), secrets: None }
+    }
+
+    /// Annotate DNS queries with the protected variables whose values they carry.
+    pub fn with_secrets(mut self, secrets: SecretSet) -> Collector {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    fn secret_matches(&self, qname: &str) -> Vec<SecretMatch> {
+        let Some(set) = &self.secrets else { return vec![] };
+        let mut v: Vec<SecretMatch> = set
+            .find_in_dns_name(qname)
+            .into_iter()
+            .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     pub fn wall(&self, boot_ns: u64) -> Ts {
@@ -64,7 +85,7 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, env, .. } => out.push(Event::Exec(Exec {
+            Record::Exec { task, filename, argv, argv_truncated, env, killed, .. } => out.push(Event::Exec(Exec {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
                 filename,
@@ -72,6 +93,8 @@ impl Collector {
                 argv_truncated,
                 cgroup_id: task.cgroup_id,
                 env: env.into_iter().collect(),
+                killed,
+                cwd: None,
             })),
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
                 ts: self.wall(task.boot_ns),
@@ -135,6 +158,7 @@ impl Collector {
             error: None,
             payload_len,
             allowed,
+            secrets: vec![],
         };
         let msg = match parsed {
             Ok(m) if !m.questions.is_empty() => m,
@@ -150,7 +174,13 @@ impl Collector {
         let events: Vec<Dns> = msg
             .questions
             .iter()
-            .map(|q| Dns { qname: q.name.clone(), qtype: q.qtype.clone(), id: msg.id, ..base.clone() })
+            .map(|q| Dns {
+                qname: q.name.clone(),
+                qtype: q.qtype.clone(),
+                id: msg.id,
+                secrets: self.secret_matches(&q.name),
+                ..base.clone()
+            })
             .collect();
         if !allowed {
             // Dropped in the kernel: no answer will come.
@@ -214,6 +244,7 @@ impl Collector {
                         error: None,
                         payload_len,
                         allowed: true,
+                        secrets: self.secret_matches(&q.name),
                     })
                     .collect()
             }

@@ -106,6 +106,28 @@ pub struct Start {
     /// Resolvers from /etc/resolv.conf at the time of the run.
     #[serde(default)]
     pub resolvers: Vec<IpAddr>,
+    /// Registry hosts of the policy's package managers, as their own configuration gave them
+    /// at the time of the run (replay uses these, so it judges with the same facts).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub registries: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub source: String,
+    pub pipeline: String,
+    /// `audit` or `enforce`.
+    pub mode: String,
+}
+
+/// A protected variable's value found in a DNS name or a payload. Never the value itself.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretMatch {
+    pub variable: String,
+    /// `raw`, `hex`, `base32`, `base64` or `url`.
+    pub encoding: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +154,13 @@ pub struct Exec {
     /// `GITHUB_RUN_ID`, ...; see README). Never the rest of the environment.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Killed by the kernel at exec entry (enforce mode).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+    /// Working directory, read from /proc when the event arrived (absent if the process was
+    /// already gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,6 +225,9 @@ pub struct Dns {
     #[serde(default)]
     pub payload_len: u32,
     pub allowed: bool,
+    /// Protected environment values found in the query name (redacted: variable names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMatch>,
 }
 
 fn dns_port() -> u16 {
@@ -297,6 +329,7 @@ mod tests {
             error: None,
             payload_len: 30,
             allowed: true,
+            secrets: vec![],
         };
         let v = serde_json::to_value(Event::Dns(d.clone())).unwrap();
         assert!(v.get("answers").is_none());

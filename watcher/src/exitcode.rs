@@ -8,3 +8,7 @@ pub const WATCHER_ERROR: i32 = 125;
 pub const NOT_EXECUTABLE: i32 = 126;
 /// The command was not found.
 pub const NOT_FOUND: i32 = 127;
+/// Enforce mode: something was denied or killed (the step fails even if the command exited 0).
+pub const POLICY_VIOLATION: i32 = 77;
+/// Enforce mode: the kernel lost events, so the step cannot be vouched for.
+pub const EVENTS_LOST: i32 = 78;

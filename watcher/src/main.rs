@@ -12,13 +12,34 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy: exit 0 if valid, else print FILE:LINE:COLUMN: message and exit 1.
+    Check {
+        /// Policy files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
+    /// Work with policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Run a command in a fresh cgroup and watch its whole process tree.
     Run {
         /// Write every event as JSON Lines to FILE.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
-        /// Show only the summary, not one line per event.
+        /// Check every event against this policy (YAML, see docs/POLICY.md).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Override the policy's mode.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Show only alerts, lost events and the summary, not one line per event.
         #[arg(long, short)]
         quiet: bool,
         /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
@@ -28,6 +49,21 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Audit,
+    Enforce,
+}
+
+impl ModeArg {
+    fn into_mode(self) -> watcher::policy::Mode {
+        match self {
+            ModeArg::Audit => watcher::policy::Mode::Audit,
+            ModeArg::Enforce => watcher::policy::Mode::Enforce,
+        }
+    }
 }
 
 fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
@@ -60,9 +96,27 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Run { log, quiet, ringbuf_size, command } => {
-            run::run(run::RunOptions { command, log, quiet, ringbuf_bytes: ringbuf_size })
+        Command::Policy { command: PolicyCommand::Check { files } } => {
+            let mut bad = false;
+            for f in &files {
+                match watcher::policy::load(f) {
+                    Ok(p) => println!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad = true;
+                    }
+                }
+            }
+            Ok(if bad { 1 } else { 0 })
         }
+        Command::Run { log, quiet, ringbuf_size, command, policy, mode } => run::run(run::RunOptions {
+            command,
+            log,
+            quiet,
+            ringbuf_bytes: ringbuf_size,
+            policy,
+            mode: mode.map(ModeArg::into_mode),
+        }),
     };
     match result {
         Ok(code) => std::process::exit(code),

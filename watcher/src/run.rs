@@ -14,7 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cgroup::{Cgroup, cgroup2_root},
     collect::Collector,
-    event::{End, Event, Loss, SCHEMA_VERSION, Start, Ts},
+    engine::Engine,
+    event::{End, Event, Loss, PolicyInfo, SCHEMA_VERSION, Start, Ts},
+    policy::{Mode, Policy},
+    secrets::SecretSet,
     exitcode,
     log::LogWriter,
     record,
@@ -27,6 +30,54 @@ pub struct RunOptions {
     pub log: Option<PathBuf>,
     pub quiet: bool,
     pub ringbuf_bytes: u32,
+    pub policy: Option<PathBuf>,
+    /// Overrides the policy's mode.
+    pub mode: Option<Mode>,
+}
+
+/// Variable-name globs whose values are always looked for in DNS names (besides the policy's
+/// own), so a log recorded under one policy can be replayed under a stricter one.
+pub const SECRET_CANDIDATES: &[&str] = &[
+    "AWS_*", "*_TOKEN", "*TOKEN*", "*_KEY", "*_KEY_*", "*SECRET*", "*PASSWORD*", "*PASSWD*",
+    "*CREDENTIAL*", "*PRIVATE*", "*_AUTH", "*_AUTH_*", "*APIKEY*", "*API_KEY*",
+];
+
+/// What is known before the command starts: the loaded policy (mode applied), its registry
+/// hosts and the secrets detector.
+pub struct Prepared {
+    pub policy: Option<Policy>,
+    pub registries: std::collections::BTreeMap<String, Vec<String>>,
+    pub secrets: SecretSet,
+}
+
+/// Load and check everything a user can get wrong before anything runs.
+pub fn prepare(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Prepared> {
+    let policy = match policy {
+        Some(p) => {
+            let mut pol = crate::policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(m) = mode {
+                pol.mode = m;
+            }
+            Some(pol)
+        }
+        None => {
+            if mode.is_some() {
+                bail!("--mode needs --policy FILE: there is nothing to audit or enforce without a policy");
+            }
+            None
+        }
+    };
+    let registries = match &policy {
+        Some(p) => crate::engine::resolve_registries(p)?,
+        None => Default::default(),
+    };
+    let mut patterns: Vec<String> = SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
+    if let Some(p) = &policy {
+        patterns.extend(p.secret_env_patterns().iter().cloned());
+    }
+    let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
+    let secrets = SecretSet::new(&patterns, env).context("compiling secret variable patterns")?;
+    Ok(Prepared { policy, registries, secrets })
 }
 
 /// CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds: converts kernel timestamps to wall time.
@@ -69,24 +120,44 @@ struct Sinks {
     summary: Summary,
     root_pid: u32,
     watcher_pid: u32,
+    engine: Option<Engine>,
 }
 
 impl Sinks {
     fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
-        // The command itself was forked by us before the kernel knew it: its parent is watcher.
         if let Event::Exec(x) = &mut e {
+            // The command itself was forked by us before the kernel knew it: its parent is
+            // watcher.
             if x.proc.pid == self.root_pid && x.proc.ppid == 0 {
                 x.proc.ppid = self.watcher_pid;
             }
+            // Best effort: the process may already be gone.
+            x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned());
         }
-        if !self.quiet {
-            if let Some(line) = event_line(&e) {
+        self.write(&e)?;
+        // The engine judges exactly what was logged, as replay will.
+        let alerts = match &mut self.engine {
+            Some(engine) => engine.process(&e),
+            None => Vec::new(),
+        };
+        for a in alerts {
+            self.write(&Event::Alert(a))?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+        let show = !self.quiet || matches!(e, Event::Alert(_) | Event::Loss(_));
+        if show {
+            if let Some(line) = event_line(e) {
                 eprintln!("watcher: {line}");
             }
         }
-        self.summary.add(&e);
+        self.summary.add(e);
         if let Some(log) = &mut self.log {
-            log.write(&e)?;
+            log.write(e)?;
         }
         Ok(())
     }
@@ -155,6 +226,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
     }
     let watcher_pid = std::process::id();
+    let prepared = prepare(opts.policy.as_deref(), opts.mode)?;
     // Open the log first: a bad path is the user's error to hear about before anything runs.
     let log = match &opts.log {
         Some(p) => Some(LogWriter::create(p)?),
@@ -170,7 +242,19 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     let mut sensor = Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: cgroup.path().to_path_buf() })?;
     sensor.watch_cgroup(cgroup.id(), 0)?;
 
-    let mut sinks = Sinks { log, quiet: opts.quiet, summary: Summary::default(), root_pid: 0, watcher_pid };
+    let policy_info = prepared.policy.as_ref().map(|p| PolicyInfo {
+        source: p.source.clone(),
+        pipeline: p.pipeline.clone(),
+        mode: p.mode.as_str().to_string(),
+    });
+    let mut sinks = Sinks {
+        log,
+        quiet: opts.quiet,
+        summary: Summary::default(),
+        root_pid: 0,
+        watcher_pid,
+        engine: prepared.policy.clone().map(Engine::new),
+    };
     sinks.emit(Event::Start(Start {
         ts: now_ts(),
         schema: SCHEMA_VERSION,
@@ -180,10 +264,15 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         pid: watcher_pid,
         sensors: sensor.states().to_vec(),
         resolvers: system_resolvers(),
+        registries: prepared.registries.clone(),
+        policy: policy_info.clone(),
     }))?;
     if !opts.quiet {
         let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
         eprintln!("watcher: sensors active: {}; watching cgroup {}", active.join(", "), cgroup.path().display());
+        if let Some(p) = &policy_info {
+            eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode);
+        }
     }
 
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
@@ -208,7 +297,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     sinks.root_pid = child_pid;
     sensor.watch_pid(child_pid, watcher_pid, 0)?;
 
-    let mut collector = Collector::new(clock_offset_ns());
+    let mut collector = Collector::new(clock_offset_ns()).with_secrets(prepared.secrets);
     let mut loss = LossTracker { seen: [0; COUNTER_NAMES.len()], decode_errors: 0, decode_reported: 0 };
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -275,19 +364,25 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     }
     loss.check(&sensor, &mut sinks)?;
 
-    let code = match (status.code(), status.signal()) {
+    let cmd_code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(s)) => 128 + s,
         _ => exitcode::WATCHER_ERROR,
     };
     let lost = sinks.summary.lost_total();
-    sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(code), lost }))?;
+    sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(cmd_code), lost }))?;
+    // Enforce mode fails closed: a denial or kill, or lost events, fail the step.
+    let code = sinks.engine.as_ref().and_then(|e| e.enforce_failure(lost)).unwrap_or(cmd_code);
     if let Some(log) = &mut sinks.log {
         log.finish()?;
     }
     drop(sensor); // detaches every program (the links are owned by this process)
     cgroup.remove()?;
     eprint!("{}", prefix_lines(&sinks.summary.render(), "watcher: "));
+    if code != cmd_code {
+        eprintln!("watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
+            if code == exitcode::POLICY_VIOLATION { "the policy blocked something" } else { "events were lost" });
+    }
     Ok(code)
 }
 

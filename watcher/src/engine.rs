@@ -1,0 +1,264 @@
+//! The engine: a pure function of (events, policy) -> alerts. No I/O and no clock: time comes
+//! from the events. `watcher run` feeds it the events it logs, `watcher replay` the events it
+//! reads back, so a replay with the same policy gives exactly the live alerts.
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use crate::{
+    event::{Alert, Connect, Dns, Event, Exec, Loss, Ts},
+    policy::{Mode, PackageManager, Policy},
+    proctree::{ProcTree, basename, is_shell},
+};
+
+pub const RULE_EGRESS: &str = "egress-denied";
+pub const RULE_DNS_NAME: &str = "dns-denied";
+pub const RULE_DNS_RESOLVER: &str = "dns-resolver-denied";
+pub const RULE_DNS_MALFORMED: &str = "dns-malformed";
+pub const RULE_EXEC: &str = "exec-denied";
+pub const RULE_SHELL: &str = "shell-from-install-script";
+pub const RULE_SECRET: &str = "secret-exfil";
+pub const RULE_LOSS: &str = "events-lost";
+
+pub struct Engine {
+    policy: Policy,
+    tree: ProcTree,
+    resolvers: Vec<IpAddr>,
+    /// Addresses returned by DNS answers for names the policy allows -> those names.
+    learned: HashMap<IpAddr, BTreeSet<String>>,
+    /// Every name any answer gave an address for (for messages).
+    answered: HashMap<IpAddr, BTreeSet<String>>,
+    /// One alert per (rule, process, subject).
+    raised: HashSet<(String, u32, String)>,
+    alerts: u64,
+    blocked: u64,
+}
+
+impl Engine {
+    /// `policy` must already carry the mode to judge with (the CLI's --mode applied).
+    pub fn new(policy: Policy) -> Engine {
+        Engine {
+            policy,
+            tree: ProcTree::default(),
+            resolvers: Vec::new(),
+            learned: HashMap::new(),
+            answered: HashMap::new(),
+            raised: HashSet::new(),
+            alerts: 0,
+            blocked: 0,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn tree(&self) -> &ProcTree {
+        &self.tree
+    }
+
+    /// Alerts raised so far, and how many of them were blocks (deny or kill).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.alerts, self.blocked)
+    }
+
+    fn package(&self, pid: u32) -> Option<String> {
+        self.tree.install_script(pid).map(|(_, a)| a.label())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn alert(&mut self, out: &mut Vec<Alert>, ts: Ts, rule: &str, blocked: bool, killed: bool, severity: &str, pid: u32, subject: String, message: String) {
+        if !self.raised.insert((rule.to_string(), pid, subject)) {
+            return;
+        }
+        let action = if killed {
+            "kill"
+        } else if blocked {
+            "deny"
+        } else {
+            "flag"
+        };
+        self.alerts += 1;
+        if blocked || killed {
+            self.blocked += 1;
+        }
+        out.push(Alert {
+            ts,
+            rule: rule.into(),
+            action: action.into(),
+            severity: severity.into(),
+            pid,
+            package: self.package(pid),
+            message,
+        });
+    }
+
+    /// Judge one event; returns the alerts it raises (possibly none).
+    pub fn process(&mut self, e: &Event) -> Vec<Alert> {
+        let mut out = Vec::new();
+        match e {
+            Event::Start(s) => {
+                self.resolvers = s.resolvers.clone();
+                let mut hosts = Vec::new();
+                for pm in self.policy.registries().to_vec() {
+                    if let Some(h) = s.registries.get(pm.as_str()) {
+                        hosts.extend(h.iter().cloned());
+                    }
+                }
+                if !hosts.is_empty() {
+                    self.policy = self.policy.clone().with_registry_hosts(hosts);
+                }
+            }
+            Event::Exec(x) => {
+                self.on_exec(x, &mut out);
+                self.tree.on_event(e);
+            }
+            Event::Fork(_) | Event::Exit(_) => self.tree.on_event(e),
+            Event::Connect(c) => self.on_connect(c, &mut out),
+            Event::Dns(d) => self.on_dns(d, &mut out),
+            Event::Loss(l) => self.on_loss(l, &mut out),
+            Event::Alert(_) | Event::End(_) => {}
+        }
+        out
+    }
+
+    fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
+        let pid = x.proc.pid;
+        let blocked = x.killed;
+        if let Some(rule) = self.policy.exec_denied(&x.filename) {
+            self.alert(
+                out, x.ts, RULE_EXEC, false, blocked, "high", pid, x.filename.clone(),
+                format!("{} is denied by exec rule {rule:?}", x.filename),
+            );
+        }
+        if is_shell(&x.filename) && self.policy.shells_denied_in_install_scripts() {
+            // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
+            // started from inside one, or a second shell exec by its start, is spawned by it.
+            let own = self.tree.get(pid);
+            let from_script = self.tree.install_script(x.proc.ppid).map(|(_, a)| a.label()).or_else(|| {
+                own.and_then(|n| n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| a.label()))
+            });
+            if let Some(pkg) = from_script {
+                let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
+                self.alert(
+                    out, x.ts, RULE_SHELL, false, blocked, "high", pid, x.filename.clone(),
+                    format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
+                );
+            }
+        }
+    }
+
+    fn egress_allowed(&self, ip: IpAddr, port: u16) -> bool {
+        if self.policy.ip_allowed(ip, port) {
+            return true;
+        }
+        self.learned
+            .get(&canonical(ip))
+            .is_some_and(|names| names.iter().any(|n| self.policy.host_allowed(n, port)))
+    }
+
+    fn on_connect(&mut self, c: &Connect, out: &mut Vec<Alert>) {
+        let pid = c.proc.pid;
+        let dest = format!("{}:{}/{}", c.daddr, c.dport, c.proto.as_str());
+        if c.dport == 53 {
+            if !self.policy.resolver_allowed(c.daddr, &self.resolvers) {
+                self.alert(
+                    out, c.ts, RULE_DNS_RESOLVER, !c.allowed, false, "high", pid, dest.clone(),
+                    format!("DNS traffic to {dest}, which is not an allowed resolver"),
+                );
+            }
+            return;
+        }
+        if !self.egress_allowed(c.daddr, c.dport) {
+            let how = match self.answered.get(&canonical(c.daddr)) {
+                Some(names) => format!(" (an answer for {} gave this address)", names.iter().cloned().collect::<Vec<_>>().join(", ")),
+                None => " (no allowed host resolved to it)".into(),
+            };
+            self.alert(
+                out, c.ts, RULE_EGRESS, !c.allowed, false, "high", pid, dest.clone(),
+                format!("{} to {dest} is not allowed by policy{how}", c.op),
+            );
+        }
+    }
+
+    fn on_dns(&mut self, d: &Dns, out: &mut Vec<Alert>) {
+        let pid = d.proc.pid;
+        if let Some(err) = &d.error {
+            self.alert(
+                out, d.ts, RULE_DNS_MALFORMED, !d.allowed, false, "high", pid, format!("{}:{}", d.server, d.server_port),
+                format!("{} bytes to port 53 of {} that are not a DNS query: {err}", d.payload_len, d.server),
+            );
+            return;
+        }
+        if !self.policy.resolver_allowed(d.server, &self.resolvers) {
+            self.alert(
+                out, d.ts, RULE_DNS_RESOLVER, !d.allowed, false, "high", pid, d.server.to_string(),
+                format!("DNS query for {} sent to {}, which is not an allowed resolver", d.qname, d.server),
+            );
+        }
+        let name_ok = self.policy.dns_name_allowed(&d.qname);
+        if !name_ok {
+            self.alert(
+                out, d.ts, RULE_DNS_NAME, !d.allowed, false, "high", pid, d.qname.to_ascii_lowercase(),
+                format!("DNS query for {} ({}) is not allowed by policy", d.qname, d.qtype),
+            );
+        }
+        for s in &d.secrets {
+            if self.policy.is_secret_env(&s.variable) {
+                self.alert(
+                    out, d.ts, RULE_SECRET, !d.allowed, false, "critical", pid, format!("{}:{}", s.variable, d.qname),
+                    format!("the value of {} ({} encoded) is in the DNS query name sent to {}", s.variable, s.encoding, d.server),
+                );
+            }
+        }
+        if let Some(answers) = &d.answers {
+            for ip in answers {
+                self.answered.entry(canonical(*ip)).or_default().insert(d.qname.to_ascii_lowercase());
+                if name_ok {
+                    self.learned.entry(canonical(*ip)).or_default().insert(d.qname.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+
+    fn on_loss(&mut self, l: &Loss, out: &mut Vec<Alert>) {
+        // One alert per source: the summary has the totals.
+        self.alert(
+            out, l.ts, RULE_LOSS, false, false, "medium", 0, l.source.clone(),
+            format!("the kernel lost {} {} events: what they were cannot be judged", l.count, l.source),
+        );
+    }
+
+    /// Whether the step must fail: in enforce mode, anything blocked or any lost event.
+    pub fn enforce_failure(&self, lost: u64) -> Option<i32> {
+        if self.policy.mode != Mode::Enforce {
+            return None;
+        }
+        if self.blocked > 0 {
+            return Some(crate::exitcode::POLICY_VIOLATION);
+        }
+        if lost > 0 {
+            return Some(crate::exitcode::EVENTS_LOST);
+        }
+        None
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Registry hosts for a policy's package managers, resolved from the tools' configuration.
+pub fn resolve_registries(policy: &Policy) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for pm in policy.registries() {
+        let hosts = crate::policy::resolve(*pm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.insert(PackageManager::as_str(*pm).to_string(), hosts);
+    }
+    Ok(out)
+}

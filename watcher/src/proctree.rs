@@ -1,0 +1,235 @@
+//! The process tree of a step, built from events: ancestry (parent at fork time) and which
+//! package's install script each process works for. Pure: fed by the engine.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// Shell names: an install script spawning one of these is what `shells: deny` forbids.
+pub const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "busybox"];
+
+/// npm lifecycle events that run during an install.
+const NPM_INSTALL_EVENTS: &[&str] = &["preinstall", "install", "postinstall", "prepare", "preprepare", "postprepare"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// `npm`, `pip` or `cargo`.
+    pub manager: String,
+    pub package: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// npm lifecycle event (`postinstall`, ...), `build.rs` for cargo, `build` for pip.
+    pub stage: String,
+}
+
+impl Attribution {
+    /// `npm:left-pad@1.3.0 (postinstall)`
+    pub fn label(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}:{}@{} ({})", self.manager, self.package, v, self.stage),
+            None => format!("{}:{} ({})", self.manager, self.package, self.stage),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub ppid: u32,
+    pub comm: String,
+    pub filename: Option<String>,
+    pub argv: Vec<String>,
+    /// Set on the process that starts an install script (npm's `sh -c`, a cargo build
+    /// script, pip's build backend); inherited through the tree by lookup.
+    pub attribution: Option<Attribution>,
+    pub exited: bool,
+}
+
+#[derive(Default, Debug)]
+pub struct ProcTree {
+    nodes: HashMap<u32, Node>,
+}
+
+pub fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+pub fn is_shell(path: &str) -> bool {
+    SHELLS.contains(&basename(path))
+}
+
+/// Recognise the start of an install script from an exec.
+pub fn install_script_of(filename: &str, argv: &[String], env: &BTreeMap<String, String>) -> Option<Attribution> {
+    if let (Some(ev), Some(name)) = (env.get("npm_lifecycle_event"), env.get("npm_package_name")) {
+        if NPM_INSTALL_EVENTS.contains(&ev.as_str()) {
+            return Some(Attribution {
+                manager: "npm".into(),
+                package: name.clone(),
+                version: env.get("npm_package_version").cloned(),
+                stage: ev.clone(),
+            });
+        }
+    }
+    let base = basename(filename);
+    if base.starts_with("build-script-") {
+        // cargo runs target/<profile>/build/<crate>-<hash>/build-script-build with
+        // CARGO_PKG_NAME set.
+        let package = env.get("CARGO_PKG_NAME").cloned().or_else(|| {
+            let dir = filename.rsplit('/').nth(1)?;
+            Some(dir.rsplit_once('-').map(|(n, _)| n).unwrap_or(dir).to_string())
+        })?;
+        return Some(Attribution {
+            manager: "cargo".into(),
+            package,
+            version: env.get("CARGO_PKG_VERSION").cloned(),
+            stage: "build.rs".into(),
+        });
+    }
+    if base.starts_with("python") {
+        // pip builds an sdist in <tmp>/pip-install-XXXX/<name>_<hash>/ through its PEP 517
+        // hook runner (_in_process.py) or, for legacy projects, setup.py.
+        let mentions = |needle: &str| argv.iter().any(|a| a.contains(needle));
+        if mentions("_in_process.py") || mentions("setup.py") {
+            let package = argv.iter().find_map(|a| pip_source_dir_name(a)).unwrap_or_else(|| "unknown sdist".into());
+            return Some(Attribution { manager: "pip".into(), package, version: None, stage: "build".into() });
+        }
+    }
+    None
+}
+
+/// `/tmp/pip-install-abc/evil-pkg_0123abcd.../setup.py` -> `evil-pkg`
+fn pip_source_dir_name(arg: &str) -> Option<String> {
+    let i = arg.find("pip-install-")?;
+    let rest = &arg[i..];
+    let dir = rest.split('/').nth(1)?;
+    let name = match dir.rsplit_once('_') {
+        Some((n, h)) if h.len() >= 8 && h.chars().all(|c| c.is_ascii_hexdigit()) => n,
+        _ => dir,
+    };
+    let name: String = name.chars().take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+    (!name.is_empty()).then_some(name)
+}
+
+impl ProcTree {
+    pub fn on_event(&mut self, e: &Event) {
+        match e {
+            Event::Fork(f) => {
+                let parent = self.nodes.get(&f.proc.ppid).cloned();
+                let node = self.nodes.entry(f.proc.pid).or_default();
+                *node = Node {
+                    ppid: f.proc.ppid,
+                    comm: f.proc.comm.clone(),
+                    filename: parent.as_ref().and_then(|p| p.filename.clone()),
+                    argv: parent.map(|p| p.argv).unwrap_or_default(),
+                    attribution: None,
+                    exited: false,
+                };
+            }
+            Event::Exec(x) => {
+                let in_script = self.install_script(x.proc.ppid).is_some()
+                    || self.nodes.get(&x.proc.pid).and_then(|n| n.attribution.as_ref()).is_some();
+                let node = self.nodes.entry(x.proc.pid).or_default();
+                if node.ppid == 0 {
+                    node.ppid = x.proc.ppid;
+                }
+                node.comm = x.proc.comm.clone();
+                node.filename = Some(x.filename.clone());
+                node.argv = x.argv.clone();
+                node.exited = false;
+                // The outermost process of a script is its start; descendants inherit.
+                if !in_script {
+                    if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env) {
+                        node.attribution = Some(a);
+                    }
+                }
+            }
+            Event::Exit(x) => {
+                if let Some(n) = self.nodes.get_mut(&x.proc.pid) {
+                    n.exited = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Node> {
+        self.nodes.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Ancestors of `pid`, nearest first, including itself (bounded: a corrupt log cannot loop).
+    pub fn ancestry(&self, pid: u32) -> Vec<u32> {
+        let mut out = vec![pid];
+        let mut cur = pid;
+        while out.len() < 256 {
+            match self.nodes.get(&cur) {
+                Some(n) if n.ppid != 0 && n.ppid != cur && !out.contains(&n.ppid) => {
+                    out.push(n.ppid);
+                    cur = n.ppid;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// The install script `pid` belongs to: (pid of the script's start, attribution).
+    pub fn install_script(&self, pid: u32) -> Option<(u32, &Attribution)> {
+        self.ancestry(pid)
+            .into_iter()
+            .find_map(|p| self.nodes.get(&p).and_then(|n| n.attribution.as_ref()).map(|a| (p, a)))
+    }
+
+    /// Every process with its parent, for reports.
+    pub fn iter(&self) -> impl Iterator<Item = (&u32, &Node)> {
+        self.nodes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npm_lifecycle_is_recognised_only_for_install_events() {
+        let mut env = BTreeMap::new();
+        env.insert("npm_lifecycle_event".to_string(), "postinstall".to_string());
+        env.insert("npm_package_name".to_string(), "evil-pkg".to_string());
+        env.insert("npm_package_version".to_string(), "1.2.3".to_string());
+        let a = install_script_of("/bin/sh", &["sh".into(), "-c".into(), "node x.js".into()], &env).unwrap();
+        assert_eq!(a.label(), "npm:evil-pkg@1.2.3 (postinstall)");
+        env.insert("npm_lifecycle_event".to_string(), "test".to_string());
+        assert!(install_script_of("/bin/sh", &[], &env).is_none());
+    }
+
+    #[test]
+    fn cargo_build_script_and_pip_build() {
+        let mut env = BTreeMap::new();
+        env.insert("CARGO_PKG_NAME".to_string(), "openssl-sys".to_string());
+        let a = install_script_of("/w/target/debug/build/openssl-sys-0a1b/build-script-build", &[], &env).unwrap();
+        assert_eq!((a.manager.as_str(), a.package.as_str(), a.stage.as_str()), ("cargo", "openssl-sys", "build.rs"));
+        let a = install_script_of("/w/target/debug/build/foo-bar-0a1b2c/build-script-main", &[], &BTreeMap::new()).unwrap();
+        assert_eq!(a.package, "foo-bar");
+        let argv: Vec<String> = vec![
+            "/usr/bin/python3".into(),
+            "-c".into(),
+            "exec(compile(open('/tmp/pip-install-x1y2/py-formatter-util_4f6a0c1e2b3d4e5f/setup.py')))".into(),
+        ];
+        let a = install_script_of("/usr/bin/python3.11", &argv, &BTreeMap::new()).unwrap();
+        assert_eq!(a.package, "py-formatter-util");
+        assert!(install_script_of("/usr/bin/python3", &["python3".into(), "app.py".into()], &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn shells_by_basename() {
+        assert!(is_shell("/bin/sh") && is_shell("/usr/bin/bash") && is_shell("dash"));
+        assert!(!is_shell("/usr/bin/node") && !is_shell("/usr/bin/shasum"));
+    }
+}
