@@ -41,6 +41,107 @@ pub const MAX_ENV_SCAN: usize = 512;
 pub const ENV_NAME_LEN: usize = 32;
 /// `ENV_CAPTURE` value flags.
 pub const ENV_FLAG_CAPTURE: u32 = 1;
+/// `ENV_MARKERS` value flag: this exact entry (e.g. `npm_lifecycle_event=postinstall`) means
+/// the process starts an install script.
+pub const ENV_FLAG_INSTALL: u32 = 2;
+
+/// `ProcInfo::flags`: the process runs inside an install script (inherited by its children).
+pub const PROC_INSTALL: u32 = 1;
+
+/// `EXEC_RULES` value flags, keyed by executable basename (NUL-padded to EXEC_NAME_LEN).
+pub const EXEC_DENY: u32 = 1;
+/// A shell: killed when started from inside an install script (enforce mode).
+pub const EXEC_SHELL: u32 = 2;
+pub const EXEC_NAME_LEN: usize = 32;
+
+/// `JOBS` value flags.
+pub const JOB_ENFORCE: u32 = 1;
+/// Shells spawned from install scripts are killed (policy `shells: deny`).
+pub const JOB_DENY_SHELLS: u32 = 2;
+
+/// Port ranges of one allow entry; `count == 0` means any port.
+pub const MAX_PORT_RANGES: usize = 8;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    pub count: u32,
+    pub _pad: u32,
+    /// `lo << 16 | hi`, inclusive.
+    pub ranges: [u32; MAX_PORT_RANGES],
+}
+
+impl PortSet {
+    #[inline(always)]
+    pub fn contains(&self, port: u16) -> bool {
+        if self.count == 0 {
+            return true;
+        }
+        let p = port as u32;
+        let mut i = 0;
+        while i < MAX_PORT_RANGES {
+            if (i as u32) < self.count {
+                let r = self.ranges[i];
+                if p >= (r >> 16) && p <= (r & 0xffff) {
+                    return true;
+                }
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Allowed host entries are numbered 0..MAX_HOST_ENTRIES; a DNS name's mask has bit i set
+/// when entry i allows it, and DNS_MASK_LOOKUP when it may be looked up at all.
+pub const MAX_HOST_ENTRIES: u32 = 63;
+pub const DNS_MASK_LOOKUP: u64 = 1 << 63;
+/// Longest DNS name in wire form.
+pub const NAME_WIRE_LEN: usize = 256;
+/// Most labels examined in a name.
+pub const MAX_LABELS: usize = 32;
+
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One step of the name hash, shared by kernel and user space so both compute the same value:
+/// FNV-1a over the lowercased wire-form bytes of a name suffix, taken from the end backwards,
+/// starting from a per-run random seed (so a hostile name cannot be built to collide).
+#[inline(always)]
+pub fn name_hash_step(h: u64, b: u8) -> u64 {
+    let b = if b.is_ascii_uppercase() { b + 32 } else { b };
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// Hash of a dotted name (`a.example.com`, no trailing dot needed) in wire form: what the
+/// kernel computes for the suffix starting at that name's first label.
+pub fn name_hash(seed: u64, name: &str) -> Option<u64> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut wire = [0u8; NAME_WIRE_LEN];
+    let mut n = 0;
+    if !name.is_empty() {
+        for label in name.split('.') {
+            let l = label.len();
+            if l == 0 || l > 63 || n + l + 2 > NAME_WIRE_LEN {
+                return None;
+            }
+            wire[n] = l as u8;
+            wire[n + 1..n + 1 + l].copy_from_slice(label.as_bytes());
+            n += l + 1;
+        }
+    }
+    wire[n] = 0;
+    n += 1;
+    let mut h = seed;
+    let mut i = n;
+    while i > 0 {
+        i -= 1;
+        h = name_hash_step(h, wire[i]);
+    }
+    Some(h)
+}
+
+/// Indexes of the `CONFIG` array.
+pub const CFG_SEED: u32 = 0;
+pub const CFG_LEN: u32 = 4;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;
@@ -90,7 +191,8 @@ pub struct ExecRecord {
     /// Kernel-internal scan state: the user pointer to envp and the next index to examine.
     pub envp: u64,
     pub env_idx: u32,
-    pub _pad: u32,
+    /// Length of `filename` without its NUL.
+    pub filename_len: u32,
     pub filename: [u8; FILENAME_LEN],
     pub args: [u8; ARGS_BUF_LEN],
     pub env: [u8; ENV_BUF_LEN],
@@ -179,6 +281,9 @@ pub struct ProcInfo {
     /// Set by exit/exit_group: the status the process asked for.
     pub exit_code: i32,
     pub code_known: u32,
+    /// PROC_* flags, inherited through fork.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Value of the `SOCK_OWNER` map (keyed by socket cookie): which process uses a socket.
@@ -189,6 +294,8 @@ pub struct SockOwner {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    pub job: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -210,6 +317,7 @@ mod user {
     // SAFETY: plain-old-data, repr(C), explicit padding, every bit pattern valid.
     unsafe impl aya::Pod for ProcInfo {}
     unsafe impl aya::Pod for SockOwner {}
+    unsafe impl aya::Pod for PortSet {}
 }
 
 const _: () = {
@@ -219,6 +327,7 @@ const _: () = {
     assert!(core::mem::size_of::<ExitRecord>() == 64);
     assert!(core::mem::size_of::<ConnectRecord>() == 56 + 24);
     assert!(core::mem::size_of::<DnsPacketRecord>() == 112 + DNS_PAYLOAD_LEN);
-    assert!(core::mem::size_of::<ProcInfo>() == 16);
-    assert!(core::mem::size_of::<SockOwner>() == 32);
+    assert!(core::mem::size_of::<ProcInfo>() == 24);
+    assert!(core::mem::size_of::<SockOwner>() == 40);
+    assert!(core::mem::size_of::<PortSet>() == 40);
 };

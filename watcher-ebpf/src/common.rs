@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
 };
 use watcher_common::{Header, ProcInfo};
 
-use crate::maps::{COUNTERS, WATCHED, WATCHED_CGROUPS};
+use crate::maps::{COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS};
 
 #[inline(always)]
 pub fn count(idx: u32) {
@@ -29,7 +29,7 @@ pub fn watched_current() -> Option<ProcInfo> {
     }
     let cg = unsafe { bpf_get_current_cgroup_id() };
     let job = unsafe { WATCHED_CGROUPS.get(&cg) }?;
-    let info = ProcInfo { ppid: 0, job: *job, exit_code: 0, code_known: 0 };
+    let info = ProcInfo { ppid: 0, job: *job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
     if WATCHED.insert(&tgid, &info, 0).is_err() {
         count(watcher_common::CNT_WATCHED_FULL);
     }
@@ -50,4 +50,10 @@ pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32) {
     hdr.uid = uid_gid as u32;
     hdr.gid = (uid_gid >> 32) as u32;
     hdr.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+}
+
+/// JOB_* flags of a job (0 when it has no policy).
+#[inline(always)]
+pub fn job_flags(job: u32) -> u32 {
+    unsafe { JOBS.get(&job) }.copied().unwrap_or(0)
 }

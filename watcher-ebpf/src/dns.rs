@@ -8,22 +8,25 @@ use aya_ebpf::{
 };
 use watcher_common::{
     AF_INET, AF_INET6, CNT_RINGBUF_FULL_DNS, DIR_EGRESS, DIR_INGRESS, DNS_PAYLOAD_LEN,
-    DnsPacketRecord, KIND_DNS_PACKET, PROTO_TCP, PROTO_UDP, SockOwner, VERDICT_ALLOW,
+    DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, PROTO_TCP, PROTO_UDP, SockOwner, VERDICT_ALLOW,
+    VERDICT_DENY,
 };
 
 use crate::{
-    common::{count, fill_header, watched_current},
-    maps::{EVENTS, SOCK_OWNER},
+    common::{count, fill_header, job_flags, watched_current},
+    maps::{EVENTS, RESOLVERS, SOCK_OWNER},
+    net::map_key,
 };
 
 const DNS_PORT: u16 = 53;
 
+/// Returns 0 to drop a query the policy does not allow (enforce mode): UDP senders get EPERM.
 #[cgroup_skb(egress)]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    on_packet(&ctx, DIR_EGRESS);
-    1
+    on_packet(&ctx, DIR_EGRESS)
 }
 
+/// Never drops; in enforce mode it learns the addresses answered for allowed names.
 #[cgroup_skb(ingress)]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     on_packet(&ctx, DIR_INGRESS);
@@ -98,16 +101,24 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
     Some(f)
 }
 
+/// Enforce mode, a query leaving: allowed only to an allowed resolver. (Checking the query
+/// name in the kernel is not done yet: see README, "Limitations".)
 #[inline(always)]
-fn on_packet(ctx: &SkBuffContext, direction: u8) {
-    let Some(f) = parse_flow(ctx) else { return };
+fn query_allowed(f: &Flow) -> bool {
+    let key = map_key(&f.daddr, f.family);
+    unsafe { RESOLVERS.get(&key) }.is_some()
+}
+
+#[inline(always)]
+fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
+    let Some(f) = parse_flow(ctx) else { return 1 };
     let port = if direction == DIR_EGRESS { f.dport } else { f.sport };
     if port != DNS_PORT {
-        return;
+        return 1;
     }
     let len = ctx.len();
     if len <= f.payload_off {
-        return; // e.g. a bare TCP ACK
+        return 1; // e.g. a bare TCP ACK
     }
     let payload_len = len - f.payload_off;
 
@@ -119,19 +130,26 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) {
             // A socket that never went through connect/sendmsg hooks (raw socket): on egress
             // the sender is the current task.
             if direction != DIR_EGRESS {
-                return;
+                return 1;
             }
-            let Some(info) = watched_current() else { return };
+            let Some(info) = watched_current() else { return 1 };
             let mut o = SockOwner::default();
             o.ppid = info.ppid;
+            o.job = info.job;
             o.pid = crate::common::current_tgid();
             o
         }
     };
+    let enforce = job_flags(owner.job) & JOB_ENFORCE != 0;
+    let mut verdict = VERDICT_ALLOW;
+    if enforce && direction == DIR_EGRESS && !query_allowed(&f) {
+        verdict = VERDICT_DENY;
+    }
+    let ret = if verdict == VERDICT_ALLOW { 1 } else { 0 };
 
     let Some(mut entry) = EVENTS.reserve::<DnsPacketRecord>(0) else {
         count(CNT_RINGBUF_FULL_DNS);
-        return;
+        return ret;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut rec.hdr, KIND_DNS_PACKET, owner.ppid);
@@ -151,7 +169,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) {
     rec.proto = f.proto;
     rec.direction = direction;
     rec.payload_len = payload_len;
-    rec.verdict = VERDICT_ALLOW;
+    rec.verdict = verdict;
     rec._pad = [0; 7];
     let mut n = payload_len;
     if n > DNS_PAYLOAD_LEN as u32 {
@@ -165,4 +183,5 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) {
     } == 0;
     rec.captured_len = if ok { n } else { 0 };
     entry.submit(0);
+    ret
 }

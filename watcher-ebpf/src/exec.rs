@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::bpf_probe_read_user_str,
+        generated::{bpf_probe_read_user_str, bpf_send_signal},
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -11,13 +11,17 @@ use aya_ebpf::{
 use watcher_common::{
     ARG_MAX_LEN, ARGS_LEN, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
     CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
-    ENV_ENTRY_MAX_LEN, ENV_LEN, ENV_NAME_LEN, ExitRecord, FILENAME_LEN, ForkRecord, KIND_EXEC,
+    ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_LEN, ENV_NAME_LEN, EXEC_DENY, EXEC_KILLED, EXEC_NAME_LEN,
+    EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, FILENAME_LEN, ForkRecord, KIND_EXEC,
     KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo,
 };
 
 use crate::{
-    common::{count, current_tgid, fill_header, watched_current},
-    maps::{CLONE_FLAGS, ENV_CAPTURE, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_SCRATCH, WATCHED},
+    common::{count, current_tgid, fill_header, job_flags, watched_current},
+    maps::{
+        CLONE_FLAGS, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
+        WATCHED,
+    },
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -50,12 +54,17 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     let n = unsafe {
         bpf_probe_read_user_str(rec.filename.as_mut_ptr().cast(), FILENAME_LEN as u32, filename.cast())
     };
+    rec.filename_len = 0;
     if n <= 0 {
         rec.filename[0] = 0;
-    } else if n as usize >= FILENAME_LEN {
-        rec.flags |= EXEC_FILENAME_TRUNCATED;
+    } else {
+        rec.filename_len = (n - 1) as u32;
+        if n as usize >= FILENAME_LEN {
+            rec.flags |= EXEC_FILENAME_TRUNCATED;
+        }
     }
 
+    enforce_exec(rec, &info);
     let argv: *const *const u8 = unsafe { ctx.read_at(argv_off) }.unwrap_or(core::ptr::null());
     if !argv.is_null() {
         read_args(rec, argv);
@@ -63,7 +72,6 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     rec.env_len = 0;
     rec.env_flags = 0;
     rec.env_idx = 0;
-    rec._pad = 0;
     rec.envp = unsafe { ctx.read_at::<u64>(argv_off + 8) }.unwrap_or(0);
     // Continue in exec_env_scan (tail calls); if that is impossible, keep what we have.
     if rec.envp != 0 {
@@ -77,6 +85,23 @@ fn finish_exec_enter(rec: &watcher_common::ExecRecord) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
         count(CNT_EXEC_SCRATCH_FULL);
+    }
+}
+
+/// Enforce mode: kill at exec entry, before the new program runs a single instruction, when
+/// the executable's basename is denied, or is a shell started inside an install script.
+#[inline(always)]
+fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
+    let flags = job_flags(info.job);
+    if flags & JOB_ENFORCE == 0 {
+        return;
+    }
+    let Some(key) = basename_key(&rec.filename, rec.filename_len) else { return };
+    let Some(rule) = (unsafe { EXEC_RULES.get(&key) }).copied() else { return };
+    let shell_in_script = rule & EXEC_SHELL != 0 && info.flags & PROC_INSTALL != 0 && flags & JOB_DENY_SHELLS != 0;
+    if rule & EXEC_DENY != 0 || shell_in_script {
+        unsafe { bpf_send_signal(9) };
+        rec.flags |= EXEC_KILLED;
     }
 }
 
@@ -117,6 +142,12 @@ fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
         let n = unsafe { bpf_probe_read_user_str(key.as_mut_ptr().cast(), ENV_NAME_LEN as u32, p.cast()) };
         if n <= 0 {
             continue;
+        }
+        // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
+        if (n as usize) <= ENV_NAME_LEN {
+            if let Some(m) = unsafe { ENV_MARKERS.get(&key) } {
+                rec.env_flags |= *m;
+            }
         }
         // Keep the name only: zero from '=' on, without branches (a branch per byte would
         // multiply the verifier's states). A name longer than the key never matches.
@@ -222,14 +253,67 @@ fn exec_exit(ctx: &TracePointContext) {
         rec.hdr.comm = bpf_get_current_comm().unwrap_or(rec.hdr.comm);
         rec.hdr.pid = (pid_tgid >> 32) as u32;
         rec.hdr.tid = tid;
+        // The process that starts an install script (npm's `sh -c`, a cargo build script):
+        // from now on it and its children are inside the script.
+        let starts_script = rec.env_flags & ENV_FLAG_INSTALL != 0 || is_build_script(&rec.filename, rec.filename_len);
+        if starts_script {
+            let tgid = (pid_tgid >> 32) as u32;
+            if let Some(info) = WATCHED.get_ptr_mut(&tgid) {
+                unsafe { (*info).flags |= PROC_INSTALL };
+            }
+        }
     }
     // Failed attempts (PATH search ENOENT, ...) are not events; a killed one is.
-    if ret == 0 || rec.flags & watcher_common::EXEC_KILLED != 0 {
+    if ret == 0 || rec.flags & EXEC_KILLED != 0 {
         if EVENTS.output(rec, 0).is_err() {
             count(CNT_RINGBUF_FULL_EXEC);
         }
     }
     let _ = EXEC_PENDING.remove(&tid);
+}
+
+/// The basename (after the last '/') as a NUL-padded key; None when it is longer than a key
+/// (then no rule can match it). Scans back from the end at most EXEC_NAME_LEN bytes, which
+/// keeps the verifier's work small.
+#[inline(always)]
+fn basename_key(filename: &[u8; FILENAME_LEN], len: u32) -> Option<[u8; EXEC_NAME_LEN]> {
+    let len = (len as usize) & (FILENAME_LEN - 1);
+    let mut start = usize::MAX;
+    for j in 0..EXEC_NAME_LEN {
+        if j >= len {
+            start = 0;
+            break;
+        }
+        let i = len - 1 - j;
+        if filename[i & (FILENAME_LEN - 1)] == b'/' {
+            start = i + 1;
+            break;
+        }
+    }
+    if start == usize::MAX {
+        return None;
+    }
+    let mut key = [0u8; EXEC_NAME_LEN];
+    for j in 0..EXEC_NAME_LEN - 1 {
+        if start + j >= len {
+            break;
+        }
+        key[j] = filename[(start + j) & (FILENAME_LEN - 1)];
+    }
+    Some(key)
+}
+
+/// cargo build scripts: `.../build/<crate>-<hash>/build-script-*`.
+#[inline(always)]
+fn is_build_script(filename: &[u8; FILENAME_LEN], len: u32) -> bool {
+    const PREFIX: &[u8; 13] = b"build-script-";
+    let Some(key) = basename_key(filename, len) else { return false };
+    for j in 0..PREFIX.len() {
+        if key[j] != PREFIX[j] {
+            return false;
+        }
+    }
+    true
 }
 
 // clone flags, so sched_process_fork can tell processes from threads.
@@ -291,7 +375,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     let child = child as u32;
     let parent = current_tgid();
-    let child_info = ProcInfo { ppid: parent, job: info.job, exit_code: 0, code_known: 0 };
+    let child_info = ProcInfo { ppid: parent, job: info.job, exit_code: 0, code_known: 0, flags: info.flags, _pad: 0 };
     if WATCHED.insert(&child, &child_info, 0).is_err() {
         count(CNT_WATCHED_FULL);
     }

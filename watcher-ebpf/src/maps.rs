@@ -1,9 +1,11 @@
 //! Every map the programs share with userspace.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
-use watcher_common::{ENV_NAME_LEN, ExecRecord, MAX_WATCHED, NUM_COUNTERS, ProcInfo, SockOwner};
+use watcher_common::{
+    ENV_NAME_LEN, EXEC_NAME_LEN, ExecRecord, MAX_WATCHED, NUM_COUNTERS, PortSet, ProcInfo, SockOwner,
+};
 
 /// All records to userspace. Userspace may resize it before load (`--ringbuf-size`).
 #[map]
@@ -53,3 +55,37 @@ pub static ENV_CAPTURE: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_ent
 /// Slot 0: exec_env_scan, which sys_enter_execve tail-calls to scan the environment in chunks.
 #[map]
 pub static ENV_SCAN_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+// ---- Enforcement: the policy compiled by userspace (sensor::enforce). ----
+
+/// Job id -> JOB_* flags (enforce, deny shells).
+#[map]
+pub static JOBS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Allowed networks: IPv4 as IPv4-mapped IPv6, so connect6 to ::ffff:a.b.c.d is judged the
+/// same as connect4 to a.b.c.d.
+#[map]
+pub static ALLOW_NET: LpmTrie<[u8; 16], PortSet> = LpmTrie::with_max_entries(4096, 0);
+
+/// Allowed resolvers (any port 53 traffic to them is allowed).
+#[map]
+pub static RESOLVERS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
+
+/// Ports of host entry i.
+#[map]
+pub static HOST_PORTS: Array<PortSet> = Array::with_max_entries(64, 0);
+
+/// Addresses an answer for an allowed name returned -> OR of the names' masks. Filled by
+/// userspace as it reads each answer (so a connect racing the answer's processing can be
+/// denied: see README, "Limitations").
+#[map]
+pub static LEARNED: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Executable basename -> EXEC_* flags.
+#[map]
+pub static EXEC_RULES: HashMap<[u8; EXEC_NAME_LEN], u32> = HashMap::with_max_entries(1024, 0);
+
+/// Exact environment entries ("npm_lifecycle_event=postinstall") that mark an install script.
+#[map]
+pub static ENV_MARKERS: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, 0);
+

@@ -6,14 +6,15 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use aya_ebpf::maps::lpm_trie::Key;
 use watcher_common::{
-    AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, KIND_CONNECT, OP_CONNECT,
-    OP_SENDMSG, SockOwner, VERDICT_ALLOW,
+    AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, JOB_ENFORCE, KIND_CONNECT,
+    MAX_HOST_ENTRIES, OP_CONNECT, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::{
-    common::{count, fill_header, watched_current},
-    maps::{EVENTS, SOCK_OWNER, UDP_SEEN},
+    common::{count, fill_header, job_flags, watched_current},
+    maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN},
 };
 
 #[repr(C)]
@@ -63,15 +64,18 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     // user_port holds the port in network byte order in its low 16 bits.
     let dport = u16::from_be(sa.user_port as u16);
     let proto = sa.protocol as u8;
-    let verdict = VERDICT_ALLOW;
+    let enforce = job_flags(info.job) & JOB_ENFORCE != 0;
+    let verdict = if !enforce || egress_allowed(&daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
 
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
+    owner.job = info.job;
+    owner._pad = 0;
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
 
-    if op == OP_SENDMSG {
-        // Report each destination of unconnected UDP once per process.
+    if op == OP_SENDMSG && verdict == VERDICT_ALLOW {
+        // Report each allowed destination of unconnected UDP once per process.
         let key = UdpKey { pid: owner.pid, port: dport, family, addr: daddr };
         if unsafe { UDP_SEEN.get(&key) }.is_some() {
             return 1;
@@ -94,7 +98,43 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
         }
         None => count(CNT_RINGBUF_FULL_CONNECT),
     }
-    1
+    if verdict == VERDICT_ALLOW { 1 } else { 0 }
+}
+
+/// The address as the enforcement maps key it: IPv4 as IPv4-mapped IPv6.
+#[inline(always)]
+pub fn map_key(addr: &[u8; 16], family: u16) -> [u8; 16] {
+    if family == AF_INET {
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+    } else {
+        *addr
+    }
+}
+
+/// Allowed: port 53 to an allowed resolver, an allowed network with that port, or an address
+/// an answer for an allowed name returned, with a port that name's entry allows.
+#[inline(always)]
+fn egress_allowed(addr: &[u8; 16], family: u16, dport: u16) -> bool {
+    let key = map_key(addr, family);
+    if dport == 53 && unsafe { RESOLVERS.get(&key) }.is_some() {
+        return true;
+    }
+    if let Some(ports) = ALLOW_NET.get(&Key::new(128, key)) {
+        if ports.contains(dport) {
+            return true;
+        }
+    }
+    let Some(mask) = (unsafe { LEARNED.get(&key) }).copied() else { return false };
+    for i in 0..MAX_HOST_ENTRIES {
+        if mask & (1u64 << i) != 0 {
+            if let Some(ports) = HOST_PORTS.get(i) {
+                if ports.contains(dport) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 #[inline(always)]

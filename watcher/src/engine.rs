@@ -33,6 +33,7 @@ pub struct Engine {
     raised: HashSet<(String, u32, String)>,
     alerts: u64,
     blocked: u64,
+    loss_alerts: u64,
 }
 
 impl Engine {
@@ -47,6 +48,7 @@ impl Engine {
             raised: HashSet::new(),
             alerts: 0,
             blocked: 0,
+            loss_alerts: 0,
         }
     }
 
@@ -224,18 +226,21 @@ impl Engine {
 
     fn on_loss(&mut self, l: &Loss, out: &mut Vec<Alert>) {
         // One alert per source: the summary has the totals.
+        let before = self.alerts;
         self.alert(
             out, l.ts, RULE_LOSS, false, false, "medium", 0, l.source.clone(),
             format!("the kernel lost {} {} events: what they were cannot be judged", l.count, l.source),
         );
+        self.loss_alerts += self.alerts - before;
     }
 
-    /// Whether the step must fail: in enforce mode, anything blocked or any lost event.
+    /// Whether the step must fail: in enforce mode, any violation (blocked in the kernel or
+    /// only seen: fail closed) or any lost event.
     pub fn enforce_failure(&self, lost: u64) -> Option<i32> {
         if self.policy.mode != Mode::Enforce {
             return None;
         }
-        if self.blocked > 0 {
+        if self.alerts > self.loss_alerts {
             return Some(crate::exitcode::POLICY_VIOLATION);
         }
         if lost > 0 {

@@ -101,6 +101,15 @@ pub fn now_ts() -> Ts {
         .unwrap_or(0))
 }
 
+/// A per-run secret seed for the kernel's DNS name hash.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    u64::from_ne_bytes(b) ^ boot_now_ns()
+}
+
 /// Resolvers named in /etc/resolv.conf.
 pub fn system_resolvers() -> Vec<std::net::IpAddr> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -198,6 +207,7 @@ fn process(
     collector: &mut Collector,
     loss: &mut LossTracker,
     sinks: &mut Sinks,
+    learn: &mut dyn FnMut(&Event),
 ) -> anyhow::Result<()> {
     let mut events = Vec::with_capacity(batch.len());
     for r in batch.drain(..) {
@@ -210,6 +220,7 @@ fn process(
         }
     }
     for e in events {
+        learn(&e);
         sinks.emit(e)?;
     }
     Ok(())
@@ -240,6 +251,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     }
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
     let mut sensor = Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: cgroup.path().to_path_buf() })?;
+    let mut kernel_tables = None;
+    if let Some(p) = &prepared.policy {
+        let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
+        let tables = crate::policy::kernel::compile(p, &hosts, &system_resolvers(), random_seed())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.source))?;
+        sensor.apply_policy(0, &tables)?;
+        kernel_tables = Some(tables);
+    }
     sensor.watch_cgroup(cgroup.id(), 0)?;
 
     let policy_info = prepared.policy.as_ref().map(|p| PolicyInfo {
@@ -320,7 +339,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         tokio::select! {
             r = sensor.wait_and_drain(&mut batch) => {
                 r?;
-                process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
+                process(&mut batch, &mut collector, &mut loss, &mut sinks, &mut |e| learn_from(&mut sensor, kernel_tables.as_ref(), e))?;
             }
             st = child.wait() => break st.context("waiting for the command")?,
             Some(sig) = sig_rx.recv() => {
@@ -356,7 +375,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     // Let the exit records of the killed processes arrive, then take everything left.
     tokio::time::sleep(Duration::from_millis(50)).await;
     sensor.drain(&mut batch);
-    process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
+    process(&mut batch, &mut collector, &mut loss, &mut sinks, &mut |_| {})?;
     let mut ev = Vec::new();
     collector.finish(&mut ev);
     for e in ev {
@@ -381,9 +400,24 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     eprint!("{}", prefix_lines(&sinks.summary.render(), "watcher: "));
     if code != cmd_code {
         eprintln!("watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
-            if code == exitcode::POLICY_VIOLATION { "the policy blocked something" } else { "events were lost" });
+            if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" });
     }
     Ok(code)
+}
+
+/// Enforce mode: an answer for an allowed name opens egress to its addresses.
+fn learn_from(sensor: &mut Sensor, tables: Option<&crate::policy::kernel::KernelTables>, e: &Event) {
+    let (Some(t), Event::Dns(d)) = (tables, e) else { return };
+    let Some(answers) = &d.answers else { return };
+    let mask = t.mask_for(&d.qname) & !watcher_common::DNS_MASK_LOOKUP;
+    if mask == 0 {
+        return;
+    }
+    for ip in answers {
+        if let Err(err) = sensor.learn(*ip, mask) {
+            tracing::warn!("{err:#}");
+        }
+    }
 }
 
 fn prefix_lines(s: &str, p: &str) -> String {

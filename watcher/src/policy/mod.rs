@@ -9,6 +9,7 @@
 
 mod error;
 mod matcher;
+pub mod kernel;
 pub mod registry;
 mod resolv;
 pub mod schema;

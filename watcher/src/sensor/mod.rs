@@ -8,13 +8,13 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use watcher_common::{ENV_FLAG_CAPTURE, ENV_NAME_LEN, NUM_COUNTERS, ProcInfo};
+use watcher_common::{ENV_FLAG_CAPTURE, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
 
-use crate::{event::SensorState, record};
+use crate::{event::SensorState, policy::kernel::KernelTables, record};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher-ebpf"));
 
@@ -233,8 +233,56 @@ impl Sensor {
     pub fn watch_pid(&mut self, pid: u32, ppid: u32, job: u32) -> anyhow::Result<()> {
         let mut m: HashMap<_, u32, ProcInfo> =
             HashMap::try_from(self.ebpf.map_mut("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?)?;
-        m.insert(&pid, &ProcInfo { ppid, job, exit_code: 0, code_known: 0 }, 0)
-            .context("adding the process to the watch map")?;
+        // BPF_NOEXIST: if the kernel already added it (through its cgroup), keep what the
+        // kernel knows (its flags may already say it starts an install script).
+        const BPF_NOEXIST: u64 = 1;
+        match m.insert(&pid, &ProcInfo { ppid, job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 }, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(_) if m.get(&pid, 0).is_ok() => Ok(()),
+            Err(e) => Err(e).context("adding the process to the watch map"),
+        }
+    }
+
+    /// Write a compiled policy into the kernel maps for `job`. Must happen before the job's
+    /// first process starts.
+    pub fn apply_policy(&mut self, job: u32, t: &KernelTables) -> anyhow::Result<()> {
+        fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+            ebpf.map_mut(name).ok_or_else(|| anyhow!("no {name} map"))
+        }
+        let e = &mut self.ebpf;
+        let mut nets = LpmTrie::<_, [u8; 16], PortSet>::try_from(map(e, "ALLOW_NET")?)?;
+        for (addr, prefix, ports) in &t.nets {
+            nets.insert(&LpmKey::new(*prefix, *addr), ports, 0).context("filling ALLOW_NET")?;
+        }
+        let mut res = HashMap::<_, [u8; 16], u32>::try_from(map(e, "RESOLVERS")?)?;
+        for r in &t.resolvers {
+            res.insert(r, &1, 0).context("filling RESOLVERS")?;
+        }
+        let mut ports = Array::<_, PortSet>::try_from(map(e, "HOST_PORTS")?)?;
+        for (i, p) in t.host_ports.iter().enumerate() {
+            ports.set(i as u32, p, 0).context("filling HOST_PORTS")?;
+        }
+        let mut rules = HashMap::<_, [u8; EXEC_NAME_LEN], u32>::try_from(map(e, "EXEC_RULES")?)?;
+        for (k, f) in &t.exec_rules {
+            rules.insert(k, f, 0).context("filling EXEC_RULES")?;
+        }
+        let mut markers = HashMap::<_, [u8; ENV_NAME_LEN], u32>::try_from(map(e, "ENV_MARKERS")?)?;
+        for (k, f) in &t.env_markers {
+            markers.insert(k, f, 0).context("filling ENV_MARKERS")?;
+        }
+        let mut jobs = HashMap::<_, u32, u32>::try_from(map(e, "JOBS")?)?;
+        jobs.insert(&job, &t.job_flags, 0).context("filling JOBS")?;
+        Ok(())
+    }
+
+    /// Allow egress to `ip` for the host entries in `mask` (an answer for an allowed name).
+    pub fn learn(&mut self, ip: std::net::IpAddr, mask: u64) -> anyhow::Result<()> {
+        let key = crate::policy::kernel::map_key(ip);
+        let mut m = HashMap::<_, [u8; 16], u64>::try_from(
+            self.ebpf.map_mut("LEARNED").ok_or_else(|| anyhow!("no LEARNED map"))?,
+        )?;
+        let old = m.get(&key, 0).unwrap_or(0);
+        m.insert(&key, &(old | mask), 0).context("updating LEARNED")?;
         Ok(())
     }
 

@@ -1,0 +1,120 @@
+//! `watcher run --policy` in enforce mode: denials happen in the kernel (EPERM, nothing
+//! reaches the peer), denied executables and shells spawned by install scripts are killed at
+//! exec entry, and the step fails with exit code 77 even when the command exits 0.
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use watcher_tests::{DnsServer, Listener, netprobe_bin, read_jsonl, root_or_skip, watcher_bin};
+
+fn run_enforced(policy: &str, script: &str, npm_script: bool) -> (Option<i32>, String, String, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, policy).unwrap();
+    let log = dir.path().join("e.jsonl");
+    let mut cmd = Command::new(watcher_bin());
+    cmd.args(["run", "--quiet", "--policy"]).arg(&p).arg("--log").arg(&log).args(["--", "sh", "-c", script]);
+    if npm_script {
+        cmd.env("npm_lifecycle_event", "postinstall").env("npm_package_name", "evil-pkg").env("npm_package_version", "99.99.9");
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        read_jsonl(&log),
+    )
+}
+
+fn alert<'a>(events: &'a [Value], rule: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["kind"] == "alert" && e["rule"] == rule)
+        .unwrap_or_else(|| panic!("no {rule} alert: {:#?}", events.iter().filter(|e| e["kind"] == "alert").collect::<Vec<_>>()))
+}
+
+#[test]
+fn egress_is_denied_in_the_kernel_for_v4_v6_tcp_udp_and_allowed_hosts_pass() {
+    if !root_or_skip() {
+        return;
+    }
+    let dns_ip = "127.53.0.31";
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad4 = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let bad6 = Listener::start("[::1]:0".parse().unwrap()).unwrap();
+    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let other_dns = DnsServer::start("127.53.0.32".parse().unwrap(), vec![]).unwrap();
+    let policy = format!(
+        "version: 1\npipeline: t\nmode: enforce\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\ndns:\n  resolvers: [{dns_ip}]\n",
+        ok.addr().port()
+    );
+    let p = netprobe_bin().display().to_string();
+    let (b4, b6) = (bad4.addr().to_string(), bad6.addr().to_string());
+    let script = format!(
+        "{p} dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.1:{okp} tcp {b4} tcp {b6} udp-sendto {b4} udp-sendto {b6} udp-connect {b4} \
+         tcp 127.0.0.1:{other} dns-sendto 127.53.0.32 ok.watcher.test A",
+        okp = ok.addr().port(),
+        other = bad4.addr().port(),
+    );
+    let (code, _out, err, events) = run_enforced(&policy, &script, false);
+    assert_eq!(code, Some(77), "{err}");
+    // The allowed host, reached through the answer for its name, got its connection.
+    assert_eq!(ok.connections(), 1, "{err}");
+    assert_eq!(dns.queries().len(), 1);
+    // Nothing reached the others.
+    assert_eq!(bad4.connections() + bad4.datagrams(), 0, "{err}");
+    assert_eq!(bad6.connections() + bad6.datagrams(), 0, "{err}");
+    assert_eq!(other_dns.queries().len(), 0, "a resolver outside the policy got a query");
+    assert!(err.contains("Operation not permitted (EPERM)"), "{err}");
+    let denied: Vec<&Value> = events.iter().filter(|e| e["kind"] == "connect" && e["allowed"] == false).collect();
+    assert!(denied.len() >= 5, "{denied:#?}");
+    assert_eq!(alert(&events, "egress-denied")["action"], "deny");
+    assert_eq!(alert(&events, "dns-resolver-denied")["action"], "deny");
+}
+
+#[test]
+fn denied_executables_and_shells_from_install_scripts_are_killed_before_running() {
+    if !root_or_skip() {
+        return;
+    }
+    let policy = "version: 1\npipeline: t\nmode: enforce\nexec:\n  deny: [id]\n  install_scripts:\n    shells: deny\n";
+    // An npm postinstall script (sh -c started by npm, here with npm's variables) spawns a
+    // shell, and runs a denied executable.
+    let (code, out, err, events) =
+        run_enforced(policy, "bash -c 'echo SHELL-RAN'; id; echo SCRIPT-CONTINUED", true);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(!out.contains("SHELL-RAN"), "the shell ran: {out}");
+    assert!(!out.contains("uid="), "id ran: {out}");
+    assert!(out.contains("SCRIPT-CONTINUED"));
+    let shell = alert(&events, "shell-from-install-script");
+    assert_eq!(shell["action"], "kill");
+    assert_eq!(shell["package"], "npm:evil-pkg@99.99.9 (postinstall)");
+    assert_eq!(alert(&events, "exec-denied")["action"], "kill");
+
+    // Outside an install script, a shell is fine, and a clean step passes.
+    let (code, out, err, events) = run_enforced(policy, "bash -c 'echo SHELL-RAN'", false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("SHELL-RAN"));
+    assert!(!events.iter().any(|e| e["kind"] == "alert"));
+}
+
+#[test]
+fn audit_override_lets_everything_through_with_the_commands_code() {
+    if !root_or_skip() {
+        return;
+    }
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let policy = "version: 1\npipeline: t\nmode: enforce\negress:\n  loopback: false\n";
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, policy).unwrap();
+    let out = Command::new(watcher_bin())
+        .args(["run", "--quiet", "--mode", "audit", "--policy"])
+        .arg(&p)
+        .args(["--", &netprobe_bin().display().to_string(), "tcp", &bad.addr().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(bad.connections(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("egress-denied"));
+}

@@ -1,0 +1,253 @@
+//! Compile a policy into the tables the kernel programs enforce with (pure; the sensor writes
+//! them into maps). Only what the kernel can decide exactly is compiled: exact host names and
+//! `*.suffix` wildcards, IPs and CIDRs with ports, resolvers, executable basenames. Anything
+//! else in an enforce-mode policy is refused with a clear message rather than enforced
+//! differently from what the engine judges.
+use std::net::IpAddr;
+
+use watcher_common::{
+    DNS_MASK_LOOKUP, ENV_FLAG_INSTALL, ENV_NAME_LEN, EXEC_DENY, EXEC_NAME_LEN, EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE,
+    MAX_HOST_ENTRIES, MAX_PORT_RANGES, PortSet, name_hash,
+};
+
+use super::{Mode, Policy, schema::{Resolver, Target}};
+use crate::proctree::SHELLS;
+
+/// npm lifecycle events that start an install script (kept in step with proctree).
+const NPM_INSTALL_MARKERS: &[&str] = &[
+    "npm_lifecycle_event=preinstall",
+    "npm_lifecycle_event=install",
+    "npm_lifecycle_event=postinstall",
+    "npm_lifecycle_event=prepare",
+    "npm_lifecycle_event=preprepare",
+    "npm_lifecycle_event=postprepare",
+];
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct KernelTables {
+    pub job_flags: u32,
+    pub seed: u64,
+    /// (IPv4-mapped or IPv6 address, prefix length over 128 bits, ports)
+    pub nets: Vec<([u8; 16], u32, PortSet)>,
+    pub resolvers: Vec<[u8; 16]>,
+    pub names: Vec<(u64, u64)>,
+    pub suffixes: Vec<(u64, u64)>,
+    pub host_ports: Vec<PortSet>,
+    pub exec_rules: Vec<([u8; EXEC_NAME_LEN], u32)>,
+    pub env_markers: Vec<([u8; ENV_NAME_LEN], u32)>,
+}
+
+pub fn map_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn port_set(ports: Option<&[(u16, u16)]>) -> Result<PortSet, String> {
+    let mut ps = PortSet::default();
+    if let Some(ranges) = ports {
+        if ranges.len() > MAX_PORT_RANGES {
+            return Err(format!("at most {MAX_PORT_RANGES} port ranges per entry can be enforced in the kernel"));
+        }
+        for (i, (lo, hi)) in ranges.iter().enumerate() {
+            ps.ranges[i] = (*lo as u32) << 16 | *hi as u32;
+        }
+        ps.count = ranges.len() as u32;
+    }
+    Ok(ps)
+}
+
+fn padded<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() >= N {
+        return None;
+    }
+    let mut k = [0u8; N];
+    k[..s.len()].copy_from_slice(s.as_bytes());
+    Some(k)
+}
+
+struct Names<'a> {
+    t: &'a mut KernelTables,
+    seed: u64,
+    errors: Vec<String>,
+}
+
+impl Names<'_> {
+    fn add(&mut self, pattern: &str, mask: u64) {
+        let p = pattern.trim_end_matches('.').to_ascii_lowercase();
+        let (table, name) = match p.strip_prefix("*.") {
+            Some(suffix) => (&mut self.t.suffixes, suffix.to_string()),
+            None => (&mut self.t.names, p.clone()),
+        };
+        if name.contains(['*', '?', '[', '{']) {
+            self.errors.push(format!(
+                "host pattern {pattern:?} cannot be enforced in the kernel: use an exact name or a leading \"*.\" wildcard"
+            ));
+            return;
+        }
+        match name_hash(self.seed, &name) {
+            Some(h) => match table.iter_mut().find(|(k, _)| *k == h) {
+                Some((_, m)) => *m |= mask,
+                None => table.push((h, mask)),
+            },
+            None => self.errors.push(format!("host name {pattern:?} is not a valid DNS name")),
+        }
+    }
+}
+
+/// `registry_hosts`: the hosts of the policy's registries resolved for this run.
+pub fn compile(policy: &Policy, registry_hosts: &[String], system_resolvers: &[IpAddr], seed: u64) -> Result<KernelTables, String> {
+    let spec = policy.spec();
+    let mut t = KernelTables { seed, ..Default::default() };
+    if policy.mode == Mode::Enforce {
+        t.job_flags |= JOB_ENFORCE;
+    }
+    if policy.shells_denied_in_install_scripts() {
+        t.job_flags |= JOB_DENY_SHELLS;
+    }
+    for (net, ports) in policy.allowed_cidrs() {
+        let prefix = match net {
+            ipnet::IpNet::V4(n) => 96 + n.prefix_len() as u32,
+            ipnet::IpNet::V6(n) => n.prefix_len() as u32,
+        };
+        t.nets.push((map_key(net.network()), prefix, port_set(ports.as_deref())?));
+    }
+    for r in &spec.dns.resolvers {
+        match r {
+            Resolver::System => t.resolvers.extend(system_resolvers.iter().map(|ip| map_key(*ip))),
+            Resolver::Ip(ip) => t.resolvers.push(map_key(*ip)),
+        }
+    }
+    let mut names = Names { t: &mut t, seed, errors: Vec::new() };
+    let mut entries: Vec<(String, PortSet)> = Vec::new();
+    for e in &spec.egress.allow {
+        if let Target::Host(h) = &e.target {
+            let ports: Option<Vec<(u16, u16)>> = e.ports.as_ref().map(|v| v.iter().map(|r| (r.start, r.end)).collect());
+            entries.push((h.as_str().to_string(), port_set(ports.as_deref())?));
+        }
+    }
+    for h in registry_hosts {
+        match h.parse::<IpAddr>() {
+            Ok(ip) => names.t.nets.push((map_key(ip), 128, PortSet::default())),
+            Err(_) => entries.push((h.clone(), PortSet::default())),
+        }
+    }
+    if entries.len() > MAX_HOST_ENTRIES as usize {
+        return Err(format!("at most {MAX_HOST_ENTRIES} allowed hosts (including registry hosts) can be enforced in the kernel"));
+    }
+    for (i, (pattern, ports)) in entries.iter().enumerate() {
+        names.add(pattern, (1u64 << i) | DNS_MASK_LOOKUP);
+        names.t.host_ports.push(*ports);
+    }
+    for h in &spec.dns.allow {
+        names.add(h.as_str(), DNS_MASK_LOOKUP);
+    }
+    let errors = std::mem::take(&mut names.errors);
+    if policy.mode == Mode::Enforce && !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    // Executables: plain names are killed at exec entry; shells only inside install scripts.
+    for p in &spec.exec.deny {
+        let s = p.as_str();
+        if !s.contains(['/', '*', '?', '[', '{']) {
+            if let Some(k) = padded::<EXEC_NAME_LEN>(s) {
+                t.exec_rules.push((k, EXEC_DENY));
+            }
+        }
+    }
+    for sh in SHELLS {
+        if let Some(k) = padded::<EXEC_NAME_LEN>(sh) {
+            match t.exec_rules.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, f)) => *f |= EXEC_SHELL,
+                None => t.exec_rules.push((k, EXEC_SHELL)),
+            }
+        }
+    }
+    for m in NPM_INSTALL_MARKERS {
+        if let Some(k) = padded::<ENV_NAME_LEN>(m) {
+            t.env_markers.push((k, ENV_FLAG_INSTALL));
+        }
+    }
+    Ok(t)
+}
+
+impl KernelTables {
+    /// Mask of the host entries that allow `name` (exact, or a `*.suffix` with at least one
+    /// more label), as the kernel maps key them.
+    pub fn mask_for(&self, name: &str) -> u64 {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut mask = 0;
+        if let Some(h) = name_hash(self.seed, &name) {
+            mask |= self.names.iter().filter(|(k, _)| *k == h).map(|(_, m)| *m).fold(0, |a, b| a | b);
+        }
+        let mut rest = name.as_str();
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(h) = name_hash(self.seed, suffix) {
+                mask |= self.suffixes.iter().filter(|(k, _)| *k == h).map(|(_, m)| *m).fold(0, |a, b| a | b);
+            }
+            rest = suffix;
+        }
+        mask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(yaml: &str) -> Policy {
+        crate::policy::parse_str("t.yaml", yaml).unwrap()
+    }
+
+    #[test]
+    fn hosts_become_name_and_suffix_hashes_with_ports() {
+        let p = pol("version: 1\npipeline: t\nmode: enforce\negress:\n  allow:\n    - host: a.test\n      ports: [443, 8000-8100]\n    - host: \"*.cdn.test\"\ndns:\n  resolvers: [127.0.0.53]\n  allow: [only-dns.test]\n");
+        let t = compile(&p, &["reg.test".into()], &[], 7).unwrap();
+        assert_eq!(t.job_flags & JOB_ENFORCE, JOB_ENFORCE);
+        let h = |n: &str| name_hash(7, n).unwrap();
+        let names: std::collections::HashMap<u64, u64> = t.names.iter().copied().collect();
+        let sufs: std::collections::HashMap<u64, u64> = t.suffixes.iter().copied().collect();
+        assert_eq!(names[&h("a.test")], 1 | DNS_MASK_LOOKUP);
+        assert_eq!(sufs[&h("cdn.test")], 2 | DNS_MASK_LOOKUP);
+        assert_eq!(names[&h("reg.test")], 4 | DNS_MASK_LOOKUP);
+        assert_eq!(names[&h("only-dns.test")], DNS_MASK_LOOKUP);
+        assert!(!names.contains_key(&h("cdn.test")), "*.cdn.test does not allow cdn.test itself");
+        assert_eq!(t.mask_for("A.Test."), 1 | DNS_MASK_LOOKUP);
+        assert_eq!(t.mask_for("x.y.cdn.test"), 2 | DNS_MASK_LOOKUP);
+        assert_eq!(t.mask_for("cdn.test"), 0);
+        assert_eq!(t.mask_for("evil.test"), 0);
+        assert!(t.host_ports[0].contains(443) && t.host_ports[0].contains(8050) && !t.host_ports[0].contains(80));
+        assert!(t.host_ports[1].contains(1));
+        assert_eq!(t.resolvers, vec![map_key("127.0.0.53".parse().unwrap())]);
+        // loopback is allowed by default: 127.0.0.0/8 as an IPv4-mapped /104
+        assert!(t.nets.iter().any(|(a, p, _)| *p == 104 && a[12] == 127));
+    }
+
+    #[test]
+    fn name_hash_is_case_insensitive_and_seeded() {
+        assert_eq!(name_hash(1, "A.Test"), name_hash(1, "a.test"));
+        assert_eq!(name_hash(1, "a.test."), name_hash(1, "a.test"));
+        assert_ne!(name_hash(1, "a.test"), name_hash(2, "a.test"));
+        assert_ne!(name_hash(1, "ab.test"), name_hash(1, "a.btest"));
+    }
+
+    #[test]
+    fn unenforceable_patterns_are_refused_in_enforce_mode_only() {
+        let y = "version: 1\npipeline: t\nmode: MODE\negress:\n  allow:\n    - host: \"reg-*.test\"\n";
+        let e = compile(&pol(&y.replace("MODE", "enforce")), &[], &[], 1).unwrap_err();
+        assert!(e.contains("reg-*.test"), "{e}");
+        assert!(compile(&pol(&y.replace("MODE", "audit")), &[], &[], 1).is_ok());
+    }
+
+    #[test]
+    fn exec_rules_deny_plain_names_and_mark_shells() {
+        let p = pol("version: 1\npipeline: t\nexec:\n  deny: [nc, sh, \"/tmp/**\"]\n");
+        let t = compile(&p, &[], &[], 1).unwrap();
+        let get = |n: &str| t.exec_rules.iter().find(|(k, _)| *k == padded::<EXEC_NAME_LEN>(n).unwrap()).map(|r| r.1);
+        assert_eq!(get("nc"), Some(EXEC_DENY));
+        assert_eq!(get("sh"), Some(EXEC_DENY | EXEC_SHELL));
+        assert_eq!(get("bash"), Some(EXEC_SHELL));
+        assert_eq!(get("tmp"), None);
+    }
+}
