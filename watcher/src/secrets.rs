@@ -39,7 +39,7 @@
 //! * a window is only used if the part of the secret it encodes "looks like a secret"
 //!   (see [`MIN_DISTINCT_BYTES`] and `is_distinctive`): at least 5 distinct bytes and at
 //!   least one digit, upper-case letter, non-ASCII byte or unusual punctuation. This drops
-//!   windows such as `https://registry.npmjs.org` taken from a URL-valued variable, which
+//!   windows such as `https://registry.npm-mirror.test` taken from a URL-valued variable, which
 //!   would otherwise fire on ordinary lookups of the registry. Whole values are always
 //!   matched, whatever they look like.
 //! * for very long values (PEM keys...) at most [`MAX_WINDOWS_PER_FORM`] windows per form are
@@ -1264,15 +1264,15 @@ mod tests {
     fn ordinary_build_traffic_does_not_match() {
         let set = ci();
         let names = [
-            "registry.npmjs.org",
+            "registry.npm-mirror.test",
             "registry.yarnpkg.com",
-            "pypi.org",
-            "files.pythonhosted.org",
+            "py-mirror.test",
+            "files.py-mirror.test",
             "github.com",
             "objects.githubusercontent.com",
             "codeload.github.com",
-            "index.crates.io",
-            "static.crates.io",
+            "index.crate-mirror.test",
+            "static.crate-mirror.test",
             "proxy.golang.org",
             "sum.golang.org",
             "deb.debian.org",
@@ -1289,7 +1289,7 @@ mod tests {
             assert_eq!(set.find_in_dns_name(name), vec![], "{name}");
             assert_eq!(set.find_in_dns_name(&name.to_uppercase()), vec![], "{name}");
         }
-        let request = "GET /simple/requests/ HTTP/1.1\r\nHost: pypi.org\r\nUser-Agent: pip/24.0 CPython/3.12\r\n\
+        let request = "GET /simple/requests/ HTTP/1.1\r\nHost: py-mirror.test\r\nUser-Agent: pip/24.0 CPython/3.12\r\n\
             Accept: text/html\r\nAuthorization: Bearer ghp_16C7e42F292c6912E7710c838347Ae178B4a\r\n\
             If-None-Match: \"3f786850e387550fdab836ed7e6dc881de23001b\"\r\n\r\n";
         assert_eq!(set.find_in_payload(request.as_bytes()), vec![]);
@@ -1312,16 +1312,16 @@ mod tests {
 
     #[test]
     fn word_like_fragments_of_a_url_value_do_not_match_ordinary_lookups() {
-        let value = "https://registry.npmjs.org/some-private-feed";
+        let value = "https://registry.npm-mirror.test/some-private-feed";
         let set = SecretSet::new(&patterns(), env(&[("FEED_TOKEN", value)])).unwrap();
-        // Its windows (e.g. "registrynpmjsorg") would fire on every npm install...
-        assert_eq!(set.find_in_dns_name("registry.npmjs.org"), vec![]);
+        // Its windows (e.g. "registrynpmmirrortest") would fire on every npm install...
+        assert_eq!(set.find_in_dns_name("registry.npm-mirror.test"), vec![]);
         assert_eq!(
-            set.find_in_payload(b"GET / HTTP/1.1\r\nHost: registry.npmjs.org\r\n\r\n"),
+            set.find_in_payload(b"GET / HTTP/1.1\r\nHost: registry.npm-mirror.test\r\n\r\n"),
             vec![]
         );
         assert_eq!(
-            set.find_in_payload(BASE64.encode(b"https://registry.npmjs.org/").as_bytes()),
+            set.find_in_payload(BASE64.encode(b"https://registry.npm-mirror.test/").as_bytes()),
             vec![]
         );
         // ...but the whole value is still protected.
@@ -1575,7 +1575,7 @@ mod tests {
     fn distinctive_fragments() {
         assert!(is_distinctive(b"FEMI/K7MDENG/bPx"));
         assert!(is_distinctive(b"hunter2hunter"));
-        assert!(!is_distinctive(b"registry.npmjs.o"));
+        assert!(!is_distinctive(b"registry.npm-mir"));
         assert!(!is_distinctive(b"0000000000000000"));
         assert!(!is_distinctive(b"AbAbAbAbAbAbAbAb"));
     }
