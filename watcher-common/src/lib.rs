@@ -105,10 +105,16 @@ pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// One step of the name hash, shared by kernel and user space so both compute the same value:
 /// FNV-1a over the lowercased wire-form bytes of a name suffix, taken from the end backwards,
 /// starting from a per-run random seed (so a hostile name cannot be built to collide).
+///
+/// Lowercasing is arithmetic, not a comparison: BPF has no set-on-condition instruction, so a
+/// comparison per byte becomes a branch per byte in the kernel program.
 #[inline(always)]
 pub fn name_hash_step(h: u64, b: u8) -> u64 {
-    let b = if b.is_ascii_uppercase() { b + 32 } else { b };
-    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+    let x = b as u64;
+    let ge_a = ((x + 0x100 - b'A' as u64) >> 8) & 1; // x >= 'A'
+    let le_z = ((b'Z' as u64 + 0x100 - x) >> 8) & 1; // x <= 'Z'
+    let lower = x | ((ge_a & le_z) << 5);
+    (h ^ lower).wrapping_mul(FNV_PRIME)
 }
 
 /// Hash of a dotted name (`a.example.com`, no trailing dot needed) in wire form: what the
@@ -137,6 +143,22 @@ pub fn name_hash(seed: u64, name: &str) -> Option<u64> {
         h = name_hash_step(h, wire[i]);
     }
     Some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_step_lowercases_exactly_ascii_letters() {
+        for b in 0..=255u8 {
+            let want = if b.is_ascii_uppercase() { b + 32 } else { b };
+            assert_eq!(name_hash_step(7, b), name_hash_step(7, want), "byte {b}");
+            if !b.is_ascii_uppercase() {
+                assert_eq!(name_hash_step(7, b), (7u64 ^ b as u64).wrapping_mul(FNV_PRIME), "byte {b}");
+            }
+        }
+    }
 }
 
 /// Indexes of the `CONFIG` array.

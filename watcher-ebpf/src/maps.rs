@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use watcher_common::{
-    ENV_NAME_LEN, EXEC_NAME_LEN, ExecRecord, MAX_WATCHED, NUM_COUNTERS, PortSet, ProcInfo, SockOwner,
+    CFG_LEN, ENV_NAME_LEN, EXEC_NAME_LEN, ExecRecord, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
+    PortSet, ProcInfo, SockOwner,
 };
 
 /// All records to userspace. Userspace may resize it before load (`--ringbuf-size`).
@@ -58,6 +59,18 @@ pub static ENV_SCAN_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 // ---- Enforcement: the policy compiled by userspace (sensor::enforce). ----
 
+/// Scalars: CONFIG[CFG_SEED] is the per-run seed of the DNS name hash.
+#[map]
+pub static CONFIG: Array<u64> = Array::with_max_entries(CFG_LEN, 0);
+
+/// Name hash of an allowed exact name -> mask (bit i: host entry i; DNS_MASK_LOOKUP).
+#[map]
+pub static DNS_NAMES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Name hash of the suffix of an allowed `*.suffix` pattern -> mask.
+#[map]
+pub static DNS_SUFFIXES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
 /// Job id -> JOB_* flags (enforce, deny shells).
 #[map]
 pub static JOBS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
@@ -89,3 +102,34 @@ pub static EXEC_RULES: HashMap<[u8; EXEC_NAME_LEN], u32> = HashMap::with_max_ent
 #[map]
 pub static ENV_MARKERS: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, 0);
 
+
+#[repr(C)]
+pub struct NameScratch {
+    pub buf: [u8; NAME_WIRE_LEN],
+    pub starts: [u32; MAX_LABELS],
+    /// hs[p]: hash of the name's bytes from p to its end (taken backwards).
+    pub hs: [u64; NAME_WIRE_LEN],
+    /// Values parked in map memory on purpose: the verifier does not track them, so the many
+    /// exit states of the label loop merge, and LLVM cannot turn the masks into branches.
+    pub end: u32,
+    pub nlabels: u32,
+    pub live: u64,
+}
+
+/// Per-CPU scratch to parse and hash a DNS name.
+#[map]
+pub static NAME_SCRATCH: PerCpuArray<NameScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A packet's parsed flow and owner, handed to the tail-called enforcement program.
+#[repr(C)]
+pub struct PacketScratch {
+    pub flow: crate::dns::Flow,
+    pub owner: SockOwner,
+}
+
+#[map]
+pub static PACKET_SCRATCH: PerCpuArray<PacketScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: dns_egress_enforce.
+#[map]
+pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

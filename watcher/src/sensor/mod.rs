@@ -12,7 +12,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use watcher_common::{ENV_FLAG_CAPTURE, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
+use watcher_common::{CFG_SEED, ENV_FLAG_CAPTURE, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
 
@@ -181,6 +181,19 @@ impl Sensor {
             detail: Some("cgroup_sock_addr: connect4/6, sendmsg4/6 (TCP, UDP, io_uring)".into()),
         });
 
+        // Loaded, not attached: dns_egress tail-calls it to judge a query in enforce mode.
+        {
+            let p: &mut CgroupSkb = ebpf
+                .program_mut("dns_egress_enforce")
+                .ok_or_else(|| anyhow!("eBPF object has no program dns_egress_enforce"))?
+                .try_into()?;
+            p.load().map_err(|e| explain_load_error("cgroup_skb program dns_egress_enforce", e))?;
+            let fd = p.fd()?.try_clone()?;
+            let mut slots = ProgramArray::try_from(
+                ebpf.map_mut("DNS_PROGS").ok_or_else(|| anyhow!("no DNS_PROGS map"))?,
+            )?;
+            slots.set(0, &fd, 0).context("installing the DNS query judge")?;
+        }
         for (prog, ty) in [("dns_egress", CgroupSkbAttachType::Egress), ("dns_ingress", CgroupSkbAttachType::Ingress)] {
             let p: &mut CgroupSkb = ebpf
                 .program_mut(prog)
@@ -250,6 +263,15 @@ impl Sensor {
             ebpf.map_mut(name).ok_or_else(|| anyhow!("no {name} map"))
         }
         let e = &mut self.ebpf;
+        Array::<_, u64>::try_from(map(e, "CONFIG")?)?.set(CFG_SEED, &t.seed, 0)?;
+        let mut names = HashMap::<_, u64, u64>::try_from(map(e, "DNS_NAMES")?)?;
+        for (h, m) in &t.names {
+            names.insert(h, m, 0).context("filling DNS_NAMES")?;
+        }
+        let mut sufs = HashMap::<_, u64, u64>::try_from(map(e, "DNS_SUFFIXES")?)?;
+        for (h, m) in &t.suffixes {
+            sufs.insert(h, m, 0).context("filling DNS_SUFFIXES")?;
+        }
         let mut nets = LpmTrie::<_, [u8; 16], PortSet>::try_from(map(e, "ALLOW_NET")?)?;
         for (addr, prefix, ports) in &t.nets {
             nets.insert(&LpmKey::new(*prefix, *addr), ports, 0).context("filling ALLOW_NET")?;
