@@ -14,7 +14,10 @@ use watcher_common::{
 
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
-    maps::{CONFIG, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, NAME_SCRATCH, PACKET_SCRATCH, RESOLVERS, SOCK_OWNER},
+    maps::{
+        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH, PacketScratch,
+        RESOLVERS, SOCK_OWNER,
+    },
     net::map_key,
 };
 
@@ -228,6 +231,17 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
             o
         }
     };
+    if direction == DIR_INGRESS && job_flags(owner.job) & JOB_ENFORCE != 0 {
+        // Learn the answer's addresses before the application can read it (tail call; if it
+        // cannot be made, the agent still learns them from the record, a little later).
+        if let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) {
+            unsafe {
+                (*sc).flow = f;
+                (*sc).owner = owner;
+                DNS_INGRESS_PROGS.tail_call(ctx, 0);
+            }
+        }
+    }
     if direction == DIR_EGRESS && job_flags(owner.job) & JOB_ENFORCE != 0 {
         // Judging the name is a program of its own (tail call), so the verifier checks it
         // apart from the parsing above. If the call cannot be made: fail closed.
@@ -251,6 +265,80 @@ pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
     let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
     let verdict = if query_allowed(&ctx, &f) { VERDICT_ALLOW } else { VERDICT_DENY };
     emit(&ctx, &f, &owner, DIR_EGRESS, verdict)
+}
+
+/// Enforce mode, ingress: remember the addresses an answer gives for a name whose policy
+/// entries allow egress, then report the packet. Reached only by tail call from dns_ingress.
+#[cgroup_skb(ingress)]
+pub fn dns_ingress_learn(ctx: SkBuffContext) -> i32 {
+    let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) else { return 1 };
+    let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
+    learn_answer(&ctx, &f, unsafe { &mut *sc });
+    emit(&ctx, &f, &owner, DIR_INGRESS, VERDICT_ALLOW);
+    1
+}
+
+const MAX_ANSWERS: u32 = 8;
+const MAX_ANSWER_LABELS: u32 = 8;
+
+#[inline(always)]
+fn get_off(sc: &PacketScratch) -> u32 {
+    (unsafe { core::ptr::read_volatile(&sc.off) }) & 0xffff
+}
+
+#[inline(always)]
+fn set_off(sc: &mut PacketScratch, off: u32) {
+    unsafe { core::ptr::write_volatile(&mut sc.off, off) }
+}
+
+/// The offset lives in map memory between steps: the verifier then does not carry a refined
+/// range for it from one answer to the next, which would split its state at every branch.
+#[inline(always)]
+fn learn_answer(ctx: &SkBuffContext, f: &Flow, sc: &mut PacketScratch) {
+    let dns = f.payload_off + if f.proto == PROTO_TCP { 2 } else { 0 };
+    let Some(ancount) = load::<u16>(ctx, dns + 6).map(u16::from_be) else { return };
+    let Some((mask, name_len)) = name_mask(ctx, dns + 12) else { return };
+    let mask = mask & !DNS_MASK_LOOKUP;
+    if mask == 0 {
+        return;
+    }
+    set_off(sc, dns + 12 + name_len + 4);
+    for a in 0..MAX_ANSWERS {
+        if a >= ancount as u32 {
+            break;
+        }
+        // Skip the owner name: a compression pointer, or labels ending in a pointer or root.
+        for _ in 0..MAX_ANSWER_LABELS {
+            let off = get_off(sc);
+            let Some(l) = load::<u8>(ctx, off) else { return };
+            if l & 0xc0 == 0xc0 {
+                set_off(sc, off + 2);
+                break;
+            }
+            set_off(sc, off + 1 + (l as u32 & 0x3f));
+            if l == 0 {
+                break;
+            }
+        }
+        let off = get_off(sc);
+        let Some(rtype) = load::<u16>(ctx, off).map(u16::from_be) else { return };
+        let Some(rdlen) = load::<u16>(ctx, off + 8).map(u16::from_be) else { return };
+        let data = off + 10;
+        let key = if rtype == 1 && rdlen == 4 {
+            load::<[u8; 4]>(ctx, data).map(|v4| {
+                map_key(&[v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], AF_INET)
+            })
+        } else if rtype == 28 && rdlen == 16 {
+            load::<[u8; 16]>(ctx, data)
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            let old = unsafe { LEARNED.get(&key) }.copied().unwrap_or(0);
+            let _ = LEARNED.insert(&key, &(old | mask), 0);
+        }
+        set_off(sc, data + rdlen as u32);
+    }
 }
 
 /// Send the packet's record to userspace; returns the program's verdict (1 pass, 0 drop).

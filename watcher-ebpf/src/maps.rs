@@ -88,9 +88,8 @@ pub static RESOLVERS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0)
 #[map]
 pub static HOST_PORTS: Array<PortSet> = Array::with_max_entries(64, 0);
 
-/// Addresses an answer for an allowed name returned -> OR of the names' masks. Filled by
-/// userspace as it reads each answer (so a connect racing the answer's processing can be
-/// denied: see README, "Limitations").
+/// Addresses an answer for an allowed name returned -> OR of the names' masks. Filled in the
+/// kernel as the answer arrives (dns_ingress_learn), before the application can read it.
 #[map]
 pub static LEARNED: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(65536, 0);
 
@@ -125,11 +124,19 @@ pub static NAME_SCRATCH: PerCpuArray<NameScratch> = PerCpuArray::with_max_entrie
 pub struct PacketScratch {
     pub flow: crate::dns::Flow,
     pub owner: SockOwner,
+    /// Parse offset while walking an answer.
+    pub off: u32,
+    pub _pad: u32,
 }
 
 #[map]
 pub static PACKET_SCRATCH: PerCpuArray<PacketScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slot 0: dns_egress_enforce.
+/// Slot 0: dns_egress_enforce. (One array per attach type: the kernel ties a program array
+/// to the attach type of the first program put in it.)
 #[map]
 pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: dns_ingress_learn.
+#[map]
+pub static DNS_INGRESS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -207,7 +207,6 @@ fn process(
     collector: &mut Collector,
     loss: &mut LossTracker,
     sinks: &mut Sinks,
-    learn: &mut dyn FnMut(&Event),
 ) -> anyhow::Result<()> {
     let mut events = Vec::with_capacity(batch.len());
     for r in batch.drain(..) {
@@ -220,7 +219,6 @@ fn process(
         }
     }
     for e in events {
-        learn(&e);
         sinks.emit(e)?;
     }
     Ok(())
@@ -251,13 +249,11 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     }
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
     let mut sensor = Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: cgroup.path().to_path_buf() })?;
-    let mut kernel_tables = None;
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
         let tables = crate::policy::kernel::compile(p, &hosts, &system_resolvers(), random_seed())
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.source))?;
         sensor.apply_policy(0, &tables)?;
-        kernel_tables = Some(tables);
     }
     sensor.watch_cgroup(cgroup.id(), 0)?;
 
@@ -339,7 +335,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         tokio::select! {
             r = sensor.wait_and_drain(&mut batch) => {
                 r?;
-                process(&mut batch, &mut collector, &mut loss, &mut sinks, &mut |e| learn_from(&mut sensor, kernel_tables.as_ref(), e))?;
+                process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
             }
             st = child.wait() => break st.context("waiting for the command")?,
             Some(sig) = sig_rx.recv() => {
@@ -375,7 +371,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     // Let the exit records of the killed processes arrive, then take everything left.
     tokio::time::sleep(Duration::from_millis(50)).await;
     sensor.drain(&mut batch);
-    process(&mut batch, &mut collector, &mut loss, &mut sinks, &mut |_| {})?;
+    process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
     let mut ev = Vec::new();
     collector.finish(&mut ev);
     for e in ev {
@@ -403,21 +399,6 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
             if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" });
     }
     Ok(code)
-}
-
-/// Enforce mode: an answer for an allowed name opens egress to its addresses.
-fn learn_from(sensor: &mut Sensor, tables: Option<&crate::policy::kernel::KernelTables>, e: &Event) {
-    let (Some(t), Event::Dns(d)) = (tables, e) else { return };
-    let Some(answers) = &d.answers else { return };
-    let mask = t.mask_for(&d.qname) & !watcher_common::DNS_MASK_LOOKUP;
-    if mask == 0 {
-        return;
-    }
-    for ip in answers {
-        if let Err(err) = sensor.learn(*ip, mask) {
-            tracing::warn!("{err:#}");
-        }
-    }
 }
 
 fn prefix_lines(s: &str, p: &str) -> String {

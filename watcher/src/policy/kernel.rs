@@ -172,26 +172,6 @@ pub fn compile(policy: &Policy, registry_hosts: &[String], system_resolvers: &[I
     Ok(t)
 }
 
-impl KernelTables {
-    /// Mask of the host entries that allow `name` (exact, or a `*.suffix` with at least one
-    /// more label), as the kernel maps key them.
-    pub fn mask_for(&self, name: &str) -> u64 {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let mut mask = 0;
-        if let Some(h) = name_hash(self.seed, &name) {
-            mask |= self.names.iter().filter(|(k, _)| *k == h).map(|(_, m)| *m).fold(0, |a, b| a | b);
-        }
-        let mut rest = name.as_str();
-        while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(h) = name_hash(self.seed, suffix) {
-                mask |= self.suffixes.iter().filter(|(k, _)| *k == h).map(|(_, m)| *m).fold(0, |a, b| a | b);
-            }
-            rest = suffix;
-        }
-        mask
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,10 +193,7 @@ mod tests {
         assert_eq!(names[&h("reg.test")], 4 | DNS_MASK_LOOKUP);
         assert_eq!(names[&h("only-dns.test")], DNS_MASK_LOOKUP);
         assert!(!names.contains_key(&h("cdn.test")), "*.cdn.test does not allow cdn.test itself");
-        assert_eq!(t.mask_for("A.Test."), 1 | DNS_MASK_LOOKUP);
-        assert_eq!(t.mask_for("x.y.cdn.test"), 2 | DNS_MASK_LOOKUP);
-        assert_eq!(t.mask_for("cdn.test"), 0);
-        assert_eq!(t.mask_for("evil.test"), 0);
+
         assert!(t.host_ports[0].contains(443) && t.host_ports[0].contains(8050) && !t.host_ports[0].contains(80));
         assert!(t.host_ports[1].contains(1));
         assert_eq!(t.resolvers, vec![map_key("127.0.0.53".parse().unwrap())]);

@@ -181,18 +181,17 @@ impl Sensor {
             detail: Some("cgroup_sock_addr: connect4/6, sendmsg4/6 (TCP, UDP, io_uring)".into()),
         });
 
-        // Loaded, not attached: dns_egress tail-calls it to judge a query in enforce mode.
-        {
+        // Loaded, not attached: the packet programs tail-call these in enforce mode.
+        for (array, prog) in [("DNS_PROGS", "dns_egress_enforce"), ("DNS_INGRESS_PROGS", "dns_ingress_learn")] {
             let p: &mut CgroupSkb = ebpf
-                .program_mut("dns_egress_enforce")
-                .ok_or_else(|| anyhow!("eBPF object has no program dns_egress_enforce"))?
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
                 .try_into()?;
-            p.load().map_err(|e| explain_load_error("cgroup_skb program dns_egress_enforce", e))?;
+            p.load().map_err(|e| explain_load_error(&format!("cgroup_skb program {prog}"), e))?;
             let fd = p.fd()?.try_clone()?;
-            let mut slots = ProgramArray::try_from(
-                ebpf.map_mut("DNS_PROGS").ok_or_else(|| anyhow!("no DNS_PROGS map"))?,
-            )?;
-            slots.set(0, &fd, 0).context("installing the DNS query judge")?;
+            let mut slots =
+                ProgramArray::try_from(ebpf.map_mut(array).ok_or_else(|| anyhow!("no {array} map"))?)?;
+            slots.set(0, &fd, 0).with_context(|| format!("installing {prog}"))?;
         }
         for (prog, ty) in [("dns_egress", CgroupSkbAttachType::Egress), ("dns_ingress", CgroupSkbAttachType::Ingress)] {
             let p: &mut CgroupSkb = ebpf
@@ -294,17 +293,6 @@ impl Sensor {
         }
         let mut jobs = HashMap::<_, u32, u32>::try_from(map(e, "JOBS")?)?;
         jobs.insert(&job, &t.job_flags, 0).context("filling JOBS")?;
-        Ok(())
-    }
-
-    /// Allow egress to `ip` for the host entries in `mask` (an answer for an allowed name).
-    pub fn learn(&mut self, ip: std::net::IpAddr, mask: u64) -> anyhow::Result<()> {
-        let key = crate::policy::kernel::map_key(ip);
-        let mut m = HashMap::<_, [u8; 16], u64>::try_from(
-            self.ebpf.map_mut("LEARNED").ok_or_else(|| anyhow!("no LEARNED map"))?,
-        )?;
-        let old = m.get(&key, 0).unwrap_or(0);
-        m.insert(&key, &(old | mask), 0).context("updating LEARNED")?;
         Ok(())
     }
 
