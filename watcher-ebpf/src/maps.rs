@@ -140,3 +140,7 @@ pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// Slot 0: dns_ingress_learn.
 #[map]
 pub static DNS_INGRESS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Sockets whose first data packet was already reported (by socket cookie).
+#[map]
+pub static PAYLOAD_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
     dns,
-    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, SecretMatch, Ts},
+    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, SecretMatch, Send, Ts},
     record::{Proto, Record, Task},
     secrets::SecretSet,
 };
@@ -114,6 +114,27 @@ impl Collector {
                     proto,
                     op: if sendmsg { "sendto" } else { "connect" }.into(),
                     allowed,
+                }))
+            }
+            Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
+                let mut secrets: Vec<SecretMatch> = match &self.secrets {
+                    Some(set) => set
+                        .find_in_payload(&payload)
+                        .into_iter()
+                        .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
+                        .collect(),
+                    None => vec![],
+                };
+                secrets.sort();
+                secrets.dedup();
+                out.push(Event::Send(Send {
+                    ts: self.wall(task.boot_ns),
+                    proc: Self::proc(&task),
+                    daddr,
+                    dport,
+                    proto,
+                    bytes: payload_len,
+                    secrets,
                 }))
             }
             Record::DnsPacket { task, saddr, daddr, sport, dport, proto, egress, payload_len, payload, allowed } => {

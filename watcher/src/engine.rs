@@ -119,6 +119,20 @@ impl Engine {
             Event::Fork(_) | Event::Exit(_) => self.tree.on_event(e),
             Event::Connect(c) => self.on_connect(c, &mut out),
             Event::Dns(d) => self.on_dns(d, &mut out),
+            Event::Send(x) => {
+                for s in &x.secrets {
+                    if self.policy.is_secret_env(&s.variable) {
+                        self.alert(
+                            &mut out, x.ts, RULE_SECRET, false, false, "critical", x.proc.pid,
+                            format!("{}:{}:{}", s.variable, x.daddr, x.dport),
+                            format!(
+                                "the value of {} ({} encoded) is in the data sent to {}:{}/{}",
+                                s.variable, s.encoding, x.daddr, x.dport, x.proto.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
             Event::Loss(l) => self.on_loss(l, &mut out),
             Event::Alert(_) | Event::End(_) => {}
         }

@@ -55,6 +55,7 @@ pub enum Event {
     Exit(Exit),
     Connect(Connect),
     Dns(Dns),
+    Send(Send),
     Loss(Loss),
     Alert(Alert),
     End(End),
@@ -69,11 +70,25 @@ impl Event {
             Event::Exit(e) => e.ts,
             Event::Connect(e) => e.ts,
             Event::Dns(e) => e.ts,
+            Event::Send(e) => e.ts,
             Event::Loss(e) => e.ts,
             Event::Alert(e) => e.ts,
             Event::End(e) => e.ts,
         }
     }
+    /// The process the event is about, if any.
+    pub fn proc_mut(&mut self) -> Option<&mut Proc> {
+        match self {
+            Event::Exec(e) => Some(&mut e.proc),
+            Event::Fork(e) => Some(&mut e.proc),
+            Event::Exit(e) => Some(&mut e.proc),
+            Event::Connect(e) => Some(&mut e.proc),
+            Event::Dns(e) => Some(&mut e.proc),
+            Event::Send(e) => Some(&mut e.proc),
+            Event::Start(_) | Event::Loss(_) | Event::Alert(_) | Event::End(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Start(_) => "start",
@@ -82,6 +97,7 @@ impl Event {
             Event::Exit(_) => "exit",
             Event::Connect(_) => "connect",
             Event::Dns(_) => "dns",
+            Event::Send(_) => "send",
             Event::Loss(_) => "loss",
             Event::Alert(_) => "alert",
             Event::End(_) => "end",
@@ -226,6 +242,22 @@ pub struct Dns {
     pub payload_len: u32,
     pub allowed: bool,
     /// Protected environment values found in the query name (redacted: variable names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMatch>,
+}
+
+/// The first data a socket sent (one per socket, not port 53): which protected variables'
+/// values it carried. Never the data itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Send {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub proto: Proto,
+    /// Size of that first packet's payload.
+    pub bytes: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMatch>,
 }

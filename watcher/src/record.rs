@@ -61,6 +61,15 @@ pub enum Record {
         payload: Vec<u8>,
         allowed: bool,
     },
+    /// The first bytes of the first data packet a watched socket sent.
+    Payload {
+        task: Task,
+        daddr: IpAddr,
+        dport: u16,
+        proto: Proto,
+        payload_len: u32,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, Hash)]
@@ -210,6 +219,18 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 payload_len: r.payload_len,
                 payload: r.payload[..n].to_vec(),
                 allowed: r.verdict != c::VERDICT_DENY,
+            })
+        }
+        c::KIND_PAYLOAD => {
+            let r: c::PayloadRecord = read(buf, hdr.kind)?;
+            let n = (r.captured_len as usize).min(r.payload.len());
+            Ok(Record::Payload {
+                task: task(&r.hdr),
+                daddr: ip(r.family, &r.daddr),
+                dport: r.dport,
+                proto: Proto::from_ip_proto(r.proto),
+                payload_len: r.payload_len,
+                payload: r.payload[..n].to_vec(),
             })
         }
         other => Err(DecodeError::UnknownKind(other)),

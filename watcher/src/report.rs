@@ -63,6 +63,15 @@ pub fn event_line(e: &Event) -> Option<String> {
             };
             Some(format!("dns     {what}{answer} via {} [{} {}]", x.server, x.proc.pid, safe(&x.proc.comm)))
         }
+        Event::Send(x) if !x.secrets.is_empty() => Some(format!(
+            "send    {}:{}/{} carries {} [{} {}]",
+            x.daddr,
+            x.dport,
+            x.proto.as_str(),
+            x.secrets.iter().map(|s| format!("{} ({})", s.variable, s.encoding)).collect::<Vec<_>>().join(", "),
+            x.proc.pid,
+            safe(&x.proc.comm)
+        )),
         Event::Loss(x) => Some(format!("LOST    {} {} events (total {})", x.count, x.source, x.total)),
         Event::Alert(a) => Some(format!(
             "ALERT   {} {} {}{}: {}",

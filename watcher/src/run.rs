@@ -134,12 +134,13 @@ struct Sinks {
 
 impl Sinks {
     fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
-        if let Event::Exec(x) = &mut e {
-            // The command itself was forked by us before the kernel knew it: its parent is
-            // watcher.
-            if x.proc.pid == self.root_pid && x.proc.ppid == 0 {
-                x.proc.ppid = self.watcher_pid;
+        // The command itself was forked by us before the kernel knew it: its parent is watcher.
+        if let Some(p) = e.proc_mut() {
+            if p.pid == self.root_pid && p.ppid == 0 {
+                p.ppid = self.watcher_pid;
             }
+        }
+        if let Event::Exec(x) = &mut e {
             // Best effort: the process may already be gone.
             x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid))
                 .ok()

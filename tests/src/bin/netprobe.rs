@@ -5,6 +5,8 @@
 //!
 //! Actions (one word followed by its parameters):
 //!   tcp ADDR:PORT                 TCP connect, send "hello\n", close
+//!   uring-tcp ADDR:PORT           like tcp, but the connect is submitted through io_uring
+//!                                 (IORING_OP_CONNECT); the send is a plain write(2)
 //!   udp-connect ADDR:PORT         UDP connect() + send("ping")
 //!   udp-sendto ADDR:PORT          unconnected UDP sendto("ping")
 //!   dns-sendto SERVER NAME TYPE   DNS query via sendto/recvfrom
@@ -26,13 +28,16 @@
 //! connect, send, sendto, sendmsg, sendmmsg, recv; they are not fatal (tests of
 //! enforcement expect EPERM). All arguments are validated before the first action;
 //! usage and setup errors print `netprobe: ...` and exit 2 (a failed `exec`: 127).
-//! connect(2) is a plain blocking call bounded by a 5 s SO_SNDTIMEO.
+//! connect(2) is a plain blocking call bounded by a 5 s SO_SNDTIMEO. The io_uring
+//! connect makes no connect(2) call at all; it is bounded by a 5 s linked timeout
+//! (IORING_OP_LINK_TIMEOUT), reported as ETIMEDOUT. A failure to set up the ring
+//! (io_uring disabled, ENOSYS) is a setup error (exit 2).
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::exit;
 use std::time::{Duration, Instant};
@@ -69,6 +74,7 @@ fn err_text(e: &io::Error) -> String {
 
 enum Action {
     Tcp(SocketAddr),
+    UringTcp(SocketAddr),
     UdpConnect(SocketAddr),
     UdpSendto(SocketAddr),
     /// (mode, server, names, type)
@@ -90,6 +96,7 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
         };
         let a = match action.as_str() {
             "tcp" => Action::Tcp(parse_sockaddr(&param("ADDR:PORT"))),
+            "uring-tcp" => Action::UringTcp(parse_sockaddr(&param("ADDR:PORT"))),
             "udp-connect" => Action::UdpConnect(parse_sockaddr(&param("ADDR:PORT"))),
             "udp-sendto" => Action::UdpSendto(parse_sockaddr(&param("ADDR:PORT"))),
             "dns-sendto" | "dns-sendmsg" | "dns-sendmmsg" | "dns-connected" | "dns-tcp" => {
@@ -141,6 +148,7 @@ fn main() {
     for action in parse_actions(args) {
         match action {
             Action::Tcp(a) => tcp(a),
+            Action::UringTcp(a) => uring_tcp(a),
             Action::UdpConnect(a) => udp_connect(a),
             Action::UdpSendto(a) => udp_sendto(a),
             Action::Dns(mode, server, names, qtype) => match mode.as_str() {
@@ -205,10 +213,8 @@ fn udp_socket(dest: &SocketAddr) -> UdpSocket {
 
 // ---------------------------------------------------------------- plain traffic
 
-/// A plain blocking connect(2) (returns 0 or the errno directly, no EINPROGRESS),
-/// bounded by SO_SNDTIMEO so a black-holed address cannot hang the test.
-fn tcp_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
-    use std::os::fd::{FromRawFd, OwnedFd};
+/// A fresh blocking TCP socket of `addr`'s family (setup error if that fails).
+fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -223,7 +229,13 @@ fn tcp_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
         ));
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A plain blocking connect(2) (returns 0 or the errno directly, no EINPROGRESS),
+/// bounded by SO_SNDTIMEO so a black-holed address cannot hang the test.
+fn tcp_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
+    let fd = tcp_socket(addr);
     let tv = libc::timeval {
         tv_sec: CONNECT_TIMEOUT.as_secs() as libc::time_t,
         tv_usec: 0,
@@ -256,8 +268,74 @@ fn tcp_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
     }
 }
 
-fn tcp(addr: SocketAddr) {
-    match tcp_connect(&addr) {
+/// Connects through io_uring: one IORING_OP_CONNECT linked to a CONNECT_TIMEOUT
+/// IORING_OP_LINK_TIMEOUT, submitted with io_uring_enter(2); no connect(2) call is made.
+/// Returns the connected stream or the completion's errno.
+fn uring_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
+    use io_uring::{IoUring, opcode, squeue, types};
+    const CONNECT: u64 = 1;
+    const TIMEOUT: u64 = 2;
+
+    let mut ring: IoUring = IoUring::new(4)
+        .unwrap_or_else(|e| fail(format!("cannot set up io_uring: {}", err_text(&e))));
+    let fd = tcp_socket(addr);
+    // `dest` and `ts` must stay alive (and unmoved) until the kernel is done with them;
+    // both live until the end of this function, after the connect has completed.
+    let dest = RawAddr::new(addr);
+    let ts = types::Timespec::new()
+        .sec(CONNECT_TIMEOUT.as_secs())
+        .nsec(CONNECT_TIMEOUT.subsec_nanos());
+    let connect = opcode::Connect::new(
+        types::Fd(fd.as_raw_fd()),
+        (&raw const dest.storage).cast(),
+        dest.len,
+    )
+    .build()
+    .flags(squeue::Flags::IO_LINK)
+    .user_data(CONNECT);
+    let timeout = opcode::LinkTimeout::new(&ts).build().user_data(TIMEOUT);
+    // SAFETY: the entries point to `dest` and `ts`, which outlive their completion
+    // (we wait for the connect's completion below; dropping the ring cancels the timeout).
+    unsafe {
+        ring.submission()
+            .push_multiple(&[connect, timeout])
+            .unwrap_or_else(|_| fail("io_uring: submission queue full"));
+    }
+    let mut submitted = false;
+    loop {
+        let r = if submitted {
+            ring.submitter().submit_and_wait(1)
+        } else {
+            ring.submit_and_wait(1)
+        };
+        match r {
+            Ok(_) => submitted = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                // The entries were consumed if the submission queue is now empty.
+                submitted = ring.submission().is_empty();
+                continue;
+            }
+            Err(e) => fail(format!("io_uring_enter: {}", err_text(&e))),
+        }
+        let res = ring
+            .completion()
+            .find(|c| c.user_data() == CONNECT)
+            .map(|c| c.result());
+        match res {
+            None => continue,
+            Some(0) => return Ok(TcpStream::from(fd)),
+            // The linked timeout fired and cancelled the connect.
+            Some(r) if -r == libc::ECANCELED => {
+                return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+            }
+            Some(r) => return Err(io::Error::from_raw_os_error(-r)),
+        }
+    }
+}
+
+/// Sends "hello\n" on a connected stream, or reports the failed connect.
+fn say_hello(addr: SocketAddr, conn: io::Result<TcpStream>) {
+    match conn {
         Ok(mut s) => {
             if let Err(e) = s.write_all(b"hello\n") {
                 warn(format_args!("send {addr}: {}", err_text(&e)));
@@ -266,6 +344,14 @@ fn tcp(addr: SocketAddr) {
         }
         Err(e) => warn(format_args!("connect {addr}: {}", err_text(&e))),
     }
+}
+
+fn tcp(addr: SocketAddr) {
+    say_hello(addr, tcp_connect(&addr));
+}
+
+fn uring_tcp(addr: SocketAddr) {
+    say_hello(addr, uring_connect(&addr));
 }
 
 fn udp_connect(addr: SocketAddr) {

@@ -55,7 +55,7 @@ pub const CAPTURED_ENV: &[&str] = &[
 
 /// Names of the per-CPU counters, by index (see watcher_common::CNT_*).
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] =
-    ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "reserved"];
+    ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "payload"];
 
 pub struct SensorConfig {
     /// Ring buffer size in bytes (power of two, multiple of the page size).
