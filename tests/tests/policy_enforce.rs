@@ -171,3 +171,27 @@ fn dns_queries_for_names_outside_the_policy_never_leave_the_machine() {
     assert_eq!(alert(&events, "dns-denied")["action"], "deny");
     assert!(!std::fs::read_to_string(&log).unwrap().contains(secret));
 }
+
+#[test]
+fn a_copy_of_a_shell_under_another_name_is_still_a_shell() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("innocent-tool");
+    std::fs::copy("/bin/dash", &copy).unwrap();
+    let policy = "version: 1\npipeline: t\nmode: enforce\n";
+    let script = format!("{} -c 'echo COPY-RAN'; echo SCRIPT-CONTINUED", copy.display());
+    let (code, out, err, events) = run_enforced(policy, &script, true);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(!out.contains("COPY-RAN"), "the renamed shell ran: {out}");
+    assert!(out.contains("SCRIPT-CONTINUED"));
+    let a = alert(&events, "shell-from-install-script");
+    assert_eq!(a["action"], "kill");
+    let exec = events.iter().find(|e| e["kind"] == "exec" && e["filename"] == copy.display().to_string()).unwrap();
+    assert_eq!(exec["shell"], true);
+    assert_eq!(exec["killed"], true);
+    // The sensor says it is active.
+    let start = events.iter().find(|e| e["kind"] == "start").unwrap();
+    assert!(start["sensors"].as_array().unwrap().iter().any(|s| s["name"] == "shell-identity" && s["active"] == true));
+}

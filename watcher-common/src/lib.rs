@@ -164,7 +164,12 @@ mod tests {
 
 /// Indexes of the `CONFIG` array.
 pub const CFG_SEED: u32 = 0;
-pub const CFG_LEN: u32 = 4;
+/// Byte offsets in kernel structs, from the kernel's BTF (0 = unknown: feature off).
+pub const CFG_OFF_BPRM_FILE: u32 = 1;
+pub const CFG_OFF_BPRM_BUF: u32 = 2;
+pub const CFG_OFF_FILE_INODE: u32 = 3;
+pub const CFG_OFF_INODE_SIZE: u32 = 4;
+pub const CFG_LEN: u32 = 8;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;
@@ -196,6 +201,30 @@ pub const EXEC_ARGS_TRUNCATED: u32 = 1;
 pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
 /// The kernel sent SIGKILL at exec entry (enforce mode).
 pub const EXEC_KILLED: u32 = 4;
+/// The executable loaded is a shell by content (size and first bytes match a shell binary of
+/// this machine), whatever its name.
+pub const EXEC_IS_SHELL: u32 = 8;
+
+/// Bytes of an executable's start that, with its size, identify it as a known shell.
+pub const SHELL_SIG_BYTES: usize = 64;
+
+/// Signature of an executable for shell recognition: FNV-1a over its size (8 bytes, little
+/// endian) and its first SHELL_SIG_BYTES bytes. Computed the same way in the kernel.
+#[inline(always)]
+pub fn sig_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+pub fn shell_signature(size: u64, head: &[u8; SHELL_SIG_BYTES]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in size.to_le_bytes() {
+        h = sig_step(h, b);
+    }
+    for b in head {
+        h = sig_step(h, *b);
+    }
+    h
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]

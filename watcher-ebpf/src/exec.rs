@@ -3,23 +3,25 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         generated::{bpf_probe_read_user_str, bpf_send_signal},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use watcher_common::{
     ARG_MAX_LEN, ARGS_LEN, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
     CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
     ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_LEN, ENV_NAME_LEN, EXEC_DENY, EXEC_KILLED, EXEC_NAME_LEN,
-    EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, FILENAME_LEN, ForkRecord, KIND_EXEC,
+    EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE,
+    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, EXEC_IS_SHELL, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
     KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo,
 };
 
 use crate::{
     common::{count, current_tgid, fill_header, job_flags, watched_current},
     maps::{
-        CLONE_FLAGS, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
+        CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, SHELL_SIGS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
         WATCHED,
     },
 };
@@ -441,4 +443,50 @@ fn note_exit_code(ctx: &TracePointContext) {
             (*info).code_known = 1;
         }
     }
+}
+
+/// At sched_process_exec the new program is loaded but has not run an instruction. A shell
+/// copied under another name (or a script whose interpreter is a shell) is recognised here by
+/// content: the executable's size and first bytes (bprm->buf) against the shells of this
+/// machine. Struct offsets come from the kernel's BTF via CONFIG; without them this is off.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let Some(info) = watched_current() else { return 0 };
+    let off = |i: u32| CONFIG.get(i).copied().unwrap_or(0) as usize;
+    let (o_file, o_buf, o_inode, o_size) =
+        (off(CFG_OFF_BPRM_FILE), off(CFG_OFF_BPRM_BUF), off(CFG_OFF_FILE_INODE), off(CFG_OFF_INODE_SIZE));
+    if o_file == 0 || o_buf == 0 || o_inode == 0 || o_size == 0 {
+        return 0;
+    }
+    let bprm: *const u8 = ctx.arg(2);
+    let Ok(file) = (unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) }) else { return 0 };
+    let Ok(inode) = (unsafe { bpf_probe_read_kernel(file.wrapping_add(o_inode).cast::<*const u8>()) }) else { return 0 };
+    let Ok(size) = (unsafe { bpf_probe_read_kernel(inode.wrapping_add(o_size).cast::<u64>()) }) else { return 0 };
+    let mut head = [0u8; SHELL_SIG_BYTES];
+    if unsafe { bpf_probe_read_kernel_buf(bprm.wrapping_add(o_buf), &mut head) }.is_err() {
+        return 0;
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in size.to_le_bytes() {
+        h = sig_step(h, b);
+    }
+    for b in head {
+        h = sig_step(h, b);
+    }
+    if unsafe { SHELL_SIGS.get(&h) }.is_none() {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let pending = EXEC_PENDING.get_ptr_mut(&tid);
+    if let Some(rec) = pending {
+        unsafe { (*rec).flags |= EXEC_IS_SHELL };
+    }
+    let flags = job_flags(info.job);
+    if flags & JOB_ENFORCE != 0 && flags & JOB_DENY_SHELLS != 0 && info.flags & PROC_INSTALL != 0 {
+        unsafe { bpf_send_signal(9) };
+        if let Some(rec) = pending {
+            unsafe { (*rec).flags |= EXEC_KILLED };
+        }
+    }
+    0
 }

@@ -85,7 +85,7 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, env, killed, .. } => out.push(Event::Exec(Exec {
+            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => out.push(Event::Exec(Exec {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
                 filename,
@@ -94,6 +94,7 @@ impl Collector {
                 cgroup_id: task.cgroup_id,
                 env: env.into_iter().collect(),
                 killed,
+                shell,
                 cwd: None,
             })),
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {

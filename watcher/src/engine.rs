@@ -148,7 +148,7 @@ impl Engine {
                 format!("{} is denied by exec rule {rule:?}", x.filename),
             );
         }
-        if is_shell(&x.filename) && self.policy.shells_denied_in_install_scripts() {
+        if (is_shell(&x.filename) || x.shell) && self.policy.shells_denied_in_install_scripts() {
             // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
             // started from inside one, or a second shell exec by its start, is spawned by it.
             let own = self.tree.get(pid);

@@ -29,6 +29,8 @@ pub enum Record {
         argv: Vec<String>,
         argv_truncated: bool,
         killed: bool,
+        /// The kernel recognised the executable as a shell by its content.
+        shell: bool,
         /// Captured environment entries (only names the agent asked for), in order.
         env: Vec<(String, String)>,
     },
@@ -180,6 +182,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 argv: split_args(&r.args[..used], r.argc),
                 argv_truncated: r.flags & c::EXEC_ARGS_TRUNCATED != 0,
                 killed: r.flags & c::EXEC_KILLED != 0,
+                shell: r.flags & c::EXEC_IS_SHELL != 0,
                 env: split_env(&r.env[..env_used]),
             })
         }
@@ -279,7 +282,7 @@ mod tests {
         r.args_len = blob.len() as u32;
         let rec = decode(&bytes_of(&r)).unwrap();
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, killed, ret, env } => {
+            Record::Exec { task, filename, argv, argv_truncated, killed, ret, env, .. } => {
                 assert_eq!(
                     env,
                     vec![

@@ -1,5 +1,7 @@
 //! The only module that touches aya: loads the kernel programs, attaches them, fills the
 //! watch maps, drains the ring buffer and reads the loss counters.
+
+pub mod btf;
 use std::{
     os::fd::AsFd,
     path::{Path, PathBuf},
@@ -9,10 +11,12 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use watcher_common::{CFG_SEED, ENV_FLAG_CAPTURE, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
+use watcher_common::{
+    CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
+    CFG_SEED, ENV_FLAG_CAPTURE, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
 
@@ -68,6 +72,72 @@ pub struct Sensor {
     ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     states: Vec<SensorState>,
+}
+
+/// Where shells are looked for, besides PATH.
+const SHELL_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin"];
+
+/// Recognise shells by content at exec (a copy under another name is still a shell): load the
+/// sched_process_exec raw tracepoint, give it struct offsets from the kernel's BTF and the
+/// signatures of this machine's shell binaries. Optional: without BTF, shells are recognised
+/// by name only, and the sensor line says so.
+fn shell_identity(ebpf: &mut Ebpf) -> anyhow::Result<SensorState> {
+    let offsets = btf::Btf::from_sys().ok().and_then(|b| {
+        Some([
+            (CFG_OFF_BPRM_FILE, b.member_offset("linux_binprm", "file")?),
+            (CFG_OFF_BPRM_BUF, b.member_offset("linux_binprm", "buf")?),
+            (CFG_OFF_FILE_INODE, b.member_offset("file", "f_inode")?),
+            (CFG_OFF_INODE_SIZE, b.member_offset("inode", "i_size")?),
+        ])
+    });
+    let Some(offsets) = offsets else {
+        return Ok(SensorState {
+            name: "shell-identity".into(),
+            active: false,
+            detail: Some("no kernel BTF (/sys/kernel/btf/vmlinux): shells are recognised by name only".into()),
+        });
+    };
+    let mut sigs = std::collections::BTreeMap::new();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs: Vec<&str> = SHELL_DIRS.iter().copied().chain(path.split(':')).collect();
+    for name in crate::proctree::SHELLS {
+        for dir in &dirs {
+            let Ok(real) = std::fs::canonicalize(std::path::Path::new(dir).join(name)) else { continue };
+            let Ok(mut f) = std::fs::File::open(&real) else { continue };
+            let Ok(meta) = f.metadata() else { continue };
+            let mut head = [0u8; SHELL_SIG_BYTES];
+            if std::io::Read::read_exact(&mut f, &mut head).is_ok() {
+                sigs.insert(shell_signature(meta.len(), &head), real.display().to_string());
+            }
+        }
+    }
+    {
+        let mut config = Array::<_, u64>::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("no CONFIG map"))?)?;
+        for (i, off) in offsets {
+            config.set(i, &(off as u64), 0).context("filling CONFIG")?;
+        }
+    }
+    {
+        let mut m = HashMap::<_, u64, u32>::try_from(ebpf.map_mut("SHELL_SIGS").ok_or_else(|| anyhow!("no SHELL_SIGS map"))?)?;
+        for sig in sigs.keys() {
+            m.insert(sig, &1, 0).context("filling SHELL_SIGS")?;
+        }
+    }
+    let p: &mut RawTracePoint = ebpf
+        .program_mut("sched_process_exec")
+        .ok_or_else(|| anyhow!("eBPF object has no program sched_process_exec"))?
+        .try_into()?;
+    p.load().map_err(|e| explain_load_error("raw tracepoint program sched_process_exec", e))?;
+    p.attach("sched_process_exec").map_err(|e| explain_load_error("attachment to raw tracepoint sched_process_exec", e))?;
+    let names: std::collections::BTreeSet<String> = sigs.into_values().collect();
+    Ok(SensorState {
+        name: "shell-identity".into(),
+        active: true,
+        detail: Some(format!(
+            "raw tracepoint sched_process_exec: shells known by size and first bytes, under any name ({})",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+    })
 }
 
 fn require_root() -> anyhow::Result<()> {
@@ -158,6 +228,7 @@ impl Sensor {
             p.attach(category, name)
                 .map_err(|e| explain_load_error(&format!("attachment to tracepoint {category}/{name}"), e))?;
         }
+        states.push(shell_identity(&mut ebpf)?);
         states.push(SensorState {
             name: "process".into(),
             active: true,
