@@ -6,7 +6,8 @@ set -euo pipefail
 TOOLCHAIN="nightly-2026-07-15"
 BPF_LINKER_VERSION="0.13.0"
 LLVM_PREFIX="/usr/lib/llvm-22"
-DEBS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 dnsutils python3 curl gzip procps)
+DEBS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 python3 python3-venv python3-pip
+      python3-setuptools python3-wheel curl gzip procps strace tar)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -47,6 +48,13 @@ else
   LLVM_PREFIX="$LLVM_PREFIX" LLVM_SYS_220_PREFIX="$LLVM_PREFIX" PATH="$LLVM_PREFIX/bin:$PATH" \
     cargo +"$TOOLCHAIN" install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
       --no-default-features --features llvm-22
+fi
+
+# The package-manager tests run real npm, pip and cargo installs against registries the tests
+# serve on loopback. npm comes with Node.js: the machine image has it; say so plainly if not.
+if ! command -v npm >/dev/null 2>&1; then
+  say "npm not found: installing Debian's nodejs and npm"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 
 # tracefs is needed for tracepoint format files and attaching.

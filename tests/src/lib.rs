@@ -533,10 +533,13 @@ pub struct HttpRequest {
 /// Stops (threads joined, sockets closed) on drop.
 pub struct HttpServer {
     addr: SocketAddr,
-    routes: Arc<Mutex<HashMap<String, (String, Arc<Vec<u8>>)>>>,
+    routes: HttpRoutes,
     requests: Arc<Mutex<Vec<HttpRequest>>>,
     _workers: Workers,
 }
+
+/// Path -> (Content-Type, body) of an [`HttpServer`].
+type HttpRoutes = Arc<Mutex<HashMap<String, (String, Arc<Vec<u8>>)>>>;
 
 /// Largest request head (request line + headers) an [`HttpServer`] reads.
 const HTTP_HEAD_MAX: usize = 64 * 1024;
@@ -564,9 +567,10 @@ fn read_http_head(s: &mut TcpStream, stop: &AtomicBool) -> Option<Vec<u8>> {
 impl HttpServer {
     /// Listens on TCP `addr` (port 0 picks a free port, see [`HttpServer::addr`]).
     pub fn start(addr: SocketAddr) -> anyhow::Result<HttpServer> {
-        let tcp = TcpListener::bind(addr).with_context(|| format!("HttpServer: bind tcp {addr}"))?;
+        let tcp =
+            TcpListener::bind(addr).with_context(|| format!("HttpServer: bind tcp {addr}"))?;
         let real = tcp.local_addr()?;
-        let routes: Arc<Mutex<HashMap<String, (String, Arc<Vec<u8>>)>>> = Arc::default();
+        let routes: HttpRoutes = Arc::default();
         let requests: Arc<Mutex<Vec<HttpRequest>>> = Arc::default();
         let mut workers = Workers::new();
         let (rt, rq) = (routes.clone(), requests.clone());
@@ -589,9 +593,8 @@ impl HttpServer {
                 path,
                 status,
             });
-            let (ctype, body) = found.unwrap_or_else(|| {
-                ("text/plain".to_string(), Arc::new(b"not found\n".to_vec()))
-            });
+            let (ctype, body) = found
+                .unwrap_or_else(|| ("text/plain".to_string(), Arc::new(b"not found\n".to_vec())));
             let reason = if status == 200 { "OK" } else { "Not Found" };
             let mut out = format!(
                 "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

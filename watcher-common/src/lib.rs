@@ -205,6 +205,11 @@ pub const EXEC_KILLED: u32 = 4;
 /// this machine), whatever its name.
 pub const EXEC_IS_SHELL: u32 = 8;
 
+/// Enforce mode decided at exec entry that this program must not run: it is killed when the
+/// exec succeeds (sched_process_exec), before its first instruction. Failed attempts of a PATH
+/// search are not killed, so the log names the program that would really have run.
+pub const EXEC_KILL_PENDING: u32 = 16;
+
 /// Bytes of an executable's start that, with its size, identify it as a known shell.
 pub const SHELL_SIG_BYTES: usize = 64;
 

@@ -14,7 +14,7 @@ use watcher_common::{
     CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
     ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_LEN, ENV_NAME_LEN, EXEC_DENY, EXEC_KILLED, EXEC_NAME_LEN,
     EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE,
-    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, EXEC_IS_SHELL, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
+    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, EXEC_IS_SHELL, EXEC_KILL_PENDING, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
     KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo,
 };
 
@@ -90,8 +90,9 @@ fn finish_exec_enter(rec: &watcher_common::ExecRecord) {
     }
 }
 
-/// Enforce mode: kill at exec entry, before the new program runs a single instruction, when
-/// the executable's basename is denied, or is a shell started inside an install script.
+/// Enforce mode: decide at exec entry to kill the new program, when the executable's basename
+/// is denied, or is a shell started inside an install script. The kill happens when the exec
+/// succeeds (sched_process_exec), before the program runs a single instruction.
 #[inline(always)]
 fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
     let flags = job_flags(info.job);
@@ -102,8 +103,7 @@ fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
     let Some(rule) = (unsafe { EXEC_RULES.get(&key) }).copied() else { return };
     let shell_in_script = rule & EXEC_SHELL != 0 && info.flags & PROC_INSTALL != 0 && flags & JOB_DENY_SHELLS != 0;
     if rule & EXEC_DENY != 0 || shell_in_script {
-        unsafe { bpf_send_signal(9) };
-        rec.flags |= EXEC_KILLED;
+        rec.flags |= EXEC_KILL_PENDING;
     }
 }
 
@@ -476,8 +476,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     if unsafe { SHELL_SIGS.get(&h) }.is_none() {
         return 0;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let pending = EXEC_PENDING.get_ptr_mut(&tid);
+    let old_tid: i32 = ctx.arg(1);
+    let pending = EXEC_PENDING.get_ptr_mut(&(old_tid as u32));
     if let Some(rec) = pending {
         unsafe { (*rec).flags |= EXEC_IS_SHELL };
     }
@@ -486,6 +486,21 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         unsafe { bpf_send_signal(9) };
         if let Some(rec) = pending {
             unsafe { (*rec).flags |= EXEC_KILLED };
+        }
+    }
+    0
+}
+
+/// The exec succeeded and the new program is loaded; kill it now if exec entry decided so.
+/// sched_process_exec: old_pid @16 (the thread id before exec).
+#[tracepoint]
+pub fn sched_process_exec_kill(ctx: TracePointContext) -> u32 {
+    let old_tid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    let Some(rec) = EXEC_PENDING.get_ptr_mut(&(old_tid as u32)) else { return 0 };
+    if unsafe { (*rec).flags } & EXEC_KILL_PENDING != 0 {
+        unsafe {
+            bpf_send_signal(9);
+            (*rec).flags |= EXEC_KILLED;
         }
     }
     0

@@ -32,6 +32,8 @@ fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
 
 pub struct Cgroup {
     path: PathBuf,
+    /// The path as the kernel names it, relative to the cgroup2 root ("/watcher-run-42").
+    rel: String,
     id: u64,
     removed: bool,
 }
@@ -44,7 +46,7 @@ impl Cgroup {
         let id = fs::metadata(&path)
             .with_context(|| format!("reading cgroup {}", path.display()))?
             .ino();
-        Ok(Cgroup { path, id, removed: false })
+        Ok(Cgroup { path, rel: format!("/{name}"), id, removed: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -92,6 +94,30 @@ impl Cgroup {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Sockets the cgroup's processes left behind (TCP, UDP), which the kernel may keep
+    /// sending from after every process is gone.
+    pub fn socket_count(&self) -> usize {
+        std::process::Command::new("ss")
+            .args(["-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.contains("TIME-WAIT")).count())
+            .unwrap_or(0)
+    }
+
+    /// Destroy those sockets (SOCK_DESTROY through `ss -K`), so nothing the step queued is
+    /// sent after watcher stops watching: the kernel programs detach when watcher exits, and
+    /// an orphaned TCP socket would retransmit unfiltered.
+    pub fn destroy_sockets(&self) -> anyhow::Result<()> {
+        let out = std::process::Command::new("ss")
+            .args(["-K", "-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
+            .output()
+            .context("running `ss -K` (iproute2) to destroy the step's leftover sockets")?;
+        if !out.status.success() {
+            bail!("`ss -K` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
     }
 
     /// Kill what is left and remove the directory.

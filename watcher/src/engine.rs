@@ -141,27 +141,39 @@ impl Engine {
 
     fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
         let pid = x.proc.pid;
-        let blocked = x.killed;
-        if let Some(rule) = self.policy.exec_denied(&x.filename) {
+        // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
+        // started from inside one, or a second shell exec by its start, is spawned by it.
+        let shell_from = if (is_shell(&x.filename) || x.shell) && self.policy.shells_denied_in_install_scripts() {
+            let own = self.tree.get(pid);
+            self.tree.install_script(x.proc.ppid).map(|(_, a)| a.label()).or_else(|| {
+                own.and_then(|n| n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| a.label()))
+            })
+        } else {
+            None
+        };
+        let denied_by = self.policy.exec_denied(&x.filename);
+        // A kill has one reason, which is the alert: the kernel kills a shell spawned by a
+        // script, or a denied name, at the first execve attempt (possibly a PATH candidate
+        // that does not exist), so other rules about that attempted path are not judged.
+        let (shell_alert, deny_alert) = match (x.killed, &shell_from, &denied_by) {
+            (true, Some(_), _) => (true, false),
+            (true, None, _) => (false, denied_by.is_some()),
+            (false, _, _) => (shell_from.is_some(), denied_by.is_some()),
+        };
+        if deny_alert {
+            let rule = denied_by.unwrap_or_default();
             self.alert(
-                out, x.ts, RULE_EXEC, false, blocked, "high", pid, x.filename.clone(),
+                out, x.ts, RULE_EXEC, false, x.killed, "high", pid, x.filename.clone(),
                 format!("{} is denied by exec rule {rule:?}", x.filename),
             );
         }
-        if (is_shell(&x.filename) || x.shell) && self.policy.shells_denied_in_install_scripts() {
-            // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
-            // started from inside one, or a second shell exec by its start, is spawned by it.
-            let own = self.tree.get(pid);
-            let from_script = self.tree.install_script(x.proc.ppid).map(|(_, a)| a.label()).or_else(|| {
-                own.and_then(|n| n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| a.label()))
-            });
-            if let Some(pkg) = from_script {
-                let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
-                self.alert(
-                    out, x.ts, RULE_SHELL, false, blocked, "high", pid, x.filename.clone(),
-                    format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
-                );
-            }
+        if shell_alert {
+            let pkg = shell_from.unwrap_or_default();
+            let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
+            self.alert(
+                out, x.ts, RULE_SHELL, false, x.killed, "high", pid, x.filename.clone(),
+                format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
+            );
         }
     }
 

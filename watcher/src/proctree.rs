@@ -59,7 +59,12 @@ pub fn is_shell(path: &str) -> bool {
 }
 
 /// Recognise the start of an install script from an exec.
-pub fn install_script_of(filename: &str, argv: &[String], env: &BTreeMap<String, String>) -> Option<Attribution> {
+pub fn install_script_of(
+    filename: &str,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+) -> Option<Attribution> {
     if let (Some(ev), Some(name)) = (env.get("npm_lifecycle_event"), env.get("npm_package_name")) {
         if NPM_INSTALL_EVENTS.contains(&ev.as_str()) {
             return Some(Attribution {
@@ -90,7 +95,12 @@ pub fn install_script_of(filename: &str, argv: &[String], env: &BTreeMap<String,
         // hook runner (_in_process.py) or, for legacy projects, setup.py.
         let mentions = |needle: &str| argv.iter().any(|a| a.contains(needle));
         if mentions("_in_process.py") || mentions("setup.py") {
-            let package = argv.iter().find_map(|a| pip_source_dir_name(a)).unwrap_or_else(|| "unknown sdist".into());
+            // pip runs the build in the unpacked sdist: the working directory names it (the
+            // argv of the setup.py shim is too long to be captured whole).
+            let package = cwd
+                .and_then(pip_source_dir_name)
+                .or_else(|| argv.iter().find_map(|a| pip_source_dir_name(a)))
+                .unwrap_or_else(|| "unknown sdist".into());
             return Some(Attribution { manager: "pip".into(), package, version: None, stage: "build".into() });
         }
     }
@@ -101,7 +111,7 @@ pub fn install_script_of(filename: &str, argv: &[String], env: &BTreeMap<String,
 fn pip_source_dir_name(arg: &str) -> Option<String> {
     let i = arg.find("pip-install-")?;
     let rest = &arg[i..];
-    let dir = rest.split('/').nth(1)?;
+    let dir = rest.split('/').nth(1).filter(|d| !d.is_empty())?;
     let name = match dir.rsplit_once('_') {
         Some((n, h)) if h.len() >= 8 && h.chars().all(|c| c.is_ascii_hexdigit()) => n,
         _ => dir,
@@ -138,7 +148,7 @@ impl ProcTree {
                 node.exited = false;
                 // The outermost process of a script is its start; descendants inherit.
                 if !in_script {
-                    if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env) {
+                    if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
                         node.attribution = Some(a);
                     }
                 }
@@ -203,28 +213,43 @@ mod tests {
         env.insert("npm_lifecycle_event".to_string(), "postinstall".to_string());
         env.insert("npm_package_name".to_string(), "evil-pkg".to_string());
         env.insert("npm_package_version".to_string(), "1.2.3".to_string());
-        let a = install_script_of("/bin/sh", &["sh".into(), "-c".into(), "node x.js".into()], &env).unwrap();
+        let a = install_script_of("/bin/sh", &["sh".into(), "-c".into(), "node x.js".into()], &env, None).unwrap();
         assert_eq!(a.label(), "npm:evil-pkg@1.2.3 (postinstall)");
         env.insert("npm_lifecycle_event".to_string(), "test".to_string());
-        assert!(install_script_of("/bin/sh", &[], &env).is_none());
+        assert!(install_script_of("/bin/sh", &[], &env, None).is_none());
     }
 
     #[test]
     fn cargo_build_script_and_pip_build() {
         let mut env = BTreeMap::new();
         env.insert("CARGO_PKG_NAME".to_string(), "openssl-sys".to_string());
-        let a = install_script_of("/w/target/debug/build/openssl-sys-0a1b/build-script-build", &[], &env).unwrap();
+        let a = install_script_of("/w/target/debug/build/openssl-sys-0a1b/build-script-build", &[], &env, None).unwrap();
         assert_eq!((a.manager.as_str(), a.package.as_str(), a.stage.as_str()), ("cargo", "openssl-sys", "build.rs"));
-        let a = install_script_of("/w/target/debug/build/foo-bar-0a1b2c/build-script-main", &[], &BTreeMap::new()).unwrap();
+        let a = install_script_of("/w/target/debug/build/foo-bar-0a1b2c/build-script-main", &[], &BTreeMap::new(), None).unwrap();
         assert_eq!(a.package, "foo-bar");
         let argv: Vec<String> = vec![
             "/usr/bin/python3".into(),
             "-c".into(),
             "exec(compile(open('/tmp/pip-install-x1y2/py-formatter-util_4f6a0c1e2b3d4e5f/setup.py')))".into(),
         ];
-        let a = install_script_of("/usr/bin/python3.11", &argv, &BTreeMap::new()).unwrap();
+        let a = install_script_of("/usr/bin/python3.11", &argv, &BTreeMap::new(), None).unwrap();
         assert_eq!(a.package, "py-formatter-util");
-        assert!(install_script_of("/usr/bin/python3", &["python3".into(), "app.py".into()], &BTreeMap::new()).is_none());
+        assert!(install_script_of("/usr/bin/python3", &["python3".into(), "app.py".into()], &BTreeMap::new(), None).is_none());
+        // What pip really runs for a PEP 517 build: the sdist is named by the working directory.
+        let pep517: Vec<String> = vec![
+            "/venv/bin/python3".into(),
+            "/venv/lib/python3.11/site-packages/pip/_vendor/pyproject_hooks/_in_process/_in_process.py".into(),
+            "build_wheel".into(),
+            "/tmp/tmpxekqpdju".into(),
+        ];
+        let a = install_script_of(
+            "/venv/bin/python3",
+            &pep517,
+            &BTreeMap::new(),
+            Some("/tmp/pip-install-y72ahjkq/evil-sdist_067523db5f0e4c1b9a3c2d1e0f9a8b7c"),
+        )
+        .unwrap();
+        assert_eq!(a.label(), "pip:evil-sdist (build)");
     }
 
     #[test]

@@ -369,6 +369,19 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
+    // Sockets outlive their processes: give queued data a moment to leave under watch (audit),
+    // then destroy what is left while the programs are still attached. In enforce mode a
+    // dropped DNS-over-TCP query would otherwise be retransmitted unfiltered after watcher exits.
+    let enforce = prepared.policy.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
+    if !enforce {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while cgroup.socket_count() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if let Err(e) = cgroup.destroy_sockets() {
+        eprintln!("watcher: {e:#}");
+    }
     // Let the exit records of the killed processes arrive, then take everything left.
     tokio::time::sleep(Duration::from_millis(50)).await;
     sensor.drain(&mut batch);

@@ -36,6 +36,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_exit_group", "syscalls", "sys_enter_exit_group"),
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_exec_kill", "sched", "sched_process_exec"),
 ];
 
 const SOCK_ADDR_PROGS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
