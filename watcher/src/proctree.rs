@@ -90,19 +90,21 @@ pub fn install_script_of(
             stage: "build.rs".into(),
         });
     }
-    if base.starts_with("python") {
-        // pip builds an sdist in <tmp>/pip-install-XXXX/<name>_<hash>/ through its PEP 517
-        // hook runner (_in_process.py) or, for legacy projects, setup.py.
+    // pip builds an sdist in <tmp>/pip-install-XXXX/<name>_<hash>/ through its PEP 517 hook
+    // runner (_in_process.py) or, for legacy projects, setup.py; it sets PIP_BUILD_TRACKER
+    // for those subprocesses (the kernel marks the same processes from that variable).
+    let pip_build = env.contains_key("PIP_BUILD_TRACKER") || {
         let mentions = |needle: &str| argv.iter().any(|a| a.contains(needle));
-        if mentions("_in_process.py") || mentions("setup.py") {
-            // pip runs the build in the unpacked sdist: the working directory names it (the
-            // argv of the setup.py shim is too long to be captured whole).
-            let package = cwd
-                .and_then(pip_source_dir_name)
-                .or_else(|| argv.iter().find_map(|a| pip_source_dir_name(a)))
-                .unwrap_or_else(|| "unknown sdist".into());
-            return Some(Attribution { manager: "pip".into(), package, version: None, stage: "build".into() });
-        }
+        base.starts_with("python") && (mentions("_in_process.py") || mentions("setup.py"))
+    };
+    if pip_build {
+        // pip runs the build in the unpacked sdist: the working directory names it (the argv
+        // of the setup.py shim is too long to be captured whole).
+        let package = cwd
+            .and_then(pip_source_dir_name)
+            .or_else(|| argv.iter().find_map(|a| pip_source_dir_name(a)))
+            .unwrap_or_else(|| "unknown sdist".into());
+        return Some(Attribution { manager: "pip".into(), package, version: None, stage: "build".into() });
     }
     None
 }

@@ -16,7 +16,7 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use watcher_common::{
     CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
-    CFG_SEED, ENV_FLAG_CAPTURE, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
+    CFG_SEED, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
 
@@ -43,21 +43,22 @@ const SOCK_ADDR_PROGS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6
 
 /// Environment variables captured at exec (never secrets): who runs this — which package's
 /// install script, which CI job.
-pub const CAPTURED_ENV: &[&str] = &[
-    "npm_package_name",
-    "npm_package_version",
-    "npm_lifecycle_event",
-    "CARGO_PKG_NAME",
-    "CARGO_PKG_VERSION",
-    "CARGO_MANIFEST_DIR",
-    "GITHUB_RUN_ID",
-    "GITHUB_JOB",
-    "GITHUB_REPOSITORY",
-    "CI_JOB_ID",
-    "CI_PROJECT_PATH",
-    "BUILDKITE_JOB_ID",
+pub const CAPTURED_ENV: &[(&str, u32)] = &[
+    ("npm_package_name", ENV_FLAG_CAPTURE),
+    ("npm_package_version", ENV_FLAG_CAPTURE),
+    ("npm_lifecycle_event", ENV_FLAG_CAPTURE),
+    ("CARGO_PKG_NAME", ENV_FLAG_CAPTURE),
+    ("CARGO_PKG_VERSION", ENV_FLAG_CAPTURE),
+    ("CARGO_MANIFEST_DIR", ENV_FLAG_CAPTURE),
+    // pip sets it for the subprocesses that build sdists: their start is an install script.
+    ("PIP_BUILD_TRACKER", ENV_FLAG_CAPTURE | ENV_FLAG_INSTALL),
+    ("GITHUB_RUN_ID", ENV_FLAG_CAPTURE),
+    ("GITHUB_JOB", ENV_FLAG_CAPTURE),
+    ("GITHUB_REPOSITORY", ENV_FLAG_CAPTURE),
+    ("CI_JOB_ID", ENV_FLAG_CAPTURE),
+    ("CI_PROJECT_PATH", ENV_FLAG_CAPTURE),
+    ("BUILDKITE_JOB_ID", ENV_FLAG_CAPTURE),
 ];
-
 /// Names of the per-CPU counters, by index (see watcher_common::CNT_*).
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] =
     ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "payload"];
@@ -289,10 +290,10 @@ impl Sensor {
             let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> = HashMap::try_from(
                 ebpf.map_mut("ENV_CAPTURE").ok_or_else(|| anyhow!("no ENV_CAPTURE map"))?,
             )?;
-            for name in CAPTURED_ENV {
+            for (name, flags) in CAPTURED_ENV {
                 let mut key = [0u8; ENV_NAME_LEN];
                 key[..name.len()].copy_from_slice(name.as_bytes());
-                capture.insert(&key, &ENV_FLAG_CAPTURE, 0).context("filling ENV_CAPTURE")?;
+                capture.insert(&key, flags, 0).context("filling ENV_CAPTURE")?;
             }
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
