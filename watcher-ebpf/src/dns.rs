@@ -270,6 +270,28 @@ pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
     emit(&ctx, &f, &owner, DIR_EGRESS, verdict)
 }
 
+/// Header of a packet record: the socket owner's task fields (ingress runs in softirq
+/// context, where the current task is not the owner).
+#[inline(always)]
+fn owner_header(hdr: &mut watcher_common::Header, kind: u32, owner: &SockOwner) {
+    fill_header(hdr, kind, owner.ppid);
+    hdr.pid = owner.pid;
+    hdr.tid = owner.pid;
+    hdr.uid = owner.uid;
+    hdr.gid = owner.gid;
+    if owner.comm[0] != 0 {
+        hdr.comm = owner.comm;
+    }
+}
+
+/// Bytes to copy of a payload of `len >= 1` bytes into a CAP-byte buffer: in [1, CAP], with a
+/// mask the verifier can see (CAP is a power of two).
+#[inline(always)]
+fn capture_len<const CAP: usize>(len: u32) -> u32 {
+    let n = if len > CAP as u32 { CAP as u32 } else { len };
+    ((n.wrapping_sub(1)) & (CAP as u32 - 1)) + 1
+}
+
 /// Report the first bytes of the first data packet each watched socket sends.
 #[inline(always)]
 fn first_payload(ctx: &SkBuffContext, f: &Flow) {
@@ -290,12 +312,7 @@ fn first_payload(ctx: &SkBuffContext, f: &Flow) {
         return;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut rec.hdr, KIND_PAYLOAD, owner.ppid);
-    rec.hdr.pid = owner.pid;
-    rec.hdr.tid = owner.pid;
-    rec.hdr.uid = owner.uid;
-    rec.hdr.gid = owner.gid;
-    rec.hdr.comm = owner.comm;
+    owner_header(&mut rec.hdr, KIND_PAYLOAD, &owner);
     rec.daddr = f.daddr;
     rec.family = f.family;
     rec.dport = f.dport;
@@ -303,11 +320,7 @@ fn first_payload(ctx: &SkBuffContext, f: &Flow) {
     rec._pad = [0; 3];
     rec._pad2 = 0;
     rec.payload_len = payload_len;
-    let mut n = payload_len;
-    if n > PAYLOAD_LEN as u32 {
-        n = PAYLOAD_LEN as u32;
-    }
-    let n = ((n.wrapping_sub(1)) & (PAYLOAD_LEN as u32 - 1)) + 1;
+    let n = capture_len::<PAYLOAD_LEN>(payload_len);
     let ok = unsafe { bpf_skb_load_bytes(skb, f.payload_off, rec.payload.as_mut_ptr().cast(), n) } == 0;
     rec.captured_len = if ok { n } else { 0 };
     entry.submit(0);
@@ -401,15 +414,7 @@ fn emit(ctx: &SkBuffContext, f: &Flow, owner: &SockOwner, direction: u8, verdict
         return ret;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut rec.hdr, KIND_DNS_PACKET, owner.ppid);
-    // Ingress runs in softirq context: the header's task fields are not the owner's.
-    rec.hdr.pid = owner.pid;
-    rec.hdr.tid = owner.pid;
-    rec.hdr.uid = owner.uid;
-    rec.hdr.gid = owner.gid;
-    if owner.comm[0] != 0 {
-        rec.hdr.comm = owner.comm;
-    }
+    owner_header(&mut rec.hdr, KIND_DNS_PACKET, owner);
     rec.saddr = f.saddr;
     rec.daddr = f.daddr;
     rec.family = f.family;
@@ -420,13 +425,7 @@ fn emit(ctx: &SkBuffContext, f: &Flow, owner: &SockOwner, direction: u8, verdict
     rec.payload_len = payload_len;
     rec.verdict = verdict;
     rec._pad = [0; 7];
-    let mut n = payload_len;
-    if n > DNS_PAYLOAD_LEN as u32 {
-        n = DNS_PAYLOAD_LEN as u32;
-    }
-    // payload_len >= 1 here; the mask keeps n in [1, DNS_PAYLOAD_LEN] where the verifier
-    // can see it (DNS_PAYLOAD_LEN is a power of two).
-    let n = ((n.wrapping_sub(1)) & (DNS_PAYLOAD_LEN as u32 - 1)) + 1;
+    let n = capture_len::<DNS_PAYLOAD_LEN>(payload_len);
     let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
     let ok = unsafe { bpf_skb_load_bytes(skb, f.payload_off, rec.payload.as_mut_ptr().cast(), n) } == 0;
     rec.captured_len = if ok { n } else { 0 };
