@@ -7,7 +7,7 @@ TOOLCHAIN="nightly-2026-07-15"
 BPF_LINKER_VERSION="0.13.0"
 LLVM_PREFIX="/usr/lib/llvm-22"
 DEBS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 python3 python3-venv python3-pip
-      python3-setuptools python3-wheel curl gzip procps strace tar)
+      python3-setuptools python3-wheel curl gzip procps strace tar tmux)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 

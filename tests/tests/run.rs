@@ -605,3 +605,53 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     let execs = r.execs_of("/true").len() as u64;
     assert!(execs < 400, "every exec arrived, yet loss was reported");
 }
+
+/// A guard that kills a tmux server (its own socket) even if the test fails.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.0]);
+        c
+    }
+    fn screen(&self) -> String {
+        let out = self.cmd().args(["capture-pane", "-t", "w", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+#[test]
+fn the_command_gets_the_terminal_and_ctrl_c_reaches_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = Tmux(format!("watcher-test-{}", std::process::id()));
+    let inner = "printf 'name? '; read x; echo \"got $x\"; sleep 60";
+    let shell_cmd = format!("{} run -q -- sh -c '{}'; echo EXIT=$?; sleep 60", watcher_bin().display(), inner.replace('\'', "'\\''"));
+    let st = t.cmd().args(["new-session", "-d", "-s", "w", "-x", "120", "-y", "20", &shell_cmd]).status().unwrap();
+    assert!(st.success());
+    let wait_for = |what: &str| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if t.screen().contains(what) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{what:?} never appeared:\n{}", t.screen());
+    };
+    wait_for("name?");
+    t.cmd().args(["send-keys", "-t", "w", "hello", "Enter"]).status().unwrap();
+    wait_for("got hello");
+    t.cmd().args(["send-keys", "-t", "w", "C-c"]).status().unwrap();
+    // SIGINT from the terminal stops the command (128+2); watcher survives to summarise.
+    wait_for("EXIT=130");
+    assert!(t.screen().contains("summary:"), "{}", t.screen());
+}
