@@ -169,6 +169,8 @@ pub const CFG_OFF_BPRM_FILE: u32 = 1;
 pub const CFG_OFF_BPRM_BUF: u32 = 2;
 pub const CFG_OFF_FILE_INODE: u32 = 3;
 pub const CFG_OFF_INODE_SIZE: u32 = 4;
+pub const CFG_OFF_BPRM_FILENAME: u32 = 5;
+pub const CFG_OFF_BPRM_INTERP: u32 = 6;
 pub const CFG_LEN: u32 = 8;
 
 /// DNS payload bytes captured per packet.

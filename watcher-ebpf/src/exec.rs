@@ -14,7 +14,7 @@ use watcher_common::{
     CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
     ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_LEN, ENV_NAME_LEN, EXEC_DENY, EXEC_KILLED, EXEC_NAME_LEN,
     EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE,
-    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, EXEC_IS_SHELL, EXEC_KILL_PENDING, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
+    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, EXEC_IS_SHELL, EXEC_KILL_PENDING, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
     KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo,
 };
 
@@ -448,7 +448,7 @@ fn note_exit_code(ctx: &TracePointContext) {
 /// At sched_process_exec the new program is loaded but has not run an instruction. A shell
 /// copied under another name (or a script whose interpreter is a shell) is recognised here by
 /// content: the executable's size and first bytes (bprm->buf) against the shells of this
-/// machine. Struct offsets come from the kernel's BTF via CONFIG; without them this is off.
+/// machine (binaries only: a #! script interpreted by a shell is not counted). Struct offsets come from the kernel's BTF via CONFIG; without them this is off.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let Some(info) = watched_current() else { return 0 };
@@ -459,6 +459,17 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let bprm: *const u8 = ctx.arg(2);
+    // A script (#!) run by a shell is not a shell binary started under another name: after
+    // binfmt_script, bprm->interp points elsewhere than bprm->filename. Judge binaries only.
+    let (o_name, o_interp) = (off(CFG_OFF_BPRM_FILENAME), off(CFG_OFF_BPRM_INTERP));
+    if o_name == 0 || o_interp == 0 {
+        return 0;
+    }
+    let name: u64 = unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_name).cast::<u64>()) }.unwrap_or(0);
+    let interp: u64 = unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_interp).cast::<u64>()) }.unwrap_or(1);
+    if name != interp {
+        return 0;
+    }
     let Ok(file) = (unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) }) else { return 0 };
     let Ok(inode) = (unsafe { bpf_probe_read_kernel(file.wrapping_add(o_inode).cast::<*const u8>()) }) else { return 0 };
     let Ok(size) = (unsafe { bpf_probe_read_kernel(inode.wrapping_add(o_size).cast::<u64>()) }) else { return 0 };

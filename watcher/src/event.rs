@@ -173,8 +173,8 @@ pub struct Exec {
     /// Killed by the kernel at exec entry (enforce mode).
     #[serde(default, skip_serializing_if = "is_false")]
     pub killed: bool,
-    /// The kernel recognised the program as a shell by its content (a copy of a shell under
-    /// another name, or a script run by a shell).
+    /// The kernel recognised the program as a shell by its content (a copy of a shell
+    /// binary under another name).
     #[serde(default, skip_serializing_if = "is_false")]
     pub shell: bool,
     /// Working directory, read from /proc when the event arrived (absent if the process was

@@ -15,7 +15,8 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use watcher_common::{
-    CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
+    CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, CFG_OFF_FILE_INODE,
+    CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
     CFG_SEED, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
@@ -90,6 +91,8 @@ fn shell_identity(ebpf: &mut Ebpf) -> anyhow::Result<SensorState> {
             (CFG_OFF_BPRM_BUF, b.member_offset("linux_binprm", "buf")?),
             (CFG_OFF_FILE_INODE, b.member_offset("file", "f_inode")?),
             (CFG_OFF_INODE_SIZE, b.member_offset("inode", "i_size")?),
+            (CFG_OFF_BPRM_FILENAME, b.member_offset("linux_binprm", "filename")?),
+            (CFG_OFF_BPRM_INTERP, b.member_offset("linux_binprm", "interp")?),
         ])
     });
     let Some(offsets) = offsets else {
@@ -136,7 +139,7 @@ fn shell_identity(ebpf: &mut Ebpf) -> anyhow::Result<SensorState> {
         name: "shell-identity".into(),
         active: true,
         detail: Some(format!(
-            "raw tracepoint sched_process_exec: shells known by size and first bytes, under any name ({})",
+            "raw tracepoint sched_process_exec: shell binaries known by size and first bytes, under any name ({})",
             names.into_iter().collect::<Vec<_>>().join(", ")
         )),
     })
