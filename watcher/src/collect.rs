@@ -35,6 +35,18 @@ pub struct Collector {
     secrets: Option<SecretSet>,
 }
 
+/// Detector hits as log facts: variable names and encodings, sorted, once each.
+fn matches(hits: Option<Vec<crate::secrets::SecretHit>>) -> Vec<SecretMatch> {
+    let mut v: Vec<SecretMatch> = hits
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 pub fn rcode_name(rcode: u8) -> String {
     match rcode {
         0 => "NOERROR".into(),
@@ -59,15 +71,7 @@ impl Collector {
     }
 
     fn secret_matches(&self, qname: &str) -> Vec<SecretMatch> {
-        let Some(set) = &self.secrets else { return vec![] };
-        let mut v: Vec<SecretMatch> = set
-            .find_in_dns_name(qname)
-            .into_iter()
-            .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+        matches(self.secrets.as_ref().map(|s| s.find_in_dns_name(qname)))
     }
 
     pub fn wall(&self, boot_ns: u64) -> Ts {
@@ -118,16 +122,7 @@ impl Collector {
                 }))
             }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
-                let mut secrets: Vec<SecretMatch> = match &self.secrets {
-                    Some(set) => set
-                        .find_in_payload(&payload)
-                        .into_iter()
-                        .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
-                        .collect(),
-                    None => vec![],
-                };
-                secrets.sort();
-                secrets.dedup();
+                let secrets = matches(self.secrets.as_ref().map(|s| s.find_in_payload(&payload)));
                 out.push(Event::Send(Send {
                     ts: self.wall(task.boot_ns),
                     proc: Self::proc(&task),
@@ -297,5 +292,94 @@ impl Collector {
     /// At the end of a run: log every query still waiting, unanswered.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.expire(u64::MAX, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use simple_dns::{CLASS, Name, Packet, QTYPE, ResourceRecord, TYPE, rdata::{A, RData}};
+
+    use super::*;
+
+    fn task(pid: u32, boot_ns: u64) -> Task {
+        Task { pid, tid: pid, ppid: 1, boot_ns, cgroup_id: 0, uid: 0, gid: 0, comm: "npm".into() }
+    }
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut p = Packet::new_query(id);
+        p.questions.push(simple_dns::Question::new(Name::new_unchecked(name), QTYPE::TYPE(TYPE::A), CLASS::IN.into(), false));
+        p.build_bytes_vec().unwrap()
+    }
+
+    fn answer(id: u16, name: &str, ip: Ipv4Addr) -> Vec<u8> {
+        let mut p = Packet::new_reply(id);
+        p.questions.push(simple_dns::Question::new(Name::new_unchecked(name), QTYPE::TYPE(TYPE::A), CLASS::IN.into(), false));
+        p.answers.push(ResourceRecord::new(Name::new_unchecked(name), CLASS::IN, 60, RData::A(A { address: u32::from(ip) })));
+        p.build_bytes_vec().unwrap()
+    }
+
+    fn packet(egress: bool, boot_ns: u64, payload: Vec<u8>) -> Record {
+        let (client, server): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.53.0.1".parse().unwrap());
+        let (saddr, daddr, sport, dport) = if egress { (client, server, 40000, 53) } else { (server, client, 53, 40000) };
+        Record::DnsPacket {
+            task: task(7, boot_ns),
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto: Proto::Udp,
+            egress,
+            payload_len: payload.len() as u32,
+            payload,
+            allowed: true,
+        }
+    }
+
+    fn dns(out: &[Event]) -> Vec<&Dns> {
+        out.iter().filter_map(|e| if let Event::Dns(d) = e { Some(d) } else { None }).collect()
+    }
+
+    #[test]
+    fn a_query_is_logged_once_with_its_answer_at_the_query_time() {
+        let mut c = Collector::new(1_000);
+        let mut out = Vec::new();
+        c.push(packet(true, 10, query(5, "reg.test")), &mut out);
+        assert!(out.is_empty(), "held until the answer");
+        c.push(packet(false, 20, answer(5, "reg.test", Ipv4Addr::new(198, 18, 0, 9))), &mut out);
+        let d = dns(&out);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].ts, Ts(1_010));
+        assert_eq!(d[0].qname, "reg.test");
+        assert_eq!(d[0].server, "127.53.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(d[0].rcode.as_deref(), Some("NOERROR"));
+        assert_eq!(d[0].answers, Some(vec!["198.18.0.9".parse().unwrap()]));
+        assert_eq!(c.pending_queries(), 0);
+    }
+
+    #[test]
+    fn unanswered_queries_are_logged_after_the_timeout_and_at_the_end() {
+        let mut c = Collector::new(0);
+        let mut out = Vec::new();
+        c.push(packet(true, 0, query(1, "a.test")), &mut out);
+        c.push(packet(true, DNS_ANSWER_TIMEOUT_NS, query(2, "b.test")), &mut out);
+        c.expire(DNS_ANSWER_TIMEOUT_NS, &mut out);
+        assert_eq!(dns(&out).iter().map(|d| d.qname.as_str()).collect::<Vec<_>>(), vec!["a.test"]);
+        c.finish(&mut out);
+        let d = dns(&out);
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(|d| d.answers.is_none() && d.rcode.is_none()));
+    }
+
+    #[test]
+    fn data_to_port_53_that_is_not_dns_is_logged_never_dropped() {
+        let mut c = Collector::new(0);
+        let mut out = Vec::new();
+        c.push(packet(true, 0, b"hi".to_vec()), &mut out);
+        let d = dns(&out);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].error.is_some());
+        assert_eq!(d[0].payload_len, 2);
     }
 }
