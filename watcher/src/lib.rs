@@ -13,6 +13,7 @@ pub mod log;
 pub mod policy;
 pub mod proctree;
 pub mod record;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod secrets;

@@ -28,6 +28,21 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Judge recorded event logs with the engine `run` uses: no root, no eBPF needed.
+    Replay {
+        /// JSONL event logs (plain or gzip); `-` reads standard input.
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// Judge with this policy instead of the one the log was recorded with.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Override the policy's mode.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Run a command in a fresh cgroup and watch its whole process tree.
     Run {
         /// Write every event as JSON Lines to FILE.
@@ -49,6 +64,12 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -109,6 +130,12 @@ fn main() {
             }
             Ok(if bad { 1 } else { 0 })
         }
+        Command::Replay { logs, policy, mode, format } => watcher::replay::replay(watcher::replay::ReplayOptions {
+            logs,
+            policy,
+            mode: mode.map(ModeArg::into_mode),
+            json: matches!(format, Format::Json),
+        }),
         Command::Run { log, quiet, ringbuf_size, command, policy, mode } => run::run(run::RunOptions {
             command,
             log,
