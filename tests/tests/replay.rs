@@ -137,3 +137,56 @@ fn replay_reads_gzip_and_stdin_and_names_the_bad_line() {
     assert!(err.contains("<stdin>:2:"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn suggest_writes_a_policy_that_replays_clean_and_comments_the_risky_parts() {
+    if !root_or_skip() {
+        return;
+    }
+    let dns_ip = "127.53.0.62";
+    let _dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("pkg.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let l = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = netprobe_bin().display().to_string();
+    let record = |name: &str, script: String, npm: bool| {
+        let log = dir.path().join(name);
+        let mut c = Command::new(watcher_bin());
+        c.args(["run", "-q", "--log"]).arg(&log).args(["--", "sh", "-c", &script]).stdin(Stdio::null());
+        if npm {
+            c.env("npm_lifecycle_event", "postinstall").env("npm_package_name", "evil-pkg");
+        }
+        assert_eq!(c.output().unwrap().status.code(), Some(0));
+        log
+    };
+    let clean = record("clean.jsonl", format!("{p} dns-sendto {dns_ip} pkg.watcher.test A tcp 127.0.0.1:{}", l.addr().port()), false);
+    let suggest = |logs: &[&std::path::Path]| {
+        let out = Command::new(watcher_bin()).args(["policy", "suggest", "--pipeline", "web"]).args(logs).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let yaml = suggest(&[&clean]);
+    let pf = dir.path().join("suggested.yaml");
+    std::fs::write(&pf, &yaml).unwrap();
+    let out = Command::new(watcher_bin()).args(["policy", "check"]).arg(&pf).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{yaml}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The name was looked up (allowed as a DNS name); its address is loopback (allowed as such).
+    assert!(yaml.contains("allow: [\"pkg.watcher.test\"]"), "{yaml}");
+    assert!(yaml.contains("loopback: true"), "{yaml}");
+    assert!(yaml.contains(&format!("resolvers: [\"{dns_ip}\"]")), "{yaml}");
+    // Replaying the same log under it: nothing flagged.
+    let (code, v, err) = replay_json(&["--policy", pf.to_str().unwrap()], &clean, false);
+    assert_eq!(code, Some(0), "{yaml}\n{v}\n{err}");
+
+    // A run with a raw IP (a host in a namespace of ours: a connect no DNS answer explains) and
+    // a shell from an install script: both are comments, not allowed.
+    let ns = watcher_tests::Netns::new(79).unwrap();
+    let target = ns.ns_v4();
+    let risky = record("risky.jsonl", format!("{p} tcp {target}:9; sh -c true"), true);
+    let yaml = suggest(&[&clean, &risky]);
+    assert!(yaml.contains(&format!("# RISKY: connections to {target}")), "{yaml}");
+    assert!(yaml.contains("# RISKY: npm:evil-pkg"), "{yaml}");
+    assert!(yaml.contains("shells: deny"), "{yaml}");
+    std::fs::write(&pf, &yaml).unwrap();
+    let (code, v, _) = replay_json(&["--policy", pf.to_str().unwrap()], &risky, false);
+    assert_eq!(code, Some(77), "the risky run is still flagged: {v}");
+}

@@ -17,4 +17,5 @@ pub mod replay;
 pub mod report;
 pub mod run;
 pub mod secrets;
+pub mod suggest;
 pub mod sensor;

@@ -13,6 +13,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Write the smallest policy that allows what the given clean runs did.
+    Suggest {
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// Pipeline name for the policy.
+        #[arg(long, default_value = "my-pipeline")]
+        pipeline: String,
+    },
     /// Validate a policy: exit 0 if valid, else print FILE:LINE:COLUMN: message and exit 1.
     Check {
         /// Policy files.
@@ -117,6 +125,17 @@ fn main() {
         }
     };
     let result = match cli.command {
+        Command::Policy { command: PolicyCommand::Suggest { logs, pipeline } } => (|| {
+            let mut s = watcher::suggest::Suggester::default();
+            for log in &logs {
+                watcher::replay::for_each_event(log, |e, _| {
+                    s.add(&e);
+                    Ok(())
+                })?;
+            }
+            print!("{}", s.render(&pipeline));
+            Ok(0)
+        })(),
         Command::Policy { command: PolicyCommand::Check { files } } => {
             let mut bad = false;
             for f in &files {

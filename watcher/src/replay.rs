@@ -57,28 +57,42 @@ fn policy_for(opts: &ReplayOptions, recorded: Option<&str>, log: &str) -> anyhow
     Ok(p)
 }
 
-/// Replay one log. Malformed lines are errors (`LOG:LINE: message`): nothing is skipped.
-pub fn replay_one(path: &Path, opts: &ReplayOptions, mut on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
-    let name = if path == Path::new("-") { "<stdin>".to_string() } else { path.display().to_string() };
+/// The name a log is reported under.
+pub fn log_name(path: &Path) -> String {
+    if path == Path::new("-") { "<stdin>".to_string() } else { path.display().to_string() }
+}
+
+/// Call `f` with every event of a log and its line number. Malformed lines are errors
+/// (`LOG:LINE: message`): nothing is skipped.
+pub fn for_each_event(path: &Path, mut f: impl FnMut(Event, u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let name = log_name(path);
     let mut reader = open(path)?;
-    let mut engine: Option<Engine> = None;
-    let mut alerts = Vec::new();
-    let mut summary = Summary::default();
     let mut line = String::new();
     let mut n = 0u64;
     loop {
         line.clear();
         let read = reader.read_line(&mut line).with_context(|| format!("{name}:{}: cannot read", n + 1))?;
         if read == 0 {
-            break;
+            return Ok(());
         }
         n += 1;
         if line.trim().is_empty() {
             continue;
         }
         let e: Event = serde_json::from_str(&line).map_err(|err| anyhow!("{name}:{n}: {err}"))?;
+        f(e, n)?;
+    }
+}
+
+/// Replay one log.
+pub fn replay_one(path: &Path, opts: &ReplayOptions, mut on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
+    let name = log_name(path);
+    let mut engine: Option<Engine> = None;
+    let mut alerts = Vec::new();
+    let mut summary = Summary::default();
+    for_each_event(path, |e, n| {
         if matches!(e, Event::Alert(_)) {
-            continue; // the live run's verdicts: replay makes its own
+            return Ok(()); // the live run's verdicts: replay makes its own
         }
         if engine.is_none() {
             let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
@@ -92,7 +106,8 @@ pub fn replay_one(path: &Path, opts: &ReplayOptions, mut on_alert: impl FnMut(&A
             summary.add(&Event::Alert(a.clone()));
             alerts.push(a);
         }
-    }
+        Ok(())
+    })?;
     if engine.is_none() {
         bail!("{name}: empty log");
     }
