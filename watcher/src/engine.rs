@@ -32,7 +32,6 @@ pub struct Engine {
     /// One alert per (rule, process, subject).
     raised: HashSet<(String, u32, String)>,
     alerts: u64,
-    blocked: u64,
     loss_alerts: u64,
 }
 
@@ -47,7 +46,6 @@ impl Engine {
             answered: HashMap::new(),
             raised: HashSet::new(),
             alerts: 0,
-            blocked: 0,
             loss_alerts: 0,
         }
     }
@@ -58,11 +56,6 @@ impl Engine {
 
     pub fn tree(&self) -> &ProcTree {
         &self.tree
-    }
-
-    /// Alerts raised so far, and how many of them were blocks (deny or kill).
-    pub fn counts(&self) -> (u64, u64) {
-        (self.alerts, self.blocked)
     }
 
     fn package(&self, pid: u32) -> Option<String> {
@@ -82,9 +75,6 @@ impl Engine {
             "flag"
         };
         self.alerts += 1;
-        if blocked || killed {
-            self.blocked += 1;
-        }
         out.push(Alert {
             ts,
             rule: rule.into(),

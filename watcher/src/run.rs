@@ -110,18 +110,6 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(b) ^ boot_now_ns()
 }
 
-/// Resolvers named in /etc/resolv.conf.
-pub fn system_resolvers() -> Vec<std::net::IpAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .map(|s| {
-            s.lines()
-                .filter_map(|l| l.trim().strip_prefix("nameserver"))
-                .filter_map(|ip| ip.trim().split('%').next()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Everything the run loop feeds events to: log, terminal, summary.
 struct Sinks {
     log: Option<LogWriter>,
@@ -250,9 +238,12 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
     }
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
     let mut sensor = Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: cgroup.path().to_path_buf() })?;
+    // Read once: the kernel enforces, and the start record (which the engine and replay judge
+    // by) states, the same resolvers.
+    let resolvers = crate::policy::system_resolvers();
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables = crate::policy::kernel::compile(p, &hosts, &system_resolvers(), random_seed())
+        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, random_seed())
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.source))?;
         sensor.apply_policy(0, &tables)?;
     }
@@ -279,7 +270,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         command: opts.command.clone(),
         pid: watcher_pid,
         sensors: sensor.states().to_vec(),
-        resolvers: system_resolvers(),
+        resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
         policy: policy_info.clone(),
     }))?;
