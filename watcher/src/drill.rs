@@ -33,7 +33,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    engine::{RULE_DNS_NAME, RULE_EGRESS, RULE_SECRET, RULE_SHELL},
+    engine::{RULE_DNS_NAME, RULE_DNS_RESOLVER, RULE_EGRESS, RULE_SECRET, RULE_SHELL},
     policy::Mode,
     run::{AlertTiming, RunOptions},
 };
@@ -351,8 +351,10 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     let (_code, timings) = result?;
 
     let find = |rule: &str, needle: &str| timings.iter().find(|t| t.alert.rule == rule && t.alert.message.contains(needle)).cloned();
+    // A policy whose resolvers exclude the system's catches the lookup by its resolver.
+    let dns_alert = find(RULE_DNS_NAME, &canary_name).or_else(|| find(RULE_DNS_RESOLVER, &canary_name));
     let checks = [
-        Check { name: "canary DNS lookup", rule: RULE_DNS_NAME, alert: find(RULE_DNS_NAME, &canary_name) },
+        Check { name: "canary DNS lookup", rule: RULE_DNS_NAME, alert: dns_alert },
         Check { name: "connect to canary address", rule: RULE_EGRESS, alert: find(RULE_EGRESS, &CANARY_IP.to_string()) },
         Check { name: "shell from install script", rule: RULE_SHELL, alert: find(RULE_SHELL, "") },
         Check { name: "secret in DNS name", rule: RULE_SECRET, alert: find(RULE_SECRET, SECRET_VAR) },
