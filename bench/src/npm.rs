@@ -153,8 +153,7 @@ fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Va
         http.route(&format!("/{}", p.name), "application/json", serde_json::to_vec(&packument)?);
     }
     let mut root = serde_json::Map::new();
-    for (i, p) in pkgs.iter().enumerate().take(top) {
-        let _ = i;
+    for p in pkgs.iter().take(top) {
         root.insert(p.name.clone(), json!(range(&mut rng, p)));
     }
     Ok(Value::Object(root))

@@ -106,10 +106,10 @@ fn remove_stale_netns() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        if let Some(pid) = name.strip_prefix("watcher-drill-").and_then(|p| p.parse::<u32>().ok()) {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = ip(&["netns", "del", name]);
-            }
+        if let Some(pid) = name.strip_prefix("watcher-drill-").and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", name]);
         }
     }
 }
@@ -193,10 +193,10 @@ impl Responder {
             };
             let mut buf = [0u8; 1500];
             while !stop2.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    if let Some(reply) = dns_reply(&buf[..n], CANARY_IP) {
-                        let _ = sock.send_to(&reply, from);
-                    }
+                if let Ok((n, from)) = sock.recv_from(&mut buf)
+                    && let Some(reply) = dns_reply(&buf[..n], CANARY_IP)
+                {
+                    let _ = sock.send_to(&reply, from);
                 }
             }
         });
