@@ -1,4 +1,4 @@
-//! The benchmarks must not rot: a tiny storm and latency run (root) through the real binary.
+//! The benchmarks must not rot: tiny storm, latency and npm runs (root) through the real binary.
 //! Only that they run and report is checked; the figures themselves are never asserted.
 use std::process::Command;
 
@@ -34,4 +34,20 @@ fn tiny_storm_and_latency_runs_print_their_tables() {
     assert!(s.contains("200 of 200"), "{s}");
     let l = bench(&["latency", "--alerts", "50"]);
     assert!(l.contains("kernel-to-alert p99") && l.contains("50 of 50"), "{l}");
+}
+
+#[test]
+fn tiny_npm_run_prints_its_table() {
+    if !root() {
+        return;
+    }
+    let s = bench(&["npm", "--packages", "30", "--runs", "1"]);
+    for metric in ["packages installed", "watched/bare (ratio of medians)", "agent peak memory"] {
+        assert!(s.contains(metric), "no {metric:?} in:\n{s}");
+    }
+    // The generated graph installed, watched under the shipped policy: no alert, nothing lost.
+    let line = s.lines().find(|l| l.contains("alerts / events lost")).unwrap();
+    let t: Vec<&str> = line.split_whitespace().collect();
+    // "... ALERTS / LOST  0 / 0" (value, then the target column)
+    assert_eq!((t[t.len() - 6], t[t.len() - 4]), ("0", "0"), "{s}");
 }
