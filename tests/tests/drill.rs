@@ -104,7 +104,8 @@ fn drill_passes_and_blocks_in_enforce_mode_with_the_built_in_policy() {
     assert_all_detected(&d, "yes");
     // Killed before it ran an instruction: its echo never happened.
     assert!(!d.stdout.contains("a shell from an install script"), "{}", d.stdout);
-    // The log is the run loop's: the alerts are there, the secret value is not.
+    // The log is the run loop's: the alerts are there; alerts name the variable, and the
+    // plain value appears nowhere (only its base32 form, in the query name).
     let text = std::fs::read_to_string(&log).unwrap();
     let events = watcher_tests::read_jsonl(&log);
     for (_, rule) in CHECKS {
