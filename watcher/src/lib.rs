@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod collect;
 pub mod dns;
+pub mod drill;
 pub mod event;
 pub mod engine;
 pub mod exitcode;

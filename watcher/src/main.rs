@@ -51,6 +51,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Fire drill: run a benign "malicious" install step under a policy with the real sensors
+    /// and check each misdeed is detected (and blocked in enforce mode). Exit 0 if all were,
+    /// 1 if any was missed.
+    Drill {
+        /// The policy to drill (default: the shipped npm policy, built in).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Override the policy's mode.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Also write the step's events as JSON Lines to FILE.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Internal: the drill's fake install step (enters NETNS, runs SCRIPT as npm would).
+    #[command(name = "__drill-step", hide = true)]
+    DrillStep { netns: PathBuf, script: String },
+    /// Internal: a network probe of the drill's fake install step.
+    #[command(name = "__drill-probe", hide = true)]
+    DrillProbe { args: Vec<String> },
     /// Run a command in a fresh cgroup and watch its whole process tree.
     Run {
         /// Write every event as JSON Lines to FILE.
@@ -155,6 +175,14 @@ fn main() {
             mode: mode.map(ModeArg::into_mode),
             json: matches!(format, Format::Json),
         }),
+        Command::Drill { policy, mode, log } => watcher::drill::drill(watcher::drill::DrillOptions {
+            policy,
+            mode: mode.map(ModeArg::into_mode),
+            log,
+            ringbuf_bytes: 16 << 20,
+        }),
+        Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
+        Command::DrillProbe { args } => watcher::drill::probe(&args),
         Command::Run { log, quiet, ringbuf_size, command, policy, mode } => run::run(run::RunOptions {
             command,
             log,

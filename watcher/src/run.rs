@@ -110,6 +110,14 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(b) ^ boot_now_ns()
 }
 
+/// One alert and how long it took to raise: from the kernel timestamp of the event that raised
+/// it to the wall-clock moment the run loop emitted it (`watcher drill`, `watcher-bench latency`).
+#[derive(Clone, Debug)]
+pub struct AlertTiming {
+    pub alert: crate::event::Alert,
+    pub latency_ns: u64,
+}
+
 /// Everything the run loop feeds events to: log, terminal, summary.
 struct Sinks {
     log: Option<LogWriter>,
@@ -118,6 +126,7 @@ struct Sinks {
     root_pid: u32,
     watcher_pid: u32,
     engine: Option<Engine>,
+    timings: Vec<AlertTiming>,
 }
 
 impl Sinks {
@@ -141,6 +150,8 @@ impl Sinks {
             None => Vec::new(),
         };
         for a in alerts {
+            let latency_ns = now_ts().0.saturating_sub(a.ts.0);
+            self.timings.push(AlertTiming { alert: a.clone(), latency_ns });
             self.write(&Event::Alert(a))?;
         }
         Ok(())
@@ -215,11 +226,16 @@ fn process(
 
 /// Run the command; returns the exit code watcher should exit with.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    run_timed(opts).map(|(code, _)| code)
+}
+
+/// [`run`], also returning every alert with its detection latency.
+pub fn run_timed(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run_async(opts))
 }
 
-async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
+async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> {
     if opts.command.is_empty() {
         bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
     }
@@ -261,6 +277,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         root_pid: 0,
         watcher_pid,
         engine: prepared.policy.clone().map(Engine::new),
+        timings: Vec::new(),
     };
     sinks.emit(Event::Start(Start {
         ts: now_ts(),
@@ -297,7 +314,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
                 log.finish()?;
             }
             cgroup.remove()?;
-            return Ok(code);
+            return Ok((code, sinks.timings));
         }
     };
     let child_pid = child.id().unwrap_or(0);
@@ -403,7 +420,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         eprintln!("watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
             if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" });
     }
-    Ok(code)
+    Ok((code, sinks.timings))
 }
 
 fn prefix_lines(s: &str, p: &str) -> String {

@@ -1,0 +1,58 @@
+//! watcher-bench: measures watcher's cost and speed and prints a table. Numbers are printed,
+//! never asserted. One module per benchmark; this file only dispatches.
+mod latency;
+mod npm;
+mod storm;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "watcher benchmarks (run as root); prints a table of measured figures")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Overhead of `watcher run` on a real `npm ci` from a local registry, and the agent's peak memory.
+    Npm(npm::Args),
+    /// Exec and connect storms: watched/bare ratio, events/s delivered, events lost.
+    Storm(storm::Args),
+    /// Kernel-to-alert latency (p50, p99) of the run loop.
+    Latency(latency::Args),
+    /// Everything above, one table.
+    All {
+        #[command(flatten)]
+        npm: npm::Args,
+        #[command(flatten)]
+        storm: storm::Args,
+        #[command(flatten)]
+        latency: latency::Args,
+    },
+    /// Internal: the workload the storms and the latency benchmark run.
+    #[command(name = "__storm", hide = true)]
+    StormWorker(storm::WorkerArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Npm(a) => npm::run(&a).map(|rows| util::print_table(&rows)),
+        Command::Storm(a) => storm::run(&a).map(|rows| util::print_table(&rows)),
+        Command::Latency(a) => latency::run(&a).map(|rows| util::print_table(&rows)),
+        Command::All { npm, storm, latency } => (|| {
+            let mut rows = npm::run(&npm)?;
+            rows.extend(storm::run(&storm)?);
+            rows.extend(latency::run(&latency)?);
+            util::print_table(&rows);
+            Ok(())
+        })(),
+        Command::StormWorker(a) => storm::worker(&a),
+    };
+    if let Err(e) = result {
+        eprintln!("watcher-bench: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,296 @@
+//! Overhead of `watcher run` on a real `npm ci`. A registry on loopback (the test helpers'
+//! HTTP server) serves a generated, realistic dependency graph: `packages` packages, a quarter
+//! of them in two major versions (so npm nests conflicting versions), up to five dependencies
+//! each, tarballs from 0.5 KB to 300 KB, and a few with a `postinstall` script that runs node.
+//! The lockfile is made once by a real `npm install`; then bare `npm ci` and
+//! `watcher run --policy <shipped npm policy> --log LOG -- npm ci` alternate `runs` times
+//! each (the order swapping every pair), each with node_modules removed and a fresh, empty npm
+//! cache (cold cache: every tarball comes from the registry). Reported: the ratio of the
+//! medians, the spread (min..max) of both, and the agent's peak memory (VmHWM of the watcher
+//! process, sampled every 10 ms).
+use std::{
+    ffi::OsString,
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use watcher_tests::HttpServer;
+
+use crate::util::{HwmSampler, Row, TempDir, count_log, median, require_root, row, watcher_bin};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Packages in the generated dependency graph.
+    #[arg(long, default_value_t = 400)]
+    pub packages: usize,
+    /// Bare and watched `npm ci` runs (each).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
+/// xorshift64*: a fixed seed makes the same graph every time.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn digest(tool: &str, f: &Path) -> anyhow::Result<Vec<u8>> {
+    let out = run_ok(Command::new(tool).arg(f))?;
+    let hex = out.split_whitespace().next().unwrap_or("");
+    data_encoding::HEXLOWER.decode(hex.as_bytes()).with_context(|| format!("{tool} printed {out:?}"))
+}
+
+struct Pkg {
+    name: String,
+    versions: Vec<String>,
+}
+
+/// Generate and publish the graph; returns the root project's dependencies.
+fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Value> {
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let pkgs: Vec<Pkg> = (0..n)
+        .map(|i| Pkg {
+            name: format!("wb-pkg-{i:03}"),
+            versions: if rng.below(4) == 0 { vec!["1.0.0".into(), "2.0.0".into()] } else { vec!["1.0.0".into()] },
+        })
+        .collect();
+    let range = |rng: &mut Rng, p: &Pkg| -> String {
+        let v = &p.versions[rng.below(p.versions.len() as u64) as usize];
+        format!("^{v}")
+    };
+    // Dependencies only point to higher indices (a DAG); every package past the top level
+    // gets at least one dependent so all of them are installed.
+    let top = (n / 12).max(1);
+    let mut deps: Vec<Vec<(usize, String)>> = vec![Vec::new(); n];
+    for i in 0..n {
+        for _ in 0..rng.below(4) {
+            if i + 1 < n {
+                let j = i + 1 + rng.below((n - i - 1) as u64) as usize;
+                let r = range(&mut rng, &pkgs[j]);
+                deps[i].push((j, r));
+            }
+        }
+    }
+    for j in top..n {
+        if !deps.iter().any(|d| d.iter().any(|(k, _)| *k == j)) {
+            let i = j.saturating_sub(1 + rng.below(40.min(j as u64)) as usize);
+            let r = range(&mut rng, &pkgs[j]);
+            deps[i].push((j, r));
+        }
+    }
+    let with_script: Vec<usize> = (0..8).map(|k| (k * n / 8 + 3).min(n - 1)).collect();
+    for (i, p) in pkgs.iter().enumerate() {
+        let mut versions = serde_json::Map::new();
+        for v in &p.versions {
+            let mut dmap = serde_json::Map::new();
+            for (j, r) in &deps[i] {
+                dmap.insert(pkgs[*j].name.clone(), json!(r));
+            }
+            let mut manifest = json!({
+                "name": p.name, "version": v, "main": "index.js", "license": "MIT",
+                "description": format!("benchmark package {i}"),
+                "dependencies": dmap,
+            });
+            let dir = build.join(format!("{}-{v}", p.name)).join("package");
+            std::fs::create_dir_all(dir.join("lib"))?;
+            // Sizes from 0.5 KB to ~300 KB, log-uniform; hex text compresses like code does.
+            let size = (500.0 * (600f64).powf(rng.below(1000) as f64 / 1000.0)) as usize;
+            let mut body = String::with_capacity(size + 64);
+            body.push_str("'use strict';\nmodule.exports = [\n");
+            while body.len() < size {
+                body.push_str(&format!("  '{:016x}{:016x}',\n", rng.next(), rng.next()));
+            }
+            body.push_str("];\n");
+            std::fs::write(dir.join("index.js"), body)?;
+            std::fs::write(dir.join("lib/util.js"), format!("exports.id = {i};\n"))?;
+            std::fs::write(dir.join("README.md"), format!("# {}\n\nA generated package.\n", p.name))?;
+            if with_script.contains(&i) {
+                manifest["scripts"] = json!({ "postinstall": "node install.js" });
+                std::fs::write(
+                    dir.join("install.js"),
+                    "const fs = require('fs');\nfs.writeFileSync('built.txt', String(Date.now()));\n",
+                )?;
+            }
+            std::fs::write(dir.join("package.json"), serde_json::to_string_pretty(&manifest)?)?;
+            let tgz = build.join(format!("{}-{v}.tgz", p.name));
+            run_ok(Command::new("tar").arg("-czf").arg(&tgz).arg("-C").arg(dir.parent().unwrap()).arg("package"))?;
+            let tarball_path = format!("/{0}/-/{0}-{v}.tgz", p.name);
+            let mut doc = manifest.clone();
+            doc["_id"] = json!(format!("{}@{v}", p.name));
+            doc["dist"] = json!({
+                "tarball": format!("{}{tarball_path}", http.base_url()),
+                "shasum": data_encoding::HEXLOWER.encode(&digest("sha1sum", &tgz)?),
+                "integrity": format!("sha512-{}", data_encoding::BASE64.encode(&digest("sha512sum", &tgz)?)),
+            });
+            if manifest.get("scripts").is_some() {
+                doc["hasInstallScript"] = json!(true);
+            }
+            versions.insert(v.clone(), doc);
+            http.route(&tarball_path, "application/octet-stream", std::fs::read(&tgz)?);
+        }
+        let latest = p.versions.last().unwrap().clone();
+        let packument = json!({ "_id": p.name, "name": p.name, "dist-tags": { "latest": latest }, "versions": versions });
+        http.route(&format!("/{}", p.name), "application/json", serde_json::to_vec(&packument)?);
+    }
+    let mut root = serde_json::Map::new();
+    for p in pkgs.iter().take(top) {
+        root.insert(p.name.clone(), json!(range(&mut rng, p)));
+    }
+    Ok(Value::Object(root))
+}
+
+/// npm's environment for a run: HOME and config in `home`, the cache in `cache`.
+fn npm_env(cmd: &mut Command, home: &Path, cache: &Path) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().to_ascii_uppercase().starts_with("NPM_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("npm_config_globalconfig", home.join("global-npmrc"))
+        .env("npm_config_cache", cache)
+        .env("npm_config_update_notifier", "false")
+        .env("npm_config_audit", "false")
+        .env("npm_config_fund", "false")
+        .env("npm_config_loglevel", "error");
+}
+
+fn npm_ci_args() -> Vec<OsString> {
+    ["npm", "ci"].map(OsString::from).to_vec()
+}
+
+fn clean(project: &Path, cache: &Path) -> anyhow::Result<()> {
+    for d in [project.join("node_modules"), cache.to_path_buf()] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
+    require_root()?;
+    let watcher = watcher_bin()?;
+    let work = TempDir::new("watcher-bench-npm")?;
+    let (build, project, home, cache) = (work.join("build"), work.join("project"), work.join("home"), work.join("cache"));
+    for d in [&build, &project, &home] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(home.join("global-npmrc"), "")?;
+    let http = HttpServer::start("127.0.0.1:0".parse()?)?;
+    eprintln!("watcher-bench npm: generating and publishing {} packages...", a.packages);
+    let deps = publish_graph(&http, &build, a.packages)?;
+    let allow: serde_json::Map<String, Value> = deps.as_object().unwrap().keys().map(|k| (k.clone(), json!(true))).collect();
+    std::fs::write(
+        project.join("package.json"),
+        serde_json::to_string_pretty(&json!({
+            "name": "bench-project", "version": "1.0.0", "private": true,
+            "dependencies": deps, "allowScripts": allow,
+        }))?,
+    )?;
+    std::fs::write(project.join(".npmrc"), format!("registry={}/\n", http.base_url()))?;
+    let policy = work.join("npm.yaml");
+    std::fs::write(&policy, watcher::drill::BUILTIN_POLICY)?;
+
+    eprintln!("watcher-bench npm: npm install (makes package-lock.json)...");
+    let mut install = Command::new("npm");
+    install.arg("install").current_dir(&project);
+    npm_env(&mut install, &home, &cache);
+    run_ok(&mut install)?;
+    let lock: Value = serde_json::from_str(&std::fs::read_to_string(project.join("package-lock.json"))?)?;
+    let installed = lock["packages"].as_object().map(|m| m.len().saturating_sub(1)).unwrap_or(0);
+    let nested = lock["packages"]
+        .as_object()
+        .map(|m| m.keys().filter(|k| k.matches("node_modules/").count() > 1).count())
+        .unwrap_or(0);
+
+    let (mut bare, mut watched, mut peaks, mut events, mut lost, mut alerts) = (Vec::new(), Vec::new(), Vec::new(), 0u64, 0u64, 0u64);
+    let mut fixed = Vec::new();
+    for i in 0..a.runs {
+        // watcher's own start and stop (load and verify the programs, resolve the registry,
+        // attach; detach), around a command that does nothing.
+        let mut c = Command::new(&watcher);
+        c.args(["run", "--quiet", "--policy"]).arg(&policy).args(["--", "true"]);
+        c.current_dir(&project).stdin(Stdio::null()).stderr(Stdio::null());
+        npm_env(&mut c, &home, &cache);
+        let t = Instant::now();
+        run_ok(&mut c)?;
+        fixed.push(t.elapsed().as_secs_f64());
+        let mut one_bare = || -> anyhow::Result<()> {
+            clean(&project, &cache)?;
+            let mut c = Command::new("npm");
+            c.args(&npm_ci_args()[1..]).current_dir(&project).stdin(Stdio::null()).stdout(Stdio::null());
+            npm_env(&mut c, &home, &cache);
+            let t = Instant::now();
+            run_ok(&mut c)?;
+            bare.push(t.elapsed().as_secs_f64());
+            Ok(())
+        };
+        let mut one_watched = || -> anyhow::Result<()> {
+            clean(&project, &cache)?;
+            let log = work.join(&format!("watched-{i}.jsonl"));
+            let mut c = Command::new(&watcher);
+            c.args(["run", "--quiet", "--policy"]).arg(&policy).arg("--log").arg(&log).arg("--").args(npm_ci_args());
+            c.current_dir(&project).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+            npm_env(&mut c, &home, &cache);
+            let t = Instant::now();
+            let child = c.spawn()?;
+            let hwm = HwmSampler::start(child.id());
+            let out = child.wait_with_output()?;
+            let secs = t.elapsed().as_secs_f64();
+            peaks.push(hwm.finish() as f64 / 1024.0);
+            if !out.status.success() {
+                bail!("watched npm ci failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+            }
+            watched.push(secs);
+            let counts = count_log(&log)?;
+            events += counts.by_kind.values().sum::<u64>();
+            lost += counts.lost();
+            alerts += counts.kind("alert");
+            Ok(())
+        };
+        if i % 2 == 0 {
+            one_bare()?;
+            one_watched()?;
+        } else {
+            one_watched()?;
+            one_bare()?;
+        }
+        eprintln!("watcher-bench npm: run {}: bare {:.2} s, watched {:.2} s", i + 1, bare[i], watched[i]);
+    }
+    clean(&project, &cache)?;
+    let spread = |v: &[f64]| format!("{:.2}..{:.2} s", v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
+    let (mb, mw) = (median(&bare), median(&watched));
+    let b = "npm ci";
+    Ok(vec![
+        row(b, "packages installed (nested)", format!("{installed} ({nested})"), ""),
+        row(b, &format!("bare, median of {} (spread)", bare.len()), format!("{mb:.2} s ({})", spread(&bare)), ""),
+        row(b, &format!("watched, median of {} (spread)", watched.len()), format!("{mw:.2} s ({})", spread(&watched)), ""),
+        row(b, "watched/bare (ratio of medians)", format!("{:.3}", mw / mb), "< 1.03"),
+        row(b, "of which watcher start+stop (`run -- true`)", format!("{:.2} s", median(&fixed)), ""),
+        row(b, "watched/bare without start+stop", format!("{:.3}", (mw - median(&fixed)) / mb), ""),
+        row(b, "events logged per watched run (mean)", format!("{}", events / a.runs.max(1) as u64), ""),
+        row(b, "alerts / events lost (all runs)", format!("{alerts} / {lost}"), "0 / 0"),
+        row(b, "agent peak memory (VmHWM, max)", format!("{:.1} MiB", peaks.iter().cloned().fold(0.0, f64::max)), ""),
+    ])
+}

@@ -1,0 +1,170 @@
+//! What every benchmark shares: the result table, statistics, binaries, the agent's memory.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+/// One line of the result table.
+pub struct Row {
+    pub bench: String,
+    pub metric: String,
+    pub value: String,
+    pub target: String,
+}
+
+pub fn row(bench: &str, metric: &str, value: String, target: &str) -> Row {
+    Row { bench: bench.into(), metric: metric.into(), value, target: target.into() }
+}
+
+pub fn print_table(rows: &[Row]) {
+    let w = |f: fn(&Row) -> &str, h: &str| rows.iter().map(|r| f(r).len()).max().unwrap_or(0).max(h.len());
+    let (wb, wm, wv) = (w(|r| &r.bench, "bench"), w(|r| &r.metric, "metric"), w(|r| &r.value, "value"));
+    println!("{:<wb$}  {:<wm$}  {:>wv$}  target", "bench", "metric", "value");
+    println!("{}", "-".repeat(wb + wm + wv + 14));
+    for r in rows {
+        println!("{:<wb$}  {:<wm$}  {:>wv$}  {}", r.bench, r.metric, r.value, r.target);
+    }
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+/// Nearest-rank percentile (`p` in 0..=100) of unsorted values; NaN when empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+/// `watcher`: `$WATCHER_BIN`, else next to this executable (target/release).
+pub fn watcher_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WATCHER_BIN") {
+        return Ok(p.into());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.parent().context("no parent dir")?.join("watcher");
+    if !p.is_file() {
+        bail!("{} not found: build it (`cargo build --release --bins`) or set WATCHER_BIN", p.display());
+    }
+    Ok(p)
+}
+
+pub fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmarks run `watcher run`, which needs root");
+    }
+    Ok(())
+}
+
+/// Samples VmHWM (peak resident memory) of a process every 10 ms until it exits; the
+/// high-water mark is monotonic, so the last reading is the peak up to 10 ms before the end.
+pub struct HwmSampler {
+    stop: Arc<AtomicBool>,
+    peak_kb: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HwmSampler {
+    pub fn start(pid: u32) -> HwmSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak_kb = Arc::new(AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak_kb.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { break };
+                if let Some(kb) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    p.fetch_max(kb, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        HwmSampler { stop, peak_kb, thread: Some(thread) }
+    }
+
+    /// Stops sampling; the peak in KiB.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak_kb.load(Ordering::Relaxed)
+    }
+}
+
+/// Events in a `watcher run` log: (count of `kind`, lost total from the `end` record, sum of
+/// `loss` counts).
+pub struct LogCounts {
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+    pub end_lost: Option<u64>,
+    pub loss_records: u64,
+}
+
+pub fn count_log(path: &std::path::Path) -> anyhow::Result<LogCounts> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut c = LogCounts { by_kind: Default::default(), end_lost: None, loss_records: 0 };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let kind = v["kind"].as_str().unwrap_or("?").to_string();
+        if kind == "end" {
+            c.end_lost = v["lost"].as_u64();
+        }
+        if kind == "loss" {
+            c.loss_records += v["count"].as_u64().unwrap_or(0);
+        }
+        *c.by_kind.entry(kind).or_default() += 1;
+    }
+    Ok(c)
+}
+
+impl LogCounts {
+    pub fn kind(&self, k: &str) -> u64 {
+        self.by_kind.get(k).copied().unwrap_or(0)
+    }
+    /// Lost events as the log states them (the end record's total, else the loss records).
+    pub fn lost(&self) -> u64 {
+        self.end_lost.unwrap_or(0).max(self.loss_records)
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}

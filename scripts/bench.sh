@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Benchmarks (root): builds release, runs `watcher-bench all` and prints one table of measured
+# figures (npm ci overhead and agent memory, exec/connect storms, kernel-to-alert latency).
+# Extra arguments go to `watcher-bench all`, e.g. `scripts/bench.sh --runs 3 --packages 200`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/bench.sh: run as root (watcher loads eBPF programs)" >&2
+    exit 1
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --bins
+exec target/release/watcher-bench all "$@"
