@@ -35,12 +35,16 @@ pub struct Collector {
     secrets: Option<SecretSet>,
 }
 
-/// Detector hits as log facts: variable names and encodings, sorted, once each.
-fn matches(hits: Option<Vec<crate::secrets::SecretHit>>) -> Vec<SecretMatch> {
-    let mut v: Vec<SecretMatch> = hits
-        .unwrap_or_default()
+/// Detector hits as log facts: variable names, encodings and redacted values, sorted, once each.
+fn matches(set: Option<&SecretSet>, find: impl FnOnce(&SecretSet) -> Vec<crate::secrets::SecretHit>) -> Vec<SecretMatch> {
+    let Some(set) = set else { return Vec::new() };
+    let mut v: Vec<SecretMatch> = find(set)
         .into_iter()
-        .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
+        .map(|h| SecretMatch {
+            redacted: set.redacted(&h.variable).map(str::to_string),
+            variable: h.variable,
+            encoding: h.encoding.as_str().to_string(),
+        })
         .collect();
     v.sort();
     v.dedup();
@@ -71,7 +75,7 @@ impl Collector {
     }
 
     fn secret_matches(&self, qname: &str) -> Vec<SecretMatch> {
-        matches(self.secrets.as_ref().map(|s| s.find_in_dns_name(qname)))
+        matches(self.secrets.as_ref(), |s| s.find_in_dns_name(qname))
     }
 
     pub fn wall(&self, boot_ns: u64) -> Ts {
@@ -122,7 +126,7 @@ impl Collector {
                 }))
             }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
-                let secrets = matches(self.secrets.as_ref().map(|s| s.find_in_payload(&payload)));
+                let secrets = matches(self.secrets.as_ref(), |s| s.find_in_payload(&payload));
                 out.push(Event::Send(Send {
                     ts: self.wall(task.boot_ns),
                     proc: Self::proc(&task),

@@ -144,6 +144,10 @@ pub struct SecretMatch {
     pub variable: String,
     /// `raw`, `hex`, `base32`, `base64` or `url`.
     pub encoding: String,
+    /// The variable's value in redacted form (`secrets::redact`: `"AK…(20 chars)"`), never
+    /// the value itself. Absent in logs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,6 +300,13 @@ pub struct Alert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
     pub message: String,
+    /// `secret-exfil`: the protected variable whose value left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// `secret-exfil`: that variable's value in redacted form (from the event that carried
+    /// it), never the value itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<String>,
 }
 
 /// Last record of a log.

@@ -160,6 +160,8 @@ pub struct SecretHit {
 pub struct SecretSet {
     /// Protected variable names, sorted; a needle's owner refers to an index in here.
     names: Vec<String>,
+    /// [`redact`]ed values, in the order of `names`.
+    redacted: Vec<String>,
     dns: Matcher,
     payload: Matcher,
 }
@@ -204,13 +206,16 @@ impl SecretSet {
         let mut dns = NeedleTable::default();
         let mut payload = NeedleTable::default();
         let mut names = Vec::with_capacity(selected.len());
+        let mut redacted = Vec::with_capacity(selected.len());
         for (index, (name, value)) in selected.into_iter().enumerate() {
             let var = u32::try_from(index).expect("fewer than 2^32 environment variables");
             add_variable(&mut dns, &mut payload, var, value.as_bytes());
             names.push(name);
+            redacted.push(redact(&value));
         }
         Ok(SecretSet {
             names,
+            redacted,
             dns: dns.build(),
             payload: payload.build(),
         })
@@ -229,6 +234,12 @@ impl SecretSet {
     /// Protected variable names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.names.iter().map(String::as_str).collect()
+    }
+
+    /// The [`redact`]ed value of protected variable `name` (safe to log), if it is protected.
+    pub fn redacted(&self, name: &str) -> Option<&str> {
+        let i = self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()?;
+        Some(self.redacted[i].as_str())
     }
 
     /// Searches a DNS query name (dotted, any case, with or without the final dot) for
