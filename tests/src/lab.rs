@@ -407,16 +407,18 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
-/// Decodes the base32 (RFC 4648, lower case, no padding) labels of `name` before the
-/// index label (as the pip fixture sends them) and looks for `needle`.
+/// Decodes the base32 (RFC 4648, lower case, no padding) labels of `name` in front of
+/// `<index>.t.attacker.lab.test` (as the pip fixture sends them) and looks for `needle`.
 fn base32_decodes_to_contain(name: &str, needle: &str) -> bool {
     const ABC: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let labels: Vec<&str> = name.split('.').collect();
-    let data: String = labels
-        .iter()
-        .take_while(|l| l.len() > 1 && l.bytes().all(|b| ABC.contains(&b)))
-        .copied()
-        .collect();
+    let Some(front) = name.strip_suffix(&format!(".{ATTACKER_DOMAIN}")) else {
+        return false;
+    };
+    let labels: Vec<&str> = front.split('.').collect();
+    if labels.len() < 3 {
+        return false;
+    }
+    let data: String = labels[..labels.len() - 2].concat();
     let mut bits: u64 = 0;
     let mut nbits = 0;
     let mut out = Vec::new();

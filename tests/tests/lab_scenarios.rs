@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use watcher_tests::lab::{ATTACKER_DOMAIN, Host, Lab};
+use watcher_tests::lab::{self as lab_names, ATTACKER_DOMAIN, Host, Lab};
 use watcher_tests::{TempDir, read_jsonl, root_or_skip, watcher_bin};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(240);
@@ -335,6 +335,8 @@ fn pip_install(sh: &Shared, reqs: &[&str], mode: &str) -> PipRun {
         ("PIP_CONFIG_FILE".to_string(), os("/dev/null")),
         ("PIP_INDEX_URL".to_string(), os(sh.lab.pip_url(Host::Internal))),
         ("PIP_EXTRA_INDEX_URL".to_string(), os(sh.lab.pip_url(Host::Public))),
+        // The lab's indexes are plain HTTP (pip only trusts that for localhost).
+        ("PIP_TRUSTED_HOST".to_string(), os(format!("{} {}", lab_names::PYPI_INTERNAL, lab_names::PYPI_PUBLIC))),
         ("PIP_DISABLE_PIP_VERSION_CHECK".to_string(), os("1")),
         ("PIP_NO_INPUT".to_string(), os("1")),
     ]);
@@ -411,7 +413,7 @@ fn report_time_to_alert(step: &Step, scenario: &str, script_start: &Value, pkg_l
     let log_ms = (ts_ns(&first["ts"]) - ts_ns(&script_start["ts"])) as f64 / 1e6;
     assert!(log_ms >= 0.0, "the first alert comes before the install script started: {first} {script_start}");
     let wall = step.trace(trace_name).and_then(|t| t.trim().parse::<u128>().ok()).and_then(|start_ms| {
-        let (seen, _) = step.stderr_lines.iter().find(|(_, l)| l.contains("alert") && l.contains(pkg_label))?;
+        let (seen, _) = step.stderr_lines.iter().find(|(_, l)| l.starts_with("watcher: ALERT") && l.contains(pkg_label))?;
         let seen_ms = seen.duration_since(UNIX_EPOCH).unwrap().as_millis();
         Some(seen_ms as i128 - start_ms as i128)
     });
@@ -564,6 +566,9 @@ fn hijacked_patch_pip_enforce_leaks_nothing_and_fails_77() {
 
 // ============================================================================ scenario 2
 
+/// The internal project's dependency spec: any version from 1.0.0 on (npm resolves it to the
+/// highest version the registry knows, 99.99.9 from the proxied public registry).
+const CONFUSED_SPEC: &str = ">=1.0.0";
 const JS_CONFUSED: &str = "npm:acme-corp-auth-client@99.99.9 (postinstall)";
 const PY_CONFUSED: &str = "pip:acme-corp-auth-client";
 
@@ -585,7 +590,7 @@ fn dependency_confusion_npm_audit_flags_post_and_shell() {
     }
     let g = lab();
     let sh = shared(&g);
-    let r = npm_install(sh, json!({"acme-corp-auth-client": "^1.0.0"}), "audit");
+    let r = npm_install(sh, json!({"acme-corp-auth-client": CONFUSED_SPEC}), "audit");
     let step = &r.step;
     assert_eq!(step.code, Some(0), "{}", step.context());
     assert_eq!(npm_installed_version(r.project.path(), "acme-corp-auth-client").as_deref(), Some("99.99.9"), "the resolver picked the public 99.99.9\n{}", step.context());
@@ -609,7 +614,7 @@ fn dependency_confusion_npm_enforce_leaks_nothing_and_fails_77() {
     }
     let g = lab();
     let sh = shared(&g);
-    let r = npm_install(sh, json!({"acme-corp-auth-client": "^1.0.0"}), "enforce");
+    let r = npm_install(sh, json!({"acme-corp-auth-client": CONFUSED_SPEC}), "enforce");
     let step = &r.step;
     assert_eq!(step.code, Some(77), "{}", step.context());
     assert_attacker_got_nothing(&sh.lab, sh, step);

@@ -78,6 +78,24 @@ impl Collector {
         matches(self.secrets.as_ref(), |s| s.find_in_dns_name(qname))
     }
 
+    /// Protected values in an exec's arguments (a shell expands `"$DB_PASSWORD"` before curl
+    /// runs) replaced by their redacted forms, so the log never holds a secret.
+    fn redact_argv(&self, argv: Vec<String>) -> (Vec<String>, bool) {
+        let Some(set) = &self.secrets else { return (argv, false) };
+        let mut redacted = false;
+        let argv = argv
+            .into_iter()
+            .map(|a| match set.redact_values_in(&a) {
+                Some(r) => {
+                    redacted = true;
+                    r
+                }
+                None => a,
+            })
+            .collect();
+        (argv, redacted)
+    }
+
     pub fn wall(&self, boot_ns: u64) -> Ts {
         Ts((boot_ns as i128 + self.clock_offset_ns).max(0) as u64)
     }
@@ -93,18 +111,22 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => out.push(Event::Exec(Exec {
+            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => {
+                let (argv, argv_redacted) = self.redact_argv(argv);
+                out.push(Event::Exec(Exec {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
                 filename,
                 argv,
                 argv_truncated,
+                argv_redacted,
                 cgroup_id: task.cgroup_id,
                 env: env.into_iter().collect(),
                 killed,
                 shell,
                 cwd: None,
-            })),
+            }))
+            }
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
                 ts: self.wall(task.boot_ns),
                 proc: Proc { pid: child_pid, ppid: task.pid, comm: task.comm, uid: task.uid },

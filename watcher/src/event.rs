@@ -167,6 +167,10 @@ pub struct Exec {
     pub argv: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub argv_truncated: bool,
+    /// Present and `true` when a protected variable's value was in `argv` (e.g. expanded by a
+    /// shell from `$AWS_SECRET_ACCESS_KEY`) and was replaced there by its redacted form.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub argv_redacted: bool,
     #[serde(default)]
     pub cgroup_id: u64,
     /// The few environment variables watcher captures at exec to attribute work to a package
