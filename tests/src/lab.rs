@@ -83,7 +83,13 @@ pub enum Host {
 }
 
 impl Host {
-    const ALL: [Host; 5] = [Host::Build, Host::Dns, Host::Internal, Host::Public, Host::Attacker];
+    const ALL: [Host; 5] = [
+        Host::Build,
+        Host::Dns,
+        Host::Internal,
+        Host::Public,
+        Host::Attacker,
+    ];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -152,9 +158,7 @@ pub fn in_netns<T: Send + 'static>(
     std::thread::spawn(move || {
         let file = fs::File::open(&path).with_context(|| format!("open {path}"))?;
         // SAFETY: a valid namespace fd; only this (fresh, single-purpose) thread moves.
-        let r = unsafe {
-            libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
-        };
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
         if r != 0 {
             bail!("setns {path}: {}", io::Error::last_os_error());
         }
@@ -181,7 +185,10 @@ fn cleanup_stale_labs() {
 
 fn teardown_ns(name: &str) {
     if let Ok(pids) = ip(&["netns", "pids", name]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
@@ -260,7 +267,11 @@ fn resolver_reply(
 
 impl LabResolver {
     /// Binds in the current network namespace (call through [`in_netns`]).
-    fn start(addr: IpAddr, zone: HashMap<String, Ipv4Addr>, attacker: SocketAddr) -> anyhow::Result<Self> {
+    fn start(
+        addr: IpAddr,
+        zone: HashMap<String, Ipv4Addr>,
+        attacker: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let sa = SocketAddr::new(addr, 53);
         let udp = UdpSocket::bind(sa).with_context(|| format!("lab resolver: bind udp {sa}"))?;
         let tcp = TcpListener::bind(sa).with_context(|| format!("lab resolver: bind tcp {sa}"))?;
@@ -274,7 +285,12 @@ impl LabResolver {
         let (z, up, qs) = (zone.clone(), upstream.clone(), queries.clone());
         spawn_udp_loop(&mut workers, udp, move |sock, data, from| {
             if let Some((name, qtype, reply)) = resolver_reply(&z, &up, attacker, data) {
-                lock(&qs).push(ReceivedQuery { name, qtype, transport: "udp", from });
+                lock(&qs).push(ReceivedQuery {
+                    name,
+                    qtype,
+                    transport: "udp",
+                    from,
+                });
                 let _ = sock.send_to(&reply, from);
             }
         })?;
@@ -289,7 +305,12 @@ impl LabResolver {
                 let Some((name, qtype, reply)) = resolver_reply(&z, &up, attacker, &msg) else {
                     return;
                 };
-                lock(&qs).push(ReceivedQuery { name, qtype, transport: "tcp", from });
+                lock(&qs).push(ReceivedQuery {
+                    name,
+                    qtype,
+                    transport: "tcp",
+                    from,
+                });
                 let mut out = (reply.len() as u16).to_be_bytes().to_vec();
                 out.extend_from_slice(&reply);
                 if s.write_all(&out).is_err() {
@@ -297,7 +318,10 @@ impl LabResolver {
                 }
             }
         })?;
-        Ok(LabResolver { queries, _workers: workers })
+        Ok(LabResolver {
+            queries,
+            _workers: workers,
+        })
     }
 }
 
@@ -327,7 +351,10 @@ impl AttackerHttp {
         spawn_accept_loop(&mut workers, tcp, move |mut s, from, stop| {
             let index = {
                 let mut c = lock(&conns);
-                c.push(AttackerConnection { from, data: Vec::new() });
+                c.push(AttackerConnection {
+                    from,
+                    data: Vec::new(),
+                });
                 c.len() - 1
             };
             let mut data = Vec::new();
@@ -362,7 +389,10 @@ impl AttackerHttp {
             let _ = s.flush();
             let _ = s.shutdown(std::net::Shutdown::Write);
         })?;
-        Ok(AttackerHttp { connections, _workers: workers })
+        Ok(AttackerHttp {
+            connections,
+            _workers: workers,
+        })
     }
 }
 
@@ -540,7 +570,10 @@ impl Lab {
             fs::create_dir_all(&etc).with_context(|| format!("mkdir {}", etc.display()))?;
             fs::write(etc.join("resolv.conf"), &resolv)?;
             let port = format!("p{}", host.suffix());
-            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0"])?;
             ip(&["-n", &hub, "link", "set", &port, "up"])?;
             let addr = format!("{}/{SUBNET_PREFIX}", host.ip());
@@ -554,7 +587,10 @@ impl Lab {
     fn dns_and_attacker(&mut self) -> anyhow::Result<()> {
         let attacker = IpAddr::V4(Host::Attacker.ip());
         self.attacker_dns = Some(in_netns(&self.ns(Host::Attacker), move || {
-            DnsServer::start(attacker, vec![(ATTACKER_DOMAIN.to_string(), vec![attacker])])
+            DnsServer::start(
+                attacker,
+                vec![(ATTACKER_DOMAIN.to_string(), vec![attacker])],
+            )
         })?);
         self.attacker_http = Some(in_netns(&self.ns(Host::Attacker), move || {
             AttackerHttp::start(SocketAddr::new(attacker, 80))
@@ -576,7 +612,13 @@ impl Lab {
     }
 
     /// `ip netns exec NS PROGRAM` in a new process group, output to `log`.
-    fn spawn_server(&mut self, host: Host, name: &str, program: &Path, args: &[&str]) -> anyhow::Result<()> {
+    fn spawn_server(
+        &mut self,
+        host: Host,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
         let log = self.dir().join(format!("{name}.log"));
         let out = fs::File::create(&log)?;
@@ -591,7 +633,11 @@ impl Lab {
             .process_group(0)
             .spawn()
             .with_context(|| format!("start {name}: {}", program.display()))?;
-        self.servers.push(Server { name: name.into(), child, log });
+        self.servers.push(Server {
+            name: name.into(),
+            child,
+            log,
+        });
         Ok(())
     }
 
@@ -624,7 +670,13 @@ impl Lab {
                 host,
                 &format!("verdaccio-{}", host.suffix()),
                 &node,
-                &[bin.to_str().unwrap(), "--config", config_path.to_str().unwrap(), "--listen", &listen],
+                &[
+                    bin.to_str().unwrap(),
+                    "--config",
+                    config_path.to_str().unwrap(),
+                    "--listen",
+                    &listen,
+                ],
             )?;
         }
         for host in [Host::Internal, Host::Public] {
@@ -636,8 +688,21 @@ impl Lab {
                 host,
                 &format!("pypiserver-{}", host.suffix()),
                 &pypiserver_bin(),
-                &["run", "-i", &ip, "-p", &port, "-a", ".", "-P", ".", "--disable-fallback",
-                  "--hash-algo", "sha256", pkgs.to_str().unwrap()],
+                &[
+                    "run",
+                    "-i",
+                    &ip,
+                    "-p",
+                    &port,
+                    "-a",
+                    ".",
+                    "-P",
+                    ".",
+                    "--disable-fallback",
+                    "--hash-algo",
+                    "sha256",
+                    pkgs.to_str().unwrap(),
+                ],
             )?;
         }
         for host in [Host::Internal, Host::Public] {
@@ -682,7 +747,10 @@ impl Lab {
     /// Runs `cmd` (a program and its arguments) in the build namespace, not watched; returns
     /// stdout, errors with the output on failure.
     pub fn run_in_build(&self, cmd: &mut Command) -> anyhow::Result<String> {
-        let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("run {cmd:?}"))?;
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run {cmd:?}"))?;
         if !out.status.success() {
             bail!(
                 "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -734,10 +802,24 @@ impl Lab {
                 }
                 let none = c"none".as_ptr();
                 let root = c"/".as_ptr();
-                if libc::mount(none, root, std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
+                if libc::mount(
+                    none,
+                    root,
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::mount(resolv.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                if libc::mount(
+                    resolv.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -756,11 +838,21 @@ impl Lab {
         );
         let out = self.run_in_build(
             self.build_cmd("curl")
-                .args(["-sS", "-m", "20", "-X", "PUT", "-H", "content-type: application/json", "-d", body])
+                .args([
+                    "-sS",
+                    "-m",
+                    "20",
+                    "-X",
+                    "PUT",
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    body,
+                ])
                 .arg(&url),
         )?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("verdaccio adduser answered {out:?}"))?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("verdaccio adduser answered {out:?}"))?;
         v["token"]
             .as_str()
             .map(str::to_string)
@@ -774,7 +866,10 @@ impl Lab {
 
     /// The simple-index URL of `host`'s pypiserver (`http://pypi.public.lab.test:8080/simple/`).
     pub fn pip_url(&self, host: Host) -> String {
-        format!("http://{}:{PYPISERVER_PORT}/simple/", registry_name(host, "pypi"))
+        format!(
+            "http://{}:{PYPISERVER_PORT}/simple/",
+            registry_name(host, "pypi")
+        )
     }
 
     fn pip_packages_dir(&self, host: Host) -> PathBuf {
@@ -788,11 +883,21 @@ impl Lab {
         let url = self.npm_url(host);
         let auth = url.trim_start_matches("http:");
         let token = self.npm_token.get(&host).context("no npm token")?;
-        fs::write(work.join("npmrc"), format!("registry={url}\n{auth}:_authToken={token}\n"))?;
+        fs::write(
+            work.join("npmrc"),
+            format!("registry={url}\n{auth}:_authToken={token}\n"),
+        )?;
         fs::write(work.join("global-npmrc"), "")?;
         self.run_in_build(
             self.build_cmd("npm")
-                .args(["publish", "--no-git-checks", "--access", "public", "--registry", &url])
+                .args([
+                    "publish",
+                    "--no-git-checks",
+                    "--access",
+                    "public",
+                    "--registry",
+                    &url,
+                ])
                 .arg("--userconfig")
                 .arg(work.join("npmrc"))
                 .env("HOME", work.path())
@@ -806,7 +911,12 @@ impl Lab {
 
     /// Packs the sdist source directory `src` (with its PKG-INFO) plus `extra` files into
     /// `<dist>-<version>.tar.gz` in `host`'s pypiserver directory; returns the file name.
-    pub fn pip_publish_sdist(&self, host: Host, src: &Path, extra: &[&Path]) -> anyhow::Result<String> {
+    pub fn pip_publish_sdist(
+        &self,
+        host: Host,
+        src: &Path,
+        extra: &[&Path],
+    ) -> anyhow::Result<String> {
         let pkg_info = fs::read_to_string(src.join("PKG-INFO"))
             .with_context(|| format!("{}/PKG-INFO", src.display()))?;
         let field = |k: &str| {
@@ -844,7 +954,11 @@ impl Lab {
     /// What the attacker's DNS and HTTP servers received so far.
     pub fn attacker(&self) -> AttackerRecord {
         AttackerRecord {
-            dns: self.attacker_dns.as_ref().map(|d| d.queries()).unwrap_or_default(),
+            dns: self
+                .attacker_dns
+                .as_ref()
+                .map(|d| d.queries())
+                .unwrap_or_default(),
             http: self
                 .attacker_http
                 .as_ref()
@@ -868,7 +982,10 @@ impl Lab {
 
     /// Queries the lab resolver received so far (from every lab host).
     pub fn resolver_queries(&self) -> Vec<ReceivedQuery> {
-        self.resolver.as_ref().map(|r| lock(&r.queries).clone()).unwrap_or_default()
+        self.resolver
+            .as_ref()
+            .map(|r| lock(&r.queries).clone())
+            .unwrap_or_default()
     }
 
     /// The namespaces of this lab (for checks that they are gone after drop).
