@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use simple_dns::rdata::{A, RData};
@@ -991,11 +991,6 @@ impl Lab {
     /// The namespaces of this lab (for checks that they are gone after drop).
     pub fn namespaces(&self) -> Vec<String> {
         self.namespaces.clone()
-    }
-
-    /// How long ago (wall clock) `t` was, for reports.
-    pub fn since(t: SystemTime) -> Duration {
-        SystemTime::now().duration_since(t).unwrap_or_default()
     }
 }
 

@@ -748,11 +748,8 @@ fn hijacked_patch_npm_audit_flags_dns_exfil_and_install_completes() {
         step.context()
     );
     let vars = assert_secret_alerts(step, JS_HIJACKED, sh, "flag");
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ACCESS_KEY",
-    ] {
+    assert_eq!(vars, set(AWS_VARS), "{}", step.context());
+    for &v in AWS_VARS {
         assert!(
             vars.contains(v),
             "no alert for {v}: {vars:?}\n{}",
@@ -796,11 +793,8 @@ fn hijacked_patch_npm_enforce_leaks_nothing_and_fails_77() {
     assert_eq!(step.code, Some(77), "{}", step.context());
     assert_attacker_got_nothing(&sh.lab, sh, step);
     let vars = assert_secret_alerts(step, JS_HIJACKED, sh, "deny");
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ACCESS_KEY",
-    ] {
+    assert_eq!(vars, set(AWS_VARS), "{}", step.context());
+    for &v in AWS_VARS {
         assert!(
             vars.contains(v),
             "no alert for {v}: {vars:?}\n{}",
@@ -837,11 +831,8 @@ fn hijacked_patch_pip_audit_flags_dns_exfil_and_install_completes() {
         step.context()
     );
     let vars = assert_secret_alerts(step, PY_HIJACKED, sh, "flag");
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ACCESS_KEY",
-    ] {
+    assert_eq!(vars, set(AWS_VARS), "{}", step.context());
+    for &v in AWS_VARS {
         assert!(
             vars.contains(v),
             "no alert for {v}: {vars:?}\n{}",
@@ -880,11 +871,8 @@ fn hijacked_patch_pip_enforce_leaks_nothing_and_fails_77() {
     assert_eq!(step.code, Some(77), "{}", step.context());
     assert_attacker_got_nothing(&sh.lab, sh, step);
     let vars = assert_secret_alerts(step, PY_HIJACKED, sh, "deny");
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ACCESS_KEY",
-    ] {
+    assert_eq!(vars, set(AWS_VARS), "{}", step.context());
+    for &v in AWS_VARS {
         assert!(
             vars.contains(v),
             "no alert for {v}: {vars:?}\n{}",

@@ -95,6 +95,7 @@ impl Engine {
 
     /// A `secret-exfil` alert: like [`Engine::alert`], naming the variable and its redacted
     /// value (recorded in the event, so replay gives the same alert).
+    #[allow(clippy::too_many_arguments)]
     fn secret_alert(&mut self, out: &mut Vec<Alert>, ts: Ts, blocked: bool, pid: u32, s: &crate::event::SecretMatch, subject: String, message: String) {
         let before = out.len();
         self.alert(out, ts, RULE_SECRET, blocked, false, "critical", pid, subject, message);
