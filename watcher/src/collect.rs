@@ -408,4 +408,50 @@ mod tests {
         assert!(d[0].error.is_some());
         assert_eq!(d[0].payload_len, 2);
     }
+
+    #[test]
+    fn protected_values_are_redacted_in_exec_argv_and_secret_matches() {
+        let secrets = SecretSet::new(
+            &["AWS_*".to_string(), "*_PASSWORD".to_string()],
+            [
+                ("AWS_ACCESS_KEY".to_string(), "AKIAEXAMPLEKEY123456".to_string()),
+                ("DB_PASSWORD".to_string(), "s3cret-Passw0rd-xyz".to_string()),
+            ],
+        )
+        .unwrap();
+        let mut c = Collector::new(0).with_secrets(secrets);
+        let mut out = Vec::new();
+        let exec = |argv: &[&str]| Record::Exec {
+            task: task(9, 5),
+            ret: 0,
+            filename: "/usr/bin/curl".into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            argv_truncated: false,
+            killed: false,
+            shell: false,
+            env: vec![],
+        };
+        c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);
+        c.push(exec(&["curl", "http://example.test/"]), &mut out);
+        let execs: Vec<&Exec> = out.iter().filter_map(|e| if let Event::Exec(x) = e { Some(x) } else { None }).collect();
+        assert_eq!(execs[0].argv, ["curl", "--data-urlencode", "k=AK…(20 chars)", "p=s3…(19 chars)"]);
+        assert!(execs[0].argv_redacted);
+        assert_eq!(execs[1].argv, ["curl", "http://example.test/"]);
+        assert!(!execs[1].argv_redacted);
+        let line = serde_json::to_string(&out[0]).unwrap();
+        assert!(!line.contains("AKIAEXAMPLEKEY123456") && line.contains("\"argv_redacted\":true"), "{line}");
+
+        // A secret in a query name: the match carries the redacted value, never the value.
+        let hex: String = "AKIAEXAMPLEKEY123456".bytes().map(|b| format!("{b:02x}")).collect();
+        let name = format!("{}.{}.x.test", &hex[..20], &hex[20..]);
+        let mut out = Vec::new();
+        c.push(packet(true, 10, query(77, &name)), &mut out);
+        c.finish(&mut out);
+        let d = dns(&out);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            d[0].secrets,
+            vec![SecretMatch { variable: "AWS_ACCESS_KEY".into(), encoding: "hex".into(), redacted: Some("AK…(20 chars)".into()) }]
+        );
+    }
 }
