@@ -8,7 +8,10 @@ if command -v bpftool >/dev/null 2>&1; then
 fi
 cg=$(ls -d /sys/fs/cgroup/unified/watcher-* /sys/fs/cgroup/watcher-* 2>/dev/null || true)
 if [ -n "$cg" ]; then echo "leftover: cgroups: $cg"; fail=1; fi
-ns=$(ip netns list 2>/dev/null | grep watcher || true)
+ns=$(ip netns list 2>/dev/null | grep -E 'watcher|wlab-' || true)
 if [ -n "$ns" ]; then echo "leftover: network namespaces: $ns"; fail=1; fi
+# The attack lab's resolv.conf files for `ip netns exec` (tests/src/lab.rs).
+etc=$(ls -d /etc/netns/wlab-* 2>/dev/null || true)
+if [ -n "$etc" ]; then echo "leftover: attack-lab /etc/netns entries: $etc"; fail=1; fi
 if [ $fail -eq 0 ]; then echo "leftovers: none (no BPF programs, cgroups or namespaces left)"; fi
 exit $fail

@@ -57,6 +57,36 @@ if ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 
+# The attack lab (tests/src/lab.rs, tests/tests/lab_scenarios.rs) runs real registries: verdaccio
+# (from the npm registry) and pypiserver (from PyPI), pinned, under /opt/watcher-lab (override
+# with WATCHER_LAB_DIR); nothing is installed globally. verdaccio 6.8.0 is the newest release
+# that runs on Node.js 20 (6.9 needs Node.js 22). The override pins node-fetch to the release
+# verdaccio-audit asks for through the `cjs` dist-tag, which not every registry mirror carries.
+VERDACCIO_VERSION="6.8.0"
+PYPISERVER_VERSION="2.4.2"
+LAB_DIR="${WATCHER_LAB_DIR:-/opt/watcher-lab}"
+VERDACCIO_DIR="$LAB_DIR/verdaccio-$VERDACCIO_VERSION"
+if [ -f "$VERDACCIO_DIR/node_modules/verdaccio/package.json" ] \
+   && grep -q "\"version\": \"$VERDACCIO_VERSION\"" "$VERDACCIO_DIR/node_modules/verdaccio/package.json"; then
+  say "verdaccio ${VERDACCIO_VERSION} present"
+else
+  say "installing verdaccio ${VERDACCIO_VERSION} into ${VERDACCIO_DIR}"
+  $SUDO mkdir -p "$VERDACCIO_DIR"
+  printf '{"name":"watcher-lab-verdaccio","private":true,"dependencies":{"verdaccio":"%s"},"overrides":{"node-fetch":"2.7.0"}}\n' \
+    "$VERDACCIO_VERSION" | $SUDO tee "$VERDACCIO_DIR/package.json" >/dev/null
+  (cd "$VERDACCIO_DIR" && $SUDO npm install --no-audit --no-fund --omit=dev --loglevel=error)
+fi
+PYPISERVER_DIR="$LAB_DIR/pypiserver-$PYPISERVER_VERSION"
+if [ -x "$PYPISERVER_DIR/bin/pypi-server" ] \
+   && [ "$("$PYPISERVER_DIR/bin/pypi-server" --version 2>/dev/null)" = "$PYPISERVER_VERSION" ]; then
+  say "pypiserver ${PYPISERVER_VERSION} present"
+else
+  say "installing pypiserver ${PYPISERVER_VERSION} into a venv at ${PYPISERVER_DIR}"
+  $SUDO mkdir -p "$LAB_DIR"
+  $SUDO /usr/bin/python3 -m venv "$PYPISERVER_DIR"
+  $SUDO "$PYPISERVER_DIR/bin/pip" install --quiet --disable-pip-version-check "pypiserver==$PYPISERVER_VERSION"
+fi
+
 # tracefs is needed for tracepoint format files and attaching.
 if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true

@@ -24,6 +24,8 @@ use anyhow::{Context, bail};
 use simple_dns::rdata::{A, AAAA, RData};
 use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
+pub mod lab;
+
 /// How often background threads look at their stop flag.
 const POLL_MS: i32 = 50;
 /// Payload bytes kept per connection/datagram by [`Listener`].
@@ -331,6 +333,11 @@ impl DnsServer {
     /// All queries received so far, in arrival order.
     pub fn queries(&self) -> Vec<ReceivedQuery> {
         lock(&self.queries).clone()
+    }
+
+    /// Forgets the queries received so far.
+    pub fn clear(&self) {
+        lock(&self.queries).clear();
     }
 }
 

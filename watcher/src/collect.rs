@@ -35,12 +35,16 @@ pub struct Collector {
     secrets: Option<SecretSet>,
 }
 
-/// Detector hits as log facts: variable names and encodings, sorted, once each.
-fn matches(hits: Option<Vec<crate::secrets::SecretHit>>) -> Vec<SecretMatch> {
-    let mut v: Vec<SecretMatch> = hits
-        .unwrap_or_default()
+/// Detector hits as log facts: variable names, encodings and redacted values, sorted, once each.
+fn matches(set: Option<&SecretSet>, find: impl FnOnce(&SecretSet) -> Vec<crate::secrets::SecretHit>) -> Vec<SecretMatch> {
+    let Some(set) = set else { return Vec::new() };
+    let mut v: Vec<SecretMatch> = find(set)
         .into_iter()
-        .map(|h| SecretMatch { variable: h.variable, encoding: h.encoding.as_str().to_string() })
+        .map(|h| SecretMatch {
+            redacted: set.redacted(&h.variable).map(str::to_string),
+            variable: h.variable,
+            encoding: h.encoding.as_str().to_string(),
+        })
         .collect();
     v.sort();
     v.dedup();
@@ -71,7 +75,25 @@ impl Collector {
     }
 
     fn secret_matches(&self, qname: &str) -> Vec<SecretMatch> {
-        matches(self.secrets.as_ref().map(|s| s.find_in_dns_name(qname)))
+        matches(self.secrets.as_ref(), |s| s.find_in_dns_name(qname))
+    }
+
+    /// Protected values in an exec's arguments (a shell expands `"$DB_PASSWORD"` before curl
+    /// runs) replaced by their redacted forms, so the log never holds a secret.
+    fn redact_argv(&self, argv: Vec<String>) -> (Vec<String>, bool) {
+        let Some(set) = &self.secrets else { return (argv, false) };
+        let mut redacted = false;
+        let argv = argv
+            .into_iter()
+            .map(|a| match set.redact_values_in(&a) {
+                Some(r) => {
+                    redacted = true;
+                    r
+                }
+                None => a,
+            })
+            .collect();
+        (argv, redacted)
     }
 
     pub fn wall(&self, boot_ns: u64) -> Ts {
@@ -89,18 +111,22 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => out.push(Event::Exec(Exec {
+            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => {
+                let (argv, argv_redacted) = self.redact_argv(argv);
+                out.push(Event::Exec(Exec {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
                 filename,
                 argv,
                 argv_truncated,
+                argv_redacted,
                 cgroup_id: task.cgroup_id,
                 env: env.into_iter().collect(),
                 killed,
                 shell,
                 cwd: None,
-            })),
+            }))
+            }
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
                 ts: self.wall(task.boot_ns),
                 proc: Proc { pid: child_pid, ppid: task.pid, comm: task.comm, uid: task.uid },
@@ -122,7 +148,7 @@ impl Collector {
                 }))
             }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
-                let secrets = matches(self.secrets.as_ref().map(|s| s.find_in_payload(&payload)));
+                let secrets = matches(self.secrets.as_ref(), |s| s.find_in_payload(&payload));
                 out.push(Event::Send(Send {
                     ts: self.wall(task.boot_ns),
                     proc: Self::proc(&task),
@@ -381,5 +407,51 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert!(d[0].error.is_some());
         assert_eq!(d[0].payload_len, 2);
+    }
+
+    #[test]
+    fn protected_values_are_redacted_in_exec_argv_and_secret_matches() {
+        let secrets = SecretSet::new(
+            &["AWS_*".to_string(), "*_PASSWORD".to_string()],
+            [
+                ("AWS_ACCESS_KEY".to_string(), "AKIAEXAMPLEKEY123456".to_string()),
+                ("DB_PASSWORD".to_string(), "s3cret-Passw0rd-xyz".to_string()),
+            ],
+        )
+        .unwrap();
+        let mut c = Collector::new(0).with_secrets(secrets);
+        let mut out = Vec::new();
+        let exec = |argv: &[&str]| Record::Exec {
+            task: task(9, 5),
+            ret: 0,
+            filename: "/usr/bin/curl".into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            argv_truncated: false,
+            killed: false,
+            shell: false,
+            env: vec![],
+        };
+        c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);
+        c.push(exec(&["curl", "http://example.test/"]), &mut out);
+        let execs: Vec<&Exec> = out.iter().filter_map(|e| if let Event::Exec(x) = e { Some(x) } else { None }).collect();
+        assert_eq!(execs[0].argv, ["curl", "--data-urlencode", "k=AK…(20 chars)", "p=s3…(19 chars)"]);
+        assert!(execs[0].argv_redacted);
+        assert_eq!(execs[1].argv, ["curl", "http://example.test/"]);
+        assert!(!execs[1].argv_redacted);
+        let line = serde_json::to_string(&out[0]).unwrap();
+        assert!(!line.contains("AKIAEXAMPLEKEY123456") && line.contains("\"argv_redacted\":true"), "{line}");
+
+        // A secret in a query name: the match carries the redacted value, never the value.
+        let hex: String = "AKIAEXAMPLEKEY123456".bytes().map(|b| format!("{b:02x}")).collect();
+        let name = format!("{}.{}.x.test", &hex[..20], &hex[20..]);
+        let mut out = Vec::new();
+        c.push(packet(true, 10, query(77, &name)), &mut out);
+        c.finish(&mut out);
+        let d = dns(&out);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            d[0].secrets,
+            vec![SecretMatch { variable: "AWS_ACCESS_KEY".into(), encoding: "hex".into(), redacted: Some("AK…(20 chars)".into()) }]
+        );
     }
 }

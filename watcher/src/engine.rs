@@ -19,6 +19,11 @@ pub const RULE_DNS_MALFORMED: &str = "dns-malformed";
 pub const RULE_EXEC: &str = "exec-denied";
 pub const RULE_SHELL: &str = "shell-from-install-script";
 pub const RULE_SECRET: &str = "secret-exfil";
+
+/// ` = AK…(20 chars)` when the event recorded the redacted value, else nothing.
+fn redacted_note(s: &crate::event::SecretMatch) -> String {
+    s.redacted.as_deref().map(|r| format!(" = {r}")).unwrap_or_default()
+}
 pub const RULE_LOSS: &str = "events-lost";
 
 pub struct Engine {
@@ -83,7 +88,23 @@ impl Engine {
             pid,
             package: self.package(pid),
             message,
+            variable: None,
+            redacted: None,
         });
+    }
+
+    /// A `secret-exfil` alert: like [`Engine::alert`], naming the variable and its redacted
+    /// value (recorded in the event, so replay gives the same alert).
+    #[allow(clippy::too_many_arguments)]
+    fn secret_alert(&mut self, out: &mut Vec<Alert>, ts: Ts, blocked: bool, pid: u32, s: &crate::event::SecretMatch, subject: String, message: String) {
+        let before = out.len();
+        self.alert(out, ts, RULE_SECRET, blocked, false, "critical", pid, subject, message);
+        if out.len() > before
+            && let Some(a) = out.last_mut()
+        {
+            a.variable = Some(s.variable.clone());
+            a.redacted = s.redacted.clone();
+        }
     }
 
     /// Judge one event; returns the alerts it raises (possibly none).
@@ -112,12 +133,12 @@ impl Engine {
             Event::Send(x) => {
                 for s in &x.secrets {
                     if self.policy.is_secret_env(&s.variable) {
-                        self.alert(
-                            &mut out, x.ts, RULE_SECRET, false, false, "critical", x.proc.pid,
+                        self.secret_alert(
+                            &mut out, x.ts, false, x.proc.pid, s,
                             format!("{}:{}:{}", s.variable, x.daddr, x.dport),
                             format!(
-                                "the value of {} ({} encoded) is in the data sent to {}:{}/{}",
-                                s.variable, s.encoding, x.daddr, x.dport, x.proto.as_str()
+                                "the value of {}{} ({} encoded) is in the data sent to {}:{}/{}",
+                                s.variable, redacted_note(s), s.encoding, x.daddr, x.dport, x.proto.as_str()
                             ),
                         );
                     }
@@ -224,9 +245,9 @@ impl Engine {
         }
         for s in &d.secrets {
             if self.policy.is_secret_env(&s.variable) {
-                self.alert(
-                    out, d.ts, RULE_SECRET, !d.allowed, false, "critical", pid, format!("{}:{}", s.variable, d.qname),
-                    format!("the value of {} ({} encoded) is in the DNS query name sent to {}", s.variable, s.encoding, d.server),
+                self.secret_alert(
+                    out, d.ts, !d.allowed, pid, s, format!("{}:{}", s.variable, d.qname),
+                    format!("the value of {}{} ({} encoded) is in the DNS query name sent to {}", s.variable, redacted_note(s), s.encoding, d.server),
                 );
             }
         }

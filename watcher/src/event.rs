@@ -144,6 +144,10 @@ pub struct SecretMatch {
     pub variable: String,
     /// `raw`, `hex`, `base32`, `base64` or `url`.
     pub encoding: String,
+    /// The variable's value in redacted form (`secrets::redact`: `"AK…(20 chars)"`), never
+    /// the value itself. Absent in logs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +167,10 @@ pub struct Exec {
     pub argv: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub argv_truncated: bool,
+    /// Present and `true` when a protected variable's value was in `argv` (e.g. expanded by a
+    /// shell from `$AWS_SECRET_ACCESS_KEY`) and was replaced there by its redacted form.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub argv_redacted: bool,
     #[serde(default)]
     pub cgroup_id: u64,
     /// The few environment variables watcher captures at exec to attribute work to a package
@@ -296,6 +304,13 @@ pub struct Alert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
     pub message: String,
+    /// `secret-exfil`: the protected variable whose value left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// `secret-exfil`: that variable's value in redacted form (from the event that carried
+    /// it), never the value itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<String>,
 }
 
 /// Last record of a log.

@@ -160,6 +160,11 @@ pub struct SecretHit {
 pub struct SecretSet {
     /// Protected variable names, sorted; a needle's owner refers to an index in here.
     names: Vec<String>,
+    /// [`redact`]ed values, in the order of `names`.
+    redacted: Vec<String>,
+    /// The values themselves, longest first, to blank them out of logged text
+    /// ([`SecretSet::redact_values_in`]). Never printed (`Debug` omits them).
+    values: Vec<(String, String)>,
     dns: Matcher,
     payload: Matcher,
 }
@@ -204,13 +209,20 @@ impl SecretSet {
         let mut dns = NeedleTable::default();
         let mut payload = NeedleTable::default();
         let mut names = Vec::with_capacity(selected.len());
+        let mut redacted = Vec::with_capacity(selected.len());
+        let mut values = Vec::with_capacity(selected.len());
         for (index, (name, value)) in selected.into_iter().enumerate() {
             let var = u32::try_from(index).expect("fewer than 2^32 environment variables");
             add_variable(&mut dns, &mut payload, var, value.as_bytes());
             names.push(name);
+            redacted.push(redact(&value));
+            values.push((value.clone(), redact(&value)));
         }
+        values.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(SecretSet {
             names,
+            redacted,
+            values,
             dns: dns.build(),
             payload: payload.build(),
         })
@@ -229,6 +241,28 @@ impl SecretSet {
     /// Protected variable names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.names.iter().map(String::as_str).collect()
+    }
+
+    /// `text` with every protected value in it replaced by its [`redact`]ed form, or None if
+    /// it holds none (e.g. an argument a shell expanded from `$AWS_SECRET_ACCESS_KEY`, which
+    /// must not reach the event log).
+    pub fn redact_values_in(&self, text: &str) -> Option<String> {
+        if !self.values.iter().any(|(v, _)| text.contains(v.as_str())) {
+            return None;
+        }
+        let mut out = text.to_string();
+        for (value, redacted) in &self.values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), redacted);
+            }
+        }
+        Some(out)
+    }
+
+    /// The [`redact`]ed value of protected variable `name` (safe to log), if it is protected.
+    pub fn redacted(&self, name: &str) -> Option<&str> {
+        let i = self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()?;
+        Some(self.redacted[i].as_str())
     }
 
     /// Searches a DNS query name (dotted, any case, with or without the final dot) for
@@ -1486,6 +1520,26 @@ mod tests {
         }
         let hit = set.find_in_payload(SECRET_KEY.as_bytes());
         assert!(!format!("{hit:?}").contains(SECRET_KEY));
+    }
+
+    #[test]
+    fn protected_values_are_blanked_out_of_text() {
+        let set = SecretSet::new(
+            &["AWS_*".to_string(), "*_PASSWORD".to_string()],
+            [
+                ("AWS_ACCESS_KEY".to_string(), "AKIAEXAMPLEKEY123456".to_string()),
+                ("DB_PASSWORD".to_string(), "hunter2-but-longer".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(set.redact_values_in("curl -d k=nothing"), None);
+        let out = set
+            .redact_values_in("k=AKIAEXAMPLEKEY123456&p=hunter2-but-longer")
+            .unwrap();
+        assert_eq!(out, "k=AK…(20 chars)&p=hu…(18 chars)");
+        assert_eq!(set.redacted("DB_PASSWORD"), Some("hu…(18 chars)"));
+        assert_eq!(set.redacted("HOME"), None);
+        assert!(!format!("{set:?}").contains("hunter2"));
     }
 
     #[test]
