@@ -40,43 +40,68 @@ fn leading_kind(line: &[u8]) -> Option<&[u8]> {
 
 fn fast(line: &[u8]) -> Option<Result<Event, serde_json::Error>> {
     let kind = leading_kind(line)?;
+    // Validate UTF-8 once for the whole line (serde_json then skips it for every string).
+    let line = std::str::from_utf8(line).ok()?;
     Some(match kind {
-        b"exec" => serde_json::from_slice::<FExec>(line).map(Into::into),
-        b"fork" => serde_json::from_slice::<FFork>(line).map(Into::into),
-        b"exit" => serde_json::from_slice::<FExit>(line).map(Into::into),
-        b"connect" => serde_json::from_slice::<FConnect>(line).map(Into::into),
-        b"dns" => serde_json::from_slice::<FDns>(line).map(Into::into),
-        b"send" => serde_json::from_slice::<FSend>(line).map(Into::into),
+        b"exec" => serde_json::from_str::<FExec>(line).map(Into::into),
+        b"fork" => serde_json::from_str::<FFork>(line).map(Into::into),
+        b"exit" => serde_json::from_str::<FExit>(line).map(Into::into),
+        b"connect" => serde_json::from_str::<FConnect>(line).map(Into::into),
+        b"dns" => serde_json::from_str::<FDns>(line).map(Into::into),
+        b"send" => serde_json::from_str::<FSend>(line).map(Into::into),
         // No flattening in these: their own derives read them directly (`kind` is ignored as
         // an unknown field, as the tagged enum does).
-        b"start" => serde_json::from_slice::<Start>(line).map(Event::Start),
-        b"loss" => serde_json::from_slice::<Loss>(line).map(Event::Loss),
-        b"alert" => serde_json::from_slice::<Alert>(line).map(Event::Alert),
-        b"end" => serde_json::from_slice::<End>(line).map(Event::End),
+        b"start" => serde_json::from_str::<Start>(line).map(Event::Start),
+        b"loss" => serde_json::from_str::<Loss>(line).map(Event::Loss),
+        b"alert" => serde_json::from_str::<Alert>(line).map(Event::Alert),
+        b"end" => serde_json::from_str::<End>(line).map(Event::End),
         _ => return None,
     })
 }
 
-/// Call `f` for each non-blank line of `r` with its 1-based number, reusing one buffer (no
-/// allocation per line).
+/// Call `f` for each non-blank line of `r` with its 1-based number. Lines are parsed in place
+/// in the reader's buffer; only a line split across two buffer fills is copied.
 pub fn for_each_line(
     r: &mut dyn BufRead,
     mut f: impl FnMut(&[u8], u64) -> anyhow::Result<()>,
     mut read_error: impl FnMut(std::io::Error, u64) -> anyhow::Error,
 ) -> anyhow::Result<()> {
-    let mut buf = Vec::with_capacity(4096);
+    let mut carry: Vec<u8> = Vec::new();
     let mut n = 0u64;
-    loop {
-        buf.clear();
-        let read = r.read_until(b'\n', &mut buf).map_err(|e| read_error(e, n + 1))?;
-        if read == 0 {
+    let mut line = |l: &[u8], n: &mut u64| -> anyhow::Result<()> {
+        *n += 1;
+        if l.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(());
         }
-        n += 1;
-        if buf.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
+        f(l, *n)
+    };
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e, n + 1)),
+        };
+        if buf.is_empty() {
+            if !carry.is_empty() {
+                line(&carry, &mut n)?;
+            }
+            return Ok(());
         }
-        f(&buf, n)?;
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
+            let end = start + i;
+            if carry.is_empty() {
+                line(&buf[start..end], &mut n)?;
+            } else {
+                carry.extend_from_slice(&buf[start..end]);
+                line(&carry, &mut n)?;
+                carry.clear();
+            }
+            start = end + 1;
+        }
+        carry.extend_from_slice(&buf[start..]);
+        let len = buf.len();
+        r.consume(len);
     }
 }
 
@@ -308,6 +333,17 @@ mod tests {
             }
         }
         assert!(lines > 100);
+    }
+
+    #[test]
+    fn lines_are_split_alike_across_buffer_fills() {
+        let text = "a\n\n  \nbcd\r\nlast-without-newline";
+        for cap in [1, 2, 3, 5, 64] {
+            let mut r = std::io::BufReader::with_capacity(cap, text.as_bytes());
+            let mut got = Vec::new();
+            for_each_line(&mut r, |l, n| Ok(got.push((String::from_utf8(l.to_vec()).unwrap(), n))), |e, _| e.into()).unwrap();
+            assert_eq!(got, [("a".into(), 1), ("bcd\r".into(), 4), ("last-without-newline".into(), 5)], "capacity {cap}");
+        }
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub fn replay_one_with(path: &Path, opts: &ReplayOptions, parse: Parser, mut on_
     let name = log_name(path);
     let mut engine: Option<Engine> = None;
     let mut alerts = Vec::new();
-    let mut report = Report { log: Some(name.clone()), ..Default::default() };
+    // The engine builds the process tree; the report takes it at the end.
+    let mut report = Report { log: Some(name.clone()), engine_tree: true, ..Default::default() };
     for_each_event_with(path, parse, |e, n| {
         if matches!(e, Event::Alert(_)) {
             return Ok(()); // the live run's verdicts: replay makes its own
@@ -122,9 +123,8 @@ pub fn replay_one_with(path: &Path, opts: &ReplayOptions, parse: Parser, mut on_
         }
         Ok(())
     })?;
-    if engine.is_none() {
-        bail!("{name}: empty log");
-    }
+    let Some(mut engine) = engine else { bail!("{name}: empty log") };
+    report.tree = engine.take_tree();
     report.watcher_exit = Some(report.replay_exit());
     Ok(Replayed { log: name, alerts, report })
 }

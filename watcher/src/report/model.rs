@@ -59,7 +59,9 @@ pub struct Report {
     /// The policy the verdicts come from (mode as applied), if any.
     pub policy: Option<PolicyInfo>,
     pub tree: ProcTree,
-    pub procs: HashMap<u32, ProcStats>,
+    /// The tree is the engine's (replay hands it over at the end): do not build a second one.
+    pub engine_tree: bool,
+    pub procs: HashMap<u32, ProcStats, foldhash::fast::RandomState>,
     /// Display order of the next new process.
     pub seq: u64,
     pub execs: u64,
@@ -134,7 +136,9 @@ impl Report {
             }
             Event::Exec(x) => {
                 self.execs += 1;
-                self.tree.on_event(e);
+                if !self.engine_tree {
+                    self.tree.on_event(e);
+                }
                 let st = self.stats(x.proc.pid);
                 st.killed |= x.killed;
             }
@@ -143,10 +147,14 @@ impl Report {
                 let seq = self.seq + 1;
                 self.seq = seq;
                 self.procs.insert(x.proc.pid, ProcStats { order: seq, ..Default::default() });
-                self.tree.on_event(e);
+                if !self.engine_tree {
+                    self.tree.on_event(e);
+                }
             }
             Event::Exit(x) => {
-                self.tree.on_event(e);
+                if !self.engine_tree {
+                    self.tree.on_event(e);
+                }
                 self.stats(x.proc.pid).exit_code = x.exit_code;
             }
             Event::Connect(x) => {
@@ -165,7 +173,10 @@ impl Report {
                 self.dns_servers.insert(x.server);
                 self.stats(x.proc.pid).dns += 1;
                 let name = if x.error.is_some() { format!("<non-DNS payload to {}>", x.server) } else { x.qname.clone() };
-                let entry = self.dns.entry(name.clone()).or_default();
+                if !self.dns.contains_key(&name) {
+                    self.dns.insert(name.clone(), DnsName::default());
+                }
+                let entry = self.dns.get_mut(&name).expect("inserted above");
                 entry.queries += 1;
                 if !x.allowed {
                     entry.denied += 1;
