@@ -286,3 +286,23 @@ fn run_writes_its_report_to_a_file_and_the_step_summary() {
     assert_eq!(md.matches("### ❌ watcher: flagged").count(), 3, "appended once per run: {md}");
     assert!(md.contains("| `127.0.0.1` |"), "{md}");
 }
+
+/// A policy allowing a registry the log recorded no hosts for: one warning naming it.
+#[test]
+fn replay_warns_about_a_registry_the_log_did_not_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("npm.yaml");
+    let base = std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap();
+    std::fs::write(&p, base.replace("egress:\n", "egress:\n  registries: [npm]\n")).unwrap();
+    let out = Command::new(watcher_bin())
+        .current_dir(fixtures())
+        .args(["replay", "--format", "json", "--policy"])
+        .arg(&p)
+        .arg("clean.jsonl")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains("clean.jsonl: the policy allows registry npm, but the log recorded no hosts for it"), "{err}");
+}
