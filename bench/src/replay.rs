@@ -170,7 +170,7 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
                         server: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)),
                         server_port: 53,
                         proto: Proto::Udp,
-                        id: g.next() as u16,
+                        id: g.next_u64() as u16,
                         rcode: Some("NOERROR".into()),
                         answers: Some(vec![ip]),
                         cnames: vec![],

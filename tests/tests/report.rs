@@ -306,3 +306,26 @@ fn replay_warns_about_a_registry_the_log_did_not_record() {
     assert_eq!(err.matches("warning").count(), 1, "{err}");
     assert!(err.contains("clean.jsonl: the policy allows registry npm, but the log recorded no hosts for it"), "{err}");
 }
+
+/// `watcher run` colours its end-of-step report on a terminal stderr, not with NO_COLOR.
+#[test]
+fn run_colours_its_report_only_on_a_terminal() {
+    if !root_or_skip() {
+        return;
+    }
+    let run = |no_color: bool| {
+        let cmd = format!("{} run -- /bin/true", watcher_bin().display());
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).stdin(Stdio::null()).env_remove("NO_COLOR").env_remove("GITHUB_STEP_SUMMARY");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = c.output().expect("script(1) from util-linux");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = run(false);
+    assert!(tty.contains("\x1b[1msummary:") && tty.contains("\x1b[32mclean"), "{tty:?}");
+    let plain = run(true);
+    assert!(plain.contains("summary:") && plain.contains("verdict: clean") && !plain.contains('\x1b'), "{plain:?}");
+}

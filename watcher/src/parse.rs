@@ -341,7 +341,11 @@ mod tests {
         for cap in [1, 2, 3, 5, 64] {
             let mut r = std::io::BufReader::with_capacity(cap, text.as_bytes());
             let mut got = Vec::new();
-            for_each_line(&mut r, |l, n| Ok(got.push((String::from_utf8(l.to_vec()).unwrap(), n))), |e, _| e.into()).unwrap();
+            let push = |l: &[u8], n| {
+                got.push((String::from_utf8(l.to_vec()).unwrap(), n));
+                Ok(())
+            };
+            for_each_line(&mut r, push, |e, _| e.into()).unwrap();
             assert_eq!(got, [("a".into(), 1), ("bcd\r".into(), 4), ("last-without-newline".into(), 5)], "capacity {cap}");
         }
     }
@@ -401,14 +405,14 @@ pub mod generate {
         pub fn new(seed: u64) -> Gen {
             Gen { s: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
         }
-        pub fn next(&mut self) -> u64 {
+        pub fn next_u64(&mut self) -> u64 {
             self.s ^= self.s >> 12;
             self.s ^= self.s << 25;
             self.s ^= self.s >> 27;
             self.s.wrapping_mul(0x2545_F491_4F6C_DD1D)
         }
         pub fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
+            self.next_u64() % n.max(1)
         }
         pub fn chance(&mut self, pct: u64) -> bool {
             self.below(100) < pct
@@ -421,11 +425,11 @@ pub mod generate {
             if self.chance(30) {
                 IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, self.below(65536) as u16))
             } else {
-                IpAddr::V4(std::net::Ipv4Addr::from(self.next() as u32))
+                IpAddr::V4(std::net::Ipv4Addr::from(self.next_u64() as u32))
             }
         }
         fn proc(&mut self) -> Proc {
-            Proc { pid: self.next() as u32, ppid: self.next() as u32, comm: self.word(), uid: if self.chance(50) { 0 } else { 1000 } }
+            Proc { pid: self.next_u64() as u32, ppid: self.next_u64() as u32, comm: self.word(), uid: if self.chance(50) { 0 } else { 1000 } }
         }
         fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
             if self.chance(50) { Some(f(self)) } else { None }
@@ -449,7 +453,7 @@ pub mod generate {
                     watcher: "0.1.0".into(),
                     mode: "run".into(),
                     command: self.vec(3, Self::word),
-                    pid: self.next() as u32,
+                    pid: self.next_u64() as u32,
                     sensors: vec![SensorState { name: "dns".into(), active: true, detail: self.opt(Self::word) }],
                     resolvers: self.vec(2, Self::ip),
                     registries: if self.chance(50) { BTreeMap::from([("npm".to_string(), vec!["r.test".to_string()])]) } else { BTreeMap::new() },
@@ -461,19 +465,19 @@ pub mod generate {
                     filename: self.word(),
                     argv: self.vec(4, Self::word),
                     argv_truncated: self.chance(10),
-                    cgroup_id: self.next(),
+                    cgroup_id: self.next_u64(),
                     env: if self.chance(30) { BTreeMap::from([("npm_package_name".to_string(), self.word())]) } else { BTreeMap::new() },
                     killed: self.chance(10),
                     shell: self.chance(10),
                     cwd: self.opt(Self::word),
                 }),
                 2 => Event::Fork(Fork { ts, proc: self.proc() }),
-                3 => Event::Exit(Exit { ts, proc: self.proc(), exit_code: self.opt(|g| g.next() as i32) }),
+                3 => Event::Exit(Exit { ts, proc: self.proc(), exit_code: self.opt(|g| g.next_u64() as i32) }),
                 4 => Event::Connect(Connect {
                     ts,
                     proc: self.proc(),
                     daddr: self.ip(),
-                    dport: self.next() as u16,
+                    dport: self.next_u64() as u16,
                     proto: self.proto(),
                     op: if self.chance(50) { "connect".into() } else { "sendto".into() },
                     allowed: self.chance(90),
@@ -486,12 +490,12 @@ pub mod generate {
                     server: self.ip(),
                     server_port: if self.chance(80) { 53 } else { 5353 },
                     proto: self.proto(),
-                    id: self.next() as u16,
+                    id: self.next_u64() as u16,
                     rcode: self.opt(|_| "NOERROR".to_string()),
                     answers: self.opt(|g| g.vec(3, Self::ip)),
                     cnames: self.vec(2, Self::word),
                     error: self.opt(Self::word),
-                    payload_len: self.next() as u32,
+                    payload_len: self.next_u64() as u32,
                     allowed: self.chance(80),
                     secrets: self.vec(1, Self::secret),
                 }),
@@ -499,22 +503,22 @@ pub mod generate {
                     ts,
                     proc: self.proc(),
                     daddr: self.ip(),
-                    dport: self.next() as u16,
+                    dport: self.next_u64() as u16,
                     proto: self.proto(),
-                    bytes: self.next() as u32,
+                    bytes: self.next_u64() as u32,
                     secrets: self.vec(2, Self::secret),
                 }),
-                7 => Event::Loss(Loss { ts, source: self.word(), count: self.next(), total: self.next() }),
+                7 => Event::Loss(Loss { ts, source: self.word(), count: self.next_u64(), total: self.next_u64() }),
                 8 => Event::Alert(Alert {
                     ts,
                     rule: "egress-denied".into(),
                     action: "flag".into(),
                     severity: "high".into(),
-                    pid: self.next() as u32,
+                    pid: self.next_u64() as u32,
                     package: self.opt(Self::word),
                     message: self.word(),
                 }),
-                _ => Event::End(End { ts, exit_code: self.opt(|g| g.next() as i32), lost: self.next() }),
+                _ => Event::End(End { ts, exit_code: self.opt(|g| g.next_u64() as i32), lost: self.next_u64() }),
             }
         }
     }

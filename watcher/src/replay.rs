@@ -153,10 +153,10 @@ pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
     let mut reports = Vec::new();
     for log in &opts.logs {
         let r = replay_one(log, &opts, |a| {
-            if opts.format == Format::Text {
-                if let Some(l) = event_line(&Event::Alert(a.clone())) {
-                    println!("{l}");
-                }
+            if opts.format == Format::Text
+                && let Some(l) = event_line(&Event::Alert(a.clone()))
+            {
+                println!("{l}");
             }
         })?;
         violations += r.alerts.len();

@@ -181,3 +181,33 @@ mod tests {
         assert_eq!(html("</pre><img src=x>"), "&lt;/pre&gt;&lt;img src=x&gt;");
     }
 }
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+    use crate::event::{Alert, Ts};
+
+    #[test]
+    fn a_hostile_package_name_stays_text() {
+        let mut r = Report::default();
+        let evil = "x](https://evil.test) <img src=x onerror=alert(1)> | `code` **b**";
+        r.add_alert(
+            Alert {
+                ts: Ts(0),
+                rule: "egress-denied".into(),
+                action: "flag".into(),
+                severity: "high".into(),
+                pid: 7,
+                package: Some(format!("npm:{evil}@1.0.0 (postinstall)")),
+                message: format!("{evil}\nforged line"),
+            },
+            Some(3),
+        );
+        let md = render(&r);
+        let row = md.lines().find(|l| l.contains("evil.test")).expect("alert row");
+        // Every untrusted part is inside a code span; the pipe cannot split the table row.
+        assert_eq!(row.matches(" | ").count(), 5, "six cells: {row}");
+        assert!(row.contains("``npm:x](https://evil.test) <img src=x onerror=alert(1)> \\| `code` **b**@1.0.0 (postinstall)``"), "{row}");
+        assert!(!md.contains("\nforged line"), "{md}");
+    }
+}

@@ -184,10 +184,10 @@ impl Report {
                 if !entry.qtypes.contains(&x.qtype) {
                     entry.qtypes.insert(x.qtype.clone());
                 }
-                if let Some(rc) = &x.rcode {
-                    if !entry.rcodes.contains(rc) {
-                        entry.rcodes.insert(rc.clone());
-                    }
+                if let Some(rc) = &x.rcode
+                    && !entry.rcodes.contains(rc)
+                {
+                    entry.rcodes.insert(rc.clone());
                 }
                 if let Some(a) = &x.answers {
                     for ip in a {

@@ -79,7 +79,8 @@ pub fn lines(r: &Report) -> Vec<Line> {
             stack.extend(children.get(&p).map(Vec::as_slice).unwrap_or(&[]).iter().copied());
         }
     };
-    // (pid, prefix for its children, is_last) depth-first.
+    // Depth-first, drawing the tree prefixes.
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         pid: u32,
         prefix: &str,
@@ -170,4 +171,71 @@ pub fn proc_text(r: &Report, pid: u32) -> (String, Vec<String>) {
         }
     }
     (head, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Connect, Event, Exec, Fork, Proc, Proto, Ts};
+
+    fn fork(pid: u32, ppid: u32) -> Event {
+        Event::Fork(Fork { ts: Ts(0), proc: Proc { pid, ppid, comm: "sh".into(), uid: 0 } })
+    }
+
+    fn exec(pid: u32, ppid: u32, file: &str) -> Event {
+        Event::Exec(Exec {
+            ts: Ts(0),
+            proc: Proc { pid, ppid, comm: file.rsplit('/').next().unwrap().into(), uid: 0 },
+            filename: file.into(),
+            argv: vec![file.into()],
+            argv_truncated: false,
+            cgroup_id: 0,
+            env: Default::default(),
+            killed: false,
+            shell: false,
+            cwd: None,
+        })
+    }
+
+    fn render(r: &Report) -> Vec<String> {
+        lines(r)
+            .into_iter()
+            .map(|l| match l.row {
+                Row::Proc { pid } => format!("{}{pid}", l.prefix),
+                Row::Collapsed { count, names } => format!("{}{}", l.prefix, collapsed_text(count, &names)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn boring_subtrees_collapse_but_paths_to_interesting_processes_stay() {
+        let mut r = Report::default();
+        r.add(&exec(10, 1, "/usr/bin/npm"));
+        // 200 boring children, each with a boring grandchild.
+        for i in 0..200 {
+            let c = 100 + 2 * i;
+            r.add(&fork(c, 10));
+            r.add(&exec(c, 10, "/usr/bin/node"));
+            r.add(&fork(c + 1, c));
+            r.add(&exec(c + 1, c, "/bin/true"));
+        }
+        // One grandchild connects somewhere: it and its parent are shown.
+        r.add(&Event::Connect(Connect {
+            ts: Ts(0),
+            proc: Proc { pid: 151, ppid: 150, comm: "true".into(), uid: 0 },
+            daddr: "192.0.2.1".parse().unwrap(),
+            dport: 443,
+            proto: Proto::Tcp,
+            op: "connect".into(),
+            allowed: true,
+        }));
+        let got = render(&r);
+        assert_eq!(got, ["10", "├─ 150", "│  └─ 151", "└─ … 398 more processes: node ×199, true ×199"], "{got:#?}");
+        // Small trees are shown whole.
+        let mut small = Report::default();
+        small.add(&exec(10, 1, "/usr/bin/npm"));
+        small.add(&fork(11, 10));
+        small.add(&exec(11, 10, "/bin/true"));
+        assert_eq!(render(&small), ["10", "└─ 11"]);
+    }
 }
