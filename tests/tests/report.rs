@@ -74,7 +74,7 @@ fn golden(name: &str, actual: &str) {
     }
 }
 
-const LOGS: &[(&str, i32)] = &[("alerts.jsonl", 77), ("clean.jsonl", 0)];
+const LOGS: &[(&str, i32)] = &[("alerts.jsonl", 77), ("clean.jsonl", 0), ("lost.jsonl", 77)];
 
 #[test]
 fn replay_reports_match_the_goldens() {
@@ -127,6 +127,17 @@ fn reports_carry_the_tree_destinations_and_alerts() {
         assert!(res["locations"][0]["physicalLocation"]["region"]["startLine"].as_u64().unwrap() > 1);
     }
     assert!(run["tool"]["driver"]["rules"].as_array().unwrap().iter().all(|r| r["help"]["text"].as_str().unwrap().len() > 40));
+
+    // Lost events: counted per source, an events-lost alert, said in every format.
+    let (_, out, _) = replay("json", "lost.jsonl", &[]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let lost = v["logs"][0]["lost"].as_u64().unwrap();
+    assert!(lost > 0 && v["logs"][0]["lost_by_source"]["exec"].as_u64() == Some(lost), "{v:#}");
+    assert_eq!(v["logs"][0]["alerts"][0]["rule"], "events-lost");
+    let (_, text, _) = replay("text", "lost.jsonl", &[]);
+    assert!(text.contains(&format!("LOST {lost} exec events")), "{text}");
+    let (_, md, _) = replay("markdown", "lost.jsonl", &[]);
+    assert!(md.contains("#### Lost events") && md.contains(&format!("| `exec` | {lost} |")), "{md}");
 }
 
 #[test]
@@ -198,12 +209,15 @@ fn record_fixtures() {
             ),
         ),
         ("clean.jsonl", format!("{ok_conn}; /bin/true")),
+        // A one-page ring buffer and a burst of parallel execs: events are lost.
+        ("lost.jsonl", "seq 60 | xargs -P 8 -n 1 /bin/true".to_string()),
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     for (name, script) in scripts {
         let log = dir.path().join(name);
+        let ringbuf = if name == "lost.jsonl" { "4K" } else { "16M" };
         let out = Command::new(watcher_bin())
-            .args(["run", "-q", "--policy"])
+            .args(["run", "-q", "--ringbuf-size", ringbuf, "--policy"])
             .arg(&pf)
             .arg("--log")
             .arg(&log)

@@ -16,7 +16,16 @@ use super::{
 /// run of backticks inside, `|` is escaped (GFM splits cells on it even in code spans), and
 /// control characters are escaped.
 pub fn code(s: &str) -> String {
-    let s = safe(s).replace('|', "\\|");
+    code_span(&safe(s).replace('|', "\\|"))
+}
+
+/// Untrusted text as a code span outside tables (`|` needs no escape there, and a `\|`
+/// would show).
+pub fn code_text(s: &str) -> String {
+    code_span(&safe(s))
+}
+
+fn code_span(s: &str) -> String {
     if s.is_empty() {
         return "—".into();
     }
@@ -59,15 +68,15 @@ pub fn render(r: &Report) -> String {
         _ => "❌",
     };
     let title = match &r.log {
-        Some(l) => format!(" for {}", code(l)),
+        Some(l) => format!(" for {}", code_text(l)),
         None => String::new(),
     };
     let _ = writeln!(s, "### {icon} watcher: {}{title}\n", v.as_str());
     let policy = match &r.policy {
-        Some(p) => format!("policy {} ({} mode)", code(&p.pipeline), p.mode),
+        Some(p) => format!("policy {} ({} mode)", code_text(&p.pipeline), p.mode),
         None => "no policy".into(),
     };
-    let cmd = if r.command.is_empty() { String::new() } else { format!(" · command {}", code(&r.command.join(" "))) };
+    let cmd = if r.command.is_empty() { String::new() } else { format!(" · command {}", code_text(&r.command.join(" "))) };
     let exit = r.exit_code.map(|c| format!(" · exit code {c}")).unwrap_or_default();
     let _ = writeln!(s, "{policy}{cmd}{exit}\n");
     let _ = writeln!(s, "| processes | execs | destinations | DNS names | DNS queries | alerts | lost events |");
@@ -178,6 +187,7 @@ mod tests {
         assert_eq!(code("a|b"), "`a\\|b`");
         assert_eq!(code("a\nb"), "`a\\nb`");
         assert_eq!(code(""), "—");
+        assert_eq!(code_text("a|b"), "`a|b`");
         assert_eq!(html("</pre><img src=x>"), "&lt;/pre&gt;&lt;img src=x&gt;");
     }
 }

@@ -133,6 +133,9 @@ pub fn render(r: &Report, p: Paint) -> String {
             );
         }
     }
+    if !r.lost.is_empty() {
+        let _ = writeln!(s, "{}", p.bold("lost events:"));
+    }
     for (src, n) in &r.lost {
         let _ = writeln!(s, "  {}", p.red(&format!("LOST {n} {} events: the kernel could not deliver them", safe(src))));
     }
