@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build in release and run every watcher benchmark, printing their tables.
-# Usage: scripts/bench.sh [extra args for each subcommand are not passed; edit below]
+# Usage: scripts/bench.sh   (each subcommand runs with its defaults; see watcher-bench SUB --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
