@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (root): builds release, runs `watcher-bench all` and prints one table of measured
-# figures (npm ci overhead and agent memory, exec/connect storms, kernel-to-alert latency).
+# figures (npm ci overhead and agent memory, exec/connect storms, kernel-to-alert latency),
+# then the replay benchmark's own table (events/s and peak memory of `watcher replay`).
 # Extra arguments go to `watcher-bench all`, e.g. `scripts/bench.sh --runs 3 --packages 200`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --bins
-exec target/release/watcher-bench all "$@"
+target/release/watcher-bench all "$@"
+echo
+echo "== replay (one core, no root needed)"
+target/release/watcher-bench replay

@@ -53,6 +53,8 @@ fn measure(policy: &std::path::Path, count: u64, pace_us: u64) -> anyhow::Result
             quiet: true,
             ringbuf_bytes: 16 << 20,
             policy: Some(policy.to_path_buf()),
+            report: None,
+            report_format: None,
             mode: None,
         })
     })??;

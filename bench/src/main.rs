@@ -2,6 +2,7 @@
 //! never asserted. One module per benchmark; this file only dispatches.
 mod latency;
 mod npm;
+mod replay;
 mod storm;
 mod util;
 
@@ -22,7 +23,9 @@ enum Command {
     Storm(storm::Args),
     /// Kernel-to-alert latency (p50, p99) of the run loop.
     Latency(latency::Args),
-    /// Everything above, one table.
+    /// Replay speed and memory over big generated event logs, fast parser vs serde's (no root).
+    Replay(replay::Args),
+    /// npm, storm and latency in one table (replay prints its own: `watcher-bench replay`).
     All {
         #[command(flatten)]
         npm: npm::Args,
@@ -49,6 +52,7 @@ fn main() {
             util::print_table(&rows);
             Ok(())
         })(),
+        Command::Replay(a) => replay::main(a),
         Command::StormWorker(a) => storm::worker(&a),
     };
     if let Err(e) = result {

@@ -2135,3 +2135,60 @@ fn cargo_build_with_a_dependency_from_a_local_registry_passes_enforce_mode() {
     let out = run_ok(&mut Command::new(&app));
     assert_eq!(out.trim(), "hello from tiny-dep 42");
 }
+
+/// `watcher policy suggest` on a real npm install: the registry is named by package manager
+/// (`registries: [npm]`, never its host), the suggestion is a valid policy, and replaying the
+/// same log under it flags nothing. A policy naming a registry the log has no hosts for gets
+/// a warning naming that registry.
+#[test]
+fn npm_install_log_suggests_registry_npm_and_replays_clean_under_it() {
+    if !root_or_skip() {
+        return;
+    }
+    require_tool("npm", &["--version"]);
+    let registry = NpmRegistry::start();
+    registry.publish(
+        json!({
+            "name": "quiet-pkg",
+            "version": "1.0.0",
+            "description": "test package with a harmless postinstall",
+            "scripts": { "postinstall": "node -e \"console.log('ok')\"" },
+            "main": "index.js",
+        }),
+        &[("index.js", "module.exports = 1;\n")],
+    );
+    let (project, _home, env) = npm_project(&registry, "quiet-pkg");
+    let step = npm_install(project.path(), &env, "audit");
+    assert_eq!(step.code, Some(0), "{}", step.context());
+    assert_npm_used_test_registry(&step, &registry, "quiet-pkg");
+
+    let dir = TempDir::new("watcher-pm-suggest");
+    let log = dir.join("npm.jsonl");
+    let lines: String = step.events.iter().map(|e| format!("{e}\n")).collect();
+    write(&log, lines);
+    let out = Command::new(watcher_bin()).args(["policy", "suggest", "--pipeline", "npm-suggested"]).arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("registries: [npm]"), "{yaml}");
+    let policy = dir.join("suggested.yaml");
+    write(&policy, &yaml);
+    let check = Command::new(watcher_bin()).args(["policy", "check"]).arg(&policy).output().unwrap();
+    assert_eq!(check.status.code(), Some(0), "{yaml}\n{}", String::from_utf8_lossy(&check.stderr));
+
+    let replay = |policy: &Path| {
+        Command::new(watcher_bin()).args(["replay", "--format", "json", "--policy"]).arg(policy).arg(&log).output().unwrap()
+    };
+    let out = replay(&policy);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(0), "{yaml}\n{report:#}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["logs"][0]["verdict"], "clean", "{report:#}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Also allowing pip, which this log never recorded hosts for: a warning names it.
+    let with_pip = dir.join("with-pip.yaml");
+    write(&with_pip, yaml.replace("registries: [npm]", "registries: [npm, pip]"));
+    let out = replay(&with_pip);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning") && err.contains("registry pip") && !err.contains("registry npm"), "{err}");
+}

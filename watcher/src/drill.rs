@@ -343,6 +343,8 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         quiet: true,
         ringbuf_bytes: opts.ringbuf_bytes,
         policy: Some(policy.clone()),
+        report: None,
+        report_format: None,
         mode: opts.mode,
     });
     drop(responder);

@@ -63,6 +63,11 @@ impl Engine {
         &self.tree
     }
 
+    /// Hand the process tree over (to the report, when the step is over).
+    pub fn take_tree(&mut self) -> ProcTree {
+        std::mem::take(&mut self.tree)
+    }
+
     fn package(&self, pid: u32) -> Option<String> {
         self.tree.install_script(pid).map(|(_, a)| a.label())
     }
@@ -199,9 +204,11 @@ impl Engine {
 
     fn on_connect(&mut self, c: &Connect, out: &mut Vec<Alert>) {
         let pid = c.proc.pid;
-        let dest = format!("{}:{}/{}", c.daddr, c.dport, c.proto.as_str());
+        // Formatted only when an alert needs it (this runs for every connection).
+        let dest = || format!("{}:{}/{}", c.daddr, c.dport, c.proto.as_str());
         if c.dport == 53 {
             if !self.policy.resolver_allowed(c.daddr, &self.resolvers) {
+                let dest = dest();
                 self.alert(
                     out, c.ts, RULE_DNS_RESOLVER, !c.allowed, false, "high", pid, dest.clone(),
                     format!("DNS traffic to {dest}, which is not an allowed resolver"),
@@ -210,6 +217,7 @@ impl Engine {
             return;
         }
         if !self.egress_allowed(c.daddr, c.dport) {
+            let dest = dest();
             let how = match self.answered.get(&canonical(c.daddr)) {
                 Some(names) => format!(" (an answer for {} gave this address)", names.iter().cloned().collect::<Vec<_>>().join(", ")),
                 None => " (no allowed host resolved to it)".into(),
@@ -252,10 +260,18 @@ impl Engine {
             }
         }
         if let Some(answers) = &d.answers {
+            let name = d.qname.to_ascii_lowercase();
             for ip in answers {
-                self.answered.entry(canonical(*ip)).or_default().insert(d.qname.to_ascii_lowercase());
+                // Allocate only for a new (address, name) pair: answers repeat all the time.
+                let answered = self.answered.entry(canonical(*ip)).or_default();
+                if !answered.contains(&name) {
+                    answered.insert(name.clone());
+                }
                 if name_ok {
-                    self.learned.entry(canonical(*ip)).or_default().insert(d.qname.to_ascii_lowercase());
+                    let learned = self.learned.entry(canonical(*ip)).or_default();
+                    if !learned.contains(&name) {
+                        learned.insert(name.clone());
+                    }
                 }
             }
         }

@@ -11,6 +11,7 @@ pub mod event;
 pub mod engine;
 pub mod exitcode;
 pub mod log;
+pub mod parse;
 pub mod policy;
 pub mod proctree;
 pub mod record;

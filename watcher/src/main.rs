@@ -82,6 +82,12 @@ enum Command {
         /// Override the policy's mode.
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
+        /// Write the end-of-step report to FILE (stdout belongs to the command).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// The report's format; by default from FILE's extension (.json, .sarif, .md, else text).
+        #[arg(long, value_enum, requires = "report")]
+        report_format: Option<Format>,
         /// Show only alerts, lost events and the summary, not one line per event.
         #[arg(long, short)]
         quiet: bool,
@@ -98,6 +104,19 @@ enum Command {
 enum Format {
     Text,
     Json,
+    Markdown,
+    Sarif,
+}
+
+impl Format {
+    fn into_format(self) -> watcher::report::Format {
+        match self {
+            Format::Text => watcher::report::Format::Text,
+            Format::Json => watcher::report::Format::Json,
+            Format::Markdown => watcher::report::Format::Markdown,
+            Format::Sarif => watcher::report::Format::Sarif,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -173,7 +192,7 @@ fn main() {
             logs,
             policy,
             mode: mode.map(ModeArg::into_mode),
-            json: matches!(format, Format::Json),
+            format: format.into_format(),
         }),
         Command::Drill { policy, mode, log } => watcher::drill::drill(watcher::drill::DrillOptions {
             policy,
@@ -183,13 +202,15 @@ fn main() {
         }),
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, ringbuf_size, command, policy, mode } => run::run(run::RunOptions {
+        Command::Run { log, quiet, ringbuf_size, command, policy, mode, report, report_format } => run::run(run::RunOptions {
             command,
             log,
             quiet,
             ringbuf_bytes: ringbuf_size,
             policy,
             mode: mode.map(ModeArg::into_mode),
+            report,
+            report_format: report_format.map(Format::into_format),
         }),
     };
     match result {

@@ -1,6 +1,9 @@
 //! The process tree of a step, built from events: ancestry (parent at fork time) and which
 //! package's install script each process works for. Pure: fed by the engine.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,17 +40,21 @@ impl Attribution {
 pub struct Node {
     pub ppid: u32,
     pub comm: String,
-    pub filename: Option<String>,
-    pub argv: Vec<String>,
+    /// Shared with forked children until they exec (a fork copies no strings).
+    pub filename: Option<Arc<str>>,
+    pub argv: Arc<[String]>,
     /// Set on the process that starts an install script (npm's `sh -c`, a cargo build
     /// script, pip's build backend); inherited through the tree by lookup.
-    pub attribution: Option<Attribution>,
+    /// Boxed: rare, and it keeps nodes small to move.
+    pub attribution: Option<Box<Attribution>>,
     pub exited: bool,
 }
 
 #[derive(Default, Debug)]
 pub struct ProcTree {
-    nodes: HashMap<u32, Node>,
+    /// foldhash: pids are small integers looked up for every event; SipHash's DoS resistance
+    /// is not needed for them and costs a tenth of replay's time.
+    nodes: HashMap<u32, Node, foldhash::fast::RandomState>,
 }
 
 pub fn basename(path: &str) -> &str {
@@ -126,16 +133,12 @@ impl ProcTree {
     pub fn on_event(&mut self, e: &Event) {
         match e {
             Event::Fork(f) => {
-                let parent = self.nodes.get(&f.proc.ppid).cloned();
-                let node = self.nodes.entry(f.proc.pid).or_default();
-                *node = Node {
-                    ppid: f.proc.ppid,
-                    comm: f.proc.comm.clone(),
-                    filename: parent.as_ref().and_then(|p| p.filename.clone()),
-                    argv: parent.map(|p| p.argv).unwrap_or_default(),
-                    attribution: None,
-                    exited: false,
+                let (filename, argv) = match self.nodes.get(&f.proc.ppid) {
+                    Some(p) => (p.filename.clone(), p.argv.clone()),
+                    None => (None, Arc::from(Vec::new())),
                 };
+                let node = Node { ppid: f.proc.ppid, comm: f.proc.comm.clone(), filename, argv, attribution: None, exited: false };
+                self.nodes.insert(f.proc.pid, node);
             }
             Event::Exec(x) => {
                 let in_script = self.install_script(x.proc.ppid).is_some()
@@ -144,14 +147,14 @@ impl ProcTree {
                 if node.ppid == 0 {
                     node.ppid = x.proc.ppid;
                 }
-                node.comm = x.proc.comm.clone();
-                node.filename = Some(x.filename.clone());
-                node.argv = x.argv.clone();
+                node.comm.clone_from(&x.proc.comm);
+                node.filename = Some(Arc::from(x.filename.as_str()));
+                node.argv = Arc::from(x.argv.as_slice());
                 node.exited = false;
                 // The outermost process of a script is its start; descendants inherit.
                 if !in_script {
                     if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
-                        node.attribution = Some(a);
+                        node.attribution = Some(Box::new(a));
                     }
                 }
             }
@@ -194,9 +197,21 @@ impl ProcTree {
 
     /// The install script `pid` belongs to: (pid of the script's start, attribution).
     pub fn install_script(&self, pid: u32) -> Option<(u32, &Attribution)> {
-        self.ancestry(pid)
-            .into_iter()
-            .find_map(|p| self.nodes.get(&p).and_then(|n| n.attribution.as_ref()).map(|a| (p, a)))
+        // The walk of `ancestry` without collecting it (this runs for every exec): the same
+        // nodes in the same order; a cycle in a corrupt log ends at the bound (revisited
+        // nodes were already checked, so the answer is the same).
+        let mut cur = pid;
+        for _ in 0..256 {
+            let n = self.nodes.get(&cur)?;
+            if let Some(a) = n.attribution.as_deref() {
+                return Some((cur, a));
+            }
+            if n.ppid == 0 || n.ppid == cur {
+                return None;
+            }
+            cur = n.ppid;
+        }
+        None
     }
 
     /// Every process with its parent, for reports.

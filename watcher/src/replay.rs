@@ -11,9 +11,9 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     engine::Engine,
-    event::{Alert, Event},
+    event::{Alert, Event, PolicyInfo},
     policy::{self, Mode, Policy},
-    report::{Summary, event_line},
+    report::{self, Format, Report, event_line},
 };
 
 pub struct ReplayOptions {
@@ -21,14 +21,15 @@ pub struct ReplayOptions {
     pub logs: Vec<PathBuf>,
     pub policy: Option<PathBuf>,
     pub mode: Option<Mode>,
-    pub json: bool,
+    /// What goes to standard output.
+    pub format: Format,
 }
 
 /// The verdicts of one log.
 pub struct Replayed {
     pub log: String,
     pub alerts: Vec<Alert>,
-    pub summary: Summary,
+    pub report: Report,
 }
 
 /// Open a log, transparently gunzipping it (by its magic bytes, not its name).
@@ -64,81 +65,105 @@ pub fn log_name(path: &Path) -> String {
 
 /// Call `f` with every event of a log and its line number. Malformed lines are errors
 /// (`LOG:LINE: message`): nothing is skipped.
-pub fn for_each_event(path: &Path, mut f: impl FnMut(Event, u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn for_each_event(path: &Path, f: impl FnMut(Event, u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for_each_event_with(path, crate::parse::parse_line, f)
+}
+
+/// A line parser: [`crate::parse::parse_line`], or the reference serde path (benchmarks).
+pub type Parser = fn(&[u8]) -> Result<Event, serde_json::Error>;
+
+/// [`for_each_event`] with a given line parser.
+pub fn for_each_event_with(path: &Path, parse: Parser, mut f: impl FnMut(Event, u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let name = log_name(path);
     let mut reader = open(path)?;
-    let mut line = String::new();
-    let mut n = 0u64;
-    loop {
-        line.clear();
-        let read = reader.read_line(&mut line).with_context(|| format!("{name}:{}: cannot read", n + 1))?;
-        if read == 0 {
-            return Ok(());
-        }
-        n += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: Event = serde_json::from_str(&line).map_err(|err| anyhow!("{name}:{n}: {err}"))?;
-        f(e, n)?;
-    }
+    crate::parse::for_each_line(
+        &mut reader,
+        |line, n| {
+            let e = parse(line).map_err(|err| anyhow!("{name}:{n}: {err}"))?;
+            f(e, n)
+        },
+        |err, n| anyhow::Error::new(err).context(format!("{name}:{n}: cannot read")),
+    )
 }
 
 /// Replay one log.
-pub fn replay_one(path: &Path, opts: &ReplayOptions, mut on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
+pub fn replay_one(path: &Path, opts: &ReplayOptions, on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
+    replay_one_with(path, opts, crate::parse::parse_line, on_alert)
+}
+
+/// [`replay_one`] with a given line parser.
+pub fn replay_one_with(path: &Path, opts: &ReplayOptions, parse: Parser, mut on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
     let name = log_name(path);
     let mut engine: Option<Engine> = None;
     let mut alerts = Vec::new();
-    let mut summary = Summary::default();
-    for_each_event(path, |e, n| {
+    // The engine builds the process tree; the report takes it at the end.
+    let mut report = Report { log: Some(name.clone()), engine_tree: true, ..Default::default() };
+    for_each_event_with(path, parse, |e, n| {
         if matches!(e, Event::Alert(_)) {
             return Ok(()); // the live run's verdicts: replay makes its own
         }
         if engine.is_none() {
             let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
             let recorded = s.policy.as_ref().map(|p| p.source.as_str());
-            engine = Some(Engine::new(policy_for(opts, recorded, &name)?));
+            let policy = policy_for(opts, recorded, &name)?;
+            warn_unrecorded_registries(&name, &policy, s);
+            report.policy = Some(PolicyInfo {
+                source: policy.source.clone(),
+                pipeline: policy.pipeline.clone(),
+                mode: policy.mode.as_str().to_string(),
+            });
+            engine = Some(Engine::new(policy));
         }
-        summary.add(&e);
+        report.add(&e);
         let engine = engine.as_mut().expect("set above");
         for a in engine.process(&e) {
             on_alert(&a);
-            summary.add(&Event::Alert(a.clone()));
+            report.add_alert(a.clone(), Some(n));
             alerts.push(a);
         }
         Ok(())
     })?;
-    if engine.is_none() {
-        bail!("{name}: empty log");
+    let Some(mut engine) = engine else { bail!("{name}: empty log") };
+    report.tree = engine.take_tree();
+    report.watcher_exit = Some(report.replay_exit());
+    Ok(Replayed { log: name, alerts, report })
+}
+
+/// A registry the policy allows but the log has no hosts for (it was recorded under a policy
+/// without it): replay cannot know which hosts that package manager used on the recording
+/// machine, so connections to them are judged as unknown destinations. Say so, once per
+/// registry.
+fn warn_unrecorded_registries(log: &str, policy: &Policy, start: &crate::event::Start) {
+    for pm in policy.registries() {
+        if !start.registries.contains_key(pm.as_str()) {
+            eprintln!(
+                "watcher: warning: {log}: the policy allows registry {}, but the log recorded no hosts for it \
+                 (it was recorded under a policy without that registry); connections to that registry are judged \
+                 as unknown destinations",
+                pm.as_str()
+            );
+        }
     }
-    Ok(Replayed { log: name, alerts, summary })
 }
 
 /// Run the replay command; returns the exit code.
 pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
+    use std::io::IsTerminal as _;
     let mut violations = 0usize;
     let mut reports = Vec::new();
     for log in &opts.logs {
         let r = replay_one(log, &opts, |a| {
-            if !opts.json {
-                if let Some(l) = event_line(&Event::Alert(a.clone())) {
-                    println!("{l}");
-                }
+            if opts.format == Format::Text
+                && let Some(l) = event_line(&Event::Alert(a.clone()))
+            {
+                println!("{l}");
             }
         })?;
         violations += r.alerts.len();
-        if opts.json {
-            reports.push(serde_json::json!({
-                "log": r.log,
-                "alerts": r.alerts,
-                "lost": r.summary.lost_total(),
-            }));
-        } else {
-            print!("{}: {}", r.log, r.summary.render());
-        }
+        reports.push(r.report);
     }
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "logs": reports }))?);
-    }
+    let colour = report::colour_for(std::io::stdout().is_terminal());
+    print!("{}", report::render_all(&reports, opts.format, colour));
+    report::append_step_summary(&reports);
     Ok(if violations > 0 { crate::exitcode::POLICY_VIOLATION } else { 0 })
 }

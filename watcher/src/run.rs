@@ -21,7 +21,7 @@ use crate::{
     exitcode,
     log::LogWriter,
     record,
-    report::{Summary, event_line},
+    report::{self, Report, event_line},
     sensor::{COUNTER_NAMES, Sensor, SensorConfig},
 };
 
@@ -33,6 +33,10 @@ pub struct RunOptions {
     pub policy: Option<PathBuf>,
     /// Overrides the policy's mode.
     pub mode: Option<Mode>,
+    /// Write the end-of-step report to this file (stdout belongs to the command).
+    pub report: Option<PathBuf>,
+    /// Its format; by default from the file's extension (`.json`, `.sarif`, `.md`, else text).
+    pub report_format: Option<report::Format>,
 }
 
 /// Variable-name globs whose values are always looked for in DNS names (besides the policy's
@@ -122,7 +126,7 @@ pub struct AlertTiming {
 struct Sinks {
     log: Option<LogWriter>,
     quiet: bool,
-    summary: Summary,
+    summary: Report,
     root_pid: u32,
     watcher_pid: u32,
     engine: Option<Engine>,
@@ -246,6 +250,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         Some(p) => Some(LogWriter::create(p)?),
         None => None,
     };
+    let report_file = match &opts.report {
+        Some(p) => Some(std::fs::File::create(p).with_context(|| format!("{}: cannot write the report", p.display()))?),
+        None => None,
+    };
 
     let root = cgroup2_root()?;
     if !nix::unistd::geteuid().is_root() {
@@ -273,7 +281,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let mut sinks = Sinks {
         log,
         quiet: opts.quiet,
-        summary: Summary::default(),
+        summary: Report { log: opts.log.as_ref().map(|p| p.display().to_string()), ..Default::default() },
         root_pid: 0,
         watcher_pid,
         engine: prepared.policy.clone().map(Engine::new),
@@ -415,12 +423,27 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     }
     drop(sensor); // detaches every program (the links are owned by this process)
     cgroup.remove()?;
-    eprint!("{}", prefix_lines(&sinks.summary.render(), "watcher: "));
+    sinks.summary.watcher_exit = Some(code);
+    write_reports(&sinks.summary, report_file, &opts)?;
     if code != cmd_code {
         eprintln!("watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
             if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" });
     }
     Ok((code, sinks.timings))
+}
+
+/// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
+fn write_reports(r: &Report, file: Option<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let colour = report::colour_for(std::io::stderr().is_terminal());
+    eprint!("{}", prefix_lines(&report::text::render(r, report::text::Paint(colour)), "watcher: "));
+    if let (Some(mut f), Some(path)) = (file, &opts.report) {
+        let format = opts.report_format.unwrap_or_else(|| report::Format::from_path(path));
+        f.write_all(report::render_one(r, format, false).as_bytes())
+            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+    }
+    report::append_step_summary(std::slice::from_ref(r));
+    Ok(())
 }
 
 fn prefix_lines(s: &str, p: &str) -> String {

@@ -12,6 +12,8 @@ use crate::{event::Event, proctree::{ProcTree, is_shell}};
 #[derive(Default)]
 pub struct Suggester {
     registries: BTreeMap<String, BTreeSet<String>>,
+    /// Package managers whose registry hosts the runs connected to.
+    used_registries: BTreeSet<String>,
     resolvers: BTreeSet<IpAddr>,
     answered: BTreeMap<IpAddr, BTreeSet<String>>,
     hosts: BTreeMap<String, BTreeSet<u16>>,
@@ -51,6 +53,16 @@ impl Suggester {
                 }
             }
             Event::Connect(c) if c.dport != 53 => {
+                // A registry is used when a connection goes to one of its hosts: an address
+                // literal (a registry configured by IP, e.g. a mirror on loopback) or a name
+                // whose DNS answer gave the address.
+                let literal = c.daddr.to_string();
+                let names = self.answered.get(&c.daddr);
+                for (pm, hosts) in &self.registries {
+                    if hosts.contains(&literal) || names.is_some_and(|n| n.iter().any(|n| hosts.contains(n))) {
+                        self.used_registries.insert(pm.clone());
+                    }
+                }
                 if c.daddr.is_loopback() {
                     self.loopback = true;
                 } else if let Some(names) = self.answered.get(&c.daddr) {
@@ -85,7 +97,7 @@ impl Suggester {
         let used: Vec<&String> = self
             .registries
             .iter()
-            .filter(|(_, hosts)| hosts.iter().any(|h| self.hosts.contains_key(h)))
+            .filter(|(pm, hosts)| self.used_registries.contains(*pm) || hosts.iter().any(|h| self.hosts.contains_key(h)))
             .map(|(pm, _)| pm)
             .collect();
         y.push_str(&format!("  registries: [{}]\n", used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
@@ -137,5 +149,51 @@ impl Suggester {
         y.push_str("    shells: deny\n");
         y.push_str("secrets:\n  env: [\"AWS_*\", \"*_TOKEN\", \"*_PASSWORD\", \"*_SECRET\", \"*_KEY\"]\n");
         y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Connect, Proc, Proto, Start, Ts};
+
+    fn start(registries: &[(&str, &str)]) -> Event {
+        Event::Start(Start {
+            ts: Ts(0),
+            schema: 1,
+            watcher: "t".into(),
+            mode: "run".into(),
+            command: vec![],
+            pid: 1,
+            sensors: vec![],
+            resolvers: vec![],
+            registries: registries.iter().map(|(pm, h)| (pm.to_string(), vec![h.to_string()])).collect(),
+            policy: None,
+        })
+    }
+
+    fn connect(ip: &str, port: u16) -> Event {
+        Event::Connect(Connect {
+            ts: Ts(1),
+            proc: Proc { pid: 2, ppid: 1, comm: "npm".into(), uid: 0 },
+            daddr: ip.parse().unwrap(),
+            dport: port,
+            proto: Proto::Tcp,
+            op: "connect".into(),
+            allowed: true,
+        })
+    }
+
+    #[test]
+    fn a_registry_configured_by_address_is_named_when_it_was_used() {
+        let mut s = Suggester::default();
+        s.add(&start(&[("npm", "127.0.0.1"), ("pip", "127.0.0.9")]));
+        s.add(&connect("127.0.0.1", 4873));
+        let y = s.render("p");
+        assert!(y.contains("registries: [npm]\n"), "{y}");
+        let mut s = Suggester::default();
+        s.add(&start(&[("npm", "127.0.0.1")]));
+        s.add(&connect("127.0.0.2", 4873));
+        assert!(s.render("p").contains("registries: []\n"));
     }
 }

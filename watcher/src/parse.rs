@@ -1,0 +1,535 @@
+//! Fast reading of event log lines, for replay of big logs. Same schema, same results as
+//! `serde_json::from_str::<Event>` (the reference path), only faster: `Event` is an
+//! internally tagged enum with flattened process fields, which serde buffers through its
+//! generic `Content` tree. Here the `kind` is found first (the writer puts it first), then the
+//! line is deserialized straight into a flat struct for that kind. Anything unusual (kind not
+//! first, an error) goes through the reference path, so accepted input and error messages are
+//! exactly the reference's.
+//!
+//! The flat structs mirror the event structs field for field; the conversions below build
+//! the event structs with struct literals, so a field added to an event without its mirror
+//! here does not compile. `tests` checks both paths agree over every kind with every
+//! optional field set and unset.
+use std::{collections::BTreeMap, io::BufRead, net::IpAddr};
+
+use serde::Deserialize;
+
+use crate::event::{
+    Alert, Connect, Dns, End, Event, Exec, Exit, Fork, Loss, Proc, Proto, SecretMatch, Send, Start, Ts,
+};
+
+/// The reference path: serde's derive for [`Event`].
+pub fn parse_reference(line: &[u8]) -> Result<Event, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+/// Parse one log line (without or with its newline).
+pub fn parse_line(line: &[u8]) -> Result<Event, serde_json::Error> {
+    match fast(line) {
+        Some(Ok(e)) => Ok(e),
+        _ => parse_reference(line),
+    }
+}
+
+/// `{"kind":"exec",...` -> `exec`.
+fn leading_kind(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"{\"kind\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    Some(&rest[..end])
+}
+
+fn fast(line: &[u8]) -> Option<Result<Event, serde_json::Error>> {
+    let kind = leading_kind(line)?;
+    // Validate UTF-8 once for the whole line (serde_json then skips it for every string).
+    let line = std::str::from_utf8(line).ok()?;
+    Some(match kind {
+        b"exec" => serde_json::from_str::<FExec>(line).map(Into::into),
+        b"fork" => serde_json::from_str::<FFork>(line).map(Into::into),
+        b"exit" => serde_json::from_str::<FExit>(line).map(Into::into),
+        b"connect" => serde_json::from_str::<FConnect>(line).map(Into::into),
+        b"dns" => serde_json::from_str::<FDns>(line).map(Into::into),
+        b"send" => serde_json::from_str::<FSend>(line).map(Into::into),
+        // No flattening in these: their own derives read them directly (`kind` is ignored as
+        // an unknown field, as the tagged enum does).
+        b"start" => serde_json::from_str::<Start>(line).map(Event::Start),
+        b"loss" => serde_json::from_str::<Loss>(line).map(Event::Loss),
+        b"alert" => serde_json::from_str::<Alert>(line).map(Event::Alert),
+        b"end" => serde_json::from_str::<End>(line).map(Event::End),
+        _ => return None,
+    })
+}
+
+/// Call `f` for each non-blank line of `r` with its 1-based number. Lines are parsed in place
+/// in the reader's buffer; only a line split across two buffer fills is copied.
+pub fn for_each_line(
+    r: &mut dyn BufRead,
+    mut f: impl FnMut(&[u8], u64) -> anyhow::Result<()>,
+    mut read_error: impl FnMut(std::io::Error, u64) -> anyhow::Error,
+) -> anyhow::Result<()> {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut n = 0u64;
+    let mut line = |l: &[u8], n: &mut u64| -> anyhow::Result<()> {
+        *n += 1;
+        if l.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(());
+        }
+        f(l, *n)
+    };
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e, n + 1)),
+        };
+        if buf.is_empty() {
+            if !carry.is_empty() {
+                line(&carry, &mut n)?;
+            }
+            return Ok(());
+        }
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
+            let end = start + i;
+            if carry.is_empty() {
+                line(&buf[start..end], &mut n)?;
+            } else {
+                carry.extend_from_slice(&buf[start..end]);
+                line(&carry, &mut n)?;
+                carry.clear();
+            }
+            start = end + 1;
+        }
+        carry.extend_from_slice(&buf[start..]);
+        let len = buf.len();
+        r.consume(len);
+    }
+}
+
+fn dns_port() -> u16 {
+    53
+}
+
+#[derive(Deserialize)]
+struct FExec {
+    ts: Ts,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    #[serde(default)]
+    uid: u32,
+    filename: String,
+    argv: Vec<String>,
+    #[serde(default)]
+    argv_truncated: bool,
+    #[serde(default)]
+    argv_redacted: bool,
+    #[serde(default)]
+    cgroup_id: u64,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    killed: bool,
+    #[serde(default)]
+    shell: bool,
+    #[serde(default)]
+    cwd: Option<String>,
+}
+
+impl From<FExec> for Event {
+    fn from(x: FExec) -> Event {
+        Event::Exec(Exec {
+            ts: x.ts,
+            proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid },
+            filename: x.filename,
+            argv: x.argv,
+            argv_truncated: x.argv_truncated,
+            argv_redacted: x.argv_redacted,
+            cgroup_id: x.cgroup_id,
+            env: x.env,
+            killed: x.killed,
+            shell: x.shell,
+            cwd: x.cwd,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct FFork {
+    ts: Ts,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    #[serde(default)]
+    uid: u32,
+}
+
+impl From<FFork> for Event {
+    fn from(x: FFork) -> Event {
+        Event::Fork(Fork { ts: x.ts, proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid } })
+    }
+}
+
+#[derive(Deserialize)]
+struct FExit {
+    ts: Ts,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    exit_code: Option<i32>,
+}
+
+impl From<FExit> for Event {
+    fn from(x: FExit) -> Event {
+        Event::Exit(Exit { ts: x.ts, proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid }, exit_code: x.exit_code })
+    }
+}
+
+#[derive(Deserialize)]
+struct FConnect {
+    ts: Ts,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    #[serde(default)]
+    uid: u32,
+    daddr: IpAddr,
+    dport: u16,
+    proto: Proto,
+    op: String,
+    allowed: bool,
+}
+
+impl From<FConnect> for Event {
+    fn from(x: FConnect) -> Event {
+        Event::Connect(Connect {
+            ts: x.ts,
+            proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid },
+            daddr: x.daddr,
+            dport: x.dport,
+            proto: x.proto,
+            op: x.op,
+            allowed: x.allowed,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct FDns {
+    ts: Ts,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    #[serde(default)]
+    uid: u32,
+    qname: String,
+    qtype: String,
+    server: IpAddr,
+    #[serde(default = "dns_port")]
+    server_port: u16,
+    proto: Proto,
+    id: u16,
+    #[serde(default)]
+    rcode: Option<String>,
+    #[serde(default)]
+    answers: Option<Vec<IpAddr>>,
+    #[serde(default)]
+    cnames: Vec<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    payload_len: u32,
+    allowed: bool,
+    #[serde(default)]
+    secrets: Vec<SecretMatch>,
+}
+
+impl From<FDns> for Event {
+    fn from(x: FDns) -> Event {
+        Event::Dns(Dns {
+            ts: x.ts,
+            proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid },
+            qname: x.qname,
+            qtype: x.qtype,
+            server: x.server,
+            server_port: x.server_port,
+            proto: x.proto,
+            id: x.id,
+            rcode: x.rcode,
+            answers: x.answers,
+            cnames: x.cnames,
+            error: x.error,
+            payload_len: x.payload_len,
+            allowed: x.allowed,
+            secrets: x.secrets,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct FSend {
+    ts: Ts,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    #[serde(default)]
+    uid: u32,
+    daddr: IpAddr,
+    dport: u16,
+    proto: Proto,
+    bytes: u32,
+    #[serde(default)]
+    secrets: Vec<SecretMatch>,
+}
+
+impl From<FSend> for Event {
+    fn from(x: FSend) -> Event {
+        Event::Send(Send {
+            ts: x.ts,
+            proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid },
+            daddr: x.daddr,
+            dport: x.dport,
+            proto: x.proto,
+            bytes: x.bytes,
+            secrets: x.secrets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both paths over one line: equal events, or both errors.
+    fn agree(line: &str) {
+        let fast = parse_line(line.as_bytes());
+        let reference = parse_reference(line.as_bytes());
+        match (&fast, &reference) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{line}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{line}"),
+            _ => panic!("paths disagree on {line}: fast {fast:?}, reference {reference:?}"),
+        }
+        // And the fast path itself (not its fallback) agrees whenever it answers.
+        if let (Some(Ok(a)), Ok(b)) = (fast_only(line), &reference) {
+            assert_eq!(&a, b, "{line}");
+        }
+    }
+
+    fn fast_only(line: &str) -> Option<Result<Event, serde_json::Error>> {
+        fast(line.as_bytes())
+    }
+
+    /// Every line of the checked-in logs, through both paths; and every line re-serialised is
+    /// byte-identical (the writer is untouched).
+    #[test]
+    fn fixture_logs_read_identically() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reports");
+        let mut lines = 0;
+        for f in ["alerts.jsonl", "clean.jsonl"] {
+            for line in std::fs::read_to_string(dir.join(f)).unwrap().lines() {
+                agree(line);
+                let e = fast_only(line).expect("the writer puts kind first").unwrap();
+                assert_eq!(serde_json::to_string(&e).unwrap(), line);
+                lines += 1;
+            }
+        }
+        assert!(lines > 100);
+    }
+
+    #[test]
+    fn lines_are_split_alike_across_buffer_fills() {
+        let text = "a\n\n  \nbcd\r\nlast-without-newline";
+        for cap in [1, 2, 3, 5, 64] {
+            let mut r = std::io::BufReader::with_capacity(cap, text.as_bytes());
+            let mut got = Vec::new();
+            let push = |l: &[u8], n| {
+                got.push((String::from_utf8(l.to_vec()).unwrap(), n));
+                Ok(())
+            };
+            for_each_line(&mut r, push, |e, _| e.into()).unwrap();
+            assert_eq!(got, [("a".into(), 1), ("bcd\r".into(), 4), ("last-without-newline".into(), 5)], "capacity {cap}");
+        }
+    }
+
+    #[test]
+    fn unusual_lines_fall_back_or_fail_alike() {
+        for line in [
+            // kind not first
+            r#"{"ts":"2026-11-23T10:00:01Z","kind":"fork","pid":2,"ppid":1,"comm":"sh"}"#,
+            // spaces
+            r#"{ "kind" : "fork", "ts":"2026-11-23T10:00:01Z","pid":2,"ppid":1,"comm":"sh"}"#,
+            // missing field, wrong type, unknown kind, bad timestamp, bad address, trailing junk
+            r#"{"kind":"fork","ts":"2026-11-23T10:00:01Z","pid":2,"comm":"sh"}"#,
+            r#"{"kind":"fork","ts":"2026-11-23T10:00:01Z","pid":"2","ppid":1,"comm":"sh"}"#,
+            r#"{"kind":"teleport","ts":"2026-11-23T10:00:01Z"}"#,
+            r#"{"kind":"exit","ts":"yesterday","pid":2,"ppid":1,"comm":"sh"}"#,
+            r#"{"kind":"connect","ts":"2026-11-23T10:00:01Z","pid":2,"ppid":1,"comm":"c","daddr":"999.1.1.1","dport":1,"proto":"tcp","op":"connect","allowed":true}"#,
+            r#"{"kind":"fork","ts":"2026-11-23T10:00:01Z","pid":2,"ppid":1,"comm":"sh"} x"#,
+            // escapes in strings, unknown extra fields (a newer writer), uid absent
+            r#"{"kind":"exec","ts":"2026-11-23T10:00:01.5Z","pid":2,"ppid":1,"comm":"s\u0001h","filename":"/bin/\"sh\"","argv":["a\nb"],"future":[1,{"x":2}]}"#,
+            r#"{"kind":"dns","ts":"2026-11-23T10:00:01Z","pid":2,"ppid":1,"comm":"d","qname":"","qtype":"?","server":"::1","proto":"udp","id":7,"error":"short","allowed":false}"#,
+            r#"{"kind":"end","ts":"2026-11-23T10:00:01Z","lost":0}"#,
+            r#"{"kind":"exec"}"#,
+            r#"{"kind":"#,
+            "",
+        ] {
+            agree(line);
+        }
+    }
+
+    /// Generated events of every kind with optional fields set and unset: write, read back
+    /// through both paths, identical (property-style: many random combinations).
+    #[test]
+    fn generated_events_round_trip_through_both_paths() {
+        let mut g = crate::parse::generate::Gen::new(42);
+        for _ in 0..20_000 {
+            let e = g.any_event();
+            let line = serde_json::to_string(&e).unwrap();
+            let fast = fast_only(&line).expect("kind first").unwrap();
+            assert_eq!(fast, e, "{line}");
+            assert_eq!(parse_reference(line.as_bytes()).unwrap(), e);
+        }
+    }
+}
+
+/// Random but plausible events (for the round-trip test and the replay benchmark).
+pub mod generate {
+    use super::*;
+    use crate::event::{PolicyInfo, SensorState};
+
+    /// xorshift64*: deterministic, no dependency.
+    pub struct Gen {
+        s: u64,
+    }
+
+    impl Gen {
+        pub fn new(seed: u64) -> Gen {
+            Gen { s: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
+        }
+        pub fn next_u64(&mut self) -> u64 {
+            self.s ^= self.s >> 12;
+            self.s ^= self.s << 25;
+            self.s ^= self.s >> 27;
+            self.s.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next_u64() % n.max(1)
+        }
+        pub fn chance(&mut self, pct: u64) -> bool {
+            self.below(100) < pct
+        }
+        fn word(&mut self) -> String {
+            const W: &[&str] = &["node", "sh", "npm", "python3", "cc1", "ld", "git", "curl", "a\"b", "ü\\x", "es\u{1}c"];
+            W[self.below(W.len() as u64) as usize].to_string()
+        }
+        fn ip(&mut self) -> IpAddr {
+            if self.chance(30) {
+                IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, self.below(65536) as u16))
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::from(self.next_u64() as u32))
+            }
+        }
+        fn proc(&mut self) -> Proc {
+            Proc { pid: self.next_u64() as u32, ppid: self.next_u64() as u32, comm: self.word(), uid: if self.chance(50) { 0 } else { 1000 } }
+        }
+        fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+            if self.chance(50) { Some(f(self)) } else { None }
+        }
+        fn vec<T>(&mut self, max: u64, mut f: impl FnMut(&mut Self) -> T) -> Vec<T> {
+            (0..self.below(max + 1)).map(|_| f(self)).collect()
+        }
+        fn secret(&mut self) -> SecretMatch {
+            SecretMatch {
+                variable: "AWS_SECRET_ACCESS_KEY".into(),
+                encoding: "base64".into(),
+                redacted: self.opt(|_| "AK…(20 chars)".to_string()),
+            }
+        }
+        fn proto(&mut self) -> Proto {
+            [Proto::Tcp, Proto::Udp, Proto::Other][self.below(3) as usize]
+        }
+
+        pub fn any_event(&mut self) -> Event {
+            let ts = Ts(self.below(4_000_000_000) * 1_000_000_000 + self.below(1_000_000_000));
+            match self.below(10) {
+                0 => Event::Start(Start {
+                    ts,
+                    schema: 1,
+                    watcher: "0.1.0".into(),
+                    mode: "run".into(),
+                    command: self.vec(3, Self::word),
+                    pid: self.next_u64() as u32,
+                    sensors: vec![SensorState { name: "dns".into(), active: true, detail: self.opt(Self::word) }],
+                    resolvers: self.vec(2, Self::ip),
+                    registries: if self.chance(50) { BTreeMap::from([("npm".to_string(), vec!["r.test".to_string()])]) } else { BTreeMap::new() },
+                    policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
+                }),
+                1 => Event::Exec(Exec {
+                    ts,
+                    proc: self.proc(),
+                    filename: self.word(),
+                    argv: self.vec(4, Self::word),
+                    argv_truncated: self.chance(10),
+                    argv_redacted: self.chance(10),
+                    cgroup_id: self.next_u64(),
+                    env: if self.chance(30) { BTreeMap::from([("npm_package_name".to_string(), self.word())]) } else { BTreeMap::new() },
+                    killed: self.chance(10),
+                    shell: self.chance(10),
+                    cwd: self.opt(Self::word),
+                }),
+                2 => Event::Fork(Fork { ts, proc: self.proc() }),
+                3 => Event::Exit(Exit { ts, proc: self.proc(), exit_code: self.opt(|g| g.next_u64() as i32) }),
+                4 => Event::Connect(Connect {
+                    ts,
+                    proc: self.proc(),
+                    daddr: self.ip(),
+                    dport: self.next_u64() as u16,
+                    proto: self.proto(),
+                    op: if self.chance(50) { "connect".into() } else { "sendto".into() },
+                    allowed: self.chance(90),
+                }),
+                5 => Event::Dns(Dns {
+                    ts,
+                    proc: self.proc(),
+                    qname: self.word(),
+                    qtype: "AAAA".into(),
+                    server: self.ip(),
+                    server_port: if self.chance(80) { 53 } else { 5353 },
+                    proto: self.proto(),
+                    id: self.next_u64() as u16,
+                    rcode: self.opt(|_| "NOERROR".to_string()),
+                    answers: self.opt(|g| g.vec(3, Self::ip)),
+                    cnames: self.vec(2, Self::word),
+                    error: self.opt(Self::word),
+                    payload_len: self.next_u64() as u32,
+                    allowed: self.chance(80),
+                    secrets: self.vec(1, Self::secret),
+                }),
+                6 => Event::Send(Send {
+                    ts,
+                    proc: self.proc(),
+                    daddr: self.ip(),
+                    dport: self.next_u64() as u16,
+                    proto: self.proto(),
+                    bytes: self.next_u64() as u32,
+                    secrets: self.vec(2, Self::secret),
+                }),
+                7 => Event::Loss(Loss { ts, source: self.word(), count: self.next_u64(), total: self.next_u64() }),
+                8 => Event::Alert(Alert {
+                    ts,
+                    rule: "egress-denied".into(),
+                    action: "flag".into(),
+                    severity: "high".into(),
+                    pid: self.next_u64() as u32,
+                    package: self.opt(Self::word),
+                    message: self.word(),
+                    variable: self.opt(Self::word),
+                    redacted: self.opt(Self::word),
+                }),
+                _ => Event::End(End { ts, exit_code: self.opt(|g| g.next_u64() as i32), lost: self.next_u64() }),
+            }
+        }
+    }
+}
