@@ -304,7 +304,7 @@ mod tests {
     use super::*;
 
     fn task(pid: u32, boot_ns: u64) -> Task {
-        Task { pid, tid: pid, ppid: 1, boot_ns, cgroup_id: 0, uid: 0, gid: 0, comm: "npm".into() }
+        Task { pid, tid: pid, ppid: 1, boot_ns, cgroup_id: 0, uid: 0, gid: 0, comm: "npm".into(), job: 0 }
     }
 
     fn query(id: u16, name: &str) -> Vec<u8> {
