@@ -273,6 +273,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<i32> {
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
         policy: policy_info.clone(),
+        job: None,
     }))?;
     if !opts.quiet {
         let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();

@@ -70,17 +70,18 @@ pub struct SensorConfig {
     pub ringbuf_bytes: u32,
     /// The cgroup v2 directory the socket and packet hooks attach to.
     pub cgroup: PathBuf,
-    /// Daemon mode: hooks attached with BPF_F_ALLOW_MULTI (at the cgroup root, other
-    /// programs below keep working), and unwatched processes whose exec environment carries
-    /// one of `job_env` start a job.
+    /// Daemon mode: unwatched processes whose exec environment carries one of `job_env` start
+    /// a job (the hooks are then attached at the cgroup root).
     pub daemon: bool,
     /// Variables that name a job (daemon mode), captured at exec with ENV_FLAG_JOB.
     pub job_env: Vec<String>,
+    /// More variables to capture at exec (daemon mode: the pipeline variables).
+    pub extra_env: Vec<String>,
 }
 
 impl SensorConfig {
     pub fn run(ringbuf_bytes: u32, cgroup: PathBuf) -> SensorConfig {
-        SensorConfig { ringbuf_bytes, cgroup, daemon: false, job_env: Vec::new() }
+        SensorConfig { ringbuf_bytes, cgroup, daemon: false, job_env: Vec::new(), extra_env: Vec::new() }
     }
 }
 
@@ -257,7 +258,9 @@ impl Sensor {
             detail: Some("tracepoints: execve/execveat, clone/fork, sched_process_fork/exit".into()),
         });
 
-        let attach_mode = if cfg.daemon { CgroupAttachMode::AllowMultiple } else { CgroupAttachMode::Single };
+        // Attached as BPF links, which always have BPF_F_ALLOW_MULTI semantics (the kernel refuses
+        // explicit flags for cgroup links): programs attached further down keep working.
+        let attach_mode = CgroupAttachMode::Single;
         let cgroup = std::fs::File::open(&cfg.cgroup)
             .with_context(|| format!("cannot open cgroup {}", cfg.cgroup.display()))?;
         for prog in SOCK_ADDR_PROGS {
@@ -312,10 +315,12 @@ impl Sensor {
                 ebpf.map_mut("ENV_CAPTURE").ok_or_else(|| anyhow!("no ENV_CAPTURE map"))?,
             )?;
             let mut all: Vec<(String, u32)> = CAPTURED_ENV.iter().map(|(n, f)| (n.to_string(), *f)).collect();
-            for name in &cfg.job_env {
-                match all.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, f)) => *f |= ENV_FLAG_JOB,
-                    None => all.push((name.clone(), ENV_FLAG_CAPTURE | ENV_FLAG_JOB)),
+            for (names, flag) in [(&cfg.job_env, ENV_FLAG_JOB), (&cfg.extra_env, 0)] {
+                for name in names {
+                    match all.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, f)) => *f |= flag,
+                        None => all.push((name.clone(), ENV_FLAG_CAPTURE | flag)),
+                    }
                 }
             }
             for (name, flags) in &all {
