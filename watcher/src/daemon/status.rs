@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::StatusReport;
 
@@ -41,6 +41,9 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 pub fn serve(mut stream: tokio::net::UnixStream, body: String) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            // Read the request first: closing with unread data would reset the connection.
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf).await;
             let _ = stream.write_all(body.as_bytes()).await;
             let _ = stream.write_all(b"\n").await;
             let _ = stream.shutdown().await;
@@ -55,6 +58,7 @@ pub fn query(path: &Path) -> anyhow::Result<String> {
     })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let _ = s.write_all(b"status\n");
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = String::new();
     s.read_to_string(&mut out).with_context(|| format!("reading from {}", path.display()))?;
     Ok(out.trim_end().to_string())

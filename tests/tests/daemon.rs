@@ -1,0 +1,308 @@
+//! `watcher daemon`: two CI jobs on one host (processes carrying different job variables),
+//! each under its own pipeline policy, each with its own log; fail-closed job start; SIGHUP
+//! with a broken policy; `watcher status`; metrics; SIGTERM leaves nothing attached.
+//!
+//! The jobs are recognised by test-only variable names (WDT_RUN_ID / WDT_REPO, configured
+//! in the daemon's config) rather than GITHUB_RUN_ID: the CI running this suite may itself
+//! set GITHUB_RUN_ID for every process, and other tests run at the same time.
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use watcher_tests::{Listener, TempDir, netprobe_bin, read_jsonl, root_or_skip, wait_until, watcher_bin};
+
+struct Daemon {
+    child: Option<Child>,
+    stderr: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, dir: &TempDir) -> Daemon {
+        let stderr = dir.join("daemon.stderr");
+        let child = Command::new(watcher_bin())
+            .args(["daemon", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock") };
+        assert!(wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")), "daemon did not start: {}", d.log());
+        d
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        let out = Command::new(watcher_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    fn stop(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        for _ in 0..200 {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("daemon did not stop on SIGTERM: {}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// BPF program ids the process holds (its prog and link file descriptors name them).
+fn bpf_prog_ids(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("prog_id:") {
+                ids.push(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn job(id: &str, repo: &str, script: &str) -> (Option<i32>, String) {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .env("WDT_RUN_ID", id)
+        .env("WDT_REPO", repo)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn job_status<'a>(st: &'a Value, id: &str) -> Option<&'a Value> {
+    st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_RUN_ID={id}"))
+}
+
+fn wait_ended(d: &Daemon, id: &str) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(Duration::from_secs(20), || {
+        last = d.status();
+        job_status(&last, id).is_some_and(|j| j["state"] == "ended")
+    });
+    assert!(ok, "job {id} did not end: {last:#}\n{}", d.log());
+    job_status(&last, id).unwrap().clone()
+}
+
+fn policy(pipeline: &str, mode: &str, ok_port: u16) -> String {
+    format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - cidr: 127.0.0.1/32\n      ports: [{ok_port}]\n")
+}
+
+fn alerts(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "alert")
+        .map(|e| (e["rule"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn two_jobs_each_under_its_own_policy_with_its_own_log() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-test");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp)).unwrap();
+    std::fs::write(dir.join("open.yaml"), policy("open", "audit", okp)).unwrap();
+    let metrics_port = free_port();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\nmetrics: 127.0.0.1:{metrics_port}\njob_end_grace: 300ms\n\
+             jobs:\n  id_env: [WDT_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+             pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n  - match: \"acme/*\"\n    policy: open.yaml\n"
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let mode = std::fs::metadata(&d.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    assert_eq!(mode, 0o600, "status socket must be root-only");
+
+    let tag = std::process::id();
+    let (ida, idb) = (format!("{tag}01"), format!("{tag}02"));
+    let np = netprobe_bin().display().to_string();
+    let script = |marker: &str| format!("{np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp} && echo {marker} >/dev/null");
+    // Job A (enforce): the forbidden connect is denied in the kernel.
+    let (code, err_a) = job(&ida, "acme/secure", &script("marker-a"));
+    assert_eq!(code, Some(0), "{err_a}");
+    assert!(err_a.contains(&format!("connect 127.0.0.2:{badp}: Operation not permitted (EPERM)")), "{err_a}");
+    assert_eq!(bad.connections(), 0, "the enforce job reached a forbidden address: {err_a}");
+    assert_eq!(ok.connections(), 1, "{err_a}");
+    // Job B (audit): the same connect goes through and is only flagged.
+    let (code, err_b) = job(&idb, "acme/open", &script("marker-b"));
+    assert_eq!(code, Some(0), "{err_b}");
+    assert!(!err_b.contains("EPERM"), "{err_b}");
+    assert_eq!(bad.connections(), 1, "{err_b}");
+    // A process of no job is neither enforced nor logged.
+    let out = Command::new(&np).args(["tcp", &format!("127.0.0.2:{badp}")]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("EPERM"));
+    assert_eq!(bad.connections(), 2);
+
+    let sa = wait_ended(&d, &ida);
+    let sb = wait_ended(&d, &idb);
+    assert_eq!((sa["mode"].as_str(), sa["alerts"].as_u64()), (Some("enforce"), Some(1)), "{sa:#}");
+    assert_eq!((sb["mode"].as_str(), sb["alerts"].as_u64()), (Some("audit"), Some(1)), "{sb:#}");
+
+    let la = read_jsonl(sa["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap());
+    let lb = read_jsonl(sb["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap());
+    assert!(Path::new(&dir.join(format!("logs/acme_secure_{ida}.jsonl"))).exists());
+    for (events, id, marker, other, action) in [(&la, &ida, "marker-a", "marker-b", "deny"), (&lb, &idb, "marker-b", "marker-a", "flag")] {
+        let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+        let start = &events[0];
+        assert_eq!(start["kind"], "start");
+        assert_eq!(start["mode"], "daemon");
+        assert_eq!(start["job"]["id"], format!("WDT_RUN_ID={id}"));
+        assert_eq!(events.last().unwrap()["kind"], "end", "{text:#?}");
+        assert_eq!(events.last().unwrap()["exit_code"], 0);
+        // Exactly its own processes: every pid in the log was started inside this job.
+        let own: std::collections::BTreeSet<u64> = events
+            .iter()
+            .filter(|e| e["kind"] == "exec" || e["kind"] == "fork")
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect();
+        for e in events.iter().filter(|e| e["pid"].is_u64() && e["kind"] != "start") {
+            assert!(own.contains(&e["pid"].as_u64().unwrap()), "foreign pid in job {id}: {e}");
+        }
+        assert!(text.iter().any(|l| l.contains(marker)), "{text:#?}");
+        assert!(!text.iter().any(|l| l.contains(other)), "the other job's events are in job {id}'s log: {text:#?}");
+        let connects: Vec<&Value> = events.iter().filter(|e| e["kind"] == "connect").collect();
+        assert_eq!(connects.len(), 2, "{text:#?}");
+        let forbidden = connects.iter().find(|c| c["daddr"] == "127.0.0.2").unwrap();
+        assert_eq!(forbidden["allowed"], action != "deny");
+        assert_eq!(alerts(events), vec![("egress-denied".to_string(), action.to_string())]);
+        // The log is the schema replay reads: replay gives the same verdict.
+        let st = Command::new(watcher_bin()).arg("replay").arg(sa["log"].as_str().map(|p| dir.join(p)).unwrap()).output().unwrap();
+        assert_eq!(st.status.code(), Some(77), "{}", String::from_utf8_lossy(&st.stdout));
+    }
+
+    // Fail closed: while the daemon cannot set a job up (here: it is stopped), the job's
+    // first program is held before its first instruction and reaches nothing.
+    let ida2 = format!("{tag}03");
+    d.signal(libc::SIGSTOP);
+    let mut held = Command::new(&np)
+        .args(["tcp", &format!("127.0.0.1:{okp}")])
+        .env("WDT_RUN_ID", &ida2)
+        .env("WDT_REPO", "acme/open")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = || std::fs::read_to_string(format!("/proc/{}/stat", held.id())).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()).flatten());
+    assert!(wait_until(Duration::from_secs(5), || state() == Some('T')), "the job's program was not held: state {:?}", state());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(), Some('T'));
+    assert_eq!(ok.connections(), 2, "a job ran before the daemon set it up");
+    d.signal(libc::SIGCONT);
+    let st = held.wait().unwrap();
+    assert!(st.success());
+    assert_eq!(ok.connections(), 3, "the held job did not run once set up");
+    wait_ended(&d, &ida2);
+
+    // SIGHUP with a broken policy: reported with its position, the old policy stays.
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp).replace("mode: enforce", "mode: enforcing")).unwrap();
+    d.signal(libc::SIGHUP);
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = d.status();
+        st["counters"]["reload_errors"] == 1
+    }), "{st:#}");
+    let err = st["counters"]["last_reload_error"].as_str().unwrap().to_string();
+    assert!(err.contains("secure.yaml:3:"), "{err}");
+    assert!(d.log().contains("reload failed"), "{}", d.log());
+    let idc = format!("{tag}04");
+    let (code, err_c) = job(&idc, "acme/secure", &script("marker-c"));
+    assert_eq!(code, Some(0));
+    assert!(err_c.contains("Operation not permitted (EPERM)"), "the previous enforce policy was not kept: {err_c}");
+    assert_eq!(bad.connections(), 2);
+    let sc = wait_ended(&d, &idc);
+    assert_eq!(sc["alerts"], 1);
+
+    // watcher status (text) and the metrics endpoint show jobs, alerts and lost counters.
+    let out = Command::new(watcher_bin()).args(["status", "--config"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("4 started") && text.contains("lost events: 0") && text.contains(&format!("acme_secure_{ida}")), "{text}");
+    assert!(text.contains("reloads: 1 (1 failed)"), "{text}");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut m = String::new();
+    s.read_to_string(&mut m).unwrap();
+    assert!(m.starts_with("HTTP/1.0 200 OK"), "{m}");
+    for line in ["watcher_jobs_started_total 4", "watcher_jobs_ended_total 4", "watcher_alerts_total 3",
+                 "watcher_reload_errors_total 1", "watcher_lost_events_total{source=\"exec\"} 0"] {
+        assert!(m.lines().any(|l| l == line), "metrics lack {line:?}:\n{m}");
+    }
+
+    // SIGTERM: clean exit, socket gone, none of the daemon's programs left in the kernel.
+    let progs = bpf_prog_ids(d.pid());
+    assert!(progs.len() >= 10, "{progs:?}");
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+    assert!(!d.socket.exists());
+    assert!(wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
+        !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
+    })), "programs of the stopped daemon are still loaded: {progs:?}");
+}
+
+#[test]
+fn a_bad_configuration_is_one_error_with_its_position() {
+    let dir = TempDir::new("watcher-daemon-config");
+    let config = dir.join("daemon.yaml");
+    std::fs::write(&config, "version: 1\nlog_dir: logs\npipelines:\n  - match: \"a/*\"\n    polcy: p.yaml\n").unwrap();
+    let out = Command::new(watcher_bin()).args(["daemon", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains(&format!("{}:5:5: pipelines[0]: unknown field `polcy`", config.display())), "{err}");
+    // A policy the configuration names is checked too.
+    std::fs::write(dir.join("p.yaml"), "version: 1\npipeline: x\nmode: sometimes\n").unwrap();
+    std::fs::write(&config, "version: 1\npipelines:\n  - match: \"a/*\"\n    policy: p.yaml\n").unwrap();
+    let out = Command::new(watcher_bin()).args(["daemon", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("p.yaml:3:"), "{err}");
+}
