@@ -217,6 +217,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = parse(Path::new("/etc/watcher/daemon.yaml"), include_str!("../../../dist/daemon.yaml")).unwrap();
+        assert_eq!(c.policy_for("acme/web-shop"), Some(Path::new("/etc/watcher/policies/npm.yaml")));
+        assert_eq!(c.policy_for("other/x"), None);
+        assert_eq!(c.job_end_grace, Duration::from_secs(10));
+    }
+
+    #[test]
     fn errors_name_file_line_and_column() {
         let e = parse(Path::new("d.yaml"), "version: 1\nsockett: /x\n").unwrap_err();
         assert_eq!(e.location.map(|l| l.line), Some(2), "{e}");
