@@ -306,3 +306,90 @@ fn a_bad_configuration_is_one_error_with_its_position() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("p.yaml:3:"), "{err}");
 }
+
+/// A cgroup directory removed (after killing what is left in it) on drop.
+struct CgroupDir(PathBuf);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        for sub in [self.0.join("job-1"), self.0.clone()] {
+            if let Ok(procs) = std::fs::read_to_string(sub.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: processes this test put in its own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = wait_until(Duration::from_secs(5), || std::fs::remove_dir(&sub).is_ok() || !sub.exists());
+        }
+    }
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let p = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    });
+    p.expect("no cgroup2 mount")
+}
+
+#[test]
+fn a_cgroup_matching_a_pattern_is_watched_as_a_job() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-cgtest");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp)).unwrap();
+    let parent = format!("watcher-daemon-cgtest-{}", std::process::id());
+    let root = cgroup2_root();
+    std::fs::create_dir(root.join(&parent)).unwrap();
+    let _guard = CgroupDir(root.join(&parent));
+    let config = dir.join("daemon.yaml");
+    // A job variable nobody sets: this test is about cgroups (and must not take the other
+    // test's jobs).
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+             jobs:\n  id_env: [WDT_UNUSED_{pid}]\n\
+             cgroups:\n  - match: \"{parent}/job-*\"\n    pipeline: acme/secure\n\
+             pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n",
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let cg = root.join(&parent).join("job-1");
+    std::fs::create_dir(&cg).unwrap();
+    let id = format!("cgroup={parent}/job-1");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str())
+    }), "the cgroup was not taken as a job: {st:#}\n{}", d.log());
+    // A process that moves itself into the cgroup, then runs the workload.
+    let np = netprobe_bin().display().to_string();
+    let out = Command::new("sh")
+        .args(["-c", &format!("echo $$ > {}/cgroup.procs && exec {np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp}", cg.display())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("connect 127.0.0.2:{badp}: Operation not permitted (EPERM)")), "{err}");
+    assert_eq!((ok.connections(), bad.connections()), (1, 0), "{err}");
+    std::fs::remove_dir(&cg).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str() && j["state"] == "ended")
+    }), "{st:#}");
+    let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).unwrap().clone();
+    let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
+    assert_eq!(events[0]["job"]["pipeline"], "acme/secure");
+    assert!(events.iter().any(|e| e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.ends_with("netprobe"))), "{events:#?}");
+    assert_eq!(alerts(&events), vec![("egress-denied".to_string(), "deny".to_string())]);
+    assert_eq!(events.last().unwrap()["kind"], "end");
+    assert_eq!(d.stop(), Some(0));
+}

@@ -43,6 +43,27 @@ struct RawConfig {
     jobs: Option<RawJobs>,
     #[serde(default)]
     pipelines: Vec<RawPipeline>,
+    #[serde(default)]
+    cgroups: Vec<RawCgroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCgroup {
+    /// Glob on the cgroup's path below the cgroup v2 root (`*` stays within one level).
+    #[serde(rename = "match")]
+    pattern: String,
+    /// Pipeline name that chooses the policy; default: the cgroup's path.
+    #[serde(default)]
+    pipeline: Option<String>,
+}
+
+/// A cgroup path pattern: every new cgroup that matches is watched as a job.
+#[derive(Debug, Clone)]
+pub struct CgroupRule {
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,9 +104,15 @@ pub struct Config {
     pub id_env: Vec<String>,
     pub pipeline_env: Vec<String>,
     pub pipelines: Vec<Pipeline>,
+    pub cgroups: Vec<CgroupRule>,
 }
 
 impl Config {
+    /// The first cgroup rule matching a path below the cgroup root (no leading '/').
+    pub fn cgroup_rule(&self, rel: &str) -> Option<&CgroupRule> {
+        self.cgroups.iter().find(|r| r.matcher.is_match(rel))
+    }
+
     /// The policy file for a pipeline name: the first matching entry; None when no entry
     /// matches or the entry has no policy.
     pub fn policy_for(&self, pipeline: &str) -> Option<&Path> {
@@ -188,7 +215,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
             .compile_matcher();
         pipelines.push(Pipeline { pattern: p.pattern, matcher, policy: p.policy.map(rel) });
     }
+    let mut cgroups = Vec::new();
+    for r in raw.cgroups {
+        let (l, c) = line_of(text, "cgroups");
+        let pattern = r.pattern.trim_start_matches('/').to_string();
+        let matcher = globset::GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| at(&file, l, c, format!("cgroups: pattern {:?}: {e}", r.pattern)))?
+            .compile_matcher();
+        cgroups.push(CgroupRule { pattern, matcher, pipeline: r.pipeline });
+    }
     Ok(Config {
+        cgroups,
         source: path.to_path_buf(),
         socket: raw.socket.map(rel).unwrap_or_else(|| DEFAULT_SOCKET.into()),
         log_dir: raw.log_dir.map(rel).unwrap_or_else(|| DEFAULT_LOG_DIR.into()),
@@ -214,6 +253,10 @@ mod tests {
         assert_eq!(c.policy_for("acme/web"), Some(Path::new("/etc/watcher/web.yaml")));
         assert_eq!(c.policy_for("other/x"), None);
         assert!(c.metrics.is_none());
+        let c = parse(Path::new("d.yaml"), "version: 1\ncgroups:\n  - match: /system.slice/runner-*.scope\n    pipeline: acme/ci\n").unwrap();
+        assert_eq!(c.cgroup_rule("system.slice/runner-1.scope").and_then(|r| r.pipeline.as_deref()), Some("acme/ci"));
+        assert!(c.cgroup_rule("system.slice/runner-1.scope/child").is_none());
+        assert!(c.cgroup_rule("other/runner-1.scope").is_none());
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Job {
     /// When the last process exited (the job is closed out after the grace period).
     pub idle_since: Option<Instant>,
     pub started: crate::event::Ts,
+    /// A job recognised by its cgroup: the cgroup's directory.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Job {

@@ -110,6 +110,11 @@ struct Daemon {
     loss_seen: [u64; COUNTER_NAMES.len()],
     decode_errors: u64,
     decode_reported: u64,
+    cgroup_root: PathBuf,
+    /// Watched cgroups (path below the root) -> (cgroup id, kernel job id).
+    cgroup_jobs: HashMap<String, (u64, u32)>,
+    next_cgroup_job: u32,
+    last_cgroup_scan: Option<Instant>,
 }
 
 impl Daemon {
@@ -129,10 +134,8 @@ impl Daemon {
         self.cfg.policy_for(pipeline).and_then(|p| self.policies.get(p).cloned())
     }
 
-    /// A new kernel job: find (or create) its daemon job, write its tables, continue it.
-    fn new_kernel_job(&mut self, kid: u32, env: &[(String, String)], argv: &[String]) -> anyhow::Result<()> {
-        let identity = Identity::from_env(env, &self.cfg.id_env, &self.cfg.pipeline_env)
-            .unwrap_or_else(|| Identity { id: format!("kernel-job={kid:#x}"), pipeline: String::new() });
+    /// The daemon job of an identity, created (log opened, policy chosen) when new.
+    fn ensure_job(&mut self, identity: Identity, command: &[String]) -> anyhow::Result<String> {
         if !self.jobs.contains_key(&identity.id) {
             let policy = self.policy_for(&identity.pipeline);
             let mut name = identity.file_stem();
@@ -143,7 +146,7 @@ impl Daemon {
             }
             self.used_names.insert(name.clone());
             let path = self.cfg.log_dir.join(format!("{name}.jsonl"));
-            let start = jobs::start_record(&identity, argv.to_vec(), self.sensor.states().to_vec(), self.resolvers.clone(), policy.as_deref());
+            let start = jobs::start_record(&identity, command.to_vec(), self.sensor.states().to_vec(), self.resolvers.clone(), policy.as_deref());
             let started = start.ts;
             let log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
             let secrets = policy.as_ref().map(|p| p.prepared.secrets.clone()).unwrap_or_default();
@@ -164,6 +167,7 @@ impl Daemon {
                 alerts: 0,
                 idle_since: None,
                 started,
+                cgroup: None,
             };
             tracing::info!(job = %name, id = %identity.id, pipeline = %identity.pipeline,
                 policy = %policy.as_ref().map(|p| p.path.display().to_string()).unwrap_or_else(|| "none".into()),
@@ -171,12 +175,86 @@ impl Daemon {
             self.counters.jobs_started += 1;
             self.jobs.insert(identity.id.clone(), job);
         }
-        let job = self.jobs.get_mut(&identity.id).expect("just inserted");
+        Ok(identity.id)
+    }
+
+    /// Write a job's tables for a kernel job id and route that id to it.
+    fn attach_kernel_job(&mut self, id: &str, kid: u32) -> anyhow::Result<()> {
+        let job = self.jobs.get_mut(id).expect("job exists");
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         self.sensor.apply_policy(kid, &tables)?;
         job.kernel_ids.insert(kid);
-        self.by_kernel.insert(kid, identity.id.clone());
+        self.by_kernel.insert(kid, id.to_string());
         Ok(())
+    }
+
+    /// A new kernel job: find (or create) its daemon job, write its tables (the caller then
+    /// continues the stopped process).
+    fn new_kernel_job(&mut self, kid: u32, env: &[(String, String)], argv: &[String]) -> anyhow::Result<()> {
+        let identity = Identity::from_env(env, &self.cfg.id_env, &self.cfg.pipeline_env)
+            .unwrap_or_else(|| Identity { id: format!("kernel-job={kid:#x}"), pipeline: String::new() });
+        let id = self.ensure_job(identity, argv)?;
+        self.attach_kernel_job(&id, kid)
+    }
+
+    /// Cgroup path patterns: every new cgroup that matches becomes a job (its tables written
+    /// first, then the cgroup put in the kernel's watch map: from then on each of its
+    /// processes is in the job at its next exec, fork, connect or packet).
+    fn scan_cgroups(&mut self) {
+        if self.cfg.cgroups.is_empty() {
+            return;
+        }
+        let mut found = Vec::new();
+        let mut stack = vec![(self.cgroup_root.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                let p = e.path();
+                let rel = p.strip_prefix(&self.cgroup_root).unwrap_or(&p).to_string_lossy().into_owned();
+                if !self.cgroup_jobs.contains_key(&rel) {
+                    if let Some(rule) = self.cfg.cgroup_rule(&rel) {
+                        found.push((rel.clone(), p.clone(), rule.pipeline.clone()));
+                    }
+                }
+                if depth < 8 {
+                    stack.push((p, depth + 1));
+                }
+            }
+        }
+        for (rel, path, pipeline) in found {
+            use std::os::unix::fs::MetadataExt as _;
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let cgid = meta.ino();
+            self.next_cgroup_job = self.next_cgroup_job.wrapping_add(1);
+            // Bit 30 as well: never a pid-named kernel job (pids stay below 2^22).
+            let kid = JOB_DAEMON_BIT | 0x4000_0000 | (self.next_cgroup_job & 0x3fff_ffff);
+            let identity = Identity { id: format!("cgroup={rel}"), pipeline: pipeline.unwrap_or_else(|| rel.clone()) };
+            let r = self.ensure_job(identity, &[]).and_then(|id| {
+                self.attach_kernel_job(&id, kid)?;
+                self.sensor.watch_cgroup(cgid, kid)?;
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.cgroup = Some(path.clone());
+                }
+                Ok(())
+            });
+            match r {
+                Ok(()) => {
+                    tracing::info!(cgroup = %rel, kernel_job = kid, "watching cgroup as a job");
+                    self.cgroup_jobs.insert(rel, (cgid, kid));
+                }
+                Err(e) => tracing::error!(cgroup = %rel, "cannot watch cgroup: {e:#}"),
+            }
+        }
+        // Cgroups that are gone: out of the watch map (their job ends when its processes have).
+        let gone: Vec<String> = self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
+        for rel in gone {
+            if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel) {
+                self.sensor.unwatch_cgroup(cgid);
+            }
+        }
     }
 
     fn handle(&mut self, rec: Record) -> anyhow::Result<()> {
@@ -252,6 +330,10 @@ impl Daemon {
     }
 
     fn tick(&mut self) -> anyhow::Result<()> {
+        if self.last_cgroup_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            self.scan_cgroups();
+            self.last_cgroup_scan = Some(Instant::now());
+        }
         let now = boot_now_ns();
         for job in self.jobs.values_mut() {
             let mut ev = Vec::new();
@@ -268,7 +350,9 @@ impl Daemon {
         let mut done = Vec::new();
         for (id, job) in self.jobs.iter_mut() {
             job.log.flush()?;
-            if job.live.is_empty() {
+            // A job recognised by its cgroup lasts as long as the cgroup.
+            let cgroup_busy = job.cgroup.as_ref().is_some_and(|c| c.exists());
+            if job.live.is_empty() && !cgroup_busy {
                 let since = *job.idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= grace {
                     done.push(id.clone());
@@ -390,7 +474,12 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         loss_seen: [0; COUNTER_NAMES.len()],
         decode_errors: 0,
         decode_reported: 0,
+        cgroup_root: root.clone(),
+        cgroup_jobs: HashMap::new(),
+        next_cgroup_job: 0,
+        last_cgroup_scan: None,
     };
+    d.scan_cgroups();
     let mut hup = signal(SignalKind::hangup()).context("installing signal handlers")?;
     let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
     let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;

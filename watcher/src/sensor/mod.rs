@@ -356,6 +356,14 @@ impl Sensor {
         Ok(())
     }
 
+    pub fn unwatch_cgroup(&mut self, cgroup_id: u64) {
+        if let Some(m) = self.ebpf.map_mut("WATCHED_CGROUPS") {
+            if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(m) {
+                let _ = m.remove(&cgroup_id);
+            }
+        }
+    }
+
     pub fn watch_pid(&mut self, pid: u32, ppid: u32, job: u32) -> anyhow::Result<()> {
         let mut m: HashMap<_, u32, ProcInfo> =
             HashMap::try_from(self.ebpf.map_mut("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?)?;
