@@ -393,3 +393,61 @@ fn a_cgroup_matching_a_pattern_is_watched_as_a_job() {
     assert_eq!(events.last().unwrap()["kind"], "end");
     assert_eq!(d.stop(), Some(0));
 }
+
+#[test]
+fn a_full_ring_buffer_is_counted_and_a_job_whose_start_was_lost_still_runs() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-losstest");
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\njobs:\n  id_env: [WDT_LOSS_RUN_ID]\n  pipeline_env: [WDT_REPO]\n",
+    )
+    .unwrap();
+    // 4K holds one exec record: with the daemon not draining, a second job's start is lost.
+    let stderr = dir.join("daemon.stderr");
+    let child = Command::new(watcher_bin())
+        .args(["daemon", "--ringbuf-size", "4K", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock") };
+    assert!(wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")), "{}", d.log());
+    d.signal(libc::SIGSTOP);
+    let spawn = |id: &str| {
+        Command::new("sh")
+            .args(["-c", "for i in 1 2 3 4 5 6 7 8; do /bin/true; done"])
+            .env("WDT_LOSS_RUN_ID", id)
+            .env("WDT_REPO", "acme/loss")
+            .spawn()
+            .unwrap()
+    };
+    let mut x = spawn("x");
+    let mut y = spawn("y");
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGCONT);
+    assert!(x.wait().unwrap().success());
+    assert!(y.wait().unwrap().success());
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["counters"]["jobs_ended"] == 2
+    }), "{st:#}\n{}", d.log());
+    let lost_exec = st["counters"]["lost"]["exec"].as_u64().unwrap_or(0);
+    assert!(lost_exec >= 1, "{st:#}");
+    assert_eq!(st["counters"]["recovered_jobs"], 1, "{st:#}\n{}", d.log());
+    // Every job's log reports the loss; none is silently complete.
+    for j in st["jobs"].as_array().unwrap() {
+        let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
+        assert!(events.iter().any(|e| e["kind"] == "loss" && e["source"] == "exec"), "{events:#?}");
+        assert!(events.last().unwrap()["lost"].as_u64().unwrap() >= 1);
+    }
+    let out = Command::new(watcher_bin()).args(["status", "--socket"]).arg(&d.socket).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("exec={lost_exec}")), "{text}");
+    assert_eq!(d.stop(), Some(0));
+}

@@ -22,7 +22,7 @@ use watcher_common::{
 use crate::{
     common::{count, current_tgid, daemon_mode, fill_header, job_flags, job_unknown, watched_current},
     maps::{
-        CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, SHELL_SIGS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
+        CLONE_FLAGS, CONFIG, NEW_JOBS, ENV_CAPTURE, ENV_MARKERS, SHELL_SIGS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
         WATCHED,
     },
 };
@@ -550,6 +550,7 @@ pub fn sched_process_exec_kill(ctx: TracePointContext) -> u32 {
         unsafe {
             bpf_send_signal(19);
             (*rec).flags |= EXEC_STOPPED;
+            let _ = NEW_JOBS.insert(&(*rec).hdr.job, &current_tgid(), 0);
         }
     }
     0

@@ -151,3 +151,8 @@ pub static PAYLOAD_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1638
 /// Signatures (shell_signature) of the shell binaries of this machine.
 #[map]
 pub static SHELL_SIGS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);
+
+/// Daemon mode: jobs whose first program the kernel stopped, job id -> pid, until the daemon
+/// has set them up. Lets the daemon find a held job even when its exec record was lost.
+#[map]
+pub static NEW_JOBS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);

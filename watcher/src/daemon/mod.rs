@@ -57,6 +57,9 @@ pub struct Counters {
     pub reloads: u64,
     pub reload_errors: u64,
     pub last_reload_error: Option<String>,
+    /// Held jobs set up from /proc because their exec record was lost.
+    #[serde(default)]
+    pub recovered_jobs: u64,
 }
 
 /// What `watcher status` receives (JSON over the socket).
@@ -115,6 +118,7 @@ struct Daemon {
     cgroup_jobs: HashMap<String, (u64, u32)>,
     next_cgroup_job: u32,
     last_cgroup_scan: Option<Instant>,
+    held_seen: std::collections::HashSet<u32>,
 }
 
 impl Daemon {
@@ -279,6 +283,7 @@ impl Daemon {
         if let Record::Exec { stopped: true, task, .. } = &rec {
             // Its tables are written: let it run.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
+            self.sensor.forget_held_job(kid);
         }
         let id = self.by_kernel[&kid].clone();
         let job = self.jobs.get_mut(&id).expect("routed job exists");
@@ -329,7 +334,63 @@ impl Daemon {
         Ok(())
     }
 
+    /// Jobs the kernel holds stopped whose exec record never arrived (lost when the ring
+    /// buffer was full): set them up from /proc (the exec's environment and argv), then
+    /// continue them. Without this a lost record would leave the job stopped for good.
+    fn recover_held_jobs(&mut self) {
+        let held = self.sensor.held_jobs();
+        // Only what was already held at the previous tick: a record still in the ring
+        // buffer is handled by the normal path.
+        let previous = std::mem::replace(&mut self.held_seen, held.iter().map(|(k, _)| *k).collect());
+        for (kid, pid) in held {
+            if !previous.contains(&kid) {
+                continue;
+            }
+            if self.by_kernel.contains_key(&kid) {
+                // Set up already; the record may still be on its way: continue it anyway.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                self.sensor.forget_held_job(kid);
+                continue;
+            }
+            let split = |b: Vec<u8>| -> Vec<String> {
+                b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+            };
+            let (Ok(environ), Ok(cmdline)) = (std::fs::read(format!("/proc/{pid}/environ")), std::fs::read(format!("/proc/{pid}/cmdline"))) else {
+                self.sensor.forget_held_job(kid); // gone
+                continue;
+            };
+            let wanted: Vec<&String> = self.cfg.id_env.iter().chain(&self.cfg.pipeline_env).collect();
+            let env: Vec<(String, String)> = split(environ)
+                .into_iter()
+                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter(|(k, _)| wanted.contains(&k))
+                .collect();
+            match self.new_kernel_job(kid, &env, &split(cmdline)) {
+                Ok(()) => {
+                    self.counters.recovered_jobs += 1;
+                    // This job's own exec record is among the lost ones: say so in its log.
+                    let total = self.sensor.counters().map(|c| c[0]).unwrap_or(0);
+                    if let Some(job) = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id)) {
+                        let _ = job.loss(Loss { ts: now_ts(), source: "exec".into(), count: 1, total });
+                        job.live.insert(pid);
+                        if job.root_pid == 0 {
+                            job.root_pid = pid;
+                        }
+                    }
+                    tracing::warn!(kernel_job = kid, pid, "job set up from /proc: its exec record was lost");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                }
+                Err(e) => {
+                    tracing::error!(kernel_job = kid, pid, "cannot set up job, killing its process: {e:#}");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            self.sensor.forget_held_job(kid);
+        }
+    }
+
     fn tick(&mut self) -> anyhow::Result<()> {
+        self.recover_held_jobs();
         if self.last_cgroup_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
             self.scan_cgroups();
             self.last_cgroup_scan = Some(Instant::now());
@@ -478,6 +539,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         cgroup_jobs: HashMap::new(),
         next_cgroup_job: 0,
         last_cgroup_scan: None,
+        held_seen: Default::default(),
     };
     d.scan_cgroups();
     let mut hup = signal(SignalKind::hangup()).context("installing signal handlers")?;

@@ -486,6 +486,21 @@ impl Sensor {
         }
     }
 
+    /// Daemon mode: (job, pid) of the jobs whose first program the kernel holds stopped.
+    pub fn held_jobs(&self) -> Vec<(u32, u32)> {
+        let Some(map) = self.ebpf.map("NEW_JOBS") else { return vec![] };
+        let Ok(m) = HashMap::<_, u32, u32>::try_from(map) else { return vec![] };
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn forget_held_job(&mut self, job: u32) {
+        if let Some(m) = self.ebpf.map_mut("NEW_JOBS") {
+            if let Ok(mut m) = HashMap::<_, u32, u32>::try_from(m) {
+                let _ = m.remove(&job);
+            }
+        }
+    }
+
     /// Processes the kernel still tracks as watched.
     pub fn watched_pids(&self) -> Vec<u32> {
         let Some(map) = self.ebpf.map("WATCHED") else { return vec![] };
