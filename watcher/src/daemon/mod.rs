@@ -218,10 +218,10 @@ impl Daemon {
                 }
                 let p = e.path();
                 let rel = p.strip_prefix(&self.cgroup_root).unwrap_or(&p).to_string_lossy().into_owned();
-                if !self.cgroup_jobs.contains_key(&rel) {
-                    if let Some(rule) = self.cfg.cgroup_rule(&rel) {
-                        found.push((rel.clone(), p.clone(), rule.pipeline.clone()));
-                    }
+                if !self.cgroup_jobs.contains_key(&rel)
+                    && let Some(rule) = self.cfg.cgroup_rule(&rel)
+                {
+                    found.push((rel.clone(), p.clone(), rule.pipeline.clone()));
                 }
                 if depth < 8 {
                     stack.push((p, depth + 1));
@@ -287,10 +287,10 @@ impl Daemon {
         }
         let id = self.by_kernel[&kid].clone();
         let job = self.jobs.get_mut(&id).expect("routed job exists");
-        if let Record::Exec { task, ret: 0, .. } = &rec {
-            if job.root_pid == 0 {
-                job.root_pid = task.pid;
-            }
+        if let Record::Exec { task, ret: 0, .. } = &rec
+            && job.root_pid == 0
+        {
+            job.root_pid = task.pid;
         }
         let mut events = Vec::new();
         job.collector.push(rec, &mut events);

@@ -357,10 +357,10 @@ impl Sensor {
     }
 
     pub fn unwatch_cgroup(&mut self, cgroup_id: u64) {
-        if let Some(m) = self.ebpf.map_mut("WATCHED_CGROUPS") {
-            if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(m) {
-                let _ = m.remove(&cgroup_id);
-            }
+        if let Some(m) = self.ebpf.map_mut("WATCHED_CGROUPS")
+            && let Ok(mut m) = HashMap::<_, u64, u32>::try_from(m)
+        {
+            let _ = m.remove(&cgroup_id);
         }
     }
 
@@ -494,10 +494,10 @@ impl Sensor {
     }
 
     pub fn forget_held_job(&mut self, job: u32) {
-        if let Some(m) = self.ebpf.map_mut("NEW_JOBS") {
-            if let Ok(mut m) = HashMap::<_, u32, u32>::try_from(m) {
-                let _ = m.remove(&job);
-            }
+        if let Some(m) = self.ebpf.map_mut("NEW_JOBS")
+            && let Ok(mut m) = HashMap::<_, u32, u32>::try_from(m)
+        {
+            let _ = m.remove(&job);
         }
     }
 
