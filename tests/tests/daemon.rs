@@ -451,3 +451,64 @@ fn a_full_ring_buffer_is_counted_and_a_job_whose_start_was_lost_still_runs() {
     assert!(text.contains(&format!("exec={lost_exec}")), "{text}");
     assert_eq!(d.stop(), Some(0));
 }
+
+#[test]
+fn processes_of_no_job_are_logged_apart_and_never_enforced_when_configured() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-nojob");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp)).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\nno_job_log: nojob.jsonl\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_NJ_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let np = netprobe_bin().display().to_string();
+    // A process of no job (marker-nojob) connects where the policy would deny: not denied;
+    // then it starts a job (the variable set only for the child), which is enforced.
+    let script = format!(
+        "{np} tcp 127.0.0.2:{badp} && echo marker-nojob >/dev/null && \
+         WDT_NJ_RUN_ID=nj1 WDT_REPO=acme/secure {np} tcp 127.0.0.2:{badp}"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("EPERM").count(), 1, "only the job's connect is denied: {err}");
+    assert_eq!(bad.connections(), 1, "{err}");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == "WDT_NJ_RUN_ID=nj1" && j["state"] == "ended")
+    }), "{st:#}\n{}", d.log());
+    assert!(st["counters"]["no_job_events"].as_u64().unwrap() > 0, "{st:#}");
+    let job = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "WDT_NJ_RUN_ID=nj1").unwrap().clone();
+    assert_eq!(d.stop(), Some(0));
+    let nojob = read_jsonl(dir.join("nojob.jsonl"));
+    let text: Vec<String> = nojob.iter().map(|e| e.to_string()).collect();
+    assert_eq!(nojob[0]["kind"], "start");
+    assert_eq!(nojob.last().unwrap()["kind"], "end");
+    assert!(text.iter().any(|l| l.contains("marker-nojob")), "{text:#?}");
+    // (Other tests' processes run meanwhile and are of no job too: look at this test's port.)
+    let allowed: Vec<&Value> =
+        nojob.iter().filter(|e| e["kind"] == "connect" && e["daddr"] == "127.0.0.2" && e["dport"] == badp).collect();
+    assert_eq!(allowed.len(), 1, "{text:#?}");
+    assert_eq!(allowed[0]["allowed"], true);
+    assert!(!nojob.iter().any(|e| e["kind"] == "alert"), "no policy judges processes of no job");
+    let job_events = read_jsonl(dir.join(job["log"].as_str().unwrap()));
+    // The job's process is in the job's log from its exec on (its fork happened in no job).
+    let job_pids: std::collections::BTreeSet<u64> =
+        job_events.iter().filter(|e| e["kind"] == "exec").filter_map(|e| e["pid"].as_u64()).collect();
+    assert_eq!(job_pids.len(), 1, "{job_events:#?}");
+    for e in nojob.iter().filter(|e| e["kind"] == "exec" || e["kind"] == "connect") {
+        assert!(!job_pids.contains(&e["pid"].as_u64().unwrap()), "the job's event is in the no-job log: {e}");
+    }
+    assert_eq!(alerts(&job_events), vec![("egress-denied".to_string(), "deny".to_string())]);
+}

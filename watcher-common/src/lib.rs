@@ -66,6 +66,14 @@ pub const JOB_DENY_SHELLS: u32 = 2;
 /// daemon job with no `JOBS` entry yet is treated as enforce mode with empty tables: fail
 /// closed until the daemon has written its policy.
 pub const JOB_DAEMON_BIT: u32 = 0x8000_0000;
+/// Daemon mode with logging of processes of no job (CONFIG[CFG_DAEMON] == DAEMON_LOG_ALL):
+/// the pseudo-job every other process that execs is put in. Never enforced (the daemon writes
+/// its JOBS entry, flags 0, before turning this on), and a process in it that execs with a job
+/// variable still starts a job.
+pub const JOB_NONE: u32 = 0xffff_ffff;
+/// CONFIG[CFG_DAEMON] values.
+pub const DAEMON_ON: u64 = 1;
+pub const DAEMON_LOG_ALL: u64 = 2;
 
 /// Key of the per-job address maps (`RESOLVERS`, `LEARNED`, and `ALLOW_NET` with prefix
 /// length 32 + the address prefix): the job id (big endian, so it is the LPM key's leading

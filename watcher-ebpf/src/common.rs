@@ -65,10 +65,10 @@ pub fn job_flags(job: u32) -> u32 {
     }
 }
 
-/// Daemon mode: unwatched processes are scanned at exec for job variables.
+/// Daemon mode (0: off): unwatched processes are scanned at exec for job variables.
 #[inline(always)]
-pub fn daemon_mode() -> bool {
-    CONFIG.get(CFG_DAEMON).copied().unwrap_or(0) != 0
+pub fn daemon_mode() -> u64 {
+    CONFIG.get(CFG_DAEMON).copied().unwrap_or(0)
 }
 
 /// A daemon job that has no tables yet (its processes are stopped at exec).

@@ -16,7 +16,7 @@ use watcher_common::{
     EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE,
     CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, EXEC_IS_SHELL, EXEC_KILL_PENDING, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
     KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo, ENV_FLAG_JOB, EXEC_JOB_START,
-    EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey, JOB_DAEMON_BIT,
+    EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey, JOB_DAEMON_BIT, JOB_NONE, DAEMON_LOG_ALL,
 };
 
 use crate::{
@@ -46,9 +46,11 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
 fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     // Daemon mode: an unwatched process is read as well, to see whether a job variable in its
     // environment makes it the first process of a job (finish_exec_enter decides).
+    // A process in the no-job pseudo-job is looked at the same way.
     let (info, unwatched) = match watched_current() {
+        Some(i) if i.job == JOB_NONE => (i, EXEC_UNWATCHED),
         Some(i) => (i, 0),
-        None if daemon_mode() => (ProcInfo::default(), EXEC_UNWATCHED),
+        None if daemon_mode() != 0 => (ProcInfo::default(), EXEC_UNWATCHED),
         None => return,
     };
     let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return };
@@ -92,12 +94,30 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
 #[inline(always)]
 fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
     if rec.flags & EXEC_UNWATCHED != 0 {
-        // Daemon mode: no job variable, not ours. With one, the process starts a new job here,
+        // Daemon mode. With a job variable the process starts a new job here,
         // before its new program runs: its children inherit the job at fork.
+        let tgid = current_tgid();
         if rec.env_flags & ENV_FLAG_JOB == 0 {
+            // Not a job. With logging of no-job processes on, it goes in the pseudo-job
+            // (children inherit it) and its exec is reported; else it is not ours.
+            if daemon_mode() != DAEMON_LOG_ALL {
+                return;
+            }
+            if rec.hdr.job != JOB_NONE {
+                let info = ProcInfo { ppid: 0, job: JOB_NONE, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
+                if WATCHED.insert(&tgid, &info, 0).is_err() {
+                    count(CNT_WATCHED_FULL);
+                    return;
+                }
+                rec.hdr.job = JOB_NONE;
+            }
+            rec.flags &= !EXEC_UNWATCHED;
+            let tid = bpf_get_current_pid_tgid() as u32;
+            if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
+                count(CNT_EXEC_SCRATCH_FULL);
+            }
             return;
         }
-        let tgid = current_tgid();
         // Unique among live jobs as long as the first process's pid is not reused while the
         // job lives on (the daemon reports a clash).
         let job = JOB_DAEMON_BIT | (tgid & !JOB_DAEMON_BIT);

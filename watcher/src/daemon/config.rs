@@ -45,6 +45,9 @@ struct RawConfig {
     pipelines: Vec<RawPipeline>,
     #[serde(default)]
     cgroups: Vec<RawCgroup>,
+    /// Log processes of no job (never enforced) to this file.
+    #[serde(default)]
+    no_job_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +108,8 @@ pub struct Config {
     pub pipeline_env: Vec<String>,
     pub pipelines: Vec<Pipeline>,
     pub cgroups: Vec<CgroupRule>,
+    /// Where processes of no job are logged (None: they are not).
+    pub no_job_log: Option<PathBuf>,
 }
 
 impl Config {
@@ -227,6 +232,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
         cgroups.push(CgroupRule { pattern, matcher, pipeline: r.pipeline });
     }
     Ok(Config {
+        no_job_log: raw.no_job_log.map(|p| if p.is_absolute() { p } else { base.join(p) }),
         cgroups,
         source: path.to_path_buf(),
         socket: raw.socket.map(rel).unwrap_or_else(|| DEFAULT_SOCKET.into()),

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
-use watcher_common::JOB_DAEMON_BIT;
+use watcher_common::{JOB_DAEMON_BIT, JOB_NONE};
 
 use crate::{
     cgroup::cgroup2_root,
@@ -60,6 +60,9 @@ pub struct Counters {
     /// Held jobs set up from /proc because their exec record was lost.
     #[serde(default)]
     pub recovered_jobs: u64,
+    /// Events of processes of no job written to `no_job_log`.
+    #[serde(default)]
+    pub no_job_events: u64,
 }
 
 /// What `watcher status` receives (JSON over the socket).
@@ -119,6 +122,10 @@ struct Daemon {
     next_cgroup_job: u32,
     last_cgroup_scan: Option<Instant>,
     held_seen: std::collections::HashSet<u32>,
+    /// Processes of no job (`no_job_log`): their own collector and log, no policy.
+    no_job: Option<(Collector, RotatingLog)>,
+    /// Losses counted while a kernel job was held and not yet set up.
+    pending_loss: HashMap<u32, Vec<Loss>>,
 }
 
 impl Daemon {
@@ -189,6 +196,9 @@ impl Daemon {
         self.sensor.apply_policy(kid, &tables)?;
         job.kernel_ids.insert(kid);
         self.by_kernel.insert(kid, id.to_string());
+        for l in self.pending_loss.remove(&kid).unwrap_or_default() {
+            job.loss(l)?;
+        }
         Ok(())
     }
 
@@ -234,7 +244,7 @@ impl Daemon {
             let cgid = meta.ino();
             self.next_cgroup_job = self.next_cgroup_job.wrapping_add(1);
             // Bit 30 as well: never a pid-named kernel job (pids stay below 2^22).
-            let kid = JOB_DAEMON_BIT | 0x4000_0000 | (self.next_cgroup_job & 0x3fff_ffff);
+            let kid = JOB_DAEMON_BIT | 0x4000_0000 | (self.next_cgroup_job % 0x3fff_ffff);
             let identity = Identity { id: format!("cgroup={rel}"), pipeline: pipeline.unwrap_or_else(|| rel.clone()) };
             let r = self.ensure_job(identity, &[]).and_then(|id| {
                 self.attach_kernel_job(&id, kid)?;
@@ -263,6 +273,19 @@ impl Daemon {
 
     fn handle(&mut self, rec: Record) -> anyhow::Result<()> {
         let kid = task_of(&rec).job;
+        if kid == JOB_NONE {
+            let Some((collector, log)) = &mut self.no_job else {
+                self.counters.unrouted += 1;
+                return Ok(());
+            };
+            let mut events = Vec::new();
+            collector.push(rec, &mut events);
+            for e in events {
+                self.counters.no_job_events += 1;
+                log.write(&e)?;
+            }
+            return Ok(());
+        }
         if kid & JOB_DAEMON_BIT == 0 {
             self.counters.unrouted += 1;
             return Ok(());
@@ -325,10 +348,20 @@ impl Daemon {
             self.decode_reported = self.decode_errors;
             self.counters.lost.insert("decode".into(), self.decode_errors);
         }
+        let held: Vec<u32> = if losses.is_empty() { Vec::new() } else {
+            self.sensor.held_jobs().into_iter().map(|(k, _)| k).filter(|k| !self.by_kernel.contains_key(k)).collect()
+        };
         for l in losses {
             tracing::warn!(source = %l.source, count = l.count, total = l.total, "kernel events lost");
             for job in self.jobs.values_mut() {
                 job.loss(l.clone())?;
+            }
+            // Jobs the kernel holds that the daemon has not set up yet get it when they are.
+            for k in &held {
+                self.pending_loss.entry(*k).or_default().push(l.clone());
+            }
+            if let Some((_, log)) = &mut self.no_job {
+                log.write(&Event::Loss(l.clone()))?;
             }
         }
         Ok(())
@@ -406,6 +439,14 @@ impl Daemon {
             // A process whose exit record was lost must not keep the job open forever.
             job.live.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
         }
+        if let Some((collector, log)) = &mut self.no_job {
+            let mut ev = Vec::new();
+            collector.expire(now, &mut ev);
+            for e in ev {
+                log.write(&e)?;
+            }
+            log.flush()?;
+        }
         self.check_loss()?;
         let grace = self.cfg.job_end_grace;
         let mut done = Vec::new();
@@ -458,13 +499,15 @@ impl Daemon {
         match result {
             Ok((mut cfg, policies)) => {
                 if cfg.id_env != self.cfg.id_env || cfg.pipeline_env != self.cfg.pipeline_env
-                    || cfg.socket != self.cfg.socket || cfg.metrics != self.cfg.metrics || cfg.log_dir != self.cfg.log_dir {
-                    tracing::warn!("jobs.id_env, jobs.pipeline_env, socket, metrics and log_dir take effect at restart only; keeping the current values");
+                    || cfg.socket != self.cfg.socket || cfg.metrics != self.cfg.metrics || cfg.log_dir != self.cfg.log_dir
+                    || cfg.no_job_log != self.cfg.no_job_log {
+                    tracing::warn!("jobs.id_env, jobs.pipeline_env, socket, metrics, log_dir and no_job_log take effect at restart only; keeping the current values");
                     cfg.id_env = self.cfg.id_env.clone();
                     cfg.pipeline_env = self.cfg.pipeline_env.clone();
                     cfg.socket = self.cfg.socket.clone();
                     cfg.metrics = self.cfg.metrics;
                     cfg.log_dir = self.cfg.log_dir.clone();
+                    cfg.no_job_log = self.cfg.no_job_log.clone();
                 }
                 tracing::info!(config = %cfg.source.display(), policies = policies.len(), "configuration reloaded");
                 self.cfg = cfg;
@@ -508,6 +551,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         ringbuf_bytes: opts.ringbuf_bytes,
         cgroup: root.clone(),
         daemon: true,
+        log_no_job: cfg.no_job_log.is_some(),
         job_env: cfg.id_env.clone(),
         extra_env: cfg.pipeline_env.clone(),
     })?;
@@ -540,7 +584,15 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         next_cgroup_job: 0,
         last_cgroup_scan: None,
         held_seen: Default::default(),
+        no_job: None,
+        pending_loss: HashMap::new(),
     };
+    if let Some(path) = d.cfg.no_job_log.clone() {
+        let identity = Identity { id: "none".into(), pipeline: String::new() };
+        let start = jobs::start_record(&identity, Vec::new(), d.sensor.states().to_vec(), d.resolvers.clone(), None);
+        let log = RotatingLog::create(&path, Event::Start(start), d.cfg.log_max_bytes, d.cfg.log_keep)?;
+        d.no_job = Some((Collector::new(clock_offset_ns()), log));
+    }
     d.scan_cgroups();
     let mut hup = signal(SignalKind::hangup()).context("installing signal handlers")?;
     let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
@@ -594,6 +646,15 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         if let Err(e) = d.close_job(&id) {
             tracing::error!("closing job {id}: {e:#}");
         }
+    }
+    if let Some((collector, log)) = &mut d.no_job {
+        let mut ev = Vec::new();
+        collector.finish(&mut ev);
+        for e in ev {
+            let _ = log.write(&e);
+        }
+        let _ = log.write(&Event::End(crate::event::End { ts: now_ts(), exit_code: None, lost: d.counters.lost.values().sum() }));
+        let _ = log.finish();
     }
     let socket = d.cfg.socket.clone();
     drop(d); // the sensor: every program and link is detached here

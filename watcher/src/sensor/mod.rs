@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use watcher_common::{
     CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, CFG_OFF_FILE_INODE,
     CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
-    CFG_DAEMON, CFG_SEED, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_NAME_LEN, ExecKey, JOB_ADDR_LEN,
+    CFG_DAEMON, CFG_SEED, DAEMON_LOG_ALL, DAEMON_ON, JOB_NONE, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_NAME_LEN, ExecKey, JOB_ADDR_LEN,
     NUM_COUNTERS, NameKey, PortSet, ProcInfo, host_ports_key, job_addr_key};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
@@ -77,11 +77,14 @@ pub struct SensorConfig {
     pub job_env: Vec<String>,
     /// More variables to capture at exec (daemon mode: the pipeline variables).
     pub extra_env: Vec<String>,
+    /// Daemon mode: also report processes of no job (in the pseudo-job JOB_NONE, never
+    /// enforced).
+    pub log_no_job: bool,
 }
 
 impl SensorConfig {
     pub fn run(ringbuf_bytes: u32, cgroup: PathBuf) -> SensorConfig {
-        SensorConfig { ringbuf_bytes, cgroup, daemon: false, job_env: Vec::new(), extra_env: Vec::new() }
+        SensorConfig { ringbuf_bytes, cgroup, daemon: false, job_env: Vec::new(), extra_env: Vec::new(), log_no_job: false }
     }
 }
 
@@ -333,9 +336,15 @@ impl Sensor {
             }
         }
         if cfg.daemon {
+            if cfg.log_no_job {
+                // The pseudo-job of processes of no job: known, never enforced.
+                let mut jobs = HashMap::<_, u32, u32>::try_from(map(&mut ebpf, "JOBS")?)?;
+                jobs.insert(&JOB_NONE, &0, 0).context("filling JOBS")?;
+            }
             // Last: from here on every exec on the host is looked at for job variables.
             let mut config = Array::<_, u64>::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("no CONFIG map"))?)?;
-            config.set(CFG_DAEMON, &1, 0).context("filling CONFIG")?;
+            let mode = if cfg.log_no_job { DAEMON_LOG_ALL } else { DAEMON_ON };
+            config.set(CFG_DAEMON, &mode, 0).context("filling CONFIG")?;
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
         // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
