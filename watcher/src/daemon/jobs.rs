@@ -264,6 +264,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn logs_are_rotated_past_their_bound_and_each_segment_starts_with_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let identity = Identity { id: "X=1".into(), pipeline: "p".into() };
+        let start = Event::Start(start_record(&identity, vec!["sh".into()], vec![], vec![], None));
+        let mut log = RotatingLog::create(&path, start, 2048, 2).unwrap();
+        let loss = |n| Event::Loss(Loss { ts: crate::event::Ts(n), source: "exec".into(), count: 1, total: n });
+        for n in 0..200u64 {
+            log.write(&loss(n)).unwrap();
+            if n % 10 == 9 {
+                log.flush().unwrap();
+            }
+        }
+        log.finish().unwrap();
+        assert!(log.rotations >= 3, "{}", log.rotations);
+        let seg = |s: &str| std::fs::read_to_string(dir.path().join(s)).unwrap();
+        for name in ["j.jsonl", "j.jsonl.1", "j.jsonl.2"] {
+            let text = seg(name);
+            assert!(text.starts_with("{\"kind\":\"start\""), "{name}: {text}");
+            assert!(text.len() < 2048 + 2048, "{name} is not bounded: {}", text.len());
+        }
+        assert!(!dir.path().join("j.jsonl.3").exists(), "only log_keep segments are kept");
+        // Nothing recent is lost: the newest event is in the current or the last segment.
+        assert!(seg("j.jsonl").contains("\"total\":199") || seg("j.jsonl.1").contains("\"total\":199"));
+    }
+
+    #[test]
     fn identity_from_env_prefers_the_first_configured_variable() {
         let env = vec![
             ("CI_JOB_ID".to_string(), "9".to_string()),
