@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
-use watcher_tests::{Listener, TempDir, netprobe_bin, read_jsonl, root_or_skip, wait_until, watcher_bin};
+use watcher_tests::{DnsServer, Listener, TempDir, netprobe_bin, read_jsonl, root_or_skip, wait_until, watcher_bin};
 
 struct Daemon {
     child: Option<Child>,
@@ -511,4 +511,70 @@ fn processes_of_no_job_are_logged_apart_and_never_enforced_when_configured() {
         assert!(!job_pids.contains(&e["pid"].as_u64().unwrap()), "the job's event is in the no-job log: {e}");
     }
     assert_eq!(alerts(&job_events), vec![("egress-denied".to_string(), "deny".to_string())]);
+}
+
+#[test]
+fn dns_rules_and_learned_addresses_are_per_job() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-dns");
+    let dns_ip = "127.53.0.71";
+    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.3".parse().unwrap()])]).unwrap();
+    let named = Listener::start("127.0.0.3:0".parse().unwrap()).unwrap();
+    let port = named.addr().port();
+    let pol = |pipeline: &str, mode: &str| {
+        format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{port}]\ndns:\n  resolvers: [{dns_ip}]\n")
+    };
+    std::fs::write(dir.join("secure.yaml"), pol("secure", "enforce")).unwrap();
+    std::fs::write(dir.join("open.yaml"), pol("open", "audit")).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_DNS_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n  - match: \"acme/open\"\n    policy: open.yaml\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let np = netprobe_bin().display().to_string();
+    let run = |id: &str, repo: &str, args: &str| {
+        let out = Command::new("sh")
+            .args(["-c", &format!("{np} {args}")])
+            .env("WDT_DNS_RUN_ID", id)
+            .env("WDT_REPO", repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let lookups = format!("dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.3:{port} dns-sendto {dns_ip} evil.watcher.test A");
+    // Enforce job: the allowed name resolves, its answer's address is reachable; the other
+    // name's query never leaves.
+    let err = run("e", "acme/secure", &lookups);
+    assert_eq!(named.connections(), 1, "{err}");
+    let names: Vec<String> = dns.queries().iter().map(|q| q.name.clone()).collect();
+    assert_eq!(names, vec!["ok.watcher.test"], "{err}");
+    // Audit job: the same goes through, flagged.
+    let err = run("f", "acme/open", &lookups);
+    assert_eq!(named.connections(), 2, "{err}");
+    assert_eq!(dns.queries().len(), 3, "{err}");
+    // Another job of the enforce pipeline that did not resolve the name: the address the
+    // first job learned is not allowed for it.
+    let err = run("g", "acme/secure", &format!("tcp 127.0.0.3:{port}"));
+    assert!(err.contains("Operation not permitted (EPERM)"), "{err}");
+    assert_eq!(named.connections(), 2, "{err}");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["counters"]["jobs_ended"] == 3
+    }), "{st:#}");
+    let log_of = |id: &str| {
+        let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_DNS_RUN_ID={id}")).unwrap();
+        read_jsonl(dir.join(j["log"].as_str().unwrap()))
+    };
+    assert_eq!(alerts(&log_of("e")), vec![("dns-denied".to_string(), "deny".to_string())]);
+    assert_eq!(alerts(&log_of("f")), vec![("dns-denied".to_string(), "flag".to_string())]);
+    assert_eq!(alerts(&log_of("g")), vec![("egress-denied".to_string(), "deny".to_string())]);
+    assert_eq!(d.stop(), Some(0));
 }
