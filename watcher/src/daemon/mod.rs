@@ -640,6 +640,10 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     for r in rest.into_iter().flatten() {
         let _ = d.handle(r);
     }
+    // Jobs the kernel still holds are set up and continued like the others (after exit no
+    // job is watched any more; a held one would otherwise stay stopped for good).
+    d.held_seen = d.sensor.held_jobs().into_iter().map(|(k, _)| k).collect();
+    d.recover_held_jobs();
     let _ = d.check_loss();
     let ids: Vec<String> = d.jobs.keys().cloned().collect();
     for id in ids {
