@@ -86,6 +86,7 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
     emit(
         &mut out,
         &Event::Start(Start {
+            job: None,
             ts: Ts(ts),
             schema: watcher::event::SCHEMA_VERSION,
             watcher: "bench".into(),

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a record layout changes; the agent refuses programs of another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -45,6 +45,9 @@ pub const ENV_FLAG_CAPTURE: u32 = 1;
 /// `ENV_MARKERS` value flag: this exact entry (e.g. `npm_lifecycle_event=postinstall`) means
 /// the process starts an install script.
 pub const ENV_FLAG_INSTALL: u32 = 2;
+/// `ENV_CAPTURE` value flag (daemon mode): this variable names a CI job; an unwatched process
+/// whose exec environment carries it starts a new job.
+pub const ENV_FLAG_JOB: u32 = 4;
 
 /// `ProcInfo::flags`: the process runs inside an install script (inherited by its children).
 pub const PROC_INSTALL: u32 = 1;
@@ -59,6 +62,54 @@ pub const EXEC_NAME_LEN: usize = 32;
 pub const JOB_ENFORCE: u32 = 1;
 /// Shells spawned from install scripts are killed (policy `shells: deny`).
 pub const JOB_DENY_SHELLS: u32 = 2;
+/// Job ids the kernel creates in daemon mode have this bit set (`watcher run` uses 0). A
+/// daemon job with no `JOBS` entry yet is treated as enforce mode with empty tables: fail
+/// closed until the daemon has written its policy.
+pub const JOB_DAEMON_BIT: u32 = 0x8000_0000;
+/// Daemon mode with logging of processes of no job (CONFIG[CFG_DAEMON] == DAEMON_LOG_ALL):
+/// the pseudo-job every other process that execs is put in. Never enforced (the daemon writes
+/// its JOBS entry, flags 0, before turning this on), and a process in it that execs with a job
+/// variable still starts a job.
+pub const JOB_NONE: u32 = 0xffff_ffff;
+/// CONFIG[CFG_DAEMON] values.
+pub const DAEMON_ON: u64 = 1;
+pub const DAEMON_LOG_ALL: u64 = 2;
+
+/// Key of the per-job address maps (`RESOLVERS`, `LEARNED`, and `ALLOW_NET` with prefix
+/// length 32 + the address prefix): the job id (big endian, so it is the LPM key's leading
+/// bits) then the IPv4-mapped or IPv6 address.
+pub const JOB_ADDR_LEN: usize = 20;
+#[inline(always)]
+pub fn job_addr_key(job: u32, addr: &[u8; 16]) -> [u8; JOB_ADDR_LEN] {
+    let j = job.to_be_bytes();
+    let mut k = [0u8; JOB_ADDR_LEN];
+    k[0] = j[0];
+    k[1] = j[1];
+    k[2] = j[2];
+    k[3] = j[3];
+    let mut i = 0;
+    while i < 16 {
+        k[4 + i] = addr[i];
+        i += 1;
+    }
+    k
+}
+
+/// Key of `EXEC_RULES`: the job and an executable basename (NUL-padded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecKey {
+    pub job: u32,
+    pub name: [u8; EXEC_NAME_LEN],
+}
+
+/// Key of `DNS_NAMES` / `DNS_SUFFIXES`: [name hash, job].
+pub type NameKey = [u64; 2];
+/// Key of `HOST_PORTS`: job << 32 | host entry index.
+#[inline(always)]
+pub fn host_ports_key(job: u32, i: u32) -> u64 {
+    ((job as u64) << 32) | i as u64
+}
 
 /// Port ranges of one allow entry; `count == 0` means any port.
 pub const MAX_PORT_RANGES: usize = 8;
@@ -171,6 +222,8 @@ pub const CFG_OFF_FILE_INODE: u32 = 3;
 pub const CFG_OFF_INODE_SIZE: u32 = 4;
 pub const CFG_OFF_BPRM_FILENAME: u32 = 5;
 pub const CFG_OFF_BPRM_INTERP: u32 = 6;
+/// Non-zero in daemon mode: unwatched processes are scanned at exec for job variables.
+pub const CFG_DAEMON: u32 = 7;
 pub const CFG_LEN: u32 = 8;
 
 /// DNS payload bytes captured per packet.
@@ -196,6 +249,10 @@ pub struct Header {
     pub uid: u32,
     pub gid: u32,
     pub comm: [u8; COMM_LEN],
+    /// The job the process belongs to (`ProcInfo::job`): 0 for `watcher run`, a
+    /// JOB_DAEMON_BIT id for a job the daemon recognised.
+    pub job: u32,
+    pub _pad: u32,
 }
 
 /// Flags in [`ExecRecord::flags`].
@@ -211,6 +268,18 @@ pub const EXEC_IS_SHELL: u32 = 8;
 /// exec succeeds (sched_process_exec), before its first instruction. Failed attempts of a PATH
 /// search are not killed, so the log names the program that would really have run.
 pub const EXEC_KILL_PENDING: u32 = 16;
+/// Daemon mode: this exec made an unwatched process the first of a new job (a job variable
+/// was in its environment); the record's `hdr.job` is the new job's id.
+pub const EXEC_JOB_START: u32 = 32;
+/// Daemon mode, decided at exec entry: the job has no tables yet, stop the new program at
+/// sched_process_exec (before its first instruction) until the daemon continues it.
+pub const EXEC_STOP_PENDING: u32 = 64;
+/// The kernel sent SIGSTOP at exec (see EXEC_STOP_PENDING): the daemon must write the job's
+/// tables and then send SIGCONT.
+pub const EXEC_STOPPED: u32 = 128;
+/// Kernel-internal: the exec entry of a process that is not (yet) watched, scanned only for
+/// job variables (daemon mode).
+pub const EXEC_UNWATCHED: u32 = 256;
 
 /// Bytes of an executable's start that, with its size, identify it as a known shell.
 pub const SHELL_SIG_BYTES: usize = 64;
@@ -398,17 +467,19 @@ mod user {
     unsafe impl aya::Pod for ProcInfo {}
     unsafe impl aya::Pod for SockOwner {}
     unsafe impl aya::Pod for PortSet {}
+    unsafe impl aya::Pod for ExecKey {}
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<Header>() == 56);
-    assert!(core::mem::size_of::<ExecRecord>() == 56 + 40 + FILENAME_LEN + ARGS_BUF_LEN + ENV_BUF_LEN);
-    assert!(core::mem::size_of::<ForkRecord>() == 64);
-    assert!(core::mem::size_of::<ExitRecord>() == 64);
-    assert!(core::mem::size_of::<ConnectRecord>() == 56 + 24);
-    assert!(core::mem::size_of::<DnsPacketRecord>() == 112 + DNS_PAYLOAD_LEN);
+    assert!(core::mem::size_of::<Header>() == 64);
+    assert!(core::mem::size_of::<ExecRecord>() == 64 + 40 + FILENAME_LEN + ARGS_BUF_LEN + ENV_BUF_LEN);
+    assert!(core::mem::size_of::<ForkRecord>() == 72);
+    assert!(core::mem::size_of::<ExitRecord>() == 72);
+    assert!(core::mem::size_of::<ConnectRecord>() == 64 + 24);
+    assert!(core::mem::size_of::<DnsPacketRecord>() == 120 + DNS_PAYLOAD_LEN);
     assert!(core::mem::size_of::<ProcInfo>() == 24);
-    assert!(core::mem::size_of::<PayloadRecord>() == 56 + 40 + PAYLOAD_LEN);
+    assert!(core::mem::size_of::<PayloadRecord>() == 64 + 40 + PAYLOAD_LEN);
+    assert!(core::mem::size_of::<ExecKey>() == 4 + EXEC_NAME_LEN);
     assert!(core::mem::size_of::<SockOwner>() == 40);
     assert!(core::mem::size_of::<PortSet>() == 40);
 };

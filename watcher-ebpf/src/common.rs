@@ -3,9 +3,9 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
 };
-use watcher_common::{Header, ProcInfo};
+use watcher_common::{CFG_DAEMON, Header, JOB_DAEMON_BIT, JOB_ENFORCE, ProcInfo};
 
-use crate::maps::{COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS};
+use crate::maps::{CONFIG, COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS};
 
 #[inline(always)]
 pub fn count(idx: u32) {
@@ -38,7 +38,7 @@ pub fn watched_current() -> Option<ProcInfo> {
 
 /// Fill a header for the current task.
 #[inline(always)]
-pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32) {
+pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32, job: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     hdr.kind = kind;
@@ -50,10 +50,29 @@ pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32) {
     hdr.uid = uid_gid as u32;
     hdr.gid = (uid_gid >> 32) as u32;
     hdr.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    hdr.job = job;
+    hdr._pad = 0;
 }
 
-/// JOB_* flags of a job (0 when it has no policy).
+/// JOB_* flags of a job (0 when it has no policy). A daemon job whose tables the daemon has
+/// not written yet is enforced with empty tables: everything denied (fail closed).
 #[inline(always)]
 pub fn job_flags(job: u32) -> u32 {
-    unsafe { JOBS.get(&job) }.copied().unwrap_or(0)
+    match unsafe { JOBS.get(&job) } {
+        Some(f) => *f,
+        None if job & JOB_DAEMON_BIT != 0 => JOB_ENFORCE,
+        None => 0,
+    }
+}
+
+/// Daemon mode (0: off): unwatched processes are scanned at exec for job variables.
+#[inline(always)]
+pub fn daemon_mode() -> u64 {
+    CONFIG.get(CFG_DAEMON).copied().unwrap_or(0)
+}
+
+/// A daemon job that has no tables yet (its processes are stopped at exec).
+#[inline(always)]
+pub fn job_unknown(job: u32) -> bool {
+    job & JOB_DAEMON_BIT != 0 && unsafe { JOBS.get(&job) }.is_none()
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use watcher_common::{
     AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_PAYLOAD, KIND_PAYLOAD, PAYLOAD_LEN, PayloadRecord, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP,
     DNS_PAYLOAD_LEN, DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, MAX_LABELS, NAME_WIRE_LEN,
-    PROTO_TCP, PROTO_UDP, SockOwner, VERDICT_ALLOW, VERDICT_DENY, name_hash_step,
+    PROTO_TCP, PROTO_UDP, SockOwner, VERDICT_ALLOW, VERDICT_DENY, job_addr_key, name_hash_step,
 };
 
 use crate::{
@@ -114,7 +114,7 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
 /// through a mask read back from map memory, and the hash of every suffix is stored by
 /// position. Branches per byte made the verifier's states multiply past its budget.
 #[inline(always)]
-fn name_mask(ctx: &SkBuffContext, off: u32) -> Option<(u64, u32)> {
+fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
     let sc = unsafe { &mut *NAME_SCRATCH.get_ptr_mut(0)? };
     let len = ctx.len();
     if len <= off {
@@ -172,22 +172,22 @@ fn name_mask(ctx: &SkBuffContext, off: u32) -> Option<(u64, u32)> {
         h ^= (h ^ hn) & live;
         sc.hs[p] = h;
     }
-    let mut mask = unsafe { DNS_NAMES.get(&h) }.copied().unwrap_or(0);
+    let mut mask = unsafe { DNS_NAMES.get(&[h, job as u64]) }.copied().unwrap_or(0);
     for i in 1..MAX_LABELS as u32 {
         if i >= nlabels {
             break;
         }
         let start = sc.starts[(i as usize) & (MAX_LABELS - 1)] as usize & (NAME_WIRE_LEN - 1);
         let hs = sc.hs[start];
-        mask |= unsafe { DNS_SUFFIXES.get(&hs) }.copied().unwrap_or(0);
+        mask |= unsafe { DNS_SUFFIXES.get(&[hs, job as u64]) }.copied().unwrap_or(0);
     }
     Some((mask, end))
 }
 
 /// Enforce mode, a query leaving: allowed only to an allowed resolver and for an allowed name.
 #[inline(always)]
-fn query_allowed(ctx: &SkBuffContext, f: &Flow) -> bool {
-    let key = map_key(&f.daddr, f.family);
+fn query_allowed(ctx: &SkBuffContext, f: &Flow, job: u32) -> bool {
+    let key = job_addr_key(job, &map_key(&f.daddr, f.family));
     if unsafe { RESOLVERS.get(&key) }.is_none() {
         return false;
     }
@@ -196,7 +196,7 @@ fn query_allowed(ctx: &SkBuffContext, f: &Flow) -> bool {
         Some(q) if q > 0 => {}
         _ => return false,
     }
-    match name_mask(ctx, dns + 12) {
+    match name_mask(ctx, dns + 12, job) {
         Some((mask, _)) => mask & DNS_MASK_LOOKUP != 0,
         None => false,
     }
@@ -266,7 +266,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
 pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
     let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) else { return 0 };
     let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
-    let verdict = if query_allowed(&ctx, &f) { VERDICT_ALLOW } else { VERDICT_DENY };
+    let verdict = if query_allowed(&ctx, &f, owner.job) { VERDICT_ALLOW } else { VERDICT_DENY };
     emit(&ctx, &f, &owner, DIR_EGRESS, verdict)
 }
 
@@ -274,7 +274,7 @@ pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
 /// context, where the current task is not the owner).
 #[inline(always)]
 fn owner_header(hdr: &mut watcher_common::Header, kind: u32, owner: &SockOwner) {
-    fill_header(hdr, kind, owner.ppid);
+    fill_header(hdr, kind, owner.ppid, owner.job);
     hdr.pid = owner.pid;
     hdr.tid = owner.pid;
     hdr.uid = owner.uid;
@@ -332,7 +332,7 @@ fn first_payload(ctx: &SkBuffContext, f: &Flow) {
 pub fn dns_ingress_learn(ctx: SkBuffContext) -> i32 {
     let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) else { return 1 };
     let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
-    learn_answer(&ctx, &f, unsafe { &mut *sc });
+    learn_answer(&ctx, &f, owner.job, unsafe { &mut *sc });
     emit(&ctx, &f, &owner, DIR_INGRESS, VERDICT_ALLOW);
     1
 }
@@ -353,10 +353,10 @@ fn set_off(sc: &mut PacketScratch, off: u32) {
 /// The offset lives in map memory between steps: the verifier then does not carry a refined
 /// range for it from one answer to the next, which would split its state at every branch.
 #[inline(always)]
-fn learn_answer(ctx: &SkBuffContext, f: &Flow, sc: &mut PacketScratch) {
+fn learn_answer(ctx: &SkBuffContext, f: &Flow, job: u32, sc: &mut PacketScratch) {
     let dns = f.payload_off + if f.proto == PROTO_TCP { 2 } else { 0 };
     let Some(ancount) = load::<u16>(ctx, dns + 6).map(u16::from_be) else { return };
-    let Some((mask, name_len)) = name_mask(ctx, dns + 12) else { return };
+    let Some((mask, name_len)) = name_mask(ctx, dns + 12, job) else { return };
     let mask = mask & !DNS_MASK_LOOKUP;
     if mask == 0 {
         return;
@@ -393,6 +393,7 @@ fn learn_answer(ctx: &SkBuffContext, f: &Flow, sc: &mut PacketScratch) {
             None
         };
         if let Some(key) = key {
+            let key = job_addr_key(job, &key);
             let old = unsafe { LEARNED.get(&key) }.copied().unwrap_or(0);
             let _ = LEARNED.insert(&key, &(old | mask), 0);
         }

@@ -15,13 +15,14 @@ use watcher_common::{
     ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_LEN, ENV_NAME_LEN, EXEC_DENY, EXEC_KILLED, EXEC_NAME_LEN,
     EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE,
     CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, EXEC_IS_SHELL, EXEC_KILL_PENDING, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
-    KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo,
+    KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo, ENV_FLAG_JOB, EXEC_JOB_START,
+    EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey, JOB_DAEMON_BIT, JOB_NONE, DAEMON_LOG_ALL,
 };
 
 use crate::{
-    common::{count, current_tgid, fill_header, job_flags, watched_current},
+    common::{count, current_tgid, daemon_mode, fill_header, job_flags, job_unknown, watched_current},
     maps::{
-        CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, SHELL_SIGS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
+        CLONE_FLAGS, CONFIG, NEW_JOBS, ENV_CAPTURE, ENV_MARKERS, SHELL_SIGS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
         WATCHED,
     },
 };
@@ -43,12 +44,20 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
-    let Some(info) = watched_current() else { return };
+    // Daemon mode: an unwatched process is read as well, to see whether a job variable in its
+    // environment makes it the first process of a job (finish_exec_enter decides).
+    // A process in the no-job pseudo-job is looked at the same way.
+    let (info, unwatched) = match watched_current() {
+        Some(i) if i.job == JOB_NONE => (i, EXEC_UNWATCHED),
+        Some(i) => (i, 0),
+        None if daemon_mode() != 0 => (ProcInfo::default(), EXEC_UNWATCHED),
+        None => return,
+    };
     let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return };
     let rec = unsafe { &mut *rec };
-    fill_header(&mut rec.hdr, KIND_EXEC, info.ppid);
+    fill_header(&mut rec.hdr, KIND_EXEC, info.ppid, info.job);
     rec.ret = 0;
-    rec.flags = 0;
+    rec.flags = unwatched;
     rec.argc = 0;
     rec.args_len = 0;
 
@@ -83,7 +92,47 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
 }
 
 #[inline(always)]
-fn finish_exec_enter(rec: &watcher_common::ExecRecord) {
+fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
+    if rec.flags & EXEC_UNWATCHED != 0 {
+        // Daemon mode. With a job variable the process starts a new job here,
+        // before its new program runs: its children inherit the job at fork.
+        let tgid = current_tgid();
+        if rec.env_flags & ENV_FLAG_JOB == 0 {
+            // Not a job. With logging of no-job processes on, it goes in the pseudo-job
+            // (children inherit it) and its exec is reported; else it is not ours.
+            if daemon_mode() != DAEMON_LOG_ALL {
+                return;
+            }
+            if rec.hdr.job != JOB_NONE {
+                let info = ProcInfo { ppid: 0, job: JOB_NONE, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
+                if WATCHED.insert(&tgid, &info, 0).is_err() {
+                    count(CNT_WATCHED_FULL);
+                    return;
+                }
+                rec.hdr.job = JOB_NONE;
+            }
+            rec.flags &= !EXEC_UNWATCHED;
+            let tid = bpf_get_current_pid_tgid() as u32;
+            if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
+                count(CNT_EXEC_SCRATCH_FULL);
+            }
+            return;
+        }
+        // Unique among live jobs as long as the first process's pid is not reused while the
+        // job lives on (the daemon reports a clash).
+        let job = JOB_DAEMON_BIT | (tgid & !JOB_DAEMON_BIT);
+        let info = ProcInfo { ppid: 0, job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
+        if WATCHED.insert(&tgid, &info, 0).is_err() {
+            count(CNT_WATCHED_FULL);
+            return;
+        }
+        rec.hdr.job = job;
+        rec.flags = (rec.flags & !EXEC_UNWATCHED) | EXEC_JOB_START;
+    }
+    // A daemon job the daemon has not set up yet: stop the program when the exec succeeds.
+    if job_unknown(rec.hdr.job) {
+        rec.flags |= EXEC_STOP_PENDING;
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
         count(CNT_EXEC_SCRATCH_FULL);
@@ -96,10 +145,11 @@ fn finish_exec_enter(rec: &watcher_common::ExecRecord) {
 #[inline(always)]
 fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
     let flags = job_flags(info.job);
-    if flags & JOB_ENFORCE == 0 {
+    if flags & JOB_ENFORCE == 0 || rec.flags & EXEC_UNWATCHED != 0 {
         return;
     }
-    let Some(key) = basename_key(&rec.filename, rec.filename_len) else { return };
+    let Some(name) = basename_key(&rec.filename, rec.filename_len) else { return };
+    let key = ExecKey { job: info.job, name };
     let Some(rule) = (unsafe { EXEC_RULES.get(&key) }).copied() else { return };
     let shell_in_script = rule & EXEC_SHELL != 0 && info.flags & PROC_INSTALL != 0 && flags & JOB_DENY_SHELLS != 0;
     if rule & EXEC_DENY != 0 || shell_in_script {
@@ -384,7 +434,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     match EVENTS.reserve::<ForkRecord>(0) {
         Some(mut entry) => {
             let rec = unsafe { &mut *entry.as_mut_ptr() };
-            fill_header(&mut rec.hdr, KIND_FORK, info.ppid);
+            fill_header(&mut rec.hdr, KIND_FORK, info.ppid, info.job);
             rec.child_pid = child;
             rec._pad = 0;
             entry.submit(0);
@@ -409,7 +459,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     match EVENTS.reserve::<ExitRecord>(0) {
         Some(mut entry) => {
             let rec = unsafe { &mut *entry.as_mut_ptr() };
-            fill_header(&mut rec.hdr, KIND_EXIT, info.ppid);
+            fill_header(&mut rec.hdr, KIND_EXIT, info.ppid, info.job);
             rec.exit_code = info.exit_code;
             rec.code_known = info.code_known;
             entry.submit(0);
@@ -508,10 +558,19 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exec_kill(ctx: TracePointContext) -> u32 {
     let old_tid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
     let Some(rec) = EXEC_PENDING.get_ptr_mut(&(old_tid as u32)) else { return 0 };
-    if unsafe { (*rec).flags } & EXEC_KILL_PENDING != 0 {
+    let flags = unsafe { (*rec).flags };
+    if flags & EXEC_KILL_PENDING != 0 {
         unsafe {
             bpf_send_signal(9);
             (*rec).flags |= EXEC_KILLED;
+        }
+    } else if flags & EXEC_STOP_PENDING != 0 {
+        // Held before its first instruction until the daemon has written the job's tables
+        // and sends SIGCONT (which also discards this stop if it comes first).
+        unsafe {
+            bpf_send_signal(19);
+            (*rec).flags |= EXEC_STOPPED;
+            let _ = NEW_JOBS.insert(&(*rec).hdr.job, &current_tgid(), 0);
         }
     }
     0

@@ -4,7 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use watcher_common::{
-    CFG_LEN, ENV_NAME_LEN, EXEC_NAME_LEN, ExecRecord, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
+    CFG_LEN, ENV_NAME_LEN, ExecKey, ExecRecord, JOB_ADDR_LEN, NameKey, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
     PortSet, ProcInfo, SockOwner,
 };
 
@@ -63,39 +63,42 @@ pub static ENV_SCAN_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(CFG_LEN, 0);
 
-/// Name hash of an allowed exact name -> mask (bit i: host entry i; DNS_MASK_LOOKUP).
-#[map]
-pub static DNS_NAMES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+// Every enforcement table below is keyed by job as well, so jobs with different policies
+// (daemon mode) are enforced independently; `watcher run` uses job 0.
 
-/// Name hash of the suffix of an allowed `*.suffix` pattern -> mask.
+/// [name hash, job] of an allowed exact name -> mask (bit i: host entry i; DNS_MASK_LOOKUP).
 #[map]
-pub static DNS_SUFFIXES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+pub static DNS_NAMES: HashMap<NameKey, u64> = HashMap::with_max_entries(16384, 0);
+
+/// [name hash of the suffix of an allowed `*.suffix` pattern, job] -> mask.
+#[map]
+pub static DNS_SUFFIXES: HashMap<NameKey, u64> = HashMap::with_max_entries(16384, 0);
 
 /// Job id -> JOB_* flags (enforce, deny shells).
 #[map]
 pub static JOBS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
-/// Allowed networks: IPv4 as IPv4-mapped IPv6, so connect6 to ::ffff:a.b.c.d is judged the
-/// same as connect4 to a.b.c.d.
+/// Allowed networks, keyed job_addr_key (job, then the address; IPv4 as IPv4-mapped IPv6, so
+/// connect6 to ::ffff:a.b.c.d is judged the same as connect4 to a.b.c.d); prefix 32 + bits.
 #[map]
-pub static ALLOW_NET: LpmTrie<[u8; 16], PortSet> = LpmTrie::with_max_entries(4096, 0);
+pub static ALLOW_NET: LpmTrie<[u8; JOB_ADDR_LEN], PortSet> = LpmTrie::with_max_entries(16384, 0);
 
-/// Allowed resolvers (any port 53 traffic to them is allowed).
+/// Allowed resolvers per job (any port 53 traffic to them is allowed).
 #[map]
-pub static RESOLVERS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
+pub static RESOLVERS: HashMap<[u8; JOB_ADDR_LEN], u32> = HashMap::with_max_entries(4096, 0);
 
-/// Ports of host entry i.
+/// Ports of host entry i of a job (key host_ports_key(job, i)).
 #[map]
-pub static HOST_PORTS: Array<PortSet> = Array::with_max_entries(64, 0);
+pub static HOST_PORTS: HashMap<u64, PortSet> = HashMap::with_max_entries(16384, 0);
 
-/// Addresses an answer for an allowed name returned -> OR of the names' masks. Filled in the
-/// kernel as the answer arrives (dns_ingress_learn), before the application can read it.
+/// (job, address) an answer for an allowed name returned -> OR of the names' masks. Filled in
+/// the kernel as the answer arrives (dns_ingress_learn), before the application can read it.
 #[map]
-pub static LEARNED: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(65536, 0);
+pub static LEARNED: LruHashMap<[u8; JOB_ADDR_LEN], u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Executable basename -> EXEC_* flags.
+/// (job, executable basename) -> EXEC_* flags.
 #[map]
-pub static EXEC_RULES: HashMap<[u8; EXEC_NAME_LEN], u32> = HashMap::with_max_entries(1024, 0);
+pub static EXEC_RULES: HashMap<ExecKey, u32> = HashMap::with_max_entries(16384, 0);
 
 /// Exact environment entries ("npm_lifecycle_event=postinstall") that mark an install script.
 #[map]
@@ -148,3 +151,8 @@ pub static PAYLOAD_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1638
 /// Signatures (shell_signature) of the shell binaries of this machine.
 #[map]
 pub static SHELL_SIGS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);
+
+/// Daemon mode: jobs whose first program the kernel stopped, job id -> pid, until the daemon
+/// has set them up. Lets the daemon find a held job even when its exec record was lost.
+#[map]
+pub static NEW_JOBS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);

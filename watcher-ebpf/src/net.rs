@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_ebpf::maps::lpm_trie::Key;
 use watcher_common::{
     AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, JOB_ENFORCE, KIND_CONNECT,
-    MAX_HOST_ENTRIES, OP_CONNECT, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
+    MAX_HOST_ENTRIES, OP_CONNECT, host_ports_key, job_addr_key, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::{
@@ -65,7 +65,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     let dport = u16::from_be(sa.user_port as u16);
     let proto = sa.protocol as u8;
     let enforce = job_flags(info.job) & JOB_ENFORCE != 0;
-    let verdict = if !enforce || egress_allowed(&daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
+    let verdict = if !enforce || egress_allowed(info.job, &daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
 
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
@@ -86,7 +86,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     match EVENTS.reserve::<ConnectRecord>(0) {
         Some(mut entry) => {
             let rec = unsafe { &mut *entry.as_mut_ptr() };
-            fill_header(&mut rec.hdr, KIND_CONNECT, info.ppid);
+            fill_header(&mut rec.hdr, KIND_CONNECT, info.ppid, info.job);
             rec.daddr = daddr;
             rec.family = family;
             rec.dport = dport;
@@ -114,12 +114,12 @@ pub fn map_key(addr: &[u8; 16], family: u16) -> [u8; 16] {
 /// Allowed: port 53 to an allowed resolver, an allowed network with that port, or an address
 /// an answer for an allowed name returned, with a port that name's entry allows.
 #[inline(always)]
-fn egress_allowed(addr: &[u8; 16], family: u16, dport: u16) -> bool {
-    let key = map_key(addr, family);
+fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> bool {
+    let key = job_addr_key(job, &map_key(addr, family));
     if dport == 53 && unsafe { RESOLVERS.get(&key) }.is_some() {
         return true;
     }
-    if let Some(ports) = ALLOW_NET.get(&Key::new(128, key)) {
+    if let Some(ports) = ALLOW_NET.get(&Key::new(160, key)) {
         if ports.contains(dport) {
             return true;
         }
@@ -127,7 +127,7 @@ fn egress_allowed(addr: &[u8; 16], family: u16, dport: u16) -> bool {
     let Some(mask) = (unsafe { LEARNED.get(&key) }).copied() else { return false };
     for i in 0..MAX_HOST_ENTRIES {
         if mask & (1u64 << i) != 0 {
-            if let Some(ports) = HOST_PORTS.get(i) {
+            if let Some(ports) = unsafe { HOST_PORTS.get(&host_ports_key(job, i)) } {
                 if ports.contains(dport) {
                     return true;
                 }

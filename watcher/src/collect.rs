@@ -330,7 +330,7 @@ mod tests {
     use super::*;
 
     fn task(pid: u32, boot_ns: u64) -> Task {
-        Task { pid, tid: pid, ppid: 1, boot_ns, cgroup_id: 0, uid: 0, gid: 0, comm: "npm".into() }
+        Task { pid, tid: pid, ppid: 1, boot_ns, cgroup_id: 0, uid: 0, gid: 0, comm: "npm".into(), job: 0 }
     }
 
     fn query(id: u16, name: &str) -> Vec<u8> {
@@ -429,6 +429,7 @@ mod tests {
             argv_truncated: false,
             killed: false,
             shell: false,
+            stopped: false,
             env: vec![],
         };
         c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);

@@ -128,6 +128,20 @@ pub struct Start {
     pub registries: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInfo>,
+    /// Daemon mode: the job this log is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobInfo>,
+}
+
+/// How the daemon recognised a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// `NAME=value` of the job variable that named it.
+    pub id: String,
+    /// Value of the pipeline variable ("" when there was none).
+    pub pipeline: String,
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,6 +31,28 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as a service on a self-hosted runner: watch every CI job on the host, each under
+    /// its pipeline's policy, with one event log per job (see README, Daemon mode).
+    Daemon {
+        /// The daemon's configuration (YAML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
+        #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
+        ringbuf_size: u32,
+    },
+    /// Show the running daemon's jobs, alerts and lost-event counters (root only).
+    Status {
+        /// The daemon's status socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Read the socket path from the daemon's configuration.
+        #[arg(long, value_name = "FILE", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// Print the raw JSON status.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with policies.
     Policy {
         #[command(subcommand)]
@@ -149,10 +171,15 @@ fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("WATCHER_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    // The daemon logs at info by default (key=value fields, no colours unless stderr is a
+    // terminal: journald keeps the lines as they are).
+    let daemon = std::env::args().nth(1).as_deref() == Some("daemon");
+    let filter = match std::env::var("WATCHER_LOG") {
+        Ok(v) => tracing_subscriber::EnvFilter::new(v),
+        Err(_) => tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }),
+    };
+    let ansi = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     // Usage errors exit 125 like every other failure of watcher itself, so they are never
     // confused with an exit code of the wrapped command.
     let cli = match Cli::try_parse() {
@@ -188,6 +215,17 @@ fn main() {
             }
             Ok(if bad { 1 } else { 0 })
         }
+        Command::Daemon { config, ringbuf_size } => {
+            watcher::daemon::run(watcher::daemon::DaemonOptions { config, ringbuf_bytes: ringbuf_size })
+        }
+        Command::Status { socket, config, json } => (|| {
+            let socket = match (socket, config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => watcher::daemon::config::load(&c).map_err(|e| anyhow::anyhow!("{e}"))?.socket,
+                (None, None) => watcher::daemon::config::DEFAULT_SOCKET.into(),
+            };
+            watcher::daemon::status_command(&socket, json)
+        })(),
         Command::Replay { logs, policy, mode, format } => watcher::replay::replay(watcher::replay::ReplayOptions {
             logs,
             policy,

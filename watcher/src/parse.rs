@@ -456,6 +456,7 @@ pub mod generate {
             match self.below(10) {
                 0 => Event::Start(Start {
                     ts,
+                    job: None,
                     schema: 1,
                     watcher: "0.1.0".into(),
                     mode: "run".into(),

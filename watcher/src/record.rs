@@ -18,6 +18,9 @@ pub struct Task {
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
+    /// The kernel's job id of the process (0 for `watcher run`; daemon jobs have
+    /// watcher_common::JOB_DAEMON_BIT set).
+    pub job: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +36,9 @@ pub enum Record {
         shell: bool,
         /// Captured environment entries (only names the agent asked for), in order.
         env: Vec<(String, String)>,
+        /// Daemon mode: the kernel stopped the program at exec (SIGSTOP) because its job had
+        /// no tables yet; the daemon continues it once they are written.
+        stopped: bool,
     },
     Fork {
         task: Task,
@@ -135,6 +141,7 @@ fn task(h: &c::Header) -> Task {
         uid: h.uid,
         gid: h.gid,
         comm: cstr(&h.comm),
+        job: h.job,
     }
 }
 
@@ -184,6 +191,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 killed: r.flags & c::EXEC_KILLED != 0,
                 shell: r.flags & c::EXEC_IS_SHELL != 0,
                 env: split_env(&r.env[..env_used]),
+                stopped: r.flags & c::EXEC_STOPPED != 0,
             })
         }
         c::KIND_FORK => {
@@ -253,7 +261,7 @@ mod tests {
     fn hdr(kind: u32) -> c::Header {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"node");
-        c::Header { kind, pid: 42, tid: 43, ppid: 7, ts_ns: 1_000, cgroup_id: 99, uid: 1000, gid: 1000, comm }
+        c::Header { kind, pid: 42, tid: 43, ppid: 7, ts_ns: 1_000, cgroup_id: 99, uid: 1000, gid: 1000, comm, job: 0, _pad: 0 }
     }
 
     #[test]

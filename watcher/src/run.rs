@@ -258,10 +258,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let root = cgroup2_root()?;
     if !nix::unistd::geteuid().is_root() {
         // Sensor::load says this precisely; check before creating anything.
-        Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: root.clone() })?;
+        Sensor::load(&SensorConfig::run(opts.ringbuf_bytes, root.clone()))?;
     }
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
-    let mut sensor = Sensor::load(&SensorConfig { ringbuf_bytes: opts.ringbuf_bytes, cgroup: cgroup.path().to_path_buf() })?;
+    let mut sensor = Sensor::load(&SensorConfig::run(opts.ringbuf_bytes, cgroup.path().to_path_buf()))?;
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
     let resolvers = crate::policy::system_resolvers();
@@ -298,6 +298,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
         policy: policy_info.clone(),
+        job: None,
     }))?;
     if !opts.quiet {
         let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();

@@ -160,6 +160,7 @@ mod tests {
     fn start(registries: &[(&str, &str)]) -> Event {
         Event::Start(Start {
             ts: Ts(0),
+            job: None,
             schema: 1,
             watcher: "t".into(),
             mode: "run".into(),

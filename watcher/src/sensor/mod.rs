@@ -17,7 +17,8 @@ use tokio::io::unix::AsyncFd;
 use watcher_common::{
     CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, CFG_OFF_FILE_INODE,
     CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
-    CFG_SEED, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_NAME_LEN, EXEC_NAME_LEN, NUM_COUNTERS, PortSet, ProcInfo};
+    CFG_DAEMON, CFG_SEED, DAEMON_LOG_ALL, DAEMON_ON, JOB_NONE, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_NAME_LEN, ExecKey, JOB_ADDR_LEN,
+    NUM_COUNTERS, NameKey, PortSet, ProcInfo, host_ports_key, job_addr_key};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
 
@@ -69,6 +70,22 @@ pub struct SensorConfig {
     pub ringbuf_bytes: u32,
     /// The cgroup v2 directory the socket and packet hooks attach to.
     pub cgroup: PathBuf,
+    /// Daemon mode: unwatched processes whose exec environment carries one of `job_env` start
+    /// a job (the hooks are then attached at the cgroup root).
+    pub daemon: bool,
+    /// Variables that name a job (daemon mode), captured at exec with ENV_FLAG_JOB.
+    pub job_env: Vec<String>,
+    /// More variables to capture at exec (daemon mode: the pipeline variables).
+    pub extra_env: Vec<String>,
+    /// Daemon mode: also report processes of no job (in the pseudo-job JOB_NONE, never
+    /// enforced).
+    pub log_no_job: bool,
+}
+
+impl SensorConfig {
+    pub fn run(ringbuf_bytes: u32, cgroup: PathBuf) -> SensorConfig {
+        SensorConfig { ringbuf_bytes, cgroup, daemon: false, job_env: Vec::new(), extra_env: Vec::new(), log_no_job: false }
+    }
 }
 
 pub struct Sensor {
@@ -190,6 +207,10 @@ fn explain_load_error(what: &str, e: impl std::error::Error) -> anyhow::Error {
     )
 }
 
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("no {name} map"))
+}
+
 impl Sensor {
     /// Load and attach everything. Fails with one sentence naming what is missing.
     pub fn load(cfg: &SensorConfig) -> anyhow::Result<Sensor> {
@@ -240,6 +261,9 @@ impl Sensor {
             detail: Some("tracepoints: execve/execveat, clone/fork, sched_process_fork/exit".into()),
         });
 
+        // Attached as BPF links, which always have BPF_F_ALLOW_MULTI semantics (the kernel refuses
+        // explicit flags for cgroup links): programs attached further down keep working.
+        let attach_mode = CgroupAttachMode::Single;
         let cgroup = std::fs::File::open(&cfg.cgroup)
             .with_context(|| format!("cannot open cgroup {}", cfg.cgroup.display()))?;
         for prog in SOCK_ADDR_PROGS {
@@ -248,7 +272,7 @@ impl Sensor {
                 .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
                 .try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_sock_addr program {prog}"), e))?;
-            p.attach(cgroup.as_fd(), CgroupAttachMode::Single)
+            p.attach(cgroup.as_fd(), attach_mode)
                 .map_err(|e| explain_load_error(&format!("attachment of {prog} to {}", cfg.cgroup.display()), e))?;
         }
         states.push(SensorState {
@@ -275,7 +299,7 @@ impl Sensor {
                 .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
                 .try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_skb program {prog}"), e))?;
-            p.attach(cgroup.as_fd(), ty, CgroupAttachMode::Single)
+            p.attach(cgroup.as_fd(), ty, attach_mode)
                 .map_err(|e| explain_load_error(&format!("attachment of {prog} to {}", cfg.cgroup.display()), e))?;
         }
         states.push(SensorState {
@@ -293,11 +317,34 @@ impl Sensor {
             let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> = HashMap::try_from(
                 ebpf.map_mut("ENV_CAPTURE").ok_or_else(|| anyhow!("no ENV_CAPTURE map"))?,
             )?;
-            for (name, flags) in CAPTURED_ENV {
+            let mut all: Vec<(String, u32)> = CAPTURED_ENV.iter().map(|(n, f)| (n.to_string(), *f)).collect();
+            for (names, flag) in [(&cfg.job_env, ENV_FLAG_JOB), (&cfg.extra_env, 0)] {
+                for name in names {
+                    match all.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, f)) => *f |= flag,
+                        None => all.push((name.clone(), ENV_FLAG_CAPTURE | flag)),
+                    }
+                }
+            }
+            for (name, flags) in &all {
+                if name.is_empty() || name.len() >= ENV_NAME_LEN || name.contains('=') {
+                    bail!("environment variable name {name:?} cannot be captured: 1 to {} bytes, no '='", ENV_NAME_LEN - 1);
+                }
                 let mut key = [0u8; ENV_NAME_LEN];
                 key[..name.len()].copy_from_slice(name.as_bytes());
                 capture.insert(&key, flags, 0).context("filling ENV_CAPTURE")?;
             }
+        }
+        if cfg.daemon {
+            if cfg.log_no_job {
+                // The pseudo-job of processes of no job: known, never enforced.
+                let mut jobs = HashMap::<_, u32, u32>::try_from(map(&mut ebpf, "JOBS")?)?;
+                jobs.insert(&JOB_NONE, &0, 0).context("filling JOBS")?;
+            }
+            // Last: from here on every exec on the host is looked at for job variables.
+            let mut config = Array::<_, u64>::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("no CONFIG map"))?)?;
+            let mode = if cfg.log_no_job { DAEMON_LOG_ALL } else { DAEMON_ON };
+            config.set(CFG_DAEMON, &mode, 0).context("filling CONFIG")?;
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
         // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
@@ -318,6 +365,14 @@ impl Sensor {
         Ok(())
     }
 
+    pub fn unwatch_cgroup(&mut self, cgroup_id: u64) {
+        if let Some(m) = self.ebpf.map_mut("WATCHED_CGROUPS")
+            && let Ok(mut m) = HashMap::<_, u64, u32>::try_from(m)
+        {
+            let _ = m.remove(&cgroup_id);
+        }
+    }
+
     pub fn watch_pid(&mut self, pid: u32, ppid: u32, job: u32) -> anyhow::Result<()> {
         let mut m: HashMap<_, u32, ProcInfo> =
             HashMap::try_from(self.ebpf.map_mut("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?)?;
@@ -332,36 +387,34 @@ impl Sensor {
     }
 
     /// Write a compiled policy into the kernel maps for `job`. Must happen before the job's
-    /// first process starts.
+    /// first process starts (daemon jobs: before the stopped process is continued). The job's
+    /// flags are written last, so the kernel never sees a half-written job as set up.
     pub fn apply_policy(&mut self, job: u32, t: &KernelTables) -> anyhow::Result<()> {
-        fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
-            ebpf.map_mut(name).ok_or_else(|| anyhow!("no {name} map"))
-        }
         let e = &mut self.ebpf;
         Array::<_, u64>::try_from(map(e, "CONFIG")?)?.set(CFG_SEED, &t.seed, 0)?;
-        let mut names = HashMap::<_, u64, u64>::try_from(map(e, "DNS_NAMES")?)?;
+        let mut names = HashMap::<_, NameKey, u64>::try_from(map(e, "DNS_NAMES")?)?;
         for (h, m) in &t.names {
-            names.insert(h, m, 0).context("filling DNS_NAMES")?;
+            names.insert(&[*h, job as u64], m, 0).context("filling DNS_NAMES")?;
         }
-        let mut sufs = HashMap::<_, u64, u64>::try_from(map(e, "DNS_SUFFIXES")?)?;
+        let mut sufs = HashMap::<_, NameKey, u64>::try_from(map(e, "DNS_SUFFIXES")?)?;
         for (h, m) in &t.suffixes {
-            sufs.insert(h, m, 0).context("filling DNS_SUFFIXES")?;
+            sufs.insert(&[*h, job as u64], m, 0).context("filling DNS_SUFFIXES")?;
         }
-        let mut nets = LpmTrie::<_, [u8; 16], PortSet>::try_from(map(e, "ALLOW_NET")?)?;
+        let mut nets = LpmTrie::<_, [u8; JOB_ADDR_LEN], PortSet>::try_from(map(e, "ALLOW_NET")?)?;
         for (addr, prefix, ports) in &t.nets {
-            nets.insert(&LpmKey::new(*prefix, *addr), ports, 0).context("filling ALLOW_NET")?;
+            nets.insert(&LpmKey::new(32 + *prefix, job_addr_key(job, addr)), ports, 0).context("filling ALLOW_NET")?;
         }
-        let mut res = HashMap::<_, [u8; 16], u32>::try_from(map(e, "RESOLVERS")?)?;
+        let mut res = HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map(e, "RESOLVERS")?)?;
         for r in &t.resolvers {
-            res.insert(r, &1, 0).context("filling RESOLVERS")?;
+            res.insert(&job_addr_key(job, r), &1, 0).context("filling RESOLVERS")?;
         }
-        let mut ports = Array::<_, PortSet>::try_from(map(e, "HOST_PORTS")?)?;
+        let mut ports = HashMap::<_, u64, PortSet>::try_from(map(e, "HOST_PORTS")?)?;
         for (i, p) in t.host_ports.iter().enumerate() {
-            ports.set(i as u32, p, 0).context("filling HOST_PORTS")?;
+            ports.insert(&host_ports_key(job, i as u32), p, 0).context("filling HOST_PORTS")?;
         }
-        let mut rules = HashMap::<_, [u8; EXEC_NAME_LEN], u32>::try_from(map(e, "EXEC_RULES")?)?;
+        let mut rules = HashMap::<_, ExecKey, u32>::try_from(map(e, "EXEC_RULES")?)?;
         for (k, f) in &t.exec_rules {
-            rules.insert(k, f, 0).context("filling EXEC_RULES")?;
+            rules.insert(&ExecKey { job, name: *k }, f, 0).context("filling EXEC_RULES")?;
         }
         let mut markers = HashMap::<_, [u8; ENV_NAME_LEN], u32>::try_from(map(e, "ENV_MARKERS")?)?;
         for (k, f) in &t.env_markers {
@@ -370,6 +423,91 @@ impl Sensor {
         let mut jobs = HashMap::<_, u32, u32>::try_from(map(e, "JOBS")?)?;
         jobs.insert(&job, &t.job_flags, 0).context("filling JOBS")?;
         Ok(())
+    }
+
+    /// Replace a job's policy (SIGHUP reload): the new entries are written first, then the
+    /// old ones the new policy does not have are removed, so nothing the new policy allows
+    /// is ever denied in between.
+    pub fn replace_policy(&mut self, job: u32, old: &KernelTables, new: &KernelTables) -> anyhow::Result<()> {
+        self.apply_policy(job, new)?;
+        let stale = KernelTables {
+            job_flags: 0,
+            seed: 0,
+            nets: old.nets.iter().filter(|n| !new.nets.iter().any(|m| m.0 == n.0 && m.1 == n.1)).cloned().collect(),
+            resolvers: old.resolvers.iter().filter(|r| !new.resolvers.contains(r)).cloned().collect(),
+            names: old.names.iter().filter(|n| !new.names.iter().any(|m| m.0 == n.0)).cloned().collect(),
+            suffixes: old.suffixes.iter().filter(|n| !new.suffixes.iter().any(|m| m.0 == n.0)).cloned().collect(),
+            host_ports: Vec::new(),
+            exec_rules: old.exec_rules.iter().filter(|n| !new.exec_rules.iter().any(|m| m.0 == n.0)).cloned().collect(),
+            env_markers: Vec::new(),
+        };
+        self.remove_entries(job, &stale, new.host_ports.len()..old.host_ports.len().max(new.host_ports.len()));
+        Ok(())
+    }
+
+    /// Forget a job that ended: its policy entries, the addresses it learned and its flags.
+    pub fn remove_job(&mut self, job: u32, t: &KernelTables) {
+        self.remove_entries(job, t, 0..t.host_ports.len());
+        let e = &mut self.ebpf;
+        if let Ok(mut learned) = map(e, "LEARNED").and_then(|m| Ok(HashMap::<_, [u8; JOB_ADDR_LEN], u64>::try_from(m)?)) {
+            let prefix = job.to_be_bytes();
+            let keys: Vec<[u8; JOB_ADDR_LEN]> = learned.keys().filter_map(Result::ok).filter(|k| k[..4] == prefix).collect();
+            for k in keys {
+                let _ = learned.remove(&k);
+            }
+        }
+        if let Ok(mut jobs) = map(e, "JOBS").and_then(|m| Ok(HashMap::<_, u32, u32>::try_from(m)?)) {
+            let _ = jobs.remove(&job);
+        }
+    }
+
+    fn remove_entries(&mut self, job: u32, t: &KernelTables, host_ports: std::ops::Range<usize>) {
+        let e = &mut self.ebpf;
+        if let Ok(mut m) = map(e, "DNS_NAMES").and_then(|m| Ok(HashMap::<_, NameKey, u64>::try_from(m)?)) {
+            for (h, _) in &t.names {
+                let _ = m.remove(&[*h, job as u64]);
+            }
+        }
+        if let Ok(mut m) = map(e, "DNS_SUFFIXES").and_then(|m| Ok(HashMap::<_, NameKey, u64>::try_from(m)?)) {
+            for (h, _) in &t.suffixes {
+                let _ = m.remove(&[*h, job as u64]);
+            }
+        }
+        if let Ok(mut m) = map(e, "ALLOW_NET").and_then(|m| Ok(LpmTrie::<_, [u8; JOB_ADDR_LEN], PortSet>::try_from(m)?)) {
+            for (addr, prefix, _) in &t.nets {
+                let _ = m.remove(&LpmKey::new(32 + *prefix, job_addr_key(job, addr)));
+            }
+        }
+        if let Ok(mut m) = map(e, "RESOLVERS").and_then(|m| Ok(HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(m)?)) {
+            for r in &t.resolvers {
+                let _ = m.remove(&job_addr_key(job, r));
+            }
+        }
+        if let Ok(mut m) = map(e, "HOST_PORTS").and_then(|m| Ok(HashMap::<_, u64, PortSet>::try_from(m)?)) {
+            for i in host_ports {
+                let _ = m.remove(&host_ports_key(job, i as u32));
+            }
+        }
+        if let Ok(mut m) = map(e, "EXEC_RULES").and_then(|m| Ok(HashMap::<_, ExecKey, u32>::try_from(m)?)) {
+            for (k, _) in &t.exec_rules {
+                let _ = m.remove(&ExecKey { job, name: *k });
+            }
+        }
+    }
+
+    /// Daemon mode: (job, pid) of the jobs whose first program the kernel holds stopped.
+    pub fn held_jobs(&self) -> Vec<(u32, u32)> {
+        let Some(map) = self.ebpf.map("NEW_JOBS") else { return vec![] };
+        let Ok(m) = HashMap::<_, u32, u32>::try_from(map) else { return vec![] };
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn forget_held_job(&mut self, job: u32) {
+        if let Some(m) = self.ebpf.map_mut("NEW_JOBS")
+            && let Ok(mut m) = HashMap::<_, u32, u32>::try_from(m)
+        {
+            let _ = m.remove(&job);
+        }
     }
 
     /// Processes the kernel still tracks as watched.

@@ -1,0 +1,580 @@
+//! `watcher daemon`: two CI jobs on one host (processes carrying different job variables),
+//! each under its own pipeline policy, each with its own log; fail-closed job start; SIGHUP
+//! with a broken policy; `watcher status`; metrics; SIGTERM leaves nothing attached.
+//!
+//! The jobs are recognised by test-only variable names (WDT_RUN_ID / WDT_REPO, configured
+//! in the daemon's config) rather than GITHUB_RUN_ID: the CI running this suite may itself
+//! set GITHUB_RUN_ID for every process, and other tests run at the same time.
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use watcher_tests::{DnsServer, Listener, TempDir, netprobe_bin, read_jsonl, root_or_skip, wait_until, watcher_bin};
+
+struct Daemon {
+    child: Option<Child>,
+    stderr: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, dir: &TempDir) -> Daemon {
+        let stderr = dir.join("daemon.stderr");
+        let child = Command::new(watcher_bin())
+            .args(["daemon", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock") };
+        assert!(wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")), "daemon did not start: {}", d.log());
+        d
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        let out = Command::new(watcher_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    fn stop(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        for _ in 0..200 {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("daemon did not stop on SIGTERM: {}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// BPF program ids the process holds (its prog and link file descriptors name them).
+fn bpf_prog_ids(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("prog_id:") {
+                ids.push(v.trim().parse().unwrap());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn job(id: &str, repo: &str, script: &str) -> (Option<i32>, String) {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .env("WDT_RUN_ID", id)
+        .env("WDT_REPO", repo)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn job_status<'a>(st: &'a Value, id: &str) -> Option<&'a Value> {
+    st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_RUN_ID={id}"))
+}
+
+fn wait_ended(d: &Daemon, id: &str) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(Duration::from_secs(20), || {
+        last = d.status();
+        job_status(&last, id).is_some_and(|j| j["state"] == "ended")
+    });
+    assert!(ok, "job {id} did not end: {last:#}\n{}", d.log());
+    job_status(&last, id).unwrap().clone()
+}
+
+fn policy(pipeline: &str, mode: &str, ok_port: u16) -> String {
+    format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - cidr: 127.0.0.1/32\n      ports: [{ok_port}]\n")
+}
+
+fn alerts(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "alert")
+        .map(|e| (e["rule"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn two_jobs_each_under_its_own_policy_with_its_own_log() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-test");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp)).unwrap();
+    std::fs::write(dir.join("open.yaml"), policy("open", "audit", okp)).unwrap();
+    let metrics_port = free_port();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\nmetrics: 127.0.0.1:{metrics_port}\njob_end_grace: 300ms\n\
+             jobs:\n  id_env: [WDT_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+             pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n  - match: \"acme/*\"\n    policy: open.yaml\n"
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let mode = std::fs::metadata(&d.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    assert_eq!(mode, 0o600, "status socket must be root-only");
+
+    let tag = std::process::id();
+    let (ida, idb) = (format!("{tag}01"), format!("{tag}02"));
+    let np = netprobe_bin().display().to_string();
+    let script = |marker: &str| format!("{np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp} && echo {marker} >/dev/null");
+    // Job A (enforce): the forbidden connect is denied in the kernel.
+    let (code, err_a) = job(&ida, "acme/secure", &script("marker-a"));
+    assert_eq!(code, Some(0), "{err_a}");
+    assert!(err_a.contains(&format!("connect 127.0.0.2:{badp}: Operation not permitted (EPERM)")), "{err_a}");
+    assert_eq!(bad.connections(), 0, "the enforce job reached a forbidden address: {err_a}");
+    assert_eq!(ok.connections(), 1, "{err_a}");
+    // Job B (audit): the same connect goes through and is only flagged.
+    let (code, err_b) = job(&idb, "acme/open", &script("marker-b"));
+    assert_eq!(code, Some(0), "{err_b}");
+    assert!(!err_b.contains("EPERM"), "{err_b}");
+    assert_eq!(bad.connections(), 1, "{err_b}");
+    // A process of no job is neither enforced nor logged.
+    let out = Command::new(&np).args(["tcp", &format!("127.0.0.2:{badp}")]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("EPERM"));
+    assert_eq!(bad.connections(), 2);
+
+    let sa = wait_ended(&d, &ida);
+    let sb = wait_ended(&d, &idb);
+    assert_eq!((sa["mode"].as_str(), sa["alerts"].as_u64()), (Some("enforce"), Some(1)), "{sa:#}");
+    assert_eq!((sb["mode"].as_str(), sb["alerts"].as_u64()), (Some("audit"), Some(1)), "{sb:#}");
+
+    let la = read_jsonl(sa["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap());
+    let lb = read_jsonl(sb["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap());
+    assert!(Path::new(&dir.join(format!("logs/acme_secure_{ida}.jsonl"))).exists());
+    for (events, id, marker, other, action) in [(&la, &ida, "marker-a", "marker-b", "deny"), (&lb, &idb, "marker-b", "marker-a", "flag")] {
+        let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+        let start = &events[0];
+        assert_eq!(start["kind"], "start");
+        assert_eq!(start["mode"], "daemon");
+        assert_eq!(start["job"]["id"], format!("WDT_RUN_ID={id}"));
+        assert_eq!(events.last().unwrap()["kind"], "end", "{text:#?}");
+        assert_eq!(events.last().unwrap()["exit_code"], 0);
+        // Exactly its own processes: every pid in the log was started inside this job.
+        let own: std::collections::BTreeSet<u64> = events
+            .iter()
+            .filter(|e| e["kind"] == "exec" || e["kind"] == "fork")
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect();
+        for e in events.iter().filter(|e| e["pid"].is_u64() && e["kind"] != "start") {
+            assert!(own.contains(&e["pid"].as_u64().unwrap()), "foreign pid in job {id}: {e}");
+        }
+        assert!(text.iter().any(|l| l.contains(marker)), "{text:#?}");
+        assert!(!text.iter().any(|l| l.contains(other)), "the other job's events are in job {id}'s log: {text:#?}");
+        let connects: Vec<&Value> = events.iter().filter(|e| e["kind"] == "connect").collect();
+        assert_eq!(connects.len(), 2, "{text:#?}");
+        let forbidden = connects.iter().find(|c| c["daddr"] == "127.0.0.2").unwrap();
+        assert_eq!(forbidden["allowed"], action != "deny");
+        assert_eq!(alerts(events), vec![("egress-denied".to_string(), action.to_string())]);
+        // The log is the schema replay reads: replay gives the same verdict.
+        let st = Command::new(watcher_bin()).arg("replay").arg(sa["log"].as_str().map(|p| dir.join(p)).unwrap()).output().unwrap();
+        assert_eq!(st.status.code(), Some(77), "{}", String::from_utf8_lossy(&st.stdout));
+    }
+
+    // Fail closed: while the daemon cannot set a job up (here: it is stopped), the job's
+    // first program is held before its first instruction and reaches nothing.
+    let ida2 = format!("{tag}03");
+    d.signal(libc::SIGSTOP);
+    let mut held = Command::new(&np)
+        .args(["tcp", &format!("127.0.0.1:{okp}")])
+        .env("WDT_RUN_ID", &ida2)
+        .env("WDT_REPO", "acme/open")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = || std::fs::read_to_string(format!("/proc/{}/stat", held.id())).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()).flatten());
+    assert!(wait_until(Duration::from_secs(5), || state() == Some('T')), "the job's program was not held: state {:?}", state());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(), Some('T'));
+    assert_eq!(ok.connections(), 2, "a job ran before the daemon set it up");
+    d.signal(libc::SIGCONT);
+    let st = held.wait().unwrap();
+    assert!(st.success());
+    assert_eq!(ok.connections(), 3, "the held job did not run once set up");
+    wait_ended(&d, &ida2);
+
+    // SIGHUP with a broken policy: reported with its position, the old policy stays.
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp).replace("mode: enforce", "mode: enforcing")).unwrap();
+    d.signal(libc::SIGHUP);
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = d.status();
+        st["counters"]["reload_errors"] == 1
+    }), "{st:#}");
+    let err = st["counters"]["last_reload_error"].as_str().unwrap().to_string();
+    assert!(err.contains("secure.yaml:3:"), "{err}");
+    assert!(d.log().contains("reload failed"), "{}", d.log());
+    let idc = format!("{tag}04");
+    let (code, err_c) = job(&idc, "acme/secure", &script("marker-c"));
+    assert_eq!(code, Some(0));
+    assert!(err_c.contains("Operation not permitted (EPERM)"), "the previous enforce policy was not kept: {err_c}");
+    assert_eq!(bad.connections(), 2);
+    let sc = wait_ended(&d, &idc);
+    assert_eq!(sc["alerts"], 1);
+
+    // watcher status (text) and the metrics endpoint show jobs, alerts and lost counters.
+    let out = Command::new(watcher_bin()).args(["status", "--config"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("4 started") && text.contains("lost events: 0") && text.contains(&format!("acme_secure_{ida}")), "{text}");
+    assert!(text.contains("reloads: 1 (1 failed)"), "{text}");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut m = String::new();
+    s.read_to_string(&mut m).unwrap();
+    assert!(m.starts_with("HTTP/1.0 200 OK"), "{m}");
+    for line in ["watcher_jobs_started_total 4", "watcher_jobs_ended_total 4", "watcher_alerts_total 3",
+                 "watcher_reload_errors_total 1", "watcher_lost_events_total{source=\"exec\"} 0"] {
+        assert!(m.lines().any(|l| l == line), "metrics lack {line:?}:\n{m}");
+    }
+
+    // SIGTERM: clean exit, socket gone, none of the daemon's programs left in the kernel.
+    let progs = bpf_prog_ids(d.pid());
+    assert!(progs.len() >= 10, "{progs:?}");
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+    assert!(!d.socket.exists());
+    assert!(wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
+        !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
+    })), "programs of the stopped daemon are still loaded: {progs:?}");
+}
+
+#[test]
+fn a_bad_configuration_is_one_error_with_its_position() {
+    let dir = TempDir::new("watcher-daemon-config");
+    let config = dir.join("daemon.yaml");
+    std::fs::write(&config, "version: 1\nlog_dir: logs\npipelines:\n  - match: \"a/*\"\n    polcy: p.yaml\n").unwrap();
+    let out = Command::new(watcher_bin()).args(["daemon", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains(&format!("{}:5:5: pipelines[0]: unknown field `polcy`", config.display())), "{err}");
+    // A policy the configuration names is checked too.
+    std::fs::write(dir.join("p.yaml"), "version: 1\npipeline: x\nmode: sometimes\n").unwrap();
+    std::fs::write(&config, "version: 1\npipelines:\n  - match: \"a/*\"\n    policy: p.yaml\n").unwrap();
+    let out = Command::new(watcher_bin()).args(["daemon", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("p.yaml:3:"), "{err}");
+}
+
+/// A cgroup directory removed (after killing what is left in it) on drop.
+struct CgroupDir(PathBuf);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        for sub in [self.0.join("job-1"), self.0.clone()] {
+            if let Ok(procs) = std::fs::read_to_string(sub.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: processes this test put in its own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = wait_until(Duration::from_secs(5), || std::fs::remove_dir(&sub).is_ok() || !sub.exists());
+        }
+    }
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let p = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    });
+    p.expect("no cgroup2 mount")
+}
+
+#[test]
+fn a_cgroup_matching_a_pattern_is_watched_as_a_job() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-cgtest");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp)).unwrap();
+    let parent = format!("watcher-daemon-cgtest-{}", std::process::id());
+    let root = cgroup2_root();
+    std::fs::create_dir(root.join(&parent)).unwrap();
+    let _guard = CgroupDir(root.join(&parent));
+    let config = dir.join("daemon.yaml");
+    // A job variable nobody sets: this test is about cgroups (and must not take the other
+    // test's jobs).
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+             jobs:\n  id_env: [WDT_UNUSED_{pid}]\n\
+             cgroups:\n  - match: \"{parent}/job-*\"\n    pipeline: acme/secure\n\
+             pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n",
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let cg = root.join(&parent).join("job-1");
+    std::fs::create_dir(&cg).unwrap();
+    let id = format!("cgroup={parent}/job-1");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str())
+    }), "the cgroup was not taken as a job: {st:#}\n{}", d.log());
+    // A process that moves itself into the cgroup, then runs the workload.
+    let np = netprobe_bin().display().to_string();
+    let out = Command::new("sh")
+        .args(["-c", &format!("echo $$ > {}/cgroup.procs && exec {np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp}", cg.display())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("connect 127.0.0.2:{badp}: Operation not permitted (EPERM)")), "{err}");
+    assert_eq!((ok.connections(), bad.connections()), (1, 0), "{err}");
+    std::fs::remove_dir(&cg).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str() && j["state"] == "ended")
+    }), "{st:#}");
+    let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).unwrap().clone();
+    let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
+    assert_eq!(events[0]["job"]["pipeline"], "acme/secure");
+    assert!(events.iter().any(|e| e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.ends_with("netprobe"))), "{events:#?}");
+    assert_eq!(alerts(&events), vec![("egress-denied".to_string(), "deny".to_string())]);
+    assert_eq!(events.last().unwrap()["kind"], "end");
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_and_a_job_whose_start_was_lost_still_runs() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-losstest");
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\njobs:\n  id_env: [WDT_LOSS_RUN_ID]\n  pipeline_env: [WDT_REPO]\n",
+    )
+    .unwrap();
+    // 4K holds one exec record: with the daemon not draining, a second job's start is lost.
+    let stderr = dir.join("daemon.stderr");
+    let child = Command::new(watcher_bin())
+        .args(["daemon", "--ringbuf-size", "4K", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock") };
+    assert!(wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")), "{}", d.log());
+    d.signal(libc::SIGSTOP);
+    let spawn = |id: &str| {
+        Command::new("sh")
+            .args(["-c", "for i in 1 2 3 4 5 6 7 8; do /bin/true; done"])
+            .env("WDT_LOSS_RUN_ID", id)
+            .env("WDT_REPO", "acme/loss")
+            .spawn()
+            .unwrap()
+    };
+    let mut x = spawn("x");
+    let mut y = spawn("y");
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGCONT);
+    assert!(x.wait().unwrap().success());
+    assert!(y.wait().unwrap().success());
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["counters"]["jobs_ended"] == 2
+    }), "{st:#}\n{}", d.log());
+    let lost_exec = st["counters"]["lost"]["exec"].as_u64().unwrap_or(0);
+    assert!(lost_exec >= 1, "{st:#}");
+    assert_eq!(st["counters"]["recovered_jobs"], 1, "{st:#}\n{}", d.log());
+    // Every job's log reports the loss; none is silently complete.
+    for j in st["jobs"].as_array().unwrap() {
+        let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
+        assert!(events.iter().any(|e| e["kind"] == "loss" && e["source"] == "exec"), "{events:#?}");
+        assert!(events.last().unwrap()["lost"].as_u64().unwrap() >= 1);
+    }
+    let out = Command::new(watcher_bin()).args(["status", "--socket"]).arg(&d.socket).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("exec={lost_exec}")), "{text}");
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn processes_of_no_job_are_logged_apart_and_never_enforced_when_configured() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-nojob");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp)).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\nno_job_log: nojob.jsonl\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_NJ_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let np = netprobe_bin().display().to_string();
+    // A process of no job (marker-nojob) connects where the policy would deny: not denied;
+    // then it starts a job (the variable set only for the child), which is enforced.
+    let script = format!(
+        "{np} tcp 127.0.0.2:{badp} && echo marker-nojob >/dev/null && \
+         WDT_NJ_RUN_ID=nj1 WDT_REPO=acme/secure {np} tcp 127.0.0.2:{badp}"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("EPERM").count(), 1, "only the job's connect is denied: {err}");
+    assert_eq!(bad.connections(), 1, "{err}");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == "WDT_NJ_RUN_ID=nj1" && j["state"] == "ended")
+    }), "{st:#}\n{}", d.log());
+    assert!(st["counters"]["no_job_events"].as_u64().unwrap() > 0, "{st:#}");
+    let job = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "WDT_NJ_RUN_ID=nj1").unwrap().clone();
+    assert_eq!(d.stop(), Some(0));
+    let nojob = read_jsonl(dir.join("nojob.jsonl"));
+    let text: Vec<String> = nojob.iter().map(|e| e.to_string()).collect();
+    assert_eq!(nojob[0]["kind"], "start");
+    assert_eq!(nojob.last().unwrap()["kind"], "end");
+    assert!(text.iter().any(|l| l.contains("marker-nojob")), "{text:#?}");
+    // (Other tests' processes run meanwhile and are of no job too: look at this test's port.)
+    let allowed: Vec<&Value> =
+        nojob.iter().filter(|e| e["kind"] == "connect" && e["daddr"] == "127.0.0.2" && e["dport"] == badp).collect();
+    assert_eq!(allowed.len(), 1, "{text:#?}");
+    assert_eq!(allowed[0]["allowed"], true);
+    assert!(!nojob.iter().any(|e| e["kind"] == "alert"), "no policy judges processes of no job");
+    let job_events = read_jsonl(dir.join(job["log"].as_str().unwrap()));
+    // The job's process is in the job's log from its exec on (its fork happened in no job).
+    let job_pids: std::collections::BTreeSet<u64> =
+        job_events.iter().filter(|e| e["kind"] == "exec").filter_map(|e| e["pid"].as_u64()).collect();
+    assert_eq!(job_pids.len(), 1, "{job_events:#?}");
+    for e in nojob.iter().filter(|e| e["kind"] == "exec" || e["kind"] == "connect") {
+        assert!(!job_pids.contains(&e["pid"].as_u64().unwrap()), "the job's event is in the no-job log: {e}");
+    }
+    assert_eq!(alerts(&job_events), vec![("egress-denied".to_string(), "deny".to_string())]);
+}
+
+#[test]
+fn dns_rules_and_learned_addresses_are_per_job() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-dns");
+    let dns_ip = "127.53.0.71";
+    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.3".parse().unwrap()])]).unwrap();
+    let named = Listener::start("127.0.0.3:0".parse().unwrap()).unwrap();
+    let port = named.addr().port();
+    let pol = |pipeline: &str, mode: &str| {
+        format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{port}]\ndns:\n  resolvers: [{dns_ip}]\n")
+    };
+    std::fs::write(dir.join("secure.yaml"), pol("secure", "enforce")).unwrap();
+    std::fs::write(dir.join("open.yaml"), pol("open", "audit")).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_DNS_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/secure\"\n    policy: secure.yaml\n  - match: \"acme/open\"\n    policy: open.yaml\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let np = netprobe_bin().display().to_string();
+    let run = |id: &str, repo: &str, args: &str| {
+        let out = Command::new("sh")
+            .args(["-c", &format!("{np} {args}")])
+            .env("WDT_DNS_RUN_ID", id)
+            .env("WDT_REPO", repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let lookups = format!("dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.3:{port} dns-sendto {dns_ip} evil.watcher.test A");
+    // Enforce job: the allowed name resolves, its answer's address is reachable; the other
+    // name's query never leaves.
+    let err = run("e", "acme/secure", &lookups);
+    assert_eq!(named.connections(), 1, "{err}");
+    let names: Vec<String> = dns.queries().iter().map(|q| q.name.clone()).collect();
+    assert_eq!(names, vec!["ok.watcher.test"], "{err}");
+    // Audit job: the same goes through, flagged.
+    let err = run("f", "acme/open", &lookups);
+    assert_eq!(named.connections(), 2, "{err}");
+    assert_eq!(dns.queries().len(), 3, "{err}");
+    // Another job of the enforce pipeline that did not resolve the name: the address the
+    // first job learned is not allowed for it.
+    let err = run("g", "acme/secure", &format!("tcp 127.0.0.3:{port}"));
+    assert!(err.contains("Operation not permitted (EPERM)"), "{err}");
+    assert_eq!(named.connections(), 2, "{err}");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["counters"]["jobs_ended"] == 3
+    }), "{st:#}");
+    let log_of = |id: &str| {
+        let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_DNS_RUN_ID={id}")).unwrap();
+        read_jsonl(dir.join(j["log"].as_str().unwrap()))
+    };
+    assert_eq!(alerts(&log_of("e")), vec![("dns-denied".to_string(), "deny".to_string())]);
+    assert_eq!(alerts(&log_of("f")), vec![("dns-denied".to_string(), "flag".to_string())]);
+    assert_eq!(alerts(&log_of("g")), vec![("egress-denied".to_string(), "deny".to_string())]);
+    assert_eq!(d.stop(), Some(0));
+}

@@ -1,0 +1,682 @@
+//! `watcher daemon`: a long-lived service for self-hosted runners. It watches every CI job on
+//! the host, recognised in the kernel at exec by a job variable in the environment, and
+//! applies each job's own pipeline policy, with one event log per job.
+//!
+//! The kernel side (see watcher-ebpf exec.rs): an unwatched process whose exec environment
+//! carries a configured job variable becomes the first process of a new kernel job; its
+//! children inherit the job at fork. Until the daemon has written the job's tables, the job is
+//! enforced with empty tables (everything denied) and its program is stopped (SIGSTOP at
+//! sched_process_exec, before its first instruction); the daemon writes the tables, then
+//! continues it (SIGCONT). Fail closed: a job the daemon never set up never runs.
+pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use tokio::signal::unix::{SignalKind, signal};
+use watcher_common::{JOB_DAEMON_BIT, JOB_NONE};
+
+use crate::{
+    cgroup::cgroup2_root,
+    collect::Collector,
+    engine::Engine,
+    event::{Event, Loss},
+    record::Record,
+    report::Report,
+    run::{boot_now_ns, clock_offset_ns, now_ts},
+    sensor::{COUNTER_NAMES, Sensor, SensorConfig},
+};
+use config::Config;
+use jobs::{Identity, Job, JobStatus, LoadedPolicy, RotatingLog};
+
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub ringbuf_bytes: u32,
+}
+
+/// Counters shown by `watcher status` and the metrics endpoint.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Kernel loss counters by source (ring buffer full, process table full, ...), plus
+    /// `decode` (records that could not be decoded).
+    pub lost: BTreeMap<String, u64>,
+    /// Records of a kernel job the daemon does not know (counted, never silently dropped).
+    pub unrouted: u64,
+    pub jobs_started: u64,
+    pub jobs_ended: u64,
+    pub events: u64,
+    pub alerts: u64,
+    pub reloads: u64,
+    pub reload_errors: u64,
+    pub last_reload_error: Option<String>,
+    /// Held jobs set up from /proc because their exec record was lost.
+    #[serde(default)]
+    pub recovered_jobs: u64,
+    /// Events of processes of no job written to `no_job_log`.
+    #[serde(default)]
+    pub no_job_events: u64,
+}
+
+/// What `watcher status` receives (JSON over the socket).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub config: String,
+    pub log_dir: String,
+    pub jobs: Vec<JobStatus>,
+    pub counters: Counters,
+}
+
+/// Load every policy the configuration names, and compile it for the kernel: all or nothing.
+fn load_policies(cfg: &Config, resolvers: &[std::net::IpAddr], seed: u64) -> anyhow::Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>> {
+    let mut out = BTreeMap::new();
+    for p in &cfg.pipelines {
+        let Some(path) = &p.policy else { continue };
+        if out.contains_key(path) {
+            continue;
+        }
+        let prepared = crate::run::prepare(Some(path), None)?;
+        let pol = prepared.policy.as_ref().ok_or_else(|| anyhow!("{}: no policy", path.display()))?;
+        let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
+        let tables = crate::policy::kernel::compile(pol, &hosts, resolvers, seed)
+            .map_err(|e| anyhow!("{}: {e}", pol.source))?;
+        out.insert(path.clone(), Rc::new(LoadedPolicy { path: path.clone(), prepared, tables }));
+    }
+    Ok(out)
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    u64::from_ne_bytes(b) ^ boot_now_ns()
+}
+
+struct Daemon {
+    cfg: Config,
+    policies: BTreeMap<PathBuf, Rc<LoadedPolicy>>,
+    seed: u64,
+    resolvers: Vec<std::net::IpAddr>,
+    sensor: Sensor,
+    /// Live jobs by identity id.
+    jobs: BTreeMap<String, Job>,
+    by_kernel: HashMap<u32, String>,
+    ended: Vec<JobStatus>,
+    used_names: std::collections::BTreeSet<String>,
+    counters: Counters,
+    loss_seen: [u64; COUNTER_NAMES.len()],
+    decode_errors: u64,
+    decode_reported: u64,
+    cgroup_root: PathBuf,
+    /// Watched cgroups (path below the root) -> (cgroup id, kernel job id).
+    cgroup_jobs: HashMap<String, (u64, u32)>,
+    next_cgroup_job: u32,
+    last_cgroup_scan: Option<Instant>,
+    held_seen: std::collections::HashSet<u32>,
+    /// Processes of no job (`no_job_log`): their own collector and log, no policy.
+    no_job: Option<(Collector, RotatingLog)>,
+    /// Losses counted while a kernel job was held and not yet set up.
+    pending_loss: HashMap<u32, Vec<Loss>>,
+}
+
+impl Daemon {
+    fn status(&self) -> StatusReport {
+        let mut jobs: Vec<JobStatus> = self.jobs.values().map(|j| j.status("running")).collect();
+        jobs.extend(self.ended.iter().cloned());
+        StatusReport {
+            pid: std::process::id(),
+            config: self.cfg.source.display().to_string(),
+            log_dir: self.cfg.log_dir.display().to_string(),
+            jobs,
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn policy_for(&self, pipeline: &str) -> Option<Rc<LoadedPolicy>> {
+        self.cfg.policy_for(pipeline).and_then(|p| self.policies.get(p).cloned())
+    }
+
+    /// The daemon job of an identity, created (log opened, policy chosen) when new.
+    fn ensure_job(&mut self, identity: Identity, command: &[String]) -> anyhow::Result<String> {
+        if !self.jobs.contains_key(&identity.id) {
+            let policy = self.policy_for(&identity.pipeline);
+            let mut name = identity.file_stem();
+            let mut n = 2;
+            while self.used_names.contains(&name) || self.cfg.log_dir.join(format!("{name}.jsonl")).exists() {
+                name = format!("{}.{n}", identity.file_stem());
+                n += 1;
+            }
+            self.used_names.insert(name.clone());
+            let path = self.cfg.log_dir.join(format!("{name}.jsonl"));
+            let start = jobs::start_record(&identity, command.to_vec(), self.sensor.states().to_vec(), self.resolvers.clone(), policy.as_deref());
+            let started = start.ts;
+            let log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
+            let secrets = policy.as_ref().map(|p| p.prepared.secrets.clone()).unwrap_or_default();
+            let engine = policy.as_ref().and_then(|p| p.prepared.policy.clone()).map(Engine::new);
+            let job = Job {
+                identity: identity.clone(),
+                name: name.clone(),
+                policy: policy.clone(),
+                kernel_ids: Default::default(),
+                collector: Collector::new(clock_offset_ns()).with_secrets(secrets),
+                engine,
+                log,
+                summary: Report::default(),
+                live: Default::default(),
+                root_pid: 0,
+                exit_code: None,
+                events: 0,
+                alerts: 0,
+                idle_since: None,
+                started,
+                cgroup: None,
+            };
+            tracing::info!(job = %name, id = %identity.id, pipeline = %identity.pipeline,
+                policy = %policy.as_ref().map(|p| p.path.display().to_string()).unwrap_or_else(|| "none".into()),
+                mode = %job.mode(), log = %path.display(), "job started");
+            self.counters.jobs_started += 1;
+            self.jobs.insert(identity.id.clone(), job);
+        }
+        Ok(identity.id)
+    }
+
+    /// Write a job's tables for a kernel job id and route that id to it.
+    fn attach_kernel_job(&mut self, id: &str, kid: u32) -> anyhow::Result<()> {
+        let job = self.jobs.get_mut(id).expect("job exists");
+        let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
+        self.sensor.apply_policy(kid, &tables)?;
+        job.kernel_ids.insert(kid);
+        self.by_kernel.insert(kid, id.to_string());
+        for l in self.pending_loss.remove(&kid).unwrap_or_default() {
+            job.loss(l)?;
+        }
+        Ok(())
+    }
+
+    /// A new kernel job: find (or create) its daemon job, write its tables (the caller then
+    /// continues the stopped process).
+    fn new_kernel_job(&mut self, kid: u32, env: &[(String, String)], argv: &[String]) -> anyhow::Result<()> {
+        let identity = Identity::from_env(env, &self.cfg.id_env, &self.cfg.pipeline_env)
+            .unwrap_or_else(|| Identity { id: format!("kernel-job={kid:#x}"), pipeline: String::new() });
+        let id = self.ensure_job(identity, argv)?;
+        self.attach_kernel_job(&id, kid)
+    }
+
+    /// Cgroup path patterns: every new cgroup that matches becomes a job (its tables written
+    /// first, then the cgroup put in the kernel's watch map: from then on each of its
+    /// processes is in the job at its next exec, fork, connect or packet).
+    fn scan_cgroups(&mut self) {
+        if self.cfg.cgroups.is_empty() {
+            return;
+        }
+        let mut found = Vec::new();
+        let mut stack = vec![(self.cgroup_root.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                let p = e.path();
+                let rel = p.strip_prefix(&self.cgroup_root).unwrap_or(&p).to_string_lossy().into_owned();
+                if !self.cgroup_jobs.contains_key(&rel)
+                    && let Some(rule) = self.cfg.cgroup_rule(&rel)
+                {
+                    found.push((rel.clone(), p.clone(), rule.pipeline.clone()));
+                }
+                if depth < 8 {
+                    stack.push((p, depth + 1));
+                }
+            }
+        }
+        for (rel, path, pipeline) in found {
+            use std::os::unix::fs::MetadataExt as _;
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let cgid = meta.ino();
+            self.next_cgroup_job = self.next_cgroup_job.wrapping_add(1);
+            // Bit 30 as well: never a pid-named kernel job (pids stay below 2^22).
+            let kid = JOB_DAEMON_BIT | 0x4000_0000 | (self.next_cgroup_job % 0x3fff_ffff);
+            let identity = Identity { id: format!("cgroup={rel}"), pipeline: pipeline.unwrap_or_else(|| rel.clone()) };
+            let r = self.ensure_job(identity, &[]).and_then(|id| {
+                self.attach_kernel_job(&id, kid)?;
+                self.sensor.watch_cgroup(cgid, kid)?;
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.cgroup = Some(path.clone());
+                }
+                Ok(())
+            });
+            match r {
+                Ok(()) => {
+                    tracing::info!(cgroup = %rel, kernel_job = kid, "watching cgroup as a job");
+                    self.cgroup_jobs.insert(rel, (cgid, kid));
+                }
+                Err(e) => tracing::error!(cgroup = %rel, "cannot watch cgroup: {e:#}"),
+            }
+        }
+        // Cgroups that are gone: out of the watch map (their job ends when its processes have).
+        let gone: Vec<String> = self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
+        for rel in gone {
+            if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel) {
+                self.sensor.unwatch_cgroup(cgid);
+            }
+        }
+    }
+
+    fn handle(&mut self, rec: Record) -> anyhow::Result<()> {
+        let kid = task_of(&rec).job;
+        if kid == JOB_NONE {
+            let Some((collector, log)) = &mut self.no_job else {
+                self.counters.unrouted += 1;
+                return Ok(());
+            };
+            let mut events = Vec::new();
+            collector.push(rec, &mut events);
+            for e in events {
+                self.counters.no_job_events += 1;
+                log.write(&e)?;
+            }
+            return Ok(());
+        }
+        if kid & JOB_DAEMON_BIT == 0 {
+            self.counters.unrouted += 1;
+            return Ok(());
+        }
+        if !self.by_kernel.contains_key(&kid) {
+            if let Record::Exec { env, argv, .. } = &rec {
+                if let Err(e) = self.new_kernel_job(kid, env, argv) {
+                    // Fail closed: a job whose policy cannot be written must not run.
+                    tracing::error!(kernel_job = kid, pid = task_of(&rec).pid, "cannot set up job, killing its process: {e:#}");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task_of(&rec).pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    return Ok(());
+                }
+            } else {
+                self.counters.unrouted += 1;
+                return Ok(());
+            }
+        }
+        if let Record::Exec { stopped: true, task, .. } = &rec {
+            // Its tables are written: let it run.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
+            self.sensor.forget_held_job(kid);
+        }
+        let id = self.by_kernel[&kid].clone();
+        let job = self.jobs.get_mut(&id).expect("routed job exists");
+        if let Record::Exec { task, ret: 0, .. } = &rec
+            && job.root_pid == 0
+        {
+            job.root_pid = task.pid;
+        }
+        let mut events = Vec::new();
+        job.collector.push(rec, &mut events);
+        for mut e in events {
+            if let Event::Exec(x) = &mut e {
+                x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid)).ok().map(|p| p.to_string_lossy().into_owned());
+            }
+            self.counters.events += 1;
+            let alerts = job.emit(e)?;
+            for a in alerts {
+                self.counters.alerts += 1;
+                tracing::warn!(job = %job.name, rule = %a.rule, action = %a.action, severity = %a.severity, pid = a.pid, "alert: {}", crate::report::safe(&a.message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loss counters: a kernel loss cannot be attributed to a job, so every running job's log
+    /// gets the `loss` record (its events may be among those lost).
+    fn check_loss(&mut self) -> anyhow::Result<()> {
+        let totals = self.sensor.counters()?;
+        let mut losses = Vec::new();
+        for (i, &t) in totals.iter().enumerate() {
+            if t > self.loss_seen[i] {
+                losses.push(Loss { ts: now_ts(), source: COUNTER_NAMES[i].into(), count: t - self.loss_seen[i], total: t });
+                self.loss_seen[i] = t;
+                self.counters.lost.insert(COUNTER_NAMES[i].into(), t);
+            }
+        }
+        if self.decode_errors > self.decode_reported {
+            losses.push(Loss { ts: now_ts(), source: "decode".into(), count: self.decode_errors - self.decode_reported, total: self.decode_errors });
+            self.decode_reported = self.decode_errors;
+            self.counters.lost.insert("decode".into(), self.decode_errors);
+        }
+        let held: Vec<u32> = if losses.is_empty() { Vec::new() } else {
+            self.sensor.held_jobs().into_iter().map(|(k, _)| k).filter(|k| !self.by_kernel.contains_key(k)).collect()
+        };
+        for l in losses {
+            tracing::warn!(source = %l.source, count = l.count, total = l.total, "kernel events lost");
+            for job in self.jobs.values_mut() {
+                job.loss(l.clone())?;
+            }
+            // Jobs the kernel holds that the daemon has not set up yet get it when they are.
+            for k in &held {
+                self.pending_loss.entry(*k).or_default().push(l.clone());
+            }
+            if let Some((_, log)) = &mut self.no_job {
+                log.write(&Event::Loss(l.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Jobs the kernel holds stopped whose exec record never arrived (lost when the ring
+    /// buffer was full): set them up from /proc (the exec's environment and argv), then
+    /// continue them. Without this a lost record would leave the job stopped for good.
+    fn recover_held_jobs(&mut self) {
+        let held = self.sensor.held_jobs();
+        // Only what was already held at the previous tick: a record still in the ring
+        // buffer is handled by the normal path.
+        let previous = std::mem::replace(&mut self.held_seen, held.iter().map(|(k, _)| *k).collect());
+        for (kid, pid) in held {
+            if !previous.contains(&kid) {
+                continue;
+            }
+            if self.by_kernel.contains_key(&kid) {
+                // Set up already; the record may still be on its way: continue it anyway.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                self.sensor.forget_held_job(kid);
+                continue;
+            }
+            let split = |b: Vec<u8>| -> Vec<String> {
+                b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+            };
+            let (Ok(environ), Ok(cmdline)) = (std::fs::read(format!("/proc/{pid}/environ")), std::fs::read(format!("/proc/{pid}/cmdline"))) else {
+                self.sensor.forget_held_job(kid); // gone
+                continue;
+            };
+            let wanted: Vec<&String> = self.cfg.id_env.iter().chain(&self.cfg.pipeline_env).collect();
+            let env: Vec<(String, String)> = split(environ)
+                .into_iter()
+                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter(|(k, _)| wanted.contains(&k))
+                .collect();
+            match self.new_kernel_job(kid, &env, &split(cmdline)) {
+                Ok(()) => {
+                    self.counters.recovered_jobs += 1;
+                    // This job's own exec record is among the lost ones: say so in its log.
+                    let total = self.sensor.counters().map(|c| c[0]).unwrap_or(0);
+                    if let Some(job) = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id)) {
+                        let _ = job.loss(Loss { ts: now_ts(), source: "exec".into(), count: 1, total });
+                        job.live.insert(pid);
+                        if job.root_pid == 0 {
+                            job.root_pid = pid;
+                        }
+                    }
+                    tracing::warn!(kernel_job = kid, pid, "job set up from /proc: its exec record was lost");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                }
+                Err(e) => {
+                    tracing::error!(kernel_job = kid, pid, "cannot set up job, killing its process: {e:#}");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            self.sensor.forget_held_job(kid);
+        }
+    }
+
+    fn tick(&mut self) -> anyhow::Result<()> {
+        self.recover_held_jobs();
+        if self.last_cgroup_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            self.scan_cgroups();
+            self.last_cgroup_scan = Some(Instant::now());
+        }
+        let now = boot_now_ns();
+        for job in self.jobs.values_mut() {
+            let mut ev = Vec::new();
+            job.collector.expire(now, &mut ev);
+            for e in ev {
+                self.counters.events += 1;
+                job.emit(e)?;
+            }
+            // A process whose exit record was lost must not keep the job open forever.
+            job.live.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        }
+        if let Some((collector, log)) = &mut self.no_job {
+            let mut ev = Vec::new();
+            collector.expire(now, &mut ev);
+            for e in ev {
+                log.write(&e)?;
+            }
+            log.flush()?;
+        }
+        self.check_loss()?;
+        let grace = self.cfg.job_end_grace;
+        let mut done = Vec::new();
+        for (id, job) in self.jobs.iter_mut() {
+            job.log.flush()?;
+            // A job recognised by its cgroup lasts as long as the cgroup.
+            let cgroup_busy = job.cgroup.as_ref().is_some_and(|c| c.exists());
+            if job.live.is_empty() && !cgroup_busy {
+                let since = *job.idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= grace {
+                    done.push(id.clone());
+                }
+            } else {
+                job.idle_since = None;
+            }
+        }
+        for id in done {
+            self.close_job(&id)?;
+        }
+        Ok(())
+    }
+
+    fn close_job(&mut self, id: &str) -> anyhow::Result<()> {
+        let Some(mut job) = self.jobs.remove(id) else { return Ok(()) };
+        let summary = job.close()?;
+        let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
+        for kid in &job.kernel_ids {
+            self.sensor.remove_job(*kid, &tables);
+            self.by_kernel.remove(kid);
+        }
+        self.counters.jobs_ended += 1;
+        tracing::info!(job = %job.name, id = %job.identity.id, events = job.events, alerts = job.alerts,
+            lost = job.summary.lost_total(), "job ended: {}", summary.lines().next().unwrap_or(""));
+        self.ended.push(job.status("ended"));
+        if self.ended.len() > 100 {
+            self.ended.remove(0);
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: re-read the configuration and every policy it names. All or nothing: on any
+    /// error the previous ones stay in force. Running jobs keep the policy they started with
+    /// (their log's start record names it, so replay gives the same verdicts); jobs that
+    /// start after the reload get the new one.
+    fn reload(&mut self) {
+        self.counters.reloads += 1;
+        let result = config::load(&self.cfg.source)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|cfg| load_policies(&cfg, &self.resolvers, self.seed).map(|p| (cfg, p)));
+        match result {
+            Ok((mut cfg, policies)) => {
+                if cfg.id_env != self.cfg.id_env || cfg.pipeline_env != self.cfg.pipeline_env
+                    || cfg.socket != self.cfg.socket || cfg.metrics != self.cfg.metrics || cfg.log_dir != self.cfg.log_dir
+                    || cfg.no_job_log != self.cfg.no_job_log {
+                    tracing::warn!("jobs.id_env, jobs.pipeline_env, socket, metrics, log_dir and no_job_log take effect at restart only; keeping the current values");
+                    cfg.id_env = self.cfg.id_env.clone();
+                    cfg.pipeline_env = self.cfg.pipeline_env.clone();
+                    cfg.socket = self.cfg.socket.clone();
+                    cfg.metrics = self.cfg.metrics;
+                    cfg.log_dir = self.cfg.log_dir.clone();
+                    cfg.no_job_log = self.cfg.no_job_log.clone();
+                }
+                tracing::info!(config = %cfg.source.display(), policies = policies.len(), "configuration reloaded");
+                self.cfg = cfg;
+                self.policies = policies;
+                self.counters.last_reload_error = None;
+            }
+            Err(e) => {
+                self.counters.reload_errors += 1;
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, "reload failed; the previous configuration and policies stay in force");
+                self.counters.last_reload_error = Some(msg);
+            }
+        }
+    }
+}
+
+fn task_of(r: &Record) -> &crate::record::Task {
+    match r {
+        Record::Exec { task, .. }
+        | Record::Fork { task, .. }
+        | Record::Exit { task, .. }
+        | Record::Connect { task, .. }
+        | Record::DnsPacket { task, .. }
+        | Record::Payload { task, .. } => task,
+    }
+}
+
+pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
+    let cfg = config::load(&opts.config).map_err(|e| anyhow!("{e}"))?;
+    let resolvers = crate::policy::system_resolvers();
+    let seed = random_seed();
+    let policies = load_policies(&cfg, &resolvers, seed)?;
+    std::fs::create_dir_all(&cfg.log_dir).with_context(|| format!("cannot create log directory {}", cfg.log_dir.display()))?;
+    let root = cgroup2_root()?;
+    let sensor = Sensor::load(&SensorConfig {
+        ringbuf_bytes: opts.ringbuf_bytes,
+        cgroup: root.clone(),
+        daemon: true,
+        log_no_job: cfg.no_job_log.is_some(),
+        job_env: cfg.id_env.clone(),
+        extra_env: cfg.pipeline_env.clone(),
+    })?;
+    let status_listener = status::bind(&cfg.socket)?;
+    let metrics_listener = match cfg.metrics {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?),
+        None => None,
+    };
+    let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
+    tracing::info!(pid = std::process::id(), config = %cfg.source.display(), cgroup = %root.display(),
+        socket = %cfg.socket.display(), log_dir = %cfg.log_dir.display(),
+        metrics = %cfg.metrics.map(|m| m.to_string()).unwrap_or_else(|| "off".into()),
+        sensors = %active.join(","), job_variables = %cfg.id_env.join(","), "watcher daemon started");
+    let mut d = Daemon {
+        cfg,
+        policies,
+        seed,
+        resolvers,
+        sensor,
+        jobs: BTreeMap::new(),
+        by_kernel: HashMap::new(),
+        ended: Vec::new(),
+        used_names: Default::default(),
+        counters: Counters::default(),
+        loss_seen: [0; COUNTER_NAMES.len()],
+        decode_errors: 0,
+        decode_reported: 0,
+        cgroup_root: root.clone(),
+        cgroup_jobs: HashMap::new(),
+        next_cgroup_job: 0,
+        last_cgroup_scan: None,
+        held_seen: Default::default(),
+        no_job: None,
+        pending_loss: HashMap::new(),
+    };
+    if let Some(path) = d.cfg.no_job_log.clone() {
+        let identity = Identity { id: "none".into(), pipeline: String::new() };
+        let start = jobs::start_record(&identity, Vec::new(), d.sensor.states().to_vec(), d.resolvers.clone(), None);
+        let log = RotatingLog::create(&path, Event::Start(start), d.cfg.log_max_bytes, d.cfg.log_keep)?;
+        d.no_job = Some((Collector::new(clock_offset_ns()), log));
+    }
+    d.scan_cgroups();
+    let mut hup = signal(SignalKind::hangup()).context("installing signal handlers")?;
+    let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut batch = Vec::new();
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                r = d.sensor.wait_and_drain(&mut batch) => {
+                    r?;
+                    for r in batch.drain(..) {
+                        match r {
+                            Ok(rec) => d.handle(rec)?,
+                            Err(e) => {
+                                tracing::debug!("undecodable record: {e}");
+                                d.decode_errors += 1;
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => d.tick()?,
+                _ = hup.recv() => d.reload(),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                c = status_listener.accept() => {
+                    if let Ok((stream, _)) = c {
+                        status::serve(stream, serde_json::to_string(&d.status())?);
+                    }
+                }
+                c = async { match &metrics_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
+                    if let Ok((stream, _)) = c {
+                        metrics::serve(stream, metrics::render(&d.status()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Stop: take what is left, close every job out, detach everything.
+    tracing::info!(jobs = d.jobs.len(), "stopping: closing out running jobs and detaching");
+    let mut rest = Vec::new();
+    d.sensor.drain(&mut rest);
+    for r in rest.into_iter().flatten() {
+        let _ = d.handle(r);
+    }
+    // Jobs the kernel still holds are set up and continued like the others (after exit no
+    // job is watched any more; a held one would otherwise stay stopped for good).
+    d.held_seen = d.sensor.held_jobs().into_iter().map(|(k, _)| k).collect();
+    d.recover_held_jobs();
+    let _ = d.check_loss();
+    let ids: Vec<String> = d.jobs.keys().cloned().collect();
+    for id in ids {
+        if let Err(e) = d.close_job(&id) {
+            tracing::error!("closing job {id}: {e:#}");
+        }
+    }
+    if let Some((collector, log)) = &mut d.no_job {
+        let mut ev = Vec::new();
+        collector.finish(&mut ev);
+        for e in ev {
+            let _ = log.write(&e);
+        }
+        let _ = log.write(&Event::End(crate::event::End { ts: now_ts(), exit_code: None, lost: d.counters.lost.values().sum() }));
+        let _ = log.finish();
+    }
+    let socket = d.cfg.socket.clone();
+    drop(d); // the sensor: every program and link is detached here
+    let _ = std::fs::remove_file(&socket);
+    result?;
+    tracing::info!("watcher daemon stopped");
+    Ok(0)
+}
+
+/// `watcher status`: ask the running daemon.
+pub fn status_command(socket: &Path, json: bool) -> anyhow::Result<i32> {
+    let text = status::query(socket)?;
+    if json {
+        println!("{text}");
+        return Ok(0);
+    }
+    let r: StatusReport = serde_json::from_str(&text).with_context(|| format!("unexpected answer from {}", socket.display()))?;
+    print!("{}", status::render(&r));
+    Ok(0)
+}
+
