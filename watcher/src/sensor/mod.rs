@@ -88,8 +88,23 @@ impl SensorConfig {
     }
 }
 
+/// Takes one attachment's link out of its program, so it can be closed apart (see `Drop`).
+type Detach = Box<dyn FnOnce(&mut Ebpf) -> Option<Box<dyn Send>> + Send>;
+
+/// A closure that takes the link `id` out of program `name` of type `P`.
+macro_rules! detach {
+    ($ty:ty, $name:expr, $id:expr) => {{
+        let (name, id) = ($name, $id);
+        Box::new(move |ebpf: &mut Ebpf| -> Option<Box<dyn Send>> {
+            let p: &mut $ty = ebpf.program_mut(name)?.try_into().ok()?;
+            p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
+        }) as Detach
+    }};
+}
+
 pub struct Sensor {
     ebpf: Ebpf,
+    links: Vec<Detach>,
     ring: AsyncFd<RingBuf<MapData>>,
     states: Vec<SensorState>,
 }
@@ -101,7 +116,7 @@ const SHELL_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/u
 /// sched_process_exec raw tracepoint, give it struct offsets from the kernel's BTF and the
 /// signatures of this machine's shell binaries. Optional: without BTF, shells are recognised
 /// by name only, and the sensor line says so.
-fn shell_identity(ebpf: &mut Ebpf) -> anyhow::Result<SensorState> {
+fn shell_identity(ebpf: &mut Ebpf, links: &mut Vec<Detach>) -> anyhow::Result<SensorState> {
     let offsets = btf::Btf::from_sys().ok().and_then(|b| {
         Some([
             (CFG_OFF_BPRM_FILE, b.member_offset("linux_binprm", "file")?),
@@ -150,7 +165,10 @@ fn shell_identity(ebpf: &mut Ebpf) -> anyhow::Result<SensorState> {
         .ok_or_else(|| anyhow!("eBPF object has no program sched_process_exec"))?
         .try_into()?;
     p.load().map_err(|e| explain_load_error("raw tracepoint program sched_process_exec", e))?;
-    p.attach("sched_process_exec").map_err(|e| explain_load_error("attachment to raw tracepoint sched_process_exec", e))?;
+    let id = p
+        .attach("sched_process_exec")
+        .map_err(|e| explain_load_error("attachment to raw tracepoint sched_process_exec", e))?;
+    links.push(detach!(RawTracePoint, "sched_process_exec", id));
     let names: std::collections::BTreeSet<String> = sigs.into_values().collect();
     Ok(SensorState {
         name: "shell-identity".into(),
@@ -211,6 +229,22 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::
     ebpf.map_mut(name).ok_or_else(|| anyhow!("no {name} map"))
 }
 
+impl Drop for Sensor {
+    /// Detach every program at once. Closing a tracepoint or cgroup link waits for an RCU grace
+    /// period (tens of milliseconds on a busy machine); one after the other, the ~20 links of a
+    /// sensor took about a second at the end of every `watcher run`. Closed from one thread
+    /// each, the waits overlap. The programs and maps are freed after, when `ebpf` drops.
+    fn drop(&mut self) {
+        let links: Vec<Box<dyn Send>> = self.links.drain(..).filter_map(|take| take(&mut self.ebpf)).collect();
+        std::thread::scope(|scope| {
+            for link in links {
+                // Without a thread (resource limits), the link is closed here, in turn.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
+            }
+        });
+    }
+}
+
 impl Sensor {
     /// Load and attach everything. Fails with one sentence naming what is missing.
     pub fn load(cfg: &SensorConfig) -> anyhow::Result<Sensor> {
@@ -231,6 +265,7 @@ impl Sensor {
             .load(EBPF_OBJECT)
             .map_err(|e| explain_load_error("eBPF object (maps and BTF)", e))?;
         let mut states = Vec::new();
+        let mut links: Vec<Detach> = Vec::new();
 
         // Loaded, not attached: the exec tracepoints tail-call it to scan the environment.
         {
@@ -251,10 +286,12 @@ impl Sensor {
                 .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
                 .try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("tracepoint program {prog}"), e))?;
-            p.attach(category, name)
+            let id = p
+                .attach(category, name)
                 .map_err(|e| explain_load_error(&format!("attachment to tracepoint {category}/{name}"), e))?;
+            links.push(detach!(TracePoint, prog, id));
         }
-        states.push(shell_identity(&mut ebpf)?);
+        states.push(shell_identity(&mut ebpf, &mut links)?);
         states.push(SensorState {
             name: "process".into(),
             active: true,
@@ -272,8 +309,10 @@ impl Sensor {
                 .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
                 .try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_sock_addr program {prog}"), e))?;
-            p.attach(cgroup.as_fd(), attach_mode)
+            let id = p
+                .attach(cgroup.as_fd(), attach_mode)
                 .map_err(|e| explain_load_error(&format!("attachment of {prog} to {}", cfg.cgroup.display()), e))?;
+            links.push(detach!(CgroupSockAddr, *prog, id));
         }
         states.push(SensorState {
             name: "network".into(),
@@ -299,8 +338,10 @@ impl Sensor {
                 .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
                 .try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_skb program {prog}"), e))?;
-            p.attach(cgroup.as_fd(), ty, attach_mode)
+            let id = p
+                .attach(cgroup.as_fd(), ty, attach_mode)
                 .map_err(|e| explain_load_error(&format!("attachment of {prog} to {}", cfg.cgroup.display()), e))?;
+            links.push(detach!(CgroupSkb, prog, id));
         }
         states.push(SensorState {
             name: "dns".into(),
@@ -351,7 +392,7 @@ impl Sensor {
         // open for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))?;
-        Ok(Sensor { ebpf, ring, states })
+        Ok(Sensor { ebpf, links, ring, states })
     }
 
     pub fn states(&self) -> &[SensorState] {
