@@ -60,8 +60,15 @@ pub fn value(r: &Report) -> Value {
     let alerts: Vec<Value> = r
         .alerts
         .iter()
-        // Exactly the alert records of the log schema (without `kind`).
-        .map(|a| serde_json::to_value(&a.alert).unwrap_or(Value::Null))
+        // The alert records of the log schema (without `kind`), plus how long after its
+        // install script started each came.
+        .map(|a| {
+            let mut v = serde_json::to_value(&a.alert).unwrap_or(Value::Null);
+            if let (Some(ns), Some(o)) = (r.since_install_script(&a.alert), v.as_object_mut()) {
+                o.insert("since_install_script_ms".into(), json!(ns as f64 / 1e6));
+            }
+            v
+        })
         .collect();
     json!({
         "log": r.log,

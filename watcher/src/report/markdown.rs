@@ -94,17 +94,18 @@ pub fn render(r: &Report) -> String {
     );
     if !r.alerts.is_empty() {
         let _ = writeln!(s, "#### Alerts\n");
-        let _ = writeln!(s, "| severity | action | rule | package | pid | message |");
-        let _ = writeln!(s, "|---|---|---|---|---:|---|");
+        let _ = writeln!(s, "| severity | action | rule | package | after script start | pid | message |");
+        let _ = writeln!(s, "|---|---|---|---|---:|---:|---|");
         for a in &r.alerts {
             let a = &a.alert;
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 code(&a.severity),
                 code(&a.action),
                 code(&a.rule),
                 a.package.as_deref().map(code).unwrap_or_else(|| "—".into()),
+                r.since_install_script(a).map(super::text::duration).unwrap_or_else(|| "—".into()),
                 a.pid,
                 code(&a.message)
             );
@@ -218,7 +219,7 @@ mod render_tests {
         let md = render(&r);
         let row = md.lines().find(|l| l.contains("evil.test")).expect("alert row");
         // Every untrusted part is inside a code span; the pipe cannot split the table row.
-        assert_eq!(row.matches(" | ").count(), 5, "six cells: {row}");
+        assert_eq!(row.matches(" | ").count(), 6, "seven cells: {row}");
         assert!(row.contains("``npm:x](https://evil.test) <img src=x onerror=alert(1)> \\| `code` **b**@1.0.0 (postinstall)``"), "{row}");
         assert!(!md.contains("\nforged line"), "{md}");
     }

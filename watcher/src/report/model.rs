@@ -24,6 +24,9 @@ pub struct ProcStats {
     pub alerts: u32,
     pub exit_code: Option<i32>,
     pub killed: bool,
+    /// When the process last exec'd: for an install script's first process, when the script
+    /// started (alerts say how long after that they came).
+    pub exec_ts: Option<Ts>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -141,6 +144,7 @@ impl Report {
                 }
                 let st = self.stats(x.proc.pid);
                 st.killed |= x.killed;
+                st.exec_ts = Some(x.ts);
             }
             Event::Fork(x) => {
                 // A recycled pid is a new process.
@@ -213,6 +217,15 @@ impl Report {
     pub fn add_alert(&mut self, a: Alert, line: Option<u64>) {
         self.stats(a.pid).alerts += 1;
         self.alerts.push(AlertAt { alert: a, line });
+    }
+
+    /// How long after its install script started an alert came, in nanoseconds: from the
+    /// exec of the script's first process (npm's `sh -c`, a build script, pip's build hook) to
+    /// the event that raised the alert. None when the alert is not about an install script.
+    pub fn since_install_script(&self, a: &Alert) -> Option<u64> {
+        let (script, _) = self.tree.install_script(a.pid)?;
+        let start = self.procs.get(&script)?.exec_ts?;
+        Some(a.ts.0.saturating_sub(start.0))
     }
 
     pub fn lost_total(&self) -> u64 {

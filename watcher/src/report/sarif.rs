@@ -104,6 +104,9 @@ pub fn run(r: &Report, version: &str) -> Value {
             if let Some(i) = idx {
                 res["ruleIndex"] = json!(i);
             }
+            if let Some(ns) = r.since_install_script(al) {
+                res["properties"]["since_install_script_ms"] = json!(ns as f64 / 1e6);
+            }
             res
         })
         .collect();

@@ -123,12 +123,13 @@ pub fn render(r: &Report, p: Paint) -> String {
             let a = &a.alert;
             let _ = writeln!(
                 s,
-                "  {} {} {} [pid {}{}]: {}",
+                "  {} {} {} [pid {}{}{}]: {}",
                 p.red(&a.severity),
                 a.action,
                 p.bold(&a.rule),
                 a.pid,
                 a.package.as_ref().map(|x| format!(" {}", safe(x))).unwrap_or_default(),
+                r.since_install_script(a).map(|ns| format!(", {} after the script started", duration(ns))).unwrap_or_default(),
                 safe(&a.message)
             );
         }
@@ -140,4 +141,15 @@ pub fn render(r: &Report, p: Paint) -> String {
         let _ = writeln!(s, "  {}", p.red(&format!("LOST {n} {} events: the kernel could not deliver them", safe(src))));
     }
     s
+}
+
+/// A short human duration: `850 µs`, `48.2 ms`, `3.41 s`.
+pub fn duration(ns: u64) -> String {
+    if ns < 1_000_000 {
+        format!("{} µs", ns / 1000)
+    } else if ns < 1_000_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2} s", ns as f64 / 1e9)
+    }
 }
