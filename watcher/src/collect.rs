@@ -464,4 +464,26 @@ mod tests {
             vec![SecretMatch { variable: "AWS_ACCESS_KEY".into(), encoding: "hex".into(), redacted: Some("AK…(20 chars)".into()) }]
         );
     }
+
+    #[test]
+    fn several_values_of_one_variable_are_each_found_with_their_own_redacted_form() {
+        let pats = ["*_TOKEN".to_string()];
+        let one = SecretSet::new(&pats, [("CI_TOKEN".to_string(), "Xk4Tq9Lm2Vz7Rb5Nw8".to_string())]).unwrap();
+        let two = SecretSet::new(&pats, [("CI_TOKEN".to_string(), "Yp3Hs6Gd1Fj0Qc8Ue2Wa".to_string())]).unwrap();
+        let mut c = Collector::new(0);
+        c.set_secrets(vec![one, two]);
+        let hex = |v: &str| v.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut out = Vec::new();
+        c.push(packet(true, 10, query(1, &format!("{}.x.test", hex("Xk4Tq9Lm2Vz7Rb5Nw8")))), &mut out);
+        c.push(packet(true, 11, query(2, &format!("{}.x.test", hex("Yp3Hs6Gd1Fj0Qc8Ue2Wa")))), &mut out);
+        c.finish(&mut out);
+        let found: Vec<Option<String>> = dns(&out).iter().flat_map(|d| d.secrets.iter().map(|s| s.redacted.clone())).collect();
+        assert_eq!(found, [Some("Xk…(18 chars)".to_string()), Some("Yp…(20 chars)".to_string())]);
+        // Dropped: nothing is found any more.
+        c.set_secrets(Vec::new());
+        let mut out = Vec::new();
+        c.push(packet(true, 12, query(3, &format!("{}.x.test", hex("Xk4Tq9Lm2Vz7Rb5Nw8")))), &mut out);
+        c.finish(&mut out);
+        assert!(dns(&out)[0].secrets.is_empty());
+    }
 }
