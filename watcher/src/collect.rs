@@ -32,20 +32,21 @@ pub struct Collector {
     clock_offset_ns: i128,
     pending: HashMap<QueryKey, Pending>,
     /// Values of the environment given to the command, to find them leaving in DNS names.
-    secrets: Option<SecretSet>,
+    /// Several sets when one variable has had several values (a daemon job's steps): each
+    /// set names a variable once, so a hit's redacted value is that of the set that matched.
+    secrets: Vec<SecretSet>,
 }
 
 /// Detector hits as log facts: variable names, encodings and redacted values, sorted, once each.
-fn matches(set: Option<&SecretSet>, find: impl FnOnce(&SecretSet) -> Vec<crate::secrets::SecretHit>) -> Vec<SecretMatch> {
-    let Some(set) = set else { return Vec::new() };
-    let mut v: Vec<SecretMatch> = find(set)
-        .into_iter()
-        .map(|h| SecretMatch {
+fn matches(sets: &[SecretSet], find: impl Fn(&SecretSet) -> Vec<crate::secrets::SecretHit>) -> Vec<SecretMatch> {
+    let mut v: Vec<SecretMatch> = Vec::new();
+    for set in sets {
+        v.extend(find(set).into_iter().map(|h| SecretMatch {
             redacted: set.redacted(&h.variable).map(str::to_string),
             variable: h.variable,
             encoding: h.encoding.as_str().to_string(),
-        })
-        .collect();
+        }));
+    }
     v.sort();
     v.dedup();
     v
@@ -65,27 +66,35 @@ pub fn rcode_name(rcode: u8) -> String {
 
 impl Collector {
     pub fn new(clock_offset_ns: i128) -> Collector {
-        Collector { clock_offset_ns, pending: HashMap::new(), secrets: None }
+        Collector { clock_offset_ns, pending: HashMap::new(), secrets: Vec::new() }
     }
 
     /// Annotate DNS queries with the protected variables whose values they carry.
     pub fn with_secrets(mut self, secrets: SecretSet) -> Collector {
-        self.secrets = Some(secrets);
+        self.secrets = vec![secrets];
         self
     }
 
+    /// Replace the protected values (a daemon job learns them from its processes'
+    /// environments; an empty list drops them).
+    pub fn set_secrets(&mut self, sets: Vec<SecretSet>) {
+        self.secrets = sets;
+    }
+
     fn secret_matches(&self, qname: &str) -> Vec<SecretMatch> {
-        matches(self.secrets.as_ref(), |s| s.find_in_dns_name(qname))
+        matches(&self.secrets, |s| s.find_in_dns_name(qname))
     }
 
     /// Protected values in an exec's arguments (a shell expands `"$DB_PASSWORD"` before curl
     /// runs) replaced by their redacted forms, so the log never holds a secret.
     fn redact_argv(&self, argv: Vec<String>) -> (Vec<String>, bool) {
-        let Some(set) = &self.secrets else { return (argv, false) };
+        if self.secrets.is_empty() {
+            return (argv, false);
+        }
         let mut redacted = false;
         let argv = argv
             .into_iter()
-            .map(|a| match set.redact_values_in(&a) {
+            .map(|a| match SecretSet::redact_values_in_all(&self.secrets, &a) {
                 Some(r) => {
                     redacted = true;
                     r
@@ -148,7 +157,7 @@ impl Collector {
                 }))
             }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
-                let secrets = matches(self.secrets.as_ref(), |s| s.find_in_payload(&payload));
+                let secrets = matches(&self.secrets, |s| s.find_in_payload(&payload));
                 out.push(Event::Send(Send {
                     ts: self.wall(task.boot_ns),
                     proc: Self::proc(&task),
@@ -454,5 +463,27 @@ mod tests {
             d[0].secrets,
             vec![SecretMatch { variable: "AWS_ACCESS_KEY".into(), encoding: "hex".into(), redacted: Some("AK…(20 chars)".into()) }]
         );
+    }
+
+    #[test]
+    fn several_values_of_one_variable_are_each_found_with_their_own_redacted_form() {
+        let pats = ["*_TOKEN".to_string()];
+        let one = SecretSet::new(&pats, [("CI_TOKEN".to_string(), "Xk4Tq9Lm2Vz7Rb5Nw8".to_string())]).unwrap();
+        let two = SecretSet::new(&pats, [("CI_TOKEN".to_string(), "Yp3Hs6Gd1Fj0Qc8Ue2Wa".to_string())]).unwrap();
+        let mut c = Collector::new(0);
+        c.set_secrets(vec![one, two]);
+        let hex = |v: &str| v.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut out = Vec::new();
+        c.push(packet(true, 10, query(1, &format!("{}.x.test", hex("Xk4Tq9Lm2Vz7Rb5Nw8")))), &mut out);
+        c.push(packet(true, 11, query(2, &format!("{}.x.test", hex("Yp3Hs6Gd1Fj0Qc8Ue2Wa")))), &mut out);
+        c.finish(&mut out);
+        let found: Vec<Option<String>> = dns(&out).iter().flat_map(|d| d.secrets.iter().map(|s| s.redacted.clone())).collect();
+        assert_eq!(found, [Some("Xk…(18 chars)".to_string()), Some("Yp…(20 chars)".to_string())]);
+        // Dropped: nothing is found any more.
+        c.set_secrets(Vec::new());
+        let mut out = Vec::new();
+        c.push(packet(true, 12, query(3, &format!("{}.x.test", hex("Xk4Tq9Lm2Vz7Rb5Nw8")))), &mut out);
+        c.finish(&mut out);
+        assert!(dns(&out)[0].secrets.is_empty());
     }
 }

@@ -193,10 +193,10 @@ impl SecretSet {
         patterns: &[String],
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<SecretSet, globset::Error> {
-        let (include, exclude) = compile_patterns(patterns)?;
+        let names = SecretNames::new(patterns)?;
         let mut selected: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in env {
-            if !include.is_match(&name) || exclude.is_match(&name) {
+            if !names.matches(&name) {
                 continue;
             }
             if value.len() >= MIN_SECRET_LEN {
@@ -257,6 +257,30 @@ impl SecretSet {
             }
         }
         Some(out)
+    }
+
+    /// [`SecretSet::redact_values_in`] over several sets at once: every value of every set,
+    /// longest first (a value that contains another one is replaced whole).
+    pub fn redact_values_in_all(sets: &[SecretSet], text: &str) -> Option<String> {
+        match sets {
+            [] => None,
+            [one] => one.redact_values_in(text),
+            _ => {
+                let mut values: Vec<&(String, String)> =
+                    sets.iter().flat_map(|s| &s.values).filter(|(v, _)| text.contains(v.as_str())).collect();
+                if values.is_empty() {
+                    return None;
+                }
+                values.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+                let mut out = text.to_string();
+                for (value, redacted) in values {
+                    if out.contains(value.as_str()) {
+                        out = out.replace(value.as_str(), redacted);
+                    }
+                }
+                Some(out)
+            }
+        }
     }
 
     /// The [`redact`]ed value of protected variable `name` (safe to log), if it is protected.
@@ -356,6 +380,31 @@ impl SecretSet {
                 encoding,
             })
             .collect()
+    }
+}
+
+/// Which variables are protected: the name globs of [`SecretSet::new`] (`!` excludes).
+#[derive(Clone, Debug)]
+pub struct SecretNames {
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl SecretNames {
+    pub fn new(patterns: &[String]) -> Result<SecretNames, globset::Error> {
+        let (include, exclude) = compile_patterns(patterns)?;
+        Ok(SecretNames { include, exclude })
+    }
+
+    /// Whether variable `name` is protected (by name only).
+    pub fn matches(&self, name: &str) -> bool {
+        self.include.is_match(name) && !self.exclude.is_match(name)
+    }
+
+    /// Whether `name=value` would be protected by a [`SecretSet`] (name selected, value long
+    /// enough).
+    pub fn protects(&self, name: &str, value: &str) -> bool {
+        value.len() >= MIN_SECRET_LEN && self.matches(name)
     }
 }
 

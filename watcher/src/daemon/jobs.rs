@@ -20,6 +20,7 @@ use crate::{
     report::Report,
     run::Prepared,
 };
+use super::job_secrets::{self, JobSecrets};
 
 /// A policy loaded and compiled with the configuration.
 pub struct LoadedPolicy {
@@ -137,6 +138,8 @@ pub struct Job {
     pub started: crate::event::Ts,
     /// A job recognised by its cgroup: the cgroup's directory.
     pub cgroup: Option<PathBuf>,
+    /// The values its secret detection looks for, from its processes' environments.
+    pub secrets: JobSecrets,
 }
 
 impl Job {
@@ -174,6 +177,41 @@ impl Job {
         self.log.write(e)
     }
 
+    /// Look for the protected values of process `pid`'s environment from now on (its DNS
+    /// names, first payloads and exec arguments). `exec_boot_ns`: when it exec'd, to make
+    /// sure the process read is that one and not a later one with its pid (None: it is held
+    /// stopped). Values are never logged, only names.
+    pub fn learn_environ(&mut self, pid: u32, exec_boot_ns: Option<u64>) {
+        let Some(environ) = job_secrets::read_environ(pid) else { return };
+        let entries = self.secrets.unknown_entries(&environ);
+        drop(environ);
+        if entries.is_empty() {
+            return;
+        }
+        if let Some(ns) = exec_boot_ns
+            && !job_secrets::started_by(pid, ns)
+        {
+            return;
+        }
+        let refused_before = self.secrets.refused().len();
+        let added = self.secrets.add(entries);
+        if self.secrets.refused().len() > refused_before {
+            tracing::warn!(job = %self.name, pid, variables = ?self.secrets.refused(),
+                "more than {} protected values in this job: further values are not looked for", job_secrets::MAX_VALUES);
+        }
+        if added.is_empty() {
+            return;
+        }
+        match self.secrets.sets() {
+            Ok(sets) => {
+                self.collector.set_secrets(sets);
+                tracing::info!(job = %self.name, pid, variables = ?added, values = self.secrets.len(),
+                    "looking for these variables' values (from the job's environment) in its traffic");
+            }
+            Err(e) => tracing::error!(job = %self.name, "cannot build the secret detector: {e:#}"),
+        }
+    }
+
     pub fn loss(&mut self, l: Loss) -> anyhow::Result<()> {
         self.emit(Event::Loss(l)).map(|_| ())
     }
@@ -187,6 +225,9 @@ impl Job {
         }
         let lost = self.summary.lost_total();
         self.emit(Event::End(End { ts: crate::run::now_ts(), exit_code: self.exit_code, lost }))?;
+        // The job's values live no longer than the job.
+        self.collector.set_secrets(Vec::new());
+        self.secrets.clear();
         self.log.finish()?;
         Ok(crate::report::text::render(&self.summary, crate::report::text::Paint(false)))
     }

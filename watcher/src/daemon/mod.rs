@@ -9,6 +9,7 @@
 //! sched_process_exec, before its first instruction); the daemon writes the tables, then
 //! continues it (SIGCONT). Fail closed: a job the daemon never set up never runs.
 pub mod config;
+pub mod job_secrets;
 pub mod jobs;
 pub mod metrics;
 pub mod status;
@@ -160,14 +161,16 @@ impl Daemon {
             let start = jobs::start_record(&identity, command.to_vec(), self.sensor.states().to_vec(), self.resolvers.clone(), policy.as_deref());
             let started = start.ts;
             let log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
-            let secrets = policy.as_ref().map(|p| p.prepared.secrets.clone()).unwrap_or_default();
+            // The job's values come from its own processes' environments (learn_environ), never
+            // from the daemon's.
+            let secrets = job_secrets::JobSecrets::new(policy.as_ref().and_then(|p| p.prepared.policy.as_ref()))?;
             let engine = policy.as_ref().and_then(|p| p.prepared.policy.clone()).map(Engine::new);
             let job = Job {
                 identity: identity.clone(),
                 name: name.clone(),
                 policy: policy.clone(),
                 kernel_ids: Default::default(),
-                collector: Collector::new(clock_offset_ns()).with_secrets(secrets),
+                collector: Collector::new(clock_offset_ns()),
                 engine,
                 log,
                 summary: Report::default(),
@@ -179,6 +182,7 @@ impl Daemon {
                 idle_since: None,
                 started,
                 cgroup: None,
+                secrets,
             };
             tracing::info!(job = %name, id = %identity.id, pipeline = %identity.pipeline,
                 policy = %policy.as_ref().map(|p| p.path.display().to_string()).unwrap_or_else(|| "none".into()),
@@ -303,13 +307,18 @@ impl Daemon {
                 return Ok(());
             }
         }
+        let id = self.by_kernel[&kid].clone();
+        let job = self.jobs.get_mut(&id).expect("routed job exists");
+        if let Record::Exec { task, ret: 0, stopped, .. } = &rec {
+            // The values to look for, before this exec's arguments are logged. A stopped
+            // process (a job's first) is read as it is held: complete and stable.
+            job.learn_environ(task.pid, (!stopped).then_some(task.boot_ns));
+        }
         if let Record::Exec { stopped: true, task, .. } = &rec {
             // Its tables are written: let it run.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
             self.sensor.forget_held_job(kid);
         }
-        let id = self.by_kernel[&kid].clone();
-        let job = self.jobs.get_mut(&id).expect("routed job exists");
         if let Record::Exec { task, ret: 0, .. } = &rec
             && job.root_pid == 0
         {
@@ -405,6 +414,7 @@ impl Daemon {
                     let total = self.sensor.counters().map(|c| c[0]).unwrap_or(0);
                     if let Some(job) = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id)) {
                         let _ = job.loss(Loss { ts: now_ts(), source: "exec".into(), count: 1, total });
+                        job.learn_environ(pid, None);
                         job.live.insert(pid);
                         if job.root_pid == 0 {
                             job.root_pid = pid;
