@@ -60,15 +60,8 @@ pub fn value(r: &Report) -> Value {
     let alerts: Vec<Value> = r
         .alerts
         .iter()
-        // The alert records of the log schema (without `kind`), plus how long after its
-        // install script started each came.
-        .map(|a| {
-            let mut v = serde_json::to_value(&a.alert).unwrap_or(Value::Null);
-            if let (Some(ns), Some(o)) = (r.since_install_script(&a.alert), v.as_object_mut()) {
-                o.insert("since_install_script_ms".into(), json!(ns as f64 / 1e6));
-            }
-            v
-        })
+        // Exactly the alert records of the log schema (without `kind`).
+        .map(|a| serde_json::to_value(&a.alert).unwrap_or(Value::Null))
         .collect();
     json!({
         "log": r.log,
@@ -76,6 +69,7 @@ pub fn value(r: &Report) -> Value {
         "command": r.command,
         "policy": r.policy,
         "verdict": r.verdict().as_str(),
+        "first_alert_after_install_script_ms": r.first_alert_after_install_script().map(|ns| ns as f64 / 1e6),
         "exit_code": r.exit_code,
         "watcher_exit_code": r.watcher_exit,
         "first_ts": r.first_ts,

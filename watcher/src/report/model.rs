@@ -228,6 +228,11 @@ impl Report {
         Some(a.ts.0.saturating_sub(start.0))
     }
 
+    /// The quickest detection: the smallest [`Report::since_install_script`] over all alerts.
+    pub fn first_alert_after_install_script(&self) -> Option<u64> {
+        self.alerts.iter().filter_map(|a| self.since_install_script(&a.alert)).min()
+    }
+
     pub fn lost_total(&self) -> u64 {
         self.lost.values().sum()
     }
