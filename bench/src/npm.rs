@@ -82,6 +82,8 @@ fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Va
     // gets at least one dependent so all of them are installed.
     let top = (n / 12).max(1);
     let mut deps: Vec<Vec<(usize, String)>> = vec![Vec::new(); n];
+    // Indices are the packages' identities here (deps point by index), not just positions.
+    #[allow(clippy::needless_range_loop)]
     for i in 0..n {
         for _ in 0..rng.below(4) {
             if i + 1 < n {
@@ -91,6 +93,7 @@ fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Va
             }
         }
     }
+    #[allow(clippy::needless_range_loop)]
     for j in top..n {
         if !deps.iter().any(|d| d.iter().any(|(k, _)| *k == j)) {
             let i = j.saturating_sub(1 + rng.below(40.min(j as u64)) as usize);

@@ -240,7 +240,7 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let state = || std::fs::read_to_string(format!("/proc/{}/stat", held.id())).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()).flatten());
+    let state = || std::fs::read_to_string(format!("/proc/{}/stat", held.id())).ok().and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()));
     assert!(wait_until(Duration::from_secs(5), || state() == Some('T')), "the job's program was not held: state {:?}", state());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(state(), Some('T'));

@@ -86,7 +86,7 @@ fn replay_reproduces_the_live_alerts_and_judges_with_other_policies() {
 
         // A looser policy: the connection to the other listener is no longer a violation.
         let looser = dir.path().join(format!("{mode}-looser.yaml"));
-        std::fs::write(&looser, policy_text(mode, &format!("    - ip: 127.0.0.2\n"))).unwrap();
+        std::fs::write(&looser, policy_text(mode, "    - ip: 127.0.0.2\n")).unwrap();
         let (_, v, rerr) = replay_json(&["--policy", looser.to_str().unwrap()], &log, false);
         let looser_alerts = v["logs"][0]["alerts"].as_array().unwrap();
         assert!(!looser_alerts.iter().any(|a| a["rule"] == "egress-denied"), "{rerr}");

@@ -164,7 +164,7 @@ fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
     };
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, 64K, 16M)"))?;
     let bytes = n * mult;
-    if bytes < 4096 || bytes > 1 << 30 || !bytes.is_power_of_two() {
+    if !(4096..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
         return Err(format!("{s} is not a power of two between 4K and 1024M"));
     }
     Ok(bytes as u32)

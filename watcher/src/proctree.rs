@@ -72,8 +72,8 @@ pub fn install_script_of(
     env: &BTreeMap<String, String>,
     cwd: Option<&str>,
 ) -> Option<Attribution> {
-    if let (Some(ev), Some(name)) = (env.get("npm_lifecycle_event"), env.get("npm_package_name")) {
-        if NPM_INSTALL_EVENTS.contains(&ev.as_str()) {
+    if let (Some(ev), Some(name)) = (env.get("npm_lifecycle_event"), env.get("npm_package_name"))
+        && NPM_INSTALL_EVENTS.contains(&ev.as_str()) {
             return Some(Attribution {
                 manager: "npm".into(),
                 package: name.clone(),
@@ -81,7 +81,6 @@ pub fn install_script_of(
                 stage: ev.clone(),
             });
         }
-    }
     let base = basename(filename);
     if base.starts_with("build-script-") {
         // cargo runs target/<profile>/build/<crate>-<hash>/build-script-build with
@@ -152,11 +151,10 @@ impl ProcTree {
                 node.argv = Arc::from(x.argv.as_slice());
                 node.exited = false;
                 // The outermost process of a script is its start; descendants inherit.
-                if !in_script {
-                    if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
+                if !in_script
+                    && let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
                         node.attribution = Some(Box::new(a));
                     }
-                }
             }
             Event::Exit(x) => {
                 if let Some(n) = self.nodes.get_mut(&x.proc.pid) {

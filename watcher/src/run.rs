@@ -154,11 +154,10 @@ struct Sinks {
 impl Sinks {
     fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
         // The command itself was forked by us before the kernel knew it: its parent is watcher.
-        if let Some(p) = e.proc_mut() {
-            if p.pid == self.root_pid && p.ppid == 0 {
+        if let Some(p) = e.proc_mut()
+            && p.pid == self.root_pid && p.ppid == 0 {
                 p.ppid = self.watcher_pid;
             }
-        }
         if let Event::Exec(x) = &mut e {
             // Best effort: the process may already be gone.
             x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid))
@@ -181,11 +180,10 @@ impl Sinks {
 
     fn write(&mut self, e: &Event) -> anyhow::Result<()> {
         let show = !self.quiet || matches!(e, Event::Alert(_) | Event::Loss(_));
-        if show {
-            if let Some(line) = event_line(e) {
+        if show
+            && let Some(line) = event_line(e) {
                 eprintln!("watcher: {line}");
             }
-        }
         self.summary.add(e);
         if let Some(log) = &mut self.log {
             log.write(e)?;

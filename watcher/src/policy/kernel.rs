@@ -150,11 +150,10 @@ pub fn compile(policy: &Policy, registry_hosts: &[String], system_resolvers: &[I
     // Executables: plain names are killed at exec entry; shells only inside install scripts.
     for p in &spec.exec.deny {
         let s = p.as_str();
-        if !s.contains(['/', '*', '?', '[', '{']) {
-            if let Some(k) = padded::<EXEC_NAME_LEN>(s) {
+        if !s.contains(['/', '*', '?', '[', '{'])
+            && let Some(k) = padded::<EXEC_NAME_LEN>(s) {
                 t.exec_rules.push((k, EXEC_DENY));
             }
-        }
     }
     for sh in SHELLS {
         if let Some(k) = padded::<EXEC_NAME_LEN>(sh) {
