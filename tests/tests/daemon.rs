@@ -728,3 +728,138 @@ fn secrets_are_looked_for_with_each_jobs_own_values_not_the_daemons() {
     assert!(daemon_log.contains("AWS_SECRET_ACCESS_KEY"), "the names looked for are logged: {daemon_log}");
     assert_eq!(d.stop(), Some(0));
 }
+
+/// A child killed (SIGCONT first: it may be stopped) and reaped when the test ends, passed or not.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()))
+}
+
+#[test]
+fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-adopttest");
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (okp, badp) = (ok.addr().port(), bad.addr().port());
+    std::fs::write(dir.join("adopt.yaml"), policy("adopt", "enforce", okp)).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_ADOPT_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/adopt\"\n    policy: adopt.yaml\n",
+    )
+    .unwrap();
+    let mut first = Daemon::start(&config, &dir);
+    // Stopped, the daemon cannot set the job up: the kernel holds its first program.
+    first.signal(libc::SIGSTOP);
+    let id = format!("{}07", std::process::id());
+    let np = netprobe_bin().display().to_string();
+    let held = KillOnDrop(Some(
+        Command::new("sh")
+            .args(["-c", &format!("{np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp}")])
+            .env("WDT_ADOPT_RUN_ID", &id)
+            .env("WDT_REPO", "acme/adopt")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = held.pid();
+    assert!(wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')), "the job was not held: {:?}", proc_state(pid));
+    // A process stopped for another reason, with no job variable: never touched.
+    let other = KillOnDrop(Some(Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().unwrap()));
+    // SAFETY: our own child.
+    unsafe { libc::kill(other.pid() as i32, libc::SIGSTOP) };
+    assert!(wait_until(Duration::from_secs(5), || proc_state(other.pid()) == Some('T')));
+
+    // Killed hard while the job is held: nobody continues it.
+    first.signal(libc::SIGKILL);
+    let _ = first.child.take().unwrap().wait();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proc_state(pid), Some('T'), "the held job did not stay stopped");
+    assert_eq!(ok.connections() + bad.connections(), 0, "a job ran before it was set up");
+
+    // The next daemon adopts it: its tables are written before it runs, so the enforce policy
+    // holds from its first instruction.
+    let mut d = Daemon::start(&config, &dir);
+    let mut held = held;
+    let mut child = held.0.take().unwrap();
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        held.0 = Some(child);
+        panic!("the held job was not continued: state {:?}\n{}", proc_state(pid), d.log());
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.unwrap().success(), "{err}");
+    assert!(err.contains(&format!("connect 127.0.0.2:{badp}: Operation not permitted (EPERM)")), "{err}");
+    assert_eq!(bad.connections(), 0, "the adopted job reached a forbidden address: {err}");
+    assert_eq!(ok.connections(), 1, "the adopted job's allowed connect failed: {err}");
+    let log = d.log();
+    assert!(log.contains("adopted a job a previous daemon left held") && log.contains(&format!("pid={pid}")), "{log}");
+    assert_eq!(proc_state(other.pid()), Some('T'), "a process stopped for another reason was continued");
+
+    let mut st = Value::Null;
+    let want = format!("WDT_ADOPT_RUN_ID={id}");
+    assert!(wait_until(Duration::from_secs(20), || {
+        st = d.status();
+        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == want.as_str() && j["state"] == "ended")
+    }), "{st:#}\n{}", d.log());
+    assert_eq!(st["counters"]["adopted_jobs"], 1, "{st:#}");
+    let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == want.as_str()).unwrap().clone();
+    let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
+    let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    // The denied connect, and the gap the restart left (its exec was not seen by this daemon).
+    assert_eq!((j["mode"].as_str(), j["alerts"].as_u64()), (Some("enforce"), Some(2)), "{j:#}\n{text:#?}");
+    assert_eq!(events[0]["kind"], "start");
+    assert_eq!(events[0]["job"]["id"], want.as_str());
+    assert_eq!(events[0]["policy"]["mode"], "enforce");
+    assert!(events.iter().any(|e| e["kind"] == "loss" && e["source"] == "restart"), "{text:#?}");
+    let connects: Vec<&Value> = events.iter().filter(|e| e["kind"] == "connect").collect();
+    assert_eq!(connects.len(), 2, "{text:#?}");
+    assert_eq!(connects.iter().find(|c| c["daddr"] == "127.0.0.2").unwrap()["allowed"], false);
+    assert_eq!(connects.iter().find(|c| c["daddr"] == "127.0.0.1").unwrap()["allowed"], true);
+    assert_eq!(
+        alerts(&events),
+        vec![("events-lost".to_string(), "flag".to_string()), ("egress-denied".to_string(), "deny".to_string())],
+        "{text:#?}"
+    );
+    assert_eq!(events.last().unwrap()["kind"], "end", "{text:#?}");
+    assert_eq!(events.last().unwrap()["exit_code"], 0, "{text:#?}");
+
+    // SIGTERM: clean exit, none of the new daemon's programs left in the kernel.
+    let progs = bpf_prog_ids(d.pid());
+    assert!(progs.len() >= 10, "{progs:?}");
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+    assert!(!d.socket.exists());
+    assert!(wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
+        !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
+    })), "programs of the stopped daemon are still loaded: {progs:?}");
+    assert_eq!(proc_state(other.pid()), Some('T'));
+}

@@ -38,6 +38,7 @@ pub fn render(r: &StatusReport) -> String {
     metric("watcher_lost_events_total", "counter", "Kernel events that could not be delivered or tracked, by source.", lost);
     metric("watcher_unrouted_records_total", "counter", "Records of a kernel job the daemon did not know.", vec![(String::new(), c.unrouted)]);
     metric("watcher_recovered_jobs_total", "counter", "Held jobs set up from /proc because their exec record was lost.", vec![(String::new(), c.recovered_jobs)]);
+    metric("watcher_adopted_jobs_total", "counter", "Jobs a previous daemon left held at their first exec, adopted at start.", vec![(String::new(), c.adopted_jobs)]);
     metric("watcher_reloads_total", "counter", "SIGHUP reloads.", vec![(String::new(), c.reloads)]);
     metric("watcher_reload_errors_total", "counter", "Reloads refused (invalid configuration or policy).", vec![(String::new(), c.reload_errors)]);
     let jobs: Vec<_> = r.jobs.iter().filter(|j| j.state == "running").collect();

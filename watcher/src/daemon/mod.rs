@@ -61,6 +61,10 @@ pub struct Counters {
     /// Held jobs set up from /proc because their exec record was lost.
     #[serde(default)]
     pub recovered_jobs: u64,
+    /// Jobs a previous daemon left held (killed while their first program was stopped at
+    /// exec), adopted at start.
+    #[serde(default)]
+    pub adopted_jobs: u64,
     /// Events of processes of no job written to `no_job_log`.
     #[serde(default)]
     pub no_job_events: u64,
@@ -432,6 +436,79 @@ impl Daemon {
         }
     }
 
+    /// At start (the programs are attached, so nothing new escapes): processes a previous
+    /// daemon left held. A daemon killed hard (SIGKILL, crash) while a job's first program was
+    /// stopped at exec leaves it stopped for good, and this daemon's kernel maps do not know
+    /// it. Conservative: only a process in state `T`, with one thread and no children (held
+    /// before its first instruction), whose environment carries a configured job variable and
+    /// that this daemon's kernel does not watch. Each one is set up like a held job: watched
+    /// under its kernel job id, its tables written, then continued.
+    fn adopt_held_processes(&mut self) {
+        let watched: std::collections::HashSet<u32> = self.sensor.watched_pids().into_iter().collect();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return };
+        let own = std::process::id();
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if pid == own || watched.contains(&pid) {
+                continue;
+            }
+            let Some((state, ppid, threads)) = proc_state(pid) else { continue };
+            if state != 'T' || threads != 1 {
+                continue;
+            }
+            // Held at its first exec: it has started nothing yet.
+            if std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).is_ok_and(|c| !c.trim().is_empty()) {
+                continue;
+            }
+            let Some(environ) = job_secrets::read_environ(pid) else { continue };
+            let wanted: Vec<&String> = self.cfg.id_env.iter().chain(&self.cfg.pipeline_env).collect();
+            let env: Vec<(String, String)> = environ
+                .split(|&c| c == 0)
+                .filter_map(|e| std::str::from_utf8(e).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter(|(k, _)| wanted.contains(&k))
+                .collect();
+            if !env.iter().any(|(k, _)| self.cfg.id_env.contains(k)) {
+                continue;
+            }
+            let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            let kid = JOB_DAEMON_BIT | (pid & !JOB_DAEMON_BIT);
+            if self.by_kernel.contains_key(&kid) {
+                continue;
+            }
+            // Watched first (with no tables the kernel denies everything for it), then its
+            // tables, then it runs.
+            let r = self.sensor.watch_pid(pid, ppid, kid).and_then(|()| self.new_kernel_job(kid, &env, &argv));
+            match r {
+                Ok(()) => {
+                    self.counters.adopted_jobs += 1;
+                    let total = self.counters.adopted_jobs;
+                    if let Some(job) = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id)) {
+                        // Its exec happened under the previous daemon: not in this log.
+                        let _ = job.loss(Loss { ts: now_ts(), source: "restart".into(), count: 1, total });
+                        job.learn_environ(pid, None);
+                        job.live.insert(pid);
+                        if job.root_pid == 0 {
+                            job.root_pid = pid;
+                        }
+                        tracing::info!(pid, kernel_job = kid, job = %job.name, id = %job.identity.id,
+                            "adopted a job a previous daemon left held at its first exec");
+                    }
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                }
+                Err(e) => {
+                    // Fail closed, as for any job that cannot be set up.
+                    tracing::error!(kernel_job = kid, pid, "cannot adopt held job, killing its process: {e:#}");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
     fn tick(&mut self) -> anyhow::Result<()> {
         self.recover_held_jobs();
         if self.last_cgroup_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
@@ -534,6 +611,22 @@ impl Daemon {
     }
 }
 
+/// State letter, parent pid and thread count of process `pid` from /proc/PID/stat.
+fn proc_state(pid: u32) -> Option<(char, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<(char, u32, u64)> {
+    // Fields after the command name (which may contain spaces and parentheses): field 3 on.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let state = f.first()?.chars().next()?;
+    let ppid = f.get(1)?.parse().ok()?;
+    let threads = f.get(17)?.parse().ok()?;
+    Some((state, ppid, threads))
+}
+
 fn task_of(r: &Record) -> &crate::record::Task {
     match r {
         Record::Exec { task, .. }
@@ -603,6 +696,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         let log = RotatingLog::create(&path, Event::Start(start), d.cfg.log_max_bytes, d.cfg.log_keep)?;
         d.no_job = Some((Collector::new(clock_offset_ns()), log));
     }
+    d.adopt_held_processes();
     d.scan_cgroups();
     let mut hup = signal(SignalKind::hangup()).context("installing signal handlers")?;
     let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
@@ -690,3 +784,19 @@ pub fn status_command(socket: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_state_parent_and_threads_are_read_past_a_command_with_parentheses() {
+        let stat = "4711 (a) b (c)) T 4700 4711 4700 0 -1 4194560 90 0 0 0 0 0 0 0 20 0 1 0 123456 2416640 180 18446744073709551615";
+        assert_eq!(parse_stat(stat), Some(('T', 4700, 1)));
+        assert_eq!(parse_stat("1 (x) S"), None);
+        let (state, ppid, threads) = proc_state(std::process::id()).unwrap();
+        assert!(state == 'R' || state == 'S', "{state}");
+        assert_eq!(ppid, nix::unistd::getppid().as_raw() as u32);
+        assert!(threads >= 1);
+    }
+}

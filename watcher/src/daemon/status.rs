@@ -76,7 +76,7 @@ pub fn render(r: &StatusReport) -> String {
     for (k, v) in &c.lost {
         s.push_str(&format!(" {k}={v}"));
     }
-    s.push_str(&format!("; unrouted records: {}; jobs set up after a lost exec record: {}\n", c.unrouted, c.recovered_jobs));
+    s.push_str(&format!("; unrouted records: {}; jobs set up after a lost exec record: {}; held jobs adopted at start: {}\n", c.unrouted, c.recovered_jobs, c.adopted_jobs));
     s.push_str(&format!("reloads: {} ({} failed)\n", c.reloads, c.reload_errors));
     if let Some(e) = &c.last_reload_error {
         s.push_str(&format!("last reload error: {e}\n"));
