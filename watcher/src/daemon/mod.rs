@@ -470,6 +470,12 @@ impl Daemon {
             if !env.iter().any(|(k, _)| self.cfg.id_env.contains(k)) {
                 continue;
             }
+            // Asked again now that it is seen stopped: a job this daemon's kernel holds was
+            // put in its watch map before it was stopped, so it is found here (and is set up
+            // by the normal path).
+            if self.sensor.watched_pids().contains(&pid) {
+                continue;
+            }
             let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .unwrap_or_default()
                 .split(|&c| c == 0)
