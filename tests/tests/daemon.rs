@@ -435,7 +435,14 @@ fn a_full_ring_buffer_is_counted_and_a_job_whose_start_was_lost_still_runs() {
     };
     let mut x = spawn("x");
     let mut y = spawn("y");
-    std::thread::sleep(Duration::from_millis(300));
+    // Both held at their first exec (the kernel stopped them, their records are in, or not
+    // in, the ring) before the daemon drains: a fixed sleep let a slow second exec arrive
+    // after the drain on a loaded machine, and then nothing was lost.
+    let held = |pid: u32| proc_state(pid) == Some('T');
+    assert!(
+        wait_until(Duration::from_secs(20), || held(x.id()) && held(y.id())),
+        "both jobs' first processes should be held while the daemon is stopped"
+    );
     d.signal(libc::SIGCONT);
     assert!(x.wait().unwrap().success());
     assert!(y.wait().unwrap().success());
