@@ -298,7 +298,8 @@ fn dns_port() -> u16 {
 pub struct Loss {
     pub ts: Ts,
     /// What was lost: `exec`, `fork`, `exit`, `connect`, `dns`, `watch` (process not tracked),
-    /// `exec-scratch`, `decode`.
+    /// `exec-scratch`, `decode`; in daemon mode also `restart` (a job adopted from a daemon
+    /// that was killed while the job was held: what happened before is not in this log).
     pub source: String,
     /// Lost since the previous loss event for this source.
     pub count: u64,
