@@ -47,7 +47,7 @@ use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
 use crate::{
     DnsServer, ReceivedQuery, TempDir, Workers, ip, lock, normalize_name, qtype_text,
-    spawn_accept_loop, spawn_udp_loop,
+    spawn_accept_loop,
 };
 
 /// Pinned versions installed by `scripts/install-prereqs.sh`.
@@ -282,41 +282,8 @@ impl LabResolver {
         let queries: Arc<Mutex<Vec<ReceivedQuery>>> = Arc::default();
         let mut workers = Workers::new();
 
-        let (z, up, qs) = (zone.clone(), upstream.clone(), queries.clone());
-        spawn_udp_loop(&mut workers, udp, move |sock, data, from| {
-            if let Some((name, qtype, reply)) = resolver_reply(&z, &up, attacker, data) {
-                lock(&qs).push(ReceivedQuery {
-                    name,
-                    qtype,
-                    transport: "udp",
-                    from,
-                });
-                let _ = sock.send_to(&reply, from);
-            }
-        })?;
-        let (z, up, qs) = (zone, upstream, queries.clone());
-        spawn_accept_loop(&mut workers, tcp, move |mut s, from, stop| {
-            let mut len = [0u8; 2];
-            while crate::read_full(&mut s, &mut len, stop) {
-                let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-                if !crate::read_full(&mut s, &mut msg, stop) {
-                    return;
-                }
-                let Some((name, qtype, reply)) = resolver_reply(&z, &up, attacker, &msg) else {
-                    return;
-                };
-                lock(&qs).push(ReceivedQuery {
-                    name,
-                    qtype,
-                    transport: "tcp",
-                    from,
-                });
-                let mut out = (reply.len() as u16).to_be_bytes().to_vec();
-                out.extend_from_slice(&reply);
-                if s.write_all(&out).is_err() {
-                    return;
-                }
-            }
+        crate::serve_dns(&mut workers, udp, tcp, queries.clone(), move |msg| {
+            resolver_reply(&zone, &upstream, attacker, msg)
         })?;
         Ok(LabResolver {
             queries,

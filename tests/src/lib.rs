@@ -244,6 +244,55 @@ fn dns_reply(
     Some((name, qtype, bytes))
 }
 
+/// Serves DNS on `udp` and `tcp` (length-prefixed) with `respond`, which gives the query's
+/// name and type and the reply for a message (None: no reply). Every answered query is
+/// recorded in `queries`. Shared by [`DnsServer`] and the attack lab's resolver.
+pub(crate) fn serve_dns(
+    workers: &mut Workers,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    queries: Arc<Mutex<Vec<ReceivedQuery>>>,
+    respond: impl Fn(&[u8]) -> Option<(String, String, Vec<u8>)> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let respond = Arc::new(respond);
+    let (r, qs) = (respond.clone(), queries.clone());
+    spawn_udp_loop(workers, udp, move |sock, data, from| {
+        if let Some((name, qtype, reply)) = r(data) {
+            lock(&qs).push(ReceivedQuery {
+                name,
+                qtype,
+                transport: "udp",
+                from,
+            });
+            let _ = sock.send_to(&reply, from);
+        }
+    })?;
+    spawn_accept_loop(workers, tcp, move |mut s, from, stop| {
+        let mut len = [0u8; 2];
+        while read_full(&mut s, &mut len, stop) {
+            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+            if !read_full(&mut s, &mut msg, stop) {
+                return;
+            }
+            let Some((name, qtype, reply)) = respond(&msg) else {
+                return;
+            };
+            lock(&queries).push(ReceivedQuery {
+                name,
+                qtype,
+                transport: "tcp",
+                from,
+            });
+            let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&reply);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
 impl DnsServer {
     /// Starts a server on UDP and TCP `addr`:53 (needs root). `zone` maps lowercase names
     /// (no trailing dot) to their addresses. Use a distinct address per test, e.g.
@@ -280,43 +329,8 @@ impl DnsServer {
         let queries: Arc<Mutex<Vec<ReceivedQuery>>> = Arc::default();
         let mut workers = Workers::new();
 
-        let (z, qs) = (zone.clone(), queries.clone());
-        spawn_udp_loop(&mut workers, udp, move |sock, data, from| {
-            if let Some((name, qtype, reply)) = dns_reply(&z, data) {
-                lock(&qs).push(ReceivedQuery {
-                    name,
-                    qtype,
-                    transport: "udp",
-                    from,
-                });
-                let _ = sock.send_to(&reply, from);
-            }
-        })?;
-
-        let (z, qs) = (zone, queries.clone());
-        spawn_accept_loop(&mut workers, tcp, move |mut s, from, stop| {
-            let mut len = [0u8; 2];
-            while read_full(&mut s, &mut len, stop) {
-                let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-                if !read_full(&mut s, &mut msg, stop) {
-                    return;
-                }
-                let Some((name, qtype, reply)) = dns_reply(&z, &msg) else {
-                    return;
-                };
-                lock(&qs).push(ReceivedQuery {
-                    name,
-                    qtype,
-                    transport: "tcp",
-                    from,
-                });
-                let mut out = (reply.len() as u16).to_be_bytes().to_vec();
-                out.extend_from_slice(&reply);
-                if s.write_all(&out).is_err() {
-                    return;
-                }
-            }
-        })?;
+        let z = zone;
+        serve_dns(&mut workers, udp, tcp, queries.clone(), move |msg| dns_reply(&z, msg))?;
 
         Ok(DnsServer {
             addr,
