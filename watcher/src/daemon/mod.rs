@@ -199,7 +199,7 @@ impl Daemon {
 
     /// Write a job's tables for a kernel job id and route that id to it.
     fn attach_kernel_job(&mut self, id: &str, kid: u32) -> anyhow::Result<()> {
-        let job = self.jobs.get_mut(id).expect("job exists");
+        let job = self.jobs.get_mut(id).ok_or_else(|| anyhow!("no job {id} to attach kernel job {kid} to"))?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         self.sensor.apply_policy(kid, &tables)?;
         job.kernel_ids.insert(kid);
@@ -311,8 +311,12 @@ impl Daemon {
                 return Ok(());
             }
         }
-        let id = self.by_kernel[&kid].clone();
-        let job = self.jobs.get_mut(&id).expect("routed job exists");
+        // A route without its job would be a bookkeeping bug: count it, never take the daemon
+        // (and every job it enforces) down for it.
+        let Some(job) = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id)) else {
+            self.counters.unrouted += 1;
+            return Ok(());
+        };
         if let Record::Exec { task, ret: 0, stopped, .. } = &rec {
             // The values to look for, before this exec's arguments are logged. A stopped
             // process (a job's first) is read as it is held: complete and stable.
