@@ -15,18 +15,13 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(out_dir.join("watcher-ebpf"), b"").context("writing empty eBPF object")?;
         return Ok(());
     }
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "watcher-ebpf")
         .ok_or_else(|| anyhow!("watcher-ebpf package not found"))?;
-    let root = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let root = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     // aya-build watches the crate directory; the shared record crate matters too.
     println!("cargo::rerun-if-changed={}/../watcher-common/src", root.as_str());
     aya_build::build_ebpf(

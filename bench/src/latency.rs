@@ -45,7 +45,15 @@ fn quiet_stderr<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
 
 fn measure(policy: &std::path::Path, count: u64, pace_us: u64) -> anyhow::Result<Vec<f64>> {
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
-    let command = vec![exe, "__storm".into(), "deny".into(), "--count".into(), count.to_string(), "--pace-us".into(), pace_us.to_string()];
+    let command = vec![
+        exe,
+        "__storm".into(),
+        "deny".into(),
+        "--count".into(),
+        count.to_string(),
+        "--pace-us".into(),
+        pace_us.to_string(),
+    ];
     let (_code, timings) = quiet_stderr(|| {
         watcher::run::run_timed(watcher::run::RunOptions {
             command,

@@ -152,7 +152,8 @@ fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Va
             http.route(&tarball_path, "application/octet-stream", std::fs::read(&tgz)?);
         }
         let latest = p.versions.last().unwrap().clone();
-        let packument = json!({ "_id": p.name, "name": p.name, "dist-tags": { "latest": latest }, "versions": versions });
+        let packument =
+            json!({ "_id": p.name, "name": p.name, "dist-tags": { "latest": latest }, "versions": versions });
         http.route(&format!("/{}", p.name), "application/json", serde_json::to_vec(&packument)?);
     }
     let mut root = serde_json::Map::new();
@@ -195,7 +196,8 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     require_root()?;
     let watcher = watcher_bin()?;
     let work = TempDir::new("watcher-bench-npm")?;
-    let (build, project, home, cache) = (work.join("build"), work.join("project"), work.join("home"), work.join("cache"));
+    let (build, project, home, cache) =
+        (work.join("build"), work.join("project"), work.join("home"), work.join("cache"));
     for d in [&build, &project, &home] {
         std::fs::create_dir_all(d)?;
     }
@@ -203,7 +205,8 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     let http = HttpServer::start("127.0.0.1:0".parse()?)?;
     eprintln!("watcher-bench npm: generating and publishing {} packages...", a.packages);
     let deps = publish_graph(&http, &build, a.packages)?;
-    let allow: serde_json::Map<String, Value> = deps.as_object().unwrap().keys().map(|k| (k.clone(), json!(true))).collect();
+    let allow: serde_json::Map<String, Value> =
+        deps.as_object().unwrap().keys().map(|k| (k.clone(), json!(true))).collect();
     std::fs::write(
         project.join("package.json"),
         serde_json::to_string_pretty(&json!({
@@ -227,7 +230,8 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
         .map(|m| m.keys().filter(|k| k.matches("node_modules/").count() > 1).count())
         .unwrap_or(0);
 
-    let (mut bare, mut watched, mut peaks, mut events, mut lost, mut alerts) = (Vec::new(), Vec::new(), Vec::new(), 0u64, 0u64, 0u64);
+    let (mut bare, mut watched, mut peaks, mut events, mut lost, mut alerts) =
+        (Vec::new(), Vec::new(), Vec::new(), 0u64, 0u64, 0u64);
     let mut fixed = Vec::new();
     for i in 0..a.runs {
         // watcher's own start and stop (load and verify the programs, resolve the registry,
@@ -282,13 +286,24 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
         eprintln!("watcher-bench npm: run {}: bare {:.2} s, watched {:.2} s", i + 1, bare[i], watched[i]);
     }
     clean(&project, &cache)?;
-    let spread = |v: &[f64]| format!("{:.2}..{:.2} s", v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
+    let spread = |v: &[f64]| {
+        format!(
+            "{:.2}..{:.2} s",
+            v.iter().cloned().fold(f64::INFINITY, f64::min),
+            v.iter().cloned().fold(0.0, f64::max)
+        )
+    };
     let (mb, mw) = (median(&bare), median(&watched));
     let b = "npm ci";
     Ok(vec![
         row(b, "packages installed (nested)", format!("{installed} ({nested})"), ""),
         row(b, &format!("bare, median of {} (spread)", bare.len()), format!("{mb:.2} s ({})", spread(&bare)), ""),
-        row(b, &format!("watched, median of {} (spread)", watched.len()), format!("{mw:.2} s ({})", spread(&watched)), ""),
+        row(
+            b,
+            &format!("watched, median of {} (spread)", watched.len()),
+            format!("{mw:.2} s ({})", spread(&watched)),
+            "",
+        ),
         row(b, "watched/bare (ratio of medians)", format!("{:.3}", mw / mb), "< 1.03"),
         row(b, "of which watcher start+stop (`run -- true`)", format!("{:.2} s", median(&fixed)), ""),
         row(b, "watched/bare without start+stop", format!("{:.3}", (mw - median(&fixed)) / mb), ""),

@@ -96,7 +96,11 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
             sensors: vec![],
             resolvers: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))],
             registries: Default::default(),
-            policy: Some(PolicyInfo { source: policy.display().to_string(), pipeline: "bench".into(), mode: "audit".into() }),
+            policy: Some(PolicyInfo {
+                source: policy.display().to_string(),
+                pipeline: "bench".into(),
+                mode: "audit".into(),
+            }),
         }),
     )?;
     let proc = |pid: u32, ppid: u32, comm: &str| Proc { pid, ppid, comm: comm.into(), uid: 1000 };
@@ -185,11 +189,27 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
                 )?;
                 emit(
                     &mut out,
-                    &Event::Connect(Connect { ts: t, proc: proc(pid, ppid, &comm), daddr: ip, dport: 443, proto: Proto::Tcp, op: "connect".into(), allowed: true }),
+                    &Event::Connect(Connect {
+                        ts: t,
+                        proc: proc(pid, ppid, &comm),
+                        daddr: ip,
+                        dport: 443,
+                        proto: Proto::Tcp,
+                        op: "connect".into(),
+                        allowed: true,
+                    }),
                 )?;
                 emit(
                     &mut out,
-                    &Event::Send(Send { ts: t, proc: proc(pid, ppid, &comm), daddr: ip, dport: 443, proto: Proto::Tcp, bytes: 517, secrets: vec![] }),
+                    &Event::Send(Send {
+                        ts: t,
+                        proc: proc(pid, ppid, &comm),
+                        daddr: ip,
+                        dport: 443,
+                        proto: Proto::Tcp,
+                        bytes: 517,
+                        secrets: vec![],
+                    }),
                 )?;
                 count += 3;
             }
@@ -206,7 +226,9 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -248,7 +270,10 @@ fn measure(log: &Path, parser: &str, what: &str) -> anyhow::Result<()> {
     };
     let secs = t.elapsed().as_secs_f64();
     let cpu_secs = (on_cpu_ns() - cpu) as f64 / 1e9;
-    println!("{}", serde_json::json!({ "events": events, "secs": secs, "cpu_secs": cpu_secs, "hwm_kib": vm_hwm_kib() }));
+    println!(
+        "{}",
+        serde_json::json!({ "events": events, "secs": secs, "cpu_secs": cpu_secs, "hwm_kib": vm_hwm_kib() })
+    );
     Ok(())
 }
 
@@ -295,7 +320,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if let Some(m) = &a.measure {
         return measure(Path::new(&m[0]), &m[1], &m[2]);
     }
-    let dir = a.keep.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("watcher-bench-replay-{}", std::process::id())));
+    let dir = a
+        .keep
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("watcher-bench-replay-{}", std::process::id())));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = a.keep.is_none().then(|| Scratch(dir.clone()));
     let policy = dir.join("policy.yaml");
@@ -313,7 +341,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
         logs.push((label, path, written, size));
     }
-    println!("replay benchmark: one thread; events/s and MB/s per CPU-second on that core; peak memory = VmHWM of a fresh process");
+    println!(
+        "replay benchmark: one thread; events/s and MB/s per CPU-second on that core; peak memory = VmHWM of a fresh process"
+    );
     println!(
         "{:<6} {:<7} {:<6} {:>10} {:>7} {:>7} {:>11} {:>6} {:>9}",
         "log", "what", "parser", "events", "wall s", "cpu s", "events/s", "MB/s", "peak MiB"
@@ -341,7 +371,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         }
     }
     for what in ["parse", "replay"] {
-        if let (Some(f), Some(s)) = (rates.get(&("long".into(), what.into(), "fast".into())), rates.get(&("long".into(), what.into(), "serde".into()))) {
+        if let (Some(f), Some(s)) = (
+            rates.get(&("long".into(), what.into(), "fast".into())),
+            rates.get(&("long".into(), what.into(), "serde".into())),
+        ) {
             println!("{what}: fast parser is {:.1}x the serde path", f / s);
         }
     }

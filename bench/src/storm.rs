@@ -226,10 +226,20 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
         }
         let name = format!("{kind} storm");
         let (mb, mw) = (median(&b), median(&w));
-        rows.push(row(&name, &format!("{count} {kind}s, {} rounds: bare / watched", b.len()), format!("{:.3} s / {:.3} s", mb, mw), ""));
+        rows.push(row(
+            &name,
+            &format!("{count} {kind}s, {} rounds: bare / watched", b.len()),
+            format!("{:.3} s / {:.3} s", mb, mw),
+            "",
+        ));
         rows.push(row(&name, "watched/bare (medians)", format!("{:.3}", mw / mb), ""));
         rows.push(row(&name, &format!("{event} events/s delivered (median)"), format!("{:.0}", median(&rates)), ""));
-        rows.push(row(&name, &format!("{event} events in log (min of rounds)"), format!("{delivered_min} of {count}"), &format!("{count}")));
+        rows.push(row(
+            &name,
+            &format!("{event} events in log (min of rounds)"),
+            format!("{delivered_min} of {count}"),
+            &format!("{count}"),
+        ));
         rows.push(row(&name, "events lost (all rounds)", lost.to_string(), "0"));
     }
     Ok(rows)

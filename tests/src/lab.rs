@@ -45,10 +45,7 @@ use anyhow::{Context, bail};
 use simple_dns::rdata::{A, RData};
 use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
-use crate::{
-    DnsServer, ReceivedQuery, TempDir, Workers, ip, lock, normalize_name, qtype_text,
-    spawn_accept_loop,
-};
+use crate::{DnsServer, ReceivedQuery, TempDir, Workers, ip, lock, normalize_name, qtype_text, spawn_accept_loop};
 
 /// Pinned versions installed by `scripts/install-prereqs.sh`.
 pub const VERDACCIO_VERSION: &str = "6.8.0";
@@ -83,13 +80,7 @@ pub enum Host {
 }
 
 impl Host {
-    const ALL: [Host; 5] = [
-        Host::Build,
-        Host::Dns,
-        Host::Internal,
-        Host::Public,
-        Host::Attacker,
-    ];
+    const ALL: [Host; 5] = [Host::Build, Host::Dns, Host::Internal, Host::Public, Host::Attacker];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -115,21 +106,15 @@ impl Host {
 
 /// The directory with the pinned lab tools.
 pub fn tools_dir() -> PathBuf {
-    std::env::var_os("WATCHER_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(LAB_TOOLS_DIR))
+    std::env::var_os("WATCHER_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(LAB_TOOLS_DIR))
 }
 
 fn verdaccio_bin() -> PathBuf {
-    tools_dir()
-        .join(format!("verdaccio-{VERDACCIO_VERSION}"))
-        .join("node_modules/verdaccio/bin/verdaccio")
+    tools_dir().join(format!("verdaccio-{VERDACCIO_VERSION}")).join("node_modules/verdaccio/bin/verdaccio")
 }
 
 fn pypiserver_bin() -> PathBuf {
-    tools_dir()
-        .join(format!("pypiserver-{PYPISERVER_VERSION}"))
-        .join("bin/pypi-server")
+    tools_dir().join(format!("pypiserver-{PYPISERVER_VERSION}")).join("bin/pypi-server")
 }
 
 /// Checks that the pinned lab tools are installed; the error says how to install them.
@@ -185,12 +170,8 @@ fn cleanup_stale_labs() {
 
 fn teardown_ns(name: &str) {
     if let Ok(pids) = ip(&["netns", "pids", name]) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
     }
     let _ = ip(&["netns", "del", name]);
@@ -252,12 +233,7 @@ fn resolver_reply(
     match zone.get(&name) {
         Some(ip) => {
             if question.qtype == QTYPE::TYPE(TYPE::A) {
-                reply.answers.push(ResourceRecord::new(
-                    question.qname.clone(),
-                    CLASS::IN,
-                    60,
-                    RData::A(A::from(*ip)),
-                ));
+                reply.answers.push(ResourceRecord::new(question.qname.clone(), CLASS::IN, 60, RData::A(A::from(*ip))));
             }
         }
         None => *reply.rcode_mut() = RCODE::NameError,
@@ -267,11 +243,7 @@ fn resolver_reply(
 
 impl LabResolver {
     /// Binds in the current network namespace (call through [`in_netns`]).
-    fn start(
-        addr: IpAddr,
-        zone: HashMap<String, Ipv4Addr>,
-        attacker: SocketAddr,
-    ) -> anyhow::Result<Self> {
+    fn start(addr: IpAddr, zone: HashMap<String, Ipv4Addr>, attacker: SocketAddr) -> anyhow::Result<Self> {
         let sa = SocketAddr::new(addr, 53);
         let udp = UdpSocket::bind(sa).with_context(|| format!("lab resolver: bind udp {sa}"))?;
         let tcp = TcpListener::bind(sa).with_context(|| format!("lab resolver: bind tcp {sa}"))?;
@@ -285,10 +257,7 @@ impl LabResolver {
         crate::serve_dns(&mut workers, udp, tcp, queries.clone(), move |msg| {
             resolver_reply(&zone, &upstream, attacker, msg)
         })?;
-        Ok(LabResolver {
-            queries,
-            _workers: workers,
-        })
+        Ok(LabResolver { queries, _workers: workers })
     }
 }
 
@@ -318,10 +287,7 @@ impl AttackerHttp {
         spawn_accept_loop(&mut workers, tcp, move |mut s, from, stop| {
             let index = {
                 let mut c = lock(&conns);
-                c.push(AttackerConnection {
-                    from,
-                    data: Vec::new(),
-                });
+                c.push(AttackerConnection { from, data: Vec::new() });
                 c.len() - 1
             };
             let mut data = Vec::new();
@@ -356,10 +322,7 @@ impl AttackerHttp {
             let _ = s.flush();
             let _ = s.shutdown(std::net::Shutdown::Write);
         })?;
-        Ok(AttackerHttp {
-            connections,
-            _workers: workers,
-        })
+        Ok(AttackerHttp { connections, _workers: workers })
     }
 }
 
@@ -396,9 +359,7 @@ impl AttackerRecord {
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -525,10 +486,7 @@ impl Lab {
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        let resolv = format!(
-            "# watcher attack lab\nnameserver {}\noptions timeout:1 attempts:1\n",
-            Host::Dns.ip()
-        );
+        let resolv = format!("# watcher attack lab\nnameserver {}\noptions timeout:1 attempts:1\n", Host::Dns.ip());
         for host in Host::ALL {
             let ns = self.ns(host);
             ip(&["netns", "add", &ns])?;
@@ -537,10 +495,7 @@ impl Lab {
             fs::create_dir_all(&etc).with_context(|| format!("mkdir {}", etc.display()))?;
             fs::write(etc.join("resolv.conf"), &resolv)?;
             let port = format!("p{}", host.suffix());
-            ip(&[
-                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
+            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0"])?;
             ip(&["-n", &hub, "link", "set", &port, "up"])?;
             let addr = format!("{}/{SUBNET_PREFIX}", host.ip());
@@ -554,14 +509,10 @@ impl Lab {
     fn dns_and_attacker(&mut self) -> anyhow::Result<()> {
         let attacker = IpAddr::V4(Host::Attacker.ip());
         self.attacker_dns = Some(in_netns(&self.ns(Host::Attacker), move || {
-            DnsServer::start(
-                attacker,
-                vec![(ATTACKER_DOMAIN.to_string(), vec![attacker])],
-            )
+            DnsServer::start(attacker, vec![(ATTACKER_DOMAIN.to_string(), vec![attacker])])
         })?);
-        self.attacker_http = Some(in_netns(&self.ns(Host::Attacker), move || {
-            AttackerHttp::start(SocketAddr::new(attacker, 80))
-        })?);
+        self.attacker_http =
+            Some(in_netns(&self.ns(Host::Attacker), move || AttackerHttp::start(SocketAddr::new(attacker, 80)))?);
         let zone: HashMap<String, Ipv4Addr> = [
             (NPM_INTERNAL, Host::Internal.ip()),
             (PYPI_INTERNAL, Host::Internal.ip()),
@@ -572,20 +523,13 @@ impl Lab {
         .map(|(n, a)| (n.to_string(), a))
         .collect();
         let dns = IpAddr::V4(Host::Dns.ip());
-        self.resolver = Some(in_netns(&self.ns(Host::Dns), move || {
-            LabResolver::start(dns, zone, SocketAddr::new(attacker, 53))
-        })?);
+        self.resolver =
+            Some(in_netns(&self.ns(Host::Dns), move || LabResolver::start(dns, zone, SocketAddr::new(attacker, 53)))?);
         Ok(())
     }
 
     /// `ip netns exec NS PROGRAM` in a new process group, output to `log`.
-    fn spawn_server(
-        &mut self,
-        host: Host,
-        name: &str,
-        program: &Path,
-        args: &[&str],
-    ) -> anyhow::Result<()> {
+    fn spawn_server(&mut self, host: Host, name: &str, program: &Path, args: &[&str]) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
         let log = self.dir().join(format!("{name}.log"));
         let out = fs::File::create(&log)?;
@@ -600,11 +544,7 @@ impl Lab {
             .process_group(0)
             .spawn()
             .with_context(|| format!("start {name}: {}", program.display()))?;
-        self.servers.push(Server {
-            name: name.into(),
-            child,
-            log,
-        });
+        self.servers.push(Server { name: name.into(), child, log });
         Ok(())
     }
 
@@ -637,13 +577,7 @@ impl Lab {
                 host,
                 &format!("verdaccio-{}", host.suffix()),
                 &node,
-                &[
-                    bin.to_str().unwrap(),
-                    "--config",
-                    config_path.to_str().unwrap(),
-                    "--listen",
-                    &listen,
-                ],
+                &[bin.to_str().unwrap(), "--config", config_path.to_str().unwrap(), "--listen", &listen],
             )?;
         }
         for host in [Host::Internal, Host::Public] {
@@ -697,11 +631,7 @@ impl Lab {
             }
             for s in &mut self.servers {
                 if let Ok(Some(st)) = s.child.try_wait() {
-                    bail!(
-                        "lab server {} exited ({st}): {}",
-                        s.name,
-                        fs::read_to_string(&s.log).unwrap_or_default()
-                    );
+                    bail!("lab server {} exited ({st}): {}", s.name, fs::read_to_string(&s.log).unwrap_or_default());
                 }
             }
             if Instant::now() > deadline {
@@ -714,10 +644,7 @@ impl Lab {
     /// Runs `cmd` (a program and its arguments) in the build namespace, not watched; returns
     /// stdout, errors with the output on failure.
     pub fn run_in_build(&self, cmd: &mut Command) -> anyhow::Result<String> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("run {cmd:?}"))?;
+        let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("run {cmd:?}"))?;
         if !out.status.success() {
             bail!(
                 "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -769,23 +696,10 @@ impl Lab {
                 }
                 let none = c"none".as_ptr();
                 let root = c"/".as_ptr();
-                if libc::mount(
-                    none,
-                    root,
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ) != 0
-                {
+                if libc::mount(none, root, std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::mount(
-                    resolv.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
+                if libc::mount(resolv.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
@@ -799,27 +713,14 @@ impl Lab {
     /// its token.
     fn npm_user(&self, host: Host) -> anyhow::Result<String> {
         let body = r#"{"name":"labpub","password":"labpub-password-1","type":"user","roles":[]}"#;
-        let url = format!(
-            "http://{}:{VERDACCIO_PORT}/-/user/org.couchdb.user:labpub",
-            registry_name(host, "npm")
-        );
+        let url = format!("http://{}:{VERDACCIO_PORT}/-/user/org.couchdb.user:labpub", registry_name(host, "npm"));
         let out = self.run_in_build(
             self.build_cmd("curl")
-                .args([
-                    "-sS",
-                    "-m",
-                    "20",
-                    "-X",
-                    "PUT",
-                    "-H",
-                    "content-type: application/json",
-                    "-d",
-                    body,
-                ])
+                .args(["-sS", "-m", "20", "-X", "PUT", "-H", "content-type: application/json", "-d", body])
                 .arg(&url),
         )?;
-        let v: serde_json::Value = serde_json::from_str(&out)
-            .with_context(|| format!("verdaccio adduser answered {out:?}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("verdaccio adduser answered {out:?}"))?;
         v["token"]
             .as_str()
             .map(str::to_string)
@@ -833,10 +734,7 @@ impl Lab {
 
     /// The simple-index URL of `host`'s pypiserver (`http://pypi.public.lab.test:8080/simple/`).
     pub fn pip_url(&self, host: Host) -> String {
-        format!(
-            "http://{}:{PYPISERVER_PORT}/simple/",
-            registry_name(host, "pypi")
-        )
+        format!("http://{}:{PYPISERVER_PORT}/simple/", registry_name(host, "pypi"))
     }
 
     fn pip_packages_dir(&self, host: Host) -> PathBuf {
@@ -850,21 +748,11 @@ impl Lab {
         let url = self.npm_url(host);
         let auth = url.trim_start_matches("http:");
         let token = self.npm_token.get(&host).context("no npm token")?;
-        fs::write(
-            work.join("npmrc"),
-            format!("registry={url}\n{auth}:_authToken={token}\n"),
-        )?;
+        fs::write(work.join("npmrc"), format!("registry={url}\n{auth}:_authToken={token}\n"))?;
         fs::write(work.join("global-npmrc"), "")?;
         self.run_in_build(
             self.build_cmd("npm")
-                .args([
-                    "publish",
-                    "--no-git-checks",
-                    "--access",
-                    "public",
-                    "--registry",
-                    &url,
-                ])
+                .args(["publish", "--no-git-checks", "--access", "public", "--registry", &url])
                 .arg("--userconfig")
                 .arg(work.join("npmrc"))
                 .env("HOME", work.path())
@@ -878,14 +766,9 @@ impl Lab {
 
     /// Packs the sdist source directory `src` (with its PKG-INFO) plus `extra` files into
     /// `<dist>-<version>.tar.gz` in `host`'s pypiserver directory; returns the file name.
-    pub fn pip_publish_sdist(
-        &self,
-        host: Host,
-        src: &Path,
-        extra: &[&Path],
-    ) -> anyhow::Result<String> {
-        let pkg_info = fs::read_to_string(src.join("PKG-INFO"))
-            .with_context(|| format!("{}/PKG-INFO", src.display()))?;
+    pub fn pip_publish_sdist(&self, host: Host, src: &Path, extra: &[&Path]) -> anyhow::Result<String> {
+        let pkg_info =
+            fs::read_to_string(src.join("PKG-INFO")).with_context(|| format!("{}/PKG-INFO", src.display()))?;
         let field = |k: &str| {
             pkg_info
                 .lines()
@@ -921,16 +804,8 @@ impl Lab {
     /// What the attacker's DNS and HTTP servers received so far.
     pub fn attacker(&self) -> AttackerRecord {
         AttackerRecord {
-            dns: self
-                .attacker_dns
-                .as_ref()
-                .map(|d| d.queries())
-                .unwrap_or_default(),
-            http: self
-                .attacker_http
-                .as_ref()
-                .map(|h| lock(&h.connections).clone())
-                .unwrap_or_default(),
+            dns: self.attacker_dns.as_ref().map(|d| d.queries()).unwrap_or_default(),
+            http: self.attacker_http.as_ref().map(|h| lock(&h.connections).clone()).unwrap_or_default(),
         }
     }
 
@@ -949,10 +824,7 @@ impl Lab {
 
     /// Queries the lab resolver received so far (from every lab host).
     pub fn resolver_queries(&self) -> Vec<ReceivedQuery> {
-        self.resolver
-            .as_ref()
-            .map(|r| lock(&r.queries).clone())
-            .unwrap_or_default()
+        self.resolver.as_ref().map(|r| lock(&r.queries).clone()).unwrap_or_default()
     }
 
     /// The namespaces of this lab (for checks that they are gone after drop).

@@ -38,21 +38,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Waits until `fd` is readable or `timeout_ms` passes.
 fn readable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     n > 0
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
 }
 
 /// Background threads sharing a stop flag; stopped and joined on drop.
@@ -66,11 +59,7 @@ struct Workers {
 
 impl Workers {
     fn new() -> Workers {
-        Workers {
-            stop: Arc::new(AtomicBool::new(false)),
-            main: Vec::new(),
-            conns: Arc::default(),
-        }
+        Workers { stop: Arc::new(AtomicBool::new(false)), main: Vec::new(), conns: Arc::default() }
     }
 }
 
@@ -204,10 +193,7 @@ fn qtype_text(q: QTYPE) -> String {
 }
 
 /// Builds the reply to `query`; also returns the (name, qtype) asked for.
-fn dns_reply(
-    zone: &HashMap<String, Vec<IpAddr>>,
-    query: &[u8],
-) -> Option<(String, String, Vec<u8>)> {
+fn dns_reply(zone: &HashMap<String, Vec<IpAddr>>, query: &[u8]) -> Option<(String, String, Vec<u8>)> {
     let q = Packet::parse(query).ok()?;
     if q.has_flags(PacketFlag::RESPONSE) {
         return None;
@@ -230,12 +216,7 @@ fn dns_reply(
                     (QTYPE::TYPE(TYPE::AAAA), IpAddr::V6(v6)) => RData::AAAA(AAAA::from(*v6)),
                     _ => continue,
                 };
-                reply.answers.push(ResourceRecord::new(
-                    question.qname.clone(),
-                    CLASS::IN,
-                    60,
-                    rdata,
-                ));
+                reply.answers.push(ResourceRecord::new(question.qname.clone(), CLASS::IN, 60, rdata));
             }
         }
         _ => *reply.rcode_mut() = RCODE::NameError,
@@ -258,12 +239,7 @@ pub(crate) fn serve_dns(
     let (r, qs) = (respond.clone(), queries.clone());
     spawn_udp_loop(workers, udp, move |sock, data, from| {
         if let Some((name, qtype, reply)) = r(data) {
-            lock(&qs).push(ReceivedQuery {
-                name,
-                qtype,
-                transport: "udp",
-                from,
-            });
+            lock(&qs).push(ReceivedQuery { name, qtype, transport: "udp", from });
             let _ = sock.send_to(&reply, from);
         }
     })?;
@@ -277,12 +253,7 @@ pub(crate) fn serve_dns(
             let Some((name, qtype, reply)) = respond(&msg) else {
                 return;
             };
-            lock(&queries).push(ReceivedQuery {
-                name,
-                qtype,
-                transport: "tcp",
-                from,
-            });
+            lock(&queries).push(ReceivedQuery { name, qtype, transport: "tcp", from });
             let mut out = (reply.len() as u16).to_be_bytes().to_vec();
             out.extend_from_slice(&reply);
             if s.write_all(&out).is_err() {
@@ -314,29 +285,19 @@ impl DnsServer {
                 r => break r,
             }
         }
-        .with_context(|| {
-            format!("DnsServer: bind tcp {sa} (needs root; address already in use?)")
-        })?;
-        let udp = UdpSocket::bind(sa).with_context(|| {
-            format!("DnsServer: bind udp {sa} (needs root; address already in use?)")
-        })?;
+        .with_context(|| format!("DnsServer: bind tcp {sa} (needs root; address already in use?)"))?;
+        let udp = UdpSocket::bind(sa)
+            .with_context(|| format!("DnsServer: bind udp {sa} (needs root; address already in use?)"))?;
 
-        let zone: Arc<HashMap<String, Vec<IpAddr>>> = Arc::new(
-            zone.into_iter()
-                .map(|(n, a)| (normalize_name(&n), a))
-                .collect(),
-        );
+        let zone: Arc<HashMap<String, Vec<IpAddr>>> =
+            Arc::new(zone.into_iter().map(|(n, a)| (normalize_name(&n), a)).collect());
         let queries: Arc<Mutex<Vec<ReceivedQuery>>> = Arc::default();
         let mut workers = Workers::new();
 
         let z = zone;
         serve_dns(&mut workers, udp, tcp, queries.clone(), move |msg| dns_reply(&z, msg))?;
 
-        Ok(DnsServer {
-            addr,
-            queries,
-            _workers: workers,
-        })
+        Ok(DnsServer { addr, queries, _workers: workers })
     }
 
     /// The address the server listens on (port 53).
@@ -392,11 +353,7 @@ fn listener_loop(tcp: TcpListener, udp: UdpSocket, st: &ListenerStats, stop: &At
         let mut fds: Vec<libc::pollfd> = [tcp.as_raw_fd(), udp.as_raw_fd()]
             .into_iter()
             .chain(conns.iter().map(|(c, _)| c.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         // SAFETY: fds is a valid array of pollfd.
         let mut n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
@@ -469,8 +426,7 @@ impl Listener {
         let mut attempt = 0;
         let (tcp, udp) = loop {
             attempt += 1;
-            let tcp =
-                TcpListener::bind(addr).with_context(|| format!("Listener: bind tcp {addr}"))?;
+            let tcp = TcpListener::bind(addr).with_context(|| format!("Listener: bind tcp {addr}"))?;
             let real = tcp.local_addr()?;
             match UdpSocket::bind(real) {
                 Ok(udp) => break (tcp, udp),
@@ -484,22 +440,14 @@ impl Listener {
         let stats = Arc::new(ListenerStats::default());
         let mut workers = Workers::new();
         let (st, stop) = (stats.clone(), workers.stop.clone());
-        workers.main.push(std::thread::spawn(move || {
-            listener_loop(tcp, udp, &st, &stop)
-        }));
-        Ok(Listener {
-            addr: real,
-            stats,
-            _workers: workers,
-        })
+        workers.main.push(std::thread::spawn(move || listener_loop(tcp, udp, &st, &stop)));
+        Ok(Listener { addr: real, stats, _workers: workers })
     }
 
     /// Waits until the background thread has drained what was queued before this call.
     fn settle(&self) {
         let since = self.stats.started.load(Ordering::SeqCst);
-        wait_until(Duration::from_secs(2), || {
-            self.stats.quiet.load(Ordering::SeqCst) > since
-        });
+        wait_until(Duration::from_secs(2), || self.stats.quiet.load(Ordering::SeqCst) > since);
     }
 
     /// The address listened on, with the real port.
@@ -588,8 +536,7 @@ fn read_http_head(s: &mut TcpStream, stop: &AtomicBool) -> Option<Vec<u8>> {
 impl HttpServer {
     /// Listens on TCP `addr` (port 0 picks a free port, see [`HttpServer::addr`]).
     pub fn start(addr: SocketAddr) -> anyhow::Result<HttpServer> {
-        let tcp =
-            TcpListener::bind(addr).with_context(|| format!("HttpServer: bind tcp {addr}"))?;
+        let tcp = TcpListener::bind(addr).with_context(|| format!("HttpServer: bind tcp {addr}"))?;
         let real = tcp.local_addr()?;
         let routes: HttpRoutes = Arc::default();
         let requests: Arc<Mutex<Vec<HttpRequest>>> = Arc::default();
@@ -603,19 +550,10 @@ impl HttpServer {
             let mut parts = head.lines().next().unwrap_or("").split_whitespace();
             let method = parts.next().unwrap_or("").to_string();
             let path = parts.next().unwrap_or("").to_string();
-            let found = if method == "GET" || method == "HEAD" {
-                lock(&rt).get(&path).cloned()
-            } else {
-                None
-            };
+            let found = if method == "GET" || method == "HEAD" { lock(&rt).get(&path).cloned() } else { None };
             let status = if found.is_some() { 200 } else { 404 };
-            lock(&rq).push(HttpRequest {
-                method: method.clone(),
-                path,
-                status,
-            });
-            let (ctype, body) = found
-                .unwrap_or_else(|| ("text/plain".to_string(), Arc::new(b"not found\n".to_vec())));
+            lock(&rq).push(HttpRequest { method: method.clone(), path, status });
+            let (ctype, body) = found.unwrap_or_else(|| ("text/plain".to_string(), Arc::new(b"not found\n".to_vec())));
             let reason = if status == 200 { "OK" } else { "Not Found" };
             let mut out = format!(
                 "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -641,12 +579,7 @@ impl HttpServer {
                 }
             }
         })?;
-        Ok(HttpServer {
-            addr: real,
-            routes,
-            requests,
-            _workers: workers,
-        })
+        Ok(HttpServer { addr: real, routes, requests, _workers: workers })
     }
 
     /// The address listened on, with the real port.
@@ -662,10 +595,7 @@ impl HttpServer {
     /// Serves `body` with `content_type` at exactly `path` (e.g. `/evil-pkg`); replaces an
     /// earlier route for the same path.
     pub fn route(&self, path: &str, content_type: &str, body: impl Into<Vec<u8>>) {
-        lock(&self.routes).insert(
-            path.to_string(),
-            (content_type.to_string(), Arc::new(body.into())),
-        );
+        lock(&self.routes).insert(path.to_string(), (content_type.to_string(), Arc::new(body.into())));
     }
 
     /// All requests received so far, in arrival order.
@@ -675,10 +605,7 @@ impl HttpServer {
 
     /// How many `GET` requests for exactly `path` were answered with 200.
     pub fn hits(&self, path: &str) -> usize {
-        lock(&self.requests)
-            .iter()
-            .filter(|r| r.method == "GET" && r.path == path && r.status == 200)
-            .count()
+        lock(&self.requests).iter().filter(|r| r.method == "GET" && r.path == path && r.status == 200).count()
     }
 }
 
@@ -687,16 +614,10 @@ impl HttpServer {
 fn locate_bin(name: &str, env: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "{env}={} does not name an existing file",
-            p.display()
-        );
+        assert!(p.is_file(), "{env}={} does not name an existing file", p.display());
         return p;
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace dir");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace dir");
     let p = workspace.join("target").join("release").join(name);
     assert!(
         p.is_file(),
@@ -731,27 +652,19 @@ pub fn root_or_skip() -> bool {
         eprintln!("skipping: needs root");
         return false;
     }
-    panic!(
-        "root integration tests need root; set WATCHER_SKIP_ROOT_TESTS=1 to skip them explicitly"
-    );
+    panic!("root integration tests need root; set WATCHER_SKIP_ROOT_TESTS=1 to skip them explicitly");
 }
 
 /// Parses a JSONL file (blank lines are skipped). Panics with `file:line` on a malformed line.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).unwrap_or_else(|e| {
-                panic!(
-                    "{}:{}: malformed JSON line: {e}: {l:?}",
-                    path.display(),
-                    i + 1
-                )
-            })
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}:{}: malformed JSON line: {e}: {l:?}", path.display(), i + 1))
         })
         .collect()
 }
@@ -783,8 +696,7 @@ impl TempDir {
         let n = UNIQUE.fetch_add(1, Ordering::SeqCst);
         let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -807,17 +719,9 @@ impl Drop for TempDir {
 // ============================================================================ Netns
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("cannot run `ip` (iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`ip {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -836,12 +740,8 @@ pub fn netns_list() -> Vec<String> {
 /// Kills the processes inside namespace `name`, then deletes it and `host_if`.
 fn netns_teardown(name: &str, host_if: Option<&str>) {
     if let Ok(pids) = ip(&["netns", "pids", name]) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
     }
     if let Some(h) = host_if {
@@ -909,19 +809,13 @@ impl Netns {
     }
 
     fn setup(&self) -> anyhow::Result<()> {
-        let (name, h, n) = (
-            self.name.as_str(),
-            self.host_if.as_str(),
-            self.ns_if.as_str(),
-        );
+        let (name, h, n) = (self.name.as_str(), self.host_if.as_str(), self.ns_if.as_str());
         let hv4 = format!("{}/30", self.host_v4());
         let nv4 = format!("{}/30", self.ns_v4());
         let hv6 = format!("{}/126", self.host_v6());
         let nv6 = format!("{}/126", self.ns_v6());
         ip(&["netns", "add", name])?;
-        ip(&[
-            "link", "add", h, "type", "veth", "peer", "name", n, "netns", name,
-        ])?;
+        ip(&["link", "add", h, "type", "veth", "peer", "name", n, "netns", name])?;
         ip(&["addr", "add", &hv4, "dev", h])?;
         ip(&["-6", "addr", "add", &hv6, "dev", h, "nodad"])?;
         ip(&["link", "set", h, "up"])?;
@@ -931,9 +825,7 @@ impl Netns {
         ip(&["-n", name, "link", "set", n, "up"])?;
         let oper = format!("/sys/class/net/{h}/operstate");
         if !wait_until(Duration::from_secs(5), || {
-            std::fs::read_to_string(&oper)
-                .map(|s| s.trim() == "up")
-                .unwrap_or(false)
+            std::fs::read_to_string(&oper).map(|s| s.trim() == "up").unwrap_or(false)
         }) {
             bail!("veth {h} did not come up");
         }
@@ -1026,11 +918,8 @@ mod tests {
 
     #[test]
     fn dns_reply_answers_from_zone() {
-        let zone: HashMap<String, Vec<IpAddr>> = [(
-            "ok.test".to_string(),
-            vec!["127.1.1.1".parse().unwrap(), "::1".parse().unwrap()],
-        )]
-        .into();
+        let zone: HashMap<String, Vec<IpAddr>> =
+            [("ok.test".to_string(), vec!["127.1.1.1".parse().unwrap(), "::1".parse().unwrap()])].into();
         let query = |name: &str, t: TYPE| {
             let mut p = Packet::new_query(7);
             p.questions.push(simple_dns::Question::new(
@@ -1048,9 +937,7 @@ mod tests {
         assert_eq!(r.rcode(), RCODE::NoError);
         assert_eq!(r.answers.len(), 1);
         assert_eq!(r.answers[0].ttl, 60);
-        assert!(
-            matches!(&r.answers[0].rdata, RData::A(a) if Ipv4Addr::from(a.address) == Ipv4Addr::new(127, 1, 1, 1))
-        );
+        assert!(matches!(&r.answers[0].rdata, RData::A(a) if Ipv4Addr::from(a.address) == Ipv4Addr::new(127, 1, 1, 1)));
 
         let (_, _, r) = dns_reply(&zone, &query("ok.test", TYPE::AAAA)).unwrap();
         let r = Packet::parse(&r).unwrap();

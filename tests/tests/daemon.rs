@@ -40,7 +40,11 @@ impl Daemon {
             .spawn()
             .unwrap();
         let d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock") };
-        assert!(wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")), "daemon did not start: {}", d.log());
+        assert!(
+            wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")),
+            "daemon did not start: {}",
+            d.log()
+        );
         d
     }
 
@@ -53,7 +57,8 @@ impl Daemon {
     }
 
     fn status(&self) -> Value {
-        let out = Command::new(watcher_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().unwrap();
+        let out =
+            Command::new(watcher_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().unwrap();
         assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -135,7 +140,9 @@ fn wait_ended(d: &Daemon, id: &str) -> Value {
 }
 
 fn policy(pipeline: &str, mode: &str, ok_port: u16) -> String {
-    format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - cidr: 127.0.0.1/32\n      ports: [{ok_port}]\n")
+    format!(
+        "version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - cidr: 127.0.0.1/32\n      ports: [{ok_port}]\n"
+    )
 }
 
 fn alerts(events: &[Value]) -> Vec<(String, String)> {
@@ -169,7 +176,9 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
     )
     .unwrap();
     let mut d = Daemon::start(&config, &dir);
-    let mode = std::fs::metadata(&d.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    let mode = std::fs::metadata(&d.socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
     assert_eq!(mode, 0o600, "status socket must be root-only");
 
     let tag = std::process::id();
@@ -197,10 +206,16 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
     assert_eq!((sa["mode"].as_str(), sa["alerts"].as_u64()), (Some("enforce"), Some(1)), "{sa:#}");
     assert_eq!((sb["mode"].as_str(), sb["alerts"].as_u64()), (Some("audit"), Some(1)), "{sb:#}");
 
-    let la = read_jsonl(sa["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap());
-    let lb = read_jsonl(sb["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap());
+    let la = read_jsonl(
+        sa["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap(),
+    );
+    let lb = read_jsonl(
+        sb["log"].as_str().map(|p| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) }).unwrap(),
+    );
     assert!(Path::new(&dir.join(format!("logs/acme_secure_{ida}.jsonl"))).exists());
-    for (events, id, marker, other, action) in [(&la, &ida, "marker-a", "marker-b", "deny"), (&lb, &idb, "marker-b", "marker-a", "flag")] {
+    for (events, id, marker, other, action) in
+        [(&la, &ida, "marker-a", "marker-b", "deny"), (&lb, &idb, "marker-b", "marker-a", "flag")]
+    {
         let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
         let start = &events[0];
         assert_eq!(start["kind"], "start");
@@ -225,7 +240,11 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
         assert_eq!(forbidden["allowed"], action != "deny");
         assert_eq!(alerts(events), vec![("egress-denied".to_string(), action.to_string())]);
         // The log is the schema replay reads: replay gives the same verdict.
-        let st = Command::new(watcher_bin()).arg("replay").arg(sa["log"].as_str().map(|p| dir.join(p)).unwrap()).output().unwrap();
+        let st = Command::new(watcher_bin())
+            .arg("replay")
+            .arg(sa["log"].as_str().map(|p| dir.join(p)).unwrap())
+            .output()
+            .unwrap();
         assert_eq!(st.status.code(), Some(77), "{}", String::from_utf8_lossy(&st.stdout));
     }
 
@@ -240,8 +259,16 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let state = || std::fs::read_to_string(format!("/proc/{}/stat", held.id())).ok().and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()));
-    assert!(wait_until(Duration::from_secs(5), || state() == Some('T')), "the job's program was not held: state {:?}", state());
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", held.id()))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || state() == Some('T')),
+        "the job's program was not held: state {:?}",
+        state()
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(state(), Some('T'));
     assert_eq!(ok.connections(), 2, "a job ran before the daemon set it up");
@@ -252,13 +279,20 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
     wait_ended(&d, &ida2);
 
     // SIGHUP with a broken policy: reported with its position, the old policy stays.
-    std::fs::write(dir.join("secure.yaml"), policy("secure", "enforce", okp).replace("mode: enforce", "mode: enforcing")).unwrap();
+    std::fs::write(
+        dir.join("secure.yaml"),
+        policy("secure", "enforce", okp).replace("mode: enforce", "mode: enforcing"),
+    )
+    .unwrap();
     d.signal(libc::SIGHUP);
     let mut st = Value::Null;
-    assert!(wait_until(Duration::from_secs(10), || {
-        st = d.status();
-        st["counters"]["reload_errors"] == 1
-    }), "{st:#}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            st = d.status();
+            st["counters"]["reload_errors"] == 1
+        }),
+        "{st:#}"
+    );
     let err = st["counters"]["last_reload_error"].as_str().unwrap().to_string();
     assert!(err.contains("secure.yaml:3:"), "{err}");
     assert!(d.log().contains("reload failed"), "{}", d.log());
@@ -274,15 +308,23 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
     let out = Command::new(watcher_bin()).args(["status", "--config"]).arg(&config).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("4 started") && text.contains("lost events: 0") && text.contains(&format!("acme_secure_{ida}")), "{text}");
+    assert!(
+        text.contains("4 started") && text.contains("lost events: 0") && text.contains(&format!("acme_secure_{ida}")),
+        "{text}"
+    );
     assert!(text.contains("reloads: 1 (1 failed)"), "{text}");
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut m = String::new();
     s.read_to_string(&mut m).unwrap();
     assert!(m.starts_with("HTTP/1.0 200 OK"), "{m}");
-    for line in ["watcher_jobs_started_total 4", "watcher_jobs_ended_total 4", "watcher_alerts_total 3",
-                 "watcher_reload_errors_total 1", "watcher_lost_events_total{source=\"exec\"} 0"] {
+    for line in [
+        "watcher_jobs_started_total 4",
+        "watcher_jobs_ended_total 4",
+        "watcher_alerts_total 3",
+        "watcher_reload_errors_total 1",
+        "watcher_lost_events_total{source=\"exec\"} 0",
+    ] {
         assert!(m.lines().any(|l| l == line), "metrics lack {line:?}:\n{m}");
     }
 
@@ -291,9 +333,12 @@ fn two_jobs_each_under_its_own_policy_with_its_own_log() {
     assert!(progs.len() >= 10, "{progs:?}");
     assert_eq!(d.stop(), Some(0), "{}", d.log());
     assert!(!d.socket.exists());
-    assert!(wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
-        !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
-    })), "programs of the stopped daemon are still loaded: {progs:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
+            !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
+        })),
+        "programs of the stopped daemon are still loaded: {progs:?}"
+    );
 }
 
 #[test]
@@ -373,14 +418,21 @@ fn a_cgroup_matching_a_pattern_is_watched_as_a_job() {
     std::fs::create_dir(&cg).unwrap();
     let id = format!("cgroup={parent}/job-1");
     let mut st = Value::Null;
-    assert!(wait_until(Duration::from_secs(10), || {
-        st = d.status();
-        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str())
-    }), "the cgroup was not taken as a job: {st:#}\n{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            st = d.status();
+            st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str())
+        }),
+        "the cgroup was not taken as a job: {st:#}\n{}",
+        d.log()
+    );
     // A process that moves itself into the cgroup, then runs the workload.
     let np = netprobe_bin().display().to_string();
     let out = Command::new("sh")
-        .args(["-c", &format!("echo $$ > {}/cgroup.procs && exec {np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp}", cg.display())])
+        .args([
+            "-c",
+            &format!("echo $$ > {}/cgroup.procs && exec {np} tcp 127.0.0.1:{okp} tcp 127.0.0.2:{badp}", cg.display()),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -388,14 +440,20 @@ fn a_cgroup_matching_a_pattern_is_watched_as_a_job() {
     assert!(err.contains(&format!("connect 127.0.0.2:{badp}: Operation not permitted (EPERM)")), "{err}");
     assert_eq!((ok.connections(), bad.connections()), (1, 0), "{err}");
     std::fs::remove_dir(&cg).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        st = d.status();
-        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str() && j["state"] == "ended")
-    }), "{st:#}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            st = d.status();
+            st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str() && j["state"] == "ended")
+        }),
+        "{st:#}"
+    );
     let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).unwrap().clone();
     let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
     assert_eq!(events[0]["job"]["pipeline"], "acme/secure");
-    assert!(events.iter().any(|e| e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.ends_with("netprobe"))), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.ends_with("netprobe"))),
+        "{events:#?}"
+    );
     assert_eq!(alerts(&events), vec![("egress-denied".to_string(), "deny".to_string())]);
     assert_eq!(events.last().unwrap()["kind"], "end");
     assert_eq!(d.stop(), Some(0));
@@ -447,10 +505,14 @@ fn a_full_ring_buffer_is_counted_and_a_job_whose_start_was_lost_still_runs() {
     assert!(x.wait().unwrap().success());
     assert!(y.wait().unwrap().success());
     let mut st = Value::Null;
-    assert!(wait_until(Duration::from_secs(20), || {
-        st = d.status();
-        st["counters"]["jobs_ended"] == 2
-    }), "{st:#}\n{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            st = d.status();
+            st["counters"]["jobs_ended"] == 2
+        }),
+        "{st:#}\n{}",
+        d.log()
+    );
     let lost_exec = st["counters"]["lost"]["exec"].as_u64().unwrap_or(0);
     assert!(lost_exec >= 1, "{st:#}");
     assert_eq!(st["counters"]["recovered_jobs"], 1, "{st:#}\n{}", d.log());
@@ -498,10 +560,14 @@ fn processes_of_no_job_are_logged_apart_and_never_enforced_when_configured() {
     assert_eq!(err.matches("EPERM").count(), 1, "only the job's connect is denied: {err}");
     assert_eq!(bad.connections(), 1, "{err}");
     let mut st = Value::Null;
-    assert!(wait_until(Duration::from_secs(20), || {
-        st = d.status();
-        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == "WDT_NJ_RUN_ID=nj1" && j["state"] == "ended")
-    }), "{st:#}\n{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            st = d.status();
+            st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == "WDT_NJ_RUN_ID=nj1" && j["state"] == "ended")
+        }),
+        "{st:#}\n{}",
+        d.log()
+    );
     assert!(st["counters"]["no_job_events"].as_u64().unwrap() > 0, "{st:#}");
     let job = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "WDT_NJ_RUN_ID=nj1").unwrap().clone();
     assert_eq!(d.stop(), Some(0));
@@ -534,11 +600,15 @@ fn dns_rules_and_learned_addresses_are_per_job() {
     }
     let dir = TempDir::new("watcher-daemon-dns");
     let dns_ip = "127.53.0.71";
-    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.3".parse().unwrap()])]).unwrap();
+    let dns =
+        DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.3".parse().unwrap()])])
+            .unwrap();
     let named = Listener::start("127.0.0.3:0".parse().unwrap()).unwrap();
     let port = named.addr().port();
     let pol = |pipeline: &str, mode: &str| {
-        format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{port}]\ndns:\n  resolvers: [{dns_ip}]\n")
+        format!(
+            "version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{port}]\ndns:\n  resolvers: [{dns_ip}]\n"
+        )
     };
     std::fs::write(dir.join("secure.yaml"), pol("secure", "enforce")).unwrap();
     std::fs::write(dir.join("open.yaml"), pol("open", "audit")).unwrap();
@@ -562,7 +632,8 @@ fn dns_rules_and_learned_addresses_are_per_job() {
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let lookups = format!("dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.3:{port} dns-sendto {dns_ip} evil.watcher.test A");
+    let lookups =
+        format!("dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.3:{port} dns-sendto {dns_ip} evil.watcher.test A");
     // Enforce job: the allowed name resolves, its answer's address is reachable; the other
     // name's query never leaves.
     let err = run("e", "acme/secure", &lookups);
@@ -579,10 +650,13 @@ fn dns_rules_and_learned_addresses_are_per_job() {
     assert!(err.contains("Operation not permitted (EPERM)"), "{err}");
     assert_eq!(named.connections(), 2, "{err}");
     let mut st = Value::Null;
-    assert!(wait_until(Duration::from_secs(20), || {
-        st = d.status();
-        st["counters"]["jobs_ended"] == 3
-    }), "{st:#}");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            st = d.status();
+            st["counters"]["jobs_ended"] == 3
+        }),
+        "{st:#}"
+    );
     let log_of = |id: &str| {
         let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_DNS_RUN_ID={id}")).unwrap();
         read_jsonl(dir.join(j["log"].as_str().unwrap()))
@@ -640,7 +714,9 @@ fn secrets_are_looked_for_with_each_jobs_own_values_not_the_daemons() {
     let dns_ip = "127.53.0.73";
     let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![]).unwrap();
     let pol = |pipeline: &str, mode: &str| {
-        format!("version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\ndns:\n  resolvers: [{dns_ip}]\n")
+        format!(
+            "version: 1\npipeline: {pipeline}\nmode: {mode}\negress:\n  loopback: false\ndns:\n  resolvers: [{dns_ip}]\n"
+        )
     };
     std::fs::write(dir.join("audit.yaml"), pol("audit", "audit")).unwrap();
     std::fs::write(dir.join("enforce.yaml"), pol("enforce", "enforce")).unwrap();
@@ -666,7 +742,10 @@ fn secrets_are_looked_for_with_each_jobs_own_values_not_the_daemons() {
     let script_a = format!(
         "{np} sleep 300 {} {} {}; /bin/echo \"$AWS_SECRET_ACCESS_KEY\" >/dev/null; \
          export AWS_SESSION_TOKEN=\"$WDT_LATER\"; sh -c '{np} sleep 300 {}; true'; {np} sleep 500",
-        q(&a), q(&b), q(&own), q(&later)
+        q(&a),
+        q(&b),
+        q(&own),
+        q(&later)
     );
     // Job b (enforce), at the same time: leaks its own key and a's.
     let script_b = format!("{np} sleep 300 {} {}; {np} sleep 800", q(&b), q(&a));
@@ -691,18 +770,29 @@ fn secrets_are_looked_for_with_each_jobs_own_values_not_the_daemons() {
     assert!(oa.status.success() && ob.status.success(), "{ea}\n{eb}\n{}", d.log());
     // Audit lets job a's queries out; enforce drops job b's.
     let names: Vec<String> = dns.queries().iter().map(|q| q.name.to_ascii_lowercase()).collect();
-    assert!(names.contains(&exfil_name(&a).to_ascii_lowercase()) && names.contains(&exfil_name(&later).to_ascii_lowercase()), "{names:?}\n{ea}");
+    assert!(
+        names.contains(&exfil_name(&a).to_ascii_lowercase())
+            && names.contains(&exfil_name(&later).to_ascii_lowercase()),
+        "{names:?}\n{ea}"
+    );
     assert_eq!(names.len(), 4, "job b's queries never leave: {names:?}\n{eb}");
     let mut st = Value::Null;
-    assert!(wait_until(Duration::from_secs(20), || {
-        st = d.status();
-        st["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "ended").count() == 2
-    }), "{st:#}\n{}", d.log());
-    let ended = |id: &str| st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_SEC_RUN_ID={id}")).unwrap().clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            st = d.status();
+            st["jobs"].as_array().unwrap().iter().filter(|j| j["state"] == "ended").count() == 2
+        }),
+        "{st:#}\n{}",
+        d.log()
+    );
+    let ended = |id: &str| {
+        st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_SEC_RUN_ID={id}")).unwrap().clone()
+    };
     let (la, lb) = (ended("a"), ended("b"));
     let text_a = std::fs::read_to_string(dir.join(la["log"].as_str().unwrap())).unwrap();
     let text_b = std::fs::read_to_string(dir.join(lb["log"].as_str().unwrap())).unwrap();
-    let (log_a, log_b) = (read_jsonl(dir.join(la["log"].as_str().unwrap())), read_jsonl(dir.join(lb["log"].as_str().unwrap())));
+    let (log_a, log_b) =
+        (read_jsonl(dir.join(la["log"].as_str().unwrap())), read_jsonl(dir.join(lb["log"].as_str().unwrap())));
     // Each job's alerts name its own values only: not the other job's, not the daemon's.
     assert_eq!(
         secret_alerts(&log_a),
@@ -721,9 +811,15 @@ fn secrets_are_looked_for_with_each_jobs_own_values_not_the_daemons() {
     );
     let alert = log_a.iter().find(|e| e["kind"] == "alert" && e["variable"] == "AWS_SECRET_ACCESS_KEY").unwrap();
     let msg = alert["message"].as_str().unwrap();
-    assert!(msg.contains("AWS_SECRET_ACCESS_KEY") && msg.contains(&redacted(&a)) && msg.contains("DNS query name"), "{msg}");
+    assert!(
+        msg.contains("AWS_SECRET_ACCESS_KEY") && msg.contains(&redacted(&a)) && msg.contains("DNS query name"),
+        "{msg}"
+    );
     // The key expanded into an argument is logged redacted.
-    let echo = log_a.iter().find(|e| e["kind"] == "exec" && e["filename"] == "/bin/echo").unwrap_or_else(|| panic!("{text_a}"));
+    let echo = log_a
+        .iter()
+        .find(|e| e["kind"] == "exec" && e["filename"] == "/bin/echo")
+        .unwrap_or_else(|| panic!("{text_a}"));
     assert_eq!(echo["argv"], serde_json::json!(["/bin/echo", redacted(&a)]), "{echo}");
     // No value is written anywhere: logs and the daemon's own output.
     let daemon_log = d.log();
@@ -757,7 +853,9 @@ impl Drop for KillOnDrop {
 }
 
 fn proc_state(pid: u32) -> Option<char> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()))
 }
 
 #[test]
@@ -794,7 +892,11 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
             .unwrap(),
     ));
     let pid = held.pid();
-    assert!(wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')), "the job was not held: {:?}", proc_state(pid));
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')),
+        "the job was not held: {:?}",
+        proc_state(pid)
+    );
     // A process stopped for another reason, with no job variable: never touched.
     let other = KillOnDrop(Some(Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().unwrap()));
     // SAFETY: our own child.
@@ -834,10 +936,14 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
 
     let mut st = Value::Null;
     let want = format!("WDT_ADOPT_RUN_ID={id}");
-    assert!(wait_until(Duration::from_secs(20), || {
-        st = d.status();
-        st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == want.as_str() && j["state"] == "ended")
-    }), "{st:#}\n{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            st = d.status();
+            st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == want.as_str() && j["state"] == "ended")
+        }),
+        "{st:#}\n{}",
+        d.log()
+    );
     assert_eq!(st["counters"]["adopted_jobs"], 1, "{st:#}");
     let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == want.as_str()).unwrap().clone();
     let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
@@ -865,8 +971,11 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
     assert!(progs.len() >= 10, "{progs:?}");
     assert_eq!(d.stop(), Some(0), "{}", d.log());
     assert!(!d.socket.exists());
-    assert!(wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
-        !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
-    })), "programs of the stopped daemon are still loaded: {progs:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || progs.iter().all(|id| {
+            !Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success()
+        })),
+        "programs of the stopped daemon are still loaded: {progs:?}"
+    );
     assert_eq!(proc_state(other.pid()), Some('T'));
 }

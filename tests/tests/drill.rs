@@ -50,10 +50,8 @@ fn assert_nothing_left(pid: u32, d: &Drill) {
 
 /// The result row of one check: [detected, rule, blocked, time to detect...].
 fn row<'a>(stdout: &'a str, check: &str) -> Vec<&'a str> {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with(check))
-        .unwrap_or_else(|| panic!("no row for {check:?} in:\n{stdout}"));
+    let line =
+        stdout.lines().find(|l| l.starts_with(check)).unwrap_or_else(|| panic!("no row for {check:?} in:\n{stdout}"));
     line[check.len()..].split_whitespace().collect()
 }
 

@@ -14,11 +14,7 @@ const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
 static DNS_V4_LOCK: Mutex<()> = Mutex::new(());
 
 fn netprobe(args: &[&str]) -> Output {
-    let out = Command::new(NETPROBE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run netprobe");
+    let out = Command::new(NETPROBE).args(args).stdin(Stdio::null()).output().expect("run netprobe");
     eprintln!(
         "netprobe {args:?}: {}\nstdout:\n{}stderr:\n{}",
         out.status,
@@ -29,26 +25,16 @@ fn netprobe(args: &[&str]) -> Output {
 }
 
 fn stdout_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
 }
 
 fn zone() -> Vec<(String, Vec<IpAddr>)> {
     vec![
         (
             "good.example".to_string(),
-            vec![
-                "127.1.2.3".parse().unwrap(),
-                "127.1.2.4".parse().unwrap(),
-                "::1".parse().unwrap(),
-            ],
+            vec!["127.1.2.3".parse().unwrap(), "127.1.2.4".parse().unwrap(), "::1".parse().unwrap()],
         ),
-        (
-            "other.example".to_string(),
-            vec!["127.9.9.9".parse().unwrap()],
-        ),
+        ("other.example".to_string(), vec!["127.9.9.9".parse().unwrap()]),
     ]
 }
 
@@ -58,16 +44,7 @@ fn check_dns_mode(server: IpAddr, mode: &str, transport: &str) {
     let s = server.to_string();
 
     let out = if mode == "dns-sendmmsg" {
-        netprobe(&[
-            mode,
-            &s,
-            "good.example,other.example",
-            "A",
-            mode,
-            &s,
-            "missing.example,good.example",
-            "TXT",
-        ])
+        netprobe(&[mode, &s, "good.example,other.example", "A", mode, &s, "missing.example,good.example", "TXT"])
     } else {
         netprobe(&[mode, &s, "good.example", "A"])
     };
@@ -82,22 +59,13 @@ fn check_dns_mode(server: IpAddr, mode: &str, transport: &str) {
 
     let q = dns.queries();
     let expect_names: Vec<(&str, &str)> = if mode == "dns-sendmmsg" {
-        vec![
-            ("good.example", "A"),
-            ("other.example", "A"),
-            ("missing.example", "TXT"),
-            ("good.example", "TXT"),
-        ]
+        vec![("good.example", "A"), ("other.example", "A"), ("missing.example", "TXT"), ("good.example", "TXT")]
     } else {
         vec![("good.example", "A")]
     };
     assert_eq!(q.len(), expect_names.len(), "{q:?}");
     for (rq, (n, t)) in q.iter().zip(&expect_names) {
-        assert_eq!(
-            (rq.name.as_str(), rq.qtype.as_str(), rq.transport),
-            (*n, *t, transport),
-            "{q:?}"
-        );
+        assert_eq!((rq.name.as_str(), rq.qtype.as_str(), rq.transport), (*n, *t, transport), "{q:?}");
         assert!(rq.from.ip().is_loopback(), "{q:?}");
         assert_ne!(rq.from.port(), 0);
     }
@@ -121,18 +89,11 @@ fn check_dns_mode(server: IpAddr, mode: &str, transport: &str) {
         assert!(out.status.success());
         assert_eq!(
             stdout_lines(&out),
-            [
-                "answer good.example: ::1",
-                "answer nothere.example: NXDOMAIN",
-                "answer good.example: NXDOMAIN"
-            ]
+            ["answer good.example: ::1", "answer nothere.example: NXDOMAIN", "answer good.example: NXDOMAIN"]
         );
         let q = dns.queries();
         assert_eq!(q.len(), 4, "{q:?}");
-        assert_eq!(
-            (q[1].qtype.as_str(), q[2].name.as_str(), q[3].qtype.as_str()),
-            ("AAAA", "nothere.example", "TXT")
-        );
+        assert_eq!((q[1].qtype.as_str(), q[2].name.as_str(), q[3].qtype.as_str()), ("AAAA", "nothere.example", "TXT"));
     }
 }
 
@@ -190,10 +151,7 @@ fn dns_server_stops_on_drop() {
     // Ports are free again and nobody answers.
     let out = netprobe(&["dns-tcp", "127.53.0.201", "good.example", "A"]);
     assert_eq!(stdout_lines(&out), ["no answer good.example"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("connect 127.53.0.201:53: Connection refused")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connect 127.53.0.201:53: Connection refused"));
     let again = DnsServer::start(addr, zone()).expect("rebind after drop");
     drop(again);
 }
@@ -213,39 +171,15 @@ fn netprobe_usage_errors_exit_nonzero_before_acting() {
     for args in [
         vec!["tcp", a.as_str(), "bogus"],
         vec!["tcp", a.as_str(), "tcp"],
-        vec![
-            "tcp",
-            a.as_str(),
-            "dns-sendto",
-            "not-an-ip",
-            "x.example",
-            "A",
-        ],
-        vec![
-            "tcp",
-            a.as_str(),
-            "dns-sendto",
-            "127.0.0.1",
-            "x.example",
-            "MX",
-        ],
-        vec![
-            "tcp",
-            a.as_str(),
-            "dns-sendmmsg",
-            "127.0.0.1",
-            "onlyone.example",
-            "A",
-        ],
+        vec!["tcp", a.as_str(), "dns-sendto", "not-an-ip", "x.example", "A"],
+        vec!["tcp", a.as_str(), "dns-sendto", "127.0.0.1", "x.example", "MX"],
+        vec!["tcp", a.as_str(), "dns-sendmmsg", "127.0.0.1", "onlyone.example", "A"],
         vec!["tcp", a.as_str(), "exec"],
     ] {
         let out = netprobe(&args);
         assert!(!out.status.success(), "{args:?}");
         assert!(out.stdout.is_empty());
-        assert!(
-            String::from_utf8_lossy(&out.stderr).starts_with("netprobe: "),
-            "{args:?}"
-        );
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("netprobe: "), "{args:?}");
     }
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(l.connections(), 0);
@@ -261,9 +195,9 @@ fn failed_connect_is_reported_and_not_fatal() {
     let out = netprobe(&["tcp", &closed.to_string(), "tcp", &l.addr().to_string()]);
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!(
-        "connect {closed}: Connection refused (ECONNREFUSED)"
-    )));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("connect {closed}: Connection refused (ECONNREFUSED)"))
+    );
     assert_eq!(l.connections(), 1);
 }
 
@@ -271,21 +205,11 @@ fn check_listener(bind: &str) {
     let l = Listener::start(bind.parse().unwrap()).unwrap();
     let a = l.addr();
     assert_ne!(a.port(), 0);
-    let out = netprobe(&[
-        "tcp",
-        &a.to_string(),
-        "udp-sendto",
-        &a.to_string(),
-        "udp-connect",
-        &a.to_string(),
-    ]);
+    let out = netprobe(&["tcp", &a.to_string(), "udp-sendto", &a.to_string(), "udp-connect", &a.to_string()]);
     assert!(out.status.success());
     assert!(out.stdout.is_empty() && out.stderr.is_empty());
     // No waiting: the getters settle on everything delivered before the call.
-    assert_eq!(
-        (l.connections(), l.datagrams(), l.bytes()),
-        (1, 2, 6 + 4 + 4)
-    );
+    assert_eq!((l.connections(), l.datagrams(), l.bytes()), (1, 2, 6 + 4 + 4));
     let mut p = l.payloads();
     p.sort();
     assert_eq!(p, [b"hello\n".to_vec(), b"ping".to_vec(), b"ping".to_vec()]);
@@ -315,8 +239,7 @@ fn listener_keeps_first_4k_and_stops_on_drop() {
     // A child that a parallel test is forking right now may hold a copy of the socket
     // for a moment (until its exec closes it), so allow a short grace period.
     assert!(
-        wait_until(Duration::from_secs(2), || std::net::TcpStream::connect(a)
-            .is_err()),
+        wait_until(Duration::from_secs(2), || std::net::TcpStream::connect(a).is_err()),
         "listener still accepting after drop"
     );
 }
@@ -328,15 +251,7 @@ fn daemonize_detaches_and_writes_pidfile() {
     let pidfile2 = tmp.join("daemon2.pid");
     let l = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut child = Command::new(NETPROBE)
-        .args([
-            "daemonize",
-            "write-pid",
-            pidfile2.to_str().unwrap(),
-            "tcp",
-            &l.addr().to_string(),
-            "sleep",
-            "30000",
-        ])
+        .args(["daemonize", "write-pid", pidfile2.to_str().unwrap(), "tcp", &l.addr().to_string(), "sleep", "30000"])
         .env("NETPROBE_PIDFILE", &pidfile)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -346,18 +261,9 @@ fn daemonize_detaches_and_writes_pidfile() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 
-    assert!(wait_until(Duration::from_secs(5), || pidfile.exists()
-        && pidfile2.exists()));
-    let pid: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let pid2: u32 = std::fs::read_to_string(&pidfile2)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || pidfile.exists() && pidfile2.exists()));
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid2: u32 = std::fs::read_to_string(&pidfile2).unwrap().trim().parse().unwrap();
     assert_eq!(pid, pid2);
     assert_ne!(pid, original);
 
@@ -367,24 +273,13 @@ fn daemonize_detaches_and_writes_pidfile() {
     let f: Vec<&str> = after.split_whitespace().collect();
     let (state, ppid, sid): (&str, u32, u32) = (f[0], f[1].parse().unwrap(), f[3].parse().unwrap());
     let kill = || {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let my_sid = nix::unistd::getsid(None).unwrap().as_raw() as u32;
-    if state == "Z"
-        || ppid == original
-        || sid == pid
-        || sid == original
-        || sid == my_sid
-        || comm.trim() != "netprobe"
-    {
+    if state == "Z" || ppid == original || sid == pid || sid == original || sid == my_sid || comm.trim() != "netprobe" {
         kill();
-        panic!(
-            "bad daemon: state={state} ppid={ppid} sid={sid} original={original} my_sid={my_sid} comm={comm:?}"
-        );
+        panic!("bad daemon: state={state} ppid={ppid} sid={sid} original={original} my_sid={my_sid} comm={comm:?}");
     }
     // stdin is /dev/null.
     let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
@@ -430,16 +325,12 @@ fn netns_create_exec_and_cleanup() {
     // A process left running inside is killed by drop.
     let mut sleeper = ns.exec_in("sleep").arg("300").spawn().unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{}/comm", sleeper.id()))
-            .is_ok_and(|c| c.trim() == "sleep")
+        std::fs::read_to_string(format!("/proc/{}/comm", sleeper.id())).is_ok_and(|c| c.trim() == "sleep")
     }));
 
     let host_if = ns.host_if().to_string();
     drop(ns);
-    assert!(
-        !netns_list().contains(&name),
-        "namespace {name} still listed"
-    );
+    assert!(!netns_list().contains(&name), "namespace {name} still listed");
     assert!(!std::path::Path::new(&format!("/sys/class/net/{host_if}")).exists());
     let status = sleeper.wait().unwrap();
     assert!(!status.success());
@@ -476,30 +367,12 @@ fn netns_connectivity_both_directions() {
     let l6 = Listener::start(SocketAddr::new(ns.host_v6().into(), 0)).unwrap();
     let out = ns
         .exec_in(NETPROBE)
-        .args([
-            "tcp",
-            &l4.addr().to_string(),
-            "tcp",
-            &l6.addr().to_string(),
-            "udp-sendto",
-            &l4.addr().to_string(),
-        ])
+        .args(["tcp", &l4.addr().to_string(), "tcp", &l6.addr().to_string(), "udp-sendto", &l4.addr().to_string()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        (l4.connections(), l6.connections(), l4.datagrams()),
-        (1, 1, 1)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((l4.connections(), l6.connections(), l4.datagrams()), (1, 1, 1));
 
     // Root namespace -> namespace: a python TCP server inside, netprobe outside.
     let server = r#"
@@ -538,10 +411,6 @@ print(data.decode().strip(), flush=True)
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
         assert!(py.wait().unwrap().success());
-        assert_eq!(
-            rest.trim(),
-            "hello",
-            "python server inside the namespace got {rest:?}"
-        );
+        assert_eq!(rest.trim(), "hello", "python server inside the namespace got {rest:?}");
     }
 }

@@ -106,10 +106,7 @@ fn assert_uring_connect_denied(listen: &str, daddr: &str) {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(77), "{err}");
     assert_eq!(l.connections(), 0, "{err}");
-    assert!(
-        err.contains(&format!("connect {addr}: Operation not permitted (EPERM)")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("connect {addr}: Operation not permitted (EPERM)")), "{err}");
     let c = connects_to(&events, daddr, port);
     assert!(!c.is_empty(), "{:#?}", events.iter().filter(|e| e["kind"] == "connect").collect::<Vec<_>>());
     assert!(c.iter().all(|e| e["allowed"] == false && e["proto"] == "tcp"), "{c:#?}");

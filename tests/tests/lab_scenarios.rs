@@ -43,10 +43,7 @@ const SECRET_RULE: &str = "secret-exfil";
 const SHELL_RULE: &str = "shell-from-install-script";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn fixtures() -> PathBuf {
@@ -88,8 +85,7 @@ fn setup() -> Result<Shared, String> {
         (Host::Public, "js-formatter-util-1.2.2"),
         (Host::Public, "acme-corp-auth-client-99.99.9"),
     ] {
-        lab.npm_publish(host, &fx.join("npm").join(pkg))
-            .map_err(|e| format!("npm publish {pkg}: {e:#}"))?;
+        lab.npm_publish(host, &fx.join("npm").join(pkg)).map_err(|e| format!("npm publish {pkg}: {e:#}"))?;
     }
     let backend = fx.join("pip/common/lab_backend.py");
     for (host, pkg) in [
@@ -108,18 +104,12 @@ fn setup() -> Result<Shared, String> {
         .output()
         .map_err(|e| format!("python3 -m venv: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "python3 -m venv failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     // Fake secrets, fresh for each run and independent of each other (no shared substring,
     // so a leak of one is never reported as a leak of another).
-    let mut rng = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        ^ (u64::from(std::process::id()) << 40);
+    let mut rng =
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 ^ (u64::from(std::process::id()) << 40);
     let mut random = |alphabet: &[u8], len: usize| -> String {
         (0..len)
             .map(|_| {
@@ -144,11 +134,7 @@ fn setup() -> Result<Shared, String> {
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(drop_lab) };
     eprintln!("lab ready (fixtures published) in {:.1?}", t.elapsed());
-    Ok(Shared {
-        lab,
-        venv_template,
-        secrets,
-    })
+    Ok(Shared { lab, venv_template, secrets })
 }
 
 /// The shared lab, started on first use; the guard serializes the tests.
@@ -194,10 +180,7 @@ impl Step {
     }
 
     fn alerts_of(&self, rule: &str) -> Vec<&Value> {
-        self.alerts()
-            .into_iter()
-            .filter(|a| a["rule"] == rule)
-            .collect()
+        self.alerts().into_iter().filter(|a| a["rule"] == rule).collect()
     }
 
     fn context(&self) -> String {
@@ -222,14 +205,7 @@ impl Step {
 
 /// `watcher run --policy POLICY --mode MODE --log LOG -- ARGV` in the build namespace, with
 /// exactly the environment `env`.
-fn watch(
-    lab: &Lab,
-    policy: &Path,
-    mode: &str,
-    cwd: &Path,
-    env: &[(String, OsString)],
-    argv: &[OsString],
-) -> Step {
+fn watch(lab: &Lab, policy: &Path, mode: &str, cwd: &Path, env: &[(String, OsString)], argv: &[OsString]) -> Step {
     let dir = TempDir::new("watcher-lab-step");
     let log = dir.join("events.jsonl");
     let trace = dir.join("trace");
@@ -264,10 +240,7 @@ fn watch(
             break st;
         }
         if started.elapsed() > STEP_TIMEOUT {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
             std::thread::sleep(Duration::from_secs(5));
             let _ = child.kill();
             let _ = child.wait();
@@ -278,19 +251,12 @@ fn watch(
     let elapsed = started.elapsed();
     let _ = reader.join();
     let stderr_lines = std::mem::take(&mut *lines.lock().unwrap());
-    let stderr = stderr_lines
-        .iter()
-        .map(|(_, l)| l.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let stderr = stderr_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n");
     let stdout = fs::read_to_string(dir.join("stdout")).unwrap_or_default();
     assert!(log.is_file(), "watcher wrote no log ({status}):\n{stderr}");
     let log_text = fs::read_to_string(&log).unwrap();
     let events = read_jsonl(&log);
-    eprintln!(
-        "watcher run ({mode}) -- {argv:?}: {status} in {elapsed:.1?}, {} events",
-        events.len()
-    );
+    eprintln!("watcher run ({mode}) -- {argv:?}: {status} in {elapsed:.1?}, {} events", events.len());
     for a in events.iter().filter(|e| e["kind"] == "alert") {
         eprintln!(
             "  alert {} {} {} {}",
@@ -303,18 +269,7 @@ fn watch(
                 .unwrap_or_default()
         );
     }
-    Step {
-        code: status.code(),
-        stdout,
-        stderr,
-        stderr_lines,
-        log_text,
-        events,
-        log,
-        trace,
-        elapsed,
-        _dir: dir,
-    }
+    Step { code: status.code(), stdout, stderr, stderr_lines, log_text, events, log, trace, elapsed, _dir: dir }
 }
 
 fn os(s: impl AsRef<std::ffi::OsStr>) -> OsString {
@@ -353,8 +308,7 @@ struct NpmRun {
 fn npm_install(sh: &Shared, deps: Value, mode: &str) -> NpmRun {
     let project = TempDir::new("watcher-lab-npm-project");
     let names: Vec<String> = deps.as_object().unwrap().keys().cloned().collect();
-    let allow: serde_json::Map<String, Value> =
-        names.iter().map(|n| (n.clone(), json!(true))).collect();
+    let allow: serde_json::Map<String, Value> = names.iter().map(|n| (n.clone(), json!(true))).collect();
     fs::write(
         project.join("package.json"),
         serde_json::to_string_pretty(&json!({
@@ -364,32 +318,20 @@ fn npm_install(sh: &Shared, deps: Value, mode: &str) -> NpmRun {
         .unwrap(),
     )
     .unwrap();
-    fs::write(
-        project.join(".npmrc"),
-        format!("registry={}\n", sh.lab.npm_url(Host::Internal)),
-    )
-    .unwrap();
+    fs::write(project.join(".npmrc"), format!("registry={}\n", sh.lab.npm_url(Host::Internal))).unwrap();
     let home = TempDir::new("watcher-lab-npm-home");
     fs::write(home.join("global-npmrc"), "").unwrap();
     let mut env = base_env(sh, home.path(), None);
     env.push(("npm_config_cache".into(), os(home.join("npm-cache"))));
-    env.push((
-        "npm_config_globalconfig".into(),
-        os(home.join("global-npmrc")),
-    ));
+    env.push(("npm_config_globalconfig".into(), os(home.join("global-npmrc"))));
     env.push(("npm_config_update_notifier".into(), os("false")));
     let argv = ["npm", "install", "--no-audit", "--no-fund"].map(os);
     let step = watch(&sh.lab, &policy("npm"), mode, project.path(), &env, &argv);
-    NpmRun {
-        step,
-        project,
-        _home: home,
-    }
+    NpmRun { step, project, _home: home }
 }
 
 fn npm_installed_version(project: &Path, name: &str) -> Option<String> {
-    let text =
-        fs::read_to_string(project.join("node_modules").join(name).join("package.json")).ok()?;
+    let text = fs::read_to_string(project.join("node_modules").join(name).join("package.json")).ok()?;
     let v: Value = serde_json::from_str(&text).ok()?;
     v["version"].as_str().map(str::to_string)
 }
@@ -407,12 +349,7 @@ struct PipRun {
 fn pip_install(sh: &Shared, reqs: &[&str], mode: &str) -> PipRun {
     let work = TempDir::new("watcher-lab-pip");
     let venv = work.join("venv");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&sh.venv_template)
-        .arg(&venv)
-        .status()
-        .unwrap();
+    let st = Command::new("cp").arg("-a").arg(&sh.venv_template).arg(&venv).status().unwrap();
     assert!(st.success(), "copy the venv");
     let home = work.join("home");
     fs::create_dir_all(&home).unwrap();
@@ -420,54 +357,25 @@ fn pip_install(sh: &Shared, reqs: &[&str], mode: &str) -> PipRun {
     env.extend([
         ("VIRTUAL_ENV".to_string(), os(&venv)),
         ("PIP_CONFIG_FILE".to_string(), os("/dev/null")),
-        (
-            "PIP_INDEX_URL".to_string(),
-            os(sh.lab.pip_url(Host::Internal)),
-        ),
-        (
-            "PIP_EXTRA_INDEX_URL".to_string(),
-            os(sh.lab.pip_url(Host::Public)),
-        ),
+        ("PIP_INDEX_URL".to_string(), os(sh.lab.pip_url(Host::Internal))),
+        ("PIP_EXTRA_INDEX_URL".to_string(), os(sh.lab.pip_url(Host::Public))),
         // The lab's indexes are plain HTTP (pip only trusts that for localhost).
-        (
-            "PIP_TRUSTED_HOST".to_string(),
-            os(format!(
-                "{} {}",
-                lab_names::PYPI_INTERNAL,
-                lab_names::PYPI_PUBLIC
-            )),
-        ),
+        ("PIP_TRUSTED_HOST".to_string(), os(format!("{} {}", lab_names::PYPI_INTERNAL, lab_names::PYPI_PUBLIC))),
         ("PIP_DISABLE_PIP_VERSION_CHECK".to_string(), os("1")),
         ("PIP_NO_INPUT".to_string(), os("1")),
     ]);
-    let mut argv = vec![
-        os(venv.join("bin/python")),
-        os("-m"),
-        os("pip"),
-        os("install"),
-        os("--no-cache-dir"),
-    ];
+    let mut argv = vec![os(venv.join("bin/python")), os("-m"), os("pip"), os("install"), os("--no-cache-dir")];
     argv.extend(reqs.iter().map(os));
     let step = watch(&sh.lab, &policy("pip"), mode, work.path(), &env, &argv);
-    PipRun {
-        step,
-        venv,
-        _work: work,
-    }
+    PipRun { step, venv, _work: work }
 }
 
 fn pip_installed_version(venv: &Path, dist: &str) -> Option<String> {
     let out = Command::new(venv.join("bin/python"))
-        .args([
-            "-c",
-            "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
-            dist,
-        ])
+        .args(["-c", "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))", dist])
         .output()
         .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 // ============================================================================ checks
@@ -481,37 +389,18 @@ fn redacted(value: &str) -> String {
 
 /// The secret-exfil alerts name `package` (the field contains `pkg_label`), carry the variable
 /// and its redacted value; returns the variables.
-fn assert_secret_alerts(
-    step: &Step,
-    pkg_label: &str,
-    sh: &Shared,
-    action: &str,
-) -> BTreeSet<String> {
+fn assert_secret_alerts(step: &Step, pkg_label: &str, sh: &Shared, action: &str) -> BTreeSet<String> {
     let alerts = step.alerts_of(SECRET_RULE);
-    assert!(
-        !alerts.is_empty(),
-        "no {SECRET_RULE} alert\n{}",
-        step.context()
-    );
+    assert!(!alerts.is_empty(), "no {SECRET_RULE} alert\n{}", step.context());
     let mut vars = BTreeSet::new();
     for a in alerts {
         let package = a["package"].as_str().unwrap_or_default();
-        assert!(
-            package.contains(pkg_label),
-            "alert does not name {pkg_label}: {a}\n{}",
-            step.context()
-        );
+        assert!(package.contains(pkg_label), "alert does not name {pkg_label}: {a}\n{}", step.context());
         assert_eq!(a["severity"], "critical", "{a}");
         assert_eq!(a["action"], action, "{a}\n{}", step.context());
-        let var = a["variable"]
-            .as_str()
-            .unwrap_or_else(|| panic!("alert without variable: {a}"));
-        let value = &sh
-            .secrets
-            .iter()
-            .find(|(k, _)| *k == var)
-            .unwrap_or_else(|| panic!("unknown variable {var}: {a}"))
-            .1;
+        let var = a["variable"].as_str().unwrap_or_else(|| panic!("alert without variable: {a}"));
+        let value =
+            &sh.secrets.iter().find(|(k, _)| *k == var).unwrap_or_else(|| panic!("unknown variable {var}: {a}")).1;
         assert_eq!(a["redacted"], json!(redacted(value)), "{a}");
         assert!(a["message"].as_str().unwrap().contains(var), "{a}");
         vars.insert(var.to_string());
@@ -522,28 +411,16 @@ fn assert_secret_alerts(
 /// No secret value appears in the log or on stderr (only names and redacted forms).
 fn assert_values_nowhere(step: &Step, sh: &Shared) {
     for (k, v) in &sh.secrets {
-        assert!(
-            !step.log_text.contains(v.as_str()),
-            "the value of {k} is in the event log"
-        );
-        assert!(
-            !step.stderr.contains(v.as_str()),
-            "the value of {k} is on watcher's stderr"
-        );
-        assert!(
-            !step.stdout.contains(v.as_str()),
-            "the value of {k} is on stdout"
-        );
+        assert!(!step.log_text.contains(v.as_str()), "the value of {k} is in the event log");
+        assert!(!step.stderr.contains(v.as_str()), "the value of {k} is on watcher's stderr");
+        assert!(!step.stdout.contains(v.as_str()), "the value of {k} is on stdout");
     }
 }
 
 fn ts_ns(ts: &Value) -> i128 {
     // RFC 3339 UTC with nanoseconds: 2026-11-23T19:20:23.302849462Z
     let s = ts.as_str().unwrap();
-    let out = Command::new("date")
-        .args(["-u", "-d", s, "+%s%N"])
-        .output()
-        .unwrap();
+    let out = Command::new("date").args(["-u", "-d", s, "+%s%N"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -551,13 +428,7 @@ fn ts_ns(ts: &Value) -> i128 {
 /// the first alert naming the package (in the log), and, wall clock, from the time the
 /// malicious script itself wrote at its start to the moment the alert line was read from
 /// watcher's stderr. Printed; returned for the summary.
-fn report_time_to_alert(
-    step: &Step,
-    scenario: &str,
-    script_start: &Value,
-    pkg_label: &str,
-    trace_name: &str,
-) {
+fn report_time_to_alert(step: &Step, scenario: &str, script_start: &Value, pkg_label: &str, trace_name: &str) {
     let first_of = |rule: Option<&str>| {
         step.alerts()
             .into_iter()
@@ -570,27 +441,19 @@ fn report_time_to_alert(
     let first_secret = first_of(Some(SECRET_RULE));
     let ms = |from: &Value, to: &Value| (ts_ns(&to["ts"]) - ts_ns(&from["ts"])) as f64 / 1e6;
     let log_ms = ms(script_start, first);
-    assert!(
-        log_ms >= 0.0,
-        "the first alert comes before the install script started: {first} {script_start}"
-    );
+    assert!(log_ms >= 0.0, "the first alert comes before the install script started: {first} {script_start}");
     // The program that misbehaved: the last exec of the alert's process before the alert.
     let culprit = step
         .kind("exec")
         .into_iter()
         .filter(|e| e["pid"] == first["pid"] && ts_ns(&e["ts"]) <= ts_ns(&first["ts"]))
         .max_by_key(|e| ts_ns(&e["ts"]));
-    let wall = step
-        .trace(trace_name)
-        .and_then(|t| t.trim().parse::<u128>().ok())
-        .and_then(|start_ms| {
-            let (seen, _) = step
-                .stderr_lines
-                .iter()
-                .find(|(_, l)| l.starts_with("watcher: ALERT") && l.contains(pkg_label))?;
-            let seen_ms = seen.duration_since(UNIX_EPOCH).unwrap().as_millis();
-            Some(seen_ms as i128 - start_ms as i128)
-        });
+    let wall = step.trace(trace_name).and_then(|t| t.trim().parse::<u128>().ok()).and_then(|start_ms| {
+        let (seen, _) =
+            step.stderr_lines.iter().find(|(_, l)| l.starts_with("watcher: ALERT") && l.contains(pkg_label))?;
+        let seen_ms = seen.duration_since(UNIX_EPOCH).unwrap().as_millis();
+        Some(seen_ms as i128 - start_ms as i128)
+    });
     eprintln!(
         "TIME-TO-FIRST-ALERT {scenario}: install step exec -> first alert ({} {}) {log_ms:.1} ms; \
          exec of the process that raised it ({}) -> alert {}; install step exec -> first {SECRET_RULE} \
@@ -598,13 +461,10 @@ fn report_time_to_alert(
         first["rule"].as_str().unwrap_or(""),
         first["action"].as_str().unwrap_or(""),
         culprit.and_then(|c| c["argv"][0].as_str()).unwrap_or("?"),
-        culprit
-            .map(|c| format!("{:.1} ms", ms(c, first)))
-            .unwrap_or_else(|| "n/a".into()),
+        culprit.map(|c| format!("{:.1} ms", ms(c, first))).unwrap_or_else(|| "n/a".into()),
         first_secret["variable"].as_str().unwrap_or(""),
         ms(script_start, first_secret),
-        wall.map(|w| format!("{w} ms"))
-            .unwrap_or_else(|| "n/a".into())
+        wall.map(|w| format!("{w} ms")).unwrap_or_else(|| "n/a".into())
     );
 }
 
@@ -612,9 +472,7 @@ fn report_time_to_alert(
 fn npm_script_start<'a>(step: &'a Step, name: &str) -> &'a Value {
     step.kind("exec")
         .into_iter()
-        .find(|e| {
-            e["env"]["npm_lifecycle_event"] == "postinstall" && e["env"]["npm_package_name"] == name
-        })
+        .find(|e| e["env"]["npm_lifecycle_event"] == "postinstall" && e["env"]["npm_package_name"] == name)
         .unwrap_or_else(|| panic!("no postinstall of {name} in the log\n{}", step.context()))
 }
 
@@ -623,10 +481,10 @@ fn pip_build_start<'a>(step: &'a Step, name: &str) -> &'a Value {
     step.kind("exec")
         .into_iter()
         .find(|e| {
-            e["argv"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|s| s.as_str().is_some_and(|s| s.contains("_in_process")))
-            }) && e["cwd"].as_str().is_some_and(|c| c.contains(name))
+            e["argv"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s.as_str().is_some_and(|s| s.contains("_in_process"))))
+                && e["cwd"].as_str().is_some_and(|c| c.contains(name))
         })
         .unwrap_or_else(|| panic!("no build of {name} in the log\n{}", step.context()))
 }
@@ -636,10 +494,7 @@ fn assert_attacker_got(lab: &Lab, sh: &Shared, vars: &[&str]) {
     let rec = lab.attacker();
     for var in vars {
         let value = &sh.secrets.iter().find(|(k, _)| k == var).unwrap().1;
-        assert!(
-            rec.contains_secret(value),
-            "the attacker did not receive {var}: {rec:#?}"
-        );
+        assert!(rec.contains_secret(value), "the attacker did not receive {var}: {rec:#?}");
     }
 }
 
@@ -656,45 +511,20 @@ fn assert_malicious_code_ran(step: &Step, trace: &str) {
 /// Enforce: nothing reached the attacker, not even a query under its domain.
 fn assert_attacker_got_nothing(lab: &Lab, sh: &Shared, step: &Step) {
     let rec = lab.attacker();
-    assert!(
-        rec.dns.is_empty(),
-        "the attacker's DNS server got queries: {:#?}\n{}",
-        rec.dns,
-        step.context()
-    );
-    assert!(
-        rec.http.is_empty(),
-        "the attacker's HTTP server got connections: {:#?}\n{}",
-        rec.http,
-        step.context()
-    );
+    assert!(rec.dns.is_empty(), "the attacker's DNS server got queries: {:#?}\n{}", rec.dns, step.context());
+    assert!(rec.http.is_empty(), "the attacker's HTTP server got connections: {:#?}\n{}", rec.http, step.context());
     for (k, v) in &sh.secrets {
         assert!(!rec.contains_secret(v), "the attacker got {k}");
     }
-    let leaked: Vec<_> = lab
-        .resolver_queries()
-        .into_iter()
-        .filter(|q| q.name.ends_with(ATTACKER_DOMAIN))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "the lab resolver got queries for the attacker's domain: {leaked:#?}"
-    );
+    let leaked: Vec<_> = lab.resolver_queries().into_iter().filter(|q| q.name.ends_with(ATTACKER_DOMAIN)).collect();
+    assert!(leaked.is_empty(), "the lab resolver got queries for the attacker's domain: {leaked:#?}");
 }
 
 /// Replaying the log gives exactly the live run's alerts.
 fn assert_replay_equals_live(step: &Step) {
-    let out = Command::new(watcher_bin())
-        .args(["replay", "--format", "json"])
-        .arg(&step.log)
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "replay output: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let out = Command::new(watcher_bin()).args(["replay", "--format", "json"]).arg(&step.log).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("replay output: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let live: Vec<Value> = step
         .alerts()
         .into_iter()
@@ -704,21 +534,13 @@ fn assert_replay_equals_live(step: &Step) {
             a
         })
         .collect();
-    assert_eq!(
-        v["logs"][0]["alerts"],
-        json!(live),
-        "replay differs from the live run"
-    );
+    assert_eq!(v["logs"][0]["alerts"], json!(live), "replay differs from the live run");
 }
 
 // ============================================================================ scenario 1
 
 /// The AWS_* variables of the build's environment (scenario 1 sends every one of them).
-const AWS_VARS: &[&str] = &[
-    "AWS_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-];
+const AWS_VARS: &[&str] = &["AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
 
 fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -735,12 +557,7 @@ fn hijacked_patch_npm_audit_flags_dns_exfil_and_install_completes() {
     let sh = shared(&g);
     let r = npm_install(sh, json!({"js-formatter-util": "^1.2.1"}), "audit");
     let step = &r.step;
-    assert_eq!(
-        step.code,
-        Some(0),
-        "audit mode: npm's own code\n{}",
-        step.context()
-    );
+    assert_eq!(step.code, Some(0), "audit mode: npm's own code\n{}", step.context());
     assert_eq!(
         npm_installed_version(r.project.path(), "js-formatter-util").as_deref(),
         Some("1.2.2"),
@@ -750,27 +567,11 @@ fn hijacked_patch_npm_audit_flags_dns_exfil_and_install_completes() {
     let vars = assert_secret_alerts(step, JS_HIJACKED, sh, "flag");
     assert_eq!(vars, set(AWS_VARS), "{}", step.context());
     for &v in AWS_VARS {
-        assert!(
-            vars.contains(v),
-            "no alert for {v}: {vars:?}\n{}",
-            step.context()
-        );
+        assert!(vars.contains(v), "no alert for {v}: {vars:?}\n{}", step.context());
     }
-    assert!(
-        !step.alerts_of("dns-denied").is_empty(),
-        "{}",
-        step.context()
-    );
+    assert!(!step.alerts_of("dns-denied").is_empty(), "{}", step.context());
     assert_values_nowhere(step, sh);
-    assert_attacker_got(
-        &sh.lab,
-        sh,
-        &[
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_ACCESS_KEY",
-        ],
-    );
+    assert_attacker_got(&sh.lab, sh, &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY"]);
     assert_replay_equals_live(step);
     report_time_to_alert(
         step,
@@ -795,21 +596,14 @@ fn hijacked_patch_npm_enforce_leaks_nothing_and_fails_77() {
     let vars = assert_secret_alerts(step, JS_HIJACKED, sh, "deny");
     assert_eq!(vars, set(AWS_VARS), "{}", step.context());
     for &v in AWS_VARS {
-        assert!(
-            vars.contains(v),
-            "no alert for {v}: {vars:?}\n{}",
-            step.context()
-        );
+        assert!(vars.contains(v), "no alert for {v}: {vars:?}\n{}", step.context());
     }
     assert_values_nowhere(step, sh);
     npm_script_start(step, "js-formatter-util");
     assert_malicious_code_ran(step, "js-formatter-util");
     // Every lookup failed: the kernel dropped the queries (the resolver never saw them).
     let lookups = step.trace("js-formatter-util.lookups").unwrap_or_default();
-    assert!(
-        !lookups.is_empty() && !lookups.contains("resolved"),
-        "lookups: {lookups:?}"
-    );
+    assert!(!lookups.is_empty() && !lookups.contains("resolved"), "lookups: {lookups:?}");
 }
 
 const PY_HIJACKED: &str = "pip:py-formatter-util";
@@ -824,31 +618,14 @@ fn hijacked_patch_pip_audit_flags_dns_exfil_and_install_completes() {
     let r = pip_install(sh, &["py-formatter-util~=1.2.1"], "audit");
     let step = &r.step;
     assert_eq!(step.code, Some(0), "{}", step.context());
-    assert_eq!(
-        pip_installed_version(&r.venv, "py-formatter-util").as_deref(),
-        Some("1.2.2"),
-        "{}",
-        step.context()
-    );
+    assert_eq!(pip_installed_version(&r.venv, "py-formatter-util").as_deref(), Some("1.2.2"), "{}", step.context());
     let vars = assert_secret_alerts(step, PY_HIJACKED, sh, "flag");
     assert_eq!(vars, set(AWS_VARS), "{}", step.context());
     for &v in AWS_VARS {
-        assert!(
-            vars.contains(v),
-            "no alert for {v}: {vars:?}\n{}",
-            step.context()
-        );
+        assert!(vars.contains(v), "no alert for {v}: {vars:?}\n{}", step.context());
     }
     assert_values_nowhere(step, sh);
-    assert_attacker_got(
-        &sh.lab,
-        sh,
-        &[
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_ACCESS_KEY",
-        ],
-    );
+    assert_attacker_got(&sh.lab, sh, &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY"]);
     assert_replay_equals_live(step);
     report_time_to_alert(
         step,
@@ -873,20 +650,13 @@ fn hijacked_patch_pip_enforce_leaks_nothing_and_fails_77() {
     let vars = assert_secret_alerts(step, PY_HIJACKED, sh, "deny");
     assert_eq!(vars, set(AWS_VARS), "{}", step.context());
     for &v in AWS_VARS {
-        assert!(
-            vars.contains(v),
-            "no alert for {v}: {vars:?}\n{}",
-            step.context()
-        );
+        assert!(vars.contains(v), "no alert for {v}: {vars:?}\n{}", step.context());
     }
     assert_values_nowhere(step, sh);
     pip_build_start(step, "py-formatter-util");
     assert_malicious_code_ran(step, "py-formatter-util");
     let lookups = step.trace("py-formatter-util.lookups").unwrap_or_default();
-    assert!(
-        !lookups.is_empty() && !lookups.contains("resolved"),
-        "lookups: {lookups:?}"
-    );
+    assert!(!lookups.is_empty() && !lookups.contains("resolved"), "lookups: {lookups:?}");
 }
 
 // ============================================================================ scenario 2
@@ -905,16 +675,9 @@ const SHELL_ACTION_PIP_ENFORCE: &str = "kill";
 /// denied by name.
 fn assert_shell_and_curl(step: &Step, pkg: &str, shell_action: &str) {
     let shells = step.alerts_of(SHELL_RULE);
-    assert!(
-        !shells.is_empty(),
-        "no {SHELL_RULE} alert\n{}",
-        step.context()
-    );
+    assert!(!shells.is_empty(), "no {SHELL_RULE} alert\n{}", step.context());
     for a in &shells {
-        assert!(
-            a["package"].as_str().is_some_and(|p| p.contains(pkg)),
-            "{a}"
-        );
+        assert!(a["package"].as_str().is_some_and(|p| p.contains(pkg)), "{a}");
         assert_eq!(a["action"], shell_action, "{a}");
     }
 }
@@ -936,33 +699,19 @@ fn dependency_confusion_npm_audit_flags_post_and_shell() {
         step.context()
     );
     let vars = assert_secret_alerts(step, JS_CONFUSED, sh, "flag");
-    assert_eq!(
-        vars,
-        set(&["AWS_ACCESS_KEY", "DB_PASSWORD"]),
-        "{}",
-        step.context()
-    );
+    assert_eq!(vars, set(&["AWS_ACCESS_KEY", "DB_PASSWORD"]), "{}", step.context());
     for v in ["AWS_ACCESS_KEY", "DB_PASSWORD"] {
-        assert!(
-            vars.contains(v),
-            "no alert for {v}: {vars:?}\n{}",
-            step.context()
-        );
+        assert!(vars.contains(v), "no alert for {v}: {vars:?}\n{}", step.context());
     }
     assert_shell_and_curl(step, "acme-corp-auth-client", "flag");
     assert!(
-        step.alerts_of("exec-denied")
-            .iter()
-            .any(|a| a["message"].as_str().unwrap_or("").contains("curl")),
+        step.alerts_of("exec-denied").iter().any(|a| a["message"].as_str().unwrap_or("").contains("curl")),
         "{}",
         step.context()
     );
     assert_values_nowhere(step, sh);
     assert_attacker_got(&sh.lab, sh, &["AWS_ACCESS_KEY", "DB_PASSWORD"]);
-    assert_eq!(
-        step.trace("acme-corp-auth-client.post").as_deref(),
-        Some("200")
-    );
+    assert_eq!(step.trace("acme-corp-auth-client.post").as_deref(), Some("200"));
     assert_replay_equals_live(step);
     report_time_to_alert(
         step,
@@ -980,19 +729,13 @@ fn dependency_confusion_npm_enforce_leaks_nothing_and_fails_77() {
     }
     let g = lab();
     let sh = shared(&g);
-    let r = npm_install(
-        sh,
-        json!({"acme-corp-auth-client": CONFUSED_SPEC}),
-        "enforce",
-    );
+    let r = npm_install(sh, json!({"acme-corp-auth-client": CONFUSED_SPEC}), "enforce");
     let step = &r.step;
     assert_eq!(step.code, Some(77), "{}", step.context());
     assert_attacker_got_nothing(&sh.lab, sh, step);
     assert_shell_and_curl(step, "acme-corp-auth-client", "kill");
     assert!(
-        step.alerts().iter().all(|a| a["package"]
-            .as_str()
-            .is_some_and(|p| p.contains("acme-corp-auth-client"))),
+        step.alerts().iter().all(|a| a["package"].as_str().is_some_and(|p| p.contains("acme-corp-auth-client"))),
         "{}",
         step.context()
     );
@@ -1004,14 +747,8 @@ fn dependency_confusion_npm_enforce_leaks_nothing_and_fails_77() {
     assert_values_nowhere(step, sh);
     assert_malicious_code_ran(step, "acme-corp-auth-client");
     // The POST failed (its lookup was dropped) and the shell was killed before it ran.
-    assert_ne!(
-        step.trace("acme-corp-auth-client.post").as_deref(),
-        Some("200")
-    );
-    assert_eq!(
-        step.trace("acme-corp-auth-client.shell").as_deref(),
-        Some(r#"{"status":null,"signal":"SIGKILL"}"#)
-    );
+    assert_ne!(step.trace("acme-corp-auth-client.post").as_deref(), Some("200"));
+    assert_eq!(step.trace("acme-corp-auth-client.shell").as_deref(), Some(r#"{"status":null,"signal":"SIGKILL"}"#));
 }
 
 #[test]
@@ -1031,18 +768,9 @@ fn dependency_confusion_pip_audit_flags_post_and_shell() {
         step.context()
     );
     let vars = assert_secret_alerts(step, PY_CONFUSED, sh, "flag");
-    assert_eq!(
-        vars,
-        set(&["AWS_ACCESS_KEY", "DB_PASSWORD"]),
-        "{}",
-        step.context()
-    );
+    assert_eq!(vars, set(&["AWS_ACCESS_KEY", "DB_PASSWORD"]), "{}", step.context());
     for v in ["AWS_ACCESS_KEY", "DB_PASSWORD"] {
-        assert!(
-            vars.contains(v),
-            "no alert for {v}: {vars:?}\n{}",
-            step.context()
-        );
+        assert!(vars.contains(v), "no alert for {v}: {vars:?}\n{}", step.context());
     }
     assert_shell_and_curl(step, "acme-corp-auth-client", "flag");
     assert_values_nowhere(step, sh);
@@ -1069,9 +797,7 @@ fn dependency_confusion_pip_enforce_leaks_nothing_and_fails_77() {
     assert_eq!(step.code, Some(77), "{}", step.context());
     assert_attacker_got_nothing(&sh.lab, sh, step);
     assert!(
-        step.alerts().iter().all(|a| a["package"]
-            .as_str()
-            .is_some_and(|p| p.contains(PY_CONFUSED))),
+        step.alerts().iter().all(|a| a["package"].as_str().is_some_and(|p| p.contains(PY_CONFUSED))),
         "{}",
         step.context()
     );
@@ -1084,10 +810,7 @@ fn dependency_confusion_pip_enforce_leaks_nothing_and_fails_77() {
     assert_values_nowhere(step, sh);
     pip_build_start(step, "acme-corp-auth-client");
     assert_malicious_code_ran(step, "acme-corp-auth-client");
-    assert_ne!(
-        step.trace("acme-corp-auth-client.post").as_deref(),
-        Some("200")
-    );
+    assert_ne!(step.trace("acme-corp-auth-client.post").as_deref(), Some("200"));
 }
 
 // ============================================================================ clean projects
@@ -1106,23 +829,11 @@ fn clean_npm_project_with_both_registries_passes_enforce_without_alerts() {
     );
     let step = &r.step;
     assert_eq!(step.code, Some(0), "{}", step.context());
+    assert!(step.alerts().is_empty(), "a clean install raised alerts\n{}", step.context());
+    assert_eq!(npm_installed_version(r.project.path(), "acme-corp-auth-client").as_deref(), Some("1.0.0"));
+    assert_eq!(npm_installed_version(r.project.path(), "js-formatter-util").as_deref(), Some("1.2.1"));
     assert!(
-        step.alerts().is_empty(),
-        "a clean install raised alerts\n{}",
-        step.context()
-    );
-    assert_eq!(
-        npm_installed_version(r.project.path(), "acme-corp-auth-client").as_deref(),
-        Some("1.0.0")
-    );
-    assert_eq!(
-        npm_installed_version(r.project.path(), "js-formatter-util").as_deref(),
-        Some("1.2.1")
-    );
-    assert!(
-        r.project
-            .join("node_modules/lab-clean-lib/built.json")
-            .is_file(),
+        r.project.join("node_modules/lab-clean-lib/built.json").is_file(),
         "the clean postinstall ran\n{}",
         step.context()
     );
@@ -1137,26 +848,12 @@ fn clean_pip_project_with_both_indexes_passes_enforce_without_alerts() {
     }
     let g = lab();
     let sh = shared(&g);
-    let r = pip_install(
-        sh,
-        &["acme-corp-auth-client==1.0.0", "py-formatter-util==1.2.1"],
-        "enforce",
-    );
+    let r = pip_install(sh, &["acme-corp-auth-client==1.0.0", "py-formatter-util==1.2.1"], "enforce");
     let step = &r.step;
     assert_eq!(step.code, Some(0), "{}", step.context());
-    assert!(
-        step.alerts().is_empty(),
-        "a clean install raised alerts\n{}",
-        step.context()
-    );
-    assert_eq!(
-        pip_installed_version(&r.venv, "acme-corp-auth-client").as_deref(),
-        Some("1.0.0")
-    );
-    assert_eq!(
-        pip_installed_version(&r.venv, "py-formatter-util").as_deref(),
-        Some("1.2.1")
-    );
+    assert!(step.alerts().is_empty(), "a clean install raised alerts\n{}", step.context());
+    assert_eq!(pip_installed_version(&r.venv, "acme-corp-auth-client").as_deref(), Some("1.0.0"));
+    assert_eq!(pip_installed_version(&r.venv, "py-formatter-util").as_deref(), Some("1.2.1"));
     pip_build_start(step, "py-formatter-util");
     assert_attacker_got_nothing(&sh.lab, sh, step);
 }
@@ -1176,20 +873,11 @@ fn lab_tears_down_namespaces_and_servers() {
     let pids: Vec<String> = namespaces
         .iter()
         .flat_map(|ns| {
-            let out = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
+            let out = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>()
         })
         .collect();
-    assert!(
-        pids.len() >= 4,
-        "verdaccio x2 and pypiserver x2 run in the lab: {pids:?}"
-    );
+    assert!(pids.len() >= 4, "verdaccio x2 and pypiserver x2 run in the lab: {pids:?}");
     // The build host reaches the lab's registries by name and nothing else.
     let out = lab
         .build_cmd("curl")
@@ -1197,49 +885,19 @@ fn lab_tears_down_namespaces_and_servers() {
         .arg(lab.pip_url(Host::Public))
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = lab
-        .build_cmd("ip")
-        .args(["route", "show"])
-        .output()
-        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.build_cmd("ip").args(["route", "show"]).output().unwrap();
     let routes = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        routes.lines().count(),
-        1,
-        "only the lab's connected route: {routes}"
-    );
+    assert_eq!(routes.lines().count(), 1, "only the lab's connected route: {routes}");
     assert!(routes.starts_with("198.51.100.0/24 dev eth0"), "{routes}");
     drop(lab);
-    let left = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let left =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     for ns in &namespaces {
-        assert!(
-            !left
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns.as_str())),
-            "{ns} is left"
-        );
-        assert!(
-            !Path::new(&format!("/etc/netns/{ns}")).exists(),
-            "/etc/netns/{ns} is left"
-        );
+        assert!(!left.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())), "{ns} is left");
+        assert!(!Path::new(&format!("/etc/netns/{ns}")).exists(), "/etc/netns/{ns} is left");
     }
     for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "lab process {pid} is left"
-        );
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "lab process {pid} is left");
     }
 }

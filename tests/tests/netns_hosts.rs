@@ -53,7 +53,10 @@ fn start_lab(ns: &Netns, dir: &std::path::Path) -> (Remote, Remote, Remote) {
     let rec = |port: &str| {
         let path = dir.join(format!("conn-{port}"));
         let child = ns.exec_in("python3").args(["-c", RECORDER, port]).arg(&path).spawn().unwrap();
-        assert!(wait_until(Duration::from_secs(10), || path.with_extension("ready").exists()), "recorder {port} did not start");
+        assert!(
+            wait_until(Duration::from_secs(10), || path.with_extension("ready").exists()),
+            "recorder {port} did not start"
+        );
         Remote(child)
     };
     let a = rec("8080");

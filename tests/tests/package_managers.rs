@@ -33,10 +33,7 @@ const SHELL_RULE: &str = "shell-from-install-script";
 // ============================================================================ helpers
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace dir")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace dir").to_path_buf()
 }
 
 fn shipped_policy(name: &str) -> PathBuf {
@@ -50,11 +47,7 @@ fn require_tool(tool: &str, args: &[&str]) -> String {
     match Command::new(tool).args(args).stdin(Stdio::null()).output() {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            let text = if text.is_empty() {
-                String::from_utf8_lossy(&o.stderr).trim().to_string()
-            } else {
-                text
-            };
+            let text = if text.is_empty() { String::from_utf8_lossy(&o.stderr).trim().to_string() } else { text };
             eprintln!("using {tool}: {text}");
             text
         }
@@ -70,10 +63,7 @@ fn require_tool(tool: &str, args: &[&str]) -> String {
 
 /// Runs a helper command (not watched) and returns its stdout; panics with its output on failure.
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -94,32 +84,19 @@ fn write(path: impl AsRef<Path>, text: impl AsRef<[u8]>) {
 
 /// `tar -czf OUT -C DIR ENTRY`
 fn tar_gz(dir: &Path, entry: &str, out: &Path) {
-    run_ok(
-        Command::new("tar")
-            .arg("-czf")
-            .arg(out)
-            .arg("-C")
-            .arg(dir)
-            .arg(entry),
-    );
+    run_ok(Command::new("tar").arg("-czf").arg(out).arg("-C").arg(dir).arg(entry));
 }
 
 /// Hex digest of `file` by `tool` (`sha1sum`, `sha256sum`, `sha512sum`).
 fn digest_hex(tool: &str, file: &Path) -> String {
     let out = run_ok(Command::new(tool).arg(file));
     let hex = out.split_whitespace().next().unwrap_or("").to_string();
-    assert!(
-        !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
-        "{tool} printed {out:?}"
-    );
+    assert!(!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()), "{tool} printed {out:?}");
     hex
 }
 
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
 
 /// Standard base64 with padding (for npm's `integrity`).
@@ -127,11 +104,7 @@ fn base64(data: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -198,9 +171,7 @@ fn os(s: impl AsRef<std::ffi::OsStr>) -> OsString {
 /// PATH with `dir` in front.
 fn path_with(dir: &Path) -> OsString {
     let mut paths = vec![dir.to_path_buf()];
-    paths.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
     std::env::join_paths(paths).unwrap()
 }
 
@@ -243,17 +214,11 @@ struct Step {
 
 impl Step {
     fn alerts(&self) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["kind"] == "alert")
-            .collect()
+        self.events.iter().filter(|e| e["kind"] == "alert").collect()
     }
 
     fn alerts_of(&self, rule: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["kind"] == "alert" && e["rule"] == rule)
-            .collect()
+        self.events.iter().filter(|e| e["kind"] == "alert" && e["rule"] == rule).collect()
     }
 
     fn kind(&self, kind: &str) -> Vec<&Value> {
@@ -262,12 +227,7 @@ impl Step {
 
     fn one(&self, kind: &str) -> &Value {
         let v = self.kind(kind);
-        assert_eq!(
-            v.len(),
-            1,
-            "expected exactly one {kind} event, got {v:#?}\n{}",
-            self.context()
-        );
+        assert_eq!(v.len(), 1, "expected exactly one {kind} event, got {v:#?}\n{}", self.context());
         v[0]
     }
 
@@ -285,10 +245,7 @@ impl Step {
         self.events
             .iter()
             .filter(|e| {
-                e["kind"] == "exec"
-                    && e["filename"]
-                        .as_str()
-                        .is_some_and(|f| f.rsplit('/').next() == Some(name))
+                e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.rsplit('/').next() == Some(name))
             })
             .collect()
     }
@@ -315,41 +272,23 @@ impl Step {
         for c in self.kind("connect") {
             let ip: std::net::IpAddr = c["daddr"].as_str().unwrap().parse().unwrap();
             let ip = match ip {
-                std::net::IpAddr::V6(v6) => {
-                    v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip)
-                }
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
                 v4 => v4,
             };
-            assert!(
-                ip.is_loopback(),
-                "a connection left loopback: {c}\n{}",
-                self.context()
-            );
+            assert!(ip.is_loopback(), "a connection left loopback: {c}\n{}", self.context());
         }
-        assert!(
-            self.kind("dns").is_empty(),
-            "unexpected DNS queries: {:#?}",
-            self.kind("dns")
-        );
+        assert!(self.kind("dns").is_empty(), "unexpected DNS queries: {:#?}", self.kind("dns"));
     }
 
     /// The `end` event carries the command's own exit code.
     fn command_exit_code(&self) -> i64 {
-        self.one("end")["exit_code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("end without exit_code\n{}", self.context()))
+        self.one("end")["exit_code"].as_i64().unwrap_or_else(|| panic!("end without exit_code\n{}", self.context()))
     }
 }
 
 /// `watcher run --quiet --policy POLICY --mode MODE --log LOG -- ARGV` in `cwd`, with the
 /// environment changes `env`; waits at most [`STEP_TIMEOUT`].
-fn watch(
-    policy: &Path,
-    mode: &str,
-    cwd: &Path,
-    env: &[(OsString, Option<OsString>)],
-    argv: &[&OsString],
-) -> Step {
+fn watch(policy: &Path, mode: &str, cwd: &Path, env: &[(OsString, Option<OsString>)], argv: &[&OsString]) -> Step {
     let out_dir = TempDir::new("watcher-pm-step");
     let log = out_dir.join("events.jsonl");
     let (out_file, err_file) = (out_dir.join("stdout"), out_dir.join("stderr"));
@@ -371,10 +310,7 @@ fn watch(
         };
     }
     let started = Instant::now();
-    let mut child = ChildGuard(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", watcher_bin().display())),
-    );
+    let mut child = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", watcher_bin().display())));
     let status: ExitStatus = loop {
         if let Some(st) = child.0.try_wait().unwrap() {
             break st;
@@ -391,22 +327,10 @@ fn watch(
     let elapsed = started.elapsed();
     let stdout = fs::read_to_string(&out_file).unwrap_or_default();
     let stderr = fs::read_to_string(&err_file).unwrap_or_default();
-    assert!(
-        log.is_file(),
-        "watcher wrote no log (exit {status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert!(log.is_file(), "watcher wrote no log (exit {status}):\nstdout:\n{stdout}\nstderr:\n{stderr}");
     let events = read_jsonl(&log);
-    eprintln!(
-        "watcher run ({mode}) -- {argv:?}: {status} in {elapsed:.1?}, {} events",
-        events.len()
-    );
-    Step {
-        code: status.code(),
-        stdout,
-        stderr,
-        events,
-        elapsed,
-    }
+    eprintln!("watcher run ({mode}) -- {argv:?}: {status} in {elapsed:.1?}, {} events", events.len());
+    Step { code: status.code(), stdout, stderr, events, elapsed }
 }
 
 /// The shell-from-install-script alerts of `step`: at least one, every one naming `package`
@@ -424,34 +348,17 @@ fn assert_shell_alerts_with<'a>(
     action: &str,
 ) -> Vec<&'a Value> {
     let alerts = step.alerts_of(SHELL_RULE);
-    assert!(
-        !alerts.is_empty(),
-        "no {SHELL_RULE} alert\n{}",
-        step.context()
-    );
+    assert!(!alerts.is_empty(), "no {SHELL_RULE} alert\n{}", step.context());
     let mut execs = Vec::new();
     for a in alerts {
-        let package = a["package"]
-            .as_str()
-            .unwrap_or_else(|| panic!("alert without package: {a}\n{}", step.context()));
-        assert!(
-            package_ok(package),
-            "alert names the wrong package (want {what}): {a}\n{}",
-            step.context()
-        );
+        let package = a["package"].as_str().unwrap_or_else(|| panic!("alert without package: {a}\n{}", step.context()));
+        assert!(package_ok(package), "alert names the wrong package (want {what}): {a}\n{}", step.context());
         assert_eq!(a["action"], action, "{a}\n{}", step.context());
         assert_eq!(a["severity"], "high", "{a}");
         let exec = step.exec_of(&a["pid"]);
         let file = exec["filename"].as_str().unwrap();
-        assert!(
-            file.ends_with("/sh"),
-            "the alert is not about the shell exec: {exec}"
-        );
-        assert_eq!(
-            exec["killed"] == true,
-            action == "kill",
-            "killed flag does not match action {action}: {exec}"
-        );
+        assert!(file.ends_with("/sh"), "the alert is not about the shell exec: {exec}");
+        assert_eq!(exec["killed"] == true, action == "kill", "killed flag does not match action {action}: {exec}");
         assert!(a["message"].as_str().unwrap().contains(package), "{a}");
         execs.push(exec);
     }
@@ -470,8 +377,7 @@ struct NpmRegistry {
 impl NpmRegistry {
     fn start() -> NpmRegistry {
         NpmRegistry {
-            http: HttpServer::start("127.0.0.1:0".parse().unwrap())
-                .expect("start the npm registry"),
+            http: HttpServer::start("127.0.0.1:0".parse().unwrap()).expect("start the npm registry"),
             build: TempDir::new("watcher-pm-npm-build"),
         }
     }
@@ -494,20 +400,14 @@ impl NpmRegistry {
         let name = manifest["name"].as_str().unwrap().to_string();
         let version = manifest["version"].as_str().unwrap().to_string();
         let dir = self.build.join(format!("{name}-{version}"));
-        write(
-            dir.join("package/package.json"),
-            serde_json::to_string_pretty(&manifest).unwrap(),
-        );
+        write(dir.join("package/package.json"), serde_json::to_string_pretty(&manifest).unwrap());
         for (path, text) in files {
             write(dir.join("package").join(path), text);
         }
         let tgz = dir.join(format!("{name}-{version}.tgz"));
         tar_gz(&dir, "package", &tgz);
         let shasum = digest_hex("sha1sum", &tgz);
-        let integrity = format!(
-            "sha512-{}",
-            base64(&hex_to_bytes(&digest_hex("sha512sum", &tgz)))
-        );
+        let integrity = format!("sha512-{}", base64(&hex_to_bytes(&digest_hex("sha512sum", &tgz))));
         let tarball_path = Self::tarball_path(&name, &version);
 
         let mut doc = manifest.clone();
@@ -520,10 +420,7 @@ impl NpmRegistry {
         // What a registry derives from the scripts; npm decides from it whether a dependency
         // has install scripts to run.
         let scripts = manifest["scripts"].as_object().cloned().unwrap_or_default();
-        if ["preinstall", "install", "postinstall"]
-            .iter()
-            .any(|s| scripts.contains_key(*s))
-        {
+        if ["preinstall", "install", "postinstall"].iter().any(|s| scripts.contains_key(*s)) {
             doc["hasInstallScript"] = json!(true);
         }
         let packument = json!({
@@ -532,26 +429,15 @@ impl NpmRegistry {
             "dist-tags": { "latest": version },
             "versions": { version.clone(): doc },
         });
-        self.http.route(
-            &Self::packument_path(&name),
-            "application/json",
-            serde_json::to_vec(&packument).unwrap(),
-        );
-        self.http.route(
-            &tarball_path,
-            "application/octet-stream",
-            fs::read(&tgz).unwrap(),
-        );
+        self.http.route(&Self::packument_path(&name), "application/json", serde_json::to_vec(&packument).unwrap());
+        self.http.route(&tarball_path, "application/octet-stream", fs::read(&tgz).unwrap());
     }
 }
 
 /// A project that depends on `dep@1.0.0` (with its install scripts approved, for npm versions
 /// that ask) and whose .npmrc points npm at `registry`. Also returns the step's environment:
 /// HOME, npm's cache and global config all in temporary directories.
-fn npm_project(
-    registry: &NpmRegistry,
-    dep: &str,
-) -> (TempDir, TempDir, Vec<(OsString, Option<OsString>)>) {
+fn npm_project(registry: &NpmRegistry, dep: &str) -> (TempDir, TempDir, Vec<(OsString, Option<OsString>)>) {
     let project = TempDir::new("watcher-pm-npm-project");
     write(
         project.join("package.json"),
@@ -564,10 +450,7 @@ fn npm_project(
         }))
         .unwrap(),
     );
-    write(
-        project.join(".npmrc"),
-        format!("registry={}\n", registry.url()),
-    );
+    write(project.join(".npmrc"), format!("registry={}\n", registry.url()));
     let home = TempDir::new("watcher-pm-npm-home");
     write(home.join("global-npmrc"), "");
     let env = step_env(&[
@@ -603,45 +486,27 @@ fn publish_evil_pkg(registry: &NpmRegistry) {
 
 fn npm_install(project: &Path, env: &[(OsString, Option<OsString>)], mode: &str) -> Step {
     let argv = ["npm", "install", "--no-audit", "--no-fund"].map(OsString::from);
-    watch(
-        &shipped_policy("npm"),
-        mode,
-        project,
-        env,
-        &argv.iter().collect::<Vec<_>>(),
-    )
+    watch(&shipped_policy("npm"), mode, project, env, &argv.iter().collect::<Vec<_>>())
 }
 
 /// What every npm step here must show: the registry was resolved from the project's .npmrc,
 /// npm fetched the packument and the tarball from it, and nothing left loopback.
 fn assert_npm_used_test_registry(step: &Step, registry: &NpmRegistry, name: &str) {
     let start = step.one("start");
-    assert_eq!(
-        start["registries"]["npm"],
-        json!(["127.0.0.1"]),
-        "registry hosts resolved from npm's config: {start}"
-    );
+    assert_eq!(start["registries"]["npm"], json!(["127.0.0.1"]), "registry hosts resolved from npm's config: {start}");
     assert_eq!(start["policy"]["pipeline"], "npm-build", "{start}");
-    let (p, t) = (
-        NpmRegistry::packument_path(name),
-        NpmRegistry::tarball_path(name, "1.0.0"),
-    );
+    let (p, t) = (NpmRegistry::packument_path(name), NpmRegistry::tarball_path(name, "1.0.0"));
     assert!(
         registry.http.hits(&p) >= 1 && registry.http.hits(&t) >= 1,
         "npm did not fetch {p} and {t} from the test registry: {:#?}\n{}",
         registry.http.requests(),
         step.context()
     );
-    let allowed_to_registry = step.kind("connect").iter().any(|c| {
-        c["daddr"] == "127.0.0.1"
-            && c["dport"] == registry.http.addr().port()
-            && c["allowed"] == true
-    });
-    assert!(
-        allowed_to_registry,
-        "no allowed connect to the registry in the log\n{}",
-        step.context()
-    );
+    let allowed_to_registry = step
+        .kind("connect")
+        .iter()
+        .any(|c| c["daddr"] == "127.0.0.1" && c["dport"] == registry.http.addr().port() && c["allowed"] == true);
+    assert!(allowed_to_registry, "no allowed connect to the registry in the log\n{}", step.context());
     step.assert_loopback_only();
 }
 
@@ -656,38 +521,18 @@ fn npm_postinstall_shell_is_flagged_in_audit_mode() {
     let (project, _home, env) = npm_project(&registry, "evil-pkg");
 
     let step = npm_install(project.path(), &env, "audit");
-    assert_eq!(
-        step.code,
-        Some(0),
-        "audit mode must exit with npm's code\n{}",
-        step.context()
-    );
+    assert_eq!(step.code, Some(0), "audit mode must exit with npm's code\n{}", step.context());
     assert_eq!(step.command_exit_code(), 0);
     assert_npm_used_test_registry(&step, &registry, "evil-pkg");
 
     let shells = assert_shell_alerts(&step, "npm:evil-pkg@1.0.0 (postinstall)", "flag");
     assert_eq!(shells.len(), 1, "{}", step.context());
-    assert_eq!(
-        shells[0]["argv"],
-        json!(["sh", "-c", "echo SHELL-RAN > shell-ran.txt"])
-    );
-    assert_eq!(
-        step.alerts().len(),
-        1,
-        "only the shell may raise an alert\n{}",
-        step.context()
-    );
+    assert_eq!(shells[0]["argv"], json!(["sh", "-c", "echo SHELL-RAN > shell-ran.txt"]));
+    assert_eq!(step.alerts().len(), 1, "only the shell may raise an alert\n{}", step.context());
 
     // The shell really ran, and npm installed the package.
-    assert_eq!(
-        fs::read_to_string(project.join("shell-ran.txt"))
-            .ok()
-            .as_deref(),
-        Some("SHELL-RAN\n")
-    );
-    let result: Value =
-        serde_json::from_str(&fs::read_to_string(project.join("spawn-result.json")).unwrap())
-            .unwrap();
+    assert_eq!(fs::read_to_string(project.join("shell-ran.txt")).ok().as_deref(), Some("SHELL-RAN\n"));
+    let result: Value = serde_json::from_str(&fs::read_to_string(project.join("spawn-result.json")).unwrap()).unwrap();
     assert_eq!(result, json!({"status": 0, "signal": null, "error": null}));
     assert!(project.join("node_modules/evil-pkg/package.json").is_file());
 }
@@ -703,53 +548,29 @@ fn npm_postinstall_shell_is_killed_in_enforce_mode() {
     let (project, _home, env) = npm_project(&registry, "evil-pkg");
 
     let step = npm_install(project.path(), &env, "enforce");
-    assert_eq!(
-        step.code,
-        Some(77),
-        "enforce mode must fail the step\n{}",
-        step.context()
-    );
+    assert_eq!(step.code, Some(77), "enforce mode must fail the step\n{}", step.context());
     // npm itself finished normally: only the shell was stopped.
     assert_eq!(step.command_exit_code(), 0, "{}", step.context());
     assert_npm_used_test_registry(&step, &registry, "evil-pkg");
 
     let shells = assert_shell_alerts(&step, "npm:evil-pkg@1.0.0 (postinstall)", "kill");
     assert_eq!(shells.len(), 1, "{}", step.context());
-    assert_eq!(
-        shells[0]["argv"],
-        json!(["sh", "-c", "echo SHELL-RAN > shell-ran.txt"])
-    );
+    assert_eq!(shells[0]["argv"], json!(["sh", "-c", "echo SHELL-RAN > shell-ran.txt"]));
     // Every alert is about that one killed exec. (Today the watcher also raises exec-denied for
     // it: see npm_enforce_mode_raises_the_same_alerts_as_audit_mode.)
     for a in step.alerts() {
-        assert_eq!(
-            a["pid"],
-            shells[0]["pid"],
-            "an alert about another process: {a}\n{}",
-            step.context()
-        );
-        assert!(
-            a["rule"] == SHELL_RULE || a["rule"] == "exec-denied",
-            "{a}\n{}",
-            step.context()
-        );
+        assert_eq!(a["pid"], shells[0]["pid"], "an alert about another process: {a}\n{}", step.context());
+        assert!(a["rule"] == SHELL_RULE || a["rule"] == "exec-denied", "{a}\n{}", step.context());
     }
 
     // Killed before it ran: no marker; the script saw its child die of SIGKILL and went on.
-    assert!(
-        !project.join("shell-ran.txt").exists(),
-        "the shell ran in enforce mode\n{}",
-        step.context()
-    );
+    assert!(!project.join("shell-ran.txt").exists(), "the shell ran in enforce mode\n{}", step.context());
     let result: Value = serde_json::from_str(
         &fs::read_to_string(project.join("spawn-result.json"))
             .unwrap_or_else(|e| panic!("spawn-result.json: {e}\n{}", step.context())),
     )
     .unwrap();
-    assert_eq!(
-        result,
-        json!({"status": null, "signal": "SIGKILL", "error": null})
-    );
+    assert_eq!(result, json!({"status": null, "signal": "SIGKILL", "error": null}));
     assert!(project.join("node_modules/evil-pkg/package.json").is_file());
 }
 
@@ -777,30 +598,18 @@ fn npm_clean_package_installs_in_enforce_mode_without_alerts() {
     let step = npm_install(project.path(), &env, "enforce");
     assert_eq!(step.code, Some(0), "{}", step.context());
     assert_eq!(step.command_exit_code(), 0);
-    assert!(
-        step.alerts().is_empty(),
-        "a clean install raised alerts\n{}",
-        step.context()
-    );
+    assert!(step.alerts().is_empty(), "a clean install raised alerts\n{}", step.context());
     assert_npm_used_test_registry(&step, &registry, "clean-pkg");
     // The postinstall script ran, watched: npm's `sh -c` with the lifecycle variables.
     let script_starts: Vec<&Value> = step
         .execs_named("sh")
         .into_iter()
-        .filter(|e| {
-            e["env"]["npm_lifecycle_event"] == "postinstall"
-                && e["env"]["npm_package_name"] == "clean-pkg"
-        })
+        .filter(|e| e["env"]["npm_lifecycle_event"] == "postinstall" && e["env"]["npm_package_name"] == "clean-pkg")
         .collect();
     assert_eq!(script_starts.len(), 1, "{:#?}", step.execs_named("sh"));
     assert_eq!(script_starts[0]["env"]["npm_package_version"], "1.0.0");
     assert!(script_starts[0]["killed"] != true);
-    assert_eq!(
-        fs::read_to_string(project.join("postinstall-ran.txt"))
-            .ok()
-            .as_deref(),
-        Some("ok")
-    );
+    assert_eq!(fs::read_to_string(project.join("postinstall-ran.txt")).ok().as_deref(), Some("ok"));
     assert!(project.join("node_modules/clean-pkg/index.js").is_file());
 }
 
@@ -819,12 +628,7 @@ fn npm_enforce_mode_raises_the_same_alerts_as_audit_mode() {
         let alerts: Vec<(String, String)> = step
             .alerts()
             .iter()
-            .map(|a| {
-                (
-                    a["rule"].as_str().unwrap().to_string(),
-                    a["package"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|a| (a["rule"].as_str().unwrap().to_string(), a["package"].as_str().unwrap_or("").to_string()))
             .collect();
         let action = if mode == "audit" { "flag" } else { "kill" };
         let shells = assert_shell_alerts(&step, "npm:evil-pkg@1.0.0 (postinstall)", action);
@@ -839,11 +643,7 @@ fn npm_enforce_mode_raises_the_same_alerts_as_audit_mode() {
         audit.4, enforce.4
     );
     // The log names the shell that was started, not a PATH candidate that does not exist.
-    assert!(
-        enforce.3,
-        "the killed exec names {}, which does not exist (audit mode logged {})",
-        enforce.2, audit.2
-    );
+    assert!(enforce.3, "the killed exec names {}, which does not exist (audit mode logged {})", enforce.2, audit.2);
 }
 
 // ============================================================================ pip
@@ -858,17 +658,10 @@ fn python_for_setup_py_builds() -> String {
         print(int(has('venv') and has('ensurepip')), int(has('setuptools')), int(has('wheel') or has('setuptools.command.bdist_wheel')))\n";
     let mut why = Vec::new();
     for candidate in ["python3", "/usr/bin/python3"] {
-        let out = match Command::new(candidate)
-            .args(["-c", PROBE])
-            .stdin(Stdio::null())
-            .output()
-        {
+        let out = match Command::new(candidate).args(["-c", PROBE]).stdin(Stdio::null()).output() {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             Ok(o) => {
-                why.push(format!(
-                    "{candidate}: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ));
+                why.push(format!("{candidate}: {}", String::from_utf8_lossy(&o.stderr).trim()));
                 continue;
             }
             Err(e) => {
@@ -877,22 +670,14 @@ fn python_for_setup_py_builds() -> String {
             }
         };
         let lines: Vec<&str> = out.lines().collect();
-        match lines
-            .get(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .as_deref()
-        {
+        match lines.get(1).map(|l| l.split_whitespace().collect::<Vec<_>>()).as_deref() {
             Some(["1", "1", "1"]) => return lines[0].to_string(),
             Some([venv, st, wheel]) => why.push(format!(
                 "{candidate} ({}): venv+ensurepip {}, setuptools {}, wheel building {}",
                 lines[0],
                 if *venv == "1" { "yes" } else { "MISSING" },
                 if *st == "1" { "yes" } else { "MISSING" },
-                if *wheel == "1" {
-                    "yes"
-                } else {
-                    "MISSING (no `wheel` package, setuptools < 70.1)"
-                }
+                if *wheel == "1" { "yes" } else { "MISSING (no `wheel` package, setuptools < 70.1)" }
             )),
             _ => why.push(format!("{candidate}: unexpected probe output {out:?}")),
         }
@@ -948,13 +733,7 @@ impl PipIndex {
 
     /// Packs `<dist>-<version>/` with `files` into `<dist>-<version>.tar.gz` and lists it under
     /// the normalized `project` name.
-    fn publish_sdist(
-        &self,
-        project: &str,
-        dist: &str,
-        version: &str,
-        files: &[(&str, &str)],
-    ) -> String {
+    fn publish_sdist(&self, project: &str, dist: &str, version: &str, files: &[(&str, &str)]) -> String {
         let top = format!("{dist}-{version}");
         for (path, text) in files {
             write(self.build.join(&top).join(path), text);
@@ -967,13 +746,8 @@ impl PipIndex {
             "<!DOCTYPE html>\n<html><body>\n<a href=\"{}#sha256={sha256}\">{file}</a><br/>\n</body></html>\n",
             Self::file_path(&file)
         );
-        self.http
-            .route(&Self::project_path(project), "text/html", html);
-        self.http.route(
-            &Self::file_path(&file),
-            "application/x-gzip",
-            fs::read(&out).unwrap(),
-        );
+        self.http.route(&Self::project_path(project), "text/html", html);
+        self.http.route(&Self::file_path(&file), "application/x-gzip", fs::read(&out).unwrap());
         file
     }
 }
@@ -981,17 +755,9 @@ impl PipIndex {
 /// A fresh venv made by `python`; `--system-site-packages` so that setuptools/wheel of the
 /// interpreter are there without network. Returns the venv's bin directory.
 fn make_venv(python: &str, dir: &Path) -> PathBuf {
-    run_ok(
-        Command::new(python)
-            .args(["-m", "venv", "--system-site-packages"])
-            .arg(dir),
-    );
+    run_ok(Command::new(python).args(["-m", "venv", "--system-site-packages"]).arg(dir));
     let bin = dir.join("bin");
-    assert!(
-        bin.join("pip").is_file(),
-        "the venv has no pip: {}",
-        bin.display()
-    );
+    assert!(bin.join("pip").is_file(), "the venv has no pip: {}", bin.display());
     bin
 }
 
@@ -1004,7 +770,8 @@ subprocess.run(['sh', '-c', 'echo SHELL-RAN >> "$WATCHER_TEST_MARKER"'], check=F
 setup(name='evil_sdist', version='1.0.0', py_modules=['evil_sdist'])
 "#;
 
-const EVIL_SDIST_PKG_INFO: &str = "Metadata-Version: 2.1\nName: evil_sdist\nVersion: 1.0.0\nSummary: test sdist whose build spawns a shell\n";
+const EVIL_SDIST_PKG_INFO: &str =
+    "Metadata-Version: 2.1\nName: evil_sdist\nVersion: 1.0.0\nSummary: test sdist whose build spawns a shell\n";
 
 struct PipStep {
     step: Step,
@@ -1040,34 +807,17 @@ fn pip_install_evil(index: &PipIndex, python: &str, mode: &str) -> PipStep {
         os(index.url()),
         os("evil_sdist"),
     ];
-    let step = watch(
-        &shipped_policy("pip"),
-        mode,
-        work.path(),
-        &env,
-        &argv.iter().collect::<Vec<_>>(),
-    );
-    PipStep {
-        step,
-        marker,
-        _dirs: (work, home),
-    }
+    let step = watch(&shipped_policy("pip"), mode, work.path(), &env, &argv.iter().collect::<Vec<_>>());
+    PipStep { step, marker, _dirs: (work, home) }
 }
 
 /// Checks common to the pip steps: the index was resolved from pip's configuration (the
 /// environment), pip downloaded from it, and nothing left loopback.
 fn assert_pip_used_test_index(step: &Step, index: &PipIndex, sdist: &str) {
     let start = step.one("start");
-    assert_eq!(
-        start["registries"]["pip"],
-        json!(["127.0.0.1"]),
-        "index hosts resolved from pip's config: {start}"
-    );
+    assert_eq!(start["registries"]["pip"], json!(["127.0.0.1"]), "index hosts resolved from pip's config: {start}");
     assert_eq!(start["policy"]["pipeline"], "pip-build", "{start}");
-    let (p, f) = (
-        PipIndex::project_path("evil-sdist"),
-        PipIndex::file_path(sdist),
-    );
+    let (p, f) = (PipIndex::project_path("evil-sdist"), PipIndex::file_path(sdist));
     assert!(
         index.http.hits(&p) >= 1 && index.http.hits(&f) >= 1,
         "pip did not fetch {p} and {f} from the test index: {:#?}\n{}",
@@ -1082,14 +832,9 @@ fn pip_build_runners(step: &Step) -> Vec<String> {
     step.kind("exec")
         .iter()
         .filter(|e| {
-            e["filename"]
-                .as_str()
-                .is_some_and(|f| f.rsplit('/').next().unwrap_or("").starts_with("python"))
+            e["filename"].as_str().is_some_and(|f| f.rsplit('/').next().unwrap_or("").starts_with("python"))
                 && e["argv"].as_array().is_some_and(|a| {
-                    a.iter().any(|s| {
-                        s.as_str()
-                            .is_some_and(|s| s.contains("setup.py") || s.contains("_in_process"))
-                    })
+                    a.iter().any(|s| s.as_str().is_some_and(|s| s.contains("setup.py") || s.contains("_in_process")))
                 })
         })
         .map(|e| format!("pid {} argv {} cwd {}", e["pid"], e["argv"], e["cwd"]))
@@ -1103,11 +848,7 @@ fn setup_py_index() -> (PipIndex, String) {
         "evil-sdist",
         "evil_sdist",
         "1.0.0",
-        &[
-            ("setup.py", EVIL_SETUP_PY),
-            ("PKG-INFO", EVIL_SDIST_PKG_INFO),
-            ("evil_sdist.py", "VALUE = 1\n"),
-        ],
+        &[("setup.py", EVIL_SETUP_PY), ("PKG-INFO", EVIL_SDIST_PKG_INFO), ("evil_sdist.py", "VALUE = 1\n")],
     );
     (index, sdist)
 }
@@ -1119,45 +860,19 @@ fn is_pip_build(p: &str) -> bool {
 
 /// Audit mode: pip succeeds, every shell of the build is flagged as coming from a pip build,
 /// and ran; `package_ok` judges the alerts' `package` field (`what` describes it).
-fn pip_audit_checks(
-    pip: &PipStep,
-    index: &PipIndex,
-    sdist: &str,
-    package_ok: &dyn Fn(&str) -> bool,
-    what: &str,
-) {
+fn pip_audit_checks(pip: &PipStep, index: &PipIndex, sdist: &str, package_ok: &dyn Fn(&str) -> bool, what: &str) {
     let step = &pip.step;
-    assert_eq!(
-        step.code,
-        Some(0),
-        "audit mode must exit with pip's code\n{}",
-        step.context()
-    );
+    assert_eq!(step.code, Some(0), "audit mode must exit with pip's code\n{}", step.context());
     assert_eq!(step.command_exit_code(), 0);
     assert_pip_used_test_index(step, index, sdist);
     eprintln!("pip build runners: {:#?}", pip_build_runners(step));
     // setup.py may run more than once (metadata, then the wheel): one alert per shell.
     let shells = assert_shell_alerts_with(step, package_ok, what, "flag");
     assert!(shells.iter().all(|e| e["argv"] == json!(["sh", "-c", "echo SHELL-RAN >> \"$WATCHER_TEST_MARKER\""])));
-    let runs = fs::read_to_string(&pip.marker)
-        .unwrap_or_else(|e| panic!("no marker: {e}\n{}", step.context()));
-    assert_eq!(
-        runs.lines().filter(|l| *l == "SHELL-RAN").count(),
-        shells.len(),
-        "every flagged shell ran: {runs:?}"
-    );
-    assert_eq!(
-        step.alerts().len(),
-        shells.len(),
-        "only the shells may raise alerts\n{}",
-        step.context()
-    );
-    assert!(
-        step.stdout
-            .contains("Successfully installed evil_sdist-1.0.0"),
-        "{}",
-        step.context()
-    );
+    let runs = fs::read_to_string(&pip.marker).unwrap_or_else(|e| panic!("no marker: {e}\n{}", step.context()));
+    assert_eq!(runs.lines().filter(|l| *l == "SHELL-RAN").count(), shells.len(), "every flagged shell ran: {runs:?}");
+    assert_eq!(step.alerts().len(), shells.len(), "only the shells may raise alerts\n{}", step.context());
+    assert!(step.stdout.contains("Successfully installed evil_sdist-1.0.0"), "{}", step.context());
 }
 
 #[test]
@@ -1181,13 +896,7 @@ fn pip_setup_py_build_alert_names_the_sdist() {
     let python = python_for_setup_py_builds();
     let (index, sdist) = setup_py_index();
     let pip = pip_install_evil(&index, &python, "audit");
-    pip_audit_checks(
-        &pip,
-        &index,
-        &sdist,
-        &|p| p == "pip:evil-sdist (build)",
-        "pip:evil-sdist (build)",
-    );
+    pip_audit_checks(&pip, &index, &sdist, &|p| p == "pip:evil-sdist (build)", "pip:evil-sdist (build)");
 }
 
 #[test]
@@ -1211,12 +920,7 @@ fn pip_setup_py_build_shell_fails_the_step_in_enforce_mode() {
     assert_eq!(action, "kill", "{}", step.context());
     // Whatever the action, the alerts and the marker tell the same story.
     let shells = assert_shell_alerts_with(step, &is_pip_build, "pip:<package> (build)", &action);
-    assert_eq!(
-        step.alerts().len(),
-        shells.len(),
-        "only the shells may raise alerts\n{}",
-        step.context()
-    );
+    assert_eq!(step.alerts().len(), shells.len(), "only the shells may raise alerts\n{}", step.context());
     let runs = fs::read_to_string(&pip.marker).unwrap_or_default();
     let ran = runs.lines().filter(|l| *l == "SHELL-RAN").count();
     if action == "kill" {
@@ -1278,10 +982,7 @@ fn pep517_index() -> (PipIndex, String) {
         &[
             ("pyproject.toml", EVIL_PYPROJECT),
             ("evil_backend.py", EVIL_BACKEND_PY),
-            (
-                "PKG-INFO",
-                "Metadata-Version: 2.1\nName: evil-sdist\nVersion: 1.0.0\n",
-            ),
+            ("PKG-INFO", "Metadata-Version: 2.1\nName: evil-sdist\nVersion: 1.0.0\n"),
         ],
     );
     (index, sdist)
@@ -1319,13 +1020,7 @@ fn pip_pep517_build_shell_is_attributed_to_the_sdist() {
         runners.iter().any(|r| r.contains("_in_process")),
         "pip did not build through its PEP 517 hook runner: {runners:#?}"
     );
-    pip_audit_checks(
-        &pip,
-        &index,
-        &sdist,
-        &|p| p == "pip:evil-sdist (build)",
-        "pip:evil-sdist (build)",
-    );
+    pip_audit_checks(&pip, &index, &sdist, &|p| p == "pip:evil-sdist (build)", "pip:evil-sdist (build)");
 }
 
 // ============================================================================ cargo
@@ -1342,10 +1037,7 @@ fn cargo_project(name: &str, build_rs: &str) -> (TempDir, TempDir) {
         ),
     );
     write(project.join("build.rs"), build_rs);
-    write(
-        project.join("src/lib.rs"),
-        "pub fn answer() -> u32 {\n    42\n}\n",
-    );
+    write(project.join("src/lib.rs"), "pub fn answer() -> u32 {\n    42\n}\n");
     write(
         project.join(".cargo/config.toml"),
         "[source.crates-io]\nreplace-with = \"local-vendor\"\n\n[source.local-vendor]\ndirectory = \"vendor\"\n",
@@ -1363,13 +1055,7 @@ fn cargo_build(project: &Path, work: &Path, mode: &str, marker: &Path) -> Step {
         ("WATCHER_TEST_MARKER", os(marker)),
     ]);
     let argv = ["cargo", "build", "--offline"].map(OsString::from);
-    watch(
-        &shipped_policy("cargo"),
-        mode,
-        project,
-        &env,
-        &argv.iter().collect::<Vec<_>>(),
-    )
+    watch(&shipped_policy("cargo"), mode, project, &env, &argv.iter().collect::<Vec<_>>())
 }
 
 const EVIL_BUILD_RS: &str = r#"use std::process::Command;
@@ -1396,20 +1082,11 @@ fn assert_cargo_step_basics(step: &Step, crate_name: &str) {
         .kind("exec")
         .into_iter()
         .filter(|e| {
-            e["filename"].as_str().is_some_and(|f| {
-                f.rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .starts_with("build-script-")
-            }) && e["env"]["CARGO_PKG_NAME"] == crate_name
+            e["filename"].as_str().is_some_and(|f| f.rsplit('/').next().unwrap_or("").starts_with("build-script-"))
+                && e["env"]["CARGO_PKG_NAME"] == crate_name
         })
         .collect();
-    assert_eq!(
-        scripts.len(),
-        1,
-        "the build script of {crate_name} was not seen exactly once\n{}",
-        step.context()
-    );
+    assert_eq!(scripts.len(), 1, "the build script of {crate_name} was not seen exactly once\n{}", step.context());
     assert_eq!(scripts[0]["env"]["CARGO_PKG_VERSION"], "0.1.0");
     step.assert_loopback_only();
 }
@@ -1424,28 +1101,13 @@ fn cargo_build_script_shell_is_flagged_in_audit_mode() {
     let marker = work.join("shell-ran.txt");
 
     let step = cargo_build(project.path(), work.path(), "audit", &marker);
-    assert_eq!(
-        step.code,
-        Some(0),
-        "audit mode must exit with cargo's code\n{}",
-        step.context()
-    );
+    assert_eq!(step.code, Some(0), "audit mode must exit with cargo's code\n{}", step.context());
     assert_eq!(step.command_exit_code(), 0);
     assert_cargo_step_basics(&step, "evil-crate");
     let shells = assert_shell_alerts(&step, "cargo:evil-crate@0.1.0 (build.rs)", "flag");
     assert_eq!(shells.len(), 1, "{}", step.context());
-    assert_eq!(
-        step.alerts().len(),
-        1,
-        "only the shell may raise an alert\n{}",
-        step.context()
-    );
-    assert_eq!(
-        fs::read_to_string(&marker).ok().as_deref(),
-        Some("SHELL-RAN\n"),
-        "{}",
-        step.context()
-    );
+    assert_eq!(step.alerts().len(), 1, "only the shell may raise an alert\n{}", step.context());
+    assert_eq!(fs::read_to_string(&marker).ok().as_deref(), Some("SHELL-RAN\n"), "{}", step.context());
     assert!(step.stderr.contains("Finished"), "{}", step.context());
 }
 
@@ -1459,40 +1121,16 @@ fn cargo_build_script_shell_is_killed_in_enforce_mode() {
     let marker = work.join("shell-ran.txt");
 
     let step = cargo_build(project.path(), work.path(), "enforce", &marker);
-    assert_eq!(
-        step.code,
-        Some(77),
-        "enforce mode must fail the step\n{}",
-        step.context()
-    );
+    assert_eq!(step.code, Some(77), "enforce mode must fail the step\n{}", step.context());
     assert_cargo_step_basics(&step, "evil-crate");
     let shells = assert_shell_alerts(&step, "cargo:evil-crate@0.1.0 (build.rs)", "kill");
     assert_eq!(shells.len(), 1, "{}", step.context());
-    assert_eq!(
-        step.alerts().len(),
-        1,
-        "only the shell may raise an alert\n{}",
-        step.context()
-    );
-    assert!(
-        !marker.exists(),
-        "the shell ran in enforce mode\n{}",
-        step.context()
-    );
+    assert_eq!(step.alerts().len(), 1, "only the shell may raise an alert\n{}", step.context());
+    assert!(!marker.exists(), "the shell ran in enforce mode\n{}", step.context());
     // The build script saw its shell die of SIGKILL, so the build failed, and cargo said why.
     assert_eq!(step.command_exit_code(), 101, "{}", step.context());
-    assert!(
-        step.stderr
-            .contains("failed to run custom build command for `evil-crate v0.1.0"),
-        "{}",
-        step.context()
-    );
-    assert!(
-        step.stderr
-            .contains("the shell did not succeed: signal: 9 (SIGKILL)"),
-        "{}",
-        step.context()
-    );
+    assert!(step.stderr.contains("failed to run custom build command for `evil-crate v0.1.0"), "{}", step.context());
+    assert!(step.stderr.contains("the shell did not succeed: signal: 9 (SIGKILL)"), "{}", step.context());
 }
 
 #[test]
@@ -1509,21 +1147,13 @@ fn cargo_clean_build_script_builds_in_enforce_mode_without_alerts() {
     let step = cargo_build(project.path(), work.path(), "enforce", &marker);
     assert_eq!(step.code, Some(0), "{}", step.context());
     assert_eq!(step.command_exit_code(), 0);
-    assert!(
-        step.alerts().is_empty(),
-        "a clean build raised alerts\n{}",
-        step.context()
-    );
+    assert!(step.alerts().is_empty(), "a clean build raised alerts\n{}", step.context());
     assert_cargo_step_basics(&step, "clean-crate");
     assert!(step.stderr.contains("Finished"), "{}", step.context());
     let rlibs: Vec<_> = fs::read_dir(work.join("target/debug/deps"))
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("libclean_crate-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with("libclean_crate-"))
         .collect();
     assert!(!rlibs.is_empty(), "no libclean_crate artifact was built");
 }
@@ -1563,11 +1193,7 @@ fn assert_all_connects_to_registry(step: &Step, port: u16, expect_connects: bool
         );
     }
     for e in step.kind("exec") {
-        assert!(
-            e["killed"] != true,
-            "an exec was killed: {e}\n{}",
-            step.context()
-        );
+        assert!(e["killed"] != true, "an exec was killed: {e}\n{}", step.context());
     }
     step.assert_loopback_only();
 }
@@ -1601,10 +1227,7 @@ fn publish_clean_tree(registry: &NpmRegistry) {
             "main": "index.js",
             "dependencies": { "tiny-util": "^1.0.0" },
         }),
-        &[(
-            "index.js",
-            "const { double } = require('tiny-util');\nmodule.exports = () => double(21);\n",
-        )],
+        &[("index.js", "const { double } = require('tiny-util');\nmodule.exports = () => double(21);\n")],
     );
     registry.publish(
         json!({
@@ -1659,51 +1282,24 @@ fn npm_ci_with_a_lockfile_passes_enforce_mode_without_alerts() {
         let entry = &lock["packages"][format!("node_modules/{name}")];
         assert_eq!(
             entry["resolved"],
-            format!(
-                "{}{}",
-                registry.http.base_url(),
-                NpmRegistry::tarball_path(name, "1.0.0")
-            ),
+            format!("{}{}", registry.http.base_url(), NpmRegistry::tarball_path(name, "1.0.0")),
             "lockfile entry of {name}: {entry}\n{lock_text}"
         );
-        assert!(
-            entry["integrity"]
-                .as_str()
-                .is_some_and(|i| i.starts_with("sha512-")),
-            "{entry}"
-        );
+        assert!(entry["integrity"].as_str().is_some_and(|i| i.starts_with("sha512-")), "{entry}");
     }
-    assert_eq!(
-        lock["packages"]["node_modules/tiny-hook"]["hasInstallScript"],
-        true
-    );
-    assert!(
-        !project.join("node_modules").exists(),
-        "--package-lock-only installed packages"
-    );
+    assert_eq!(lock["packages"]["node_modules/tiny-hook"]["hasInstallScript"], true);
+    assert!(!project.join("node_modules").exists(), "--package-lock-only installed packages");
     // A fresh CI machine: nothing cached, so `npm ci` downloads every tarball under watch.
     let _ = fs::remove_dir_all(home.join("npm-cache"));
-    let tarball_hits_before: Vec<usize> = CLEAN_TREE
-        .iter()
-        .map(|n| registry.http.hits(&NpmRegistry::tarball_path(n, "1.0.0")))
-        .collect();
+    let tarball_hits_before: Vec<usize> =
+        CLEAN_TREE.iter().map(|n| registry.http.hits(&NpmRegistry::tarball_path(n, "1.0.0"))).collect();
     let requests_before = registry.http.requests().len();
 
     let argv = ["npm", "ci", "--no-audit", "--no-fund"].map(OsString::from);
-    let step = watch(
-        &shipped_policy("npm"),
-        "enforce",
-        project.path(),
-        &env,
-        &argv.iter().collect::<Vec<_>>(),
-    );
+    let step = watch(&shipped_policy("npm"), "enforce", project.path(), &env, &argv.iter().collect::<Vec<_>>());
     assert_eq!(step.code, Some(0), "{}", step.context());
     assert_eq!(step.command_exit_code(), 0, "{}", step.context());
-    assert!(
-        step.alerts().is_empty(),
-        "npm ci of a clean tree raised alerts\n{}",
-        step.context()
-    );
+    assert!(step.alerts().is_empty(), "npm ci of a clean tree raised alerts\n{}", step.context());
     assert_policy_started(&step, "npm-build", "enforce");
     assert_eq!(
         step.one("start")["registries"]["npm"],
@@ -1716,11 +1312,7 @@ fn npm_ci_with_a_lockfile_passes_enforce_mode_without_alerts() {
     let during: Vec<_> = registry.http.requests()[requests_before..].to_vec();
     for (name, before) in CLEAN_TREE.iter().zip(tarball_hits_before) {
         let path = NpmRegistry::tarball_path(name, "1.0.0");
-        assert!(
-            registry.http.hits(&path) > before,
-            "npm ci did not download {path}: {during:#?}\n{}",
-            step.context()
-        );
+        assert!(registry.http.hits(&path) > before, "npm ci did not download {path}: {during:#?}\n{}", step.context());
     }
     assert!(
         during.iter().all(|r| r.status == 200),
@@ -1731,31 +1323,18 @@ fn npm_ci_with_a_lockfile_passes_enforce_mode_without_alerts() {
     let script_starts: Vec<&Value> = step
         .execs_named("sh")
         .into_iter()
-        .filter(|e| {
-            e["env"]["npm_lifecycle_event"] == "postinstall"
-                && e["env"]["npm_package_name"] == "tiny-hook"
-        })
+        .filter(|e| e["env"]["npm_lifecycle_event"] == "postinstall" && e["env"]["npm_package_name"] == "tiny-hook")
         .collect();
+    assert_eq!(script_starts.len(), 1, "{:#?}\n{}", step.execs_named("sh"), step.context());
     assert_eq!(
-        script_starts.len(),
-        1,
-        "{:#?}\n{}",
-        step.execs_named("sh"),
-        step.context()
-    );
-    assert_eq!(
-        fs::read_to_string(project.join("node_modules/tiny-hook/postinstall-ran"))
-            .ok()
-            .as_deref(),
+        fs::read_to_string(project.join("node_modules/tiny-hook/postinstall-ran")).ok().as_deref(),
         Some("1"),
         "the postinstall did not run\n{}",
         step.context()
     );
     for name in CLEAN_TREE {
         assert!(
-            project
-                .join(format!("node_modules/{name}/package.json"))
-                .is_file(),
+            project.join(format!("node_modules/{name}/package.json")).is_file(),
             "{name} is not installed\n{}",
             step.context()
         );
@@ -1768,10 +1347,7 @@ fn npm_ci_with_a_lockfile_passes_enforce_mode_without_alerts() {
     // The installed tree works.
     let out = run_ok(
         Command::new("node")
-            .args([
-                "-e",
-                "console.log(require('tiny-lib')(), require('tiny-hook'))",
-            ])
+            .args(["-e", "console.log(require('tiny-lib')(), require('tiny-hook'))"])
             .current_dir(project.path()),
     );
     assert_eq!(out.trim(), "42 hooked");
@@ -1794,17 +1370,8 @@ with zipfile.ZipFile(out, 'w', zipfile.ZIP_DEFLATED) as z:
     record.append(f'{dist_info}/RECORD,,')
     z.writestr(f'{dist_info}/RECORD', '\n'.join(record) + '\n')
 "#;
-    let map: serde_json::Map<String, Value> = files
-        .iter()
-        .map(|(p, t)| (p.to_string(), json!(t)))
-        .collect();
-    run_ok(
-        Command::new(python)
-            .args(["-c", MAKE_WHEEL])
-            .arg(out)
-            .arg(dist_info)
-            .arg(Value::Object(map).to_string()),
-    );
+    let map: serde_json::Map<String, Value> = files.iter().map(|(p, t)| (p.to_string(), json!(t))).collect();
+    run_ok(Command::new(python).args(["-c", MAKE_WHEEL]).arg(out).arg(dist_info).arg(Value::Object(map).to_string()));
 }
 
 impl PipIndex {
@@ -1815,13 +1382,8 @@ impl PipIndex {
             "<!DOCTYPE html>\n<html><body>\n<a href=\"{}#sha256={sha256}\">{file}</a><br/>\n</body></html>\n",
             Self::file_path(file)
         );
-        self.http
-            .route(&Self::project_path(project), "text/html", html);
-        self.http.route(
-            &Self::file_path(file),
-            "application/octet-stream",
-            fs::read(path).unwrap(),
-        );
+        self.http.route(&Self::project_path(project), "text/html", html);
+        self.http.route(&Self::file_path(file), "application/octet-stream", fs::read(path).unwrap());
     }
 }
 
@@ -1859,9 +1421,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 /// contents: build requirements pip installs from the index into the isolated build
 /// environment).
 fn clean_pyproject(requires: &str) -> String {
-    format!(
-        "[build-system]\nrequires = [{requires}]\nbuild-backend = \"clean_backend\"\nbackend-path = [\".\"]\n"
-    )
+    format!("[build-system]\nrequires = [{requires}]\nbuild-backend = \"clean_backend\"\nbackend-path = [\".\"]\n")
 }
 
 /// Serves the pure-Python wheel `clean-wheel` 1.0.0 and the sdist `clean-sdist` 1.0.0 (which
@@ -1902,10 +1462,7 @@ fn clean_pip_install_passes_enforce_mode(build_requires: &str) {
         &[
             ("pyproject.toml", &clean_pyproject(build_requires)),
             ("clean_backend.py", CLEAN_BACKEND_PY),
-            (
-                "PKG-INFO",
-                "Metadata-Version: 2.1\nName: clean-sdist\nVersion: 1.0.0\nRequires-Dist: clean-wheel>=1.0\n",
-            ),
+            ("PKG-INFO", "Metadata-Version: 2.1\nName: clean-sdist\nVersion: 1.0.0\nRequires-Dist: clean-wheel>=1.0\n"),
         ],
     );
 
@@ -1929,26 +1486,12 @@ fn clean_pip_install_passes_enforce_mode(build_requires: &str) {
         os(index.url()),
         os("clean-sdist"),
     ];
-    let step = watch(
-        &shipped_policy("pip"),
-        "enforce",
-        work.path(),
-        &env,
-        &argv.iter().collect::<Vec<_>>(),
-    );
+    let step = watch(&shipped_policy("pip"), "enforce", work.path(), &env, &argv.iter().collect::<Vec<_>>());
     assert_eq!(step.code, Some(0), "{}", step.context());
     assert_eq!(step.command_exit_code(), 0, "{}", step.context());
-    assert!(
-        step.alerts().is_empty(),
-        "a clean pip install raised alerts\n{}",
-        step.context()
-    );
+    assert!(step.alerts().is_empty(), "a clean pip install raised alerts\n{}", step.context());
     assert_policy_started(&step, "pip-build", "enforce");
-    assert_eq!(
-        step.one("start")["registries"]["pip"],
-        json!(["127.0.0.1"]),
-        "index hosts resolved from pip's config"
-    );
+    assert_eq!(step.one("start")["registries"]["pip"], json!(["127.0.0.1"]), "index hosts resolved from pip's config");
     assert_all_connects_to_registry(&step, index.http.addr().port(), true);
     for path in [
         PipIndex::project_path("clean-sdist"),
@@ -1976,10 +1519,9 @@ fn clean_pip_install_passes_enforce_mode(build_requires: &str) {
             .kind("exec")
             .into_iter()
             .filter(|e| {
-                e["argv"].as_array().is_some_and(|a| {
-                    a.iter()
-                        .any(|s| s.as_str().is_some_and(|s| s.ends_with("__pip-runner__.py")))
-                })
+                e["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s.as_str().is_some_and(|s| s.ends_with("__pip-runner__.py"))))
             })
             .collect();
         assert!(
@@ -2069,15 +1611,9 @@ fn cargo_project_with_vendored_dep() -> (TempDir, TempDir) {
     let mut sums = serde_json::Map::new();
     for (path, text) in files {
         write(krate.join(path), text);
-        sums.insert(
-            path.to_string(),
-            json!(digest_hex("sha256sum", &krate.join(path))),
-        );
+        sums.insert(path.to_string(), json!(digest_hex("sha256sum", &krate.join(path))));
     }
-    write(
-        krate.join(".cargo-checksum.json"),
-        json!({ "files": sums, "package": null }).to_string(),
-    );
+    write(krate.join(".cargo-checksum.json"), json!({ "files": sums, "package": null }).to_string());
     (project, TempDir::new("watcher-pm-cargo-work"))
 }
 
@@ -2093,21 +1629,13 @@ fn cargo_build_with_a_dependency_from_a_local_registry_passes_enforce_mode() {
     let step = cargo_build(project.path(), work.path(), "enforce", &marker);
     assert_eq!(step.code, Some(0), "{}", step.context());
     assert_eq!(step.command_exit_code(), 0, "{}", step.context());
-    assert!(
-        step.alerts().is_empty(),
-        "a clean build with a vendored dependency raised alerts\n{}",
-        step.context()
-    );
+    assert!(step.alerts().is_empty(), "a clean build with a vendored dependency raised alerts\n{}", step.context());
     assert_policy_started(&step, "cargo-build", "enforce");
     // The registry was resolved from cargo's configuration: crates-io is replaced by a local
     // directory, so there is no host; the dependency's build script ran under watch.
     assert_cargo_step_basics(&step, "tiny-dep");
     // An offline build from a local directory opens no connection at all.
-    assert!(
-        step.kind("connect").is_empty(),
-        "cargo build --offline connected somewhere\n{}",
-        step.context()
-    );
+    assert!(step.kind("connect").is_empty(), "cargo build --offline connected somewhere\n{}", step.context());
     assert_all_connects_to_registry(&step, 0, false);
     assert!(
         step.stderr.contains("Compiling tiny-dep v0.1.0") && step.stderr.contains("Finished"),
@@ -2120,18 +1648,10 @@ fn cargo_build_with_a_dependency_from_a_local_registry_passes_enforce_mode() {
         .split("[[package]]")
         .find(|p| p.contains("name = \"tiny-dep\""))
         .unwrap_or_else(|| panic!("tiny-dep not in Cargo.lock:\n{lock}"));
-    assert!(
-        entry.contains("source = \"registry+"),
-        "tiny-dep is not a registry package in Cargo.lock:\n{lock}"
-    );
+    assert!(entry.contains("source = \"registry+"), "tiny-dep is not a registry package in Cargo.lock:\n{lock}");
     // The binary was built and works.
     let app = work.join("target/debug/vendored-app");
-    assert!(
-        app.is_file(),
-        "{} was not built\n{}",
-        app.display(),
-        step.context()
-    );
+    assert!(app.is_file(), "{} was not built\n{}", app.display(), step.context());
     let out = run_ok(&mut Command::new(&app));
     assert_eq!(out.trim(), "hello from tiny-dep 42");
 }
@@ -2166,7 +1686,11 @@ fn npm_install_log_suggests_registry_npm_and_replays_clean_under_it() {
     let log = dir.join("npm.jsonl");
     let lines: String = step.events.iter().map(|e| format!("{e}\n")).collect();
     write(&log, lines);
-    let out = Command::new(watcher_bin()).args(["policy", "suggest", "--pipeline", "npm-suggested"]).arg(&log).output().unwrap();
+    let out = Command::new(watcher_bin())
+        .args(["policy", "suggest", "--pipeline", "npm-suggested"])
+        .arg(&log)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(yaml.contains("registries: [npm]"), "{yaml}");
@@ -2176,7 +1700,12 @@ fn npm_install_log_suggests_registry_npm_and_replays_clean_under_it() {
     assert_eq!(check.status.code(), Some(0), "{yaml}\n{}", String::from_utf8_lossy(&check.stderr));
 
     let replay = |policy: &Path| {
-        Command::new(watcher_bin()).args(["replay", "--format", "json", "--policy"]).arg(policy).arg(&log).output().unwrap()
+        Command::new(watcher_bin())
+            .args(["replay", "--format", "json", "--policy"])
+            .arg(policy)
+            .arg(&log)
+            .output()
+            .unwrap()
     };
     let out = replay(&policy);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);

@@ -15,7 +15,9 @@ fn audit_mode_flags_each_channel_and_lets_it_through() {
         return;
     }
     let dns_ip = "127.53.0.21";
-    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let dns =
+        DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])])
+            .unwrap();
     let allowed = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let forbidden = Listener::start("[::1]:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +67,8 @@ fn audit_mode_flags_each_channel_and_lets_it_through() {
     assert_eq!(forbidden.connections(), 2, "audit mode lets it through");
     assert!(forbidden.payloads().iter().any(|p| p.windows(secret.len()).any(|w| w == secret.as_bytes())));
     assert!(dns.queries().iter().any(|q| q.name.starts_with(&hex[..40])), "audit mode lets the query out");
-    let find = |rule: &str| al.iter().find(|a| a["rule"] == rule).unwrap_or_else(|| panic!("no {rule} alert in {al:#?}"));
+    let find =
+        |rule: &str| al.iter().find(|a| a["rule"] == rule).unwrap_or_else(|| panic!("no {rule} alert in {al:#?}"));
     let egress = find("egress-denied");
     assert!(egress["message"].as_str().unwrap().contains(&forbidden.addr().port().to_string()));
     assert_eq!(egress["action"], "flag");
@@ -97,12 +100,7 @@ fn invalid_policy_refuses_to_start_with_a_located_error() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
     std::fs::write(&policy, "version: 1\npipeline: x\negress:\n  allow:\n    - hots: a.test\n").unwrap();
-    let out = Command::new(watcher_bin())
-        .args(["run", "--policy"])
-        .arg(&policy)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = Command::new(watcher_bin()).args(["run", "--policy"]).arg(&policy).args(["--", "true"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains(&format!("{}:5:7:", policy.display())), "{err}");

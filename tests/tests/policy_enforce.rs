@@ -14,7 +14,9 @@ fn run_enforced(policy: &str, script: &str, npm_script: bool) -> (Option<i32>, S
     let mut cmd = Command::new(watcher_bin());
     cmd.args(["run", "--quiet", "--policy"]).arg(&p).arg("--log").arg(&log).args(["--", "sh", "-c", script]);
     if npm_script {
-        cmd.env("npm_lifecycle_event", "postinstall").env("npm_package_name", "evil-pkg").env("npm_package_version", "99.99.9");
+        cmd.env("npm_lifecycle_event", "postinstall")
+            .env("npm_package_name", "evil-pkg")
+            .env("npm_package_version", "99.99.9");
     }
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     (
@@ -26,10 +28,9 @@ fn run_enforced(policy: &str, script: &str, npm_script: bool) -> (Option<i32>, S
 }
 
 fn alert<'a>(events: &'a [Value], rule: &str) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["kind"] == "alert" && e["rule"] == rule)
-        .unwrap_or_else(|| panic!("no {rule} alert: {:#?}", events.iter().filter(|e| e["kind"] == "alert").collect::<Vec<_>>()))
+    events.iter().find(|e| e["kind"] == "alert" && e["rule"] == rule).unwrap_or_else(|| {
+        panic!("no {rule} alert: {:#?}", events.iter().filter(|e| e["kind"] == "alert").collect::<Vec<_>>())
+    })
 }
 
 #[test]
@@ -41,7 +42,9 @@ fn egress_is_denied_in_the_kernel_for_v4_v6_tcp_udp_and_allowed_hosts_pass() {
     let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let bad4 = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let bad6 = Listener::start("[::1]:0".parse().unwrap()).unwrap();
-    let dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let dns =
+        DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])])
+            .unwrap();
     let other_dns = DnsServer::start("127.53.0.32".parse().unwrap(), vec![]).unwrap();
     let policy = format!(
         "version: 1\npipeline: t\nmode: enforce\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\ndns:\n  resolvers: [{dns_ip}]\n",
@@ -79,8 +82,7 @@ fn denied_executables_and_shells_from_install_scripts_are_killed_before_running(
     let policy = "version: 1\npipeline: t\nmode: enforce\nexec:\n  deny: [id]\n  install_scripts:\n    shells: deny\n";
     // An npm postinstall script (sh -c started by npm, here with npm's variables) spawns a
     // shell, and runs a denied executable.
-    let (code, out, err, events) =
-        run_enforced(policy, "bash -c 'echo SHELL-RAN'; id; echo SCRIPT-CONTINUED", true);
+    let (code, out, err, events) = run_enforced(policy, "bash -c 'echo SHELL-RAN'; id; echo SCRIPT-CONTINUED", true);
     assert_eq!(code, Some(77), "{err}");
     assert!(!out.contains("SHELL-RAN"), "the shell ran: {out}");
     assert!(!out.contains("uid="), "id ran: {out}");

@@ -40,7 +40,9 @@ fn replay_reproduces_the_live_alerts_and_judges_with_other_policies() {
         return;
     }
     let dns_ip = "127.53.0.61";
-    let _dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let _dns =
+        DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])])
+            .unwrap();
     let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let other = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +146,11 @@ fn suggest_writes_a_policy_that_replays_clean_and_comments_the_risky_parts() {
         return;
     }
     let dns_ip = "127.53.0.62";
-    let _dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("pkg.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let _dns = DnsServer::start(
+        dns_ip.parse().unwrap(),
+        vec![("pkg.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])],
+    )
+    .unwrap();
     let l = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = netprobe_bin().display().to_string();
@@ -158,9 +164,14 @@ fn suggest_writes_a_policy_that_replays_clean_and_comments_the_risky_parts() {
         assert_eq!(c.output().unwrap().status.code(), Some(0));
         log
     };
-    let clean = record("clean.jsonl", format!("{p} dns-sendto {dns_ip} pkg.watcher.test A tcp 127.0.0.1:{}", l.addr().port()), false);
+    let clean = record(
+        "clean.jsonl",
+        format!("{p} dns-sendto {dns_ip} pkg.watcher.test A tcp 127.0.0.1:{}", l.addr().port()),
+        false,
+    );
     let suggest = |logs: &[&std::path::Path]| {
-        let out = Command::new(watcher_bin()).args(["policy", "suggest", "--pipeline", "web"]).args(logs).output().unwrap();
+        let out =
+            Command::new(watcher_bin()).args(["policy", "suggest", "--pipeline", "web"]).args(logs).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };

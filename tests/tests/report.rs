@@ -102,7 +102,13 @@ fn reports_carry_the_tree_destinations_and_alerts() {
     for rule in ["egress-denied", "dns-denied", "shell-from-install-script", "secret-exfil"] {
         assert!(rules.contains(&rule), "{rule} missing: {rules:?}");
     }
-    assert!(r["alerts"].as_array().unwrap().iter().all(|a| a["package"].as_str().is_some_and(|p| p.starts_with("npm:evil-pkg@1.0.0"))));
+    assert!(
+        r["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["package"].as_str().is_some_and(|p| p.starts_with("npm:evil-pkg@1.0.0")))
+    );
     let procs = r["processes"].as_array().unwrap();
     assert!(procs.len() > 30, "the fixture has a big boring subtree");
     assert!(procs.iter().any(|p| p["install_script"]["package"] == "evil-pkg"));
@@ -120,13 +126,20 @@ fn reports_carry_the_tree_destinations_and_alerts() {
     assert_eq!(s["version"], "2.1.0");
     let run = &s["runs"][0];
     assert_eq!(run["results"].as_array().unwrap().len(), rules.len());
-    let declared: Vec<&str> = run["tool"]["driver"]["rules"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let declared: Vec<&str> =
+        run["tool"]["driver"]["rules"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     for res in run["results"].as_array().unwrap() {
         let id = res["ruleId"].as_str().unwrap();
         assert_eq!(declared[res["ruleIndex"].as_u64().unwrap() as usize], id);
         assert!(res["locations"][0]["physicalLocation"]["region"]["startLine"].as_u64().unwrap() > 1);
     }
-    assert!(run["tool"]["driver"]["rules"].as_array().unwrap().iter().all(|r| r["help"]["text"].as_str().unwrap().len() > 40));
+    assert!(
+        run["tool"]["driver"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["help"]["text"].as_str().unwrap().len() > 40)
+    );
 
     // Lost events: counted per source, an events-lost alert, said in every format.
     let (_, out, _) = replay("json", "lost.jsonl", &[]);
@@ -187,7 +200,9 @@ fn record_fixtures() {
         return;
     }
     let dns_ip = "127.53.0.71";
-    let _dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let _dns =
+        DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])])
+            .unwrap();
     let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let other = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -247,11 +262,17 @@ fn run_writes_its_report_to_a_file_and_the_step_summary() {
         return;
     }
     let dns_ip = "127.53.0.72";
-    let _dns = DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])]).unwrap();
+    let _dns =
+        DnsServer::start(dns_ip.parse().unwrap(), vec![("ok.watcher.test".into(), vec!["127.0.0.1".parse().unwrap()])])
+            .unwrap();
     let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pf = dir.path().join("p.yaml");
-    std::fs::write(&pf, format!("version: 1\npipeline: rep\negress:\n  loopback: false\ndns:\n  resolvers: [{dns_ip}]\n")).unwrap();
+    std::fs::write(
+        &pf,
+        format!("version: 1\npipeline: rep\negress:\n  loopback: false\ndns:\n  resolvers: [{dns_ip}]\n"),
+    )
+    .unwrap();
     let p = netprobe_bin().display().to_string();
     let summary = dir.path().join("step-summary.md");
     for (file, format) in [("r.json", None), ("r.sarif", None), ("r.out", Some("markdown"))] {
@@ -263,7 +284,15 @@ fn run_writes_its_report_to_a_file_and_the_step_summary() {
             c.args(["--report-format", f]);
         }
         let out = c
-            .args(["--", "sh", "-c", &format!("echo hello-stdout; {p} dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.1:{} >/dev/null", ok.addr().port())])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "echo hello-stdout; {p} dns-sendto {dns_ip} ok.watcher.test A tcp 127.0.0.1:{} >/dev/null",
+                    ok.addr().port()
+                ),
+            ])
             .env("GITHUB_STEP_SUMMARY", &summary)
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
@@ -280,9 +309,21 @@ fn run_writes_its_report_to_a_file_and_the_step_summary() {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["verdict"], "flagged");
                 assert_eq!(v["exit_code"], 0);
-                assert!(v["processes"].as_array().unwrap().iter().any(|p| p["filename"].as_str().is_some_and(|f| f.ends_with("netprobe"))));
+                assert!(
+                    v["processes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["filename"].as_str().is_some_and(|f| f.ends_with("netprobe")))
+                );
                 assert!(v["dns"].as_array().unwrap().iter().any(|d| d["name"] == "ok.watcher.test"));
-                assert!(v["destinations"].as_array().unwrap().iter().any(|d| d["names"][0] == "ok.watcher.test" && d["port"] == ok.addr().port()));
+                assert!(
+                    v["destinations"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d["names"][0] == "ok.watcher.test" && d["port"] == ok.addr().port())
+                );
                 // The alerts are exactly the ones in the log.
                 let logged: Vec<Value> = read_jsonl(&log).into_iter().filter(|e| e["kind"] == "alert").collect();
                 assert_eq!(v["alerts"].as_array().unwrap().len(), logged.len());
@@ -330,7 +371,10 @@ fn run_colours_its_report_only_on_a_terminal() {
     let run = |no_color: bool| {
         let cmd = format!("{} run -- /bin/true", watcher_bin().display());
         let mut c = Command::new("script");
-        c.args(["-qec", &cmd, "/dev/null"]).stdin(Stdio::null()).env_remove("NO_COLOR").env_remove("GITHUB_STEP_SUMMARY");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .env_remove("NO_COLOR")
+            .env_remove("GITHUB_STEP_SUMMARY");
         if no_color {
             c.env("NO_COLOR", "1");
         }

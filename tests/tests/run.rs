@@ -30,14 +30,7 @@ impl Run {
         self.events.iter().filter(move |e| e["kind"] == kind)
     }
     fn execs_of(&self, filename_suffix: &str) -> Vec<&Value> {
-        self.kind("exec")
-            .filter(|e| {
-                e["filename"]
-                    .as_str()
-                    .unwrap_or("")
-                    .ends_with(filename_suffix)
-            })
-            .collect()
+        self.kind("exec").filter(|e| e["filename"].as_str().unwrap_or("").ends_with(filename_suffix)).collect()
     }
     fn dns_for(&self, qname: &str) -> Vec<&Value> {
         self.kind("dns").filter(|e| e["qname"] == qname).collect()
@@ -58,16 +51,8 @@ fn watch(extra: &[&str], cmd: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("running watcher");
-    let events = if log.exists() {
-        read_jsonl(&log)
-    } else {
-        vec![]
-    };
-    Run {
-        out,
-        events,
-        _dir: dir,
-    }
+    let events = if log.exists() { read_jsonl(&log) } else { vec![] };
+    Run { out, events, _dir: dir }
 }
 
 fn probe() -> String {
@@ -76,9 +61,7 @@ fn probe() -> String {
 
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
 
 /// The cgroup `watcher run` (process `pid`) would have created, wherever cgroup v2 is mounted.
@@ -94,42 +77,20 @@ fn exec_events_carry_full_argv_and_ancestry() {
     if !root_or_skip() {
         return;
     }
-    let r = watch(
-        &[],
-        &[
-            "sh",
-            "-c",
-            "/bin/echo one 'two words' three >/dev/null; exit 0",
-        ],
-    );
+    let r = watch(&[], &["sh", "-c", "/bin/echo one 'two words' three >/dev/null; exit 0"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let start = r.kind("start").next().expect("a start record");
     assert_eq!(start["schema"], 1);
-    let sh = r
-        .execs_of("/sh")
-        .into_iter()
-        .next()
-        .expect("exec of sh")
-        .clone();
-    assert_eq!(
-        sh["ppid"].as_u64().unwrap(),
-        start["pid"].as_u64().unwrap(),
-        "the command's parent is watcher"
-    );
+    let sh = r.execs_of("/sh").into_iter().next().expect("exec of sh").clone();
+    assert_eq!(sh["ppid"].as_u64().unwrap(), start["pid"].as_u64().unwrap(), "the command's parent is watcher");
     let echo = r.execs_of("/echo");
     assert_eq!(echo.len(), 1, "{:#?}", r.events);
-    assert_eq!(
-        echo[0]["argv"],
-        serde_json::json!(["/bin/echo", "one", "two words", "three"])
-    );
+    assert_eq!(echo[0]["argv"], serde_json::json!(["/bin/echo", "one", "two words", "three"]));
     assert_eq!(echo[0]["ppid"], sh["pid"], "echo was forked by the shell");
     assert!(echo[0]["uid"].is_u64());
     assert!(echo[0]["ts"].as_str().unwrap().ends_with('Z'));
     // exit of echo is logged with its status
-    let exit = r
-        .kind("exit")
-        .find(|e| e["pid"] == echo[0]["pid"])
-        .expect("exit of echo");
+    let exit = r.kind("exit").find(|e| e["pid"] == echo[0]["pid"]).expect("exit of echo");
     assert_eq!(exit["exit_code"], 0);
     assert_eq!(r.kind("end").next().unwrap()["exit_code"], 0);
 }
@@ -161,21 +122,7 @@ fn tcp_udp_ipv4_ipv6_connects_are_logged() {
     let p = probe();
     let r = watch(
         &[],
-        &[
-            &p,
-            "tcp",
-            &a4,
-            "tcp",
-            &a6,
-            "udp-connect",
-            &a4,
-            "udp-sendto",
-            &a4,
-            "udp-sendto",
-            &a6,
-            "udp-sendto",
-            &a6,
-        ],
+        &[&p, "tcp", &a4, "tcp", &a6, "udp-connect", &a4, "udp-sendto", &a4, "udp-sendto", &a6, "udp-sendto", &a6],
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let conns: Vec<(String, u64, String, String)> = r
@@ -192,49 +139,18 @@ fn tcp_udp_ipv4_ipv6_connects_are_logged() {
     let p4 = l4.addr().port() as u64;
     let p6 = l6.addr().port() as u64;
     for want in [
-        (
-            "127.0.0.1".to_string(),
-            p4,
-            "tcp".to_string(),
-            "connect".to_string(),
-        ),
-        (
-            "::1".to_string(),
-            p6,
-            "tcp".to_string(),
-            "connect".to_string(),
-        ),
-        (
-            "127.0.0.1".to_string(),
-            p4,
-            "udp".to_string(),
-            "connect".to_string(),
-        ),
-        (
-            "127.0.0.1".to_string(),
-            p4,
-            "udp".to_string(),
-            "sendto".to_string(),
-        ),
-        (
-            "::1".to_string(),
-            p6,
-            "udp".to_string(),
-            "sendto".to_string(),
-        ),
+        ("127.0.0.1".to_string(), p4, "tcp".to_string(), "connect".to_string()),
+        ("::1".to_string(), p6, "tcp".to_string(), "connect".to_string()),
+        ("127.0.0.1".to_string(), p4, "udp".to_string(), "connect".to_string()),
+        ("127.0.0.1".to_string(), p4, "udp".to_string(), "sendto".to_string()),
+        ("::1".to_string(), p6, "udp".to_string(), "sendto".to_string()),
     ] {
         assert!(conns.contains(&want), "missing {want:?} in {conns:?}");
     }
     // The same unconnected UDP destination is reported once per process.
-    let v6_sendto = conns
-        .iter()
-        .filter(|c| c.0 == "::1" && c.3 == "sendto")
-        .count();
+    let v6_sendto = conns.iter().filter(|c| c.0 == "::1" && c.3 == "sendto").count();
     assert_eq!(v6_sendto, 1, "{conns:?}");
-    assert!(
-        r.kind("connect")
-            .all(|e| e["allowed"] == true && e["comm"] == "netprobe")
-    );
+    assert!(r.kind("connect").all(|e| e["allowed"] == true && e["comm"] == "netprobe"));
     assert!(l4.connections() >= 1 && l6.connections() >= 1);
 }
 
@@ -248,13 +164,7 @@ fn dns_queries_over_every_send_path_with_answers() {
         server_ip,
         vec![
             ("a.watcher.test".into(), vec!["198.18.0.1".parse().unwrap()]),
-            (
-                "b.watcher.test".into(),
-                vec![
-                    "198.18.0.2".parse().unwrap(),
-                    "fd00:5741::2".parse().unwrap(),
-                ],
-            ),
+            ("b.watcher.test".into(), vec!["198.18.0.2".parse().unwrap(), "fd00:5741::2".parse().unwrap()]),
             ("c.watcher.test".into(), vec!["198.18.0.3".parse().unwrap()]),
             ("d.watcher.test".into(), vec!["198.18.0.4".parse().unwrap()]),
             ("e.watcher.test".into(), vec!["198.18.0.5".parse().unwrap()]),
@@ -307,12 +217,7 @@ fn dns_queries_over_every_send_path_with_answers() {
         ("Missing.Watcher.Test", "TXT", None, "udp"),
     ] {
         let d = r.dns_for(name);
-        assert_eq!(
-            d.len(),
-            1,
-            "{name}: {:#?}",
-            r.kind("dns").collect::<Vec<_>>()
-        );
+        assert_eq!(d.len(), 1, "{name}: {:#?}", r.kind("dns").collect::<Vec<_>>());
         let d = d[0];
         assert_eq!(d["qtype"], qtype, "{d}");
         assert_eq!(d["server"], s, "{d}");
@@ -338,10 +243,7 @@ fn dns_over_ipv6_resolver() {
     }
     let dns = DnsServer::start(
         "::1".parse().unwrap(),
-        vec![(
-            "six.watcher.test".into(),
-            vec!["fd00:5741::6".parse().unwrap()],
-        )],
+        vec![("six.watcher.test".into(), vec!["fd00:5741::6".parse().unwrap()])],
     )
     .unwrap();
     let p = probe();
@@ -375,25 +277,14 @@ fn double_forked_daemon_is_watched_and_killed_at_the_end() {
         .arg("--")
         .arg("sh")
         .arg("-c")
-        .arg(format!(
-            "{p} daemonize sleep 300 tcp {a} sleep 60000 & sleep 1"
-        ))
+        .arg(format!("{p} daemonize sleep 300 tcp {a} sleep 60000 & sleep 1"))
         .env("NETPROBE_PIDFILE", &pidfile)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(30));
-    let daemon: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let daemon: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     let events = read_jsonl(&log);
     let conn = events
         .iter()
@@ -402,34 +293,19 @@ fn double_forked_daemon_is_watched_and_killed_at_the_end() {
     assert_eq!(conn["pid"].as_u64(), Some(daemon as u64));
     // Its ancestry goes back to the command even though it was reparented.
     let forks: Vec<&Value> = events.iter().filter(|e| e["kind"] == "fork").collect();
-    let parent_of = |pid: u64| {
-        forks
-            .iter()
-            .find(|f| f["pid"].as_u64() == Some(pid))
-            .and_then(|f| f["ppid"].as_u64())
-    };
+    let parent_of = |pid: u64| forks.iter().find(|f| f["pid"].as_u64() == Some(pid)).and_then(|f| f["ppid"].as_u64());
     let mut chain = vec![daemon as u64];
     while let Some(pp) = parent_of(*chain.last().unwrap()) {
         chain.push(pp);
     }
-    let root = events.iter().find(|e| e["kind"] == "exec").unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        chain.contains(&root),
-        "ancestry {chain:?} does not reach the command {root}"
-    );
+    let root = events.iter().find(|e| e["kind"] == "exec").unwrap()["pid"].as_u64().unwrap();
+    assert!(chain.contains(&root), "ancestry {chain:?} does not reach the command {root}");
     // Nothing of the tree survives the step.
     std::thread::sleep(Duration::from_millis(200));
     assert!(!pid_alive(daemon), "daemon {daemon} survived the step");
-    let exit = events
-        .iter()
-        .find(|e| e["kind"] == "exit" && e["pid"].as_u64() == Some(daemon as u64));
+    let exit = events.iter().find(|e| e["kind"] == "exit" && e["pid"].as_u64() == Some(daemon as u64));
     assert!(exit.is_some(), "the daemon's exit (killed) is logged");
-    assert!(
-        exit.unwrap().get("exit_code").is_none(),
-        "killed by a signal: no exit code"
-    );
+    assert!(exit.unwrap().get("exit_code").is_none(), "killed by a signal: no exit code");
 }
 
 #[test]
@@ -443,31 +319,14 @@ fn processes_outside_the_tree_are_never_logged() {
     // A busy neighbour outside the watched tree, connecting all the time.
     let mut args = vec![];
     for _ in 0..40 {
-        args.extend([
-            "tcp".to_string(),
-            a.clone(),
-            "sleep".to_string(),
-            "25".to_string(),
-        ]);
+        args.extend(["tcp".to_string(), a.clone(), "sleep".to_string(), "25".to_string()]);
     }
-    let mut outsider = Command::new(&p)
-        .args(&args)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let r = watch(
-        &[],
-        &["sh", "-c", &format!("sleep 0.3; {p} tcp {a}; sleep 0.3")],
-    );
+    let mut outsider = Command::new(&p).args(&args).stderr(Stdio::null()).spawn().unwrap();
+    let r = watch(&[], &["sh", "-c", &format!("sleep 0.3; {p} tcp {a}; sleep 0.3")]);
     let outsider_pid = outsider.id() as u64;
     outsider.wait().unwrap();
     assert_eq!(r.code(), 0);
-    assert!(
-        r.events
-            .iter()
-            .all(|e| e["pid"].as_u64() != Some(outsider_pid)),
-        "outsider logged"
-    );
+    assert!(r.events.iter().all(|e| e["pid"].as_u64() != Some(outsider_pid)), "outsider logged");
     let conns: Vec<&Value> = r.kind("connect").collect();
     assert_eq!(conns.len(), 1, "only the watched connect: {conns:#?}");
     assert!(l.connections() > 5, "the outsider did run");
@@ -478,10 +337,7 @@ fn exit_code_stdio_and_signals_pass_through() {
     if !root_or_skip() {
         return;
     }
-    let r = watch(
-        &["--quiet"],
-        &["sh", "-c", "echo out; echo err >&2; exit 7"],
-    );
+    let r = watch(&["--quiet"], &["sh", "-c", "echo out; echo err >&2; exit 7"]);
     assert_eq!(r.code(), 7);
     assert_eq!(r.stdout(), "out\n");
     assert!(r.stderr().contains("err\n"));
@@ -499,12 +355,7 @@ fn exit_code_stdio_and_signals_pass_through() {
         .spawn()
         .unwrap();
     use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"through stdin\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
     assert_eq!(out.status.code(), Some(0));
@@ -514,10 +365,7 @@ fn exit_code_stdio_and_signals_pass_through() {
     let ready = dir.path().join("ready");
     let mut child = Command::new(watcher_bin())
         .args(["run", "--quiet", "--", "sh", "-c"])
-        .arg(format!(
-            "trap 'exit 42' TERM; touch {}; while :; do sleep 0.05; done",
-            ready.display()
-        ))
+        .arg(format!("trap 'exit 42' TERM; touch {}; while :; do sleep 0.05; done", ready.display()))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -526,11 +374,7 @@ fn exit_code_stdio_and_signals_pass_through() {
     while !ready.exists() && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(42));
 }
@@ -552,11 +396,7 @@ fn without_root_one_clear_sentence_and_nothing_left_behind() {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("x.jsonl");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let child = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(watcher_bin())
@@ -586,22 +426,12 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     }
     // A one-page ring buffer holds a single exec record: a burst of parallel execs must lose
     // some, and the loss must show up as loss events, in the end record and in the summary.
-    let r = watch(
-        &["--ringbuf-size", "4K", "--quiet"],
-        &["sh", "-c", "seq 400 | xargs -P 8 -n 1 /bin/true"],
-    );
+    let r = watch(&["--ringbuf-size", "4K", "--quiet"], &["sh", "-c", "seq 400 | xargs -P 8 -n 1 /bin/true"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let lost: u64 = r.kind("loss").map(|e| e["count"].as_u64().unwrap()).sum();
     assert!(lost > 0, "no loss reported from a 4 KiB ring buffer");
-    assert_eq!(
-        r.kind("end").next().unwrap()["lost"].as_u64().unwrap(),
-        lost
-    );
-    assert!(
-        r.stderr().contains(&format!("{lost} lost events")),
-        "{}",
-        r.stderr()
-    );
+    assert_eq!(r.kind("end").next().unwrap()["lost"].as_u64().unwrap(), lost);
+    assert!(r.stderr().contains(&format!("{lost} lost events")), "{}", r.stderr());
     let execs = r.execs_of("/true").len() as u64;
     assert!(execs < 400, "every exec arrived, yet loss was reported");
 }
@@ -634,7 +464,11 @@ fn the_command_gets_the_terminal_and_ctrl_c_reaches_it() {
     }
     let t = Tmux(format!("watcher-test-{}", std::process::id()));
     let inner = "printf 'name? '; read x; echo \"got $x\"; sleep 60";
-    let shell_cmd = format!("{} run -q -- sh -c '{}'; echo EXIT=$?; sleep 60", watcher_bin().display(), inner.replace('\'', "'\\''"));
+    let shell_cmd = format!(
+        "{} run -q -- sh -c '{}'; echo EXIT=$?; sleep 60",
+        watcher_bin().display(),
+        inner.replace('\'', "'\\''")
+    );
     let st = t.cmd().args(["new-session", "-d", "-s", "w", "-x", "120", "-y", "20", &shell_cmd]).status().unwrap();
     assert!(st.success());
     let wait_for = |what: &str| {

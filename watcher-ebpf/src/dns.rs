@@ -7,16 +7,17 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use watcher_common::{
-    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_PAYLOAD, KIND_PAYLOAD, PAYLOAD_LEN, PayloadRecord, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP,
-    DNS_PAYLOAD_LEN, DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, MAX_LABELS, NAME_WIRE_LEN,
-    PROTO_TCP, PROTO_UDP, SockOwner, VERDICT_ALLOW, VERDICT_DENY, job_addr_key, name_hash_step,
+    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_PAYLOAD, DIR_EGRESS, DIR_INGRESS,
+    DNS_MASK_LOOKUP, DNS_PAYLOAD_LEN, DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, KIND_PAYLOAD, MAX_LABELS,
+    NAME_WIRE_LEN, PAYLOAD_LEN, PROTO_TCP, PROTO_UDP, PayloadRecord, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
+    job_addr_key, name_hash_step,
 };
 
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
-        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH, PAYLOAD_SEEN, PacketScratch,
-        RESOLVERS, SOCK_OWNER,
+        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH,
+        PAYLOAD_SEEN, PacketScratch, RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
 };
@@ -56,15 +57,7 @@ fn load<T: Copy>(ctx: &SkBuffContext, off: u32) -> Option<T> {
 #[inline(always)]
 fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
     let b0: u8 = load(ctx, 0)?;
-    let mut f = Flow {
-        family: 0,
-        proto: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        payload_off: 0,
-    };
+    let mut f = Flow { family: 0, proto: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, payload_off: 0 };
     let l4: u32;
     match b0 >> 4 {
         4 => {
@@ -384,9 +377,8 @@ fn learn_answer(ctx: &SkBuffContext, f: &Flow, job: u32, sc: &mut PacketScratch)
         let Some(rdlen) = load::<u16>(ctx, off + 8).map(u16::from_be) else { return };
         let data = off + 10;
         let key = if rtype == 1 && rdlen == 4 {
-            load::<[u8; 4]>(ctx, data).map(|v4| {
-                map_key(&[v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], AF_INET)
-            })
+            load::<[u8; 4]>(ctx, data)
+                .map(|v4| map_key(&[v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], AF_INET))
         } else if rtype == 28 && rdlen == 16 {
             load::<[u8; 16]>(ctx, data)
         } else {

@@ -2,28 +2,29 @@
 //! Offsets come from /sys/kernel/tracing/events/{syscalls,sched}/*/format.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user,
         generated::{bpf_probe_read_user_str, bpf_send_signal},
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use watcher_common::{
-    ARG_MAX_LEN, ARGS_LEN, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
-    CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED,
-    ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_LEN, ENV_NAME_LEN, EXEC_DENY, EXEC_KILLED, EXEC_NAME_LEN,
-    EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE, PROC_INSTALL, ExitRecord, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE,
-    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, EXEC_IS_SHELL, EXEC_KILL_PENDING, SHELL_SIG_BYTES, sig_step, FILENAME_LEN, ForkRecord, KIND_EXEC,
-    KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, ENV_SCAN_CHUNK, ProcInfo, ENV_FLAG_JOB, EXEC_JOB_START,
-    EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey, JOB_DAEMON_BIT, JOB_NONE, DAEMON_LOG_ALL,
+    ARG_MAX_LEN, ARGS_LEN, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP,
+    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
+    CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, DAEMON_LOG_ALL, ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_FLAG_JOB,
+    ENV_LEN, ENV_NAME_LEN, ENV_SCAN_CHUNK, EXEC_ARGS_TRUNCATED, EXEC_DENY, EXEC_FILENAME_TRUNCATED, EXEC_IS_SHELL,
+    EXEC_JOB_START, EXEC_KILL_PENDING, EXEC_KILLED, EXEC_NAME_LEN, EXEC_SHELL, EXEC_STOP_PENDING, EXEC_STOPPED,
+    EXEC_UNWATCHED, ExecKey, ExitRecord, FILENAME_LEN, ForkRecord, JOB_DAEMON_BIT, JOB_DENY_SHELLS, JOB_ENFORCE,
+    JOB_NONE, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, PROC_INSTALL, ProcInfo, SHELL_SIG_BYTES,
+    sig_step,
 };
 
 use crate::{
     common::{count, current_tgid, daemon_mode, fill_header, job_flags, job_unknown, watched_current},
     maps::{
-        CLONE_FLAGS, CONFIG, NEW_JOBS, ENV_CAPTURE, ENV_MARKERS, SHELL_SIGS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
-        WATCHED,
+        CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
+        NEW_JOBS, SHELL_SIGS, WATCHED,
     },
 };
 
@@ -62,9 +63,7 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     rec.args_len = 0;
 
     let filename: *const u8 = unsafe { ctx.read_at(filename_off) }.unwrap_or(core::ptr::null());
-    let n = unsafe {
-        bpf_probe_read_user_str(rec.filename.as_mut_ptr().cast(), FILENAME_LEN as u32, filename.cast())
-    };
+    let n = unsafe { bpf_probe_read_user_str(rec.filename.as_mut_ptr().cast(), FILENAME_LEN as u32, filename.cast()) };
     rec.filename_len = 0;
     if n <= 0 {
         rec.filename[0] = 0;
@@ -252,11 +251,7 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
             break;
         }
         let n = unsafe {
-            bpf_probe_read_user_str(
-                rec.args.as_mut_ptr().wrapping_add(at).cast(),
-                ARG_MAX_LEN as u32,
-                p.cast(),
-            )
+            bpf_probe_read_user_str(rec.args.as_mut_ptr().wrapping_add(at).cast(), ARG_MAX_LEN as u32, p.cast())
         };
         if n <= 0 {
             break;
@@ -269,8 +264,7 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
     }
     if argc as usize == MAX_ARGS {
         // There may be more arguments than we read.
-        let more: *const u8 = unsafe { bpf_probe_read_user(argv.wrapping_add(MAX_ARGS)) }
-            .unwrap_or(core::ptr::null());
+        let more: *const u8 = unsafe { bpf_probe_read_user(argv.wrapping_add(MAX_ARGS)) }.unwrap_or(core::ptr::null());
         if !more.is_null() {
             rec.flags |= EXEC_ARGS_TRUNCATED;
         }
@@ -521,7 +515,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let Ok(file) = (unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) }) else { return 0 };
-    let Ok(inode) = (unsafe { bpf_probe_read_kernel(file.wrapping_add(o_inode).cast::<*const u8>()) }) else { return 0 };
+    let Ok(inode) = (unsafe { bpf_probe_read_kernel(file.wrapping_add(o_inode).cast::<*const u8>()) }) else {
+        return 0;
+    };
     let Ok(size) = (unsafe { bpf_probe_read_kernel(inode.wrapping_add(o_size).cast::<u64>()) }) else { return 0 };
     let mut head = [0u8; SHELL_SIG_BYTES];
     if unsafe { bpf_probe_read_kernel_buf(bprm.wrapping_add(o_buf), &mut head) }.is_err() {

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use watcher_common::{
-    CFG_LEN, ENV_NAME_LEN, ExecKey, ExecRecord, JOB_ADDR_LEN, NameKey, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
-    PortSet, ProcInfo, SockOwner,
+    CFG_LEN, ENV_NAME_LEN, ExecKey, ExecRecord, JOB_ADDR_LEN, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
+    NameKey, PortSet, ProcInfo, SockOwner,
 };
 
 /// All records to userspace. Userspace may resize it before load (`--ringbuf-size`).
@@ -103,7 +103,6 @@ pub static EXEC_RULES: HashMap<ExecKey, u32> = HashMap::with_max_entries(16384, 
 /// Exact environment entries ("npm_lifecycle_event=postinstall") that mark an install script.
 #[map]
 pub static ENV_MARKERS: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, 0);
-
 
 #[repr(C)]
 pub struct NameScratch {

@@ -1,15 +1,11 @@
 //! Network sensors on the cgroup socket-address hooks: TCP/UDP connect and unconnected UDP
 //! sends, IPv4 and IPv6. Returning 1 lets the call proceed; 0 makes it fail with EPERM
 //! inside the kernel, before anything leaves the socket.
-use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie,
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
 use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
 use watcher_common::{
-    AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, JOB_ENFORCE, KIND_CONNECT,
-    MAX_HOST_ENTRIES, OP_CONNECT, host_ports_key, job_addr_key, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
+    AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, JOB_ENFORCE, KIND_CONNECT, MAX_HOST_ENTRIES,
+    OP_CONNECT, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
 };
 
 use crate::{
@@ -65,7 +61,8 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     let dport = u16::from_be(sa.user_port as u16);
     let proto = sa.protocol as u8;
     let enforce = job_flags(info.job) & JOB_ENFORCE != 0;
-    let verdict = if !enforce || egress_allowed(info.job, &daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
+    let verdict =
+        if !enforce || egress_allowed(info.job, &daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
 
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);

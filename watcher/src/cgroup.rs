@@ -43,9 +43,7 @@ impl Cgroup {
     pub fn create(root: &Path, name: &str) -> anyhow::Result<Cgroup> {
         let path = root.join(name);
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        let id = fs::metadata(&path)
-            .with_context(|| format!("reading cgroup {}", path.display()))?
-            .ino();
+        let id = fs::metadata(&path).with_context(|| format!("reading cgroup {}", path.display()))?.ino();
         Ok(Cgroup { path, rel: format!("/{name}"), id, removed: false })
     }
 
@@ -79,14 +77,14 @@ impl Cgroup {
                 return Ok(());
             }
             // cgroup.kill (Linux >= 5.14) kills atomically, including processes forking now.
-            let atomic = fs::OpenOptions::new()
-                .write(true)
-                .open(&kill_file)
-                .and_then(|mut f| f.write_all(b"1"))
-                .is_ok();
+            let atomic =
+                fs::OpenOptions::new().write(true).open(&kill_file).and_then(|mut f| f.write_all(b"1")).is_ok();
             if !atomic {
                 for pid in pids {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
             if Instant::now() > deadline {

@@ -123,39 +123,35 @@ impl Collector {
             Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => {
                 let (argv, argv_redacted) = self.redact_argv(argv);
                 out.push(Event::Exec(Exec {
-                ts: self.wall(task.boot_ns),
-                proc: Self::proc(&task),
-                filename,
-                argv,
-                argv_truncated,
-                argv_redacted,
-                cgroup_id: task.cgroup_id,
-                env: env.into_iter().collect(),
-                killed,
-                shell,
-                cwd: None,
-            }))
+                    ts: self.wall(task.boot_ns),
+                    proc: Self::proc(&task),
+                    filename,
+                    argv,
+                    argv_truncated,
+                    argv_redacted,
+                    cgroup_id: task.cgroup_id,
+                    env: env.into_iter().collect(),
+                    killed,
+                    shell,
+                    cwd: None,
+                }))
             }
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
                 ts: self.wall(task.boot_ns),
                 proc: Proc { pid: child_pid, ppid: task.pid, comm: task.comm, uid: task.uid },
             })),
-            Record::Exit { task, exit_code } => out.push(Event::Exit(Exit {
+            Record::Exit { task, exit_code } => {
+                out.push(Event::Exit(Exit { ts: self.wall(task.boot_ns), proc: Self::proc(&task), exit_code }))
+            }
+            Record::Connect { task, daddr, dport, proto, sendmsg, allowed } => out.push(Event::Connect(Connect {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
-                exit_code,
+                daddr,
+                dport,
+                proto,
+                op: if sendmsg { "sendto" } else { "connect" }.into(),
+                allowed,
             })),
-            Record::Connect { task, daddr, dport, proto, sendmsg, allowed } => {
-                out.push(Event::Connect(Connect {
-                    ts: self.wall(task.boot_ns),
-                    proc: Self::proc(&task),
-                    daddr,
-                    dport,
-                    proto,
-                    op: if sendmsg { "sendto" } else { "connect" }.into(),
-                    allowed,
-                }))
-            }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
                 let secrets = matches(&self.secrets, |s| s.find_in_payload(&payload));
                 out.push(Event::Send(Send {
@@ -334,7 +330,10 @@ impl Collector {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use simple_dns::{CLASS, Name, Packet, QTYPE, ResourceRecord, TYPE, rdata::{A, RData}};
+    use simple_dns::{
+        CLASS, Name, Packet, QTYPE, ResourceRecord, TYPE,
+        rdata::{A, RData},
+    };
 
     use super::*;
 
@@ -344,20 +343,36 @@ mod tests {
 
     fn query(id: u16, name: &str) -> Vec<u8> {
         let mut p = Packet::new_query(id);
-        p.questions.push(simple_dns::Question::new(Name::new_unchecked(name), QTYPE::TYPE(TYPE::A), CLASS::IN.into(), false));
+        p.questions.push(simple_dns::Question::new(
+            Name::new_unchecked(name),
+            QTYPE::TYPE(TYPE::A),
+            CLASS::IN.into(),
+            false,
+        ));
         p.build_bytes_vec().unwrap()
     }
 
     fn answer(id: u16, name: &str, ip: Ipv4Addr) -> Vec<u8> {
         let mut p = Packet::new_reply(id);
-        p.questions.push(simple_dns::Question::new(Name::new_unchecked(name), QTYPE::TYPE(TYPE::A), CLASS::IN.into(), false));
-        p.answers.push(ResourceRecord::new(Name::new_unchecked(name), CLASS::IN, 60, RData::A(A { address: u32::from(ip) })));
+        p.questions.push(simple_dns::Question::new(
+            Name::new_unchecked(name),
+            QTYPE::TYPE(TYPE::A),
+            CLASS::IN.into(),
+            false,
+        ));
+        p.answers.push(ResourceRecord::new(
+            Name::new_unchecked(name),
+            CLASS::IN,
+            60,
+            RData::A(A { address: u32::from(ip) }),
+        ));
         p.build_bytes_vec().unwrap()
     }
 
     fn packet(egress: bool, boot_ns: u64, payload: Vec<u8>) -> Record {
         let (client, server): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.53.0.1".parse().unwrap());
-        let (saddr, daddr, sport, dport) = if egress { (client, server, 40000, 53) } else { (server, client, 53, 40000) };
+        let (saddr, daddr, sport, dport) =
+            if egress { (client, server, 40000, 53) } else { (server, client, 53, 40000) };
         Record::DnsPacket {
             task: task(7, boot_ns),
             saddr,
@@ -443,7 +458,8 @@ mod tests {
         };
         c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);
         c.push(exec(&["curl", "http://example.test/"]), &mut out);
-        let execs: Vec<&Exec> = out.iter().filter_map(|e| if let Event::Exec(x) = e { Some(x) } else { None }).collect();
+        let execs: Vec<&Exec> =
+            out.iter().filter_map(|e| if let Event::Exec(x) = e { Some(x) } else { None }).collect();
         assert_eq!(execs[0].argv, ["curl", "--data-urlencode", "k=AK…(20 chars)", "p=s3…(19 chars)"]);
         assert!(execs[0].argv_redacted);
         assert_eq!(execs[1].argv, ["curl", "http://example.test/"]);
@@ -461,7 +477,11 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(
             d[0].secrets,
-            vec![SecretMatch { variable: "AWS_ACCESS_KEY".into(), encoding: "hex".into(), redacted: Some("AK…(20 chars)".into()) }]
+            vec![SecretMatch {
+                variable: "AWS_ACCESS_KEY".into(),
+                encoding: "hex".into(),
+                redacted: Some("AK…(20 chars)".into())
+            }]
         );
     }
 
@@ -477,7 +497,8 @@ mod tests {
         c.push(packet(true, 10, query(1, &format!("{}.x.test", hex("Xk4Tq9Lm2Vz7Rb5Nw8")))), &mut out);
         c.push(packet(true, 11, query(2, &format!("{}.x.test", hex("Yp3Hs6Gd1Fj0Qc8Ue2Wa")))), &mut out);
         c.finish(&mut out);
-        let found: Vec<Option<String>> = dns(&out).iter().flat_map(|d| d.secrets.iter().map(|s| s.redacted.clone())).collect();
+        let found: Vec<Option<String>> =
+            dns(&out).iter().flat_map(|d| d.secrets.iter().map(|s| s.redacted.clone())).collect();
         assert_eq!(found, [Some("Xk…(18 chars)".to_string()), Some("Yp…(20 chars)".to_string())]);
         // Dropped: nothing is found any more.
         c.set_secrets(Vec::new());

@@ -137,9 +137,7 @@ pub fn parse(payload: &[u8], transport: Transport) -> Result<DnsMessage, DnsErro
     match transport {
         Transport::Udp => parse_message(payload, false),
         Transport::Tcp => {
-            let (prefix, rest) = payload
-                .split_first_chunk::<2>()
-                .ok_or(DnsError::MissingTcpLength)?;
+            let (prefix, rest) = payload.split_first_chunk::<2>().ok_or(DnsError::MissingTcpLength)?;
             let declared = usize::from(u16::from_be_bytes(*prefix));
             match rest.get(..declared) {
                 Some(msg) => parse_message(msg, false),
@@ -357,11 +355,7 @@ fn read_question(r: &mut Reader<'_>) -> Result<Question, DnsError> {
     })?;
     let qtype_code = r.u16().ok_or(DnsError::QuestionTruncated)?;
     let _qclass = r.u16().ok_or(DnsError::QuestionTruncated)?;
-    Ok(Question {
-        name,
-        qtype: qtype_name(qtype_code),
-        qtype_code,
-    })
+    Ok(Question { name, qtype: qtype_name(qtype_code), qtype_code })
 }
 
 /// Reads one resource record; `None` if it is cut short or its owner name is
@@ -393,12 +387,7 @@ fn read_answer(r: &mut Reader<'_>) -> Option<Answer> {
         },
         _ => AnswerData::Other,
     };
-    Some(Answer {
-        name,
-        rtype: qtype_name(rtype),
-        ttl,
-        data,
-    })
+    Some(Answer { name, rtype: qtype_name(rtype), ttl, data })
 }
 
 /// Moves past one resource record without decoding it.
@@ -454,9 +443,7 @@ fn read_name(msg: &[u8], start: usize) -> Result<(String, usize), NameError> {
                 if wire_len > MAX_NAME_WIRE_LEN {
                     return Err(NameError::TooLong);
                 }
-                let label = msg
-                    .get(pos + 1..pos + 1 + len)
-                    .ok_or(NameError::Truncated)?;
+                let label = msg.get(pos + 1..pos + 1 + len).ok_or(NameError::Truncated)?;
                 if !out.is_empty() {
                     out.push('.');
                 }
@@ -509,12 +496,7 @@ mod tests {
     fn query(id: u16, name: &str, qtype: QTYPE) -> Vec<u8> {
         let mut p = Packet::new_query(id);
         p.set_flags(PacketFlag::RECURSION_DESIRED);
-        p.questions.push(simple_dns::Question::new(
-            Name::new_unchecked(name),
-            qtype,
-            CLASS::IN.into(),
-            false,
-        ));
+        p.questions.push(simple_dns::Question::new(Name::new_unchecked(name), qtype, CLASS::IN.into(), false));
         p.build_bytes_vec().unwrap()
     }
 
@@ -539,17 +521,13 @@ mod tests {
             Name::new_unchecked("edge.cdn.Example.com"),
             CLASS::IN,
             60,
-            RData::A(A {
-                address: u32::from(Ipv4Addr::new(192, 0, 2, 10)),
-            }),
+            RData::A(A { address: u32::from(Ipv4Addr::new(192, 0, 2, 10)) }),
         ));
         p.answers.push(ResourceRecord::new(
             Name::new_unchecked("edge.cdn.Example.com"),
             CLASS::IN,
             60,
-            RData::AAAA(AAAA {
-                address: u128::from("2001:db8::10".parse::<Ipv6Addr>().unwrap()),
-            }),
+            RData::AAAA(AAAA { address: u128::from("2001:db8::10".parse::<Ipv6Addr>().unwrap()) }),
         ));
         p.build_bytes_vec_compressed().unwrap()
     }
@@ -561,11 +539,7 @@ mod tests {
     }
 
     fn q(name: &str, qtype: &str, code: u16) -> Question {
-        Question {
-            name: name.into(),
-            qtype: qtype.into(),
-            qtype_code: code,
-        }
+        Question { name: name.into(), qtype: qtype.into(), qtype_code: code }
     }
 
     /// `dig www.example.com A` as sent by a stub resolver, byte by byte.
@@ -664,19 +638,12 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(
-            resolved_ips(&m),
-            vec![IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14))]
-        );
+        assert_eq!(resolved_ips(&m), vec![IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14))]);
     }
 
     #[test]
     fn a_query_keeps_case() {
-        let m = parse(
-            &query(7, "ExFiL-QmFzZTY0.evil.Example", TYPE::A.into()),
-            Transport::Udp,
-        )
-        .unwrap();
+        let m = parse(&query(7, "ExFiL-QmFzZTY0.evil.Example", TYPE::A.into()), Transport::Udp).unwrap();
         assert_eq!(m.id, 7);
         assert!(!m.is_response);
         assert_eq!(m.questions, vec![q("ExFiL-QmFzZTY0.evil.Example", "A", 1)]);
@@ -686,21 +653,13 @@ mod tests {
 
     #[test]
     fn aaaa_query() {
-        let m = parse(
-            &query(8, "ipv6.example.org", TYPE::AAAA.into()),
-            Transport::Udp,
-        )
-        .unwrap();
+        let m = parse(&query(8, "ipv6.example.org", TYPE::AAAA.into()), Transport::Udp).unwrap();
         assert_eq!(m.questions, vec![q("ipv6.example.org", "AAAA", 28)]);
     }
 
     #[test]
     fn txt_and_any_queries() {
-        let m = parse(
-            &query(9, "_dmarc.example.net", TYPE::TXT.into()),
-            Transport::Udp,
-        )
-        .unwrap();
+        let m = parse(&query(9, "_dmarc.example.net", TYPE::TXT.into()), Transport::Udp).unwrap();
         assert_eq!(m.questions, vec![q("_dmarc.example.net", "TXT", 16)]);
         let m = parse(&query(9, "example.net", QTYPE::ANY), Transport::Udp).unwrap();
         assert_eq!(m.questions, vec![q("example.net", "ANY", 255)]);
@@ -747,10 +706,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(
-            resolved_ips(&m),
-            vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 10)), IpAddr::from(v6)]
-        );
+        assert_eq!(resolved_ips(&m), vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 10)), IpAddr::from(v6)]);
     }
 
     #[test]
@@ -868,10 +824,7 @@ mod tests {
         assert!(m.truncated);
         assert_eq!(m.questions, all.questions);
         assert_eq!(m.answers, all.answers[..2]);
-        assert_eq!(
-            resolved_ips(&m),
-            vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 10))]
-        );
+        assert_eq!(resolved_ips(&m), vec![IpAddr::from(Ipv4Addr::new(192, 0, 2, 10))]);
 
         // Every cut after the question gives Ok with a prefix of the answers;
         // every cut inside the header or question is an error.
@@ -892,47 +845,27 @@ mod tests {
     #[test]
     fn short_and_garbage_input() {
         assert_eq!(parse(&[], Transport::Udp), Err(DnsError::HeaderTooShort));
-        assert_eq!(
-            parse(&[0; 11], Transport::Udp),
-            Err(DnsError::HeaderTooShort)
-        );
+        assert_eq!(parse(&[0; 11], Transport::Udp), Err(DnsError::HeaderTooShort));
         assert_eq!(parse(&[], Transport::Tcp), Err(DnsError::MissingTcpLength));
         assert_eq!(parse(&[0], Transport::Tcp), Err(DnsError::MissingTcpLength));
         // A prefix that declares less than a header.
         assert_eq!(
-            parse(
-                &[0, 5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
-                Transport::Tcp
-            ),
+            parse(&[0, 5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], Transport::Tcp),
             Err(DnsError::HeaderTooShort)
         );
         // A header announcing a question that is not there.
-        assert_eq!(
-            parse(&HAND_QUERY[..12], Transport::Udp),
-            Err(DnsError::QuestionTruncated)
-        );
-        assert_eq!(
-            parse(&HAND_QUERY[..31], Transport::Udp),
-            Err(DnsError::QuestionTruncated)
-        );
+        assert_eq!(parse(&HAND_QUERY[..12], Transport::Udp), Err(DnsError::QuestionTruncated));
+        assert_eq!(parse(&HAND_QUERY[..31], Transport::Udp), Err(DnsError::QuestionTruncated));
         // Reserved label type 0x40 in the question.
         let mut bad = HAND_QUERY.to_vec();
         bad[12] = 0x43;
-        assert_eq!(
-            parse(&bad, Transport::Udp),
-            Err(DnsError::BadQuestionName(NameError::BadLabelType))
-        );
+        assert_eq!(parse(&bad, Transport::Udp), Err(DnsError::BadQuestionName(NameError::BadLabelType)));
         // A bare header with no records is a valid (empty) message.
         let m = parse(&[0; 12], Transport::Udp).unwrap();
         assert!(m.questions.is_empty() && !m.truncated);
         // Huge counts with no data behind them: error, no huge allocation.
         assert_eq!(
-            parse(
-                &[
-                    0, 0, 0x81, 0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
-                ],
-                Transport::Udp
-            ),
+            parse(&[0, 0, 0x81, 0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Transport::Udp),
             Err(DnsError::QuestionTruncated)
         );
         let mut many = HAND_RESPONSE.to_vec();
@@ -978,31 +911,19 @@ mod tests {
     fn compression_pointer_loops_terminate() {
         // Offset 12 points at itself.
         let self_loop = one_question(&[0xc0, 0x0c, 0, 1, 0, 1]);
-        assert_eq!(
-            parse(&self_loop, Transport::Udp),
-            Err(DnsError::BadQuestionName(NameError::PointerLoop))
-        );
+        assert_eq!(parse(&self_loop, Transport::Udp), Err(DnsError::BadQuestionName(NameError::PointerLoop)));
         // 12 -> 14 -> 12 ...
         let ping_pong = one_question(&[0xc0, 0x0e, 0xc0, 0x0c, 0, 1, 0, 1]);
-        assert_eq!(
-            parse(&ping_pong, Transport::Udp),
-            Err(DnsError::BadQuestionName(NameError::PointerLoop))
-        );
+        assert_eq!(parse(&ping_pong, Transport::Udp), Err(DnsError::BadQuestionName(NameError::PointerLoop)));
         // A label then a pointer back to it: the name would grow forever.
         let growing = one_question(&[0x01, b'a', 0xc0, 0x0c, 0, 1, 0, 1]);
-        assert_eq!(
-            parse(&growing, Transport::Udp),
-            Err(DnsError::BadQuestionName(NameError::TooLong))
-        );
+        assert_eq!(parse(&growing, Transport::Udp), Err(DnsError::BadQuestionName(NameError::TooLong)));
         // A pointer into the header, which reads as junk labels.
         let into_header = one_question(&[0xc0, 0x00, 0, 1, 0, 1]);
         assert!(parse(&into_header, Transport::Udp).is_err());
         // Beyond the message.
         let beyond = one_question(&[0xc3, 0xff, 0, 1, 0, 1]);
-        assert_eq!(
-            parse(&beyond, Transport::Udp),
-            Err(DnsError::BadQuestionName(NameError::PointerOutOfRange))
-        );
+        assert_eq!(parse(&beyond, Transport::Udp), Err(DnsError::BadQuestionName(NameError::PointerOutOfRange)));
 
         // A loop in an answer's name or CNAME target: the question survives.
         let mut resp = HAND_RESPONSE.to_vec();
@@ -1036,10 +957,7 @@ mod tests {
         // 3 * 64 + 62 + 1 = 255 wire bytes: the longest legal name.
         let m = parse(&name(61), Transport::Udp).unwrap();
         assert_eq!(m.questions[0].name.len(), 63 * 3 + 61 + 3);
-        assert_eq!(
-            parse(&name(62), Transport::Udp),
-            Err(DnsError::BadQuestionName(NameError::TooLong))
-        );
+        assert_eq!(parse(&name(62), Transport::Udp), Err(DnsError::BadQuestionName(NameError::TooLong)));
     }
 
     #[test]
@@ -1090,10 +1008,7 @@ mod tests {
 
     #[test]
     fn error_messages() {
-        assert_eq!(
-            DnsError::HeaderTooShort.to_string(),
-            "DNS header shorter than 12 bytes"
-        );
+        assert_eq!(DnsError::HeaderTooShort.to_string(), "DNS header shorter than 12 bytes");
         assert_eq!(
             DnsError::BadQuestionName(NameError::PointerLoop).to_string(),
             "malformed name in DNS question: too many compression pointers (pointer loop)"

@@ -78,9 +78,7 @@ impl Check {
 
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut b = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -336,7 +334,12 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         netns.path().to_string_lossy().into_owned(),
         script,
     ];
-    println!("watcher drill: policy {}, {} mode; step in network namespace {}", policy.display(), mode.as_str(), netns.name);
+    println!(
+        "watcher drill: policy {}, {} mode; step in network namespace {}",
+        policy.display(),
+        mode.as_str(),
+        netns.name
+    );
     let result = crate::run::run_timed(RunOptions {
         command,
         log: opts.log.clone(),
@@ -352,12 +355,18 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     drop(tmp);
     let (_code, timings) = result?;
 
-    let find = |rule: &str, needle: &str| timings.iter().find(|t| t.alert.rule == rule && t.alert.message.contains(needle)).cloned();
+    let find = |rule: &str, needle: &str| {
+        timings.iter().find(|t| t.alert.rule == rule && t.alert.message.contains(needle)).cloned()
+    };
     // A policy whose resolvers exclude the system's catches the lookup by its resolver.
     let dns_alert = find(RULE_DNS_NAME, &canary_name).or_else(|| find(RULE_DNS_RESOLVER, &canary_name));
     let checks = [
         Check { name: "canary DNS lookup", rule: RULE_DNS_NAME, alert: dns_alert },
-        Check { name: "connect to canary address", rule: RULE_EGRESS, alert: find(RULE_EGRESS, &CANARY_IP.to_string()) },
+        Check {
+            name: "connect to canary address",
+            rule: RULE_EGRESS,
+            alert: find(RULE_EGRESS, &CANARY_IP.to_string()),
+        },
         Check { name: "shell from install script", rule: RULE_SHELL, alert: find(RULE_SHELL, "") },
         Check { name: "secret in DNS name", rule: RULE_SECRET, alert: find(RULE_SECRET, SECRET_VAR) },
     ];
@@ -365,7 +374,11 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     print!("{}", render(&checks, enforce));
     let missed = checks.iter().filter(|c| !c.passed(enforce)).count();
     if missed == 0 {
-        println!("watcher drill: PASS: all {} checks detected{}", checks.len(), if enforce { " and blocked" } else { "" });
+        println!(
+            "watcher drill: PASS: all {} checks detected{}",
+            checks.len(),
+            if enforce { " and blocked" } else { "" }
+        );
         Ok(0)
     } else {
         println!("watcher drill: FAIL: {missed} of {} checks missed", checks.len());
@@ -456,7 +469,9 @@ mod tests {
     #[test]
     fn secret_is_found_in_its_dns_name() {
         let secret = "FAKEdrillSECRET0123456789abcdef01234567";
-        let set = crate::secrets::SecretSet::new(&["AWS_*".to_string()], [(SECRET_VAR.to_string(), secret.to_string())]).unwrap();
+        let set =
+            crate::secrets::SecretSet::new(&["AWS_*".to_string()], [(SECRET_VAR.to_string(), secret.to_string())])
+                .unwrap();
         let name = format!("{}.x-1.{CANARY_DOMAIN}", secret_labels(secret));
         assert!(name.split('.').all(|l| l.len() <= 63));
         let m = set.find_in_dns_name(&name);

@@ -73,7 +73,18 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn alert(&mut self, out: &mut Vec<Alert>, ts: Ts, rule: &str, blocked: bool, killed: bool, severity: &str, pid: u32, subject: String, message: String) {
+    fn alert(
+        &mut self,
+        out: &mut Vec<Alert>,
+        ts: Ts,
+        rule: &str,
+        blocked: bool,
+        killed: bool,
+        severity: &str,
+        pid: u32,
+        subject: String,
+        message: String,
+    ) {
         if !self.raised.insert((rule.to_string(), pid, subject)) {
             return;
         }
@@ -101,7 +112,16 @@ impl Engine {
     /// A `secret-exfil` alert: like [`Engine::alert`], naming the variable and its redacted
     /// value (recorded in the event, so replay gives the same alert).
     #[allow(clippy::too_many_arguments)]
-    fn secret_alert(&mut self, out: &mut Vec<Alert>, ts: Ts, blocked: bool, pid: u32, s: &crate::event::SecretMatch, subject: String, message: String) {
+    fn secret_alert(
+        &mut self,
+        out: &mut Vec<Alert>,
+        ts: Ts,
+        blocked: bool,
+        pid: u32,
+        s: &crate::event::SecretMatch,
+        subject: String,
+        message: String,
+    ) {
         let before = out.len();
         self.alert(out, ts, RULE_SECRET, blocked, false, "critical", pid, subject, message);
         if out.len() > before
@@ -139,11 +159,20 @@ impl Engine {
                 for s in &x.secrets {
                     if self.policy.is_secret_env(&s.variable) {
                         self.secret_alert(
-                            &mut out, x.ts, false, x.proc.pid, s,
+                            &mut out,
+                            x.ts,
+                            false,
+                            x.proc.pid,
+                            s,
                             format!("{}:{}:{}", s.variable, x.daddr, x.dport),
                             format!(
                                 "the value of {}{} ({} encoded) is in the data sent to {}:{}/{}",
-                                s.variable, redacted_note(s), s.encoding, x.daddr, x.dport, x.proto.as_str()
+                                s.variable,
+                                redacted_note(s),
+                                s.encoding,
+                                x.daddr,
+                                x.dport,
+                                x.proto.as_str()
                             ),
                         );
                     }
@@ -179,7 +208,14 @@ impl Engine {
         if deny_alert {
             let rule = denied_by.unwrap_or_default();
             self.alert(
-                out, x.ts, RULE_EXEC, false, x.killed, "high", pid, x.filename.clone(),
+                out,
+                x.ts,
+                RULE_EXEC,
+                false,
+                x.killed,
+                "high",
+                pid,
+                x.filename.clone(),
                 format!("{} is denied by exec rule {rule:?}", x.filename),
             );
         }
@@ -187,7 +223,14 @@ impl Engine {
             let pkg = shell_from.unwrap_or_default();
             let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
             self.alert(
-                out, x.ts, RULE_SHELL, false, x.killed, "high", pid, x.filename.clone(),
+                out,
+                x.ts,
+                RULE_SHELL,
+                false,
+                x.killed,
+                "high",
+                pid,
+                x.filename.clone(),
                 format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
             );
         }
@@ -197,9 +240,7 @@ impl Engine {
         if self.policy.ip_allowed(ip, port) {
             return true;
         }
-        self.learned
-            .get(&canonical(ip))
-            .is_some_and(|names| names.iter().any(|n| self.policy.host_allowed(n, port)))
+        self.learned.get(&canonical(ip)).is_some_and(|names| names.iter().any(|n| self.policy.host_allowed(n, port)))
     }
 
     fn on_connect(&mut self, c: &Connect, out: &mut Vec<Alert>) {
@@ -210,7 +251,14 @@ impl Engine {
             if !self.policy.resolver_allowed(c.daddr, &self.resolvers) {
                 let dest = dest();
                 self.alert(
-                    out, c.ts, RULE_DNS_RESOLVER, !c.allowed, false, "high", pid, dest.clone(),
+                    out,
+                    c.ts,
+                    RULE_DNS_RESOLVER,
+                    !c.allowed,
+                    false,
+                    "high",
+                    pid,
+                    dest.clone(),
                     format!("DNS traffic to {dest}, which is not an allowed resolver"),
                 );
             }
@@ -219,11 +267,21 @@ impl Engine {
         if !self.egress_allowed(c.daddr, c.dport) {
             let dest = dest();
             let how = match self.answered.get(&canonical(c.daddr)) {
-                Some(names) => format!(" (an answer for {} gave this address)", names.iter().cloned().collect::<Vec<_>>().join(", ")),
+                Some(names) => format!(
+                    " (an answer for {} gave this address)",
+                    names.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
                 None => " (no allowed host resolved to it)".into(),
             };
             self.alert(
-                out, c.ts, RULE_EGRESS, !c.allowed, false, "high", pid, dest.clone(),
+                out,
+                c.ts,
+                RULE_EGRESS,
+                !c.allowed,
+                false,
+                "high",
+                pid,
+                dest.clone(),
                 format!("{} to {dest} is not allowed by policy{how}", c.op),
             );
         }
@@ -233,29 +291,61 @@ impl Engine {
         let pid = d.proc.pid;
         if let Some(err) = &d.error {
             self.alert(
-                out, d.ts, RULE_DNS_MALFORMED, !d.allowed, false, "high", pid, format!("{}:{}", d.server, d.server_port),
+                out,
+                d.ts,
+                RULE_DNS_MALFORMED,
+                !d.allowed,
+                false,
+                "high",
+                pid,
+                format!("{}:{}", d.server, d.server_port),
                 format!("{} bytes to port 53 of {} that are not a DNS query: {err}", d.payload_len, d.server),
             );
             return;
         }
         if !self.policy.resolver_allowed(d.server, &self.resolvers) {
             self.alert(
-                out, d.ts, RULE_DNS_RESOLVER, !d.allowed, false, "high", pid, d.server.to_string(),
+                out,
+                d.ts,
+                RULE_DNS_RESOLVER,
+                !d.allowed,
+                false,
+                "high",
+                pid,
+                d.server.to_string(),
                 format!("DNS query for {} sent to {}, which is not an allowed resolver", d.qname, d.server),
             );
         }
         let name_ok = self.policy.dns_name_allowed(&d.qname);
         if !name_ok {
             self.alert(
-                out, d.ts, RULE_DNS_NAME, !d.allowed, false, "high", pid, d.qname.to_ascii_lowercase(),
+                out,
+                d.ts,
+                RULE_DNS_NAME,
+                !d.allowed,
+                false,
+                "high",
+                pid,
+                d.qname.to_ascii_lowercase(),
                 format!("DNS query for {} ({}) is not allowed by policy", d.qname, d.qtype),
             );
         }
         for s in &d.secrets {
             if self.policy.is_secret_env(&s.variable) {
                 self.secret_alert(
-                    out, d.ts, !d.allowed, pid, s, format!("{}:{}", s.variable, d.qname),
-                    format!("the value of {}{} ({} encoded) is in the DNS query name sent to {}", s.variable, redacted_note(s), s.encoding, d.server),
+                    out,
+                    d.ts,
+                    !d.allowed,
+                    pid,
+                    s,
+                    format!("{}:{}", s.variable, d.qname),
+                    format!(
+                        "the value of {}{} ({} encoded) is in the DNS query name sent to {}",
+                        s.variable,
+                        redacted_note(s),
+                        s.encoding,
+                        d.server
+                    ),
                 );
             }
         }
@@ -281,7 +371,14 @@ impl Engine {
         // One alert per source: the summary has the totals.
         let before = self.alerts;
         self.alert(
-            out, l.ts, RULE_LOSS, false, false, "medium", 0, l.source.clone(),
+            out,
+            l.ts,
+            RULE_LOSS,
+            false,
+            false,
+            "medium",
+            0,
+            l.source.clone(),
             format!("the kernel lost {} {} events: what they were cannot be judged", l.count, l.source),
         );
         self.loss_alerts += self.alerts - before;

@@ -25,9 +25,8 @@ impl Serialize for Ts {
 impl<'de> Deserialize<'de> for Ts {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        let t = humantime::parse_rfc3339(&s).map_err(|e| {
-            serde::de::Error::custom(format!("invalid timestamp {s:?} (want RFC 3339): {e}"))
-        })?;
+        let t = humantime::parse_rfc3339(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid timestamp {s:?} (want RFC 3339): {e}")))?;
         let ns = t
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|_| serde::de::Error::custom("timestamp before 1970"))?

@@ -240,16 +240,18 @@ fn main() {
         }),
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, ringbuf_size, command, policy, mode, report, report_format } => run::run(run::RunOptions {
-            command,
-            log,
-            quiet,
-            ringbuf_bytes: ringbuf_size,
-            policy,
-            mode: mode.map(ModeArg::into_mode),
-            report,
-            report_format: report_format.map(Format::into_format),
-        }),
+        Command::Run { log, quiet, ringbuf_size, command, policy, mode, report, report_format } => {
+            run::run(run::RunOptions {
+                command,
+                log,
+                quiet,
+                ringbuf_bytes: ringbuf_size,
+                policy,
+                mode: mode.map(ModeArg::into_mode),
+                report,
+                report_format: report_format.map(Format::into_format),
+            })
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

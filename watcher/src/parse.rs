@@ -183,7 +183,11 @@ struct FExit {
 
 impl From<FExit> for Event {
     fn from(x: FExit) -> Event {
-        Event::Exit(Exit { ts: x.ts, proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid }, exit_code: x.exit_code })
+        Event::Exit(Exit {
+            ts: x.ts,
+            proc: Proc { pid: x.pid, ppid: x.ppid, comm: x.comm, uid: x.uid },
+            exit_code: x.exit_code,
+        })
     }
 }
 
@@ -349,7 +353,11 @@ mod tests {
                 Ok(())
             };
             for_each_line(&mut r, push, |e, _| e.into()).unwrap();
-            assert_eq!(got, [("a".into(), 1), ("bcd\r".into(), 4), ("last-without-newline".into(), 5)], "capacity {cap}");
+            assert_eq!(
+                got,
+                [("a".into(), 1), ("bcd\r".into(), 4), ("last-without-newline".into(), 5)],
+                "capacity {cap}"
+            );
         }
     }
 
@@ -421,7 +429,8 @@ pub mod generate {
             self.below(100) < pct
         }
         fn word(&mut self) -> String {
-            const W: &[&str] = &["node", "sh", "npm", "python3", "cc1", "ld", "git", "curl", "a\"b", "ü\\x", "es\u{1}c"];
+            const W: &[&str] =
+                &["node", "sh", "npm", "python3", "cc1", "ld", "git", "curl", "a\"b", "ü\\x", "es\u{1}c"];
             W[self.below(W.len() as u64) as usize].to_string()
         }
         fn ip(&mut self) -> IpAddr {
@@ -432,7 +441,12 @@ pub mod generate {
             }
         }
         fn proc(&mut self) -> Proc {
-            Proc { pid: self.next_u64() as u32, ppid: self.next_u64() as u32, comm: self.word(), uid: if self.chance(50) { 0 } else { 1000 } }
+            Proc {
+                pid: self.next_u64() as u32,
+                ppid: self.next_u64() as u32,
+                comm: self.word(),
+                uid: if self.chance(50) { 0 } else { 1000 },
+            }
         }
         fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
             if self.chance(50) { Some(f(self)) } else { None }
@@ -464,7 +478,11 @@ pub mod generate {
                     pid: self.next_u64() as u32,
                     sensors: vec![SensorState { name: "dns".into(), active: true, detail: self.opt(Self::word) }],
                     resolvers: self.vec(2, Self::ip),
-                    registries: if self.chance(50) { BTreeMap::from([("npm".to_string(), vec!["r.test".to_string()])]) } else { BTreeMap::new() },
+                    registries: if self.chance(50) {
+                        BTreeMap::from([("npm".to_string(), vec!["r.test".to_string()])])
+                    } else {
+                        BTreeMap::new()
+                    },
                     policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
                 }),
                 1 => Event::Exec(Exec {
@@ -475,7 +493,11 @@ pub mod generate {
                     argv_truncated: self.chance(10),
                     argv_redacted: self.chance(10),
                     cgroup_id: self.next_u64(),
-                    env: if self.chance(30) { BTreeMap::from([("npm_package_name".to_string(), self.word())]) } else { BTreeMap::new() },
+                    env: if self.chance(30) {
+                        BTreeMap::from([("npm_package_name".to_string(), self.word())])
+                    } else {
+                        BTreeMap::new()
+                    },
                     killed: self.chance(10),
                     shell: self.chance(10),
                     cwd: self.opt(Self::word),

@@ -73,14 +73,15 @@ pub fn install_script_of(
     cwd: Option<&str>,
 ) -> Option<Attribution> {
     if let (Some(ev), Some(name)) = (env.get("npm_lifecycle_event"), env.get("npm_package_name"))
-        && NPM_INSTALL_EVENTS.contains(&ev.as_str()) {
-            return Some(Attribution {
-                manager: "npm".into(),
-                package: name.clone(),
-                version: env.get("npm_package_version").cloned(),
-                stage: ev.clone(),
-            });
-        }
+        && NPM_INSTALL_EVENTS.contains(&ev.as_str())
+    {
+        return Some(Attribution {
+            manager: "npm".into(),
+            package: name.clone(),
+            version: env.get("npm_package_version").cloned(),
+            stage: ev.clone(),
+        });
+    }
     let base = basename(filename);
     if base.starts_with("build-script-") {
         // cargo runs target/<profile>/build/<crate>-<hash>/build-script-build with
@@ -136,7 +137,14 @@ impl ProcTree {
                     Some(p) => (p.filename.clone(), p.argv.clone()),
                     None => (None, Arc::from(Vec::new())),
                 };
-                let node = Node { ppid: f.proc.ppid, comm: f.proc.comm.clone(), filename, argv, attribution: None, exited: false };
+                let node = Node {
+                    ppid: f.proc.ppid,
+                    comm: f.proc.comm.clone(),
+                    filename,
+                    argv,
+                    attribution: None,
+                    exited: false,
+                };
                 self.nodes.insert(f.proc.pid, node);
             }
             Event::Exec(x) => {
@@ -151,10 +159,9 @@ impl ProcTree {
                 node.argv = Arc::from(x.argv.as_slice());
                 node.exited = false;
                 // The outermost process of a script is its start; descendants inherit.
-                if !in_script
-                    && let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
-                        node.attribution = Some(Box::new(a));
-                    }
+                if !in_script && let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
+                    node.attribution = Some(Box::new(a));
+                }
             }
             Event::Exit(x) => {
                 if let Some(n) = self.nodes.get_mut(&x.proc.pid) {
@@ -238,9 +245,12 @@ mod tests {
     fn cargo_build_script_and_pip_build() {
         let mut env = BTreeMap::new();
         env.insert("CARGO_PKG_NAME".to_string(), "openssl-sys".to_string());
-        let a = install_script_of("/w/target/debug/build/openssl-sys-0a1b/build-script-build", &[], &env, None).unwrap();
+        let a =
+            install_script_of("/w/target/debug/build/openssl-sys-0a1b/build-script-build", &[], &env, None).unwrap();
         assert_eq!((a.manager.as_str(), a.package.as_str(), a.stage.as_str()), ("cargo", "openssl-sys", "build.rs"));
-        let a = install_script_of("/w/target/debug/build/foo-bar-0a1b2c/build-script-main", &[], &BTreeMap::new(), None).unwrap();
+        let a =
+            install_script_of("/w/target/debug/build/foo-bar-0a1b2c/build-script-main", &[], &BTreeMap::new(), None)
+                .unwrap();
         assert_eq!(a.package, "foo-bar");
         let argv: Vec<String> = vec![
             "/usr/bin/python3".into(),
@@ -249,7 +259,10 @@ mod tests {
         ];
         let a = install_script_of("/usr/bin/python3.11", &argv, &BTreeMap::new(), None).unwrap();
         assert_eq!(a.package, "py-formatter-util");
-        assert!(install_script_of("/usr/bin/python3", &["python3".into(), "app.py".into()], &BTreeMap::new(), None).is_none());
+        assert!(
+            install_script_of("/usr/bin/python3", &["python3".into(), "app.py".into()], &BTreeMap::new(), None)
+                .is_none()
+        );
         // What pip really runs for a PEP 517 build: the sdist is named by the working directory.
         let pep517: Vec<String> = vec![
             "/venv/bin/python3".into(),

@@ -146,19 +146,12 @@ fn task(h: &c::Header) -> Task {
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == c::AF_INET {
-        IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
-    } else {
-        IpAddr::from(*raw)
-    }
+    if family == c::AF_INET { IpAddr::from([raw[0], raw[1], raw[2], raw[3]]) } else { IpAddr::from(*raw) }
 }
 
 /// Split the NUL-separated argv blob into at most `argc` strings.
 fn split_args(blob: &[u8], argc: u32) -> Vec<String> {
-    blob.split(|&b| b == 0)
-        .take(argc as usize)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+    blob.split(|&b| b == 0).take(argc as usize).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
 fn split_env(blob: &[u8]) -> Vec<(String, String)> {
@@ -200,10 +193,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         }
         c::KIND_EXIT => {
             let r: c::ExitRecord = read(buf, hdr.kind)?;
-            Ok(Record::Exit {
-                task: task(&r.hdr),
-                exit_code: (r.code_known != 0).then_some(r.exit_code),
-            })
+            Ok(Record::Exit { task: task(&r.hdr), exit_code: (r.code_known != 0).then_some(r.exit_code) })
         }
         c::KIND_CONNECT => {
             let r: c::ConnectRecord = read(buf, hdr.kind)?;
@@ -254,14 +244,25 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) POD value for the test.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
     }
 
     fn hdr(kind: u32) -> c::Header {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"node");
-        c::Header { kind, pid: 42, tid: 43, ppid: 7, ts_ns: 1_000, cgroup_id: 99, uid: 1000, gid: 1000, comm, job: 0, _pad: 0 }
+        c::Header {
+            kind,
+            pid: 42,
+            tid: 43,
+            ppid: 7,
+            ts_ns: 1_000,
+            cgroup_id: 99,
+            uid: 1000,
+            gid: 1000,
+            comm,
+            job: 0,
+            _pad: 0,
+        }
     }
 
     #[test]

@@ -41,7 +41,11 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     };
     let mut r = BufReader::with_capacity(256 * 1024, raw);
     let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
-    Ok(if gz { Box::new(BufReader::with_capacity(256 * 1024, flate2::bufread::MultiGzDecoder::new(r))) } else { Box::new(r) })
+    Ok(if gz {
+        Box::new(BufReader::with_capacity(256 * 1024, flate2::bufread::MultiGzDecoder::new(r)))
+    } else {
+        Box::new(r)
+    })
 }
 
 /// The policy to judge with: the one given, or the one the log says was used live.
@@ -73,7 +77,11 @@ pub fn for_each_event(path: &Path, f: impl FnMut(Event, u64) -> anyhow::Result<(
 pub type Parser = fn(&[u8]) -> Result<Event, serde_json::Error>;
 
 /// [`for_each_event`] with a given line parser.
-pub fn for_each_event_with(path: &Path, parse: Parser, mut f: impl FnMut(Event, u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn for_each_event_with(
+    path: &Path,
+    parse: Parser,
+    mut f: impl FnMut(Event, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let name = log_name(path);
     let mut reader = open(path)?;
     crate::parse::for_each_line(
@@ -92,7 +100,12 @@ pub fn replay_one(path: &Path, opts: &ReplayOptions, on_alert: impl FnMut(&Alert
 }
 
 /// [`replay_one`] with a given line parser.
-pub fn replay_one_with(path: &Path, opts: &ReplayOptions, parse: Parser, mut on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
+pub fn replay_one_with(
+    path: &Path,
+    opts: &ReplayOptions,
+    parse: Parser,
+    mut on_alert: impl FnMut(&Alert),
+) -> anyhow::Result<Replayed> {
     let name = log_name(path);
     let mut engine: Option<Engine> = None;
     let mut alerts = Vec::new();

@@ -1,12 +1,6 @@
 //! `watcher run -- CMD`: run one command in a fresh cgroup, watch exactly its process tree,
 //! log its events, and clean everything up.
-use std::{
-    ffi::CString,
-    io::Write as _,
-    os::unix::process::ExitStatusExt as _,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{ffi::CString, io::Write as _, os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,12 +10,12 @@ use crate::{
     collect::Collector,
     engine::Engine,
     event::{End, Event, Loss, PolicyInfo, SCHEMA_VERSION, Start, Ts},
-    policy::{Mode, Policy},
-    secrets::SecretSet,
     exitcode,
     log::LogWriter,
+    policy::{Mode, Policy},
     record,
     report::{self, Report, event_line},
+    secrets::SecretSet,
     sensor::{COUNTER_NAMES, Sensor, SensorConfig},
 };
 
@@ -42,8 +36,20 @@ pub struct RunOptions {
 /// Variable-name globs whose values are always looked for in DNS names (besides the policy's
 /// own), so a log recorded under one policy can be replayed under a stricter one.
 pub const SECRET_CANDIDATES: &[&str] = &[
-    "AWS_*", "*_TOKEN", "*TOKEN*", "*_KEY", "*_KEY_*", "*SECRET*", "*PASSWORD*", "*PASSWD*",
-    "*CREDENTIAL*", "*PRIVATE*", "*_AUTH", "*_AUTH_*", "*APIKEY*", "*API_KEY*",
+    "AWS_*",
+    "*_TOKEN",
+    "*TOKEN*",
+    "*_KEY",
+    "*_KEY_*",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*CREDENTIAL*",
+    "*PRIVATE*",
+    "*_AUTH",
+    "*_AUTH_*",
+    "*APIKEY*",
+    "*API_KEY*",
 ];
 
 /// What is known before the command starts: the loaded policy (mode applied), its registry
@@ -111,16 +117,11 @@ pub fn clock_offset_ns() -> i128 {
 
 pub fn boot_now_ns() -> u64 {
     use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
 }
 
 pub fn now_ts() -> Ts {
-    Ts(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0))
+    Ts(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
 }
 
 /// A per-run secret seed for the kernel's DNS name hash.
@@ -155,14 +156,15 @@ impl Sinks {
     fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
         // The command itself was forked by us before the kernel knew it: its parent is watcher.
         if let Some(p) = e.proc_mut()
-            && p.pid == self.root_pid && p.ppid == 0 {
-                p.ppid = self.watcher_pid;
-            }
+            && p.pid == self.root_pid
+            && p.ppid == 0
+        {
+            p.ppid = self.watcher_pid;
+        }
         if let Event::Exec(x) = &mut e {
             // Best effort: the process may already be gone.
-            x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned());
+            x.cwd =
+                std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid)).ok().map(|p| p.to_string_lossy().into_owned());
         }
         self.write(&e)?;
         // The engine judges exactly what was logged, as replay will.
@@ -180,10 +182,9 @@ impl Sinks {
 
     fn write(&mut self, e: &Event) -> anyhow::Result<()> {
         let show = !self.quiet || matches!(e, Event::Alert(_) | Event::Loss(_));
-        if show
-            && let Some(line) = event_line(e) {
-                eprintln!("watcher: {line}");
-            }
+        if show && let Some(line) = event_line(e) {
+            eprintln!("watcher: {line}");
+        }
         self.summary.add(e);
         if let Some(log) = &mut self.log {
             log.write(e)?;
@@ -203,7 +204,12 @@ impl LossTracker {
         let totals = sensor.counters()?;
         for (i, &t) in totals.iter().enumerate() {
             if t > self.seen[i] {
-                let e = Event::Loss(Loss { ts: now_ts(), source: COUNTER_NAMES[i].into(), count: t - self.seen[i], total: t });
+                let e = Event::Loss(Loss {
+                    ts: now_ts(),
+                    source: COUNTER_NAMES[i].into(),
+                    count: t - self.seen[i],
+                    total: t,
+                });
                 self.seen[i] = t;
                 sinks.emit(e)?;
             }
@@ -362,8 +368,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut sigs = Vec::new();
-    for k in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit(),
-              SignalKind::user_defined1(), SignalKind::user_defined2()] {
+    for k in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ] {
         sigs.push((k, signal(k).context("installing signal handlers")?));
     }
     let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
@@ -454,8 +466,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     sinks.summary.watcher_exit = Some(code);
     write_reports(&sinks.summary, report_file, &opts)?;
     if code != cmd_code {
-        eprintln!("watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
-            if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" });
+        eprintln!(
+            "watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
+            if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" }
+        );
     }
     Ok((code, sinks.timings))
 }

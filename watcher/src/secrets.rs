@@ -78,9 +78,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use data_encoding::{
-    BASE32_NOPAD, BASE32HEX_NOPAD, BASE64_NOPAD, BASE64URL_NOPAD, HEXLOWER, HEXUPPER,
-};
+use data_encoding::{BASE32_NOPAD, BASE32HEX_NOPAD, BASE64_NOPAD, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
@@ -219,13 +217,7 @@ impl SecretSet {
             values.push((value.clone(), redact(&value)));
         }
         values.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        Ok(SecretSet {
-            names,
-            redacted,
-            values,
-            dns: dns.build(),
-            payload: payload.build(),
-        })
+        Ok(SecretSet { names, redacted, values, dns: dns.build(), payload: payload.build() })
     }
 
     /// True if no variable is protected (then every search returns nothing, at no cost).
@@ -296,11 +288,7 @@ impl SecretSet {
         if self.is_empty() {
             return Vec::new();
         }
-        let haystack: Vec<u8> = qname
-            .bytes()
-            .filter(|&b| b != b'.')
-            .map(|b| b.to_ascii_lowercase())
-            .collect();
+        let haystack: Vec<u8> = qname.bytes().filter(|&b| b != b'.').map(|b| b.to_ascii_lowercase()).collect();
         let mut found = Vec::new();
         self.dns.for_each_match(&haystack, |owners, _, _| {
             found.extend_from_slice(owners);
@@ -334,15 +322,10 @@ impl SecretSet {
         // A URL-encoded value usually has raw stretches long enough to match as a partial raw
         // leak ("bPxRfiCYEXAMPLEKEY" in "...%2FbPxRfiCYEXAMPLEKEY"): report the variable once,
         // with the more specific encoding.
-        let url_encoded: Vec<u32> = found
-            .iter()
-            .filter(|&&(_, encoding)| encoding == Encoding::UrlEncoded)
-            .map(|&(var, _)| var)
-            .collect();
+        let url_encoded: Vec<u32> =
+            found.iter().filter(|&&(_, encoding)| encoding == Encoding::UrlEncoded).map(|&(var, _)| var).collect();
         if !url_encoded.is_empty() {
-            found.retain(|&(var, encoding)| {
-                encoding != Encoding::Raw || !url_encoded.contains(&var)
-            });
+            found.retain(|&(var, encoding)| encoding != Encoding::Raw || !url_encoded.contains(&var));
         }
         self.hits(found)
     }
@@ -353,21 +336,15 @@ impl SecretSet {
         if !view.any_escaped() {
             return;
         }
-        self.payload
-            .for_each_match(&view.bytes, |owners, start, end| {
-                if view.escaped_in(start, end) {
-                    found.extend(owners.iter().map(|&(var, encoding)| {
-                        (
-                            var,
-                            if encoding == Encoding::Raw {
-                                raw_as
-                            } else {
-                                encoding
-                            },
-                        )
-                    }));
-                }
-            });
+        self.payload.for_each_match(&view.bytes, |owners, start, end| {
+            if view.escaped_in(start, end) {
+                found.extend(
+                    owners
+                        .iter()
+                        .map(|&(var, encoding)| (var, if encoding == Encoding::Raw { raw_as } else { encoding })),
+                );
+            }
+        });
     }
 
     fn hits(&self, mut found: Vec<(u32, Encoding)>) -> Vec<SecretHit> {
@@ -375,10 +352,7 @@ impl SecretSet {
         found.dedup();
         found
             .into_iter()
-            .map(|(var, encoding)| SecretHit {
-                variable: self.names[var as usize].clone(),
-                encoding,
-            })
+            .map(|(var, encoding)| SecretHit { variable: self.names[var as usize].clone(), encoding })
             .collect()
     }
 }
@@ -447,36 +421,20 @@ fn compile_patterns(patterns: &[String]) -> Result<(GlobSet, GlobSet), globset::
 /// Adds every needle of one value to the DNS and payload tables.
 fn add_variable(dns: &mut NeedleTable, payload: &mut NeedleTable, var: u32, value: &[u8]) {
     // Raw. DNS: dots vanish with the label separators, case is folded.
-    payload.add_form(
-        var,
-        Encoding::Raw,
-        Form::plain(value, value, 8, MIN_RAW_CHUNK),
-    );
+    payload.add_form(var, Encoding::Raw, Form::plain(value, value, 8, MIN_RAW_CHUNK));
     let dotless: Vec<u8> = value.iter().copied().filter(|&b| b != b'.').collect();
     if dotless.len() >= MIN_SECRET_LEN {
         let lower = dotless.to_ascii_lowercase();
-        dns.add_form(
-            var,
-            Encoding::Raw,
-            Form::plain(&lower, &dotless, 8, MIN_RAW_CHUNK),
-        );
+        dns.add_form(var, Encoding::Raw, Form::plain(&lower, &dotless, 8, MIN_RAW_CHUNK));
     }
 
     // Hex: always byte-aligned.
     let hex_lower = HEXLOWER.encode(value);
     let hex_upper = HEXUPPER.encode(value);
     for hex in [&hex_lower, &hex_upper] {
-        payload.add_form(
-            var,
-            Encoding::Hex,
-            Form::plain(hex.as_bytes(), value, 4, MIN_HEX_CHUNK),
-        );
+        payload.add_form(var, Encoding::Hex, Form::plain(hex.as_bytes(), value, 4, MIN_HEX_CHUNK));
     }
-    dns.add_form(
-        var,
-        Encoding::Hex,
-        Form::plain(hex_lower.as_bytes(), value, 4, MIN_HEX_CHUNK),
-    );
+    dns.add_form(var, Encoding::Hex, Form::plain(hex_lower.as_bytes(), value, 4, MIN_HEX_CHUNK));
 
     // Base32 and base64 behind every possible number of prefix bytes.
     let mut stream = Vec::with_capacity(value.len() + 4);
@@ -525,29 +483,11 @@ struct Form<'a> {
 
 impl<'a> Form<'a> {
     fn plain(text: &'a [u8], value: &'a [u8], bits: usize, window: usize) -> Form<'a> {
-        Form {
-            text,
-            value,
-            bits,
-            prefix: 0,
-            window,
-        }
+        Form { text, value, bits, prefix: 0, window }
     }
 
-    fn aligned(
-        text: &'a str,
-        value: &'a [u8],
-        bits: usize,
-        prefix: usize,
-        window: usize,
-    ) -> Form<'a> {
-        Form {
-            text: text.as_bytes(),
-            value,
-            bits,
-            prefix,
-            window,
-        }
+    fn aligned(text: &'a str, value: &'a [u8], bits: usize, prefix: usize, window: usize) -> Form<'a> {
+        Form { text: text.as_bytes(), value, bits, prefix, window }
     }
 }
 
@@ -579,13 +519,7 @@ impl NeedleTable {
 
     /// Adds the stable inner string of `form` and its distinctive windows.
     fn add_form(&mut self, var: u32, encoding: Encoding, form: Form<'_>) {
-        let Form {
-            text,
-            value,
-            bits,
-            prefix,
-            window,
-        } = form;
+        let Form { text, value, bits, prefix, window } = form;
         // Characters whose bits all come from `value`: [ceil(8p/b), floor(8(p+len)/b)).
         let first = (8 * prefix).div_ceil(bits);
         let end = (8 * (prefix + value.len()) / bits).min(text.len());
@@ -617,20 +551,14 @@ impl NeedleTable {
         let searcher = if self.needles.is_empty() {
             Searcher::Empty
         } else {
-            match AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .build(&self.needles)
-            {
+            match AhoCorasick::builder().match_kind(MatchKind::Standard).build(&self.needles) {
                 Ok(automaton) => Searcher::Automaton(automaton),
                 // Only possible beyond aho-corasick's state-ID limits, which the caps above
                 // keep us far from; never silently stop detecting.
                 Err(_) => Searcher::Naive(self.needles),
             }
         };
-        Matcher {
-            searcher,
-            owners: self.owners,
-        }
+        Matcher { searcher, owners: self.owners }
     }
 }
 
@@ -703,10 +631,7 @@ impl View {
     fn with_capacity(capacity: usize) -> View {
         let mut escaped = Vec::with_capacity(capacity + 1);
         escaped.push(0);
-        View {
-            bytes: Vec::with_capacity(capacity),
-            escaped,
-        }
+        View { bytes: Vec::with_capacity(capacity), escaped }
     }
 
     fn push(&mut self, byte: u8, from_escape: bool) {
@@ -740,18 +665,16 @@ fn percent_decode(input: &[u8]) -> View {
     let mut i = 0;
     while i < input.len() {
         match input[i] {
-            b'%' if i + 2 < input.len() => {
-                match (hex_digit(input[i + 1]), hex_digit(input[i + 2])) {
-                    (Some(high), Some(low)) => {
-                        view.push(high << 4 | low, true);
-                        i += 3;
-                    }
-                    _ => {
-                        view.push(b'%', false);
-                        i += 1;
-                    }
+            b'%' if i + 2 < input.len() => match (hex_digit(input[i + 1]), hex_digit(input[i + 2])) {
+                (Some(high), Some(low)) => {
+                    view.push(high << 4 | low, true);
+                    i += 3;
                 }
-            }
+                _ => {
+                    view.push(b'%', false);
+                    i += 1;
+                }
+            },
             b'+' => {
                 view.push(b' ', true);
                 i += 1;
@@ -770,9 +693,7 @@ fn percent_decode(input: &[u8]) -> View {
 fn json_unescape(input: &[u8]) -> View {
     fn hex4(input: &[u8], at: usize) -> Option<u32> {
         let digits = input.get(at..at + 4)?;
-        digits
-            .iter()
-            .try_fold(0u32, |acc, &b| Some(acc << 4 | u32::from(hex_digit(b)?)))
+        digits.iter().try_fold(0u32, |acc, &b| Some(acc << 4 | u32::from(hex_digit(b)?)))
     }
 
     let mut view = View::with_capacity(input.len());
@@ -844,10 +765,7 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn patterns() -> Vec<String> {
@@ -873,19 +791,12 @@ mod tests {
     }
 
     fn hit(variable: &str, encoding: Encoding) -> SecretHit {
-        SecretHit {
-            variable: variable.to_string(),
-            encoding,
-        }
+        SecretHit { variable: variable.to_string(), encoding }
     }
 
     /// `encoded` cut into labels of at most `max` characters, followed by the attacker's domain.
     fn qname(encoded: &str, max: usize) -> String {
-        let labels: Vec<&str> = encoded
-            .as_bytes()
-            .chunks(max)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let labels: Vec<&str> = encoded.as_bytes().chunks(max).map(|c| std::str::from_utf8(c).unwrap()).collect();
         format!("{}.x.evil.test", labels.join("."))
     }
 
@@ -902,15 +813,7 @@ mod tests {
     }
 
     fn randomize_case(s: &str, rng: &mut Rng) -> String {
-        s.chars()
-            .map(|c| {
-                if rng.next() & 1 == 1 {
-                    c.to_ascii_uppercase()
-                } else {
-                    c.to_ascii_lowercase()
-                }
-            })
-            .collect()
+        s.chars().map(|c| if rng.next() & 1 == 1 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() }).collect()
     }
 
     // ----- DNS names -------------------------------------------------------------------
@@ -920,39 +823,23 @@ mod tests {
         let set = ci();
         let want = vec![hit("AWS_ACCESS_KEY_ID", Encoding::Raw)];
         assert_eq!(set.find_in_dns_name("akiaiosfodnn7example.evil.test"), want);
-        assert_eq!(
-            set.find_in_dns_name("AKIAIOSF.ODNN7EXAMPLE.evil.test"),
-            want
-        );
-        assert_eq!(
-            set.find_in_dns_name("AKIAIOSFODNN7EXAMPLE.evil.test."),
-            want
-        );
+        assert_eq!(set.find_in_dns_name("AKIAIOSF.ODNN7EXAMPLE.evil.test"), want);
+        assert_eq!(set.find_in_dns_name("AKIAIOSFODNN7EXAMPLE.evil.test."), want);
         assert_eq!(set.find_in_dns_name("a.b.AKIAIOSFODNN7EXAMPLE"), want);
     }
 
     #[test]
     fn raw_value_with_dots_in_dns_name() {
-        let set =
-            SecretSet::new(&patterns(), env(&[("SMTP_PASSWORD", "Zq9.Vt4.Kw7.Lp2")])).unwrap();
-        assert_eq!(
-            set.find_in_dns_name("zq9.vt4.kw7.lp2.evil.test"),
-            vec![hit("SMTP_PASSWORD", Encoding::Raw)]
-        );
-        assert_eq!(
-            set.find_in_dns_name("zq9vt4kw7lp2.evil.test"),
-            vec![hit("SMTP_PASSWORD", Encoding::Raw)]
-        );
+        let set = SecretSet::new(&patterns(), env(&[("SMTP_PASSWORD", "Zq9.Vt4.Kw7.Lp2")])).unwrap();
+        assert_eq!(set.find_in_dns_name("zq9.vt4.kw7.lp2.evil.test"), vec![hit("SMTP_PASSWORD", Encoding::Raw)]);
+        assert_eq!(set.find_in_dns_name("zq9vt4kw7lp2.evil.test"), vec![hit("SMTP_PASSWORD", Encoding::Raw)]);
     }
 
     #[test]
     fn hex_in_dns_name_lower_and_upper_in_63_char_labels() {
         let set = ci();
         let want = vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::Hex)];
-        for hex in [
-            HEXLOWER.encode(SECRET_KEY.as_bytes()),
-            HEXUPPER.encode(SECRET_KEY.as_bytes()),
-        ] {
+        for hex in [HEXLOWER.encode(SECRET_KEY.as_bytes()), HEXUPPER.encode(SECRET_KEY.as_bytes())] {
             assert_eq!(hex.len(), 80);
             let name = qname(&hex, 63);
             assert!(name.starts_with(&format!("{}.", &hex[..63])), "{name}");
@@ -981,25 +868,15 @@ mod tests {
     fn base64_in_dns_name_standard_and_url_safe() {
         let set = ci();
         for value in [SECRET_KEY, SIGNING_TOKEN] {
-            let variable = if value == SECRET_KEY {
-                "AWS_SECRET_ACCESS_KEY"
-            } else {
-                "SIGNING_TOKEN"
-            };
+            let variable = if value == SECRET_KEY { "AWS_SECRET_ACCESS_KEY" } else { "SIGNING_TOKEN" };
             let want = vec![hit(variable, Encoding::Base64)];
             let standard = BASE64.encode(value.as_bytes());
             let url = BASE64URL.encode(value.as_bytes());
             let unpadded = BASE64URL_NOPAD.encode(value.as_bytes());
             for text in [&standard, &url, &unpadded] {
                 assert_eq!(set.find_in_dns_name(&qname(text, 63)), want, "{text}");
-                assert_eq!(
-                    set.find_in_dns_name(&qname(&text.to_ascii_lowercase(), 63)),
-                    want
-                );
-                assert_eq!(
-                    set.find_in_dns_name(&qname(&text.to_ascii_uppercase(), 63)),
-                    want
-                );
+                assert_eq!(set.find_in_dns_name(&qname(&text.to_ascii_lowercase(), 63)), want);
+                assert_eq!(set.find_in_dns_name(&qname(&text.to_ascii_uppercase(), 63)), want);
             }
         }
         // The two alphabets really differ for this one.
@@ -1062,14 +939,8 @@ mod tests {
                 let b32 = BASE32.encode(&stream);
                 let want64 = vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::Base64)];
                 let want32 = vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::Base32)];
-                assert_eq!(
-                    set.find_in_dns_name(&qname(&b64.to_lowercase(), 63)),
-                    want64
-                );
-                assert_eq!(
-                    set.find_in_dns_name(&qname(&b32.to_lowercase(), 63)),
-                    want32
-                );
+                assert_eq!(set.find_in_dns_name(&qname(&b64.to_lowercase(), 63)), want64);
+                assert_eq!(set.find_in_dns_name(&qname(&b32.to_lowercase(), 63)), want32);
                 let payload = format!("data={}", BASE64.encode(&stream));
                 assert_eq!(set.find_in_payload(payload.as_bytes()), want64, "{payload}");
                 assert_eq!(set.find_in_payload(b32.as_bytes()), want32);
@@ -1087,23 +958,11 @@ mod tests {
             stream.extend_from_slice(b"Pa55w0rd");
             let want64 = vec![hit("CI_PASSWORD", Encoding::Base64)];
             let want32 = vec![hit("CI_PASSWORD", Encoding::Base32)];
-            assert_eq!(
-                set.find_in_payload(BASE64.encode(&stream).as_bytes()),
-                want64
-            );
-            assert_eq!(
-                set.find_in_dns_name(&qname(&BASE64URL.encode(&stream), 63)),
-                want64
-            );
-            assert_eq!(
-                set.find_in_dns_name(&qname(&BASE32.encode(&stream), 63)),
-                want32
-            );
+            assert_eq!(set.find_in_payload(BASE64.encode(&stream).as_bytes()), want64);
+            assert_eq!(set.find_in_dns_name(&qname(&BASE64URL.encode(&stream), 63)), want64);
+            assert_eq!(set.find_in_dns_name(&qname(&BASE32.encode(&stream), 63)), want32);
         }
-        assert_eq!(
-            set.find_in_dns_name("pa55w0rd.evil.test"),
-            vec![hit("CI_PASSWORD", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_dns_name("pa55w0rd.evil.test"), vec![hit("CI_PASSWORD", Encoding::Raw)]);
     }
 
     #[test]
@@ -1114,14 +973,8 @@ mod tests {
 
         // Raw: 16 characters are enough, 15 are not.
         let chunk = &SECRET_KEY[10..10 + MIN_RAW_CHUNK];
-        assert_eq!(
-            set.find_in_dns_name(&format!("{chunk}.evil.test")),
-            vec![hit(var, Encoding::Raw)]
-        );
-        assert_eq!(
-            set.find_in_payload(chunk.as_bytes()),
-            vec![hit(var, Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_dns_name(&format!("{chunk}.evil.test")), vec![hit(var, Encoding::Raw)]);
+        assert_eq!(set.find_in_payload(chunk.as_bytes()), vec![hit(var, Encoding::Raw)]);
         let short = &SECRET_KEY[10..10 + MIN_RAW_CHUNK - 1];
         assert_eq!(set.find_in_dns_name(&format!("{short}.evil.test")), vec![]);
         assert_eq!(set.find_in_payload(short.as_bytes()), vec![]);
@@ -1129,10 +982,7 @@ mod tests {
         // Hex: 16 digits starting at an odd digit.
         let hex = HEXLOWER.encode(value);
         let chunk = &hex[11..11 + MIN_HEX_CHUNK];
-        assert_eq!(
-            set.find_in_dns_name(&format!("{chunk}.evil.test")),
-            vec![hit(var, Encoding::Hex)]
-        );
+        assert_eq!(set.find_in_dns_name(&format!("{chunk}.evil.test")), vec![hit(var, Encoding::Hex)]);
         let short = &hex[11..11 + MIN_HEX_CHUNK - 1];
         assert_eq!(set.find_in_dns_name(&format!("{short}.evil.test")), vec![]);
 
@@ -1140,19 +990,10 @@ mod tests {
         for start in 0..8 {
             let slice = &value[start..start + 20];
             let b32 = BASE32.encode(slice).to_lowercase();
-            assert_eq!(
-                set.find_in_dns_name(&qname(&b32, 63)),
-                vec![hit(var, Encoding::Base32)]
-            );
+            assert_eq!(set.find_in_dns_name(&qname(&b32, 63)), vec![hit(var, Encoding::Base32)]);
             let b64 = BASE64URL_NOPAD.encode(slice);
-            assert_eq!(
-                set.find_in_dns_name(&qname(&b64, 63)),
-                vec![hit(var, Encoding::Base64)]
-            );
-            assert_eq!(
-                set.find_in_payload(BASE64.encode(slice).as_bytes()),
-                vec![hit(var, Encoding::Base64)]
-            );
+            assert_eq!(set.find_in_dns_name(&qname(&b64, 63)), vec![hit(var, Encoding::Base64)]);
+            assert_eq!(set.find_in_payload(BASE64.encode(slice).as_bytes()), vec![hit(var, Encoding::Base64)]);
         }
         // Too little of it: 8 bytes of the value encode to 11-13 characters, below the windows.
         let b64 = BASE64URL_NOPAD.encode(&value[4..12]);
@@ -1164,24 +1005,12 @@ mod tests {
         let set = ci();
         let hex = HEXLOWER.encode(SECRET_KEY.as_bytes());
         for piece in hex.as_bytes().chunks(20) {
-            let name = format!(
-                "{}.{}.evil.test",
-                piece.len(),
-                std::str::from_utf8(piece).unwrap()
-            );
-            assert_eq!(
-                set.find_in_dns_name(&name),
-                vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::Hex)],
-                "{name}"
-            );
+            let name = format!("{}.{}.evil.test", piece.len(), std::str::from_utf8(piece).unwrap());
+            assert_eq!(set.find_in_dns_name(&name), vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::Hex)], "{name}");
         }
         for piece in NPM_TOKEN.as_bytes().chunks(18) {
             let name = format!("{}.evil.test", std::str::from_utf8(piece).unwrap());
-            assert_eq!(
-                set.find_in_dns_name(&name),
-                vec![hit("NPM_TOKEN", Encoding::Raw)],
-                "{name}"
-            );
+            assert_eq!(set.find_in_dns_name(&name), vec![hit("NPM_TOKEN", Encoding::Raw)], "{name}");
         }
     }
 
@@ -1197,17 +1026,11 @@ mod tests {
         );
         assert_eq!(
             set.find_in_payload(request.as_bytes()),
-            vec![
-                hit("AWS_SECRET_ACCESS_KEY", Encoding::UrlEncoded),
-                hit("DB_PASSWORD", Encoding::UrlEncoded)
-            ]
+            vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::UrlEncoded), hit("DB_PASSWORD", Encoding::UrlEncoded)]
         );
         // In a query string too.
         let get = "GET /p?k=AKIAIOSFODNN7EXAMPLE%20 HTTP/1.1\r\n\r\n";
-        assert_eq!(
-            set.find_in_payload(get.as_bytes()),
-            vec![hit("AWS_ACCESS_KEY_ID", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(get.as_bytes()), vec![hit("AWS_ACCESS_KEY_ID", Encoding::Raw)]);
         // Fully percent-encoded: no raw stretch survives.
         let encoded: String = ACCESS_KEY.bytes().map(|b| format!("%{b:02X}")).collect();
         assert_eq!(
@@ -1220,13 +1043,8 @@ mod tests {
     fn payload_json_body() {
         let set = ci();
         let body = format!(r#"{{"id":"{ACCESS_KEY}","note":"hello"}}"#);
-        let request = format!(
-            "POST /v1 HTTP/1.1\r\nHost: evil.test\r\nContent-Type: application/json\r\n\r\n{body}"
-        );
-        assert_eq!(
-            set.find_in_payload(request.as_bytes()),
-            vec![hit("AWS_ACCESS_KEY_ID", Encoding::Raw)]
-        );
+        let request = format!("POST /v1 HTTP/1.1\r\nHost: evil.test\r\nContent-Type: application/json\r\n\r\n{body}");
+        assert_eq!(set.find_in_payload(request.as_bytes()), vec![hit("AWS_ACCESS_KEY_ID", Encoding::Raw)]);
     }
 
     #[test]
@@ -1236,15 +1054,9 @@ mod tests {
         let set = SecretSet::new(&patterns(), env(&[("DEPLOY_TOKEN", value)])).unwrap();
         let escaped = value.replace('/', "\\/");
         let body = format!(r#"{{"t":"{escaped}"}}"#);
-        assert_eq!(
-            set.find_in_payload(body.as_bytes()),
-            vec![hit("DEPLOY_TOKEN", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(body.as_bytes()), vec![hit("DEPLOY_TOKEN", Encoding::Raw)]);
         let unicode = value.replace('/', "\\u002F");
-        assert_eq!(
-            set.find_in_payload(unicode.as_bytes()),
-            vec![hit("DEPLOY_TOKEN", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(unicode.as_bytes()), vec![hit("DEPLOY_TOKEN", Encoding::Raw)]);
         // Without the escapes resolved nothing would match: the escaped text is not the value.
         assert!(!body.contains(value));
     }
@@ -1254,9 +1066,7 @@ mod tests {
         let set = ci();
         for user in ["u", "ci", "ci-bot", "deploy"] {
             let credentials = BASE64.encode(format!("{user}:{SECRET_KEY}").as_bytes());
-            let request = format!(
-                "GET / HTTP/1.1\r\nHost: evil.test\r\nAuthorization: Basic {credentials}\r\n\r\n"
-            );
+            let request = format!("GET / HTTP/1.1\r\nHost: evil.test\r\nAuthorization: Basic {credentials}\r\n\r\n");
             assert_eq!(
                 set.find_in_payload(request.as_bytes()),
                 vec![hit("AWS_SECRET_ACCESS_KEY", Encoding::Base64)],
@@ -1279,11 +1089,7 @@ mod tests {
         ];
         for (text, encoding) in cases {
             let payload = format!("PUT /x HTTP/1.1\r\n\r\nv={text}");
-            assert_eq!(
-                set.find_in_payload(payload.as_bytes()),
-                vec![hit("NPM_TOKEN", encoding)],
-                "{payload}"
-            );
+            assert_eq!(set.find_in_payload(payload.as_bytes()), vec![hit("NPM_TOKEN", encoding)], "{payload}");
         }
         // An 8-byte value: a single hex needle, with letters (no digit-only stretch shared by
         // both cases), so each case must be covered by its own needle.
@@ -1299,10 +1105,7 @@ mod tests {
         for prefix in ["", "a", "ab"] {
             let b64 = BASE64.encode(&[prefix.as_bytes(), SIGNING_TOKEN.as_bytes()].concat());
             assert!(b64.contains('+') || b64.contains('/'), "{b64}");
-            let form = b64
-                .replace('+', "%2B")
-                .replace('/', "%2f")
-                .replace('=', "%3D");
+            let form = b64.replace('+', "%2B").replace('/', "%2f").replace('=', "%3D");
             let hits = set.find_in_payload(format!("d={form}").as_bytes());
             assert_eq!(hits, vec![hit("SIGNING_TOKEN", Encoding::Base64)], "{form}");
         }
@@ -1320,10 +1123,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let payload = format!(
-            "{ACCESS_KEY} {ACCESS_KEY} {}",
-            HEXLOWER.encode(ACCESS_KEY.as_bytes())
-        );
+        let payload = format!("{ACCESS_KEY} {ACCESS_KEY} {}", HEXLOWER.encode(ACCESS_KEY.as_bytes()));
         assert_eq!(
             set.find_in_payload(payload.as_bytes()),
             vec![
@@ -1335,10 +1135,7 @@ mod tests {
         );
         // Last value wins for a repeated name.
         assert_eq!(set.find_in_payload(b"old-value-1234"), vec![]);
-        assert_eq!(
-            set.find_in_payload(NPM_TOKEN.as_bytes()),
-            vec![hit("C_TOKEN", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(NPM_TOKEN.as_bytes()), vec![hit("C_TOKEN", Encoding::Raw)]);
     }
 
     // ----- negatives -------------------------------------------------------------------
@@ -1399,19 +1196,10 @@ mod tests {
         let set = SecretSet::new(&patterns(), env(&[("FEED_TOKEN", value)])).unwrap();
         // Its windows (e.g. "registrynpmmirrortest") would fire on every npm install...
         assert_eq!(set.find_in_dns_name("registry.npm-mirror.test"), vec![]);
-        assert_eq!(
-            set.find_in_payload(b"GET / HTTP/1.1\r\nHost: registry.npm-mirror.test\r\n\r\n"),
-            vec![]
-        );
-        assert_eq!(
-            set.find_in_payload(BASE64.encode(b"https://registry.npm-mirror.test/").as_bytes()),
-            vec![]
-        );
+        assert_eq!(set.find_in_payload(b"GET / HTTP/1.1\r\nHost: registry.npm-mirror.test\r\n\r\n"), vec![]);
+        assert_eq!(set.find_in_payload(BASE64.encode(b"https://registry.npm-mirror.test/").as_bytes()), vec![]);
         // ...but the whole value is still protected.
-        assert_eq!(
-            set.find_in_payload(format!("url={value}").as_bytes()),
-            vec![hit("FEED_TOKEN", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(format!("url={value}").as_bytes()), vec![hit("FEED_TOKEN", Encoding::Raw)]);
         assert_eq!(
             set.find_in_dns_name(&qname(&HEXLOWER.encode(value.as_bytes()), 63)),
             vec![hit("FEED_TOKEN", Encoding::Hex)]
@@ -1433,10 +1221,7 @@ mod tests {
         assert_eq!(set.names(), vec!["CI_PASSWORD"]);
         assert_eq!(set.find_in_dns_name("eu-west.hunter2.evil.test"), vec![]);
         assert_eq!(set.find_in_payload(b"region=eu-west&token=hunter2"), vec![]);
-        assert_eq!(
-            set.find_in_payload(b"pw=Pa55w0rd"),
-            vec![hit("CI_PASSWORD", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(b"pw=Pa55w0rd"), vec![hit("CI_PASSWORD", Encoding::Raw)]);
 
         let empty = SecretSet::new(&patterns(), env(&[("GH_TOKEN", "hunter2")])).unwrap();
         assert!(empty.is_empty());
@@ -1450,13 +1235,7 @@ mod tests {
 
     #[test]
     fn glob_patterns_select_exactly_the_right_variables() {
-        let patterns = strings(&[
-            "AWS_*",
-            "*_TOKEN",
-            "*_PASSWORD",
-            "!AWS_REGION",
-            "!AWS_DEFAULT_*",
-        ]);
+        let patterns = strings(&["AWS_*", "*_TOKEN", "*_PASSWORD", "!AWS_REGION", "!AWS_DEFAULT_*"]);
         let set = SecretSet::new(
             &patterns,
             env(&[
@@ -1475,37 +1254,14 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(
-            set.names(),
-            vec![
-                "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN",
-                "DB_PASSWORD",
-                "GITHUB_TOKEN"
-            ]
-        );
+        assert_eq!(set.names(), vec!["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DB_PASSWORD", "GITHUB_TOKEN"]);
         assert_eq!(set.len(), 4);
         assert!(!set.is_empty());
         // Unselected values are not searched for.
-        assert_eq!(
-            set.find_in_payload(b"lowercase-name-123 /run/secrets/token us-east-1-long"),
-            vec![]
-        );
-        assert_eq!(
-            set.find_in_payload(b"ghs_0123456789abcdefABCDEF"),
-            vec![hit("GITHUB_TOKEN", Encoding::Raw)]
-        );
-        assert!(
-            SecretSet::new(&strings(&["*"]), env(&[("PATH", "/usr/local/bin")]))
-                .unwrap()
-                .names()
-                == vec!["PATH"]
-        );
-        assert!(
-            SecretSet::new(&[], env(&[("AWS_SECRET_ACCESS_KEY", SECRET_KEY)]))
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(set.find_in_payload(b"lowercase-name-123 /run/secrets/token us-east-1-long"), vec![]);
+        assert_eq!(set.find_in_payload(b"ghs_0123456789abcdefABCDEF"), vec![hit("GITHUB_TOKEN", Encoding::Raw)]);
+        assert!(SecretSet::new(&strings(&["*"]), env(&[("PATH", "/usr/local/bin")])).unwrap().names() == vec!["PATH"]);
+        assert!(SecretSet::new(&[], env(&[("AWS_SECRET_ACCESS_KEY", SECRET_KEY)])).unwrap().is_empty());
     }
 
     #[test]
@@ -1522,19 +1278,8 @@ mod tests {
         assert_eq!(redact("abcdefghijkl"), "ab…(12 chars)");
         assert_eq!(redact("x"), "…(1 char)");
         assert_eq!(redact("ééééééééééééé"), "éé…(13 chars)");
-        let tricky = [
-            "(10 chars)",
-            "K…(12 chars)",
-            "…(11 chars)",
-            "[redacted]",
-            "a",
-            "…",
-            "ch",
-        ];
-        for value in [SECRET_KEY, ACCESS_KEY, NPM_TOKEN, DB_PASSWORD, "Pa55w0rd"]
-            .into_iter()
-            .chain(tricky)
-        {
+        let tricky = ["(10 chars)", "K…(12 chars)", "…(11 chars)", "[redacted]", "a", "…", "ch"];
+        for value in [SECRET_KEY, ACCESS_KEY, NPM_TOKEN, DB_PASSWORD, "Pa55w0rd"].into_iter().chain(tricky) {
             let redacted = redact(value);
             assert!(!redacted.contains(value), "{value:?} -> {redacted:?}");
             assert!(!redacted.is_empty());
@@ -1546,10 +1291,7 @@ mod tests {
         let set = ci();
         let debug = format!("{set:?}");
         let pretty = format!("{set:#?}");
-        assert!(
-            debug.contains("AWS_SECRET_ACCESS_KEY") && debug.contains("NPM_TOKEN"),
-            "{debug}"
-        );
+        assert!(debug.contains("AWS_SECRET_ACCESS_KEY") && debug.contains("NPM_TOKEN"), "{debug}");
         for value in [SECRET_KEY, ACCESS_KEY, NPM_TOKEN, DB_PASSWORD] {
             let bytes = value.as_bytes();
             let derived = [
@@ -1561,10 +1303,7 @@ mod tests {
                 BASE32_NOPAD.encode(bytes)[..12].to_lowercase(),
             ];
             for text in derived {
-                assert!(
-                    !debug.contains(&text) && !pretty.contains(&text),
-                    "{text} in {debug}"
-                );
+                assert!(!debug.contains(&text) && !pretty.contains(&text), "{text} in {debug}");
             }
         }
         let hit = set.find_in_payload(SECRET_KEY.as_bytes());
@@ -1582,9 +1321,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.redact_values_in("curl -d k=nothing"), None);
-        let out = set
-            .redact_values_in("k=AKIAEXAMPLEKEY123456&p=hunter2-but-longer")
-            .unwrap();
+        let out = set.redact_values_in("k=AKIAEXAMPLEKEY123456&p=hunter2-but-longer").unwrap();
         assert_eq!(out, "k=AK…(20 chars)&p=hu…(18 chars)");
         assert_eq!(set.redacted("DB_PASSWORD"), Some("hu…(18 chars)"));
         assert_eq!(set.redacted("HOME"), None);
@@ -1593,20 +1330,11 @@ mod tests {
 
     #[test]
     fn encoding_names() {
-        let all = [
-            Encoding::Raw,
-            Encoding::Hex,
-            Encoding::Base32,
-            Encoding::Base64,
-            Encoding::UrlEncoded,
-        ];
+        let all = [Encoding::Raw, Encoding::Hex, Encoding::Base32, Encoding::Base64, Encoding::UrlEncoded];
         let names: Vec<&str> = all.iter().map(|e| e.as_str()).collect();
         assert_eq!(names, ["raw", "hex", "base32", "base64", "url"]);
         for e in all {
-            assert_eq!(
-                serde_json::to_string(&e).unwrap(),
-                format!("\"{}\"", e.as_str())
-            );
+            assert_eq!(serde_json::to_string(&e).unwrap(), format!("\"{}\"", e.as_str()));
             assert_eq!(e.to_string(), e.as_str());
         }
         assert_eq!(
@@ -1622,17 +1350,10 @@ mod tests {
         // A PEM-like 3 KiB value: needles are capped, chunks of window + stride - 1 still match.
         let mut rng = Rng(7);
         let body: Vec<u8> = (0..2250).map(|_| rng.next() as u8).collect();
-        let value = format!(
-            "-----BEGIN KEY-----\n{}\n-----END KEY-----",
-            BASE64.encode(&body)
-        );
+        let value = format!("-----BEGIN KEY-----\n{}\n-----END KEY-----", BASE64.encode(&body));
         let set = SecretSet::new(&patterns(), env(&[("SSH_PASSWORD", value.as_str())])).unwrap();
         let forms_per_value = 1 + 1 + 5 * 2 + 3 * 2; // dns: raw, hex, base32 x2, base64 x2
-        assert!(
-            set.dns.owners.len() <= forms_per_value * (MAX_WINDOWS_PER_FORM + 1),
-            "{}",
-            set.dns.owners.len()
-        );
+        assert!(set.dns.owners.len() <= forms_per_value * (MAX_WINDOWS_PER_FORM + 1), "{}", set.dns.owners.len());
 
         let count = value.len() - MIN_RAW_CHUNK + 1;
         let stride = count.div_ceil(MAX_WINDOWS_PER_FORM);
@@ -1640,17 +1361,10 @@ mod tests {
         let chunk_len = MIN_RAW_CHUNK + stride - 1;
         for start in [100, 101, 1001, 2000, value.len() - chunk_len - 10] {
             let chunk = &value[start..start + chunk_len];
-            assert_eq!(
-                set.find_in_payload(chunk.as_bytes()),
-                vec![hit("SSH_PASSWORD", Encoding::Raw)],
-                "{start}"
-            );
+            assert_eq!(set.find_in_payload(chunk.as_bytes()), vec![hit("SSH_PASSWORD", Encoding::Raw)], "{start}");
         }
         // The whole value is beyond MAX_FULL_NEEDLE_LEN, yet found through its windows.
-        assert_eq!(
-            set.find_in_payload(value.as_bytes()),
-            vec![hit("SSH_PASSWORD", Encoding::Raw)]
-        );
+        assert_eq!(set.find_in_payload(value.as_bytes()), vec![hit("SSH_PASSWORD", Encoding::Raw)]);
     }
 
     #[test]
@@ -1658,19 +1372,12 @@ mod tests {
         let mut table = NeedleTable::default();
         // "abcdefgh" behind one prefix byte: bits 8..72, characters 2..12 of base64(0 + value).
         let text = BASE64_NOPAD.encode(b"\x00abcdefgh");
-        table.add_form(
-            0,
-            Encoding::Base64,
-            Form::aligned(&text, b"abcdefgh", 6, 1, MIN_BASE64_CHUNK),
-        );
+        table.add_form(0, Encoding::Base64, Form::aligned(&text, b"abcdefgh", 6, 1, MIN_BASE64_CHUNK));
         assert_eq!(table.needles, vec![text.as_bytes()[2..12].to_vec()]);
         // The same characters appear whatever surrounds the value.
         for (before, after) in [(b"Z", b"".as_slice()), (b"\xff", b"\xff\xff"), (b"q", b"r")] {
             let other = BASE64_NOPAD.encode(&[before.as_slice(), b"abcdefgh", after].concat());
-            assert!(
-                other.contains(std::str::from_utf8(&table.needles[0]).unwrap()),
-                "{other}"
-            );
+            assert!(other.contains(std::str::from_utf8(&table.needles[0]).unwrap()), "{other}");
         }
     }
 
@@ -1696,22 +1403,9 @@ mod tests {
     #[test]
     fn naive_fallback_agrees_with_the_automaton() {
         let mut table = NeedleTable::default();
-        add_variable(
-            &mut table,
-            &mut NeedleTable::default(),
-            0,
-            SECRET_KEY.as_bytes(),
-        );
-        add_variable(
-            &mut table,
-            &mut NeedleTable::default(),
-            1,
-            NPM_TOKEN.as_bytes(),
-        );
-        let naive = Matcher {
-            searcher: Searcher::Naive(table.needles.clone()),
-            owners: table.owners.clone(),
-        };
+        add_variable(&mut table, &mut NeedleTable::default(), 0, SECRET_KEY.as_bytes());
+        add_variable(&mut table, &mut NeedleTable::default(), 1, NPM_TOKEN.as_bytes());
+        let naive = Matcher { searcher: Searcher::Naive(table.needles.clone()), owners: table.owners.clone() };
         let automaton = table.build();
         assert!(matches!(automaton.searcher, Searcher::Automaton(_)));
         let haystacks = [
@@ -1722,9 +1416,7 @@ mod tests {
         for haystack in haystacks {
             let collect = |m: &Matcher| {
                 let mut found = Vec::new();
-                m.for_each_match(haystack.as_bytes(), |owners, s, e| {
-                    found.push((owners.to_vec(), s, e))
-                });
+                m.for_each_match(haystack.as_bytes(), |owners, s, e| found.push((owners.to_vec(), s, e)));
                 found.sort();
                 found
             };

@@ -7,7 +7,10 @@ use std::{
     net::IpAddr,
 };
 
-use crate::{event::Event, proctree::{ProcTree, is_shell}};
+use crate::{
+    event::Event,
+    proctree::{ProcTree, is_shell},
+};
 
 #[derive(Default)]
 pub struct Suggester {
@@ -97,7 +100,9 @@ impl Suggester {
         let used: Vec<&String> = self
             .registries
             .iter()
-            .filter(|(pm, hosts)| self.used_registries.contains(*pm) || hosts.iter().any(|h| self.hosts.contains_key(h)))
+            .filter(|(pm, hosts)| {
+                self.used_registries.contains(*pm) || hosts.iter().any(|h| self.hosts.contains_key(h))
+            })
             .map(|(pm, _)| pm)
             .collect();
         y.push_str(&format!("  registries: [{}]\n", used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));

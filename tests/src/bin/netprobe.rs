@@ -90,10 +90,8 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut it = args.into_iter();
     while let Some(action) = it.next() {
-        let mut param = |what: &str| -> String {
-            it.next()
-                .unwrap_or_else(|| fail(format!("{action}: missing parameter {what}")))
-        };
+        let mut param =
+            |what: &str| -> String { it.next().unwrap_or_else(|| fail(format!("{action}: missing parameter {what}"))) };
         let a = match action.as_str() {
             "tcp" => Action::Tcp(parse_sockaddr(&param("ADDR:PORT"))),
             "uring-tcp" => Action::UringTcp(parse_sockaddr(&param("ADDR:PORT"))),
@@ -102,8 +100,7 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
             "dns-sendto" | "dns-sendmsg" | "dns-sendmmsg" | "dns-connected" | "dns-tcp" => {
                 let server = SocketAddr::new(parse_ip(&param("SERVER")), 53);
                 let names: Vec<String> = if action == "dns-sendmmsg" {
-                    let list: Vec<String> =
-                        param("NAME1,NAME2").split(',').map(String::from).collect();
+                    let list: Vec<String> = param("NAME1,NAME2").split(',').map(String::from).collect();
                     if list.len() != 2 || list.iter().any(|n| n.is_empty()) {
                         fail("dns-sendmmsg: NAME must be NAME1,NAME2");
                     }
@@ -119,9 +116,7 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
                 Action::Dns(action.clone(), server, names, qtype)
             }
             "sleep" => {
-                let ms: u64 = param("MS")
-                    .parse()
-                    .unwrap_or_else(|e| fail(format!("sleep: bad MS: {e}")));
+                let ms: u64 = param("MS").parse().unwrap_or_else(|e| fail(format!("sleep: bad MS: {e}")));
                 Action::Sleep(Duration::from_millis(ms))
             }
             "daemonize" => Action::Daemonize,
@@ -168,23 +163,12 @@ fn main() {
 }
 
 fn parse_sockaddr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| {
-        fail(format!(
-            "bad address {s:?} (want IP:PORT or [IPv6]:PORT): {e}"
-        ))
-    })
+    s.parse().unwrap_or_else(|e| fail(format!("bad address {s:?} (want IP:PORT or [IPv6]:PORT): {e}")))
 }
 
 fn parse_ip(s: &str) -> IpAddr {
-    let t = s
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(s);
-    t.parse().unwrap_or_else(|e| {
-        fail(format!(
-            "bad server address {s:?} (want an IP literal): {e}"
-        ))
-    })
+    let t = s.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(s);
+    t.parse().unwrap_or_else(|e| fail(format!("bad server address {s:?} (want an IP literal): {e}")))
 }
 
 fn parse_qtype(s: &str) -> TYPE {
@@ -204,10 +188,8 @@ fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
 }
 
 fn udp_socket(dest: &SocketAddr) -> UdpSocket {
-    let s = UdpSocket::bind(unspecified_for(dest))
-        .unwrap_or_else(|e| fail(format!("cannot create UDP socket: {e}")));
-    s.set_read_timeout(Some(DNS_TIMEOUT))
-        .unwrap_or_else(|e| fail(format!("SO_RCVTIMEO: {e}")));
+    let s = UdpSocket::bind(unspecified_for(dest)).unwrap_or_else(|e| fail(format!("cannot create UDP socket: {e}")));
+    s.set_read_timeout(Some(DNS_TIMEOUT)).unwrap_or_else(|e| fail(format!("SO_RCVTIMEO: {e}")));
     s
 }
 
@@ -215,18 +197,11 @@ fn udp_socket(dest: &SocketAddr) -> UdpSocket {
 
 /// A fresh blocking TCP socket of `addr`'s family (setup error if that fails).
 fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2) call; the fd is owned right away.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        fail(format!(
-            "cannot create TCP socket: {}",
-            io::Error::last_os_error()
-        ));
+        fail(format!("cannot create TCP socket: {}", io::Error::last_os_error()));
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
@@ -236,10 +211,7 @@ fn tcp_socket(addr: &SocketAddr) -> OwnedFd {
 /// bounded by SO_SNDTIMEO so a black-holed address cannot hang the test.
 fn tcp_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
     let fd = tcp_socket(addr);
-    let tv = libc::timeval {
-        tv_sec: CONNECT_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
+    let tv = libc::timeval { tv_sec: CONNECT_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
     // SAFETY: tv is a valid timeval of the given size.
     let r = unsafe {
         libc::setsockopt(
@@ -256,8 +228,7 @@ fn tcp_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
     let dest = RawAddr::new(addr);
     loop {
         // SAFETY: dest holds a valid sockaddr of dest.len bytes.
-        let r =
-            unsafe { libc::connect(fd.as_raw_fd(), (&raw const dest.storage).cast(), dest.len) };
+        let r = unsafe { libc::connect(fd.as_raw_fd(), (&raw const dest.storage).cast(), dest.len) };
         if r == 0 {
             return Ok(TcpStream::from(fd));
         }
@@ -276,23 +247,17 @@ fn uring_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
     const CONNECT: u64 = 1;
     const TIMEOUT: u64 = 2;
 
-    let mut ring: IoUring = IoUring::new(4)
-        .unwrap_or_else(|e| fail(format!("cannot set up io_uring: {}", err_text(&e))));
+    let mut ring: IoUring =
+        IoUring::new(4).unwrap_or_else(|e| fail(format!("cannot set up io_uring: {}", err_text(&e))));
     let fd = tcp_socket(addr);
     // `dest` and `ts` must stay alive (and unmoved) until the kernel is done with them;
     // both live until the end of this function, after the connect has completed.
     let dest = RawAddr::new(addr);
-    let ts = types::Timespec::new()
-        .sec(CONNECT_TIMEOUT.as_secs())
-        .nsec(CONNECT_TIMEOUT.subsec_nanos());
-    let connect = opcode::Connect::new(
-        types::Fd(fd.as_raw_fd()),
-        (&raw const dest.storage).cast(),
-        dest.len,
-    )
-    .build()
-    .flags(squeue::Flags::IO_LINK)
-    .user_data(CONNECT);
+    let ts = types::Timespec::new().sec(CONNECT_TIMEOUT.as_secs()).nsec(CONNECT_TIMEOUT.subsec_nanos());
+    let connect = opcode::Connect::new(types::Fd(fd.as_raw_fd()), (&raw const dest.storage).cast(), dest.len)
+        .build()
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(CONNECT);
     let timeout = opcode::LinkTimeout::new(&ts).build().user_data(TIMEOUT);
     // SAFETY: the entries point to `dest` and `ts`, which outlive their completion
     // (we wait for the connect's completion below; dropping the ring cancels the timeout).
@@ -303,11 +268,7 @@ fn uring_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
     }
     let mut submitted = false;
     loop {
-        let r = if submitted {
-            ring.submitter().submit_and_wait(1)
-        } else {
-            ring.submit_and_wait(1)
-        };
+        let r = if submitted { ring.submitter().submit_and_wait(1) } else { ring.submit_and_wait(1) };
         match r {
             Ok(_) => submitted = true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -317,10 +278,7 @@ fn uring_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
             }
             Err(e) => fail(format!("io_uring_enter: {}", err_text(&e))),
         }
-        let res = ring
-            .completion()
-            .find(|c| c.user_data() == CONNECT)
-            .map(|c| c.result());
+        let res = ring.completion().find(|c| c.user_data() == CONNECT).map(|c| c.result());
         match res {
             None => continue,
             Some(0) => return Ok(TcpStream::from(fd)),
@@ -380,10 +338,8 @@ fn random_u16() -> u16 {
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
     if n != 2 {
         // Fallback: time-based; the id only has to be unpredictable-ish.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         return (t ^ (std::process::id() << 7)) as u16;
     }
     u16::from_ne_bytes(b)
@@ -393,14 +349,8 @@ fn build_query(id: u16, name: &str, qtype: TYPE) -> Vec<u8> {
     let qname = Name::new(name).unwrap_or_else(|e| fail(format!("bad DNS name {name:?}: {e}")));
     let mut p = Packet::new_query(id);
     p.set_flags(PacketFlag::RECURSION_DESIRED);
-    p.questions.push(Question::new(
-        qname,
-        QTYPE::TYPE(qtype),
-        QCLASS::CLASS(CLASS::IN),
-        false,
-    ));
-    p.build_bytes_vec()
-        .unwrap_or_else(|e| fail(format!("cannot build DNS query for {name:?}: {e}")))
+    p.questions.push(Question::new(qname, QTYPE::TYPE(qtype), QCLASS::CLASS(CLASS::IN), false));
+    p.build_bytes_vec().unwrap_or_else(|e| fail(format!("cannot build DNS query for {name:?}: {e}")))
 }
 
 fn rcode_text(r: RCODE) -> String {
@@ -433,11 +383,7 @@ fn parse_answer(buf: &[u8]) -> Option<(u16, String)> {
             _ => None,
         })
         .collect();
-    let text = if ips.is_empty() {
-        "NOERROR".to_string()
-    } else {
-        ips.join(",")
-    };
+    let text = if ips.is_empty() { "NOERROR".to_string() } else { ips.join(",") };
     Some((p.id(), text))
 }
 
@@ -469,12 +415,7 @@ fn wait_answer(
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 break;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -515,9 +456,7 @@ impl RawAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -529,9 +468,7 @@ impl RawAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: a.port().to_be(),
                     sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
+                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                     sin6_scope_id: a.scope_id(),
                 };
                 // SAFETY: as above, for sockaddr_in6.
@@ -539,10 +476,7 @@ impl RawAddr {
                 mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        RawAddr {
-            storage,
-            len: len as libc::socklen_t,
-        }
+        RawAddr { storage, len: len as libc::socklen_t }
     }
 }
 
@@ -552,10 +486,7 @@ fn dns_sendmsg(server: SocketAddr, name: &str, qtype: TYPE) {
     let s = udp_socket(&server);
     let fd = s.as_raw_fd();
     let mut dest = RawAddr::new(&server);
-    let mut iov = libc::iovec {
-        iov_base: q.as_mut_ptr().cast(),
-        iov_len: q.len(),
-    };
+    let mut iov = libc::iovec { iov_base: q.as_mut_ptr().cast(), iov_len: q.len() };
     // SAFETY: msghdr is plain old data; zero is a valid "empty" value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_name = (&raw mut dest.storage).cast();
@@ -565,10 +496,7 @@ fn dns_sendmsg(server: SocketAddr, name: &str, qtype: TYPE) {
     // SAFETY: all pointers in msg point to live buffers of the stated sizes.
     let n = unsafe { libc::sendmsg(fd, &msg, 0) };
     if n < 0 {
-        warn(format_args!(
-            "sendmsg {server}: {}",
-            err_text(&io::Error::last_os_error())
-        ));
+        warn(format_args!("sendmsg {server}: {}", err_text(&io::Error::last_os_error())));
         print_answer(name, None);
         return;
     }
@@ -577,10 +505,7 @@ fn dns_sendmsg(server: SocketAddr, name: &str, qtype: TYPE) {
         |buf| {
             // SAFETY: zeroed sockaddr_storage / msghdr are valid.
             let mut from: libc::sockaddr_storage = unsafe { mem::zeroed() };
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
             let mut msg: libc::msghdr = unsafe { mem::zeroed() };
             msg.msg_name = (&raw mut from).cast();
             msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -588,11 +513,7 @@ fn dns_sendmsg(server: SocketAddr, name: &str, qtype: TYPE) {
             msg.msg_iovlen = 1;
             // SAFETY: buffers outlive the call; sizes are correct.
             let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
         },
         &[id],
     );
@@ -602,20 +523,12 @@ fn dns_sendmsg(server: SocketAddr, name: &str, qtype: TYPE) {
 fn dns_sendmmsg(server: SocketAddr, names: [&str; 2], qtype: TYPE) {
     let id0 = random_u16();
     let id1 = id0.wrapping_add(1 + random_u16() % 1000);
-    let mut queries = [
-        build_query(id0, names[0], qtype),
-        build_query(id1, names[1], qtype),
-    ];
+    let mut queries = [build_query(id0, names[0], qtype), build_query(id1, names[1], qtype)];
     let s = udp_socket(&server);
     let fd = s.as_raw_fd();
     let mut dests = [RawAddr::new(&server), RawAddr::new(&server)];
-    let mut iovs: Vec<libc::iovec> = queries
-        .iter_mut()
-        .map(|q| libc::iovec {
-            iov_base: q.as_mut_ptr().cast(),
-            iov_len: q.len(),
-        })
-        .collect();
+    let mut iovs: Vec<libc::iovec> =
+        queries.iter_mut().map(|q| libc::iovec { iov_base: q.as_mut_ptr().cast(), iov_len: q.len() }).collect();
     // SAFETY: mmsghdr is plain old data; zero is valid.
     let mut msgs: [libc::mmsghdr; 2] = unsafe { mem::zeroed() };
     for i in 0..2 {
@@ -627,14 +540,9 @@ fn dns_sendmmsg(server: SocketAddr, names: [&str; 2], qtype: TYPE) {
     // SAFETY: both headers point to live buffers of the stated sizes.
     let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), 2, 0) };
     if n < 0 {
-        warn(format_args!(
-            "sendmmsg {server}: {}",
-            err_text(&io::Error::last_os_error())
-        ));
+        warn(format_args!("sendmmsg {server}: {}", err_text(&io::Error::last_os_error())));
     } else if n < 2 {
-        warn(format_args!(
-            "sendmmsg {server}: only {n} of 2 messages sent"
-        ));
+        warn(format_args!("sendmmsg {server}: only {n} of 2 messages sent"));
     }
     let ids = [id0, id1];
     let sent = n.max(0) as usize;
@@ -663,10 +571,7 @@ fn dns_connected(server: SocketAddr, name: &str, qtype: TYPE) {
     // SAFETY: q is a live buffer of q.len() bytes.
     let n = unsafe { libc::send(fd, q.as_ptr().cast(), q.len(), 0) };
     if n < 0 {
-        warn(format_args!(
-            "send {server}: {}",
-            err_text(&io::Error::last_os_error())
-        ));
+        warn(format_args!("send {server}: {}", err_text(&io::Error::last_os_error())));
         print_answer(name, None);
         return;
     }
@@ -675,11 +580,7 @@ fn dns_connected(server: SocketAddr, name: &str, qtype: TYPE) {
         |buf| {
             // SAFETY: buf is a live, writable buffer of buf.len() bytes.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
         },
         &[id],
     );
@@ -705,10 +606,7 @@ fn dns_tcp(server: SocketAddr, name: &str, qtype: TYPE) {
     match s.write(&msg) {
         Ok(n) if n == msg.len() => {}
         Ok(n) => {
-            warn(format_args!(
-                "send {server}: short write {n} of {}",
-                msg.len()
-            ));
+            warn(format_args!("send {server}: short write {n} of {}", msg.len()));
             print_answer(name, None);
             return;
         }
@@ -786,10 +684,8 @@ fn daemonize() {
 }
 
 fn do_exec(args: Vec<String>) -> ! {
-    let cargs: Vec<CString> = args
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| fail("exec: NUL in argument")))
-        .collect();
+    let cargs: Vec<CString> =
+        args.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| fail("exec: NUL in argument"))).collect();
     let _ = io::stdout().flush();
     let err = nix::unistd::execvp(&cargs[0], &cargs).unwrap_err();
     warn(format_args!("netprobe: exec {}: {}", args[0], err.desc()));

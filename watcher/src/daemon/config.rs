@@ -144,8 +144,11 @@ fn line_of(text: &str, key: &str) -> (usize, usize) {
 
 pub fn load(path: &Path) -> Result<Config, PolicyError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PolicyError { file: file.clone(), location: None, message: format!("cannot read daemon configuration: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: file.clone(),
+        location: None,
+        message: format!("cannot read daemon configuration: {e}"),
+    })?;
     parse(path, &text)
 }
 
@@ -169,11 +172,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
         None => None,
         Some(s) => {
             let (l, c) = line_of(text, "metrics");
-            let addr: SocketAddr = s
-                .parse()
-                .map_err(|_| at(&file, l, c, format!("metrics: {s:?} is not an address:port (example: 127.0.0.1:9464)")))?;
+            let addr: SocketAddr = s.parse().map_err(|_| {
+                at(&file, l, c, format!("metrics: {s:?} is not an address:port (example: 127.0.0.1:9464)"))
+            })?;
             if !addr.ip().is_loopback() {
-                return Err(at(&file, l, c, format!("metrics: {addr} is not a loopback address; metrics are served on loopback only")));
+                return Err(at(
+                    &file,
+                    l,
+                    c,
+                    format!("metrics: {addr} is not a loopback address; metrics are served on loopback only"),
+                ));
             }
             Some(addr)
         }
@@ -187,7 +195,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
     };
     let jobs = raw.jobs.unwrap_or(RawJobs { id_env: None, pipeline_env: None });
     let id_env = jobs.id_env.unwrap_or_else(|| DEFAULT_ID_ENV.iter().map(|s| s.to_string()).collect());
-    let pipeline_env = jobs.pipeline_env.unwrap_or_else(|| DEFAULT_PIPELINE_ENV.iter().map(|s| s.to_string()).collect());
+    let pipeline_env =
+        jobs.pipeline_env.unwrap_or_else(|| DEFAULT_PIPELINE_ENV.iter().map(|s| s.to_string()).collect());
     if id_env.is_empty() {
         let (l, c) = line_of(text, "id_env");
         return Err(at(&file, l, c, "jobs.id_env: at least one variable is needed to recognise jobs"));
@@ -195,7 +204,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
     for v in id_env.iter().chain(&pipeline_env) {
         if v.is_empty() || v.len() >= watcher_common::ENV_NAME_LEN || v.contains('=') || v.contains('\0') {
             let (l, c) = line_of(text, if id_env.contains(v) { "id_env" } else { "pipeline_env" });
-            return Err(at(&file, l, c, format!("variable name {v:?}: 1 to {} bytes, no '='", watcher_common::ENV_NAME_LEN - 1)));
+            return Err(at(
+                &file,
+                l,
+                c,
+                format!("variable name {v:?}: 1 to {} bytes, no '='", watcher_common::ENV_NAME_LEN - 1),
+            ));
         }
     }
     let mut pipelines = Vec::new();
@@ -253,13 +267,21 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_paths() {
-        let c = parse(Path::new("/etc/watcher/daemon.yaml"), "version: 1\npipelines:\n  - match: \"acme/*\"\n    policy: web.yaml\n  - match: \"*\"\n").unwrap();
+        let c = parse(
+            Path::new("/etc/watcher/daemon.yaml"),
+            "version: 1\npipelines:\n  - match: \"acme/*\"\n    policy: web.yaml\n  - match: \"*\"\n",
+        )
+        .unwrap();
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(c.id_env, vec!["GITHUB_RUN_ID", "CI_JOB_ID", "BUILDKITE_JOB_ID"]);
         assert_eq!(c.policy_for("acme/web"), Some(Path::new("/etc/watcher/web.yaml")));
         assert_eq!(c.policy_for("other/x"), None);
         assert!(c.metrics.is_none());
-        let c = parse(Path::new("d.yaml"), "version: 1\ncgroups:\n  - match: /system.slice/runner-*.scope\n    pipeline: acme/ci\n").unwrap();
+        let c = parse(
+            Path::new("d.yaml"),
+            "version: 1\ncgroups:\n  - match: /system.slice/runner-*.scope\n    pipeline: acme/ci\n",
+        )
+        .unwrap();
         assert_eq!(c.cgroup_rule("system.slice/runner-1.scope").and_then(|r| r.pipeline.as_deref()), Some("acme/ci"));
         assert!(c.cgroup_rule("system.slice/runner-1.scope/child").is_none());
         assert!(c.cgroup_rule("other/runner-1.scope").is_none());

@@ -50,7 +50,8 @@ impl JobSecrets {
         if let Some(p) = policy {
             patterns.extend(p.secret_env_patterns().iter().cloned());
         }
-        let names = SecretNames::new(&patterns).map_err(|e| anyhow::anyhow!("compiling secret variable patterns: {e}"))?;
+        let names =
+            SecretNames::new(&patterns).map_err(|e| anyhow::anyhow!("compiling secret variable patterns: {e}"))?;
         Ok(JobSecrets {
             patterns,
             names,
@@ -76,7 +77,8 @@ impl JobSecrets {
         let mut out: Vec<(String, String)> = Vec::new();
         for entry in environ.split(|&b| b == 0) {
             let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
-            let (Ok(name), Ok(value)) = (std::str::from_utf8(&entry[..eq]), std::str::from_utf8(&entry[eq + 1..])) else {
+            let (Ok(name), Ok(value)) = (std::str::from_utf8(&entry[..eq]), std::str::from_utf8(&entry[eq + 1..]))
+            else {
                 continue;
             };
             if !self.names.protects(name, value) {
@@ -123,7 +125,8 @@ impl JobSecrets {
         (0..layers)
             .map(|i| {
                 let env = self.values.iter().filter_map(|(n, vs)| vs.get(i).map(|v| (n.clone(), v.clone())));
-                SecretSet::new(&self.patterns, env).map_err(|e| anyhow::anyhow!("compiling secret variable patterns: {e}"))
+                SecretSet::new(&self.patterns, env)
+                    .map_err(|e| anyhow::anyhow!("compiling secret variable patterns: {e}"))
             })
             .collect()
     }
@@ -162,7 +165,8 @@ pub fn started_by(pid: u32, boot_ns: u64) -> bool {
     // Fields after the command name (which may contain spaces and parentheses): field 3 on.
     let Some((_, rest)) = stat.rsplit_once(')') else { return false };
     let Some(start_ticks) = rest.split_whitespace().nth(19).and_then(|s| s.parse::<u64>().ok()) else { return false };
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|&h| h > 0).unwrap_or(100) as u64;
+    let hz =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|&h| h > 0).unwrap_or(100) as u64;
     start_ticks.saturating_mul(1_000_000_000 / hz) <= boot_ns
 }
 
@@ -177,20 +181,28 @@ mod tests {
     #[test]
     fn protected_values_are_learned_once_each_and_every_value_of_a_variable_is_searched() {
         let mut js = JobSecrets::new(None).unwrap();
-        let first = environ(&["PATH=/usr/bin", "AWS_SECRET_ACCESS_KEY=Ak1q9Zr7Vt4Kw2Lp8Xm3Hd6Jn5", "SHORT_TOKEN=abc", "HOME=/root"]);
+        let first = environ(&[
+            "PATH=/usr/bin",
+            "AWS_SECRET_ACCESS_KEY=Ak1q9Zr7Vt4Kw2Lp8Xm3Hd6Jn5",
+            "SHORT_TOKEN=abc",
+            "HOME=/root",
+        ]);
         let e = js.unknown_entries(&first);
         assert_eq!(e.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["AWS_SECRET_ACCESS_KEY"]);
         assert_eq!(js.add(e), ["AWS_SECRET_ACCESS_KEY"]);
         assert!(js.unknown_entries(&first).is_empty(), "an environment already seen is not parsed again");
         // A later step: the same variable with another value, and a new one.
-        let later = environ(&["AWS_SECRET_ACCESS_KEY=Bz2Ug5Wy1Ce7Tf3Ra9Sb4Qo8Mi", "NPM_TOKEN=npm_Q7rT9vX2kL5mN8pR", "X=1"]);
+        let later =
+            environ(&["AWS_SECRET_ACCESS_KEY=Bz2Ug5Wy1Ce7Tf3Ra9Sb4Qo8Mi", "NPM_TOKEN=npm_Q7rT9vX2kL5mN8pR", "X=1"]);
         let e = js.unknown_entries(&later);
         assert_eq!(js.add(e).len(), 2);
         assert_eq!(js.len(), 3);
         let sets = js.sets().unwrap();
         assert_eq!(sets.len(), 2);
         let hex = |v: &str| v.bytes().map(|b| format!("{b:02x}")).collect::<String>();
-        for (v, red) in [("Ak1q9Zr7Vt4Kw2Lp8Xm3Hd6Jn5", "Ak…(26 chars)"), ("Bz2Ug5Wy1Ce7Tf3Ra9Sb4Qo8Mi", "Bz…(26 chars)")] {
+        for (v, red) in
+            [("Ak1q9Zr7Vt4Kw2Lp8Xm3Hd6Jn5", "Ak…(26 chars)"), ("Bz2Ug5Wy1Ce7Tf3Ra9Sb4Qo8Mi", "Bz…(26 chars)")]
+        {
             let name = format!("{}.x.test", hex(v));
             let found: Vec<&str> = sets
                 .iter()
@@ -220,7 +232,8 @@ mod tests {
 
     #[test]
     fn a_policy_glob_protects_more_names() {
-        let pol = crate::policy::parse_str("p.yaml", "version: 1\npipeline: p\nsecrets:\n  env: [\"DEPLOY_*\"]\n").unwrap();
+        let pol =
+            crate::policy::parse_str("p.yaml", "version: 1\npipeline: p\nsecrets:\n  env: [\"DEPLOY_*\"]\n").unwrap();
         let mut js = JobSecrets::new(Some(&pol)).unwrap();
         let e = js.unknown_entries(&environ(&["DEPLOY_HOOK=https://h.test/Zq9Vt4Kw7"]));
         assert_eq!(e.len(), 1);

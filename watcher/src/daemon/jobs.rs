@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
+use super::job_secrets::{self, JobSecrets};
 use crate::{
     collect::Collector,
     engine::Engine,
@@ -20,7 +21,6 @@ use crate::{
     report::Report,
     run::Prepared,
 };
-use super::job_secrets::{self, JobSecrets};
 
 /// A policy loaded and compiled with the configuration.
 pub struct LoadedPolicy {
@@ -275,8 +275,13 @@ impl Job {
 }
 
 /// The start record of a daemon job: mode `daemon`, the job's identity and its policy.
-pub fn start_record(identity: &Identity, command: Vec<String>, sensors: Vec<crate::event::SensorState>,
-                    resolvers: Vec<std::net::IpAddr>, policy: Option<&LoadedPolicy>) -> Start {
+pub fn start_record(
+    identity: &Identity,
+    command: Vec<String>,
+    sensors: Vec<crate::event::SensorState>,
+    resolvers: Vec<std::net::IpAddr>,
+    policy: Option<&LoadedPolicy>,
+) -> Start {
     let mut variables = BTreeMap::new();
     if let Some((k, v)) = identity.id.split_once('=') {
         variables.insert(k.to_string(), v.to_string());

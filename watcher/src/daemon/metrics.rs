@@ -22,30 +22,81 @@ pub fn render(r: &StatusReport) -> String {
     };
     let running = r.jobs.iter().filter(|j| j.state == "running").count() as u64;
     metric("watcher_jobs_running", "gauge", "Jobs being watched now.", vec![(String::new(), running)]);
-    metric("watcher_jobs_started_total", "counter", "Jobs recognised since the daemon started.", vec![(String::new(), c.jobs_started)]);
-    metric("watcher_jobs_ended_total", "counter", "Jobs closed out since the daemon started.", vec![(String::new(), c.jobs_ended)]);
+    metric(
+        "watcher_jobs_started_total",
+        "counter",
+        "Jobs recognised since the daemon started.",
+        vec![(String::new(), c.jobs_started)],
+    );
+    metric(
+        "watcher_jobs_ended_total",
+        "counter",
+        "Jobs closed out since the daemon started.",
+        vec![(String::new(), c.jobs_ended)],
+    );
     metric("watcher_events_total", "counter", "Events written to job logs.", vec![(String::new(), c.events)]);
     metric("watcher_alerts_total", "counter", "Alerts raised in all jobs.", vec![(String::new(), c.alerts)]);
-    let mut lost: Vec<(String, u64)> = ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "payload", "decode"]
-        .iter()
-        .map(|src| (format!("{{source=\"{src}\"}}"), c.lost.get(*src).copied().unwrap_or(0)))
-        .collect();
+    let mut lost: Vec<(String, u64)> =
+        ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "payload", "decode"]
+            .iter()
+            .map(|src| (format!("{{source=\"{src}\"}}"), c.lost.get(*src).copied().unwrap_or(0)))
+            .collect();
     for (k, v) in &c.lost {
         if !lost.iter().any(|(l, _)| l == &format!("{{source=\"{}\"}}", label(k))) {
             lost.push((format!("{{source=\"{}\"}}", label(k)), *v));
         }
     }
-    metric("watcher_lost_events_total", "counter", "Kernel events that could not be delivered or tracked, by source.", lost);
-    metric("watcher_unrouted_records_total", "counter", "Records of a kernel job the daemon did not know.", vec![(String::new(), c.unrouted)]);
-    metric("watcher_recovered_jobs_total", "counter", "Held jobs set up from /proc because their exec record was lost.", vec![(String::new(), c.recovered_jobs)]);
-    metric("watcher_adopted_jobs_total", "counter", "Jobs a previous daemon left held at their first exec, adopted at start.", vec![(String::new(), c.adopted_jobs)]);
+    metric(
+        "watcher_lost_events_total",
+        "counter",
+        "Kernel events that could not be delivered or tracked, by source.",
+        lost,
+    );
+    metric(
+        "watcher_unrouted_records_total",
+        "counter",
+        "Records of a kernel job the daemon did not know.",
+        vec![(String::new(), c.unrouted)],
+    );
+    metric(
+        "watcher_recovered_jobs_total",
+        "counter",
+        "Held jobs set up from /proc because their exec record was lost.",
+        vec![(String::new(), c.recovered_jobs)],
+    );
+    metric(
+        "watcher_adopted_jobs_total",
+        "counter",
+        "Jobs a previous daemon left held at their first exec, adopted at start.",
+        vec![(String::new(), c.adopted_jobs)],
+    );
     metric("watcher_reloads_total", "counter", "SIGHUP reloads.", vec![(String::new(), c.reloads)]);
-    metric("watcher_reload_errors_total", "counter", "Reloads refused (invalid configuration or policy).", vec![(String::new(), c.reload_errors)]);
+    metric(
+        "watcher_reload_errors_total",
+        "counter",
+        "Reloads refused (invalid configuration or policy).",
+        vec![(String::new(), c.reload_errors)],
+    );
     let jobs: Vec<_> = r.jobs.iter().filter(|j| j.state == "running").collect();
     let l = |j: &super::jobs::JobStatus| format!("{{job=\"{}\",pipeline=\"{}\"}}", label(&j.name), label(&j.pipeline));
-    metric("watcher_job_events_total", "counter", "Events in a running job's log.", jobs.iter().map(|j| (l(j), j.events)).collect());
-    metric("watcher_job_alerts_total", "counter", "Alerts in a running job.", jobs.iter().map(|j| (l(j), j.alerts)).collect());
-    metric("watcher_job_lost_events_total", "counter", "Lost events reported to a running job.", jobs.iter().map(|j| (l(j), j.lost)).collect());
+    metric(
+        "watcher_job_events_total",
+        "counter",
+        "Events in a running job's log.",
+        jobs.iter().map(|j| (l(j), j.events)).collect(),
+    );
+    metric(
+        "watcher_job_alerts_total",
+        "counter",
+        "Alerts in a running job.",
+        jobs.iter().map(|j| (l(j), j.alerts)).collect(),
+    );
+    metric(
+        "watcher_job_lost_events_total",
+        "counter",
+        "Lost events reported to a running job.",
+        jobs.iter().map(|j| (l(j), j.lost)).collect(),
+    );
     s
 }
 

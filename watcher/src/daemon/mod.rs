@@ -81,7 +81,11 @@ pub struct StatusReport {
 }
 
 /// Load every policy the configuration names, and compile it for the kernel: all or nothing.
-fn load_policies(cfg: &Config, resolvers: &[std::net::IpAddr], seed: u64) -> anyhow::Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>> {
+fn load_policies(
+    cfg: &Config,
+    resolvers: &[std::net::IpAddr],
+    seed: u64,
+) -> anyhow::Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>> {
     let mut out = BTreeMap::new();
     for p in &cfg.pipelines {
         let Some(path) = &p.policy else { continue };
@@ -91,8 +95,8 @@ fn load_policies(cfg: &Config, resolvers: &[std::net::IpAddr], seed: u64) -> any
         let prepared = crate::run::prepare(Some(path), None)?;
         let pol = prepared.policy.as_ref().ok_or_else(|| anyhow!("{}: no policy", path.display()))?;
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables = crate::policy::kernel::compile(pol, &hosts, resolvers, seed)
-            .map_err(|e| anyhow!("{}: {e}", pol.source))?;
+        let tables =
+            crate::policy::kernel::compile(pol, &hosts, resolvers, seed).map_err(|e| anyhow!("{}: {e}", pol.source))?;
         out.insert(path.clone(), Rc::new(LoadedPolicy { path: path.clone(), prepared, tables }));
     }
     Ok(out)
@@ -162,7 +166,13 @@ impl Daemon {
             }
             self.used_names.insert(name.clone());
             let path = self.cfg.log_dir.join(format!("{name}.jsonl"));
-            let start = jobs::start_record(&identity, command.to_vec(), self.sensor.states().to_vec(), self.resolvers.clone(), policy.as_deref());
+            let start = jobs::start_record(
+                &identity,
+                command.to_vec(),
+                self.sensor.states().to_vec(),
+                self.resolvers.clone(),
+                policy.as_deref(),
+            );
             let started = start.ts;
             let log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
             // The job's values come from its own processes' environments (learn_environ), never
@@ -271,7 +281,8 @@ impl Daemon {
             }
         }
         // Cgroups that are gone: out of the watch map (their job ends when its processes have).
-        let gone: Vec<String> = self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
+        let gone: Vec<String> =
+            self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
         for rel in gone {
             if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel) {
                 self.sensor.unwatch_cgroup(cgid);
@@ -302,8 +313,15 @@ impl Daemon {
             if let Record::Exec { env, argv, .. } = &rec {
                 if let Err(e) = self.new_kernel_job(kid, env, argv) {
                     // Fail closed: a job whose policy cannot be written must not run.
-                    tracing::error!(kernel_job = kid, pid = task_of(&rec).pid, "cannot set up job, killing its process: {e:#}");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task_of(&rec).pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    tracing::error!(
+                        kernel_job = kid,
+                        pid = task_of(&rec).pid,
+                        "cannot set up job, killing its process: {e:#}"
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(task_of(&rec).pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                     return Ok(());
                 }
             } else {
@@ -324,7 +342,8 @@ impl Daemon {
         }
         if let Record::Exec { stopped: true, task, .. } = &rec {
             // Its tables are written: let it run.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
             self.sensor.forget_held_job(kid);
         }
         if let Record::Exec { task, ret: 0, .. } = &rec
@@ -336,7 +355,9 @@ impl Daemon {
         job.collector.push(rec, &mut events);
         for mut e in events {
             if let Event::Exec(x) = &mut e {
-                x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid)).ok().map(|p| p.to_string_lossy().into_owned());
+                x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid))
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned());
             }
             self.counters.events += 1;
             let alerts = job.emit(e)?;
@@ -355,17 +376,29 @@ impl Daemon {
         let mut losses = Vec::new();
         for (i, &t) in totals.iter().enumerate() {
             if t > self.loss_seen[i] {
-                losses.push(Loss { ts: now_ts(), source: COUNTER_NAMES[i].into(), count: t - self.loss_seen[i], total: t });
+                losses.push(Loss {
+                    ts: now_ts(),
+                    source: COUNTER_NAMES[i].into(),
+                    count: t - self.loss_seen[i],
+                    total: t,
+                });
                 self.loss_seen[i] = t;
                 self.counters.lost.insert(COUNTER_NAMES[i].into(), t);
             }
         }
         if self.decode_errors > self.decode_reported {
-            losses.push(Loss { ts: now_ts(), source: "decode".into(), count: self.decode_errors - self.decode_reported, total: self.decode_errors });
+            losses.push(Loss {
+                ts: now_ts(),
+                source: "decode".into(),
+                count: self.decode_errors - self.decode_reported,
+                total: self.decode_errors,
+            });
             self.decode_reported = self.decode_errors;
             self.counters.lost.insert("decode".into(), self.decode_errors);
         }
-        let held: Vec<u32> = if losses.is_empty() { Vec::new() } else {
+        let held: Vec<u32> = if losses.is_empty() {
+            Vec::new()
+        } else {
             self.sensor.held_jobs().into_iter().map(|(k, _)| k).filter(|k| !self.by_kernel.contains_key(k)).collect()
         };
         for l in losses {
@@ -398,14 +431,20 @@ impl Daemon {
             }
             if self.by_kernel.contains_key(&kid) {
                 // Set up already; the record may still be on its way: continue it anyway.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
                 self.sensor.forget_held_job(kid);
                 continue;
             }
             let split = |b: Vec<u8>| -> Vec<String> {
-                b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+                b.split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
             };
-            let (Ok(environ), Ok(cmdline)) = (std::fs::read(format!("/proc/{pid}/environ")), std::fs::read(format!("/proc/{pid}/cmdline"))) else {
+            let (Ok(environ), Ok(cmdline)) =
+                (std::fs::read(format!("/proc/{pid}/environ")), std::fs::read(format!("/proc/{pid}/cmdline")))
+            else {
                 self.sensor.forget_held_job(kid); // gone
                 continue;
             };
@@ -429,11 +468,17 @@ impl Daemon {
                         }
                     }
                     tracing::warn!(kernel_job = kid, pid, "job set up from /proc: its exec record was lost");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGCONT,
+                    );
                 }
                 Err(e) => {
                     tracing::error!(kernel_job = kid, pid, "cannot set up job, killing its process: {e:#}");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
             self.sensor.forget_held_job(kid);
@@ -468,7 +513,9 @@ impl Daemon {
             let wanted: Vec<&String> = self.cfg.id_env.iter().chain(&self.cfg.pipeline_env).collect();
             let env: Vec<(String, String)> = environ
                 .split(|&c| c == 0)
-                .filter_map(|e| std::str::from_utf8(e).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|e| {
+                    std::str::from_utf8(e).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .filter(|(k, _)| wanted.contains(&k))
                 .collect();
             if !env.iter().any(|(k, _)| self.cfg.id_env.contains(k)) {
@@ -508,12 +555,18 @@ impl Daemon {
                         tracing::info!(pid, kernel_job = kid, job = %job.name, id = %job.identity.id,
                             "adopted a job a previous daemon left held at its first exec");
                     }
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGCONT,
+                    );
                 }
                 Err(e) => {
                     // Fail closed, as for any job that cannot be set up.
                     tracing::error!(kernel_job = kid, pid, "cannot adopt held job, killing its process: {e:#}");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -595,10 +648,16 @@ impl Daemon {
             .and_then(|cfg| load_policies(&cfg, &self.resolvers, self.seed).map(|p| (cfg, p)));
         match result {
             Ok((mut cfg, policies)) => {
-                if cfg.id_env != self.cfg.id_env || cfg.pipeline_env != self.cfg.pipeline_env
-                    || cfg.socket != self.cfg.socket || cfg.metrics != self.cfg.metrics || cfg.log_dir != self.cfg.log_dir
-                    || cfg.no_job_log != self.cfg.no_job_log {
-                    tracing::warn!("jobs.id_env, jobs.pipeline_env, socket, metrics, log_dir and no_job_log take effect at restart only; keeping the current values");
+                if cfg.id_env != self.cfg.id_env
+                    || cfg.pipeline_env != self.cfg.pipeline_env
+                    || cfg.socket != self.cfg.socket
+                    || cfg.metrics != self.cfg.metrics
+                    || cfg.log_dir != self.cfg.log_dir
+                    || cfg.no_job_log != self.cfg.no_job_log
+                {
+                    tracing::warn!(
+                        "jobs.id_env, jobs.pipeline_env, socket, metrics, log_dir and no_job_log take effect at restart only; keeping the current values"
+                    );
                     cfg.id_env = self.cfg.id_env.clone();
                     cfg.pipeline_env = self.cfg.pipeline_env.clone();
                     cfg.socket = self.cfg.socket.clone();
@@ -658,7 +717,8 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let resolvers = crate::policy::system_resolvers();
     let seed = random_seed();
     let policies = load_policies(&cfg, &resolvers, seed)?;
-    std::fs::create_dir_all(&cfg.log_dir).with_context(|| format!("cannot create log directory {}", cfg.log_dir.display()))?;
+    std::fs::create_dir_all(&cfg.log_dir)
+        .with_context(|| format!("cannot create log directory {}", cfg.log_dir.display()))?;
     let root = cgroup2_root()?;
     let sensor = Sensor::load(&SensorConfig {
         ringbuf_bytes: opts.ringbuf_bytes,
@@ -670,7 +730,11 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     })?;
     let status_listener = status::bind(&cfg.socket)?;
     let metrics_listener = match cfg.metrics {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
         None => None,
     };
     let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
@@ -771,7 +835,11 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         for e in ev {
             let _ = log.write(&e);
         }
-        let _ = log.write(&Event::End(crate::event::End { ts: now_ts(), exit_code: None, lost: d.counters.lost.values().sum() }));
+        let _ = log.write(&Event::End(crate::event::End {
+            ts: now_ts(),
+            exit_code: None,
+            lost: d.counters.lost.values().sum(),
+        }));
         let _ = log.finish();
     }
     let socket = d.cfg.socket.clone();
@@ -789,11 +857,11 @@ pub fn status_command(socket: &Path, json: bool) -> anyhow::Result<i32> {
         println!("{text}");
         return Ok(0);
     }
-    let r: StatusReport = serde_json::from_str(&text).with_context(|| format!("unexpected answer from {}", socket.display()))?;
+    let r: StatusReport =
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {}", socket.display()))?;
     print!("{}", status::render(&r));
     Ok(0)
 }
-
 
 #[cfg(test)]
 mod tests {

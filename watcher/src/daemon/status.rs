@@ -53,9 +53,8 @@ pub fn serve(mut stream: tokio::net::UnixStream, body: String) {
 }
 
 pub fn query(path: &Path) -> anyhow::Result<String> {
-    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!("cannot reach the watcher daemon at {} (is it running? root only)", path.display())
-    })?;
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("cannot reach the watcher daemon at {} (is it running? root only)", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let _ = s.write_all(b"status\n");
     let _ = s.shutdown(std::net::Shutdown::Write);
@@ -76,7 +75,10 @@ pub fn render(r: &StatusReport) -> String {
     for (k, v) in &c.lost {
         s.push_str(&format!(" {k}={v}"));
     }
-    s.push_str(&format!("; unrouted records: {}; jobs set up after a lost exec record: {}; held jobs adopted at start: {}\n", c.unrouted, c.recovered_jobs, c.adopted_jobs));
+    s.push_str(&format!(
+        "; unrouted records: {}; jobs set up after a lost exec record: {}; held jobs adopted at start: {}\n",
+        c.unrouted, c.recovered_jobs, c.adopted_jobs
+    ));
     s.push_str(&format!("reloads: {} ({} failed)\n", c.reloads, c.reload_errors));
     if let Some(e) = &c.last_reload_error {
         s.push_str(&format!("last reload error: {e}\n"));
@@ -84,7 +86,17 @@ pub fn render(r: &StatusReport) -> String {
     for j in &r.jobs {
         s.push_str(&format!(
             "job {} [{}] id {} pipeline {:?} policy {} ({}) processes {} events {} alerts {} lost {} log {}\n",
-            j.name, j.state, j.id, j.pipeline, j.policy.as_deref().unwrap_or("none"), j.mode, j.processes, j.events, j.alerts, j.lost, j.log
+            j.name,
+            j.state,
+            j.id,
+            j.pipeline,
+            j.policy.as_deref().unwrap_or("none"),
+            j.mode,
+            j.processes,
+            j.events,
+            j.alerts,
+            j.lost,
+            j.log
         ));
     }
     s

@@ -23,29 +23,18 @@ pub struct PolicyError {
 
 impl PolicyError {
     pub(crate) fn at(file: &str, line: usize, column: usize, message: impl Into<String>) -> Self {
-        PolicyError {
-            file: file.to_string(),
-            location: Some(Location { line, column }),
-            message: message.into(),
-        }
+        PolicyError { file: file.to_string(), location: Some(Location { line, column }), message: message.into() }
     }
 
     pub(crate) fn unlocated(file: &str, message: impl Into<String>) -> Self {
-        PolicyError {
-            file: file.to_string(),
-            location: None,
-            message: message.into(),
-        }
+        PolicyError { file: file.to_string(), location: None, message: message.into() }
     }
 
     /// Converts a serde_yaml error: takes its position and strips what serde_yaml appends
     /// (` at line L column C`) and prepends (the `egress.allow[0]: ` path) to the message.
     pub(crate) fn from_yaml(file: &str, err: &serde_yaml::Error) -> Self {
         let mut message = err.to_string();
-        let location = err.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        });
+        let location = err.location().map(|l| Location { line: l.line(), column: l.column() });
         if let Some(l) = location {
             let suffix = format!(" at line {} column {}", l.line, l.column);
             if let Some(pos) = message.find(&suffix) {
@@ -56,11 +45,7 @@ impl PolicyError {
         // serde_yaml has no position for a few whole-document errors (e.g. several documents);
         // they are about the document, so point at its start.
         let location = location.unwrap_or(Location { line: 1, column: 1 });
-        PolicyError {
-            file: file.to_string(),
-            location: Some(location),
-            message,
-        }
+        PolicyError { file: file.to_string(), location: Some(location), message }
     }
 }
 
@@ -70,9 +55,7 @@ impl PolicyError {
 fn strip_yaml_path(message: &str) -> &str {
     if let Some((prefix, rest)) = message.split_once(": ") {
         let is_path = !prefix.is_empty()
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.[]?".contains(c))
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_-.[]?".contains(c))
             && !prefix.starts_with('[');
         if is_path {
             return rest;

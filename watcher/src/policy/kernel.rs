@@ -6,11 +6,14 @@
 use std::net::IpAddr;
 
 use watcher_common::{
-    DNS_MASK_LOOKUP, ENV_FLAG_INSTALL, ENV_NAME_LEN, EXEC_DENY, EXEC_NAME_LEN, EXEC_SHELL, JOB_DENY_SHELLS, JOB_ENFORCE,
-    MAX_HOST_ENTRIES, MAX_PORT_RANGES, PortSet, name_hash,
+    DNS_MASK_LOOKUP, ENV_FLAG_INSTALL, ENV_NAME_LEN, EXEC_DENY, EXEC_NAME_LEN, EXEC_SHELL, JOB_DENY_SHELLS,
+    JOB_ENFORCE, MAX_HOST_ENTRIES, MAX_PORT_RANGES, PortSet, name_hash,
 };
 
-use super::{Mode, Policy, schema::{Resolver, Target}};
+use super::{
+    Mode, Policy,
+    schema::{Resolver, Target},
+};
 use crate::proctree::SHELLS;
 
 /// npm lifecycle events that start an install script (kept in step with proctree).
@@ -97,7 +100,12 @@ impl Names<'_> {
 }
 
 /// `registry_hosts`: the hosts of the policy's registries resolved for this run.
-pub fn compile(policy: &Policy, registry_hosts: &[String], system_resolvers: &[IpAddr], seed: u64) -> Result<KernelTables, String> {
+pub fn compile(
+    policy: &Policy,
+    registry_hosts: &[String],
+    system_resolvers: &[IpAddr],
+    seed: u64,
+) -> Result<KernelTables, String> {
     let spec = policy.spec();
     let mut t = KernelTables { seed, ..Default::default() };
     if policy.mode == Mode::Enforce {
@@ -134,7 +142,9 @@ pub fn compile(policy: &Policy, registry_hosts: &[String], system_resolvers: &[I
         }
     }
     if entries.len() > MAX_HOST_ENTRIES as usize {
-        return Err(format!("at most {MAX_HOST_ENTRIES} allowed hosts (including registry hosts) can be enforced in the kernel"));
+        return Err(format!(
+            "at most {MAX_HOST_ENTRIES} allowed hosts (including registry hosts) can be enforced in the kernel"
+        ));
     }
     for (i, (pattern, ports)) in entries.iter().enumerate() {
         names.add(pattern, (1u64 << i) | DNS_MASK_LOOKUP);
@@ -151,9 +161,10 @@ pub fn compile(policy: &Policy, registry_hosts: &[String], system_resolvers: &[I
     for p in &spec.exec.deny {
         let s = p.as_str();
         if !s.contains(['/', '*', '?', '[', '{'])
-            && let Some(k) = padded::<EXEC_NAME_LEN>(s) {
-                t.exec_rules.push((k, EXEC_DENY));
-            }
+            && let Some(k) = padded::<EXEC_NAME_LEN>(s)
+        {
+            t.exec_rules.push((k, EXEC_DENY));
+        }
     }
     for sh in SHELLS {
         if let Some(k) = padded::<EXEC_NAME_LEN>(sh) {
@@ -181,7 +192,9 @@ mod tests {
 
     #[test]
     fn hosts_become_name_and_suffix_hashes_with_ports() {
-        let p = pol("version: 1\npipeline: t\nmode: enforce\negress:\n  allow:\n    - host: a.test\n      ports: [443, 8000-8100]\n    - host: \"*.cdn.test\"\ndns:\n  resolvers: [127.0.0.53]\n  allow: [only-dns.test]\n");
+        let p = pol(
+            "version: 1\npipeline: t\nmode: enforce\negress:\n  allow:\n    - host: a.test\n      ports: [443, 8000-8100]\n    - host: \"*.cdn.test\"\ndns:\n  resolvers: [127.0.0.53]\n  allow: [only-dns.test]\n",
+        );
         let t = compile(&p, &["reg.test".into()], &[], 7).unwrap();
         assert_eq!(t.job_flags & JOB_ENFORCE, JOB_ENFORCE);
         let h = |n: &str| name_hash(7, n).unwrap();

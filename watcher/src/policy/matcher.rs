@@ -44,8 +44,7 @@ fn build_set<'a>(globs: impl IntoIterator<Item = &'a globset::Glob>) -> Result<G
     for g in globs {
         b.add(g.clone());
     }
-    b.build()
-        .map_err(|e| format!("cannot compile the policy's patterns: {e}"))
+    b.build().map_err(|e| format!("cannot compile the policy's patterns: {e}"))
 }
 
 /// Lowercases (only if needed) and drops one trailing dot.
@@ -85,9 +84,7 @@ impl Compiled {
         for entry in &spec.egress.allow {
             match (&entry.target, &entry.ports) {
                 (Target::Host(h), None) => any_port.push(h.glob()),
-                (Target::Host(h), Some(p)) => {
-                    hosts_with_ports.push((h.glob().compile_matcher(), p.clone()))
-                }
+                (Target::Host(h), Some(p)) => hosts_with_ports.push((h.glob().compile_matcher(), p.clone())),
                 (Target::Ip(ip), p) => nets.push((IpNet::from(ip.to_canonical()), p.clone())),
                 (Target::Cidr(net), p) => nets.push((canonical_net(*net), p.clone())),
             }
@@ -97,11 +94,8 @@ impl Compiled {
             _ => None,
         });
         let dns_names = build_set(host_globs.chain(spec.dns.allow.iter().map(|h| h.glob())))?;
-        let exec_allow = if spec.exec.allow.is_empty() {
-            None
-        } else {
-            Some(build_set(spec.exec.allow.iter().map(|p| p.glob()))?)
-        };
+        let exec_allow =
+            if spec.exec.allow.is_empty() { None } else { Some(build_set(spec.exec.allow.iter().map(|p| p.glob()))?) };
         Ok(Compiled {
             hosts_any_port: build_set(any_port)?,
             hosts_with_ports,
@@ -120,30 +114,17 @@ impl Compiled {
                 })
                 .collect(),
             exec_deny: build_set(spec.exec.deny.iter().map(|p| p.glob()))?,
-            exec_deny_text: spec
-                .exec
-                .deny
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect(),
+            exec_deny_text: spec.exec.deny.iter().map(|p| p.as_str().to_string()).collect(),
             exec_allow,
             shells_denied: spec.exec.install_scripts.shells == ShellPolicy::Deny,
             secret_env: build_set(spec.secrets.env.iter().map(|p| p.glob()))?,
-            secret_env_text: spec
-                .secrets
-                .env
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect(),
+            secret_env_text: spec.secrets.env.iter().map(|p| p.as_str().to_string()).collect(),
         })
     }
 
     pub(crate) fn add_registry_host(&mut self, host: &str) {
         let host = host.trim();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if host.is_empty() {
             return;
         }
@@ -153,8 +134,7 @@ impl Compiled {
                 self.nets.push((net, None));
             }
         }
-        self.registry_hosts
-            .insert(normalize_name(host).into_owned());
+        self.registry_hosts.insert(normalize_name(host).into_owned());
     }
 
     pub(crate) fn host_allowed(&self, name: &str, port: u16) -> bool {
@@ -165,19 +145,13 @@ impl Compiled {
         }
         self.registry_hosts.contains(name)
             || self.hosts_any_port.is_match(name)
-            || self
-                .hosts_with_ports
-                .iter()
-                .any(|(glob, ports)| ports_allow(Some(ports), port) && glob.is_match(name))
+            || self.hosts_with_ports.iter().any(|(glob, ports)| ports_allow(Some(ports), port) && glob.is_match(name))
     }
 
     pub(crate) fn ip_allowed(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
         (self.loopback && ip.is_loopback())
-            || self
-                .nets
-                .iter()
-                .any(|(net, ports)| net.contains(&ip) && ports_allow(ports.as_deref(), port))
+            || self.nets.iter().any(|(net, ports)| net.contains(&ip) && ports_allow(ports.as_deref(), port))
     }
 
     pub(crate) fn dns_name_allowed(&self, name: &str) -> bool {
@@ -201,9 +175,7 @@ impl Compiled {
             return Some(self.exec_deny_text.get(first).cloned().unwrap_or_default());
         }
         match &self.exec_allow {
-            Some(allow) if !(allow.is_match(path) || allow.is_match(base)) => {
-                Some(NOT_IN_EXEC_ALLOW.to_string())
-            }
+            Some(allow) if !(allow.is_match(path) || allow.is_match(base)) => Some(NOT_IN_EXEC_ALLOW.to_string()),
             _ => None,
         }
     }
@@ -224,14 +196,7 @@ impl Compiled {
         let mut out: Vec<AllowedNet> = self
             .nets
             .iter()
-            .map(|(net, ports)| {
-                (
-                    *net,
-                    ports
-                        .as_ref()
-                        .map(|p| p.iter().map(|r| (r.start, r.end)).collect()),
-                )
-            })
+            .map(|(net, ports)| (*net, ports.as_ref().map(|p| p.iter().map(|r| (r.start, r.end)).collect())))
             .collect();
         if self.loopback {
             let v4 = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");

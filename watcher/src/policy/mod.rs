@@ -8,8 +8,8 @@
 //! - [`system_resolvers`] reads /etc/resolv.conf.
 
 mod error;
-mod matcher;
 pub mod kernel;
+mod matcher;
 pub mod registry;
 mod resolv;
 pub mod schema;
@@ -45,8 +45,7 @@ pub struct Policy {
 /// Reads and validates a policy file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PolicyError::unlocated(&name, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::unlocated(&name, format!("cannot read: {e}")))?;
     parse_str(&name, &text)
 }
 

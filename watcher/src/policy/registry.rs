@@ -21,21 +21,14 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why the registry hosts of a package manager could not be determined.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    #[error(
-        "{tool} is not installed or not on PATH: cannot resolve the {pm} registry for policy registries: [{pm}]"
-    )]
+    #[error("{tool} is not installed or not on PATH: cannot resolve the {pm} registry for policy registries: [{pm}]")]
     ToolMissing { tool: String, pm: PackageManager },
 
     #[error(
         "`{command}` failed ({status}){}: cannot resolve the {pm} registry for policy registries: [{pm}]",
         stderr_suffix(.stderr)
     )]
-    CommandFailed {
-        command: String,
-        status: String,
-        stderr: String,
-        pm: PackageManager,
-    },
+    CommandFailed { command: String, status: String, stderr: String, pm: PackageManager },
 
     #[error(
         "`{command}` did not finish within {} seconds: cannot resolve the {pm} registry for policy registries: [{pm}]",
@@ -44,12 +37,7 @@ pub enum RegistryError {
     Timeout { command: String, pm: PackageManager },
 
     #[error("the {pm} registry URL {url:?} from {origin} is not usable: {reason}")]
-    BadUrl {
-        pm: PackageManager,
-        url: String,
-        origin: String,
-        reason: String,
-    },
+    BadUrl { pm: PackageManager, url: String, origin: String, reason: String },
 
     /// Nothing configured and no default could be found; the message says how to configure it.
     #[error("{message}")]
@@ -57,17 +45,9 @@ pub enum RegistryError {
 }
 
 fn stderr_suffix(stderr: &str) -> String {
-    let last: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let last: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let tail = &last[last.len().saturating_sub(3)..];
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", tail.join(" / "))
-    }
+    if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" / ")) }
 }
 
 impl RegistryError {
@@ -108,10 +88,7 @@ pub(crate) fn resolve_in(pm: PackageManager, ctx: &Ctx) -> Result<Vec<String>, R
         PackageManager::Cargo => cargo_hosts(ctx)?,
     };
     let mut seen = HashSet::new();
-    Ok(hosts
-        .into_iter()
-        .filter(|h| seen.insert(h.clone()))
-        .collect())
+    Ok(hosts.into_iter().filter(|h| seen.insert(h.clone())).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,9 +129,8 @@ impl Ctx {
     }
 
     fn vars(&self) -> BTreeMap<String, String> {
-        let mut all: BTreeMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
+        let mut all: BTreeMap<String, String> =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
         for (k, v) in &self.overrides {
             match v {
                 Some(v) => all.insert(k.clone(), v.clone()),
@@ -165,23 +141,12 @@ impl Ctx {
     }
 
     fn cwd(&self) -> PathBuf {
-        self.cwd
-            .clone()
-            .or_else(|| std::env::current_dir().ok())
-            .unwrap_or_else(|| PathBuf::from("/"))
+        self.cwd.clone().or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| PathBuf::from("/"))
     }
 
     /// Runs `program args` and returns its stdout; a missing program is `ToolMissing`.
-    fn run(
-        &self,
-        pm: PackageManager,
-        program: &str,
-        args: &[&str],
-    ) -> Result<String, RegistryError> {
-        let command = std::iter::once(program)
-            .chain(args.iter().copied())
-            .collect::<Vec<_>>()
-            .join(" ");
+    fn run(&self, pm: PackageManager, program: &str, args: &[&str]) -> Result<String, RegistryError> {
+        let command = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
         let failed = |status: String, stderr: String| RegistryError::CommandFailed {
             command: command.clone(),
             status,
@@ -189,10 +154,7 @@ impl Ctx {
             pm,
         };
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in &self.overrides {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -201,20 +163,14 @@ impl Ctx {
         }
         if let Some(dir) = &self.cwd {
             if !dir.is_dir() {
-                return Err(failed(
-                    format!("directory {} does not exist", dir.display()),
-                    String::new(),
-                ));
+                return Err(failed(format!("directory {} does not exist", dir.display()), String::new()));
             }
             cmd.current_dir(dir);
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RegistryError::ToolMissing {
-                    tool: program.to_string(),
-                    pm,
-                });
+                return Err(RegistryError::ToolMissing { tool: program.to_string(), pm });
             }
             Err(e) => return Err(failed(format!("cannot start it: {e}"), String::new())),
         };
@@ -227,18 +183,8 @@ impl Ctx {
                 buf
             })
         };
-        let out = reader(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = reader(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
+        let out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let status = loop {
             match child.try_wait() {
@@ -269,18 +215,11 @@ impl Ctx {
 /// (no network).
 pub(crate) fn url_host(url: &str) -> Result<Option<String>, String> {
     let url = url.trim();
-    let rest = ["sparse+", "registry+", "git+"]
-        .iter()
-        .find_map(|p| url.strip_prefix(p))
-        .unwrap_or(url);
+    let rest = ["sparse+", "registry+", "git+"].iter().find_map(|p| url.strip_prefix(p)).unwrap_or(url);
     let Some((scheme, rest)) = rest.split_once("://") else {
         return Err("not a URL (expected scheme://host/...)".to_string());
     };
-    if scheme.is_empty()
-        || !scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-    {
+    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
         return Err(format!("invalid URL scheme {scheme:?}"));
     }
     if scheme.eq_ignore_ascii_case("file") {
@@ -290,8 +229,7 @@ pub(crate) fn url_host(url: &str) -> Result<Option<String>, String> {
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(r) = host_port.strip_prefix('[') {
         let (h, after) = r.split_once(']').ok_or("unclosed '[' in the host")?;
-        h.parse::<Ipv6Addr>()
-            .map_err(|_| format!("invalid IPv6 host [{h}]"))?;
+        h.parse::<Ipv6Addr>().map_err(|_| format!("invalid IPv6 host [{h}]"))?;
         (h, after.strip_prefix(':'))
     } else {
         match host_port.split_once(':') {
@@ -308,11 +246,7 @@ pub(crate) fn url_host(url: &str) -> Result<Option<String>, String> {
     if host.is_empty() {
         return Err("the URL has no host".to_string());
     }
-    if !host_port.starts_with('[')
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-    {
+    if !host_port.starts_with('[') && !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
         return Err(format!("invalid host {host:?}"));
     }
     let mut host = host.to_ascii_lowercase();
@@ -340,13 +274,12 @@ fn npm_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
     // effective configuration, the default `registry` included, and the scoped registries
     // (`@scope:registry=URL`) of every npmrc npm reads.
     let json = ctx.run(pm, "npm", &["config", "list", "--json"])?;
-    let config: serde_json::Value =
-        serde_json::from_str(&json).map_err(|e| RegistryError::CommandFailed {
-            command: "npm config list --json".to_string(),
-            status: format!("printed invalid JSON: {e}"),
-            stderr: String::new(),
-            pm,
-        })?;
+    let config: serde_json::Value = serde_json::from_str(&json).map_err(|e| RegistryError::CommandFailed {
+        command: "npm config list --json".to_string(),
+        status: format!("printed invalid JSON: {e}"),
+        stderr: String::new(),
+        pm,
+    })?;
     let url = config.get("registry").and_then(|v| v.as_str()).map(str::trim).unwrap_or("");
     if url.is_empty() || url == "undefined" || url == "null" {
         return Err(RegistryError::NotConfigured {
@@ -377,11 +310,7 @@ const PIP_DEFAULT_INDEX_SNIPPET: &str =
 /// Splits a pip setting that may hold several URLs (whitespace or newline separated; `pip
 /// config list` prints newlines as `\n`).
 fn pip_values(value: &str) -> Vec<String> {
-    value
-        .replace("\\n", " ")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    value.replace("\\n", " ").split_whitespace().map(str::to_string).collect()
 }
 
 fn unquote(v: &str) -> &str {
@@ -395,10 +324,7 @@ fn unquote(v: &str) -> &str {
 }
 
 fn truthy(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "true" | "yes" | "on"
-    )
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }
 
 #[derive(Default)]
@@ -422,11 +348,7 @@ impl PipSettings {
             }
             _ => return,
         };
-        list.extend(
-            pip_values(value)
-                .into_iter()
-                .map(|v| (v, origin.to_string())),
-        );
+        list.extend(pip_values(value).into_iter().map(|v| (v, origin.to_string())));
     }
 
     /// Parses `pip config list` output: `section.key='value'` lines.
@@ -461,10 +383,7 @@ fn pip_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
     let out = match ctx.run(pm, "pip", &["config", "list"]) {
         Err(RegistryError::ToolMissing { .. }) => match ctx.run(pm, "pip3", &["config", "list"]) {
             Err(RegistryError::ToolMissing { .. }) => {
-                return Err(RegistryError::ToolMissing {
-                    tool: "pip".to_string(),
-                    pm,
-                });
+                return Err(RegistryError::ToolMissing { tool: "pip".to_string(), pm });
             }
             other => other?,
         },
@@ -514,25 +433,14 @@ fn pip_default_index(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
     let (Some(index), Some(files)) = (words.next(), words.next()) else {
         return Err(RegistryError::NotConfigured {
             pm,
-            message: format!(
-                "pip did not report its default index (python3 printed {:?}): {how}",
-                out.trim()
-            ),
+            message: format!("pip did not report its default index (python3 printed {:?}): {how}", out.trim()),
         });
     };
     let mut hosts = Vec::new();
     hosts.extend(host_of(pm, index, "pip's default index")?);
     // file_storage_domain is a bare host name.
-    let files_url = if files.contains("://") {
-        files.to_string()
-    } else {
-        format!("https://{files}/")
-    };
-    hosts.extend(host_of(
-        pm,
-        &files_url,
-        "pip's default file storage domain",
-    )?);
+    let files_url = if files.contains("://") { files.to_string() } else { format!("https://{files}/") };
+    hosts.extend(host_of(pm, &files_url, "pip's default file storage domain")?);
     Ok(hosts)
 }
 
@@ -638,9 +546,7 @@ fn toml_key(s: &str) -> Option<(Vec<String>, &str)> {
             parts.push(p);
             rest = after;
         } else {
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-                .unwrap_or(rest.len());
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
             if end == 0 {
                 return None;
             }
@@ -706,10 +612,7 @@ fn index_dirs(cargo_home: &Path) -> Vec<IndexDir> {
                 let v: serde_json::Value = serde_json::from_str(&text).ok()?;
                 url_host(v.get("dl")?.as_str()?).ok().flatten()
             });
-            Some(IndexDir {
-                host: host.to_ascii_lowercase(),
-                dl_host,
-            })
+            Some(IndexDir { host: host.to_ascii_lowercase(), dl_host })
         })
         .collect();
     dirs.sort_by(|a, b| a.host.cmp(&b.host));
@@ -718,10 +621,8 @@ fn index_dirs(cargo_home: &Path) -> Vec<IndexDir> {
 
 fn cargo_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
     let pm = PackageManager::Cargo;
-    let cargo_home = ctx
-        .var("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| ctx.var("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let cargo_home =
+        ctx.var("CARGO_HOME").map(PathBuf::from).or_else(|| ctx.var("HOME").map(|h| PathBuf::from(h).join(".cargo")));
 
     // Config files: .cargo/config{,.toml} of the current dir and its parents, then $CARGO_HOME.
     let mut files: Vec<PathBuf> = Vec::new();
@@ -779,9 +680,7 @@ fn cargo_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
     if !crates_io_replaced {
         // The default registry: cargo records the indexes it used under registry/index/.
         if cache.is_empty() {
-            let home = cargo_home
-                .as_deref()
-                .map_or_else(|| "$CARGO_HOME".to_string(), |h| h.display().to_string());
+            let home = cargo_home.as_deref().map_or_else(|| "$CARGO_HOME".to_string(), |h| h.display().to_string());
             return Err(RegistryError::NotConfigured {
                 pm,
                 message: format!(
@@ -807,21 +706,11 @@ mod tests {
     use super::*;
 
     fn npm_available() -> bool {
-        Command::new("npm")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
+        Command::new("npm").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
     }
 
     fn python_available() -> bool {
-        Command::new("python3")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
+        Command::new("python3").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
     }
 
     /// A context isolated from registry settings of the test process's environment.
@@ -829,10 +718,7 @@ mod tests {
         let mut ctx = Ctx::default().in_dir(dir);
         for (k, _) in std::env::vars() {
             let k_up = k.to_ascii_uppercase();
-            if k_up.starts_with("NPM_CONFIG_")
-                || k_up.starts_with("PIP_")
-                || k_up.starts_with("CARGO_REGISTR")
-            {
+            if k_up.starts_with("NPM_CONFIG_") || k_up.starts_with("PIP_") || k_up.starts_with("CARGO_REGISTR") {
                 ctx = ctx.unset(&k);
             }
         }
@@ -844,26 +730,11 @@ mod tests {
         let ok = |u: &str| url_host(u).unwrap();
         assert_eq!(ok("https://registry.test/"), Some("registry.test".into()));
         assert_eq!(ok("http://127.0.0.1:4873/"), Some("127.0.0.1".into()));
-        assert_eq!(
-            ok("https://user:p%40ss@Mirror.Test:8443/simple?x=1#f"),
-            Some("mirror.test".into())
-        );
-        assert_eq!(
-            ok("sparse+https://index.cargo.test/"),
-            Some("index.cargo.test".into())
-        );
-        assert_eq!(
-            ok("registry+https://index.cargo.test/git/index"),
-            Some("index.cargo.test".into())
-        );
-        assert_eq!(
-            ok("ssh://git@git.test/org/index.git"),
-            Some("git.test".into())
-        );
-        assert_eq!(
-            ok("https://[2001:db8::1]:8080/x"),
-            Some("2001:db8::1".into())
-        );
+        assert_eq!(ok("https://user:p%40ss@Mirror.Test:8443/simple?x=1#f"), Some("mirror.test".into()));
+        assert_eq!(ok("sparse+https://index.cargo.test/"), Some("index.cargo.test".into()));
+        assert_eq!(ok("registry+https://index.cargo.test/git/index"), Some("index.cargo.test".into()));
+        assert_eq!(ok("ssh://git@git.test/org/index.git"), Some("git.test".into()));
+        assert_eq!(ok("https://[2001:db8::1]:8080/x"), Some("2001:db8::1".into()));
         assert_eq!(ok("https://host.test."), Some("host.test".into()));
         assert_eq!(ok("file:///srv/index"), None);
         for bad in [
@@ -887,10 +758,7 @@ mod tests {
             return;
         }
         // What npm prints, parsed the same way, in the same directory and environment.
-        let out = Command::new("npm")
-            .args(["config", "get", "registry"])
-            .output()
-            .unwrap();
+        let out = Command::new("npm").args(["config", "get", "registry"]).output().unwrap();
         let printed = String::from_utf8_lossy(&out.stdout);
         let expected = url_host(printed.trim()).unwrap().unwrap();
         let hosts = resolve(PackageManager::Npm).unwrap();
@@ -905,11 +773,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let rc = dir.path().join("npmrc");
-        std::fs::write(
-            &rc,
-            "registry=http://127.0.0.1:4873/\n@corp:registry=http://10.11.12.13:4874/npm/\n",
-        )
-        .unwrap();
+        std::fs::write(&rc, "registry=http://127.0.0.1:4873/\n@corp:registry=http://10.11.12.13:4874/npm/\n").unwrap();
         let global = dir.path().join("global-npmrc");
         std::fs::write(&global, "").unwrap();
         let ctx = clean_ctx(dir.path())
@@ -939,23 +803,12 @@ mod tests {
     fn failing_command_reports_stderr() {
         let dir = tempfile::tempdir().unwrap();
         let npm = dir.path().join("npm");
-        std::fs::write(
-            &npm,
-            "#!/bin/sh\necho 'npm ERR! config is broken' >&2\nexit 3\n",
-        )
-        .unwrap();
+        std::fs::write(&npm, "#!/bin/sh\necho 'npm ERR! config is broken' >&2\nexit 3\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&npm, std::fs::Permissions::from_mode(0o755)).unwrap();
         let ctx = clean_ctx(dir.path()).set("PATH", dir.path().to_str().unwrap());
-        let e = resolve_in(PackageManager::Npm, &ctx)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with(
-                "`npm config list --json` failed (exit status: 3): npm ERR! config is broken"
-            ),
-            "{e}"
-        );
+        let e = resolve_in(PackageManager::Npm, &ctx).unwrap_err().to_string();
+        assert!(e.starts_with("`npm config list --json` failed (exit status: 3): npm ERR! config is broken"), "{e}");
     }
 
     #[test]
@@ -968,21 +821,10 @@ mod tests {
         let ctx = clean_ctx(dir.path())
             .set("PIP_CONFIG_FILE", "/dev/null")
             .set("PIP_INDEX_URL", "http://127.0.0.1:3141/root/pypi/+simple/")
-            .set(
-                "PIP_EXTRA_INDEX_URL",
-                "https://extra-one.test/simple https://extra-two.test/simple",
-            )
+            .set("PIP_EXTRA_INDEX_URL", "https://extra-one.test/simple https://extra-two.test/simple")
             .set("PIP_FIND_LINKS", "/opt/wheels https://links.test/wheels/");
         match resolve_in(PackageManager::Pip, &ctx) {
-            Ok(hosts) => assert_eq!(
-                hosts,
-                [
-                    "127.0.0.1",
-                    "extra-one.test",
-                    "extra-two.test",
-                    "links.test"
-                ]
-            ),
+            Ok(hosts) => assert_eq!(hosts, ["127.0.0.1", "extra-one.test", "extra-two.test", "links.test"]),
             Err(RegistryError::ToolMissing { .. }) => eprintln!("pip not installed; skipping"),
             Err(e) => panic!("{e}"),
         }
@@ -1007,10 +849,7 @@ mod tests {
             eprintln!("python3 not installed; skipping");
             return;
         }
-        let out = Command::new("python3")
-            .args(["-c", PIP_DEFAULT_INDEX_SNIPPET])
-            .output()
-            .unwrap();
+        let out = Command::new("python3").args(["-c", PIP_DEFAULT_INDEX_SNIPPET]).output().unwrap();
         if !out.status.success() {
             eprintln!("pip not importable; skipping");
             return;
@@ -1060,29 +899,13 @@ rustflags = ["-C", "x"]
 registries.dotted.index = "https://dotted.test/"
 "#;
         let got = toml_strings(text);
-        let find = |k: &str| {
-            got.iter()
-                .find(|(key, _)| key.join(".") == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(
-            find("registries.my-reg.index"),
-            Some("sparse+https://my.test/index/")
-        );
-        assert_eq!(
-            find("registries.other.index"),
-            Some("https://other.test/git/index")
-        );
+        let find = |k: &str| got.iter().find(|(key, _)| key.join(".") == k).map(|(_, v)| v.as_str());
+        assert_eq!(find("registries.my-reg.index"), Some("sparse+https://my.test/index/"));
+        assert_eq!(find("registries.other.index"), Some("https://other.test/git/index"));
         assert_eq!(find("registries.other.token"), Some("x"));
         assert_eq!(find("source.crates-io.replace-with"), Some("mirror"));
-        assert_eq!(
-            find("source.mirror.registry"),
-            Some("sparse+https://mirror.test/")
-        );
-        assert_eq!(
-            find("build.registries.dotted.index"),
-            Some("https://dotted.test/")
-        );
+        assert_eq!(find("source.mirror.registry"), Some("sparse+https://mirror.test/"));
+        assert_eq!(find("build.registries.dotted.index"), Some("https://dotted.test/"));
         assert_eq!(find("registries.fake.index"), None);
     }
 
@@ -1092,11 +915,8 @@ registries.dotted.index = "https://dotted.test/"
             let d = home.join("registry/index").join(name);
             std::fs::create_dir_all(&d).unwrap();
             if let Some(dl) = dl {
-                std::fs::write(
-                    d.join("config.json"),
-                    format!("{{\"dl\": \"{dl}\", \"api\": \"https://api.test\"}}"),
-                )
-                .unwrap();
+                std::fs::write(d.join("config.json"), format!("{{\"dl\": \"{dl}\", \"api\": \"https://api.test\"}}"))
+                    .unwrap();
             }
         }
         std::fs::create_dir_all(&home).unwrap();
@@ -1108,19 +928,10 @@ registries.dotted.index = "https://dotted.test/"
         let dir = tempfile::tempdir().unwrap();
         let home = fake_cargo_home(
             dir.path(),
-            &[
-                (
-                    "index.default.test-0123456789abcdef",
-                    Some("https://dl.default.test/crates"),
-                ),
-                ("not-a-cache", None),
-            ],
+            &[("index.default.test-0123456789abcdef", Some("https://dl.default.test/crates")), ("not-a-cache", None)],
         );
         let ctx = clean_ctx(dir.path()).set("CARGO_HOME", home.to_str().unwrap());
-        assert_eq!(
-            resolve_in(PackageManager::Cargo, &ctx).unwrap(),
-            ["index.default.test", "dl.default.test"]
-        );
+        assert_eq!(resolve_in(PackageManager::Cargo, &ctx).unwrap(), ["index.default.test", "dl.default.test"]);
     }
 
     #[test]
@@ -1129,15 +940,11 @@ registries.dotted.index = "https://dotted.test/"
         let home = fake_cargo_home(
             dir.path(),
             &[
-                (
-                    "index.default.test-0123456789abcdef",
-                    Some("https://dl.default.test/crates"),
-                ),
+                ("index.default.test-0123456789abcdef", Some("https://dl.default.test/crates")),
                 ("mirror.test-fedcba9876543210", None),
             ],
         );
-        std::fs::create_dir_all(home.join("registry/index/mirror.test-fedcba9876543210/.cache"))
-            .unwrap();
+        std::fs::create_dir_all(home.join("registry/index/mirror.test-fedcba9876543210/.cache")).unwrap();
         std::fs::write(
             home.join("registry/index/mirror.test-fedcba9876543210/.cache/config.json"),
             r#"{"dl":"https://mirror-dl.test/{crate}/{version}"}"#,
@@ -1158,10 +965,7 @@ registries.dotted.index = "https://dotted.test/"
         .unwrap();
         let ctx = clean_ctx(&project)
             .set("CARGO_HOME", home.to_str().unwrap())
-            .set(
-                "CARGO_REGISTRIES_EXTRA_INDEX",
-                "https://extra.test/git/index",
-            );
+            .set("CARGO_REGISTRIES_EXTRA_INDEX", "https://extra.test/git/index");
         // crates-io is replaced: the default cache entry is not used; the mirror's dl host is.
         assert_eq!(
             resolve_in(PackageManager::Cargo, &ctx).unwrap(),
@@ -1180,10 +984,7 @@ registries.dotted.index = "https://dotted.test/"
         )
         .unwrap();
         let ctx = clean_ctx(dir.path()).set("CARGO_HOME", home.to_str().unwrap());
-        assert_eq!(
-            resolve_in(PackageManager::Cargo, &ctx).unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(resolve_in(PackageManager::Cargo, &ctx).unwrap(), Vec::<String>::new());
     }
 
     #[test]
@@ -1191,13 +992,8 @@ registries.dotted.index = "https://dotted.test/"
         let dir = tempfile::tempdir().unwrap();
         let home = fake_cargo_home(dir.path(), &[]);
         let ctx = clean_ctx(dir.path()).set("CARGO_HOME", home.to_str().unwrap());
-        let e = resolve_in(PackageManager::Cargo, &ctx)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot find the cargo registry hosts: "),
-            "{e}"
-        );
+        let e = resolve_in(PackageManager::Cargo, &ctx).unwrap_err().to_string();
+        assert!(e.starts_with("cannot find the cargo registry hosts: "), "{e}");
         assert!(e.contains("run `cargo fetch` once"), "{e}");
     }
 
@@ -1206,11 +1002,7 @@ registries.dotted.index = "https://dotted.test/"
         let Some(home) = std::env::var("CARGO_HOME")
             .ok()
             .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var("HOME")
-                    .ok()
-                    .map(|h| PathBuf::from(h).join(".cargo"))
-            })
+            .or_else(|| std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cargo")))
         else {
             return;
         };
@@ -1220,16 +1012,7 @@ registries.dotted.index = "https://dotted.test/"
         };
         let cached: Vec<String> = entries
             .flatten()
-            .filter_map(|e| {
-                Some(
-                    e.file_name()
-                        .into_string()
-                        .ok()?
-                        .rsplit_once('-')?
-                        .0
-                        .to_ascii_lowercase(),
-                )
-            })
+            .filter_map(|e| Some(e.file_name().into_string().ok()?.rsplit_once('-')?.0.to_ascii_lowercase()))
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let ctx = clean_ctx(dir.path()).set("CARGO_HOME", home.to_str().unwrap());

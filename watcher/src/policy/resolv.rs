@@ -42,21 +42,12 @@ mod tests {
     fn parses_nameserver_lines() {
         let text = "# generated\nsearch corp.example\nnameserver 10.0.0.2\nnameserver fe80::1%eth0 # link\n;nameserver 10.9.9.9\noptions ndots:5\nnameserver 10.0.0.2\n";
         let got = parse_resolv_conf(text);
-        assert_eq!(
-            got,
-            vec![
-                "10.0.0.2".parse::<IpAddr>().unwrap(),
-                "fe80::1".parse().unwrap()
-            ]
-        );
+        assert_eq!(got, vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
     }
 
     #[test]
     fn empty_means_localhost() {
-        assert_eq!(
-            parse_resolv_conf("search x\n"),
-            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
-        );
+        assert_eq!(parse_resolv_conf("search x\n"), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     }
 
     #[test]

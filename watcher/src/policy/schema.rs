@@ -65,9 +65,7 @@ impl FromStr for Mode {
         match s {
             "audit" => Ok(Mode::Audit),
             "enforce" => Ok(Mode::Enforce),
-            _ => Err(ParseNameError(format!(
-                "mode must be audit or enforce, found {s:?}"
-            ))),
+            _ => Err(ParseNameError(format!("mode must be audit or enforce, found {s:?}"))),
         }
     }
 }
@@ -81,11 +79,7 @@ pub enum PackageManager {
 }
 
 impl PackageManager {
-    pub const ALL: [PackageManager; 3] = [
-        PackageManager::Npm,
-        PackageManager::Pip,
-        PackageManager::Cargo,
-    ];
+    pub const ALL: [PackageManager; 3] = [PackageManager::Npm, PackageManager::Pip, PackageManager::Cargo];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,9 +103,7 @@ impl FromStr for PackageManager {
             "npm" => Ok(PackageManager::Npm),
             "pip" => Ok(PackageManager::Pip),
             "cargo" => Ok(PackageManager::Cargo),
-            _ => Err(ParseNameError(format!(
-                "unknown registry {s:?}, expected one of npm, pip, cargo"
-            ))),
+            _ => Err(ParseNameError(format!("unknown registry {s:?}, expected one of npm, pip, cargo"))),
         }
     }
 }
@@ -139,9 +131,7 @@ impl FromStr for ShellPolicy {
         match s {
             "deny" => Ok(ShellPolicy::Deny),
             "allow" => Ok(ShellPolicy::Allow),
-            _ => Err(ParseNameError(format!(
-                "shells must be deny or allow, found {s:?}"
-            ))),
+            _ => Err(ParseNameError(format!("shells must be deny or allow, found {s:?}"))),
         }
     }
 }
@@ -160,11 +150,9 @@ impl FromStr for Resolver {
         if s == "system" {
             return Ok(Resolver::System);
         }
-        s.parse::<IpAddr>().map(Resolver::Ip).map_err(|_| {
-            ParseNameError(format!(
-                "invalid resolver {s:?}: expected \"system\" or an IPv4/IPv6 address"
-            ))
-        })
+        s.parse::<IpAddr>()
+            .map(Resolver::Ip)
+            .map_err(|_| ParseNameError(format!("invalid resolver {s:?}: expected \"system\" or an IPv4/IPv6 address")))
     }
 }
 
@@ -193,9 +181,7 @@ impl PortRange {
         match text.trim().parse::<u32>() {
             Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
             Ok(_) => Err(format!("invalid port {whole:?}: ports are 1-65535")),
-            Err(_) => Err(format!(
-                "invalid port {whole:?}: expected a port number or a range \"first-last\""
-            )),
+            Err(_) => Err(format!("invalid port {whole:?}: expected a port number or a range \"first-last\"")),
         }
     }
 }
@@ -211,9 +197,7 @@ impl FromStr for PortRange {
             Some((a, b)) => {
                 let (start, end) = (PortRange::port(a, s)?, PortRange::port(b, s)?);
                 if start > end {
-                    return Err(format!(
-                        "invalid port range {s:?}: start {start} is greater than end {end}"
-                    ));
+                    return Err(format!("invalid port range {s:?}: start {start} is greater than end {end}"));
                 }
                 Ok(PortRange { start, end })
             }
@@ -223,11 +207,7 @@ impl FromStr for PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.start == self.end {
-            write!(f, "{}", self.start)
-        } else {
-            write!(f, "{}-{}", self.start, self.end)
-        }
+        if self.start == self.end { write!(f, "{}", self.start) } else { write!(f, "{}-{}", self.start, self.end) }
     }
 }
 
@@ -250,27 +230,18 @@ impl HostPattern {
             return Err(format!("{what} must not be empty"));
         }
         if s.contains("://") {
-            return Err(format!(
-                "invalid {what} {s:?}: expected a host name or glob, not a URL"
-            ));
+            return Err(format!("invalid {what} {s:?}: expected a host name or glob, not a URL"));
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
-            return Err(format!(
-                "invalid {what} {s:?}: this is an IP address; use `ip: {ip}` in egress.allow"
-            ));
+            return Err(format!("invalid {what} {s:?}: this is an IP address; use `ip: {ip}` in egress.allow"));
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "-._*?[]{},!^".contains(*c)))
-        {
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._*?[]{},!^".contains(*c))) {
             let hint = match c {
                 ':' => " (put ports under `ports:`)",
                 '/' => " (a host name has no path)",
                 _ => "",
             };
-            return Err(format!(
-                "invalid {what} {s:?}: unexpected character {c:?}{hint}"
-            ));
+            return Err(format!("invalid {what} {s:?}: unexpected character {c:?}{hint}"));
         }
         let mut text = s.to_ascii_lowercase();
         if text.len() > 1 && text.ends_with('.') {
@@ -306,14 +277,8 @@ impl ExecPattern {
         if s.is_empty() {
             return Err("executable pattern must not be empty".to_string());
         }
-        let glob = GlobBuilder::new(s)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| glob_error(s, &e))?;
-        Ok(ExecPattern {
-            text: s.to_string(),
-            glob,
-        })
+        let glob = GlobBuilder::new(s).literal_separator(true).build().map_err(|e| glob_error(s, &e))?;
+        Ok(ExecPattern { text: s.to_string(), glob })
     }
 
     pub fn as_str(&self) -> &str {
@@ -338,18 +303,10 @@ impl EnvPattern {
             return Err("env var name pattern must not be empty".to_string());
         }
         if s.contains('=') {
-            return Err(format!(
-                "invalid env var name pattern {s:?}: a name cannot contain '='"
-            ));
+            return Err(format!("invalid env var name pattern {s:?}: a name cannot contain '='"));
         }
-        let glob = GlobBuilder::new(s)
-            .case_insensitive(true)
-            .build()
-            .map_err(|e| glob_error(s, &e))?;
-        Ok(EnvPattern {
-            text: s.to_string(),
-            glob,
-        })
+        let glob = GlobBuilder::new(s).case_insensitive(true).build().map_err(|e| glob_error(s, &e))?;
+        Ok(EnvPattern { text: s.to_string(), glob })
     }
 
     pub fn as_str(&self) -> &str {
@@ -420,11 +377,7 @@ pub struct EgressSpec {
 
 impl Default for EgressSpec {
     fn default() -> Self {
-        EgressSpec {
-            registries: Vec::new(),
-            allow: Vec::new(),
-            loopback: true,
-        }
+        EgressSpec { registries: Vec::new(), allow: Vec::new(), loopback: true }
     }
 }
 
@@ -438,10 +391,7 @@ pub struct DnsSpec {
 
 impl Default for DnsSpec {
     fn default() -> Self {
-        DnsSpec {
-            resolvers: vec![Resolver::System],
-            allow: Vec::new(),
-        }
+        DnsSpec { resolvers: vec![Resolver::System], allow: Vec::new() }
     }
 }
 
@@ -529,23 +479,14 @@ struct UniqueKeys<A> {
 
 impl<A> UniqueKeys<A> {
     fn new(inner: A) -> Self {
-        UniqueKeys {
-            inner,
-            seen: Vec::new(),
-        }
+        UniqueKeys { inner, seen: Vec::new() }
     }
 }
 
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for UniqueKeys<A> {
     type Error = A::Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
-        self.inner.next_key_seed(UniqueKeySeed {
-            seed,
-            seen: &mut self.seen,
-        })
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        self.inner.next_key_seed(UniqueKeySeed { seed, seen: &mut self.seen })
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
         self.inner.next_value_seed(seed)
@@ -563,10 +504,7 @@ struct UniqueKeySeed<'s, K> {
 impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for UniqueKeySeed<'_, K> {
     type Value = K::Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<K::Value, D::Error> {
-        self.seed.deserialize(UniqueKeyDeserializer {
-            inner: d,
-            seen: self.seen,
-        })
+        self.seed.deserialize(UniqueKeyDeserializer { inner: d, seen: self.seen })
     }
 }
 
@@ -579,28 +517,16 @@ struct UniqueKeyDeserializer<'s, D> {
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for UniqueKeyDeserializer<'_, D> {
     type Error = D::Error;
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_any(UniqueKeyVisitor {
-            inner: visitor,
-            seen: self.seen,
-        })
+        self.inner.deserialize_any(UniqueKeyVisitor { inner: visitor, seen: self.seen })
     }
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_identifier(UniqueKeyVisitor {
-            inner: visitor,
-            seen: self.seen,
-        })
+        self.inner.deserialize_identifier(UniqueKeyVisitor { inner: visitor, seen: self.seen })
     }
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_str(UniqueKeyVisitor {
-            inner: visitor,
-            seen: self.seen,
-        })
+        self.inner.deserialize_str(UniqueKeyVisitor { inner: visitor, seen: self.seen })
     }
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_string(UniqueKeyVisitor {
-            inner: visitor,
-            seen: self.seen,
-        })
+        self.inner.deserialize_string(UniqueKeyVisitor { inner: visitor, seen: self.seen })
     }
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf option unit
@@ -727,9 +653,7 @@ fn pipeline_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         if s.trim().is_empty() {
             Err("pipeline must be a non-empty name".to_string())
         } else if s.chars().any(char::is_control) {
-            Err(format!(
-                "invalid pipeline name {s:?}: control characters are not allowed"
-            ))
+            Err(format!("invalid pipeline name {s:?}: control characters are not allowed"))
         } else if s.len() > 200 {
             Err("invalid pipeline name: longer than 200 bytes".to_string())
         } else {
@@ -742,16 +666,10 @@ fn dns_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HostPattern>, D::Err
     struct Name(HostPattern);
     impl<'de> Deserialize<'de> for Name {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            parse_str(d, "a DNS name or glob", |s| {
-                HostPattern::parse(s, "DNS name")
-            })
-            .map(Name)
+            parse_str(d, "a DNS name or glob", |s| HostPattern::parse(s, "DNS name")).map(Name)
         }
     }
-    Ok(Vec::<Name>::deserialize(d)?
-        .into_iter()
-        .map(|n| n.0)
-        .collect())
+    Ok(Vec::<Name>::deserialize(d)?.into_iter().map(|n| n.0).collect())
 }
 
 macro_rules! str_deserialize {
@@ -764,30 +682,14 @@ macro_rules! str_deserialize {
     };
 }
 
-str_deserialize!(Mode, "audit or enforce", |s| s
+str_deserialize!(Mode, "audit or enforce", |s| s.parse().map_err(|e: ParseNameError| e.0));
+str_deserialize!(PackageManager, "a package manager name: npm, pip or cargo", |s| s
     .parse()
     .map_err(|e: ParseNameError| e.0));
-str_deserialize!(
-    PackageManager,
-    "a package manager name: npm, pip or cargo",
-    |s| s.parse().map_err(|e: ParseNameError| e.0)
-);
-str_deserialize!(ShellPolicy, "deny or allow", |s| s
-    .parse()
-    .map_err(|e: ParseNameError| e.0));
-str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s
-    .parse()
-    .map_err(|e: ParseNameError| e.0));
-str_deserialize!(
-    ExecPattern,
-    "an executable path or name glob",
-    ExecPattern::parse
-);
-str_deserialize!(
-    EnvPattern,
-    "an environment variable name glob",
-    EnvPattern::parse
-);
+str_deserialize!(ShellPolicy, "deny or allow", |s| s.parse().map_err(|e: ParseNameError| e.0));
+str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().map_err(|e: ParseNameError| e.0));
+str_deserialize!(ExecPattern, "an executable path or name glob", ExecPattern::parse);
+str_deserialize!(EnvPattern, "an environment variable name glob", EnvPattern::parse);
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.parse::<IpAddr>().map_err(|e| {
@@ -802,9 +704,7 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>().map(|n| n.trunc()).map_err(|e| {
         if s.parse::<IpAddr>().is_ok() {
-            format!(
-                "invalid CIDR {s:?}: {e} (a prefix length is required, e.g. {s}/32; or use `ip:`)"
-            )
+            format!("invalid CIDR {s:?}: {e} (a prefix length is required, e.g. {s}/32; or use `ip:`)")
         } else {
             format!("invalid CIDR {s:?}: {e}")
         }
@@ -860,9 +760,7 @@ fn port_list<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Vec<PortRange>, A::E
                 out.push(p);
             }
             if out.is_empty() {
-                return Err(de::Error::custom(
-                    "ports must not be empty (leave `ports` out to allow any port)",
-                ));
+                return Err(de::Error::custom("ports must not be empty (leave `ports` out to allow any port)"));
             }
             Ok(out)
         }
@@ -941,10 +839,9 @@ impl<'de> Deserialize<'de> for AllowEntry {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AllowEntry, A::Error> {
                 let mut target: Option<(EntryKey, Target)> = None;
                 let mut ports = None;
-                while let Some(key) = map.next_key_seed(EntryKeySeed {
-                    target: target.as_ref().map(|t| t.0),
-                    ports_seen: ports.is_some(),
-                })? {
+                while let Some(key) = map
+                    .next_key_seed(EntryKeySeed { target: target.as_ref().map(|t| t.0), ports_seen: ports.is_some() })?
+                {
                     let t = match key {
                         EntryKey::Ports => {
                             ports = Some(port_list(&mut map)?);
@@ -954,10 +851,9 @@ impl<'de> Deserialize<'de> for AllowEntry {
                             expecting: "a host name or glob",
                             parse: |s| HostPattern::parse(s, "host"),
                         })?),
-                        EntryKey::Ip => Target::Ip(map.next_value_seed(StrSeed {
-                            expecting: "an IPv4 or IPv6 address",
-                            parse: parse_ip,
-                        })?),
+                        EntryKey::Ip => Target::Ip(
+                            map.next_value_seed(StrSeed { expecting: "an IPv4 or IPv6 address", parse: parse_ip })?,
+                        ),
                         EntryKey::Cidr => Target::Cidr(map.next_value_seed(StrSeed {
                             expecting: "an IPv4 or IPv6 network in CIDR notation",
                             parse: parse_cidr,
@@ -967,9 +863,7 @@ impl<'de> Deserialize<'de> for AllowEntry {
                 }
                 match target {
                     Some((_, target)) => Ok(AllowEntry { target, ports }),
-                    None => Err(de::Error::custom(
-                        "an egress.allow entry needs exactly one of `host`, `ip` or `cidr`",
-                    )),
+                    None => Err(de::Error::custom("an egress.allow entry needs exactly one of `host`, `ip` or `cidr`")),
                 }
             }
         }
@@ -1015,11 +909,7 @@ display_serialize!(
 
 impl Serialize for PortRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.start == self.end {
-            s.serialize_u16(self.start)
-        } else {
-            s.serialize_str(&self.to_string())
-        }
+        if self.start == self.end { s.serialize_u16(self.start) } else { s.serialize_str(&self.to_string()) }
     }
 }
 

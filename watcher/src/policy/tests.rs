@@ -76,10 +76,7 @@ fn unknown_top_level_field() {
 fn unknown_nested_field_in_allow_entry() {
     // The message of the brief, exactly.
     let text = format!("{HEAD}egress:\n  allow:\n  - hots: x.com\n");
-    assert_eq!(
-        err(&text),
-        "p.yaml:5:5: unknown field `hots`, expected one of `host`, `ip`, `cidr`, `ports`"
-    );
+    assert_eq!(err(&text), "p.yaml:5:5: unknown field `hots`, expected one of `host`, `ip`, `cidr`, `ports`");
 }
 
 #[test]
@@ -90,12 +87,7 @@ fn unknown_nested_field_in_section() {
         5,
         "unknown field `shell`, expected `shells`",
     );
-    assert_err(
-        &format!("{HEAD}dns:\n  resolver: [system]\n"),
-        4,
-        3,
-        "unknown field `resolver`",
-    );
+    assert_err(&format!("{HEAD}dns:\n  resolver: [system]\n"), 4, 3, "unknown field `resolver`");
 }
 
 #[test]
@@ -111,28 +103,13 @@ fn wrong_type_string_for_ports() {
 #[test]
 fn wrong_type_sequence_for_section() {
     // Derived struct impls would accept a sequence positionally; sections must be mappings.
-    assert_err(
-        &format!("{HEAD}egress: [[npm], [], true]\n"),
-        3,
-        9,
-        "invalid type: sequence, expected a mapping",
-    );
+    assert_err(&format!("{HEAD}egress: [[npm], [], true]\n"), 3, 9, "invalid type: sequence, expected a mapping");
 }
 
 #[test]
 fn bad_cidr() {
-    assert_err(
-        &format!("{HEAD}egress:\n  allow:\n    - cidr: 10.0.0.0/33\n"),
-        5,
-        13,
-        "invalid CIDR \"10.0.0.0/33\": ",
-    );
-    assert_err(
-        &format!("{HEAD}egress:\n  allow:\n    - cidr: 10.0.0.1\n"),
-        5,
-        13,
-        "invalid CIDR \"10.0.0.1\"",
-    );
+    assert_err(&format!("{HEAD}egress:\n  allow:\n    - cidr: 10.0.0.0/33\n"), 5, 13, "invalid CIDR \"10.0.0.0/33\": ");
+    assert_err(&format!("{HEAD}egress:\n  allow:\n    - cidr: 10.0.0.1\n"), 5, 13, "invalid CIDR \"10.0.0.1\"");
 }
 
 #[test]
@@ -143,18 +120,8 @@ fn bad_cidr_message_of_the_brief() {
 
 #[test]
 fn bad_ip() {
-    assert_err(
-        &format!("{HEAD}egress:\n  allow:\n    - ip: 300.1.1.1\n"),
-        5,
-        11,
-        "invalid IP address \"300.1.1.1\"",
-    );
-    assert_err(
-        &format!("{HEAD}egress:\n  allow:\n    - ip: 10.0.0.0/8\n"),
-        5,
-        11,
-        "invalid IP address \"10.0.0.0/8\"",
-    );
+    assert_err(&format!("{HEAD}egress:\n  allow:\n    - ip: 300.1.1.1\n"), 5, 11, "invalid IP address \"300.1.1.1\"");
+    assert_err(&format!("{HEAD}egress:\n  allow:\n    - ip: 10.0.0.0/8\n"), 5, 11, "invalid IP address \"10.0.0.0/8\"");
 }
 
 #[test]
@@ -165,24 +132,9 @@ fn bad_glob() {
         7,
         "invalid glob \"[abc\": unclosed character class",
     );
-    assert_err(
-        &format!("{HEAD}dns:\n  allow: [\"{{a,b\"]\n"),
-        4,
-        11,
-        "invalid glob \"{a,b\"",
-    );
-    assert_err(
-        &format!("{HEAD}secrets:\n  env: [\"AWS_[\"]\n"),
-        4,
-        9,
-        "invalid glob \"AWS_[\"",
-    );
-    assert_err(
-        &format!("{HEAD}egress:\n  allow:\n    - host: \"[x.com\"\n"),
-        5,
-        13,
-        "invalid glob \"[x.com\"",
-    );
+    assert_err(&format!("{HEAD}dns:\n  allow: [\"{{a,b\"]\n"), 4, 11, "invalid glob \"{a,b\"");
+    assert_err(&format!("{HEAD}secrets:\n  env: [\"AWS_[\"]\n"), 4, 9, "invalid glob \"AWS_[\"");
+    assert_err(&format!("{HEAD}egress:\n  allow:\n    - host: \"[x.com\"\n"), 5, 13, "invalid glob \"[x.com\"");
 }
 
 #[test]
@@ -210,9 +162,7 @@ fn bad_host() {
 #[test]
 fn bad_port_range() {
     assert_err(
-        &format!(
-            "{HEAD}egress:\n  allow:\n    - cidr: 10.0.0.0/8\n      ports: [443, 9000-8000]\n"
-        ),
+        &format!("{HEAD}egress:\n  allow:\n    - cidr: 10.0.0.0/8\n      ports: [443, 9000-8000]\n"),
         6,
         20,
         "invalid port range \"9000-8000\": start 9000 is greater than end 8000",
@@ -253,9 +203,7 @@ fn both_ip_and_cidr() {
         "an egress.allow entry has both `ip` and `cidr`",
     );
     assert_err(
-        &format!(
-            "{HEAD}egress:\n  allow:\n    - host: a.example\n      ports: [1]\n      ip: 10.0.0.1\n"
-        ),
+        &format!("{HEAD}egress:\n  allow:\n    - host: a.example\n      ports: [1]\n      ip: 10.0.0.1\n"),
         7,
         7,
         "an egress.allow entry has both `host` and `ip`",
@@ -270,24 +218,14 @@ fn duplicate_keys() {
         7,
         "duplicate field `ip`",
     );
-    assert_err(
-        "version: 1\npipeline: p\npipeline: q\n",
-        3,
-        1,
-        "duplicate field `pipeline`",
-    );
+    assert_err("version: 1\npipeline: p\npipeline: q\n", 3, 1, "duplicate field `pipeline`");
     assert_err(
         &format!("{HEAD}egress:\n  loopback: true\n  registries: []\n  loopback: false\n"),
         6,
         3,
         "duplicate field `loopback`",
     );
-    assert_err(
-        &format!("{HEAD}exec: {{}}\nexec: {{}}\n"),
-        4,
-        1,
-        "duplicate field `exec`",
-    );
+    assert_err(&format!("{HEAD}exec: {{}}\nexec: {{}}\n"), 4, 1, "duplicate field `exec`");
 }
 
 #[test]
@@ -308,19 +246,9 @@ fn entry_without_target() {
 
 #[test]
 fn missing_version_and_pipeline() {
-    assert_err(
-        "pipeline: p\nmode: audit\n",
-        1,
-        1,
-        "missing field `version`",
-    );
+    assert_err("pipeline: p\nmode: audit\n", 1, 1, "missing field `version`");
     assert_err("version: 1\n", 1, 1, "missing field `pipeline`");
-    assert_err(
-        "version: 1\npipeline: \"  \"\n",
-        2,
-        11,
-        "pipeline must be a non-empty name",
-    );
+    assert_err("version: 1\npipeline: \"  \"\n", 2, 11, "pipeline must be a non-empty name");
 }
 
 #[test]
@@ -335,12 +263,7 @@ fn version_2() {
         10,
         "invalid type: string \"1\", expected the format version number 1",
     );
-    assert_err(
-        "version: -1\npipeline: p\n",
-        1,
-        10,
-        "invalid type: integer `-1`, expected the format version number 1",
-    );
+    assert_err("version: -1\npipeline: p\n", 1, 10, "invalid type: integer `-1`, expected the format version number 1");
 }
 
 #[test]
@@ -380,36 +303,17 @@ fn empty_file_syntax_error_and_list() {
     for empty in ["", "\n\n", "# only a comment\n", "---\n"] {
         assert_err(empty, 1, 1, "the policy is empty");
     }
-    assert_err(
-        "- version: 1\n- pipeline: p\n",
-        1,
-        1,
-        "invalid type: sequence, expected a policy mapping",
-    );
-    assert_err(
-        "just a string\n",
-        1,
-        1,
-        "invalid type: string \"just a string\", expected a policy mapping",
-    );
+    assert_err("- version: 1\n- pipeline: p\n", 1, 1, "invalid type: sequence, expected a policy mapping");
+    assert_err("just a string\n", 1, 1, "invalid type: string \"just a string\", expected a policy mapping");
     // Bad indentation: a YAML syntax error, located.
     let e = err("version: 1\npipeline: p\negress:\n  allow:\n    - host: x\n   ports: [1]\n");
     assert!(e.starts_with("p.yaml:6:"), "{e}");
-    assert!(
-        !e.contains("line 6 column 4"),
-        "serde_yaml's position suffix must be stripped: {e}"
-    );
+    assert!(!e.contains("line 6 column 4"), "serde_yaml's position suffix must be stripped: {e}");
     let e = err("version: 1\npipeline: \"unclosed\n");
-    assert!(
-        e.starts_with("p.yaml:2:11: ") || e.starts_with("p.yaml:3:1: "),
-        "{e}"
-    );
+    assert!(e.starts_with("p.yaml:2:11: ") || e.starts_with("p.yaml:3:1: "), "{e}");
     assert!(e.contains("quoted scalar"), "{e}");
     let e = err("version: 1\npipeline: p\n---\nversion: 1\npipeline: q\n");
-    assert!(
-        e.starts_with("p.yaml:1:1: ") && e.contains("more than one document"),
-        "{e}"
-    );
+    assert!(e.starts_with("p.yaml:1:1: ") && e.contains("more than one document"), "{e}");
 }
 
 #[test]
@@ -418,10 +322,7 @@ fn null_sections_and_lists_take_defaults() {
     assert!(p.spec().egress.loopback);
     assert!(p.spec().dns.resolvers == vec![Resolver::System]);
     assert!(p.spec().dns.allow.is_empty());
-    assert_eq!(
-        p.secret_env_patterns().len(),
-        schema::DEFAULT_SECRET_ENV.len()
-    );
+    assert_eq!(p.secret_env_patterns().len(), schema::DEFAULT_SECRET_ENV.len());
 }
 
 #[test]
@@ -449,16 +350,10 @@ fn never_panics_on_garbage() {
         "version: 1\npipeline: \"a\\u0000\"\n",
     ];
     for text in inputs {
-        let _ = parse_str("p.yaml", text)
-            .map(|p| p.to_yaml())
-            .map_err(|e| e.to_string());
+        let _ = parse_str("p.yaml", text).map(|p| p.to_yaml()).map_err(|e| e.to_string());
     }
     // Deep nesting hits serde_yaml's recursion limit instead of the stack.
-    let deep = format!(
-        "version: 1\npipeline: p\nexec: {}{}",
-        "[".repeat(10_000),
-        "]".repeat(10_000)
-    );
+    let deep = format!("version: 1\npipeline: p\nexec: {}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert!(parse_str("p.yaml", &deep).is_err());
 }
 
@@ -466,10 +361,7 @@ fn never_panics_on_garbage() {
 fn load_reports_unreadable_files() {
     let e = load(Path::new("/nonexistent/p.yaml")).unwrap_err();
     assert_eq!(e.location, None);
-    assert_eq!(
-        e.to_string(),
-        "/nonexistent/p.yaml: cannot read: No such file or directory (os error 2)"
-    );
+    assert_eq!(e.to_string(), "/nonexistent/p.yaml: cannot read: No such file or directory (os error 2)");
 }
 
 #[test]
@@ -478,13 +370,7 @@ fn load_uses_the_path_as_file_name() {
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, "version: 1\npipeline: x\nmode: enforcing\n").unwrap();
     let e = load(&path).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "{}:3:7: mode must be audit or enforce, found \"enforcing\"",
-            path.display()
-        )
-    );
+    assert_eq!(e.to_string(), format!("{}:3:7: mode must be audit or enforce, found \"enforcing\"", path.display()));
     std::fs::write(&path, HEAD).unwrap();
     assert_eq!(load(&path).unwrap().source, path.display().to_string());
 }
@@ -495,10 +381,7 @@ fn load_uses_the_path_as_file_name() {
 #[test]
 fn full_example_parses_with_every_field() {
     let p = parse(FULL);
-    assert_eq!(
-        (p.version, p.pipeline.as_str(), p.mode, p.source.as_str()),
-        (1, "web-frontend", Mode::Audit, "p.yaml")
-    );
+    assert_eq!((p.version, p.pipeline.as_str(), p.mode, p.source.as_str()), (1, "web-frontend", Mode::Audit, "p.yaml"));
     assert_eq!(p.registries(), &[PackageManager::Npm]);
     let s = p.spec();
     assert_eq!(s.egress.allow.len(), 3);
@@ -506,48 +389,24 @@ fn full_example_parses_with_every_field() {
         Target::Host(h) => assert_eq!(h.as_str(), "*.githubusercontent.com"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        s.egress.allow[0].ports,
-        Some(vec![PortRange {
-            start: 443,
-            end: 443
-        }])
-    );
+    assert_eq!(s.egress.allow[0].ports, Some(vec![PortRange { start: 443, end: 443 }]));
     assert_eq!(s.egress.allow[1].target, Target::Ip(ip("127.0.0.1")));
     assert_eq!(s.egress.allow[1].ports, None);
-    assert_eq!(
-        s.egress.allow[2].target,
-        Target::Cidr("10.20.0.0/16".parse().unwrap())
-    );
+    assert_eq!(s.egress.allow[2].target, Target::Cidr("10.20.0.0/16".parse().unwrap()));
     assert_eq!(
         s.egress.allow[2].ports,
-        Some(vec![
-            PortRange {
-                start: 443,
-                end: 443
-            },
-            PortRange {
-                start: 8000,
-                end: 8100
-            }
-        ])
+        Some(vec![PortRange { start: 443, end: 443 }, PortRange { start: 8000, end: 8100 }])
     );
     assert!(s.egress.loopback);
     assert_eq!(s.dns.resolvers, vec![Resolver::System]);
-    assert_eq!(
-        s.dns.allow.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
-        ["*.internal.example"]
-    );
+    assert_eq!(s.dns.allow.iter().map(|h| h.as_str()).collect::<Vec<_>>(), ["*.internal.example"]);
     assert_eq!(
         s.exec.deny.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
         ["nc", "ncat", "socat", "telnet", "/tmp/**"]
     );
     assert!(s.exec.allow.is_empty());
     assert_eq!(s.exec.install_scripts.shells, ShellPolicy::Deny);
-    assert_eq!(
-        p.secret_env_patterns(),
-        ["AWS_*", "*_TOKEN", "*_PASSWORD", "*_SECRET", "*_KEY"]
-    );
+    assert_eq!(p.secret_env_patterns(), ["AWS_*", "*_TOKEN", "*_PASSWORD", "*_SECRET", "*_KEY"]);
 }
 
 #[test]
@@ -637,11 +496,7 @@ fn host_glob_star_dot_matches_subdomains_not_the_apex() {
 #[test]
 fn host_matching_ignores_case_and_one_trailing_dot() {
     let p = egress("    - host: Registry.X.Example.\n    - host: \"*.Y.example\"\n");
-    for name in [
-        "registry.x.example",
-        "REGISTRY.x.EXAMPLE",
-        "registry.x.example.",
-    ] {
+    for name in ["registry.x.example", "REGISTRY.x.EXAMPLE", "registry.x.example."] {
         assert!(p.host_allowed(name, 1), "{name}");
         assert!(p.dns_name_allowed(name), "{name}");
     }
@@ -693,10 +548,7 @@ fn ip_and_cidr_v4_v6_with_ports() {
     let cidrs = p.allowed_cidrs();
     assert!(cidrs.contains(&("172.16.0.0/12".parse().unwrap(), None)));
     assert!(cidrs.contains(&("192.0.2.7/32".parse().unwrap(), None)));
-    assert!(cidrs.contains(&(
-        "10.20.0.0/16".parse().unwrap(),
-        Some(vec![(443, 443), (8000, 8100)])
-    )));
+    assert!(cidrs.contains(&("10.20.0.0/16".parse().unwrap(), Some(vec![(443, 443), (8000, 8100)]))));
     assert!(cidrs.contains(&("2001:db9::1/128".parse().unwrap(), Some(vec![(53, 53)]))));
     assert!(cidrs.contains(&("127.0.0.0/8".parse().unwrap(), None)));
     assert!(cidrs.contains(&("::1/128".parse().unwrap(), None)));
@@ -734,10 +586,7 @@ fn dns_names_include_egress_hosts_dns_allow_and_registry_hosts() {
     // dns.allow names are not connect targets.
     assert!(!p.host_allowed("db.internal.example", 443));
 
-    let p = p.with_registry_hosts(vec![
-        "Pkgs.MIRROR.test".to_string(),
-        "files.mirror.test.".to_string(),
-    ]);
+    let p = p.with_registry_hosts(vec!["Pkgs.MIRROR.test".to_string(), "files.mirror.test.".to_string()]);
     for name in ["pkgs.mirror.test", "PKGS.mirror.test.", "files.mirror.test"] {
         assert!(p.dns_name_allowed(name), "{name}");
     }
@@ -754,10 +603,7 @@ fn registry_ip_literals_are_allowed_as_ips() {
     assert!(p.ip_allowed(ip("10.9.8.7"), 4873));
     assert!(p.ip_allowed(ip("2001:db8::5"), 443));
     assert!(!p.ip_allowed(ip("10.9.8.6"), 4873));
-    assert!(
-        p.allowed_cidrs()
-            .contains(&("10.9.8.7/32".parse().unwrap(), None))
-    );
+    assert!(p.allowed_cidrs().contains(&("10.9.8.7/32".parse().unwrap(), None)));
 }
 
 #[test]
@@ -767,9 +613,7 @@ fn resolvers() {
     assert!(p.resolver_allowed(ip("10.0.0.2"), &sys));
     assert!(p.resolver_allowed(ip("fd00::53"), &sys));
     assert!(!p.resolver_allowed(ip("10.0.0.3"), &sys));
-    let p = parse(&format!(
-        "{HEAD}dns:\n  resolvers: [192.0.2.53, \"2001:db8::53\"]\n"
-    ));
+    let p = parse(&format!("{HEAD}dns:\n  resolvers: [192.0.2.53, \"2001:db8::53\"]\n"));
     assert!(!p.resolver_allowed(ip("10.0.0.2"), &sys));
     assert!(p.resolver_allowed(ip("192.0.2.53"), &sys));
     assert!(p.resolver_allowed(ip("::ffff:192.0.2.53"), &sys));
@@ -788,47 +632,27 @@ fn exec_deny_by_basename_and_path_glob() {
     assert_eq!(p.exec_denied("/tmp/a/b/c").as_deref(), Some("/tmp/**"));
     assert_eq!(p.exec_denied("/usr/bin/node"), None);
     assert_eq!(p.exec_denied("/usr/bin/ncx"), None);
-    assert_eq!(
-        p.exec_denied("/usr/bin/NC"),
-        None,
-        "exec globs are case-sensitive"
-    );
+    assert_eq!(p.exec_denied("/usr/bin/NC"), None, "exec globs are case-sensitive");
     assert_eq!(p.exec_denied("/var/tmp/x"), None);
 }
 
 #[test]
 fn exec_star_does_not_cross_slash_but_double_star_does() {
-    let p = parse(&format!(
-        "{HEAD}exec:\n  deny: [\"/opt/*/nc*\", \"/home/**/bin/*\"]\n"
-    ));
+    let p = parse(&format!("{HEAD}exec:\n  deny: [\"/opt/*/nc*\", \"/home/**/bin/*\"]\n"));
     assert_eq!(p.exec_denied("/opt/a/ncat").as_deref(), Some("/opt/*/nc*"));
     assert_eq!(p.exec_denied("/opt/a/b/ncat"), None);
-    assert_eq!(
-        p.exec_denied("/home/u/x/y/bin/tool").as_deref(),
-        Some("/home/**/bin/*")
-    );
-    assert_eq!(
-        p.exec_denied("/home/bin/tool").as_deref(),
-        Some("/home/**/bin/*")
-    );
+    assert_eq!(p.exec_denied("/home/u/x/y/bin/tool").as_deref(), Some("/home/**/bin/*"));
+    assert_eq!(p.exec_denied("/home/bin/tool").as_deref(), Some("/home/**/bin/*"));
 }
 
 #[test]
 fn exec_allow_list_semantics() {
-    let p = parse(&format!(
-        "{HEAD}exec:\n  deny: [curl]\n  allow: [node, npm, \"/usr/bin/*\", \"/work/**\"]\n"
-    ));
+    let p = parse(&format!("{HEAD}exec:\n  deny: [curl]\n  allow: [node, npm, \"/usr/bin/*\", \"/work/**\"]\n"));
     assert_eq!(p.exec_denied("/usr/local/bin/node"), None, "basename match");
     assert_eq!(p.exec_denied("/usr/bin/git"), None, "path glob match");
     assert_eq!(p.exec_denied("/work/a/node_modules/.bin/tsc"), None);
-    assert_eq!(
-        p.exec_denied("/usr/local/bin/python3").as_deref(),
-        Some(NOT_IN_EXEC_ALLOW)
-    );
-    assert_eq!(
-        p.exec_denied("/usr/bin/x/y").as_deref(),
-        Some(NOT_IN_EXEC_ALLOW)
-    );
+    assert_eq!(p.exec_denied("/usr/local/bin/python3").as_deref(), Some(NOT_IN_EXEC_ALLOW));
+    assert_eq!(p.exec_denied("/usr/bin/x/y").as_deref(), Some(NOT_IN_EXEC_ALLOW));
     // Deny wins over allow.
     assert_eq!(p.exec_denied("/usr/bin/curl").as_deref(), Some("curl"));
     // Empty allow list: everything not denied is allowed.
@@ -839,28 +663,16 @@ fn exec_allow_list_semantics() {
 #[test]
 fn shells_default_and_allow() {
     assert!(parse(HEAD).shells_denied_in_install_scripts());
+    assert!(parse(&format!("{HEAD}exec:\n  install_scripts: {{}}\n")).shells_denied_in_install_scripts());
     assert!(
-        parse(&format!("{HEAD}exec:\n  install_scripts: {{}}\n"))
-            .shells_denied_in_install_scripts()
-    );
-    assert!(
-        !parse(&format!(
-            "{HEAD}exec:\n  install_scripts:\n    shells: allow\n"
-        ))
-        .shells_denied_in_install_scripts()
+        !parse(&format!("{HEAD}exec:\n  install_scripts:\n    shells: allow\n")).shells_denied_in_install_scripts()
     );
 }
 
 #[test]
 fn secret_env_names() {
     let p = parse(FULL);
-    for name in [
-        "AWS_SECRET_ACCESS_KEY",
-        "GITHUB_TOKEN",
-        "npm_token",
-        "DB_PASSWORD",
-        "SIGNING_KEY",
-    ] {
+    for name in ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "npm_token", "DB_PASSWORD", "SIGNING_KEY"] {
         assert!(p.is_secret_env(name), "{name}");
     }
     for name in ["PATH", "HOME", "TOKENIZER", "KEYBOARD"] {
@@ -891,14 +703,8 @@ fn shipped_policies_parse() {
         assert_eq!(p.registries(), &[pm]);
         assert!(p.shells_denied_in_install_scripts(), "{pm}");
         for tool in ["nc", "ncat", "netcat", "socat", "telnet"] {
-            assert!(
-                p.exec_denied(&format!("/usr/bin/{tool}")).is_some(),
-                "{pm}: {tool}"
-            );
+            assert!(p.exec_denied(&format!("/usr/bin/{tool}")).is_some(), "{pm}: {tool}");
         }
-        assert!(
-            p.is_secret_env("NPM_TOKEN") && p.is_secret_env("AWS_ACCESS_KEY_ID"),
-            "{pm}"
-        );
+        assert!(p.is_secret_env("NPM_TOKEN") && p.is_secret_env("AWS_ACCESS_KEY_ID"), "{pm}");
     }
 }

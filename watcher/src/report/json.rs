@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use super::model::Report;
 
 pub fn value(r: &Report) -> Value {
-    let mut procs: Vec<(u64, u32)> = r.tree.iter().map(|(&pid, _)| (r.procs.get(&pid).map(|s| s.order).unwrap_or(u64::MAX), pid)).collect();
+    let mut procs: Vec<(u64, u32)> =
+        r.tree.iter().map(|(&pid, _)| (r.procs.get(&pid).map(|s| s.order).unwrap_or(u64::MAX), pid)).collect();
     procs.sort();
     let processes: Vec<Value> = procs
         .iter()

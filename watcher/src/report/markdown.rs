@@ -76,7 +76,8 @@ pub fn render(r: &Report) -> String {
         Some(p) => format!("policy {} ({} mode)", code_text(&p.pipeline), p.mode),
         None => "no policy".into(),
     };
-    let cmd = if r.command.is_empty() { String::new() } else { format!(" · command {}", code_text(&r.command.join(" "))) };
+    let cmd =
+        if r.command.is_empty() { String::new() } else { format!(" · command {}", code_text(&r.command.join(" "))) };
     let exit = r.exit_code.map(|c| format!(" · exit code {c}")).unwrap_or_default();
     let _ = writeln!(s, "{policy}{cmd}{exit}\n");
     let _ = writeln!(s, "| processes | execs | destinations | DNS names | DNS queries | alerts | lost events |");
@@ -220,7 +221,12 @@ mod render_tests {
         let row = md.lines().find(|l| l.contains("evil.test")).expect("alert row");
         // Every untrusted part is inside a code span; the pipe cannot split the table row.
         assert_eq!(row.matches(" | ").count(), 6, "seven cells: {row}");
-        assert!(row.contains("``npm:x](https://evil.test) <img src=x onerror=alert(1)> \\| `code` **b**@1.0.0 (postinstall)``"), "{row}");
+        assert!(
+            row.contains(
+                "``npm:x](https://evil.test) <img src=x onerror=alert(1)> \\| `code` **b**@1.0.0 (postinstall)``"
+            ),
+            "{row}"
+        );
         assert!(!md.contains("\nforged line"), "{md}");
     }
 }

@@ -91,12 +91,12 @@ pub fn render_one(r: &Report, format: Format, colour: bool) -> String {
 pub fn append_step_summary(reports: &[Report]) {
     let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else { return };
     let md = render_all(reports, Format::Markdown, false);
-    let res = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(md.as_bytes()));
+    let res =
+        std::fs::OpenOptions::new().append(true).create(true).open(&path).and_then(|mut f| f.write_all(md.as_bytes()));
     if let Err(e) = res {
-        eprintln!("watcher: warning: cannot append the report to GITHUB_STEP_SUMMARY ({}): {e}", Path::new(&path).display());
+        eprintln!(
+            "watcher: warning: cannot append the report to GITHUB_STEP_SUMMARY ({}): {e}",
+            Path::new(&path).display()
+        );
     }
 }

@@ -176,7 +176,8 @@ impl Report {
                 self.dns_queries += 1;
                 self.dns_servers.insert(x.server);
                 self.stats(x.proc.pid).dns += 1;
-                let name = if x.error.is_some() { format!("<non-DNS payload to {}>", x.server) } else { x.qname.clone() };
+                let name =
+                    if x.error.is_some() { format!("<non-DNS payload to {}>", x.server) } else { x.qname.clone() };
                 if !self.dns.contains_key(&name) {
                     self.dns.insert(name.clone(), DnsName::default());
                 }

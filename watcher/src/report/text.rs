@@ -98,7 +98,8 @@ pub fn render(r: &Report, p: Paint) -> String {
                 Some(w) => safe(&w),
                 None => "no DNS answer gave this address".to_string(),
             };
-            let denied = if d.denied > 0 { format!(" {}", p.red(&format!("({} denied)", d.denied))) } else { String::new() };
+            let denied =
+                if d.denied > 0 { format!(" {}", p.red(&format!("({} denied)", d.denied))) } else { String::new() };
             let _ = writeln!(s, "  destination {ip}:{port}/{} ×{}{denied}  {}", proto.as_str(), d.count, p.dim(&why));
         }
     }
@@ -113,7 +114,8 @@ pub fn render(r: &Report, p: Paint) -> String {
             } else {
                 " (no answer)".into()
             };
-            let denied = if d.denied > 0 { format!(" {}", p.red(&format!("({} denied)", d.denied))) } else { String::new() };
+            let denied =
+                if d.denied > 0 { format!(" {}", p.red(&format!("({} denied)", d.denied))) } else { String::new() };
             let _ = writeln!(s, "  dns {} {}{answer} ×{}{denied}", safe(name), safe(&types.join(",")), d.queries);
         }
     }
@@ -129,7 +131,9 @@ pub fn render(r: &Report, p: Paint) -> String {
                 p.bold(&a.rule),
                 a.pid,
                 a.package.as_ref().map(|x| format!(" {}", safe(x))).unwrap_or_default(),
-                r.since_install_script(a).map(|ns| format!(", {} after the script started", duration(ns))).unwrap_or_default(),
+                r.since_install_script(a)
+                    .map(|ns| format!(", {} after the script started", duration(ns)))
+                    .unwrap_or_default(),
                 safe(&a.message)
             );
         }
@@ -138,7 +142,8 @@ pub fn render(r: &Report, p: Paint) -> String {
         let _ = writeln!(s, "{}", p.bold("lost events:"));
     }
     for (src, n) in &r.lost {
-        let _ = writeln!(s, "  {}", p.red(&format!("LOST {n} {} events: the kernel could not deliver them", safe(src))));
+        let _ =
+            writeln!(s, "  {}", p.red(&format!("LOST {n} {} events: the kernel could not deliver them", safe(src))));
     }
     s
 }

@@ -4,15 +4,23 @@
 //! start of an install script, a killed process, and every ancestor of those are always shown.
 use std::collections::{HashMap, HashSet};
 
-use super::{live::{safe, shorten}, model::Report};
+use super::{
+    live::{safe, shorten},
+    model::Report,
+};
 
 /// Up to this many processes every process is shown.
 pub const SHOW_ALL: usize = 30;
 
 pub enum Row {
-    Proc { pid: u32 },
+    Proc {
+        pid: u32,
+    },
     /// `count` boring processes (in subtrees hanging from the row above) by name.
-    Collapsed { count: usize, names: Vec<(String, usize)> },
+    Collapsed {
+        count: usize,
+        names: Vec<(String, usize)>,
+    },
 }
 
 /// A row with its tree-drawing prefix (`│  ├─ `).
@@ -91,14 +99,23 @@ pub fn lines(r: &Report) -> Vec<Line> {
         out: &mut Vec<Line>,
         depth: usize,
     ) {
-        let kids: Vec<u32> =
-            children.get(&pid).map(Vec::as_slice).unwrap_or(&[]).iter().copied().filter(|k| size.contains_key(k)).collect();
+        let kids: Vec<u32> = children
+            .get(&pid)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(|k| size.contains_key(k))
+            .collect();
         let shown: Vec<u32> = kids.iter().copied().filter(|k| keep.contains(k)).collect();
         let hidden: Vec<u32> = kids.iter().copied().filter(|k| !keep.contains(k)).collect();
         let n = shown.len() + usize::from(!hidden.is_empty());
         for (i, &k) in shown.iter().enumerate() {
             let last = i + 1 == n;
-            out.push(Line { prefix: format!("{prefix}{}", if last { "└─ " } else { "├─ " }), row: Row::Proc { pid: k } });
+            out.push(Line {
+                prefix: format!("{prefix}{}", if last { "└─ " } else { "├─ " }),
+                row: Row::Proc { pid: k },
+            });
             if depth < 200 {
                 let p = format!("{prefix}{}", if last { "   " } else { "│  " });
                 walk(k, &p, children, keep, size, names_of, out, depth + 1);
@@ -145,10 +162,12 @@ pub fn collapsed_text(count: usize, names: &[(String, usize)]) -> String {
 pub fn proc_text(r: &Report, pid: u32) -> (String, Vec<String>) {
     let n = r.tree.get(pid);
     let name = r.proc_name(pid);
-    let argv = n
-        .map(|n| n.argv.iter().skip(1).map(|a| safe(a)).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    let head = if argv.is_empty() { format!("{pid} {}", safe(&name)) } else { format!("{pid} {} {}", safe(&name), shorten(&argv, 100)) };
+    let argv = n.map(|n| n.argv.iter().skip(1).map(|a| safe(a)).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    let head = if argv.is_empty() {
+        format!("{pid} {}", safe(&name))
+    } else {
+        format!("{pid} {} {}", safe(&name), shorten(&argv, 100))
+    };
     let mut notes = Vec::new();
     if let Some(a) = n.and_then(|n| n.attribution.as_ref()) {
         notes.push(format!("[{}]", safe(&a.label())));

@@ -70,11 +70,11 @@ impl Btf {
             // Size of the kind-specific data that follows the common header.
             p = body
                 + match kind {
-                    1 | 14 | 17 => 4,          // INT, VAR, DECL_TAG
-                    3 => 12,                   // ARRAY
-                    4 | 5 | 15 => 12 * vlen,   // STRUCT, UNION, DATASEC
-                    6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
-                    19 => 12 * vlen,           // ENUM64
+                    1 | 14 | 17 => 4,        // INT, VAR, DECL_TAG
+                    3 => 12,                 // ARRAY
+                    4 | 5 | 15 => 12 * vlen, // STRUCT, UNION, DATASEC
+                    6 | 13 => 8 * vlen,      // ENUM, FUNC_PROTO
+                    19 => 12 * vlen,         // ENUM64
                     _ => 0,
                 };
         }

@@ -10,15 +10,19 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
 use watcher_common::{
-    CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, CFG_OFF_FILE_INODE,
-    CFG_OFF_INODE_SIZE, SHELL_SIG_BYTES, shell_signature,
-    CFG_DAEMON, CFG_SEED, DAEMON_LOG_ALL, DAEMON_ON, JOB_NONE, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_NAME_LEN, ExecKey, JOB_ADDR_LEN,
-    NUM_COUNTERS, NameKey, PortSet, ProcInfo, host_ports_key, job_addr_key};
+    CFG_DAEMON, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP, CFG_OFF_FILE_INODE,
+    CFG_OFF_INODE_SIZE, CFG_SEED, DAEMON_LOG_ALL, DAEMON_ON, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB,
+    ENV_NAME_LEN, ExecKey, JOB_ADDR_LEN, JOB_NONE, NUM_COUNTERS, NameKey, PortSet, ProcInfo, SHELL_SIG_BYTES,
+    host_ports_key, job_addr_key, shell_signature,
+};
 
 use crate::{event::SensorState, policy::kernel::KernelTables, record};
 
@@ -84,7 +88,14 @@ pub struct SensorConfig {
 
 impl SensorConfig {
     pub fn run(ringbuf_bytes: u32, cgroup: PathBuf) -> SensorConfig {
-        SensorConfig { ringbuf_bytes, cgroup, daemon: false, job_env: Vec::new(), extra_env: Vec::new(), log_no_job: false }
+        SensorConfig {
+            ringbuf_bytes,
+            cgroup,
+            daemon: false,
+            job_env: Vec::new(),
+            extra_env: Vec::new(),
+            log_no_job: false,
+        }
     }
 }
 
@@ -155,7 +166,8 @@ fn shell_identity(ebpf: &mut Ebpf, links: &mut Vec<Detach>) -> anyhow::Result<Se
         }
     }
     {
-        let mut m = HashMap::<_, u64, u32>::try_from(ebpf.map_mut("SHELL_SIGS").ok_or_else(|| anyhow!("no SHELL_SIGS map"))?)?;
+        let mut m =
+            HashMap::<_, u64, u32>::try_from(ebpf.map_mut("SHELL_SIGS").ok_or_else(|| anyhow!("no SHELL_SIGS map"))?)?;
         for sig in sigs.keys() {
             m.insert(sig, &1, 0).context("filling SHELL_SIGS")?;
         }
@@ -195,14 +207,8 @@ fn ensure_tracefs() -> anyhow::Result<()> {
     if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
         return Ok(());
     }
-    nix::mount::mount(
-        Some("nodev"),
-        "/sys/kernel/tracing",
-        Some("tracefs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .context("tracefs is not mounted at /sys/kernel/tracing and mounting it failed; tracepoints need it")
+    nix::mount::mount(Some("nodev"), "/sys/kernel/tracing", Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .context("tracefs is not mounted at /sys/kernel/tracing and mounting it failed; tracepoints need it")
 }
 
 fn explain_load_error(what: &str, e: impl std::error::Error) -> anyhow::Error {
@@ -250,7 +256,9 @@ impl Sensor {
     pub fn load(cfg: &SensorConfig) -> anyhow::Result<Sensor> {
         require_root()?;
         if EBPF_OBJECT.is_empty() {
-            bail!("this watcher binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild it with scripts/setup.sh");
+            bail!(
+                "this watcher binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild it with scripts/setup.sh"
+            );
         }
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
         let _ = nix::sys::resource::setrlimit(
@@ -275,16 +283,13 @@ impl Sensor {
                 .try_into()?;
             p.load().map_err(|e| explain_load_error("tracepoint program exec_env_scan", e))?;
             let fd = p.fd()?.try_clone()?;
-            let mut slots = ProgramArray::try_from(
-                ebpf.map_mut("ENV_SCAN_PROG").ok_or_else(|| anyhow!("no ENV_SCAN_PROG map"))?,
-            )?;
+            let mut slots =
+                ProgramArray::try_from(ebpf.map_mut("ENV_SCAN_PROG").ok_or_else(|| anyhow!("no ENV_SCAN_PROG map"))?)?;
             slots.set(0, &fd, 0).context("installing the environment scanner")?;
         }
         for (prog, category, name) in TRACEPOINTS {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
-                .try_into()?;
+            let p: &mut TracePoint =
+                ebpf.program_mut(prog).ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?.try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("tracepoint program {prog}"), e))?;
             let id = p
                 .attach(category, name)
@@ -301,13 +306,11 @@ impl Sensor {
         // Attached as BPF links, which always have BPF_F_ALLOW_MULTI semantics (the kernel refuses
         // explicit flags for cgroup links): programs attached further down keep working.
         let attach_mode = CgroupAttachMode::Single;
-        let cgroup = std::fs::File::open(&cfg.cgroup)
-            .with_context(|| format!("cannot open cgroup {}", cfg.cgroup.display()))?;
+        let cgroup =
+            std::fs::File::open(&cfg.cgroup).with_context(|| format!("cannot open cgroup {}", cfg.cgroup.display()))?;
         for prog in SOCK_ADDR_PROGS {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
-                .try_into()?;
+            let p: &mut CgroupSockAddr =
+                ebpf.program_mut(prog).ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?.try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_sock_addr program {prog}"), e))?;
             let id = p
                 .attach(cgroup.as_fd(), attach_mode)
@@ -322,21 +325,16 @@ impl Sensor {
 
         // Loaded, not attached: the packet programs tail-call these in enforce mode.
         for (array, prog) in [("DNS_PROGS", "dns_egress_enforce"), ("DNS_INGRESS_PROGS", "dns_ingress_learn")] {
-            let p: &mut CgroupSkb = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
-                .try_into()?;
+            let p: &mut CgroupSkb =
+                ebpf.program_mut(prog).ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?.try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_skb program {prog}"), e))?;
             let fd = p.fd()?.try_clone()?;
-            let mut slots =
-                ProgramArray::try_from(ebpf.map_mut(array).ok_or_else(|| anyhow!("no {array} map"))?)?;
+            let mut slots = ProgramArray::try_from(ebpf.map_mut(array).ok_or_else(|| anyhow!("no {array} map"))?)?;
             slots.set(0, &fd, 0).with_context(|| format!("installing {prog}"))?;
         }
         for (prog, ty) in [("dns_egress", CgroupSkbAttachType::Egress), ("dns_ingress", CgroupSkbAttachType::Ingress)] {
-            let p: &mut CgroupSkb = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
-                .try_into()?;
+            let p: &mut CgroupSkb =
+                ebpf.program_mut(prog).ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?.try_into()?;
             p.load().map_err(|e| explain_load_error(&format!("cgroup_skb program {prog}"), e))?;
             let id = p
                 .attach(cgroup.as_fd(), ty, attach_mode)
@@ -355,9 +353,8 @@ impl Sensor {
         });
 
         {
-            let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> = HashMap::try_from(
-                ebpf.map_mut("ENV_CAPTURE").ok_or_else(|| anyhow!("no ENV_CAPTURE map"))?,
-            )?;
+            let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> =
+                HashMap::try_from(ebpf.map_mut("ENV_CAPTURE").ok_or_else(|| anyhow!("no ENV_CAPTURE map"))?)?;
             let mut all: Vec<(String, u32)> = CAPTURED_ENV.iter().map(|(n, f)| (n.to_string(), *f)).collect();
             for (names, flag) in [(&cfg.job_env, ENV_FLAG_JOB), (&cfg.extra_env, 0)] {
                 for name in names {
@@ -369,7 +366,10 @@ impl Sensor {
             }
             for (name, flags) in &all {
                 if name.is_empty() || name.len() >= ENV_NAME_LEN || name.contains('=') {
-                    bail!("environment variable name {name:?} cannot be captured: 1 to {} bytes, no '='", ENV_NAME_LEN - 1);
+                    bail!(
+                        "environment variable name {name:?} cannot be captured: 1 to {} bytes, no '='",
+                        ENV_NAME_LEN - 1
+                    );
                 }
                 let mut key = [0u8; ENV_NAME_LEN];
                 key[..name.len()].copy_from_slice(name.as_bytes());
@@ -383,7 +383,8 @@ impl Sensor {
                 jobs.insert(&JOB_NONE, &0, 0).context("filling JOBS")?;
             }
             // Last: from here on every exec on the host is looked at for job variables.
-            let mut config = Array::<_, u64>::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("no CONFIG map"))?)?;
+            let mut config =
+                Array::<_, u64>::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("no CONFIG map"))?)?;
             let mode = if cfg.log_no_job { DAEMON_LOG_ALL } else { DAEMON_ON };
             config.set(CFG_DAEMON, &mode, 0).context("filling CONFIG")?;
         }
@@ -490,9 +491,11 @@ impl Sensor {
     pub fn remove_job(&mut self, job: u32, t: &KernelTables) {
         self.remove_entries(job, t, 0..t.host_ports.len());
         let e = &mut self.ebpf;
-        if let Ok(mut learned) = map(e, "LEARNED").and_then(|m| Ok(HashMap::<_, [u8; JOB_ADDR_LEN], u64>::try_from(m)?)) {
+        if let Ok(mut learned) = map(e, "LEARNED").and_then(|m| Ok(HashMap::<_, [u8; JOB_ADDR_LEN], u64>::try_from(m)?))
+        {
             let prefix = job.to_be_bytes();
-            let keys: Vec<[u8; JOB_ADDR_LEN]> = learned.keys().filter_map(Result::ok).filter(|k| k[..4] == prefix).collect();
+            let keys: Vec<[u8; JOB_ADDR_LEN]> =
+                learned.keys().filter_map(Result::ok).filter(|k| k[..4] == prefix).collect();
             for k in keys {
                 let _ = learned.remove(&k);
             }
@@ -514,7 +517,8 @@ impl Sensor {
                 let _ = m.remove(&[*h, job as u64]);
             }
         }
-        if let Ok(mut m) = map(e, "ALLOW_NET").and_then(|m| Ok(LpmTrie::<_, [u8; JOB_ADDR_LEN], PortSet>::try_from(m)?)) {
+        if let Ok(mut m) = map(e, "ALLOW_NET").and_then(|m| Ok(LpmTrie::<_, [u8; JOB_ADDR_LEN], PortSet>::try_from(m)?))
+        {
             for (addr, prefix, _) in &t.nets {
                 let _ = m.remove(&LpmKey::new(32 + *prefix, job_addr_key(job, addr)));
             }
@@ -559,7 +563,10 @@ impl Sensor {
     }
 
     /// Wait until records are available, then decode all of them into `out`.
-    pub async fn wait_and_drain(&mut self, out: &mut Vec<Result<record::Record, record::DecodeError>>) -> anyhow::Result<()> {
+    pub async fn wait_and_drain(
+        &mut self,
+        out: &mut Vec<Result<record::Record, record::DecodeError>>,
+    ) -> anyhow::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
