@@ -189,10 +189,7 @@ impl Engine {
         // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
         // started from inside one, or a second shell exec by its start, is spawned by it.
         let shell_from = if (is_shell(&x.filename) || x.shell) && self.policy.shells_denied_in_install_scripts() {
-            let own = self.tree.get(pid);
-            self.tree.install_script(x.proc.ppid).map(|(_, a)| a.label()).or_else(|| {
-                own.and_then(|n| n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| a.label()))
-            })
+            self.tree.script_before_exec(pid, x.proc.ppid).map(|s| s.attribution.label())
         } else {
             None
         };
@@ -217,6 +214,22 @@ impl Engine {
                 pid,
                 x.filename.clone(),
                 format!("{} is denied by exec rule {rule:?}", x.filename),
+            );
+        }
+        if x.killed && !deny_alert && !shell_alert {
+            // The kernel killed it for a reason this replay of the facts does not see (e.g.
+            // its install-script mark came through a fork record that was lost): every kill
+            // is an alert, and fails the step.
+            self.alert(
+                out,
+                x.ts,
+                if is_shell(&x.filename) || x.shell { RULE_SHELL } else { RULE_EXEC },
+                false,
+                true,
+                "high",
+                pid,
+                x.filename.clone(),
+                format!("the kernel killed {} at exec", x.filename),
             );
         }
         if shell_alert {
@@ -416,4 +429,64 @@ pub fn resolve_registries(policy: &Policy) -> anyhow::Result<std::collections::B
         out.insert(PackageManager::as_str(*pm).to_string(), hosts);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Exec, Fork, Proc};
+
+    fn exec(pid: u32, ppid: u32, file: &str, killed: bool) -> Event {
+        Event::Exec(Exec {
+            ts: Ts(1),
+            proc: Proc { pid, ppid, comm: basename(file).into(), uid: 0 },
+            filename: file.into(),
+            argv: vec![file.into()],
+            argv_truncated: false,
+            argv_redacted: false,
+            cgroup_id: 0,
+            env: Default::default(),
+            killed,
+            shell: false,
+            cwd: None,
+        })
+    }
+
+    fn policy() -> Policy {
+        crate::policy::parse_str("t.yaml", "version: 1\npipeline: t\nmode: enforce\n").unwrap()
+    }
+
+    #[test]
+    fn every_kill_is_an_alert_that_fails_the_step() {
+        // A process the kernel killed although nothing in these facts explains it (its fork
+        // record was lost, so it is not attributed): still an alert, and the step fails.
+        let mut e = Engine::new(policy());
+        assert!(e.process(&exec(10, 1, "/usr/bin/node", false)).is_empty());
+        let al = e.process(&exec(11, 99, "/usr/bin/python3", true));
+        assert_eq!(al.len(), 1, "{al:?}");
+        assert_eq!((al[0].rule.as_str(), al[0].action.as_str()), (RULE_EXEC, "kill"));
+        let al = e.process(&exec(12, 99, "/bin/sh", true));
+        assert_eq!((al[0].rule.as_str(), al[0].action.as_str()), (RULE_SHELL, "kill"));
+        assert_eq!(e.enforce_failure(0), Some(crate::exitcode::POLICY_VIOLATION));
+    }
+
+    #[test]
+    fn a_shell_deep_below_an_install_script_is_attributed() {
+        let mut e = Engine::new(policy());
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("npm_lifecycle_event".to_string(), "postinstall".to_string());
+        env.insert("npm_package_name".to_string(), "deep".to_string());
+        e.process(&Event::Fork(Fork { ts: Ts(0), proc: Proc { pid: 2, ppid: 1, comm: "node".into(), uid: 0 } }));
+        let Event::Exec(mut start) = exec(2, 1, "/bin/sh", false) else { unreachable!() };
+        start.env = env;
+        assert!(e.process(&Event::Exec(start)).is_empty());
+        for pid in 3..304 {
+            e.process(&Event::Fork(Fork { ts: Ts(0), proc: Proc { pid, ppid: pid - 1, comm: "sh".into(), uid: 0 } }));
+        }
+        let al = e.process(&exec(303, 302, "/bin/sh", true));
+        assert_eq!(al.len(), 1, "{al:?}");
+        assert_eq!(al[0].rule, RULE_SHELL);
+        assert_eq!(al[0].package.as_deref(), Some("npm:deep (postinstall)"));
+        assert!(al[0].message.contains("install script of npm:deep"), "{}", al[0].message);
+    }
 }

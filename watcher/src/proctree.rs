@@ -47,7 +47,19 @@ pub struct Node {
     /// script, pip's build backend); inherited through the tree by lookup.
     /// Boxed: rare, and it keeps nodes small to move.
     pub attribution: Option<Box<Attribution>>,
+    /// The install script this process belongs to (its start's pid and attribution), fixed
+    /// when the process is forked (from its parent) or when it starts a script: never looked
+    /// up through ancestors later, so depth and pids reused by other processes do not matter.
+    pub script: Option<ScriptRef>,
     pub exited: bool,
+}
+
+/// Which install script a process belongs to.
+#[derive(Clone, Debug)]
+pub struct ScriptRef {
+    /// Pid of the process that started the script.
+    pub start: u32,
+    pub attribution: Arc<Attribution>,
 }
 
 #[derive(Default, Debug)]
@@ -133,9 +145,12 @@ impl ProcTree {
     pub fn on_event(&mut self, e: &Event) {
         match e {
             Event::Fork(f) => {
-                let (filename, argv) = match self.nodes.get(&f.proc.ppid) {
-                    Some(p) => (p.filename.clone(), p.argv.clone()),
-                    None => (None, Arc::from(Vec::new())),
+                // A fork is a new process, whatever an earlier process with this pid was: it
+                // inherits its parent's script (the parent's node is the live parent's, since
+                // the parent is running while it forks).
+                let (filename, argv, script) = match self.nodes.get(&f.proc.ppid) {
+                    Some(p) => (p.filename.clone(), p.argv.clone(), p.script.clone()),
+                    None => (None, Arc::from(Vec::new()), None),
                 };
                 let node = Node {
                     ppid: f.proc.ppid,
@@ -143,13 +158,13 @@ impl ProcTree {
                     filename,
                     argv,
                     attribution: None,
+                    script,
                     exited: false,
                 };
                 self.nodes.insert(f.proc.pid, node);
             }
             Event::Exec(x) => {
-                let in_script = self.install_script(x.proc.ppid).is_some()
-                    || self.nodes.get(&x.proc.pid).and_then(|n| n.attribution.as_ref()).is_some();
+                let inherited = self.script_before_exec(x.proc.pid, x.proc.ppid).cloned();
                 let node = self.nodes.entry(x.proc.pid).or_default();
                 if node.ppid == 0 {
                     node.ppid = x.proc.ppid;
@@ -159,8 +174,14 @@ impl ProcTree {
                 node.argv = Arc::from(x.argv.as_slice());
                 node.exited = false;
                 // The outermost process of a script is its start; descendants inherit.
-                if !in_script && let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
-                    node.attribution = Some(Box::new(a));
+                match inherited {
+                    Some(s) => node.script = Some(s),
+                    None => {
+                        if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
+                            node.script = Some(ScriptRef { start: x.proc.pid, attribution: Arc::new(a.clone()) });
+                            node.attribution = Some(Box::new(a));
+                        }
+                    }
                 }
             }
             Event::Exit(x) => {
@@ -201,22 +222,23 @@ impl ProcTree {
     }
 
     /// The install script `pid` belongs to: (pid of the script's start, attribution).
+    /// Constant time: each process carries its script from its fork (no walk up the tree, so
+    /// no depth bound, and a pid reused by an unrelated process never passes a script on).
     pub fn install_script(&self, pid: u32) -> Option<(u32, &Attribution)> {
-        // The walk of `ancestry` without collecting it (this runs for every exec): the same
-        // nodes in the same order; a cycle in a corrupt log ends at the bound (revisited
-        // nodes were already checked, so the answer is the same).
-        let mut cur = pid;
-        for _ in 0..256 {
-            let n = self.nodes.get(&cur)?;
-            if let Some(a) = n.attribution.as_deref() {
-                return Some((cur, a));
-            }
-            if n.ppid == 0 || n.ppid == cur {
-                return None;
-            }
-            cur = n.ppid;
+        self.nodes.get(&pid)?.script.as_ref().map(|s| (s.start, &*s.attribution))
+    }
+
+    /// The script the program that process `pid` (child of `ppid`) is about to exec runs
+    /// in, judged before the exec is applied to the tree: its own (inherited at fork, or
+    /// its own start by an earlier exec), or, when its fork was not seen (the step's first
+    /// process, a lost record), its parent's.
+    pub fn script_before_exec(&self, pid: u32, ppid: u32) -> Option<&ScriptRef> {
+        match self.nodes.get(&pid) {
+            // An exited process's node belongs to a pid the kernel may have given again.
+            Some(n) if !n.exited && n.script.is_some() => n.script.as_ref(),
+            Some(n) if !n.exited => None,
+            _ => self.nodes.get(&ppid).and_then(|p| p.script.as_ref()),
         }
-        None
     }
 
     /// Every process with its parent, for reports.
@@ -278,6 +300,92 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.label(), "pip:evil-sdist (build)");
+    }
+
+    fn fork(pid: u32, ppid: u32) -> Event {
+        Event::Fork(crate::event::Fork {
+            ts: crate::event::Ts(0),
+            proc: crate::event::Proc { pid, ppid, comm: "sh".into(), uid: 0 },
+        })
+    }
+
+    fn exec(pid: u32, ppid: u32, file: &str, env: &[(&str, &str)]) -> Event {
+        Event::Exec(crate::event::Exec {
+            ts: crate::event::Ts(0),
+            proc: crate::event::Proc { pid, ppid, comm: basename(file).into(), uid: 0 },
+            filename: file.into(),
+            argv: vec![file.into()],
+            argv_truncated: false,
+            argv_redacted: false,
+            cgroup_id: 0,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            killed: false,
+            shell: false,
+            cwd: None,
+        })
+    }
+
+    const POSTINSTALL: &[(&str, &str)] = &[("npm_lifecycle_event", "postinstall"), ("npm_package_name", "evil")];
+
+    #[test]
+    fn attribution_holds_at_any_depth() {
+        let mut t = ProcTree::default();
+        t.on_event(&exec(100, 1, "/usr/bin/node", &[]));
+        t.on_event(&fork(101, 100));
+        t.on_event(&exec(101, 100, "/bin/sh", POSTINSTALL));
+        // A fork chain far deeper than any walk bound, each link exec'ing.
+        let depth = 100_000u32;
+        for i in 0..depth {
+            let (pid, ppid) = (1000 + i, if i == 0 { 101 } else { 999 + i });
+            t.on_event(&fork(pid, ppid));
+            if i % 2 == 0 {
+                t.on_event(&exec(pid, ppid, "/usr/bin/node", &[]));
+            }
+        }
+        let last = 999 + depth;
+        let (start, a) = t.install_script(last).expect("attributed");
+        assert_eq!((start, a.label().as_str()), (101, "npm:evil (postinstall)"));
+        assert_eq!(t.script_before_exec(last, last - 1).map(|s| s.start), Some(101));
+        assert!(t.install_script(100).is_none());
+    }
+
+    #[test]
+    fn reused_pids_neither_lose_nor_pass_on_attribution() {
+        let mut t = ProcTree::default();
+        t.on_event(&exec(100, 1, "/usr/bin/node", &[]));
+        t.on_event(&fork(200, 100));
+        t.on_event(&exec(200, 100, "/bin/sh", POSTINSTALL));
+        t.on_event(&fork(201, 200));
+        t.on_event(&fork(202, 201));
+        // The script's start and the middle process exit; their pids go to processes of
+        // npm itself (not in the script).
+        for pid in [200, 201] {
+            t.on_event(&Event::Exit(crate::event::Exit {
+                ts: crate::event::Ts(0),
+                proc: crate::event::Proc { pid, ppid: 0, comm: "sh".into(), uid: 0 },
+                exit_code: Some(0),
+            }));
+        }
+        t.on_event(&fork(200, 100));
+        t.on_event(&exec(200, 100, "/usr/bin/node", &[]));
+        t.on_event(&fork(201, 100));
+        // The grandchild (its parent's pid now names another process) still belongs to the script...
+        assert_eq!(t.install_script(202).map(|(s, a)| (s, a.package.clone())), Some((200, "evil".to_string())));
+        t.on_event(&fork(203, 202));
+        t.on_event(&exec(203, 202, "/bin/sh", &[]));
+        assert!(t.install_script(203).is_some());
+        // ...and the new processes with the reused pids do not.
+        assert!(t.install_script(200).is_none() && t.install_script(201).is_none());
+        // A process whose fork was not seen, exec'ing under a reused (exited) pid, is judged
+        // by its parent, not by the stale node.
+        t.on_event(&fork(300, 202));
+        t.on_event(&Event::Exit(crate::event::Exit {
+            ts: crate::event::Ts(0),
+            proc: crate::event::Proc { pid: 300, ppid: 0, comm: "sh".into(), uid: 0 },
+            exit_code: Some(0),
+        }));
+        assert!(t.script_before_exec(300, 100).is_none());
+        assert!(t.script_before_exec(300, 202).is_some());
     }
 
     #[test]
