@@ -85,24 +85,10 @@ impl Collector {
         matches(&self.secrets, |s| s.find_in_dns_name(qname))
     }
 
-    /// Protected values in an exec's arguments (a shell expands `"$DB_PASSWORD"` before curl
-    /// runs) replaced by their redacted forms, so the log never holds a secret.
-    fn redact_argv(&self, argv: Vec<String>) -> (Vec<String>, bool) {
-        if self.secrets.is_empty() {
-            return (argv, false);
-        }
-        let mut redacted = false;
-        let argv = argv
-            .into_iter()
-            .map(|a| match SecretSet::redact_values_in_all(&self.secrets, &a) {
-                Some(r) => {
-                    redacted = true;
-                    r
-                }
-                None => a,
-            })
-            .collect();
-        (argv, redacted)
+    /// The protected values looked for (the pipeline redacts every event with them before
+    /// any sink: `redact::event`).
+    pub fn secrets(&self) -> &[SecretSet] {
+        &self.secrets
     }
 
     pub fn wall(&self, boot_ns: u64) -> Ts {
@@ -121,14 +107,13 @@ impl Collector {
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
             Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => {
-                let (argv, argv_redacted) = self.redact_argv(argv);
                 out.push(Event::Exec(Exec {
                     ts: self.wall(task.boot_ns),
                     proc: Self::proc(&task),
                     filename,
                     argv,
                     argv_truncated,
-                    argv_redacted,
+                    argv_redacted: false,
                     cgroup_id: task.cgroup_id,
                     env: env.into_iter().collect(),
                     killed,
@@ -458,6 +443,9 @@ mod tests {
         };
         c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);
         c.push(exec(&["curl", "http://example.test/"]), &mut out);
+        for e in &mut out {
+            crate::redact::event(c.secrets(), e);
+        }
         let execs: Vec<&Exec> =
             out.iter().filter_map(|e| if let Event::Exec(x) = e { Some(x) } else { None }).collect();
         assert_eq!(execs[0].argv, ["curl", "--data-urlencode", "k=AK…(20 chars)", "p=s3…(19 chars)"]);

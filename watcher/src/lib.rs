@@ -16,6 +16,7 @@ pub mod parse;
 pub mod policy;
 pub mod proctree;
 pub mod record;
+pub mod redact;
 pub mod replay;
 pub mod report;
 pub mod run;

@@ -150,10 +150,13 @@ struct Sinks {
     watcher_pid: u32,
     engine: Option<Engine>,
     timings: Vec<AlertTiming>,
+    /// Protected values, taken out of every event before any sink sees it.
+    secrets: Vec<SecretSet>,
 }
 
 impl Sinks {
     fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
+        crate::redact::event(&self.secrets, &mut e);
         // The command itself was forked by us before the kernel knew it: its parent is watcher.
         if let Some(p) = e.proc_mut()
             && p.pid == self.root_pid
@@ -319,6 +322,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         watcher_pid,
         engine: prepared.policy.clone().map(Engine::new),
         timings: Vec::new(),
+        secrets: vec![prepared.secrets.clone()],
     };
     sinks.emit(Event::Start(Start {
         ts: now_ts(),
@@ -350,7 +354,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
                 std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
                 _ => exitcode::WATCHER_ERROR,
             };
-            eprintln!("watcher: cannot run {}: {e}", opts.command[0]);
+            eprintln!("watcher: cannot run {}: {e}", crate::redact::text(&sinks.secrets, &opts.command[0]));
             sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(code), lost: 0 }))?;
             if let Some(log) = &mut sinks.log {
                 log.finish()?;

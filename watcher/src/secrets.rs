@@ -162,7 +162,7 @@ pub struct SecretSet {
     redacted: Vec<String>,
     /// The values themselves, longest first, to blank them out of logged text
     /// ([`SecretSet::redact_values_in`]). Never printed (`Debug` omits them).
-    values: Vec<(String, String)>,
+    values: Vec<(String, u32)>,
     dns: Matcher,
     payload: Matcher,
 }
@@ -214,7 +214,7 @@ impl SecretSet {
             add_variable(&mut dns, &mut payload, var, value.as_bytes());
             names.push(name);
             redacted.push(redact(&value));
-            values.push((value.clone(), redact(&value)));
+            values.push((value.clone(), var));
         }
         values.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(SecretSet { names, redacted, values, dns: dns.build(), payload: payload.build() })
@@ -237,42 +237,88 @@ impl SecretSet {
 
     /// `text` with every protected value in it replaced by its [`redact`]ed form, or None if
     /// it holds none (e.g. an argument a shell expanded from `$AWS_SECRET_ACCESS_KEY`, which
-    /// must not reach the event log).
+    /// must not reach the event log). Encoded forms are replaced too (see
+    /// [`SecretSet::redact_values_in_all`]).
     pub fn redact_values_in(&self, text: &str) -> Option<String> {
-        if !self.values.iter().any(|(v, _)| text.contains(v.as_str())) {
-            return None;
-        }
-        let mut out = text.to_string();
-        for (value, redacted) in &self.values {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), redacted);
-            }
-        }
-        Some(out)
+        Self::redact_values_in_all(std::slice::from_ref(self), text)
     }
 
-    /// [`SecretSet::redact_values_in`] over several sets at once: every value of every set,
-    /// longest first (a value that contains another one is replaced whole).
+    /// Every protected value of every set in `text`, raw or encoded the way the payload
+    /// search finds it (hex, base32, base64 and base64url at any alignment, whole or a
+    /// distinctive chunk), replaced: a raw value by its [`redact`]ed form
+    /// (`AK…(20 chars)`), an encoded one by `[hex of AK…(20 chars)]`. Overlapping finds
+    /// (a value that contains another) are replaced as one. An encoded value keeps at most
+    /// the one or two characters at each end that also carry bits of its neighbours. None
+    /// when nothing was found.
     pub fn redact_values_in_all(sets: &[SecretSet], text: &str) -> Option<String> {
-        match sets {
-            [] => None,
-            [one] => one.redact_values_in(text),
-            _ => {
-                let mut values: Vec<&(String, String)> =
-                    sets.iter().flat_map(|s| &s.values).filter(|(v, _)| text.contains(v.as_str())).collect();
-                if values.is_empty() {
-                    return None;
+        // (start, end, set, variable, encoding), widened to character boundaries.
+        let mut spans: Vec<(usize, usize, usize, u32, Encoding)> = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            if set.is_empty() {
+                continue;
+            }
+            set.payload.for_each_match(text.as_bytes(), |owners, start, end| {
+                if let Some(&(var, encoding)) = owners.first() {
+                    spans.push((start, end, i, var, encoding));
                 }
-                values.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-                let mut out = text.to_string();
-                for (value, redacted) in values {
-                    if out.contains(value.as_str()) {
-                        out = out.replace(value.as_str(), redacted);
+            });
+            // Values longer than the whole-needle bound are found by their windows only;
+            // matched in full here, so nothing of them is left between strided windows.
+            for (value, var) in &set.values {
+                if value.len() > MAX_FULL_NEEDLE_LEN {
+                    for (at, _) in text.match_indices(value.as_str()) {
+                        spans.push((at, at + value.len(), i, *var, Encoding::Raw));
                     }
                 }
-                Some(out)
             }
         }
+        if spans.is_empty() {
+            return None;
+        }
+        for s in &mut spans {
+            while !text.is_char_boundary(s.0) {
+                s.0 -= 1;
+            }
+            while !text.is_char_boundary(s.1) {
+                s.1 += 1;
+            }
+        }
+        // Longest first at equal starts, so a merged run is named after its widest find.
+        spans.sort_by(|a, b| a.0.cmp(&b.0).then((b.1 - b.0).cmp(&(a.1 - a.0))));
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        let mut k = 0;
+        while k < spans.len() {
+            let (start, mut end, set, var, encoding) = spans[k];
+            let mut widest = end - start;
+            let mut label = (set, var, encoding);
+            k += 1;
+            while k < spans.len() && spans[k].0 < end {
+                if spans[k].1 - spans[k].0 > widest {
+                    widest = spans[k].1 - spans[k].0;
+                    label = (spans[k].2, spans[k].3, spans[k].4);
+                }
+                end = end.max(spans[k].1);
+                k += 1;
+            }
+            let start = start.max(at);
+            out.push_str(&text[at..start]);
+            let (set, var, encoding) = label;
+            let redacted = sets[set].redacted.get(var as usize).map(String::as_str).unwrap_or("[redacted]");
+            match encoding {
+                Encoding::Raw | Encoding::UrlEncoded => out.push_str(redacted),
+                e => {
+                    out.push('[');
+                    out.push_str(e.as_str());
+                    out.push_str(" of ");
+                    out.push_str(redacted);
+                    out.push(']');
+                }
+            }
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        Some(out)
     }
 
     /// The [`redact`]ed value of protected variable `name` (safe to log), if it is protected.

@@ -72,22 +72,40 @@ pub struct RotatingLog {
     max_bytes: u64,
     keep: u32,
     start: Event,
+    /// Whether this segment's `start` record is written: it is written with the first
+    /// event, so the values the job's first process brings are known and redacted in it.
+    started: bool,
     pub rotations: u64,
 }
 
 impl RotatingLog {
     pub fn create(path: &Path, start: Event, max_bytes: u64, keep: u32) -> anyhow::Result<RotatingLog> {
-        let mut writer = LogWriter::create(path)?;
-        writer.write(&start)?;
-        Ok(RotatingLog { path: path.to_path_buf(), writer, max_bytes, keep, start, rotations: 0 })
+        let writer = LogWriter::create(path)?;
+        Ok(RotatingLog { path: path.to_path_buf(), writer, max_bytes, keep, start, started: false, rotations: 0 })
+    }
+
+    /// Take protected values out of the `start` record (before it is written; rotations
+    /// repeat the redacted one).
+    pub fn redact_start(&mut self, sets: &[crate::secrets::SecretSet]) {
+        crate::redact::event(sets, &mut self.start);
+    }
+
+    fn ensure_started(&mut self) -> anyhow::Result<()> {
+        if !self.started {
+            self.writer.write(&self.start)?;
+            self.started = true;
+        }
+        Ok(())
     }
 
     pub fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+        self.ensure_started()?;
         self.writer.write(e)
     }
 
     /// Flush, and rotate when the file has grown past its bound.
     pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.ensure_started()?;
         self.writer.flush()?;
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         if len > self.max_bytes {
@@ -110,6 +128,7 @@ impl RotatingLog {
     }
 
     pub fn finish(&mut self) -> anyhow::Result<()> {
+        self.ensure_started()?;
         self.writer.finish()
     }
 
@@ -144,7 +163,8 @@ pub struct Job {
 
 impl Job {
     /// Log an event, judge it, log the alerts. Returns the alerts raised.
-    pub fn emit(&mut self, e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
+    pub fn emit(&mut self, mut e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
+        crate::redact::event(self.collector.secrets(), &mut e);
         if let Event::Exec(x) = &e {
             self.live.insert(x.proc.pid);
         }
@@ -205,6 +225,7 @@ impl Job {
         match self.secrets.sets() {
             Ok(sets) => {
                 self.collector.set_secrets(sets);
+                self.log.redact_start(self.collector.secrets());
                 tracing::info!(job = %self.name, pid, variables = ?added, values = self.secrets.len(),
                     "looking for these variables' values (from the job's environment) in its traffic");
             }
