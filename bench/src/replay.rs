@@ -209,6 +209,7 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
                         proto: Proto::Tcp,
                         bytes: 517,
                         secrets: vec![],
+                        offset: None,
                     }),
                 )?;
                 count += 3;

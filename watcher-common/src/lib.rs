@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a record layout changes; the agent refuses programs of another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -482,4 +482,75 @@ const _: () = {
     assert!(core::mem::size_of::<ExecKey>() == 4 + EXEC_NAME_LEN);
     assert!(core::mem::size_of::<SockOwner>() == 40);
     assert!(core::mem::size_of::<PortSet>() == 40);
+};
+
+// ---- Whole-stream capture for secret detection (watcher-ebpf/src/payload.rs) ----
+
+/// A chunk of the data a watched socket sends (not port 53): TCP in stream order from the
+/// first data byte (retransmitted bytes are not sent twice), UDP datagram by datagram.
+pub const KIND_STREAM_CHUNK: u32 = 7;
+/// Data bytes per chunk record, at most.
+pub const STREAM_CHUNK_LEN: usize = 4096;
+/// Bytes captured per socket, at most (then the socket is no longer captured).
+pub const STREAM_MAX_BYTES: u32 = 65536;
+/// Chunks taken from one packet, at most (a GSO packet can carry 64 KiB).
+pub const STREAM_CHUNKS_PER_PACKET: u32 = 16;
+/// `StreamChunkRecord::flags`: the first chunk of its packet (a UDP datagram starts here).
+pub const CHUNK_PACKET_START: u8 = 1;
+/// The stream starts with a TLS record header: this is its only chunk.
+pub const CHUNK_TLS: u8 = 2;
+/// The socket's capture budget (STREAM_MAX_BYTES) ends with this chunk.
+pub const CHUNK_BUDGET_END: u8 = 4;
+
+/// Sent with only `STREAM_CHUNK_HDR_LEN + len` bytes (the rest of `data` is not in the ring
+/// buffer): userspace must read the fixed part and then `len` data bytes, bounded by the
+/// record's real length.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StreamChunkRecord {
+    pub hdr: Header,
+    /// The socket's cookie: chunks of one socket are reassembled by it.
+    pub cookie: u64,
+    pub daddr: [u8; 16],
+    pub family: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Stream offset of `data[0]`: TCP bytes from the first data byte seen on the socket;
+    /// UDP: bytes captured on the socket before this chunk.
+    pub offset: u32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    /// Payload bytes of the packet this chunk is from.
+    pub packet_len: u32,
+    pub _pad2: u32,
+    pub data: [u8; STREAM_CHUNK_LEN],
+}
+
+pub const STREAM_CHUNK_HDR_LEN: usize = 112;
+
+/// Per-socket capture state (kernel-internal map value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamState {
+    /// TCP: the sequence number of the first data byte seen, and of the next new byte.
+    pub isn: u32,
+    pub next_seq: u32,
+    /// Bytes captured so far.
+    pub captured: u32,
+    /// STREAM_* flags.
+    pub flags: u32,
+}
+/// `StreamState::flags`
+pub const STREAM_STARTED: u32 = 1;
+/// No more capture on this socket (TLS, or the budget is spent).
+pub const STREAM_STOPPED: u32 = 2;
+
+const _: () = {
+    assert!(core::mem::size_of::<StreamChunkRecord>() == STREAM_CHUNK_HDR_LEN + STREAM_CHUNK_LEN);
+    assert!(core::mem::offset_of!(StreamChunkRecord, data) == STREAM_CHUNK_HDR_LEN);
+    assert!(core::mem::size_of::<StreamState>() == 16);
+    assert!(STREAM_CHUNK_LEN.is_power_of_two());
+    assert!(STREAM_CHUNKS_PER_PACKET as usize * STREAM_CHUNK_LEN >= STREAM_MAX_BYTES as usize);
 };

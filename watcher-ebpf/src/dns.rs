@@ -7,17 +7,16 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use watcher_common::{
-    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_PAYLOAD, DIR_EGRESS, DIR_INGRESS,
-    DNS_MASK_LOOKUP, DNS_PAYLOAD_LEN, DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, KIND_PAYLOAD, MAX_LABELS,
-    NAME_WIRE_LEN, PAYLOAD_LEN, PROTO_TCP, PROTO_UDP, PayloadRecord, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
-    job_addr_key, name_hash_step,
+    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP, DNS_PAYLOAD_LEN,
+    DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, MAX_LABELS, NAME_WIRE_LEN, PROTO_TCP, PROTO_UDP, SockOwner,
+    VERDICT_ALLOW, VERDICT_DENY, job_addr_key, name_hash_step,
 };
 
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
         CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH,
-        PAYLOAD_SEEN, PacketScratch, RESOLVERS, SOCK_OWNER,
+        PacketScratch, RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
 };
@@ -40,13 +39,15 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Flow {
-    family: u16,
-    proto: u8,
+    pub(crate) family: u16,
+    pub(crate) proto: u8,
     saddr: [u8; 16],
-    daddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
     sport: u16,
-    dport: u16,
-    payload_off: u32,
+    pub(crate) dport: u16,
+    pub(crate) payload_off: u32,
+    /// Offset of the TCP/UDP header.
+    pub(crate) l4_off: u32,
 }
 
 #[inline(always)]
@@ -57,7 +58,8 @@ fn load<T: Copy>(ctx: &SkBuffContext, off: u32) -> Option<T> {
 #[inline(always)]
 fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
     let b0: u8 = load(ctx, 0)?;
-    let mut f = Flow { family: 0, proto: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, payload_off: 0 };
+    let mut f =
+        Flow { family: 0, proto: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, payload_off: 0, l4_off: 0 };
     let l4: u32;
     match b0 >> 4 {
         4 => {
@@ -86,6 +88,7 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
         }
         _ => return None,
     }
+    f.l4_off = l4;
     f.sport = u16::from_be(load(ctx, l4)?);
     f.dport = u16::from_be(load(ctx, l4 + 2)?);
     if f.proto == PROTO_UDP {
@@ -201,7 +204,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     let port = if direction == DIR_EGRESS { f.dport } else { f.sport };
     if port != DNS_PORT {
         if direction == DIR_EGRESS {
-            first_payload(ctx, &f);
+            crate::payload::on_egress(ctx, &f);
         }
         return 1;
     }
@@ -266,7 +269,7 @@ pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
 /// Header of a packet record: the socket owner's task fields (ingress runs in softirq
 /// context, where the current task is not the owner).
 #[inline(always)]
-fn owner_header(hdr: &mut watcher_common::Header, kind: u32, owner: &SockOwner) {
+pub(crate) fn owner_header(hdr: &mut watcher_common::Header, kind: u32, owner: &SockOwner) {
     fill_header(hdr, kind, owner.ppid, owner.job);
     hdr.pid = owner.pid;
     hdr.tid = owner.pid;
@@ -283,40 +286,6 @@ fn owner_header(hdr: &mut watcher_common::Header, kind: u32, owner: &SockOwner) 
 fn capture_len<const CAP: usize>(len: u32) -> u32 {
     let n = if len > CAP as u32 { CAP as u32 } else { len };
     ((n.wrapping_sub(1)) & (CAP as u32 - 1)) + 1
-}
-
-/// Report the first bytes of the first data packet each watched socket sends.
-#[inline(always)]
-fn first_payload(ctx: &SkBuffContext, f: &Flow) {
-    let len = ctx.len();
-    if len <= f.payload_off {
-        return;
-    }
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    let cookie = unsafe { bpf_get_socket_cookie(skb) };
-    let Some(owner) = (unsafe { SOCK_OWNER.get(&cookie) }).copied() else { return };
-    if unsafe { PAYLOAD_SEEN.get(&cookie) }.is_some() {
-        return;
-    }
-    let _ = PAYLOAD_SEEN.insert(&cookie, &1, 0);
-    let payload_len = len - f.payload_off;
-    let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
-        count(CNT_RINGBUF_FULL_PAYLOAD);
-        return;
-    };
-    let rec = unsafe { &mut *entry.as_mut_ptr() };
-    owner_header(&mut rec.hdr, KIND_PAYLOAD, &owner);
-    rec.daddr = f.daddr;
-    rec.family = f.family;
-    rec.dport = f.dport;
-    rec.proto = f.proto;
-    rec._pad = [0; 3];
-    rec._pad2 = 0;
-    rec.payload_len = payload_len;
-    let n = capture_len::<PAYLOAD_LEN>(payload_len);
-    let ok = unsafe { bpf_skb_load_bytes(skb, f.payload_off, rec.payload.as_mut_ptr().cast(), n) } == 0;
-    rec.captured_len = if ok { n } else { 0 };
-    entry.submit(0);
 }
 
 /// Enforce mode, ingress: remember the addresses an answer gives for a name whose policy

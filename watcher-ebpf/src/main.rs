@@ -8,6 +8,7 @@ mod dns;
 mod exec;
 mod maps;
 mod net;
+mod payload;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -143,10 +143,6 @@ pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static DNS_INGRESS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Sockets whose first data packet was already reported (by socket cookie).
-#[map]
-pub static PAYLOAD_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
-
 /// Signatures (shell_signature) of the shell binaries of this machine.
 #[map]
 pub static SHELL_SIGS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);

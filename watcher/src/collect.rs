@@ -35,6 +35,8 @@ pub struct Collector {
     /// Several sets when one variable has had several values (a daemon job's steps): each
     /// set names a variable once, so a hit's redacted value is that of the set that matched.
     secrets: Vec<SecretSet>,
+    /// Per-socket reassembly of the kernel's stream chunks.
+    streams: crate::stream::Streams,
 }
 
 /// Detector hits as log facts: variable names, encodings and redacted values, sorted, once each.
@@ -66,7 +68,7 @@ pub fn rcode_name(rcode: u8) -> String {
 
 impl Collector {
     pub fn new(clock_offset_ns: i128) -> Collector {
-        Collector { clock_offset_ns, pending: HashMap::new(), secrets: Vec::new() }
+        Collector { clock_offset_ns, pending: HashMap::new(), secrets: Vec::new(), streams: Default::default() }
     }
 
     /// Annotate DNS queries with the protected variables whose values they carry.
@@ -147,7 +149,41 @@ impl Collector {
                     proto,
                     bytes: payload_len,
                     secrets,
+                    offset: None,
                 }))
+            }
+            Record::StreamChunk { task, cookie, daddr, dport, proto, offset, packet_len, flags, data } => {
+                let chunk = crate::stream::Chunk {
+                    cookie,
+                    proto,
+                    offset: offset as u64,
+                    packet_start: flags & watcher_common::CHUNK_PACKET_START != 0,
+                    data: &data,
+                    daddr,
+                };
+                let r = self.streams.push(&self.secrets, &chunk);
+                if flags & (watcher_common::CHUNK_BUDGET_END | watcher_common::CHUNK_TLS) != 0 {
+                    self.streams.forget(cookie);
+                }
+                let send = |secrets, offset| {
+                    Event::Send(Send {
+                        ts: self.wall(task.boot_ns),
+                        proc: Self::proc(&task),
+                        daddr,
+                        dport,
+                        proto,
+                        bytes: packet_len,
+                        secrets,
+                        offset,
+                    })
+                };
+                // The socket's first data is a fact of its own; then one event per find.
+                if r.first && r.finds.is_empty() {
+                    out.push(send(vec![], None));
+                }
+                for f in r.finds {
+                    out.push(send(vec![f.secret], Some(f.offset)));
+                }
             }
             Record::DnsPacket { task, saddr, daddr, sport, dport, proto, egress, payload_len, payload, allowed } => {
                 let transport = if proto == Proto::Tcp { dns::Transport::Tcp } else { dns::Transport::Udp };

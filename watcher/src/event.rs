@@ -271,8 +271,10 @@ pub struct Dns {
     pub secrets: Vec<SecretMatch>,
 }
 
-/// The first data a socket sent (one per socket, not port 53): which protected variables'
-/// values it carried. Never the data itself.
+/// Data a socket sent (not port 53): the first data of each socket (with no `secrets` when
+/// none was found), and one more per protected variable and encoding found later in its
+/// first 64 KiB (TCP) or in a datagram (UDP), with the stream `offset` where the value
+/// starts. Never the data itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Send {
     pub ts: Ts,
@@ -281,10 +283,14 @@ pub struct Send {
     pub daddr: IpAddr,
     pub dport: u16,
     pub proto: Proto,
-    /// Size of that first packet's payload.
+    /// Size of the payload of the packet that carried it.
     pub bytes: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMatch>,
+    /// Where in the socket's data the value found starts (bytes from the first data byte;
+    /// UDP: from the socket's first datagram). Absent on a first-data record with no find.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 fn dns_port() -> u16 {

@@ -22,4 +22,5 @@ pub mod report;
 pub mod run;
 pub mod secrets;
 pub mod sensor;
+pub mod stream;
 pub mod suggest;

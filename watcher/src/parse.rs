@@ -286,6 +286,8 @@ struct FSend {
     bytes: u32,
     #[serde(default)]
     secrets: Vec<SecretMatch>,
+    #[serde(default)]
+    offset: Option<u64>,
 }
 
 impl From<FSend> for Event {
@@ -298,6 +300,7 @@ impl From<FSend> for Event {
             proto: x.proto,
             bytes: x.bytes,
             secrets: x.secrets,
+            offset: x.offset,
         })
     }
 }
@@ -538,6 +541,7 @@ pub mod generate {
                     proto: self.proto(),
                     bytes: self.next_u64() as u32,
                     secrets: self.vec(2, Self::secret),
+                    offset: self.opt(|g| g.next_u64() >> 40),
                 }),
                 7 => Event::Loss(Loss { ts, source: self.word(), count: self.next_u64(), total: self.next_u64() }),
                 8 => Event::Alert(Alert {

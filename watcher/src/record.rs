@@ -78,6 +78,22 @@ pub enum Record {
         payload_len: u32,
         payload: Vec<u8>,
     },
+    /// A chunk of what a watched socket sent (payload.rs in the kernel): reassembled per
+    /// socket by `stream::Streams`.
+    StreamChunk {
+        task: Task,
+        cookie: u64,
+        daddr: IpAddr,
+        dport: u16,
+        proto: Proto,
+        /// Stream offset of `data[0]`.
+        offset: u32,
+        /// Payload size of the packet the chunk is from.
+        packet_len: u32,
+        /// c::CHUNK_* flags.
+        flags: u8,
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, Hash)]
@@ -232,6 +248,29 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 proto: Proto::from_ip_proto(r.proto),
                 payload_len: r.payload_len,
                 payload: r.payload[..n].to_vec(),
+            })
+        }
+        c::KIND_STREAM_CHUNK => {
+            // Sent with only its used data bytes: read the fixed part, then at most `len`
+            // bytes of what the record really holds.
+            if buf.len() < c::STREAM_CHUNK_HDR_LEN {
+                return Err(DecodeError::Truncated { kind: hdr.kind, need: c::STREAM_CHUNK_HDR_LEN, got: buf.len() });
+            }
+            let mut fixed = [0u8; std::mem::size_of::<c::StreamChunkRecord>()];
+            let n = buf.len().min(fixed.len());
+            fixed[..n].copy_from_slice(&buf[..n]);
+            let r: c::StreamChunkRecord = read(&fixed, hdr.kind)?;
+            let used = (r.len as usize).min(n - c::STREAM_CHUNK_HDR_LEN);
+            Ok(Record::StreamChunk {
+                task: task(&r.hdr),
+                cookie: r.cookie,
+                daddr: ip(r.family, &r.daddr),
+                dport: r.dport,
+                proto: Proto::from_ip_proto(r.proto),
+                offset: r.offset,
+                packet_len: r.packet_len,
+                flags: r.flags,
+                data: r.data[..used].to_vec(),
             })
         }
         other => Err(DecodeError::UnknownKind(other)),
@@ -389,6 +428,47 @@ mod tests {
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(77)));
         let h = hdr(c::KIND_EXEC);
         assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Truncated { kind: 1, .. })));
+    }
+
+    #[test]
+    fn stream_chunks_are_read_with_only_their_used_bytes() {
+        let mut r = c::StreamChunkRecord {
+            hdr: hdr(c::KIND_STREAM_CHUNK),
+            cookie: 0xabc,
+            daddr: [0; 16],
+            family: c::AF_INET,
+            dport: 8080,
+            proto: c::PROTO_TCP,
+            flags: c::CHUNK_PACKET_START,
+            _pad: [0; 2],
+            offset: 700,
+            len: 5,
+            packet_len: 1400,
+            _pad2: 0,
+            data: [0; c::STREAM_CHUNK_LEN],
+        };
+        r.daddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        r.data[..5].copy_from_slice(b"hello");
+        let bytes = bytes_of(&r);
+        // What the kernel sends: the fixed part and the used bytes only.
+        let sent = &bytes[..c::STREAM_CHUNK_HDR_LEN + 5];
+        match decode(sent).unwrap() {
+            Record::StreamChunk { cookie, daddr, dport, offset, packet_len, flags, data, proto, .. } => {
+                assert_eq!((cookie, dport, offset, packet_len, flags), (0xabc, 8080, 700, 1400, c::CHUNK_PACKET_START));
+                assert_eq!(daddr, "198.18.0.2".parse::<IpAddr>().unwrap());
+                assert_eq!(proto, Proto::Tcp);
+                assert_eq!(data, b"hello");
+            }
+            other => panic!("wrong record {other:?}"),
+        }
+        // A `len` larger than what arrived is bounded by the record; a cut header is an error.
+        r.len = 4000;
+        let bytes = bytes_of(&r);
+        match decode(&bytes[..c::STREAM_CHUNK_HDR_LEN + 3]).unwrap() {
+            Record::StreamChunk { data, .. } => assert_eq!(data, b"hel"),
+            other => panic!("wrong record {other:?}"),
+        }
+        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Truncated { kind: 7, .. })));
     }
 
     #[test]

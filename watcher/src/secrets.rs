@@ -347,12 +347,19 @@ impl SecretSet {
     /// deduplicated and sorted by variable, then encoding; a variable found URL-encoded is not
     /// also reported as raw.
     pub fn find_in_payload(&self, bytes: &[u8]) -> Vec<SecretHit> {
+        self.find_in_payload_at(bytes).into_iter().map(|(h, _)| h).collect()
+    }
+
+    /// [`SecretSet::find_in_payload`], with where each hit starts in `bytes` (its first
+    /// occurrence; for a find in a decoded view, where it starts in that view, which is at
+    /// or before its place in `bytes`).
+    pub fn find_in_payload_at(&self, bytes: &[u8]) -> Vec<(SecretHit, usize)> {
         if self.is_empty() {
             return Vec::new();
         }
         let mut found = Vec::new();
-        self.payload.for_each_match(bytes, |owners, _, _| {
-            found.extend_from_slice(owners);
+        self.payload.for_each_match(bytes, |owners, start, _| {
+            found.extend(owners.iter().map(|&(var, encoding)| (var, encoding, start)));
         });
 
         // Decoded views: only matches that span a decoded escape are new (the others were
@@ -368,26 +375,40 @@ impl SecretSet {
         // A URL-encoded value usually has raw stretches long enough to match as a partial raw
         // leak ("bPxRfiCYEXAMPLEKEY" in "...%2FbPxRfiCYEXAMPLEKEY"): report the variable once,
         // with the more specific encoding.
-        let url_encoded: Vec<u32> =
-            found.iter().filter(|&&(_, encoding)| encoding == Encoding::UrlEncoded).map(|&(var, _)| var).collect();
+        let url_encoded: Vec<u32> = found
+            .iter()
+            .filter(|&&(_, encoding, _)| encoding == Encoding::UrlEncoded)
+            .map(|&(var, _, _)| var)
+            .collect();
         if !url_encoded.is_empty() {
-            found.retain(|&(var, encoding)| encoding != Encoding::Raw || !url_encoded.contains(&var));
+            found.retain(|&(var, encoding, _)| encoding != Encoding::Raw || !url_encoded.contains(&var));
         }
-        self.hits(found)
+        found.sort_unstable();
+        found.dedup_by_key(|&mut (var, encoding, _)| (var, encoding));
+        found
+            .into_iter()
+            .map(|(var, encoding, at)| (SecretHit { variable: self.names[var as usize].clone(), encoding }, at))
+            .collect()
+    }
+
+    /// Length of the longest payload needle: a search over consecutive pieces of a stream
+    /// must overlap them by this much (less one) to find a value split between two pieces.
+    pub fn longest_payload_needle(&self) -> usize {
+        self.payload.longest
     }
 
     /// Searches a decoded view of a payload; raw needles found thanks to decoding are
     /// reported as `raw_as`.
-    fn search_view(&self, view: &View, raw_as: Encoding, found: &mut Vec<(u32, Encoding)>) {
+    fn search_view(&self, view: &View, raw_as: Encoding, found: &mut Vec<(u32, Encoding, usize)>) {
         if !view.any_escaped() {
             return;
         }
         self.payload.for_each_match(&view.bytes, |owners, start, end| {
             if view.escaped_in(start, end) {
                 found.extend(
-                    owners
-                        .iter()
-                        .map(|&(var, encoding)| (var, if encoding == Encoding::Raw { raw_as } else { encoding })),
+                    owners.iter().map(|&(var, encoding)| {
+                        (var, if encoding == Encoding::Raw { raw_as } else { encoding }, start)
+                    }),
                 );
             }
         });
@@ -594,6 +615,7 @@ impl NeedleTable {
     }
 
     fn build(self) -> Matcher {
+        let longest = self.needles.iter().map(Vec::len).max().unwrap_or(0);
         let searcher = if self.needles.is_empty() {
             Searcher::Empty
         } else {
@@ -604,7 +626,7 @@ impl NeedleTable {
                 Err(_) => Searcher::Naive(self.needles),
             }
         };
-        Matcher { searcher, owners: self.owners }
+        Matcher { searcher, longest, owners: self.owners }
     }
 }
 
@@ -630,6 +652,8 @@ fn is_distinctive(bytes: &[u8]) -> bool {
 #[derive(Clone, Default)]
 struct Matcher {
     searcher: Searcher,
+    /// Length of the longest needle.
+    longest: usize,
     /// Indexed by needle id.
     owners: Vec<Vec<(u32, Encoding)>>,
 }
@@ -1451,7 +1475,8 @@ mod tests {
         let mut table = NeedleTable::default();
         add_variable(&mut table, &mut NeedleTable::default(), 0, SECRET_KEY.as_bytes());
         add_variable(&mut table, &mut NeedleTable::default(), 1, NPM_TOKEN.as_bytes());
-        let naive = Matcher { searcher: Searcher::Naive(table.needles.clone()), owners: table.owners.clone() };
+        let naive =
+            Matcher { searcher: Searcher::Naive(table.needles.clone()), longest: 0, owners: table.owners.clone() };
         let automaton = table.build();
         assert!(matches!(automaton.searcher, Searcher::Automaton(_)));
         let haystacks = [

@@ -703,7 +703,8 @@ fn task_of(r: &Record) -> &crate::record::Task {
         | Record::Exit { task, .. }
         | Record::Connect { task, .. }
         | Record::DnsPacket { task, .. }
-        | Record::Payload { task, .. } => task,
+        | Record::Payload { task, .. }
+        | Record::StreamChunk { task, .. } => task,
     }
 }
 
