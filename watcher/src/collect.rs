@@ -161,7 +161,9 @@ impl Collector {
                     data: &data,
                     daddr,
                 };
-                let r = self.streams.push(&self.secrets, &chunk);
+                // A TLS stream's first chunk is ciphertext after its handshake header: not searched.
+                let tls = flags & watcher_common::CHUNK_TLS != 0;
+                let r = self.streams.push(if tls { &[] } else { &self.secrets }, &chunk);
                 if flags & (watcher_common::CHUNK_BUDGET_END | watcher_common::CHUNK_TLS) != 0 {
                     self.streams.forget(cookie);
                 }
