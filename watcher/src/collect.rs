@@ -37,6 +37,8 @@ pub struct Collector {
     secrets: Vec<SecretSet>,
     /// Per-socket reassembly of the kernel's stream chunks.
     streams: crate::stream::Streams,
+    /// Protected variables that are a package manager's own registry credential.
+    credentials: Vec<crate::credentials::Credential>,
 }
 
 /// Detector hits as log facts: variable names, encodings and redacted values, sorted, once each.
@@ -68,13 +70,30 @@ pub fn rcode_name(rcode: u8) -> String {
 
 impl Collector {
     pub fn new(clock_offset_ns: i128) -> Collector {
-        Collector { clock_offset_ns, pending: HashMap::new(), secrets: Vec::new(), streams: Default::default() }
+        Collector {
+            clock_offset_ns,
+            pending: HashMap::new(),
+            secrets: Vec::new(),
+            streams: Default::default(),
+            credentials: Vec::new(),
+        }
     }
 
     /// Annotate DNS queries with the protected variables whose values they carry.
     pub fn with_secrets(mut self, secrets: SecretSet) -> Collector {
         self.secrets = vec![secrets];
         self
+    }
+
+    /// Which protected variables are package managers' registry credentials (written into
+    /// the `send` events that carry them).
+    pub fn with_credentials(mut self, credentials: Vec<crate::credentials::Credential>) -> Collector {
+        self.credentials = credentials;
+        self
+    }
+
+    fn credential_of(&self, variable: &str) -> Vec<String> {
+        self.credentials.iter().filter(|c| c.variable == variable).map(|c| c.label()).collect()
     }
 
     /// Replace the protected values (a daemon job learns them from its processes'
@@ -150,6 +169,7 @@ impl Collector {
                     bytes: payload_len,
                     secrets,
                     offset: None,
+                    credential_of: vec![],
                 }))
             }
             Record::StreamChunk { task, cookie, daddr, dport, proto, offset, packet_len, flags, data } => {
@@ -167,7 +187,7 @@ impl Collector {
                 if flags & (watcher_common::CHUNK_BUDGET_END | watcher_common::CHUNK_TLS) != 0 {
                     self.streams.forget(cookie);
                 }
-                let send = |secrets, offset| {
+                let send = |secrets, offset, credential_of| {
                     Event::Send(Send {
                         ts: self.wall(task.boot_ns),
                         proc: Self::proc(&task),
@@ -177,14 +197,16 @@ impl Collector {
                         bytes: packet_len,
                         secrets,
                         offset,
+                        credential_of,
                     })
                 };
                 // The socket's first data is a fact of its own; then one event per find.
                 if r.first && r.finds.is_empty() {
-                    out.push(send(vec![], None));
+                    out.push(send(vec![], None, vec![]));
                 }
                 for f in r.finds {
-                    out.push(send(vec![f.secret], Some(f.offset)));
+                    let credential_of = self.credential_of(&f.secret.variable);
+                    out.push(send(vec![f.secret], Some(f.offset), credential_of));
                 }
             }
             Record::DnsPacket { task, saddr, daddr, sport, dport, proto, egress, payload_len, payload, allowed } => {

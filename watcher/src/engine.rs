@@ -157,7 +157,7 @@ impl Engine {
             Event::Dns(d) => self.on_dns(d, &mut out),
             Event::Send(x) => {
                 for s in &x.secrets {
-                    if self.policy.is_secret_env(&s.variable) {
+                    if self.policy.is_secret_env(&s.variable) && !self.own_registry_credential(x) {
                         self.secret_alert(
                             &mut out,
                             x.ts,
@@ -182,6 +182,28 @@ impl Engine {
             Event::Alert(_) | Event::End(_) => {}
         }
         out
+    }
+
+    /// A package manager sending its own credential to the registry it belongs to: the
+    /// send's variable is that manager's credential for a host of a registry the policy
+    /// allows (`credential_of`, from the manager's configuration), the destination is that
+    /// host (its address, or an address an answer for its name gave), and the sender is the
+    /// manager itself, outside every install script. Anything else is exfiltration (a worm
+    /// publishing with the victim's token runs npm from an install script).
+    fn own_registry_credential(&self, x: &crate::event::Send) -> bool {
+        if x.credential_of.is_empty() || self.tree.install_script(x.proc.pid).is_some() {
+            return false;
+        }
+        let Some(node) = self.tree.get(x.proc.pid) else { return false };
+        let dest = canonical(x.daddr);
+        x.credential_of.iter().any(|label| {
+            let Some((manager, host)) = label.split_once(':') else { return false };
+            let host = host.to_ascii_lowercase();
+            self.policy.registries().iter().any(|pm| pm.as_str() == manager)
+                && is_manager_process(manager, node)
+                && (host.parse::<IpAddr>().is_ok_and(|ip| canonical(ip) == dest)
+                    || self.answered.get(&dest).is_some_and(|names| names.contains(&host)))
+        })
     }
 
     fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
@@ -413,6 +435,18 @@ impl Engine {
     }
 }
 
+/// Whether a process is the package manager `manager` itself (by the program it exec'd).
+fn is_manager_process(manager: &str, node: &crate::proctree::Node) -> bool {
+    match manager {
+        // `npm` on PATH is a link to npm-cli.js run by node; `node .../npm-cli.js` too.
+        "npm" => {
+            node.filename.as_deref().is_some_and(|f| matches!(basename(f), "npm" | "npm-cli.js"))
+                || node.argv.iter().take(2).any(|a| a.ends_with("/npm-cli.js") || a.ends_with("/bin/npm"))
+        }
+        _ => false,
+    }
+}
+
 /// IPv4-mapped IPv6 addresses are the IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -488,5 +522,53 @@ mod tests {
         assert_eq!(al[0].rule, RULE_SHELL);
         assert_eq!(al[0].package.as_deref(), Some("npm:deep (postinstall)"));
         assert!(al[0].message.contains("install script of npm:deep"), "{}", al[0].message);
+    }
+
+    #[test]
+    fn a_package_manager_sending_its_own_credential_to_its_registry_is_not_an_alert() {
+        let pol = crate::policy::parse_str(
+            "t.yaml",
+            "version: 1\npipeline: t\nmode: enforce\negress:\n  registries: [npm]\nsecrets:\n  env: [\"*_TOKEN\"]\n",
+        )
+        .unwrap();
+        let send = |pid: u32, daddr: &str, credential_of: &[&str]| {
+            Event::Send(crate::event::Send {
+                ts: Ts(5),
+                proc: Proc { pid, ppid: 1, comm: "npm".into(), uid: 0 },
+                daddr: daddr.parse().unwrap(),
+                dport: 4873,
+                proto: crate::event::Proto::Tcp,
+                bytes: 300,
+                secrets: vec![crate::event::SecretMatch {
+                    variable: "NPM_TOKEN".into(),
+                    encoding: "raw".into(),
+                    redacted: Some("np…(36 chars)".into()),
+                }],
+                offset: Some(120),
+                credential_of: credential_of.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        let mut e = Engine::new(pol);
+        e.process(&exec(10, 1, "/usr/bin/npm", false));
+        e.process(&exec(11, 1, "/usr/bin/python3", false));
+        // npm itself, to the registry host its .npmrc gives the token for: a fact, no alert.
+        assert!(e.process(&send(10, "127.0.0.1", &["npm:127.0.0.1"])).is_empty());
+        // The same variable to another address, or by another program, or not configured: alerts.
+        assert_eq!(e.process(&send(10, "198.18.0.2", &["npm:127.0.0.1"])).len(), 1);
+        assert_eq!(e.process(&send(11, "127.0.0.1", &["npm:127.0.0.1"])).len(), 1);
+        // npm run from an install script (a worm publishing with the victim's token): alert.
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("npm_lifecycle_event".to_string(), "postinstall".to_string());
+        env.insert("npm_package_name".to_string(), "worm".to_string());
+        e.process(&Event::Fork(Fork { ts: Ts(0), proc: Proc { pid: 20, ppid: 10, comm: "npm".into(), uid: 0 } }));
+        let Event::Exec(mut start) = exec(20, 10, "/bin/sh", false) else { unreachable!() };
+        start.env = env;
+        e.process(&Event::Exec(start));
+        e.process(&Event::Fork(Fork { ts: Ts(0), proc: Proc { pid: 21, ppid: 20, comm: "sh".into(), uid: 0 } }));
+        e.process(&exec(21, 20, "/usr/bin/npm", false));
+        let al = e.process(&send(21, "127.0.0.1", &["npm:127.0.0.1"]));
+        assert_eq!(al.len(), 1);
+        assert_eq!((al[0].rule.as_str(), al[0].severity.as_str()), (RULE_SECRET, "critical"));
+        assert_eq!(al[0].package.as_deref(), Some("npm:worm (postinstall)"));
     }
 }

@@ -291,6 +291,11 @@ pub struct Send {
     /// UDP: from the socket's first datagram). Absent on a first-data record with no find.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The package-manager registries (`npm:HOST`) whose credential, in that manager's own
+    /// configuration, the variable found is (`credentials.rs`): the engine does not flag
+    /// that manager itself sending it to that host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_of: Vec<String>,
 }
 
 fn dns_port() -> u16 {

@@ -5,6 +5,7 @@
 //! pure and tested without a kernel.
 pub mod cgroup;
 pub mod collect;
+pub mod credentials;
 pub mod daemon;
 pub mod dns;
 pub mod drill;

@@ -288,6 +288,8 @@ struct FSend {
     secrets: Vec<SecretMatch>,
     #[serde(default)]
     offset: Option<u64>,
+    #[serde(default)]
+    credential_of: Vec<String>,
 }
 
 impl From<FSend> for Event {
@@ -301,6 +303,7 @@ impl From<FSend> for Event {
             bytes: x.bytes,
             secrets: x.secrets,
             offset: x.offset,
+            credential_of: x.credential_of,
         })
     }
 }
@@ -542,6 +545,7 @@ pub mod generate {
                     bytes: self.next_u64() as u32,
                     secrets: self.vec(2, Self::secret),
                     offset: self.opt(|g| g.next_u64() >> 40),
+                    credential_of: self.vec(1, |_| "npm:registry.example.test".to_string()),
                 }),
                 7 => Event::Loss(Loss { ts, source: self.word(), count: self.next_u64(), total: self.next_u64() }),
                 8 => Event::Alert(Alert {

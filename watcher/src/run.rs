@@ -367,7 +367,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     sinks.root_pid = child_pid;
     sensor.watch_pid(child_pid, watcher_pid, 0)?;
 
-    let mut collector = Collector::new(clock_offset_ns()).with_secrets(prepared.secrets);
+    let credentials = crate::credentials::for_run(prepared.policy.as_ref(), &prepared.registries, &prepared.secrets);
+    let mut collector = Collector::new(clock_offset_ns()).with_secrets(prepared.secrets).with_credentials(credentials);
     let mut loss = LossTracker { seen: [0; COUNTER_NAMES.len()], decode_errors: 0, decode_reported: 0 };
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
