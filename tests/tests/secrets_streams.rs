@@ -298,7 +298,7 @@ fn a_value_anywhere_in_the_first_64k_of_a_stream_or_in_any_datagram_is_found() {
         let at = |port: &str, enc: &str| -> u64 {
             let e = sends
                 .iter()
-                .find(|e| e["dport"].to_string() == port && e["secrets"][0]["encoding"] == enc)
+                .find(|e| e["dport"] == port.parse::<u64>().unwrap() && e["secrets"][0]["encoding"] == enc)
                 .unwrap_or_else(|| panic!("no {enc} send to {port}: {sends:#?}"));
             e["offset"].as_u64().unwrap()
         };

@@ -116,7 +116,7 @@ mod tests {
     fn raw_hex_base32_and_base64_forms_are_replaced_in_text() {
         let s = sets();
         for f in forms() {
-            for wrap in [format!("{f}"), format!("k={f}&x=1"), format!("cannot run {f}-x"), format!("é{f}é")] {
+            for wrap in [f.clone(), format!("k={f}&x=1"), format!("cannot run {f}-x"), format!("é{f}é")] {
                 let out = text(&s, &wrap);
                 assert_clean(&out);
                 assert!(out.contains("wJ…(40 chars)"), "{wrap} -> {out}");
