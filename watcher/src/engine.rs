@@ -238,14 +238,21 @@ impl Engine {
                 format!("{} is denied by exec rule {rule:?}", x.filename),
             );
         }
-        if x.killed && !deny_alert && !shell_alert {
-            // The kernel killed it for a reason this replay of the facts does not see (e.g.
-            // its install-script mark came through a fork record that was lost): every kill
-            // is an alert, and fails the step.
+        let shell = is_shell(&x.filename) || x.shell;
+        if x.killed
+            && !deny_alert
+            && !shell_alert
+            && self.policy.mode == Mode::Enforce
+            && (!shell || self.policy.shells_denied_in_install_scripts())
+        {
+            // The kernel killed it for a reason this reading of the facts does not see (e.g.
+            // its install-script mark came through a fork record that was lost): under the
+            // policy it was killed by, every kill is an alert, and fails the step. (A replay
+            // under a policy that would not have killed it does not raise it.)
             self.alert(
                 out,
                 x.ts,
-                if is_shell(&x.filename) || x.shell { RULE_SHELL } else { RULE_EXEC },
+                if shell { RULE_SHELL } else { RULE_EXEC },
                 false,
                 true,
                 "high",
