@@ -488,7 +488,8 @@ const _: () = {
 
 /// A chunk of the data a watched socket sends (not port 53): TCP in stream order from the
 /// first data byte (retransmitted bytes are not sent twice), UDP datagram by datagram.
-pub const KIND_STREAM_CHUNK: u32 = 7;
+/// (10: main took 7, 8 and 9 for Socket, Tamper and UnixConnect.)
+pub const KIND_STREAM_CHUNK: u32 = 10;
 /// Data bytes per chunk record, at most.
 pub const STREAM_CHUNK_LEN: usize = 4096;
 /// Bytes captured per socket, at most (then the socket is no longer captured).

@@ -468,7 +468,7 @@ mod tests {
             Record::StreamChunk { data, .. } => assert_eq!(data, b"hel"),
             other => panic!("wrong record {other:?}"),
         }
-        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Truncated { kind: 7, .. })));
+        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Truncated { kind: 10, .. })));
     }
 
     #[test]
