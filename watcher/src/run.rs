@@ -16,7 +16,7 @@ use crate::{
     record,
     report::{self, Report, event_line},
     secrets::SecretSet,
-    sensor::{COUNTER_NAMES, Sensor, SensorConfig},
+    sensor::{COUNTER_NAMES, Instance, Sensor, SensorConfig},
 };
 
 pub struct RunOptions {
@@ -287,12 +287,19 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     };
 
     let root = cgroup2_root()?;
-    if !nix::unistd::geteuid().is_root() {
-        // Sensor::load says this precisely; check before creating anything.
-        Sensor::load(&SensorConfig::run(opts.ringbuf_bytes, root.clone()))?;
-    }
+    // Before creating anything.
+    crate::sensor::load::require_root()?;
+    // The step's own cgroup only finds and kills what is left at the end: membership is the
+    // kernel's, by process, from the step's first exec (the programs are attached at the root).
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
-    let mut sensor = Sensor::load(&SensorConfig::run(opts.ringbuf_bytes, cgroup.path().to_path_buf()))?;
+    let mut sensor = Sensor::load(&SensorConfig::run(Instance::Run, opts.ringbuf_bytes), &root)?;
+    for s in sensor.stale() {
+        eprintln!(
+            "watcher: warning: a previous watcher (pid {}) was killed while watching a step: its kernel programs \
+             were still enforcing; removed them and killed {} process(es) of its step",
+            s.pid, s.killed
+        );
+    }
     let registries = registries.join().map_err(|_| anyhow::anyhow!("the registry resolution thread panicked"))??;
     let prepared = finish_prepare(policy, registries)?;
     // Read once: the kernel enforces, and the start record (which the engine and replay judge

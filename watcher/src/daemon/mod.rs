@@ -285,7 +285,9 @@ impl Daemon {
             self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
         for rel in gone {
             if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel) {
-                self.sensor.unwatch_cgroup(cgid);
+                if let Err(e) = self.sensor.unwatch_cgroup(cgid) {
+                    tracing::error!(cgroup = %rel, "{e}");
+                }
             }
         }
     }
@@ -344,7 +346,9 @@ impl Daemon {
             // Its tables are written: let it run.
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
-            self.sensor.forget_held_job(kid);
+            if let Err(e) = self.sensor.forget_held_job(kid) {
+                tracing::error!(kernel_job = kid, "{e}");
+            }
         }
         if let Record::Exec { task, ret: 0, .. } = &rec
             && job.root_pid == 0
@@ -433,7 +437,9 @@ impl Daemon {
                 // Set up already; the record may still be on its way: continue it anyway.
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
-                self.sensor.forget_held_job(kid);
+                if let Err(e) = self.sensor.forget_held_job(kid) {
+                tracing::error!(kernel_job = kid, "{e}");
+            }
                 continue;
             }
             let split = |b: Vec<u8>| -> Vec<String> {
@@ -445,7 +451,7 @@ impl Daemon {
             let (Ok(environ), Ok(cmdline)) =
                 (std::fs::read(format!("/proc/{pid}/environ")), std::fs::read(format!("/proc/{pid}/cmdline")))
             else {
-                self.sensor.forget_held_job(kid); // gone
+                let _ = self.sensor.forget_held_job(kid); // gone: nothing to forget is fine
                 continue;
             };
             let wanted: Vec<&String> = self.cfg.id_env.iter().chain(&self.cfg.pipeline_env).collect();
@@ -481,7 +487,9 @@ impl Daemon {
                     );
                 }
             }
-            self.sensor.forget_held_job(kid);
+            if let Err(e) = self.sensor.forget_held_job(kid) {
+                tracing::error!(kernel_job = kid, "{e}");
+            }
         }
     }
 
@@ -539,7 +547,7 @@ impl Daemon {
             }
             // Watched first (with no tables the kernel denies everything for it), then its
             // tables, then it runs.
-            let r = self.sensor.watch_pid(pid, ppid, kid).and_then(|()| self.new_kernel_job(kid, &env, &argv));
+            let r = self.sensor.watch_pid(pid, ppid, kid).map_err(anyhow::Error::from).and_then(|()| self.new_kernel_job(kid, &env, &argv));
             match r {
                 Ok(()) => {
                     self.counters.adopted_jobs += 1;
@@ -624,7 +632,9 @@ impl Daemon {
         let summary = job.close()?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         for kid in &job.kernel_ids {
-            self.sensor.remove_job(*kid, &tables);
+            if let Err(e) = self.sensor.remove_job(*kid, &tables) {
+                tracing::error!(kernel_job = kid, "forgetting the job's kernel tables: {e}");
+            }
             self.by_kernel.remove(kid);
         }
         self.counters.jobs_ended += 1;
@@ -697,14 +707,7 @@ fn parse_stat(stat: &str) -> Option<(char, u32, u64)> {
 }
 
 fn task_of(r: &Record) -> &crate::record::Task {
-    match r {
-        Record::Exec { task, .. }
-        | Record::Fork { task, .. }
-        | Record::Exit { task, .. }
-        | Record::Connect { task, .. }
-        | Record::DnsPacket { task, .. }
-        | Record::Payload { task, .. } => task,
-    }
+    r.task()
 }
 
 pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {
@@ -720,14 +723,17 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&cfg.log_dir)
         .with_context(|| format!("cannot create log directory {}", cfg.log_dir.display()))?;
     let root = cgroup2_root()?;
-    let sensor = Sensor::load(&SensorConfig {
+    let sensor = Sensor::load(
+        &SensorConfig {
+        instance: crate::sensor::Instance::Daemon,
         ringbuf_bytes: opts.ringbuf_bytes,
-        cgroup: root.clone(),
         daemon: true,
         log_no_job: cfg.no_job_log.is_some(),
         job_env: cfg.id_env.clone(),
         extra_env: cfg.pipeline_env.clone(),
-    })?;
+    },
+        &root,
+    )?;
     let status_listener = status::bind(&cfg.socket)?;
     let metrics_listener = match cfg.metrics {
         Some(addr) => Some(
