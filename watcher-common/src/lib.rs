@@ -14,8 +14,10 @@ pub use kinds::RecordKind;
 /// Bumped whenever a record layout changes; the agent refuses programs of another version.
 pub const ABI_VERSION: u32 = 3;
 
-pub use kinds::{KIND_CONNECT, KIND_DNS_PACKET, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_PAYLOAD, KIND_SOCKET, KIND_TAMPER,
-    KIND_UNIX_CONNECT};
+pub use kinds::{
+    KIND_CONNECT, KIND_DNS_PACKET, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_PAYLOAD, KIND_SOCKET, KIND_TAMPER,
+    KIND_UNIX_CONNECT,
+};
 
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
@@ -428,9 +430,11 @@ pub struct SockOwner {
     pub comm: [u8; COMM_LEN],
 }
 
-pub use counters::{CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_CONNECT, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_EXEC,
+pub use counters::{
+    CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_CONNECT, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_EXEC,
     CNT_RINGBUF_FULL_EXIT, CNT_RINGBUF_FULL_FORK, CNT_RINGBUF_FULL_GUARD, CNT_RINGBUF_FULL_PAYLOAD, CNT_WATCHED_FULL,
-    Counter, NUM_COUNTERS};
+    Counter, NUM_COUNTERS,
+};
 
 pub const AF_UNIX: u16 = 1;
 pub const AF_PACKET: u16 = 17;

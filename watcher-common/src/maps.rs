@@ -41,10 +41,37 @@ pub mod names {
 
     /// Every map name, for the object check.
     pub const ALL: &[&str] = &[
-        EVENTS, WATCHED, WATCHED_CGROUPS, CLONE_FLAGS, EXEC_SCRATCH, EXEC_PENDING, SOCK_OWNER, COUNTERS, UDP_SEEN,
-        ENV_CAPTURE, ENV_SCAN_PROG, CONFIG, DNS_NAMES, DNS_SUFFIXES, JOBS, ALLOW_NET, RESOLVERS, HOST_PORTS, LEARNED,
-        EXEC_RULES, ENV_MARKERS, NAME_SCRATCH, PACKET_SCRATCH, DNS_PROGS, DNS_INGRESS_PROGS, PAYLOAD_SEEN,
-        SHELL_SIGS, NEW_JOBS, GUARD_SEEN, DEPUTIES, ABI,
+        EVENTS,
+        WATCHED,
+        WATCHED_CGROUPS,
+        CLONE_FLAGS,
+        EXEC_SCRATCH,
+        EXEC_PENDING,
+        SOCK_OWNER,
+        COUNTERS,
+        UDP_SEEN,
+        ENV_CAPTURE,
+        ENV_SCAN_PROG,
+        CONFIG,
+        DNS_NAMES,
+        DNS_SUFFIXES,
+        JOBS,
+        ALLOW_NET,
+        RESOLVERS,
+        HOST_PORTS,
+        LEARNED,
+        EXEC_RULES,
+        ENV_MARKERS,
+        NAME_SCRATCH,
+        PACKET_SCRATCH,
+        DNS_PROGS,
+        DNS_INGRESS_PROGS,
+        PAYLOAD_SEEN,
+        SHELL_SIGS,
+        NEW_JOBS,
+        GUARD_SEEN,
+        DEPUTIES,
+        ABI,
     ];
 }
 
@@ -83,7 +110,6 @@ pub type NameKey = [u64; 2];
 pub fn host_ports_key(job: u32, i: u32) -> u64 {
     ((job as u64) << 32) | i as u64
 }
-
 
 /// Key of `GUARD_SEEN`: one socket and one destination.
 #[repr(C)]

@@ -16,8 +16,8 @@ use watcher_common::{
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
-        Flow, CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH,
-        PAYLOAD_SEEN, PacketScratch, RESOLVERS, SOCK_OWNER,
+        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, Flow, LEARNED, NAME_SCRATCH,
+        PACKET_SCRATCH, PAYLOAD_SEEN, PacketScratch, RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
 };
@@ -36,7 +36,6 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     on_packet(&ctx, DIR_INGRESS);
     1
 }
-
 
 #[inline(always)]
 fn load<T: Copy>(ctx: &SkBuffContext, off: u32) -> Option<T> {

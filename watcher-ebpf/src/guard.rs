@@ -23,10 +23,10 @@ use aya_ebpf::{
 };
 use watcher_common::{
     AF_INET, AF_INET6, AF_PACKET, AF_UNIX, CFG_AGENT_GONE, CFG_AGENT_PID, CFG_OFF_TASK_TGID, CNT_RINGBUF_FULL_GUARD,
-    ConnectRecord, DeputyKey, GUARD_DENIED, GuardKey, GUARD_KILLED, JOB_ENFORCE, KIND_CONNECT, KIND_SOCKET, KIND_TAMPER, KIND_UNIX_CONNECT,
-    OP_PACKET, PROC_INSTALL, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ProcInfo, SOCK_RAW, SocketRecord,
-    SockOwner, TAMPER_BPF, TAMPER_MOUNT, TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord, UNIX_PATH_LEN, UnixConnectRecord,
-    VERDICT_ALLOW, VERDICT_DENY,
+    ConnectRecord, DeputyKey, GUARD_DENIED, GUARD_KILLED, GuardKey, JOB_ENFORCE, KIND_CONNECT, KIND_SOCKET,
+    KIND_TAMPER, KIND_UNIX_CONNECT, OP_PACKET, PROC_INSTALL, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ProcInfo,
+    SOCK_RAW, SockOwner, SocketRecord, TAMPER_BPF, TAMPER_MOUNT, TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord,
+    UNIX_PATH_LEN, UnixConnectRecord, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::{
@@ -230,7 +230,11 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: reads n <= UNIX_PATH_LEN bytes of user memory into the record's buffer.
     let ok = n > 0
         && unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user(rec.path.as_mut_ptr().cast(), n, addr.wrapping_add(2).cast())
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                rec.path.as_mut_ptr().cast(),
+                n,
+                addr.wrapping_add(2).cast(),
+            )
         } == 0;
     rec.path_len = if ok { n } else { 0 };
     // The key: the path up to its NUL (an abstract name, which starts with NUL, whole), the rest

@@ -4,9 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use watcher_common::{
-    DeputyKey, GuardKey, MAX_DEPUTIES,
-    CFG_LEN, ENV_NAME_LEN, ExecKey, ExecRecord, JOB_ADDR_LEN, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
-    NameKey, PortSet, ProcInfo, SockOwner,
+    CFG_LEN, DeputyKey, ENV_NAME_LEN, ExecKey, ExecRecord, GuardKey, JOB_ADDR_LEN, MAX_DEPUTIES, MAX_LABELS,
+    MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS, NameKey, PortSet, ProcInfo, SockOwner,
 };
 
 /// Key of `UDP_SEEN`.

@@ -10,9 +10,8 @@ use watcher_common::{
 
 use crate::{
     common::{agent_gone, count, fill_header, job_flags, watched_current},
-    maps::{UdpKey, ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN},
+    maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN, UdpKey},
 };
-
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {

@@ -178,22 +178,24 @@ impl Collector {
             Record::Exit { task, exit_code } => {
                 out.push(Event::Exit(Exit { ts: self.wall(task.boot_ns), proc: Self::proc(&task), exit_code }))
             }
-            Record::Connect { task, daddr, dport, proto, sendmsg, packet, allowed } => out.push(Event::Connect(Connect {
-                ts: self.wall(task.boot_ns),
-                proc: Self::proc(&task),
-                daddr,
-                dport,
-                proto,
-                op: if packet {
-                    "packet"
-                } else if sendmsg {
-                    "sendto"
-                } else {
-                    "connect"
-                }
-                .into(),
-                allowed,
-            })),
+            Record::Connect { task, daddr, dport, proto, sendmsg, packet, allowed } => {
+                out.push(Event::Connect(Connect {
+                    ts: self.wall(task.boot_ns),
+                    proc: Self::proc(&task),
+                    daddr,
+                    dport,
+                    proto,
+                    op: if packet {
+                        "packet"
+                    } else if sendmsg {
+                        "sendto"
+                    } else {
+                        "connect"
+                    }
+                    .into(),
+                    allowed,
+                }))
+            }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
                 let secrets = matches(&self.secrets, |s| s.find_in_payload(&payload));
                 out.push(Event::Send(Send {

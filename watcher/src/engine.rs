@@ -292,9 +292,17 @@ impl Engine {
             if x.killed {
                 // The kernel killed it as inside an install script: say so even when the
                 // attribution was lost.
-                self.alert(out, x.ts, RULE_RAW_SOCKET, false, true, "high", x.proc.pid,
+                self.alert(
+                    out,
+                    x.ts,
+                    RULE_RAW_SOCKET,
+                    false,
+                    true,
+                    "high",
+                    x.proc.pid,
                     format!("{}/{}", x.family, x.sock_type),
-                    format!("{} opened a {} {} socket (protocol {})", x.proc.comm, x.family, x.sock_type, x.protocol));
+                    format!("{} opened a {} {} socket (protocol {})", x.proc.comm, x.family, x.sock_type, x.protocol),
+                );
             }
             return;
         };

@@ -305,7 +305,13 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 c::TAMPER_PTRACE => TamperKind::Ptrace,
                 other => return Err(DecodeError::UnknownKind(other | 0x100)),
             };
-            Ok(Record::Tamper { task: task(&r.hdr), what, arg: r.arg, target: r.target, killed: r.flags & c::GUARD_KILLED != 0 })
+            Ok(Record::Tamper {
+                task: task(&r.hdr),
+                what,
+                arg: r.arg,
+                target: r.target,
+                killed: r.flags & c::GUARD_KILLED != 0,
+            })
         }
         c::KIND_UNIX_CONNECT => {
             let r: c::UnixConnectRecord = read(buf, hdr.kind)?;

@@ -438,8 +438,8 @@ impl Daemon {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
                 if let Err(e) = self.sensor.forget_held_job(kid) {
-                tracing::error!(kernel_job = kid, "{e}");
-            }
+                    tracing::error!(kernel_job = kid, "{e}");
+                }
                 continue;
             }
             let split = |b: Vec<u8>| -> Vec<String> {
@@ -547,7 +547,11 @@ impl Daemon {
             }
             // Watched first (with no tables the kernel denies everything for it), then its
             // tables, then it runs.
-            let r = self.sensor.watch_pid(pid, ppid, kid).map_err(anyhow::Error::from).and_then(|()| self.new_kernel_job(kid, &env, &argv));
+            let r = self
+                .sensor
+                .watch_pid(pid, ppid, kid)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| self.new_kernel_job(kid, &env, &argv));
             match r {
                 Ok(()) => {
                     self.counters.adopted_jobs += 1;
@@ -725,13 +729,13 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let root = cgroup2_root()?;
     let sensor = Sensor::load(
         &SensorConfig {
-        instance: crate::sensor::Instance::Daemon,
-        ringbuf_bytes: opts.ringbuf_bytes,
-        daemon: true,
-        log_no_job: cfg.no_job_log.is_some(),
-        job_env: cfg.id_env.clone(),
-        extra_env: cfg.pipeline_env.clone(),
-    },
+            instance: crate::sensor::Instance::Daemon,
+            ringbuf_bytes: opts.ringbuf_bytes,
+            daemon: true,
+            log_no_job: cfg.no_job_log.is_some(),
+            job_env: cfg.id_env.clone(),
+            extra_env: cfg.pipeline_env.clone(),
+        },
         &root,
     )?;
     let status_listener = status::bind(&cfg.socket)?;

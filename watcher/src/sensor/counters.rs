@@ -18,7 +18,8 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = {
 impl Sensor {
     /// Totals of the kernel's loss counters (summed over CPUs), by counter index.
     pub fn counters(&self) -> Result<[u64; NUM_COUNTERS as usize], SensorError> {
-        let map = self.ebpf.map(names::COUNTERS).ok_or(SensorError::Missing { kind: "map", name: names::COUNTERS.into() })?;
+        let map =
+            self.ebpf.map(names::COUNTERS).ok_or(SensorError::Missing { kind: "map", name: names::COUNTERS.into() })?;
         let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|e| SensorError::map(names::COUNTERS, "opening", e))?;
         let mut totals = [0u64; NUM_COUNTERS as usize];
         for (i, t) in totals.iter_mut().enumerate() {

@@ -190,7 +190,9 @@ fn attach(
                     .attach(category, name)
                     .map_err(|e| SensorError::kernel(format!("attachment to tracepoint {category}/{name}"), e))?;
                 let l = p.take_link(id).map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?;
-                l.try_into().map_err(|e| SensorError::kernel(format!("link of {prog} (perf event links cannot be pinned)"), e))?
+                l.try_into().map_err(|e| {
+                    SensorError::kernel(format!("link of {prog} (perf event links cannot be pinned)"), e)
+                })?
             }
             Hook::Raw(name) => {
                 let p: &mut RawTracePoint = program(ebpf, prog)?;
@@ -275,10 +277,8 @@ fn attach(
 /// grace period; in turn, the ~30 links took about a second).
 pub fn detach_all(links: Vec<PinnedLink>) {
     // Unpinning removes the bpffs file; the attachment ends when the last fd closes.
-    let fds: Vec<FdLink> = links
-        .into_iter()
-        .filter_map(|l| l.unpin().map_err(|e| tracing::warn!("unpinning a link: {e}")).ok())
-        .collect();
+    let fds: Vec<FdLink> =
+        links.into_iter().filter_map(|l| l.unpin().map_err(|e| tracing::warn!("unpinning a link: {e}")).ok()).collect();
     std::thread::scope(|scope| {
         for fd in fds {
             // If no thread can be made, the closure (and with it the link) is dropped here.

@@ -93,7 +93,14 @@ pub struct SensorConfig {
 
 impl SensorConfig {
     pub fn run(instance: Instance, ringbuf_bytes: u32) -> SensorConfig {
-        SensorConfig { instance, ringbuf_bytes, daemon: false, job_env: Vec::new(), extra_env: Vec::new(), log_no_job: false }
+        SensorConfig {
+            instance,
+            ringbuf_bytes,
+            daemon: false,
+            job_env: Vec::new(),
+            extra_env: Vec::new(),
+            log_no_job: false,
+        }
     }
 }
 
@@ -139,7 +146,9 @@ impl Sensor {
                 .set(CFG_AGENT_PID, &(std::process::id() as u64), 0)
                 .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             if let Some(off) = btf::Btf::from_sys().ok().and_then(|b| b.member_offset("task_struct", "tgid")) {
-                config.set(CFG_OFF_TASK_TGID, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
+                config
+                    .set(CFG_OFF_TASK_TGID, &(off as u64), 0)
+                    .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
             if cfg.daemon {
                 if cfg.log_no_job {
@@ -182,9 +191,8 @@ impl Sensor {
 }
 
 fn fill_env_capture(ebpf: &mut Ebpf, cfg: &SensorConfig) -> Result<(), SensorError> {
-    let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> =
-        HashMap::try_from(load::map_mut(ebpf, names::ENV_CAPTURE)?)
-            .map_err(|e| SensorError::map(names::ENV_CAPTURE, "opening", e))?;
+    let mut capture: HashMap<_, [u8; ENV_NAME_LEN], u32> = HashMap::try_from(load::map_mut(ebpf, names::ENV_CAPTURE)?)
+        .map_err(|e| SensorError::map(names::ENV_CAPTURE, "opening", e))?;
     let mut all: Vec<(String, u32)> = CAPTURED_ENV.iter().map(|(n, f)| (n.to_string(), *f)).collect();
     for (names, flag) in [(&cfg.job_env, ENV_FLAG_JOB), (&cfg.extra_env, 0)] {
         for name in names {

@@ -23,8 +23,9 @@ fn ensure_bpffs() -> Result<(), SensorError> {
     if mounted {
         return Ok(());
     }
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| SensorError::Pin { path: BPFFS.into(), detail: format!("bpffs is not mounted and mounting it failed: {e}") })
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| {
+        SensorError::Pin { path: BPFFS.into(), detail: format!("bpffs is not mounted and mounting it failed: {e}") }
+    })
 }
 
 /// This process's start time (field 22 of /proc/PID/stat, clock ticks since boot): with the
@@ -102,7 +103,8 @@ pub fn clean_stale() -> Vec<Stale> {
             continue; // alive
         }
         let dir = e.path();
-        let held: std::collections::HashSet<u32> = read_u32_map(&dir.join(names::NEW_JOBS)).into_iter().map(|(_, p)| p).collect();
+        let held: std::collections::HashSet<u32> =
+            read_u32_map(&dir.join(names::NEW_JOBS)).into_iter().map(|(_, p)| p).collect();
         let watched: Vec<(u32, ProcInfo)> = read_watched(&dir.join(names::WATCHED));
         // Unpin first: the programs detach, so nothing kills the held processes being adopted.
         remove_dir(&dir);
@@ -111,14 +113,20 @@ pub fn clean_stale() -> Vec<Stale> {
             if held.contains(p) && kind == Instance::Daemon.as_str() {
                 continue;
             }
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGKILL).is_ok() {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGKILL).is_ok()
+            {
                 killed += 1;
             }
         }
         if kind == Instance::Run.as_str() || kind == Instance::Drill.as_str() {
             remove_stale_cgroups(pid);
         }
-        tracing::warn!(pid, killed, held = held.len(), "removed the kernel programs of a watcher that was killed while watching");
+        tracing::warn!(
+            pid,
+            killed,
+            held = held.len(),
+            "removed the kernel programs of a watcher that was killed while watching"
+        );
         out.push(Stale { dir, pid, killed, held: held.len() });
     }
     let _ = std::fs::remove_dir(PIN_ROOT);

@@ -42,7 +42,8 @@ impl Sensor {
         for (h, v) in &t.names {
             written(names::DNS_NAMES, m.insert(&([*h, job as u64]), v, 0))?;
         }
-        let mut m = opened(names::DNS_SUFFIXES, HashMap::<_, NameKey, u64>::try_from(map_mut(e, names::DNS_SUFFIXES)?))?;
+        let mut m =
+            opened(names::DNS_SUFFIXES, HashMap::<_, NameKey, u64>::try_from(map_mut(e, names::DNS_SUFFIXES)?))?;
         for (h, v) in &t.suffixes {
             written(names::DNS_SUFFIXES, m.insert(&([*h, job as u64]), v, 0))?;
         }
@@ -53,7 +54,8 @@ impl Sensor {
         for (addr, prefix, ports) in &t.nets {
             written(names::ALLOW_NET, m.insert(&LpmKey::new(32 + *prefix, job_addr_key(job, addr)), ports, 0))?;
         }
-        let mut m = opened(names::RESOLVERS, HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map_mut(e, names::RESOLVERS)?))?;
+        let mut m =
+            opened(names::RESOLVERS, HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map_mut(e, names::RESOLVERS)?))?;
         for r in &t.resolvers {
             written(names::RESOLVERS, m.insert(&(job_addr_key(job, r)), &1, 0))?;
         }
@@ -65,7 +67,10 @@ impl Sensor {
         for (k, f) in &t.exec_rules {
             written(names::EXEC_RULES, m.insert(&(ExecKey { job, name: *k }), f, 0))?;
         }
-        let mut m = opened(names::ENV_MARKERS, HashMap::<_, [u8; ENV_NAME_LEN], u32>::try_from(map_mut(e, names::ENV_MARKERS)?))?;
+        let mut m = opened(
+            names::ENV_MARKERS,
+            HashMap::<_, [u8; ENV_NAME_LEN], u32>::try_from(map_mut(e, names::ENV_MARKERS)?),
+        )?;
         for (k, f) in &t.env_markers {
             written(names::ENV_MARKERS, m.insert(k, f, 0))?;
         }
@@ -105,7 +110,8 @@ impl Sensor {
         let mut learned =
             opened(names::LEARNED, HashMap::<_, [u8; JOB_ADDR_LEN], u64>::try_from(map_mut(e, names::LEARNED)?))?;
         let prefix = job.to_be_bytes();
-        let keys: Vec<[u8; JOB_ADDR_LEN]> = learned.keys().filter_map(Result::ok).filter(|k| k[..4] == prefix).collect();
+        let keys: Vec<[u8; JOB_ADDR_LEN]> =
+            learned.keys().filter_map(Result::ok).filter(|k| k[..4] == prefix).collect();
         for k in keys {
             removed(names::LEARNED, learned.remove(&k))?;
         }
@@ -113,13 +119,19 @@ impl Sensor {
         removed(names::JOBS, jobs.remove(&job))
     }
 
-    fn remove_entries(&mut self, job: u32, t: &KernelTables, host_ports: std::ops::Range<usize>) -> Result<(), SensorError> {
+    fn remove_entries(
+        &mut self,
+        job: u32,
+        t: &KernelTables,
+        host_ports: std::ops::Range<usize>,
+    ) -> Result<(), SensorError> {
         let e = &mut self.ebpf;
         let mut m = opened(names::DNS_NAMES, HashMap::<_, NameKey, u64>::try_from(map_mut(e, names::DNS_NAMES)?))?;
         for (h, _) in &t.names {
             removed(names::DNS_NAMES, m.remove(&[*h, job as u64]))?;
         }
-        let mut m = opened(names::DNS_SUFFIXES, HashMap::<_, NameKey, u64>::try_from(map_mut(e, names::DNS_SUFFIXES)?))?;
+        let mut m =
+            opened(names::DNS_SUFFIXES, HashMap::<_, NameKey, u64>::try_from(map_mut(e, names::DNS_SUFFIXES)?))?;
         for (h, _) in &t.suffixes {
             removed(names::DNS_SUFFIXES, m.remove(&[*h, job as u64]))?;
         }
@@ -130,7 +142,8 @@ impl Sensor {
         for (addr, prefix, _) in &t.nets {
             removed(names::ALLOW_NET, m.remove(&LpmKey::new(32 + *prefix, job_addr_key(job, addr))))?;
         }
-        let mut m = opened(names::RESOLVERS, HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map_mut(e, names::RESOLVERS)?))?;
+        let mut m =
+            opened(names::RESOLVERS, HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map_mut(e, names::RESOLVERS)?))?;
         for r in &t.resolvers {
             removed(names::RESOLVERS, m.remove(&job_addr_key(job, r)))?;
         }
