@@ -403,7 +403,9 @@ mod tests {
     }
 }
 
-/// Random but plausible events (for the round-trip test and the replay benchmark).
+/// Random but plausible events (for the round-trip test and the replay benchmark): not in the
+/// shipped binary (feature `bench-gen`, which only the bench crate turns on).
+#[cfg(any(test, feature = "bench-gen"))]
 pub mod generate {
     use super::*;
     use crate::event::{PolicyInfo, SensorState};
