@@ -347,3 +347,32 @@ fn sigkill_of_watcher_leaves_its_step_denied_and_killed_and_the_next_start_clean
         assert!(!cgroup_root().join(format!("watcher-run-{watcher_pid}")).exists());
     }
 }
+
+#[test]
+fn loopback_is_not_a_hole_under_the_shipped_policies() {
+    if !root_or_skip() {
+        return;
+    }
+    let np = netprobe_bin().display().to_string();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for name in ["npm.yaml", "pip.yaml", "cargo.yaml"] {
+        // A local service (a forward proxy, a database, a daemon's TCP port) on 127.0.0.1.
+        let l = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("e.jsonl");
+        let out = Command::new(watcher_bin())
+            .args(["run", "--quiet", "--policy"])
+            .arg(policies.join(name))
+            .arg("--log")
+            .arg(&log)
+            .args(["--", &np, "tcp", &l.addr().to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let events = read_jsonl(&log);
+        assert_eq!(out.status.code(), Some(77), "{name}: {err}");
+        assert_eq!(l.connections(), 0, "{name}: a loopback service was reached: {err}");
+        assert_eq!(alerts(&events, "egress-denied")[0]["action"], "deny", "{name}");
+    }
+}

@@ -46,7 +46,7 @@ fn load<T: Copy>(ctx: &SkBuffContext, off: u32) -> Option<T> {
 fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
     let b0: u8 = load(ctx, 0)?;
     let mut f = Flow { family: 0, proto: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, payload_off: 0 };
-    
+
     let l4: u32 = match b0 >> 4 {
         4 => {
             f.family = AF_INET;

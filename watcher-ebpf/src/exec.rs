@@ -201,9 +201,10 @@ fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
         }
         // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
         if (n as usize) <= ENV_NAME_LEN
-            && let Some(m) = unsafe { ENV_MARKERS.get(&key) } {
-                rec.env_flags |= *m;
-            }
+            && let Some(m) = unsafe { ENV_MARKERS.get(&key) }
+        {
+            rec.env_flags |= *m;
+        }
         // Keep the name only: zero from '=' on, without branches (a branch per byte would
         // multiply the verifier's states). A name longer than the key never matches.
         let mut seen: u8 = 0;
@@ -314,10 +315,9 @@ fn exec_exit(ctx: &TracePointContext) {
         }
     }
     // Failed attempts (PATH search ENOENT, ...) are not events; a killed one is.
-    if (ret == 0 || rec.flags & EXEC_KILLED != 0)
-        && EVENTS.output(rec, 0).is_err() {
-            count(CNT_RINGBUF_FULL_EXEC);
-        }
+    if (ret == 0 || rec.flags & EXEC_KILLED != 0) && EVENTS.output(rec, 0).is_err() {
+        count(CNT_RINGBUF_FULL_EXEC);
+    }
     let _ = EXEC_PENDING.remove(&tid);
 }
 

@@ -111,16 +111,18 @@ pub fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> boo
         return true;
     }
     if let Some(ports) = ALLOW_NET.get(&Key::new(160, key))
-        && ports.contains(dport) {
-            return true;
-        }
+        && ports.contains(dport)
+    {
+        return true;
+    }
     let Some(mask) = (unsafe { LEARNED.get(&key) }).copied() else { return false };
     for i in 0..MAX_HOST_ENTRIES {
         if mask & (1u64 << i) != 0
             && let Some(ports) = unsafe { HOST_PORTS.get(&host_ports_key(job, i)) }
-                && ports.contains(dport) {
-                    return true;
-                }
+            && ports.contains(dport)
+        {
+            return true;
+        }
     }
     false
 }

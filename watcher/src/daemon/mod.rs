@@ -279,10 +279,10 @@ impl Daemon {
         let gone: Vec<String> =
             self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
         for rel in gone {
-            if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel) {
-                if let Err(e) = self.sensor.unwatch_cgroup(cgid) {
-                    tracing::error!(cgroup = %rel, "{e}");
-                }
+            if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel)
+                && let Err(e) = self.sensor.unwatch_cgroup(cgid)
+            {
+                tracing::error!(cgroup = %rel, "{e}");
             }
         }
     }

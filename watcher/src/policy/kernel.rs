@@ -212,8 +212,8 @@ mod tests {
         assert!(t.host_ports[0].contains(443) && t.host_ports[0].contains(8050) && !t.host_ports[0].contains(80));
         assert!(t.host_ports[1].contains(1));
         assert_eq!(t.resolvers, vec![map_key("127.0.0.53".parse().unwrap())]);
-        // loopback is allowed by default: 127.0.0.0/8 as an IPv4-mapped /104
-        assert!(t.nets.iter().any(|(a, p, _)| *p == 104 && a[12] == 127));
+        // loopback is not allowed by default (only registries, resolvers and allow entries)
+        assert!(!t.nets.iter().any(|(a, p, _)| *p == 104 && a[12] == 127));
     }
 
     #[test]

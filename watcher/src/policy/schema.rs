@@ -367,18 +367,12 @@ pub struct PolicySpec {
     pub secrets: SecretsSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressSpec {
     pub registries: Vec<PackageManager>,
     pub allow: Vec<AllowEntry>,
     pub loopback: bool,
-}
-
-impl Default for EgressSpec {
-    fn default() -> Self {
-        EgressSpec { registries: Vec::new(), allow: Vec::new(), loopback: true }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -18,7 +18,7 @@ egress:
     - ip: 127.0.0.1             # IPv4 or IPv6
     - cidr: 10.20.0.0/16        # IPv4 or IPv6 CIDR
       ports: [443, 8000-8100]   # single ports or ranges "a-b"
-  loopback: true                # connections to 127.0.0.0/8 and ::1 allowed (default true)
+  loopback: true                # every address of 127.0.0.0/8 and ::1 allowed (default false)
 dns:
   resolvers: [system]           # allowed resolvers: "system" (= nameservers of /etc/resolv.conf at run time) and/or IPs. Default [system]
   allow: ["*.internal.example"] # names allowed in DNS queries in addition to every egress host and registry host above
@@ -319,7 +319,7 @@ fn empty_file_syntax_error_and_list() {
 #[test]
 fn null_sections_and_lists_take_defaults() {
     let p = parse("version: 1\npipeline: p\negress:\ndns:\n  allow:\nexec:\nsecrets:\n");
-    assert!(p.spec().egress.loopback);
+    assert!(!p.spec().egress.loopback);
     assert!(p.spec().dns.resolvers == vec![Resolver::System]);
     assert!(p.spec().dns.allow.is_empty());
     assert_eq!(p.secret_env_patterns().len(), schema::DEFAULT_SECRET_ENV.len());
@@ -424,12 +424,13 @@ fn minimal_policy_defaults() {
     let p = parse(HEAD);
     assert_eq!(p.mode, Mode::Audit);
     assert!(p.registries().is_empty());
-    assert!(p.spec().egress.loopback);
+    assert!(!p.spec().egress.loopback);
     assert_eq!(p.spec().dns.resolvers, vec![Resolver::System]);
     assert!(p.shells_denied_in_install_scripts());
     assert_eq!(p.secret_env_patterns(), schema::DEFAULT_SECRET_ENV);
     assert_eq!(p.exec_denied("/usr/bin/nc"), None);
-    // Nothing but loopback is allowed.
+    // Nothing is allowed, loopback included.
+    assert!(!p.ip_allowed(ip("127.0.0.1"), 4873));
     assert!(!p.host_allowed("a.example", 443));
     assert!(!p.ip_allowed(ip("10.0.0.1"), 443));
     assert!(!p.dns_name_allowed("a.example"));
@@ -550,8 +551,9 @@ fn ip_and_cidr_v4_v6_with_ports() {
     assert!(cidrs.contains(&("192.0.2.7/32".parse().unwrap(), None)));
     assert!(cidrs.contains(&("10.20.0.0/16".parse().unwrap(), Some(vec![(443, 443), (8000, 8100)]))));
     assert!(cidrs.contains(&("2001:db9::1/128".parse().unwrap(), Some(vec![(53, 53)]))));
-    assert!(cidrs.contains(&("127.0.0.0/8".parse().unwrap(), None)));
-    assert!(cidrs.contains(&("::1/128".parse().unwrap(), None)));
+    // Loopback is not allowed by default: no blanket entry.
+    assert!(!cidrs.contains(&("127.0.0.0/8".parse().unwrap(), None)));
+    assert!(!cidrs.contains(&("::1/128".parse().unwrap(), None)));
 }
 
 #[test]
@@ -562,8 +564,11 @@ fn v4_mapped_cidr_entries_match_ipv4() {
 }
 
 #[test]
-fn loopback_default_and_off() {
+fn loopback_is_off_by_default_and_on_when_asked() {
     let p = parse(HEAD);
+    assert!(!p.ip_allowed(ip("127.0.0.1"), 4873));
+    assert!(!p.ip_allowed(ip("::1"), 1));
+    let p = parse(&format!("{HEAD}egress:\n  loopback: true\n"));
     assert!(p.ip_allowed(ip("127.0.0.1"), 4873));
     assert!(p.ip_allowed(ip("127.255.0.9"), 1));
     assert!(p.ip_allowed(ip("::1"), 1));

@@ -19,7 +19,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Mount bpffs at /sys/fs/bpf when nothing is mounted there (it is not on some machines).
 fn ensure_bpffs() -> Result<(), SensorError> {
-    let mounted = nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    let mounted = nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if mounted {
         return Ok(());
     }
