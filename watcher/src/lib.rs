@@ -14,6 +14,7 @@ pub mod exitcode;
 pub mod log;
 pub mod parse;
 pub mod policy;
+pub mod probe;
 pub mod proctree;
 pub mod record;
 pub mod replay;

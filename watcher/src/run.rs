@@ -90,7 +90,7 @@ pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyh
 /// starts the package managers: npm alone takes about 0.4 s).
 pub fn resolve_registries(policy: Option<&Policy>) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
     Ok(match policy {
-        Some(p) => crate::engine::resolve_registries(p)?,
+        Some(p) => crate::probe::resolve_registries(p)?,
         None => Default::default(),
     })
 }
@@ -297,7 +297,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let prepared = finish_prepare(policy, registries)?;
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
-    let resolvers = crate::policy::system_resolvers();
+    let resolvers = crate::probe::system_resolvers();
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
         let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, random_seed())

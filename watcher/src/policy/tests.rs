@@ -446,7 +446,7 @@ fn policy_is_shareable_between_threads() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Policy>();
     assert_send_sync::<PolicyError>();
-    assert_send_sync::<RegistryError>();
+    assert_send_sync::<crate::probe::RegistryError>();
 }
 
 #[test]

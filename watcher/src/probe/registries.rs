@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::schema::PackageManager;
+use crate::policy::PackageManager;
 
 /// How long one `npm config ...` / `pip config list` / `python3 -c ...` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
