@@ -12,17 +12,34 @@ pub mod resolv;
 
 use std::collections::BTreeMap;
 
-pub use registries::{RegistryError, resolve, resolve_all};
+pub use registries::{RegistryError, RegistrySource, resolve, resolve_all, resolve_sourced};
 pub use resolv::{parse_resolv_conf, system_resolvers};
 
 use crate::policy::Policy;
 
+/// The registry hosts of a policy, by the policy's registry name, and where each came from.
+#[derive(Debug, Clone, Default)]
+pub struct Registries {
+    pub hosts: BTreeMap<String, Vec<String>>,
+    pub sources: Vec<RegistrySource>,
+}
+
 /// Registry hosts for a policy's package managers, resolved from the tools' configuration.
-pub fn resolve_registries(policy: &Policy) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let mut out = BTreeMap::new();
+/// A host that a file of the step's working directory named is announced on stderr: the
+/// checkout chose it.
+pub fn resolve_registries(policy: &Policy) -> anyhow::Result<Registries> {
+    let mut out = Registries::default();
     for pm in policy.registries() {
-        let hosts = resolve(*pm).map_err(|e| anyhow::anyhow!("{e}"))?;
-        out.insert(pm.as_str().to_string(), hosts);
+        let sources = resolve_sourced(*pm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.hosts.insert(pm.as_str().to_string(), sources.iter().map(|s| s.host.clone()).collect());
+        for s in sources {
+            if !out.sources.iter().any(|o| o.host == s.host) {
+                out.sources.push(s);
+            }
+        }
+    }
+    for s in out.sources.iter().filter(|s| s.workspace) {
+        eprintln!("watcher: registry host {} ({}) is named by the working directory's {}", s.host, s.tool, s.from);
     }
     Ok(out)
 }
