@@ -11,7 +11,7 @@ const FULL: &str = r#"version: 1                      # required, must be 1
 pipeline: web-frontend          # required, a name
 mode: audit                     # audit | enforce (default audit); CLI --mode overrides
 egress:
-  registries: [npm]             # package managers whose configured registry hosts are allowed: npm | pip | cargo
+  registries: [npm]             # package managers whose configured registry hosts are allowed: npm | pnpm | yarn | bun | pip | uv | poetry | cargo
   allow:                        # each entry exactly one of host / ip / cidr, optional ports (default: any port)
     - host: "*.githubusercontent.com"   # glob; "*.x.com" matches sub.x.com and a.b.x.com but NOT x.com itself
       ports: [443]
