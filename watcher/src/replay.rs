@@ -12,6 +12,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::{
     engine::Engine,
     event::{Alert, Event, PolicyInfo},
+    pipeline::Pipeline,
     policy::{self, Mode, Policy},
     report::{self, Format, Report, event_line},
 };
@@ -107,37 +108,41 @@ pub fn replay_one_with(
     mut on_alert: impl FnMut(&Alert),
 ) -> anyhow::Result<Replayed> {
     let name = log_name(path);
-    let mut engine: Option<Engine> = None;
+    let mut pipe: Option<Pipeline> = None;
     let mut alerts = Vec::new();
-    // The engine builds the process tree; the report takes it at the end.
-    let mut report = Report { log: Some(name.clone()), engine_tree: true, ..Default::default() };
     for_each_event_with(path, parse, |e, n| {
         if matches!(e, Event::Alert(_)) {
             return Ok(()); // the live run's verdicts: replay makes its own
         }
-        if engine.is_none() {
+        if pipe.is_none() {
             let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
             let recorded = s.policy.as_ref().map(|p| p.source.as_str());
             let policy = policy_for(opts, recorded, &name)?;
             warn_unrecorded_registries(&name, &policy, s);
-            report.policy = Some(PolicyInfo {
-                source: policy.source.clone(),
-                pipeline: policy.pipeline.clone(),
-                mode: policy.mode.as_str().to_string(),
-            });
-            engine = Some(Engine::new(policy));
+            // The engine builds the process tree; the report takes it at the end.
+            let report = Report {
+                log: Some(name.clone()),
+                engine_tree: true,
+                policy: Some(PolicyInfo {
+                    source: policy.source.clone(),
+                    pipeline: policy.pipeline.clone(),
+                    mode: policy.mode.as_str().to_string(),
+                }),
+                ..Default::default()
+            };
+            pipe = Some(Pipeline::replay(Engine::new(policy), report));
         }
-        report.add(&e);
-        let engine = engine.as_mut().expect("set above");
-        for a in engine.process(&e) {
+        let pipe = pipe.as_mut().expect("set above");
+        for a in pipe.replayed(&e, n) {
             on_alert(&a);
-            report.add_alert(a.clone(), Some(n));
             alerts.push(a);
         }
         Ok(())
     })?;
-    let Some(mut engine) = engine else { bail!("{name}: empty log") };
-    report.tree = engine.take_tree();
+    let Some(mut pipe) = pipe else { bail!("{name}: empty log") };
+    let tree = pipe.engine_mut().map(|e| e.take_tree()).unwrap_or_default();
+    let mut report = std::mem::take(&mut pipe.report);
+    report.tree = tree;
     report.watcher_exit = Some(report.replay_exit());
     Ok(Replayed { log: name, alerts, report })
 }
