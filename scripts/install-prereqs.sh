@@ -87,6 +87,57 @@ else
   $SUDO "$PYPISERVER_DIR/bin/pip" install --quiet --disable-pip-version-check "pypiserver==$PYPISERVER_VERSION"
 fi
 
+# The other package managers (tests/tests/package_managers.rs, the real-package corpus): each
+# pinned, from its own ecosystem's default registry, under $LAB_DIR/pm (nothing global, nothing on
+# the default PATH). The tests put $LAB_DIR/pm/bin (or $LAB_DIR/pm/berry-bin for yarn berry) first on
+# PATH. pnpm, yarn classic, yarn berry (@yarnpkg/cli-dist) and bun (its npm package, which
+# brings the binary as an optional dependency) from the npm registry; uv and poetry from PyPI
+# into one venv.
+PNPM_VERSION="10.34.8"
+YARN_CLASSIC_VERSION="1.22.22"
+YARN_BERRY_VERSION="4.18.1"
+BUN_VERSION="1.4.5"
+UV_VERSION="0.13.9"
+POETRY_VERSION="2.5.1"
+PM_DIR="$LAB_DIR/pm"
+npm_tool() { # DIR PACKAGE VERSION BIN: install PACKAGE@VERSION into DIR unless BIN --version says VERSION
+  local dir="$1" pkg="$2" version="$3" bin="$4"
+  if [ -x "$dir/node_modules/.bin/$bin" ] \
+     && [ "$("$dir/node_modules/.bin/$bin" --version 2>/dev/null)" = "$version" ]; then
+    say "$pkg ${version} present"
+    return
+  fi
+  say "installing $pkg ${version} into ${dir}"
+  $SUDO mkdir -p "$dir"
+  printf '{"name":"watcher-lab-%s","private":true,"dependencies":{"%s":"%s"}}\n' "$bin" "$pkg" "$version" \
+    | $SUDO tee "$dir/package.json" >/dev/null
+  (cd "$dir" && $SUDO npm install --no-audit --no-fund --loglevel=error)
+}
+npm_tool "$PM_DIR/pnpm" pnpm "$PNPM_VERSION" pnpm
+npm_tool "$PM_DIR/yarn-classic" yarn "$YARN_CLASSIC_VERSION" yarn
+npm_tool "$PM_DIR/yarn-berry" @yarnpkg/cli-dist "$YARN_BERRY_VERSION" yarn
+npm_tool "$PM_DIR/bun" bun "$BUN_VERSION" bun
+PY_TOOLS="$PM_DIR/pytools"
+if [ -x "$PY_TOOLS/bin/uv" ] && [ -x "$PY_TOOLS/bin/poetry" ] \
+   && "$PY_TOOLS/bin/uv" --version 2>/dev/null | grep -qx "uv $UV_VERSION.*" \
+   && "$PY_TOOLS/bin/poetry" --version 2>/dev/null | grep -q "version $POETRY_VERSION)"; then
+  say "uv ${UV_VERSION} and poetry ${POETRY_VERSION} present"
+else
+  say "installing uv ${UV_VERSION} and poetry ${POETRY_VERSION} into a venv at ${PY_TOOLS}"
+  $SUDO mkdir -p "$PM_DIR"
+  $SUDO /usr/bin/python3 -m venv "$PY_TOOLS"
+  $SUDO "$PY_TOOLS/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION" "poetry==$POETRY_VERSION"
+fi
+# One directory of links: pnpm, yarn (classic), bun, uv, poetry; yarn berry is linked alone into
+# berry-bin, since both yarns are called `yarn`.
+$SUDO mkdir -p "$PM_DIR/bin"
+for link in pnpm/node_modules/.bin/pnpm yarn-classic/node_modules/.bin/yarn bun/node_modules/.bin/bun \
+            pytools/bin/uv pytools/bin/poetry; do
+  $SUDO ln -sfn "$PM_DIR/$link" "$PM_DIR/bin/$(basename "$link")"
+done
+$SUDO mkdir -p "$PM_DIR/berry-bin"
+$SUDO ln -sfn "$PM_DIR/yarn-berry/node_modules/.bin/yarn" "$PM_DIR/berry-bin/yarn"
+
 # tracefs is needed for tracepoint format files and attaching.
 if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true

@@ -308,7 +308,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     let mode = prepared.policy.as_ref().map(|p| p.mode).unwrap_or(Mode::Audit);
     drop(prepared);
 
-    let resolvers = crate::policy::system_resolvers();
+    let resolvers = crate::probe::system_resolvers();
     let Some(resolver) = resolvers.iter().find_map(|r| match r {
         IpAddr::V4(v4) => Some(*v4),
         IpAddr::V6(_) => None,

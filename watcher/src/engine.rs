@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     event::{Alert, Connect, Dns, Event, Exec, Loss, Ts},
-    policy::{Mode, PackageManager, Policy},
+    policy::{Mode, Policy},
     proctree::{ProcTree, basename, is_shell},
 };
 
@@ -492,14 +492,4 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
-}
-
-/// Registry hosts for a policy's package managers, resolved from the tools' configuration.
-pub fn resolve_registries(policy: &Policy) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
-    let mut out = std::collections::BTreeMap::new();
-    for pm in policy.registries() {
-        let hosts = crate::policy::resolve(*pm).map_err(|e| anyhow::anyhow!("{e}"))?;
-        out.insert(PackageManager::as_str(*pm).to_string(), hosts);
-    }
-    Ok(out)
 }

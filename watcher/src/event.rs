@@ -137,6 +137,10 @@ pub struct Start {
     /// at the time of the run (replay uses these, so it judges with the same facts).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub registries: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where each registry host came from (a file, a variable, a tool's default); `workspace`
+    /// marks the files of the step's checkout (schema: [`crate::probe::RegistrySource`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_sources: Vec<crate::probe::RegistrySource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInfo>,
     /// Daemon mode: the job this log is about.

@@ -15,6 +15,7 @@ pub mod log;
 pub mod parse;
 pub mod pipeline;
 pub mod policy;
+pub mod probe;
 pub mod proctree;
 pub mod record;
 pub mod replay;

@@ -486,6 +486,7 @@ pub mod generate {
                     } else {
                         BTreeMap::new()
                     },
+                    registry_sources: Vec::new(),
                     policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
                 }),
                 1 => Event::Exec(Exec {

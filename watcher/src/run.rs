@@ -89,7 +89,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let prepared = session::finish_prepare(policy, registries)?;
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
-    let resolvers = crate::policy::system_resolvers();
+    let resolvers = crate::probe::system_resolvers();
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
         let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())
@@ -127,6 +127,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         sensors: sensor.states().to_vec(),
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
+        registry_sources: prepared.registry_sources.clone(),
         policy: policy_info.clone(),
         job: None,
     }))?;

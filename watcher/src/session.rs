@@ -34,6 +34,8 @@ pub const SECRET_CANDIDATES: &[&str] = &[
 pub struct Prepared {
     pub policy: Option<Policy>,
     pub registries: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where each registry host came from (the start record's `registry_sources`).
+    pub registry_sources: Vec<crate::probe::RegistrySource>,
     pub secrets: SecretSet,
 }
 
@@ -65,24 +67,22 @@ pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyh
 
 /// The hosts of the policy's registries, from each package manager's own configuration (this
 /// starts the package managers: npm alone takes about 0.4 s).
-pub fn resolve_registries(policy: Option<&Policy>) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+pub fn resolve_registries(policy: Option<&Policy>) -> anyhow::Result<crate::probe::Registries> {
     Ok(match policy {
-        Some(p) => crate::engine::resolve_registries(p)?,
+        Some(p) => crate::probe::resolve_registries(p)?,
         None => Default::default(),
     })
 }
 
-pub fn finish_prepare(
-    policy: Option<Policy>,
-    registries: std::collections::BTreeMap<String, Vec<String>>,
-) -> anyhow::Result<Prepared> {
+pub fn finish_prepare(policy: Option<Policy>, registries: crate::probe::Registries) -> anyhow::Result<Prepared> {
     let mut patterns: Vec<String> = SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
     if let Some(p) = &policy {
         patterns.extend(p.secret_env_patterns().iter().cloned());
     }
     let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
     let secrets = SecretSet::new(&patterns, env).context("compiling secret variable patterns")?;
-    Ok(Prepared { policy, registries, secrets })
+    let crate::probe::Registries { hosts: registries, sources: registry_sources } = registries;
+    Ok(Prepared { policy, registries, registry_sources, secrets })
 }
 
 /// CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds: converts kernel timestamps to wall time.

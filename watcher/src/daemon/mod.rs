@@ -686,7 +686,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {
 
 async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let cfg = config::load(&opts.config).map_err(|e| anyhow!("{e}"))?;
-    let resolvers = crate::policy::system_resolvers();
+    let resolvers = crate::probe::system_resolvers();
     let seed = crate::session::random_seed();
     let policies = load_policies(&cfg, &resolvers, seed)?;
     std::fs::create_dir_all(&cfg.log_dir)

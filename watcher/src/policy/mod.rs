@@ -3,15 +3,13 @@
 //!
 //! - [`load`] / [`parse_str`] read and validate a policy; errors are `FILE:LINE:COLUMN: message`.
 //! - [`Policy`] answers per-event questions (pure, cheap: globs are compiled at load time).
-//! - [`registry::resolve`] asks npm / pip / cargo for their configured registry hosts (I/O,
-//!   run once before a step); feed the result to [`Policy::with_registry_hosts`].
-//! - [`system_resolvers`] reads /etc/resolv.conf.
+//!
+//! This module does no I/O beyond reading the policy file in [`load`]: asking the machine
+//! (package managers' registries, /etc/resolv.conf) is `crate::probe`'s job.
 
 mod error;
 pub mod kernel;
 mod matcher;
-pub mod registry;
-mod resolv;
 pub mod schema;
 
 #[cfg(test)]
@@ -22,8 +20,6 @@ use std::path::Path;
 
 pub use error::{Location, PolicyError};
 pub use matcher::{AllowedNet, NOT_IN_EXEC_ALLOW};
-pub use registry::{RegistryError, resolve, resolve_all};
-pub use resolv::{parse_resolv_conf, system_resolvers};
 pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec};
 
 use matcher::Compiled;
@@ -98,7 +94,7 @@ impl Policy {
         &self.spec.egress.registries
     }
 
-    /// Adds resolved registry host names (from [`registry::resolve`]) to the allowed hosts, on
+    /// Adds resolved registry host names (from `crate::probe::registries::resolve`) to the allowed hosts, on
     /// any port, and to the allowed DNS names. A host that is an IP literal is also allowed as
     /// an IP (any port).
     pub fn with_registry_hosts(mut self, hosts: Vec<String>) -> Policy {
@@ -128,7 +124,7 @@ impl Policy {
     }
 
     /// May the step send DNS queries to `ip`? `system_resolvers` is what
-    /// [`system_resolvers()`] returned at the start of the run.
+    /// `crate::probe::system_resolvers()` returned at the start of the run.
     pub fn resolver_allowed(&self, ip: IpAddr, system_resolvers: &[IpAddr]) -> bool {
         self.compiled.resolver_allowed(ip, system_resolvers)
     }

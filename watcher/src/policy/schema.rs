@@ -73,19 +73,40 @@ impl FromStr for Mode {
 /// A package manager whose configured registry hosts `egress.registries` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PackageManager {
+    /// The npm registry as configured for every JavaScript package manager present.
     Npm,
+    /// The Python package index as configured for pip, uv and poetry (those present).
     Pip,
     Cargo,
+    Pnpm,
+    Yarn,
+    Bun,
+    Uv,
+    Poetry,
 }
 
 impl PackageManager {
-    pub const ALL: [PackageManager; 3] = [PackageManager::Npm, PackageManager::Pip, PackageManager::Cargo];
+    pub const ALL: [PackageManager; 8] = [
+        PackageManager::Npm,
+        PackageManager::Pnpm,
+        PackageManager::Yarn,
+        PackageManager::Bun,
+        PackageManager::Pip,
+        PackageManager::Uv,
+        PackageManager::Poetry,
+        PackageManager::Cargo,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PackageManager::Npm => "npm",
             PackageManager::Pip => "pip",
             PackageManager::Cargo => "cargo",
+            PackageManager::Pnpm => "pnpm",
+            PackageManager::Yarn => "yarn",
+            PackageManager::Bun => "bun",
+            PackageManager::Uv => "uv",
+            PackageManager::Poetry => "poetry",
         }
     }
 }
@@ -103,7 +124,14 @@ impl FromStr for PackageManager {
             "npm" => Ok(PackageManager::Npm),
             "pip" => Ok(PackageManager::Pip),
             "cargo" => Ok(PackageManager::Cargo),
-            _ => Err(ParseNameError(format!("unknown registry {s:?}, expected one of npm, pip, cargo"))),
+            "pnpm" => Ok(PackageManager::Pnpm),
+            "yarn" => Ok(PackageManager::Yarn),
+            "bun" => Ok(PackageManager::Bun),
+            "uv" => Ok(PackageManager::Uv),
+            "poetry" => Ok(PackageManager::Poetry),
+            _ => Err(ParseNameError(format!(
+                "unknown registry {s:?}, expected one of npm, pnpm, yarn, bun, pip, uv, poetry, cargo"
+            ))),
         }
     }
 }

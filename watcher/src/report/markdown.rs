@@ -80,6 +80,13 @@ pub fn render(r: &Report) -> String {
         if r.command.is_empty() { String::new() } else { format!(" · command {}", code_text(&r.command.join(" "))) };
     let exit = r.exit_code.map(|c| format!(" · exit code {c}")).unwrap_or_default();
     let _ = writeln!(s, "{policy}{cmd}{exit}\n");
+    if !r.workspace_registries.is_empty() {
+        let _ = writeln!(s, "Registry hosts named by files of the checkout (allowed by `registries`):\n");
+        for h in &r.workspace_registries {
+            let _ = writeln!(s, "- {} ({}) from {}", code_text(&h.host), code_text(&h.tool), code_text(&h.from));
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "| processes | execs | destinations | DNS names | DNS queries | alerts | lost events |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(

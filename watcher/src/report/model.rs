@@ -61,6 +61,8 @@ pub struct Report {
     pub command: Vec<String>,
     /// The policy the verdicts come from (mode as applied), if any.
     pub policy: Option<PolicyInfo>,
+    /// Registry hosts that a file of the step's checkout named (from the start record).
+    pub workspace_registries: Vec<crate::probe::RegistrySource>,
     pub tree: ProcTree,
     /// The tree is the engine's (replay hands it over at the end): do not build a second one.
     pub engine_tree: bool,
@@ -136,6 +138,7 @@ impl Report {
                 if self.policy.is_none() {
                     self.policy = s.policy.clone();
                 }
+                self.workspace_registries = s.registry_sources.iter().filter(|r| r.workspace).cloned().collect();
             }
             Event::Exec(x) => {
                 self.execs += 1;

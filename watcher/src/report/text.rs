@@ -69,6 +69,12 @@ pub fn render(r: &Report, p: Paint) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", p.bold(&headline(r)));
     let _ = writeln!(s, "{}", verdict_line(r, p));
+    if !r.workspace_registries.is_empty() {
+        let _ = writeln!(s, "{}", p.bold("registry hosts named by the checkout:"));
+        for h in &r.workspace_registries {
+            let _ = writeln!(s, "  {} ({}) from {}", safe(&h.host), safe(&h.tool), safe(&h.from));
+        }
+    }
     if !r.tree.is_empty() {
         let _ = writeln!(s, "{}", p.bold("processes:"));
         for line in tree::lines(r) {

@@ -49,6 +49,10 @@ pub const CAPTURED_ENV: &[(&str, u32)] = &[
     ("CARGO_MANIFEST_DIR", ENV_FLAG_CAPTURE),
     // pip sets it for the subprocesses that build sdists: their start is an install script.
     ("PIP_BUILD_TRACKER", ENV_FLAG_CAPTURE | ENV_FLAG_INSTALL),
+    // uv's PEP 517 build subprocesses, and the hook runner of pyproject_hooks (poetry,
+    // python -m build, pip's own): their start is an install script too.
+    ("UV_INTERNAL__BUILD_DIR", ENV_FLAG_CAPTURE | ENV_FLAG_INSTALL),
+    ("_PYPROJECT_HOOKS_BUILD_BACKEND", ENV_FLAG_CAPTURE | ENV_FLAG_INSTALL),
     ("GITHUB_RUN_ID", ENV_FLAG_CAPTURE),
     ("GITHUB_JOB", ENV_FLAG_CAPTURE),
     ("GITHUB_REPOSITORY", ENV_FLAG_CAPTURE),
