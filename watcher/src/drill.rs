@@ -341,12 +341,12 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         netns.name
     );
     let result = crate::run::run_timed(RunOptions {
-        command,
+        command: command.into_iter().map(Into::into).collect(),
         log: opts.log.clone(),
         quiet: true,
         ringbuf_bytes: opts.ringbuf_bytes,
         policy: Some(policy.clone()),
-        report: None,
+        report: Vec::new(),
         report_format: None,
         mode: opts.mode,
     });
