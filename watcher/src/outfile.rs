@@ -160,14 +160,14 @@ fn open_in(dir: &OwnedFd, name: &OsStr, path: &Path, what: &str) -> anyhow::Resu
     if !m.file_type().is_file() {
         return Err(refuse("it is not a regular file".into()));
     }
-    if !trusted_uid(m.uid()) {
-        return Err(refuse(format!("it exists and belongs to uid {} (remove it first)", m.uid())));
-    }
     if m.mode() & 0o022 != 0 {
         return Err(refuse(format!(
             "it exists and others can write it (mode {:o}; remove it first)",
             m.mode() & 0o7777
         )));
+    }
+    if !trusted_uid(m.uid()) {
+        return Err(refuse(format!("it exists and belongs to uid {} (remove it first)", m.uid())));
     }
     if m.nlink() > 1 {
         return Err(refuse("it has other hard links".into()));

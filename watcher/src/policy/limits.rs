@@ -168,7 +168,7 @@ mod tests {
             block.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
         }
         let e = check_depth("p", &block).unwrap_err();
-        assert_eq!(e.location.unwrap().line, 32);
+        assert_eq!(e.location.unwrap().line, 33);
         assert!(check_depth("p", &format!("{}x\n", "- ".repeat(40))).is_err());
         // Brackets in quotes, comments and block scalars are not structure.
         let text = format!("a: \"{0}\"\nb: '{0}' # {0}\nc: |\n  {0}\n  {0}\nd: 1\n", "[".repeat(40));

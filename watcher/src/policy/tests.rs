@@ -361,7 +361,7 @@ fn never_panics_on_garbage() {
 fn load_reports_unreadable_files() {
     let e = load(Path::new("/nonexistent/p.yaml")).unwrap_err();
     assert_eq!(e.location, None);
-    assert_eq!(e.to_string(), "/nonexistent/p.yaml: cannot read: No such file or directory (os error 2)");
+    assert_eq!(e.to_string(), "/nonexistent/p.yaml: cannot read the policy: No such file or directory (os error 2)");
 }
 
 #[test]

@@ -82,7 +82,9 @@ impl Serialize for Field<'_> {
             }))
             .serialize(s),
             // Exactly the alert records of the log schema (without `kind`).
-            Field::Alerts(r) => Seq(r.alerts.iter().map(|a| &a.alert)).serialize(s),
+            Field::Alerts(r) => {
+                Seq(r.alerts.iter().map(|a| serde_json::to_value(&a.alert).unwrap_or(Value::Null))).serialize(s)
+            }
         }
     }
 }
