@@ -151,6 +151,10 @@ fn open_in(dir: &OwnedFd, name: &OsStr, path: &Path, what: &str) -> anyhow::Resu
         if e.raw_os_error() == Some(libc::ELOOP) {
             bail!("{}: refusing to write the {what}: it is a symbolic link", path.display());
         }
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            // A FIFO without a reader (opened without blocking).
+            bail!("{}: refusing to write the {what}: it is not a regular file", path.display());
+        }
         return Err(e).with_context(|| format!("{}: cannot write the {what}", path.display()));
     }
     // SAFETY: fd was just returned by openat and is owned by nobody else.
