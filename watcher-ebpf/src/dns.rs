@@ -16,8 +16,8 @@ use watcher_common::{
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
-        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH,
-        PAYLOAD_SEEN, PacketScratch, RESOLVERS, SOCK_OWNER,
+        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, Flow, LEARNED, NAME_SCRATCH,
+        PACKET_SCRATCH, PAYLOAD_SEEN, PacketScratch, RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
 };
@@ -35,18 +35,6 @@ pub fn dns_egress(ctx: SkBuffContext) -> i32 {
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     on_packet(&ctx, DIR_INGRESS);
     1
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Flow {
-    family: u16,
-    proto: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-    sport: u16,
-    dport: u16,
-    payload_off: u32,
 }
 
 #[inline(always)]

@@ -48,6 +48,11 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     // Daemon mode: an unwatched process is read as well, to see whether a job variable in its
     // environment makes it the first process of a job (finish_exec_enter decides).
     // A process in the no-job pseudo-job is looked at the same way.
+    // The agent is gone (killed while its programs stay pinned): its jobs fail closed.
+    if crate::common::agent_gone() && watched_current().is_some_and(|i| i.job != JOB_NONE) {
+        crate::common::kill_current();
+        return;
+    }
     let (info, unwatched) = match watched_current() {
         Some(i) if i.job == JOB_NONE => (i, EXEC_UNWATCHED),
         Some(i) => (i, 0),
@@ -415,6 +420,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(info) = watched_current() else { return 0 };
+    if crate::common::agent_gone() && info.job != JOB_NONE {
+        crate::common::kill_current();
+    }
     let child: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
     if child <= 0 {
         return 0;

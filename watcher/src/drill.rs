@@ -349,7 +349,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         }
     };
     // The policy first: a bad one is the user's error, before anything is built.
-    let prepared = crate::run::prepare(Some(&policy), opts.mode)?;
+    let prepared = crate::session::prepare(Some(&policy), opts.mode)?;
     let mode = prepared.policy.as_ref().map(|p| p.mode).unwrap_or(Mode::Audit);
     drop(prepared);
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::record::Proto;
+pub use crate::record::{Proto, TamperKind};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -55,6 +55,9 @@ pub enum Event {
     Connect(Connect),
     Dns(Dns),
     Send(Send),
+    Socket(Socket),
+    Tamper(Tamper),
+    Unix(Unix),
     Loss(Loss),
     Alert(Alert),
     End(End),
@@ -70,6 +73,9 @@ impl Event {
             Event::Connect(e) => e.ts,
             Event::Dns(e) => e.ts,
             Event::Send(e) => e.ts,
+            Event::Socket(e) => e.ts,
+            Event::Tamper(e) => e.ts,
+            Event::Unix(e) => e.ts,
             Event::Loss(e) => e.ts,
             Event::Alert(e) => e.ts,
             Event::End(e) => e.ts,
@@ -84,6 +90,9 @@ impl Event {
             Event::Connect(e) => Some(&mut e.proc),
             Event::Dns(e) => Some(&mut e.proc),
             Event::Send(e) => Some(&mut e.proc),
+            Event::Socket(e) => Some(&mut e.proc),
+            Event::Tamper(e) => Some(&mut e.proc),
+            Event::Unix(e) => Some(&mut e.proc),
             Event::Start(_) | Event::Loss(_) | Event::Alert(_) | Event::End(_) => None,
         }
     }
@@ -97,6 +106,9 @@ impl Event {
             Event::Connect(_) => "connect",
             Event::Dns(_) => "dns",
             Event::Send(_) => "send",
+            Event::Socket(_) => "socket",
+            Event::Tamper(_) => "tamper",
+            Event::Unix(_) => "unix",
             Event::Loss(_) => "loss",
             Event::Alert(_) => "alert",
             Event::End(_) => "end",
@@ -236,11 +248,62 @@ pub struct Connect {
     pub daddr: IpAddr,
     pub dport: u16,
     pub proto: Proto,
-    /// `connect`, or `sendto` for an unconnected UDP send (reported once per destination and
-    /// process).
+    /// `connect`, `sendto` for an unconnected UDP send (reported once per destination and
+    /// process), or `packet` for a packet the backstop judged (ICMP, raw IP, SCTP: reported
+    /// once per socket and destination).
     pub op: String,
     /// false when the kernel denied it (enforce mode).
     pub allowed: bool,
+}
+
+/// A raw IP socket, a packet socket (AF_PACKET) or an ICMP socket was opened. Its packets
+/// are judged by the packet backstop (`connect` events with `op: "packet"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Socket {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    /// `inet`, `inet6`, `packet` or the number.
+    pub family: String,
+    /// `raw`, `dgram`, `stream` or the number.
+    #[serde(rename = "type")]
+    pub sock_type: String,
+    pub protocol: u32,
+    /// Killed by the kernel before the socket() call returned (enforce mode).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+/// A watched process went for watcher itself: a signal to the agent, the bpf() system call,
+/// umount, ptrace of a process outside its job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tamper {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub what: TamperKind,
+    /// The signal number, bpf command, umount flags or ptrace request.
+    pub arg: u32,
+    /// The process it was aimed at (signal, ptrace), else 0.
+    #[serde(default)]
+    pub target: u32,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+/// A connect() to a unix socket: a path, or `@name` for an abstract one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Unix {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub path: String,
+    /// The path is a local deputy's (a daemon that connects or starts processes for its
+    /// caller: docker, containerd, podman, systemd).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deputy: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::{
     engine::Engine,
     event::{Alert, Event, PolicyInfo},
+    pipeline::Pipeline,
     policy::{self, Mode, Policy},
     report::{self, Format, Report, event_line},
 };
@@ -121,11 +122,9 @@ pub fn replay_one_with(
     mut on_alert: impl FnMut(&Alert),
 ) -> anyhow::Result<Replayed> {
     let name = log_name(path);
-    let mut engine: Option<Engine> = None;
+    let mut pipe: Option<Pipeline> = None;
     let mut alerts = Vec::new();
     let mut check = Completeness::default();
-    // The engine builds the process tree; the report takes it at the end.
-    let mut report = Report { log: Some(name.clone()), engine_tree: true, ..Default::default() };
     let mut reader = open(path)?;
     let tail = crate::parse::for_each_line_terminated(
         &mut reader,
@@ -148,22 +147,26 @@ pub fn replay_one_with(
             if matches!(e, Event::Alert(_)) {
                 return Ok(()); // the live run's verdicts: replay makes its own
             }
-            if engine.is_none() {
+            if pipe.is_none() {
                 let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
                 let policy = policy_for(opts, s, &name)?;
                 warn_unrecorded_registries(&name, &policy, s);
-                report.policy = Some(PolicyInfo {
-                    source: policy.source.clone(),
-                    pipeline: policy.pipeline.clone(),
-                    mode: policy.mode.as_str().to_string(),
-                });
-                engine = Some(Engine::new(policy));
+                // The engine builds the process tree; the report takes it at the end.
+                let report = Report {
+                    log: Some(name.clone()),
+                    engine_tree: true,
+                    policy: Some(PolicyInfo {
+                        source: policy.source.clone(),
+                        pipeline: policy.pipeline.clone(),
+                        mode: policy.mode.as_str().to_string(),
+                    }),
+                    ..Default::default()
+                };
+                pipe = Some(Pipeline::replay(Engine::new(policy), report));
             }
-            report.add(&e);
-            let engine = engine.as_mut().expect("set above");
-            for a in engine.process(&e) {
+            let pipe = pipe.as_mut().expect("set above");
+            for a in pipe.replayed(&e, n) {
                 on_alert(&a);
-                report.add_alert(a.clone(), Some(n));
                 alerts.push(a);
             }
             Ok(())
@@ -173,9 +176,15 @@ pub fn replay_one_with(
     if let crate::parse::Tail::StreamCut(n) = tail {
         check.cut_at(n + 1);
     }
-    if let Some(mut engine) = engine {
-        report.tree = engine.take_tree();
-    }
+    let mut report = match pipe {
+        Some(mut pipe) => {
+            let tree = pipe.engine_mut().map(|e| e.take_tree()).unwrap_or_default();
+            let mut report = std::mem::take(&mut pipe.report);
+            report.tree = tree;
+            report
+        }
+        None => Report { log: Some(name.clone()), ..Default::default() },
+    };
     report.incomplete = check.reason();
     report.watcher_exit = Some(report.replay_exit());
     Ok(Replayed { log: name, alerts, report })

@@ -38,6 +38,8 @@ pub struct KernelTables {
     pub host_ports: Vec<PortSet>,
     pub exec_rules: Vec<([u8; EXEC_NAME_LEN], u32)>,
     pub env_markers: Vec<([u8; ENV_NAME_LEN], u32)>,
+    /// Every local-deputy socket path (see [`crate::policy::DEPUTY_SOCKETS`]).
+    pub deputies: Vec<String>,
 }
 
 pub fn map_key(ip: IpAddr) -> [u8; 16] {
@@ -108,6 +110,7 @@ pub fn compile(
 ) -> Result<KernelTables, String> {
     let spec = policy.spec();
     let mut t = KernelTables { seed, ..Default::default() };
+    t.deputies = crate::policy::DEPUTY_SOCKETS.iter().map(|p| p.to_string()).collect();
     if policy.mode == Mode::Enforce {
         t.job_flags |= JOB_ENFORCE;
     }

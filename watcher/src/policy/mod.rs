@@ -176,3 +176,29 @@ impl Policy {
         self.compiled.allowed_cidrs()
     }
 }
+
+/// Unix sockets of local daemons that connect or start processes for their caller: a step that
+/// connects to one could make it do what the policy forbids the step (a container with host
+/// networking, a transient systemd unit). Connecting to one is `local-deputy` (killed in
+/// enforce mode). Both the /run and the /var/run spelling: the kernel programs see the path as
+/// the caller wrote it.
+pub const DEPUTY_SOCKETS: &[&str] = &[
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/podman/podman.sock",
+    "/var/run/podman/podman.sock",
+    "/run/buildkit/buildkitd.sock",
+    "/var/run/buildkit/buildkitd.sock",
+    "/run/systemd/private",
+    "/var/run/systemd/private",
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
+
+/// Whether a unix socket address (as recorded: a path, or `@name` for an abstract one) is a
+/// local deputy's.
+pub fn is_deputy_socket(path: &str) -> bool {
+    DEPUTY_SOCKETS.contains(&path)
+}

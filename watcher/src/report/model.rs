@@ -213,7 +213,7 @@ impl Report {
                 self.add_alert(a.clone(), Some(line));
             }
             Event::End(x) => self.exit_code = x.exit_code,
-            Event::Send(_) => {}
+            Event::Send(_) | Event::Socket(_) | Event::Tamper(_) | Event::Unix(_) => {}
         }
     }
 
