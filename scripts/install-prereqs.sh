@@ -7,7 +7,7 @@ TOOLCHAIN="nightly-2026-07-15"
 BPF_LINKER_VERSION="0.13.0"
 LLVM_PREFIX="/usr/lib/llvm-22"
 DEBS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 python3 python3-venv python3-pip
-      python3-setuptools python3-wheel curl gzip procps strace tar tmux)
+      python3-setuptools python3-wheel curl gzip procps strace tar time tmux)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -48,6 +48,16 @@ else
   LLVM_PREFIX="$LLVM_PREFIX" LLVM_SYS_220_PREFIX="$LLVM_PREFIX" PATH="$LLVM_PREFIX/bin:$PATH" \
     cargo +"$TOOLCHAIN" install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
       --no-default-features --features llvm-22
+fi
+
+# The fuzz targets (watcher/fuzz, run briefly by scripts/fuzz.sh from scripts/test.sh) are
+# built by cargo-fuzz with libFuzzer on the pinned nightly.
+CARGO_FUZZ_VERSION="0.13.2"
+if command -v cargo-fuzz >/dev/null 2>&1 && cargo-fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  say "cargo-fuzz ${CARGO_FUZZ_VERSION} present"
+else
+  say "installing cargo-fuzz ${CARGO_FUZZ_VERSION}"
+  cargo +"$TOOLCHAIN" install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
 # The package-manager tests run real npm, pip and cargo installs against registries the tests

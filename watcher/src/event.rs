@@ -143,6 +143,11 @@ pub struct Start {
     pub registry_sources: Vec<crate::probe::RegistrySource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInfo>,
+    /// The effective policy itself (YAML, defaults written out, mode as applied): replay
+    /// without `--policy` judges with it and never opens the file `policy.source` names.
+    /// Schema 1 since watcher 0.1.0 (absent in older logs: replay then needs `--policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_yaml: Option<String>,
     /// Daemon mode: the job this log is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobInfo>,

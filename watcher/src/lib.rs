@@ -12,6 +12,7 @@ pub mod engine;
 pub mod event;
 pub mod exitcode;
 pub mod log;
+pub mod outfile;
 pub mod parse;
 pub mod pipeline;
 pub mod policy;

@@ -22,16 +22,17 @@ use crate::{
 pub use crate::pipeline::AlertTiming;
 
 pub struct RunOptions {
-    pub command: Vec<String>,
+    /// Passed to the command unchanged (any bytes but NUL).
+    pub command: Vec<std::ffi::OsString>,
     pub log: Option<PathBuf>,
     pub quiet: bool,
     pub ringbuf_bytes: u32,
     pub policy: Option<PathBuf>,
     /// Overrides the policy's mode.
     pub mode: Option<Mode>,
-    /// Write the end-of-step report to this file (stdout belongs to the command).
-    pub report: Option<PathBuf>,
-    /// Its format; by default from the file's extension (`.json`, `.sarif`, `.md`, else text).
+    /// Write the end-of-step report to these files (stdout belongs to the command).
+    pub report: Vec<PathBuf>,
+    /// Their format; by default from each file's extension (`.json`, `.sarif`, `.md`, else text).
     pub report_format: Option<report::Format>,
 }
 
@@ -62,14 +63,21 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
             .context("starting the registry resolution thread")?
     };
     // Open the log first: a bad path is the user's error to hear about before anything runs.
+    crate::outfile::distinct(
+        &opts.policy.iter().map(|p| ("policy", p.as_path())).collect::<Vec<_>>(),
+        &opts
+            .log
+            .iter()
+            .map(|p| ("event log", p.as_path()))
+            .chain(opts.report.iter().map(|p| ("report", p.as_path())))
+            .collect::<Vec<_>>(),
+    )?;
     let log = match &opts.log {
         Some(p) => Some(LogWriter::create(p)?),
         None => None,
     };
-    let report_file = match &opts.report {
-        Some(p) => Some(std::fs::File::create(p).with_context(|| format!("{}: cannot write the report", p.display()))?),
-        None => None,
-    };
+    let report_files =
+        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
 
     let root = cgroup2_root()?;
     // Before creating anything.
@@ -122,13 +130,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         schema: SCHEMA_VERSION,
         watcher: env!("CARGO_PKG_VERSION").into(),
         mode: "run".into(),
-        command: opts.command.clone(),
+        command: opts.command.iter().map(|a| crate::log::arg_for_log(a)).collect(),
         pid: watcher_pid,
         sensors: sensor.states().to_vec(),
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
         registry_sources: prepared.registry_sources.clone(),
         policy: policy_info.clone(),
+        policy_yaml: prepared.policy.as_ref().map(|p| p.to_yaml()),
         job: None,
     }))?;
     if !opts.quiet {
@@ -171,7 +180,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
                 std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
                 _ => exitcode::WATCHER_ERROR,
             };
-            eprintln!("watcher: cannot run {}: {e}", opts.command[0]);
+            eprintln!("watcher: cannot run {}: {e}", report::safe(&crate::log::arg_for_log(&opts.command[0])));
             pipe.end(Some(code))?;
             drop(sensor);
             cgroup.remove()?;
@@ -249,7 +258,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     drop(sensor); // detaches every program (the links are owned by this process)
     cgroup.remove()?;
     pipe.report.watcher_exit = Some(code);
-    write_reports(&pipe.report, report_file, &opts)?;
+    write_reports(&pipe.report, report_files, &opts)?;
     if code != cmd_code {
         eprintln!(
             "watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
@@ -260,11 +269,11 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
-fn write_reports(r: &Report, file: Option<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
+fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let colour = report::colour_for(std::io::stderr().is_terminal());
     eprint!("{}", prefix_lines(&report::text::render(r, report::text::Paint(colour)), "watcher: "));
-    if let (Some(mut f), Some(path)) = (file, &opts.report) {
+    for (mut f, path) in files.into_iter().zip(&opts.report) {
         let format = opts.report_format.unwrap_or_else(|| report::Format::from_path(path));
         f.write_all(report::render_one(r, format, false).as_bytes())
             .with_context(|| format!("{}: cannot write the report", path.display()))?;
@@ -280,7 +289,7 @@ fn prefix_lines(s: &str, p: &str) -> String {
 /// Start the command in its own process group inside the cgroup. When stdin is a terminal the
 /// child's group becomes the terminal's foreground group, as a shell would do, so the terminal
 /// (Ctrl-C, Ctrl-Z, reads) behaves exactly as if the command ran directly.
-fn spawn(command: &[String], cgroup: &Cgroup, tty: bool) -> std::io::Result<tokio::process::Child> {
+fn spawn(command: &[std::ffi::OsString], cgroup: &Cgroup, tty: bool) -> std::io::Result<tokio::process::Child> {
     let procs = CString::new(cgroup.procs_file().into_os_string().into_encoded_bytes())
         .map_err(|_| std::io::Error::other("cgroup path contains NUL"))?;
     let mut cmd = tokio::process::Command::new(&command[0]);

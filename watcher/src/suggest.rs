@@ -176,6 +176,7 @@ mod tests {
             registries: registries.iter().map(|(pm, h)| (pm.to_string(), vec![h.to_string()])).collect(),
             registry_sources: vec![],
             policy: None,
+            policy_yaml: None,
         })
     }
 

@@ -301,6 +301,7 @@ pub fn start_record(
             pipeline: p.pipeline.clone(),
             mode: p.mode.as_str().to_string(),
         }),
+        policy_yaml: policy.and_then(|p| p.prepared.policy.as_ref()).map(|p| p.to_yaml()),
         job: Some(crate::event::JobInfo { id: identity.id.clone(), pipeline: identity.pipeline.clone(), variables }),
     }
 }

@@ -86,6 +86,24 @@ fn load_policies(
     resolvers: &[std::net::IpAddr],
     seed: u64,
 ) -> anyhow::Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>> {
+    Ok(load_policies_send(cfg, resolvers, seed)?.into_iter().map(|(k, v)| (k, Rc::new(v))).collect())
+}
+
+/// What a SIGHUP reload reads and compiles: run on a blocking thread, so parsing (and the
+/// package managers it starts) never stalls the event loop.
+type Reloaded = anyhow::Result<(Config, BTreeMap<PathBuf, LoadedPolicy>)>;
+
+fn load_for_reload(source: PathBuf, resolvers: Vec<std::net::IpAddr>, seed: u64) -> Reloaded {
+    let cfg = config::load(&source).map_err(|e| anyhow!("{e}"))?;
+    let policies = load_policies_send(&cfg, &resolvers, seed)?;
+    Ok((cfg, policies))
+}
+
+fn load_policies_send(
+    cfg: &Config,
+    resolvers: &[std::net::IpAddr],
+    seed: u64,
+) -> anyhow::Result<BTreeMap<PathBuf, LoadedPolicy>> {
     let mut out = BTreeMap::new();
     for p in &cfg.pipelines {
         let Some(path) = &p.policy else { continue };
@@ -97,7 +115,7 @@ fn load_policies(
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
         let tables =
             crate::policy::kernel::compile(pol, &hosts, resolvers, seed).map_err(|e| anyhow!("{}: {e}", pol.source))?;
-        out.insert(path.clone(), Rc::new(LoadedPolicy { path: path.clone(), prepared, tables }));
+        out.insert(path.clone(), LoadedPolicy { path: path.clone(), prepared, tables });
     }
     Ok(out)
 }
@@ -620,11 +638,17 @@ impl Daemon {
     /// error the previous ones stay in force. Running jobs keep the policy they started with
     /// (their log's start record names it, so replay gives the same verdicts); jobs that
     /// start after the reload get the new one.
-    fn reload(&mut self) {
+    fn start_reload(&mut self) -> tokio::task::JoinHandle<Reloaded> {
         self.counters.reloads += 1;
-        let result = config::load(&self.cfg.source)
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|cfg| load_policies(&cfg, &self.resolvers, self.seed).map(|p| (cfg, p)));
+        let (source, resolvers, seed) = (self.cfg.source.clone(), self.resolvers.clone(), self.seed);
+        tokio::task::spawn_blocking(move || load_for_reload(source, resolvers, seed))
+    }
+
+    fn reload(&mut self, result: Result<Reloaded, tokio::task::JoinError>) {
+        let result = result
+            .map_err(|e| anyhow!("the reload thread failed: {e}"))
+            .and_then(|r| r)
+            .map(|(cfg, p)| (cfg, p.into_iter().map(|(k, v)| (k, Rc::new(v))).collect::<BTreeMap<_, _>>()));
         match result {
             Ok((mut cfg, policies)) => {
                 if cfg.id_env != self.cfg.id_env
@@ -689,8 +713,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let resolvers = crate::probe::system_resolvers();
     let seed = crate::session::random_seed();
     let policies = load_policies(&cfg, &resolvers, seed)?;
-    std::fs::create_dir_all(&cfg.log_dir)
-        .with_context(|| format!("cannot create log directory {}", cfg.log_dir.display()))?;
+    config::prepare_log_dir(&cfg.log_dir)?;
     let root = cgroup2_root()?;
     let sensor = Sensor::load(
         &SensorConfig {
@@ -705,11 +728,9 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     )?;
     let status_listener = status::bind(&cfg.socket)?;
     let metrics_listener = match cfg.metrics {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(metrics::Metrics::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?)
+        }
         None => None,
     };
     let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
@@ -750,6 +771,8 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut batch = Vec::new();
+    let mut reloading: Option<tokio::task::JoinHandle<Reloaded>> = None;
+    let mut reload_again = false;
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -766,7 +789,17 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
                     }
                 }
                 _ = tick.tick() => d.tick()?,
-                _ = hup.recv() => d.reload(),
+                _ = hup.recv() => match reloading {
+                    None => reloading = Some(d.start_reload()),
+                    Some(_) => reload_again = true,
+                },
+                r = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                    reloading = None;
+                    d.reload(r);
+                    if std::mem::take(&mut reload_again) {
+                        reloading = Some(d.start_reload());
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 c = status_listener.accept() => {
@@ -775,8 +808,8 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
                     }
                 }
                 c = async { match &metrics_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
-                    if let Ok((stream, _)) = c {
-                        metrics::serve(stream, metrics::render(&d.status()));
+                    if let Ok(conn) = c {
+                        metrics::serve(conn, metrics::render(&d.status()));
                     }
                 }
             }

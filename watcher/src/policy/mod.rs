@@ -9,6 +9,7 @@
 
 mod error;
 pub mod kernel;
+pub mod limits;
 mod matcher;
 pub mod schema;
 
@@ -38,15 +39,27 @@ pub struct Policy {
     compiled: Compiled,
 }
 
-/// Reads and validates a policy file.
+/// Reads and validates a policy file (bounded: see [`limits`]).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::unlocated(&name, format!("cannot read: {e}")))?;
+    let text = limits::read(path, "policy")?;
     parse_str(&name, &text)
 }
 
 /// Parses and validates policy text; `source_name` is used in errors and as `Policy::source`.
+/// The bounds of [`limits`] apply; a leading byte order mark is ignored.
 pub fn parse_str(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    let text = limits::strip_bom(text);
+    if text.len() as u64 > limits::MAX_YAML_BYTES {
+        return Err(PolicyError::unlocated(
+            source_name,
+            format!(
+                "the policy is larger than {} KiB (the limit, see README \"Bounds\")",
+                limits::MAX_YAML_BYTES >> 10
+            ),
+        ));
+    }
+    limits::check_depth(source_name, text)?;
     if is_empty_document(text) {
         return Err(PolicyError::at(
             source_name,

@@ -96,7 +96,7 @@ fn wrong_type_string_for_ports() {
         &format!("{HEAD}egress:\n  allow:\n    - host: x.com\n      ports: \"443\"\n"),
         6,
         14,
-        "invalid type: string \"443\", expected a list of ports",
+        "invalid type: a string, expected a list of ports",
     );
 }
 
@@ -240,7 +240,7 @@ fn entry_without_target() {
         &format!("{HEAD}egress:\n  allow:\n    - \"*.a.example\"\n"),
         5,
         7,
-        "invalid type: string \"*.a.example\", expected an egress.allow entry",
+        "invalid type: a string, expected an egress.allow entry",
     );
 }
 
@@ -257,12 +257,7 @@ fn version_2() {
         err("# a comment\nversion: 2\npipeline: p\n"),
         "p.yaml:2:10: unsupported policy version 2: this watcher only understands version 1"
     );
-    assert_err(
-        "version: \"1\"\npipeline: p\n",
-        1,
-        10,
-        "invalid type: string \"1\", expected the format version number 1",
-    );
+    assert_err("version: \"1\"\npipeline: p\n", 1, 10, "invalid type: a string, expected the format version number 1");
     assert_err("version: -1\npipeline: p\n", 1, 10, "invalid type: integer `-1`, expected the format version number 1");
 }
 
@@ -304,7 +299,7 @@ fn empty_file_syntax_error_and_list() {
         assert_err(empty, 1, 1, "the policy is empty");
     }
     assert_err("- version: 1\n- pipeline: p\n", 1, 1, "invalid type: sequence, expected a policy mapping");
-    assert_err("just a string\n", 1, 1, "invalid type: string \"just a string\", expected a policy mapping");
+    assert_err("just a string\n", 1, 1, "invalid type: a string, expected a policy mapping");
     // Bad indentation: a YAML syntax error, located.
     let e = err("version: 1\npipeline: p\negress:\n  allow:\n    - host: x\n   ports: [1]\n");
     assert!(e.starts_with("p.yaml:6:"), "{e}");
@@ -361,7 +356,7 @@ fn never_panics_on_garbage() {
 fn load_reports_unreadable_files() {
     let e = load(Path::new("/nonexistent/p.yaml")).unwrap_err();
     assert_eq!(e.location, None);
-    assert_eq!(e.to_string(), "/nonexistent/p.yaml: cannot read: No such file or directory (os error 2)");
+    assert_eq!(e.to_string(), "/nonexistent/p.yaml: cannot read the policy: No such file or directory (os error 2)");
 }
 
 #[test]

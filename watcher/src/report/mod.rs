@@ -24,9 +24,9 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a report file's name asks for: `.json`, `.sarif`, `.md`, else text.
+    /// The format a report file's name asks for: `.json`, `.sarif`, `.md`, else text (any case).
     pub fn from_path(p: &Path) -> Format {
-        match p.extension().and_then(|e| e.to_str()) {
+        match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("json") => Format::Json,
             Some("sarif") => Format::Sarif,
             Some("md" | "markdown") => Format::Markdown,
@@ -58,8 +58,7 @@ pub fn render_all(reports: &[Report], format: Format, colour: bool) -> String {
             })
             .collect(),
         Format::Json => {
-            let logs: Vec<serde_json::Value> = reports.iter().map(json::value).collect();
-            let mut s = serde_json::to_string_pretty(&serde_json::json!({ "logs": logs })).unwrap_or_default();
+            let mut s = serde_json::to_string_pretty(&json::StreamedLogs(reports)).unwrap_or_default();
             s.push('\n');
             s
         }
@@ -73,11 +72,25 @@ pub fn render_all(reports: &[Report], format: Format, colour: bool) -> String {
     }
 }
 
+/// [`render_all`] written to `w` as it is produced: JSON is streamed (its memory does not
+/// grow with the number of processes), the other formats are written whole.
+pub fn write_all(reports: &[Report], format: Format, colour: bool, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            let mut b = std::io::BufWriter::with_capacity(64 * 1024, w);
+            serde_json::to_writer_pretty(&mut b, &json::StreamedLogs(reports)).map_err(std::io::Error::from)?;
+            b.write_all(b"\n")?;
+            b.flush()
+        }
+        _ => w.write_all(render_all(reports, format, colour).as_bytes()),
+    }
+}
+
 /// One report in one format (`watcher run --report`): JSON is the report object itself.
 pub fn render_one(r: &Report, format: Format, colour: bool) -> String {
     match format {
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(&json::value(r)).unwrap_or_default();
+            let mut s = serde_json::to_string_pretty(&json::Streamed(r)).unwrap_or_default();
             s.push('\n');
             s
         }

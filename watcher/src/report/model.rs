@@ -87,6 +87,9 @@ pub struct Report {
     pub last_ts: Option<Ts>,
     /// Events read or written.
     pub events: u64,
+    /// Replay: why the log cannot be vouched for (no end record, cut short, losses not
+    /// accounted for, unknown schema); the verdict is then at best `incomplete`.
+    pub incomplete: Option<String>,
 }
 
 /// The one-word outcome of a step.
@@ -248,16 +251,20 @@ impl Report {
     pub fn verdict(&self) -> Verdict {
         if !self.alerts.is_empty() {
             if self.enforce() { Verdict::Violation } else { Verdict::Flagged }
-        } else if self.lost_total() > 0 {
+        } else if self.lost_total() > 0 || self.incomplete.is_some() {
             Verdict::Incomplete
         } else {
             Verdict::Clean
         }
     }
 
-    /// What replay exits with for this log.
+    /// What replay exits with for this log: 77 for alerts, 78 when incomplete, else 0.
     pub fn replay_exit(&self) -> i32 {
-        if self.alerts.is_empty() { 0 } else { exitcode::POLICY_VIOLATION }
+        match self.verdict() {
+            Verdict::Flagged | Verdict::Violation => exitcode::POLICY_VIOLATION,
+            Verdict::Incomplete => exitcode::EVENTS_LOST,
+            Verdict::Clean => 0,
+        }
     }
 
     /// The package whose install script `pid` works for (`npm:left-pad@1.3.0 (postinstall)`).

@@ -62,7 +62,11 @@ pub fn verdict_line(r: &Report, p: Paint) -> String {
         Some(c) => format!("; the command exited {c}"),
         None => String::new(),
     };
-    format!("verdict: {word}{policy}{exit}")
+    let why = match &r.incomplete {
+        Some(w) => format!(" ({})", safe(w)),
+        None => String::new(),
+    };
+    format!("verdict: {word}{why}{policy}{exit}")
 }
 
 pub fn render(r: &Report, p: Paint) -> String {
