@@ -110,9 +110,13 @@ enum Command {
         /// The report's format; by default from FILE's extension (.json, .sarif, .md, else text).
         #[arg(long, value_enum, requires = "report")]
         report_format: Option<Format>,
-        /// Show only alerts, lost events and the summary, not one line per event.
+        /// Show only alerts, lost events and the summary, not one line per event (the default
+        /// when CI=true).
         #[arg(long, short)]
         quiet: bool,
+        /// Show one line per event even when CI=true.
+        #[arg(long, short, conflicts_with = "quiet")]
+        verbose: bool,
         /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
         #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
         ringbuf_size: u32,
@@ -240,11 +244,11 @@ fn main() {
         }),
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, ringbuf_size, command, policy, mode, report, report_format } => {
+        Command::Run { log, quiet, verbose, ringbuf_size, command, policy, mode, report, report_format } => {
             run::run(run::RunOptions {
                 command,
                 log,
-                quiet,
+                quiet: quiet || (!verbose && watcher::report::quiet_by_default()),
                 ringbuf_bytes: ringbuf_size,
                 policy,
                 mode: mode.map(ModeArg::into_mode),

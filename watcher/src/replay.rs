@@ -49,14 +49,20 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 }
 
 /// The policy to judge with: the one given, or the one the log says was used live.
-fn policy_for(opts: &ReplayOptions, recorded: Option<&str>, log: &str) -> anyhow::Result<Policy> {
+fn policy_for(
+    opts: &ReplayOptions,
+    recorded: Option<&str>,
+    recorded_mode: Option<Mode>,
+    log: &str,
+) -> anyhow::Result<Policy> {
     let path = match (&opts.policy, recorded) {
         (Some(p), _) => p.clone(),
         (None, Some(r)) => PathBuf::from(r),
         (None, None) => bail!("{log}: the log records no policy; give one with --policy FILE"),
     };
     let mut p = policy::load(&path).map_err(|e| anyhow!("{e}"))?;
-    if let Some(m) = opts.mode {
+    // The mode the log was recorded in (`--mode audit` of the live run), unless --mode says.
+    if let Some(m) = opts.mode.or(recorded_mode) {
         p.mode = m;
     }
     Ok(p)
@@ -118,7 +124,8 @@ pub fn replay_one_with(
         if engine.is_none() {
             let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
             let recorded = s.policy.as_ref().map(|p| p.source.as_str());
-            let policy = policy_for(opts, recorded, &name)?;
+            let mode = s.policy.as_ref().and_then(|p| p.mode.parse::<Mode>().ok());
+            let policy = policy_for(opts, recorded, mode, &name)?;
             warn_unrecorded_registries(&name, &policy, s);
             report.policy = Some(PolicyInfo {
                 source: policy.source.clone(),
@@ -177,6 +184,7 @@ pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
     }
     let colour = report::colour_for(std::io::stdout().is_terminal());
     print!("{}", report::render_all(&reports, opts.format, colour));
+    eprint!("{}", report::annotations_all(&reports));
     report::append_step_summary(&reports);
     Ok(if violations > 0 { crate::exitcode::POLICY_VIOLATION } else { 0 })
 }
