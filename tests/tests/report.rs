@@ -703,3 +703,96 @@ fn in_ci_live_lines_are_quiet_and_each_alert_is_printed_once() {
     assert_eq!(ann.len(), 1, "{gh}");
     assert!(ann[0].starts_with("::error title=watcher egress-denied ×1::1 egress-denied alert: 127.0.0.1:"), "{gh}");
 }
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// docs/schema/event.schema.json is what the event types generate (`cargo xtask schema`
+/// rewrites it).
+#[test]
+fn the_event_schema_file_is_current() {
+    let out = Command::new(watcher_bin()).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let have = std::fs::read_to_string(watcher_tests::schema::schema_path()).unwrap();
+    assert!(
+        have == String::from_utf8(out.stdout).unwrap(),
+        "docs/schema/event.schema.json is not current: run `cargo xtask schema`"
+    );
+}
+
+/// Every fixture log validates; records the schema does not describe do not; the README's
+/// field table names every field of every kind.
+#[test]
+fn the_event_schema_validates_every_fixture_and_only_what_it_describes() {
+    let mut logs = 0;
+    let mut stack = vec![repo_root().join("tests/fixtures")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let text = if name.ends_with(".jsonl") {
+                std::fs::read_to_string(&p).unwrap()
+            } else if name.ends_with(".jsonl.gz") {
+                let mut s = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()),
+                    &mut s,
+                )
+                .unwrap();
+                s
+            } else {
+                continue;
+            };
+            let lines: Vec<(usize, Value)> =
+                text.lines().enumerate().map(|(i, l)| (i + 1, serde_json::from_str(l).unwrap())).collect();
+            watcher_tests::schema::check(&p, &lines).unwrap();
+            logs += 1;
+        }
+    }
+    assert!(logs >= 4, "{logs} logs");
+
+    let text = std::fs::read_to_string(fixtures().join("alerts.jsonl")).unwrap();
+    let recs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let bad = |v: Value| watcher_tests::schema::check(Path::new("t.jsonl"), &[(1, v)]).is_err();
+    for kind in ["start", "exec", "connect", "dns", "alert", "end"] {
+        let r = recs.iter().find(|r| r["kind"] == kind).unwrap_or_else(|| panic!("a {kind} record"));
+        assert!(!bad(r.clone()), "{r}");
+        let mut x = r.clone();
+        x["undocumented"] = Value::from(1);
+        assert!(bad(x), "an unknown field in {kind} passes");
+        let mut x = r.clone();
+        x.as_object_mut().unwrap().remove("ts");
+        assert!(bad(x), "{kind} without ts passes");
+    }
+    let mut x = recs[0].clone();
+    x["kind"] = Value::from("nonsense");
+    assert!(bad(x));
+    let mut x = recs[0].clone();
+    x["policy"]["extra"] = Value::from(true);
+    assert!(bad(x), "nested objects are closed too");
+
+    // README: every field of every kind is in its row of the field table.
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(watcher_tests::schema::schema_path()).unwrap()).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    for variant in schema["oneOf"].as_array().unwrap() {
+        let def = variant["$ref"].as_str().unwrap().trim_start_matches("#/$defs/");
+        let kind = variant["properties"]["kind"]["const"].as_str().unwrap();
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{kind}` |")))
+            .unwrap_or_else(|| panic!("README has no row for {kind}"));
+        for field in schema["$defs"][def]["properties"].as_object().unwrap().keys() {
+            // Said once for all records above the table.
+            if ["ts", "pid", "ppid", "comm", "uid"].contains(&field.as_str()) {
+                continue;
+            }
+            assert!(row.contains(&format!("`{field}`")), "README's {kind} row does not name `{field}`");
+        }
+    }
+}
