@@ -796,3 +796,59 @@ fn the_event_schema_validates_every_fixture_and_only_what_it_describes() {
         }
     }
 }
+
+/// `watcher completions bash|zsh|fish`, `watcher man` and the exit codes in `--help`.
+#[test]
+fn cli_completions_man_page_and_exit_codes_in_help() {
+    let run = |args: &[&str]| {
+        let out = Command::new(watcher_bin()).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // bash: the script loads and completes the subcommands and replay's options.
+    let (c, bash, _) = run(&["completions", "bash"]);
+    assert_eq!(c, Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("watcher.bash");
+    std::fs::write(&f, &bash).unwrap();
+    let complete = |words: &str, cword: usize| {
+        let script = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; COMP_POINT=${{#COMP_LINE}}; _watcher watcher \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[@]}}\"",
+            f.display()
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subs = complete("watcher ''", 1);
+    for sub in ["run", "replay", "policy", "daemon", "drill", "completions", "man", "schema"] {
+        assert!(subs.split_whitespace().any(|w| w == sub), "{sub} not completed: {subs}");
+    }
+    let opts = complete("watcher replay --", 2);
+    for o in ["--policy", "--mode", "--format"] {
+        assert!(opts.split_whitespace().any(|w| w == o), "{o}: {opts}");
+    }
+    let (c, zsh, _) = run(&["completions", "zsh"]);
+    assert_eq!(c, Some(0));
+    assert!(zsh.starts_with("#compdef watcher") && zsh.contains("replay"), "{zsh}");
+    let (c, fish, _) = run(&["completions", "fish"]);
+    assert_eq!(c, Some(0));
+    assert!(fish.contains("complete -c watcher") && fish.contains("replay"), "{fish}");
+    let (c, _, err) = run(&["completions", "tcsh"]);
+    assert_eq!(c, Some(125), "a usage error: {err}");
+
+    // The man page: roff, naming the subcommands and the exit codes.
+    let (c, man, _) = run(&["man"]);
+    assert_eq!(c, Some(0));
+    assert!(man.contains(".TH watcher 1"), "{man}");
+    for w in ["replay", "run", "Exit codes", "125"] {
+        assert!(man.contains(w), "{w} not in the man page");
+    }
+
+    // --help lists the exit codes.
+    let (c, help, _) = run(&["--help"]);
+    assert_eq!(c, Some(0));
+    assert!(help.contains("Exit codes:"), "{help}");
+    for code in ["77", "78", "125", "126", "127"] {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(code)), "{code}: {help}");
+    }
+}
