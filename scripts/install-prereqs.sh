@@ -147,6 +147,21 @@ for link in pnpm/node_modules/.bin/pnpm yarn-classic/node_modules/.bin/yarn bun/
 done
 $SUDO mkdir -p "$PM_DIR/berry-bin"
 $SUDO ln -sfn "$PM_DIR/yarn-berry/node_modules/.bin/yarn" "$PM_DIR/berry-bin/yarn"
+# Report tests (tests/tests/report.rs) check every SARIF golden with Microsoft's SARIF validator
+# (the npm package @microsoft/sarif-multitool, a self-contained binary: no network at test time).
+SARIF_MULTITOOL_VERSION="5.7.0"
+SARIF_DIR="$LAB_DIR/sarif-multitool-$SARIF_MULTITOOL_VERSION"
+if [ -x "$SARIF_DIR/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool" ] \
+   && grep -q "\"version\": \"$SARIF_MULTITOOL_VERSION\"" "$SARIF_DIR/node_modules/@microsoft/sarif-multitool/package.json"; then
+  say "sarif-multitool ${SARIF_MULTITOOL_VERSION} present"
+else
+  say "installing sarif-multitool ${SARIF_MULTITOOL_VERSION} into ${SARIF_DIR}"
+  $SUDO mkdir -p "$SARIF_DIR"
+  printf '{"name":"watcher-lab-sarif-multitool","private":true,"dependencies":{"@microsoft/sarif-multitool":"%s"}}\n' \
+    "$SARIF_MULTITOOL_VERSION" | $SUDO tee "$SARIF_DIR/package.json" >/dev/null
+  (cd "$SARIF_DIR" && $SUDO npm install --no-audit --no-fund --omit=dev --loglevel=error)
+  $SUDO chmod 755 "$SARIF_DIR/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool"
+fi
 
 # tracefs is needed for tracepoint format files and attaching.
 if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then

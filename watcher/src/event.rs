@@ -36,7 +36,7 @@ impl<'de> Deserialize<'de> for Ts {
 }
 
 /// The process an event belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct Proc {
     pub pid: u32,
     pub ppid: u32,
@@ -45,7 +45,7 @@ pub struct Proc {
     pub uid: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event {
     Start(Start),
@@ -117,7 +117,7 @@ impl Event {
 }
 
 /// First record of every log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Start {
     pub ts: Ts,
     pub schema: u32,
@@ -154,7 +154,7 @@ pub struct Start {
 }
 
 /// How the daemon recognised a job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobInfo {
     /// `NAME=value` of the job variable that named it.
     pub id: String,
@@ -164,7 +164,7 @@ pub struct JobInfo {
     pub variables: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PolicyInfo {
     pub source: String,
     pub pipeline: String,
@@ -173,7 +173,7 @@ pub struct PolicyInfo {
 }
 
 /// A protected variable's value found in a DNS name or a payload. Never the value itself.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecretMatch {
     pub variable: String,
     /// `raw`, `hex`, `base32`, `base64` or `url`.
@@ -184,7 +184,7 @@ pub struct SecretMatch {
     pub redacted: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SensorState {
     pub name: String,
     pub active: bool,
@@ -192,7 +192,7 @@ pub struct SensorState {
     pub detail: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Exec {
     pub ts: Ts,
     #[serde(flatten)]
@@ -225,7 +225,7 @@ pub struct Exec {
     pub cwd: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fork {
     pub ts: Ts,
     /// The new process: `pid` is the child, `ppid` the process that forked it,
@@ -234,7 +234,7 @@ pub struct Fork {
     pub proc: Proc,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Exit {
     pub ts: Ts,
     #[serde(flatten)]
@@ -244,7 +244,7 @@ pub struct Exit {
     pub exit_code: Option<i32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Connect {
     pub ts: Ts,
     #[serde(flatten)]
@@ -262,7 +262,7 @@ pub struct Connect {
 
 /// A raw IP socket, a packet socket (AF_PACKET) or an ICMP socket was opened. Its packets
 /// are judged by the packet backstop (`connect` events with `op: "packet"`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Socket {
     pub ts: Ts,
     #[serde(flatten)]
@@ -280,7 +280,7 @@ pub struct Socket {
 
 /// A watched process went for watcher itself: a signal to the agent, the bpf() system call,
 /// umount, ptrace of a process outside its job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tamper {
     pub ts: Ts,
     #[serde(flatten)]
@@ -296,7 +296,7 @@ pub struct Tamper {
 }
 
 /// A connect() to a unix socket: a path, or `@name` for an abstract one.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Unix {
     pub ts: Ts,
     #[serde(flatten)]
@@ -310,7 +310,7 @@ pub struct Unix {
     pub killed: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Dns {
     pub ts: Ts,
     #[serde(flatten)]
@@ -345,7 +345,7 @@ pub struct Dns {
 
 /// The first data a socket sent (one per socket, not port 53): which protected variables'
 /// values it carried. Never the data itself.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Send {
     pub ts: Ts,
     #[serde(flatten)]
@@ -365,7 +365,7 @@ fn dns_port() -> u16 {
 
 /// Events the kernel could not deliver (ring buffer full) or track (map full), counted in the
 /// kernel and reported here as they happen, and in the summary.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Loss {
     pub ts: Ts,
     /// What was lost: `exec`, `fork`, `exit`, `connect`, `dns`, `watch` (process not tracked),
@@ -378,7 +378,7 @@ pub struct Loss {
     pub total: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Alert {
     pub ts: Ts,
     pub rule: String,
@@ -400,7 +400,7 @@ pub struct Alert {
 }
 
 /// Last record of a log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct End {
     pub ts: Ts,
     /// The command's exit code (128+N when killed by signal N).

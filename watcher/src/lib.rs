@@ -10,6 +10,7 @@ pub mod dns;
 pub mod drill;
 pub mod engine;
 pub mod event;
+pub mod event_schema;
 pub mod exitcode;
 pub mod log;
 pub mod outfile;

@@ -4,9 +4,21 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::field::MakeExt as _;
 use watcher::{exitcode, run};
 
+/// The exit codes, for `--help` and the man page.
+const EXIT_CODES: &str = "\
+Exit codes:
+  CMD's code  watcher run: the command's own code (128+N when killed by signal N)
+  0           nothing flagged (replay, drill, policy check)
+  77          enforce mode: a policy violation (denied, killed or seen); replay: the policy flags something
+  78          enforce mode: the kernel lost events, the step cannot be vouched for
+  1           policy check: a file is not a valid policy; drill: a check was missed
+  125         watcher itself failed: bad arguments, no root, a missing kernel feature, an unwritable log
+  126         the command was found but could not be executed
+  127         the command was not found";
+
 /// eBPF build-sandbox egress and syscall watcher.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,6 +100,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `watcher man | man -l -`.
+    Man,
+    /// Print the JSON Schema of the event log (`--log`) to stdout.
+    Schema,
     /// Internal: the drill's fake install step (enters NETNS, runs SCRIPT as npm would).
     #[command(name = "__drill-step", hide = true)]
     DrillStep { netns: PathBuf, script: String },
@@ -112,9 +133,13 @@ enum Command {
         /// case; else text).
         #[arg(long, value_enum, requires = "report")]
         report_format: Option<Format>,
-        /// Show only alerts, lost events and the summary, not one line per event.
+        /// Show only alerts, lost events and the summary, not one line per event (the default
+        /// when CI=true).
         #[arg(long, short)]
         quiet: bool,
+        /// Show one line per event even when CI=true.
+        #[arg(long, short, conflicts_with = "quiet")]
+        verbose: bool,
         /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
         #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
         ringbuf_size: u32,
@@ -259,13 +284,30 @@ fn main() {
             log,
             ringbuf_bytes: 16 << 20,
         }),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "watcher",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Man => (|| {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+            Ok(0)
+        })(),
+        Command::Schema => {
+            print!("{}", watcher::event_schema::render());
+            Ok(0)
+        }
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, ringbuf_size, command, policy, mode, report, report_format } => {
+        Command::Run { log, quiet, verbose, ringbuf_size, command, policy, mode, report, report_format } => {
             run::run(run::RunOptions {
                 command,
                 log,
-                quiet,
+                quiet: quiet || (!verbose && watcher::report::quiet_by_default()),
                 ringbuf_bytes: ringbuf_size,
                 policy,
                 mode: mode.map(ModeArg::into_mode),

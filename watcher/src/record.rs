@@ -137,7 +137,7 @@ pub enum Proto {
 }
 
 /// What a tamper record is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TamperKind {
     /// A signal to the agent.

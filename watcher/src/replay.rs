@@ -71,7 +71,8 @@ fn policy_for(opts: &ReplayOptions, start: &crate::event::Start, log: &str) -> a
         ),
         (None, None, None) => bail!("{log}: the log records no policy; give one with --policy FILE"),
     };
-    if let Some(m) = opts.mode {
+    // The mode the log was recorded in (`--mode audit` of the live run), unless --mode says.
+    if let Some(m) = opts.mode.or(start.policy.as_ref().and_then(|p| p.mode.parse::<Mode>().ok())) {
         p.mode = m;
     }
     Ok(p)
@@ -345,6 +346,7 @@ pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
     {
         bail!("writing the report to standard output: {e}");
     }
+    eprint!("{}", report::annotations_all(&reports));
     report::append_step_summary(&reports);
     Ok(if violations > 0 {
         crate::exitcode::POLICY_VIOLATION

@@ -272,7 +272,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
 fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let colour = report::colour_for(std::io::stderr().is_terminal());
-    eprint!("{}", prefix_lines(&report::text::render(r, report::text::Paint(colour)), "watcher: "));
+    eprint!("{}", report::stderr_report(r, colour));
     for (mut f, path) in files.into_iter().zip(&opts.report) {
         let format = opts.report_format.unwrap_or_else(|| report::Format::from_path(path));
         f.write_all(report::render_one(r, format, false).as_bytes())
@@ -280,10 +280,6 @@ fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> an
     }
     report::append_step_summary(std::slice::from_ref(r));
     Ok(())
-}
-
-fn prefix_lines(s: &str, p: &str) -> String {
-    s.lines().map(|l| format!("{p}{l}\n")).collect()
 }
 
 /// Start the command in its own process group inside the cgroup. When stdin is a terminal the

@@ -105,7 +105,7 @@ impl RegistryError {
 }
 
 /// Where one registry host came from (the start record's `registry_sources`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegistrySource {
     /// The package manager whose configuration named it (`npm`, `yarn`, `uv`, ...).
     pub tool: String,
