@@ -56,12 +56,12 @@ fn measure(policy: &std::path::Path, count: u64, pace_us: u64) -> anyhow::Result
     ];
     let (_code, timings) = quiet_stderr(|| {
         watcher::run::run_timed(watcher::run::RunOptions {
-            command,
+            command: command.into_iter().map(Into::into).collect(),
             log: None,
             quiet: true,
             ringbuf_bytes: 16 << 20,
             policy: Some(policy.to_path_buf()),
-            report: None,
+            report: Vec::new(),
             report_format: None,
             mode: None,
         })

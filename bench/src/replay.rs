@@ -96,11 +96,14 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
             sensors: vec![],
             resolvers: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))],
             registries: Default::default(),
+            registry_sources: Vec::new(),
             policy: Some(PolicyInfo {
                 source: policy.display().to_string(),
                 pipeline: "bench".into(),
                 mode: "audit".into(),
             }),
+            // Replay judges with the copy the start record carries.
+            policy_yaml: Some(std::fs::read_to_string(policy)?),
         }),
     )?;
     let proc = |pid: u32, ppid: u32, comm: &str| Proc { pid, ppid, comm: comm.into(), uid: 1000 };

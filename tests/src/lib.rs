@@ -25,6 +25,7 @@ use simple_dns::rdata::{A, AAAA, RData};
 use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
 pub mod lab;
+pub mod schema;
 
 /// How often background threads look at their stop flag.
 const POLL_MS: i32 = 50;
@@ -659,14 +660,21 @@ pub fn root_or_skip() -> bool {
 pub fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
+    let lines: Vec<(usize, serde_json::Value)> = text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{}:{}: malformed JSON line: {e}: {l:?}", path.display(), i + 1))
+            let v = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}:{}: malformed JSON line: {e}: {l:?}", path.display(), i + 1));
+            (i + 1, v)
         })
-        .collect()
+        .collect();
+    let values: Vec<serde_json::Value> = lines.iter().map(|(_, v)| v.clone()).collect();
+    if schema::is_event_log(&values) {
+        schema::check(path, &lines).unwrap_or_else(|e| panic!("{e}"));
+    }
+    values
 }
 
 /// Polls `cond` every 20 ms until it returns true (-> true) or `timeout` passes (-> false).

@@ -7,14 +7,16 @@
 #![no_std]
 
 /// Bumped whenever a record layout changes; the agent refuses programs of another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
+pub mod counters;
+pub mod kinds;
+pub mod maps;
+pub use kinds::RecordKind;
 
-pub const KIND_EXEC: u32 = 1;
-pub const KIND_FORK: u32 = 2;
-pub const KIND_EXIT: u32 = 3;
-pub const KIND_CONNECT: u32 = 4;
-pub const KIND_DNS_PACKET: u32 = 5;
-pub const KIND_PAYLOAD: u32 = 6;
+pub use kinds::{
+    KIND_CONNECT, KIND_DNS_PACKET, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_PAYLOAD, KIND_SOCKET, KIND_TAMPER,
+    KIND_UNIX_CONNECT,
+};
 
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
@@ -75,41 +77,7 @@ pub const JOB_NONE: u32 = 0xffff_ffff;
 pub const DAEMON_ON: u64 = 1;
 pub const DAEMON_LOG_ALL: u64 = 2;
 
-/// Key of the per-job address maps (`RESOLVERS`, `LEARNED`, and `ALLOW_NET` with prefix
-/// length 32 + the address prefix): the job id (big endian, so it is the LPM key's leading
-/// bits) then the IPv4-mapped or IPv6 address.
-pub const JOB_ADDR_LEN: usize = 20;
-#[inline(always)]
-pub fn job_addr_key(job: u32, addr: &[u8; 16]) -> [u8; JOB_ADDR_LEN] {
-    let j = job.to_be_bytes();
-    let mut k = [0u8; JOB_ADDR_LEN];
-    k[0] = j[0];
-    k[1] = j[1];
-    k[2] = j[2];
-    k[3] = j[3];
-    let mut i = 0;
-    while i < 16 {
-        k[4 + i] = addr[i];
-        i += 1;
-    }
-    k
-}
-
-/// Key of `EXEC_RULES`: the job and an executable basename (NUL-padded).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExecKey {
-    pub job: u32,
-    pub name: [u8; EXEC_NAME_LEN],
-}
-
-/// Key of `DNS_NAMES` / `DNS_SUFFIXES`: [name hash, job].
-pub type NameKey = [u64; 2];
-/// Key of `HOST_PORTS`: job << 32 | host entry index.
-#[inline(always)]
-pub fn host_ports_key(job: u32, i: u32) -> u64 {
-    ((job as u64) << 32) | i as u64
-}
+pub use maps::{DeputyKey, ExecKey, GuardKey, JOB_ADDR_LEN, NameKey, host_ports_key, job_addr_key};
 
 /// Port ranges of one allow entry; `count == 0` means any port.
 pub const MAX_PORT_RANGES: usize = 8;
@@ -224,13 +192,25 @@ pub const CFG_OFF_BPRM_FILENAME: u32 = 5;
 pub const CFG_OFF_BPRM_INTERP: u32 = 6;
 /// Non-zero in daemon mode: unwatched processes are scanned at exec for job variables.
 pub const CFG_DAEMON: u32 = 7;
-pub const CFG_LEN: u32 = 8;
+/// The agent's process id: signals to it from a watched process are tampering, and its exit
+/// (group dead) sets CFG_AGENT_GONE.
+pub const CFG_AGENT_PID: u32 = 8;
+/// Non-zero once the agent has died while its programs stay attached (pinned): every watched
+/// process is then denied all network and killed at its next exec, fork, socket or connect.
+pub const CFG_AGENT_GONE: u32 = 9;
+/// `task_struct.tgid` offset, from the kernel's BTF (0: signals to the agent are recognised by
+/// the target pid only).
+pub const CFG_OFF_TASK_TGID: u32 = 10;
+pub const CFG_LEN: u32 = 11;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;
 
 /// Maximum number of watched processes tracked in the kernel at once.
 pub const MAX_WATCHED: u32 = 65536;
+
+/// Most local-deputy socket paths (all jobs together).
+pub const MAX_DEPUTIES: u32 = 1024;
 
 /// Common to every record.
 #[repr(C)]
@@ -353,6 +333,9 @@ pub const PROTO_UDP: u8 = 17;
 pub const OP_CONNECT: u8 = 1;
 /// An unconnected UDP send (sendto/sendmsg with an address).
 pub const OP_SENDMSG: u8 = 2;
+/// A packet the packet backstop (cgroup_skb egress) judged: a socket kind the socket-address
+/// hooks do not see (ICMP, raw IP, SCTP), or traffic after the agent died.
+pub const OP_PACKET: u8 = 3;
 
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
@@ -446,19 +429,67 @@ pub struct SockOwner {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Indexes of the per-CPU `COUNTERS` array: what the kernel could not deliver or track.
-pub const CNT_RINGBUF_FULL_EXEC: u32 = 0;
-pub const CNT_RINGBUF_FULL_FORK: u32 = 1;
-pub const CNT_RINGBUF_FULL_EXIT: u32 = 2;
-pub const CNT_RINGBUF_FULL_CONNECT: u32 = 3;
-pub const CNT_RINGBUF_FULL_DNS: u32 = 4;
-/// The `WATCHED` map was full: a new process could not be tracked.
-pub const CNT_WATCHED_FULL: u32 = 5;
-/// The per-thread exec scratch map was full.
-pub const CNT_EXEC_SCRATCH_FULL: u32 = 6;
-/// The ring buffer was full for a payload record.
-pub const CNT_RINGBUF_FULL_PAYLOAD: u32 = 7;
-pub const NUM_COUNTERS: u32 = 8;
+pub use counters::{
+    CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_CONNECT, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_EXEC,
+    CNT_RINGBUF_FULL_EXIT, CNT_RINGBUF_FULL_FORK, CNT_RINGBUF_FULL_GUARD, CNT_RINGBUF_FULL_PAYLOAD, CNT_WATCHED_FULL,
+    Counter, NUM_COUNTERS,
+};
+
+pub const AF_UNIX: u16 = 1;
+pub const AF_PACKET: u16 = 17;
+pub const SOCK_RAW: u32 = 3;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// `SocketRecord::flags`, `TamperRecord::flags`, `UnixConnectRecord::flags`: the kernel sent
+/// SIGKILL to the process (enforce mode).
+pub const GUARD_KILLED: u32 = 1;
+/// The kernel refused the operation itself (socket creation failed with EPERM).
+pub const GUARD_DENIED: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketRecord {
+    pub hdr: Header,
+    pub family: u32,
+    /// SOCK_* type without the SOCK_NONBLOCK/SOCK_CLOEXEC flags.
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub flags: u32,
+}
+
+/// `TamperRecord::what`
+pub const TAMPER_SIGNAL: u32 = 1;
+pub const TAMPER_BPF: u32 = 2;
+pub const TAMPER_MOUNT: u32 = 3;
+pub const TAMPER_PTRACE: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TamperRecord {
+    pub hdr: Header,
+    pub what: u32,
+    /// The signal number, bpf command, ptrace request or mount flags.
+    pub arg: u32,
+    /// The target process (signal, ptrace), else 0.
+    pub target: u32,
+    pub flags: u32,
+}
+
+/// Bytes of a unix socket address's path (sun_path).
+pub const UNIX_PATH_LEN: usize = 108;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnixConnectRecord {
+    pub hdr: Header,
+    pub flags: u32,
+    /// Bytes of `path` that are valid (an abstract name starts with a NUL byte).
+    pub path_len: u32,
+    pub path: [u8; UNIX_PATH_LEN],
+    pub _pad: [u8; 4],
+}
 
 #[cfg(feature = "user")]
 mod user {
@@ -468,6 +499,7 @@ mod user {
     unsafe impl aya::Pod for SockOwner {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for ExecKey {}
+    unsafe impl aya::Pod for crate::maps::DeputyKey {}
 }
 
 const _: () = {
@@ -482,6 +514,9 @@ const _: () = {
     assert!(core::mem::size_of::<ExecKey>() == 4 + EXEC_NAME_LEN);
     assert!(core::mem::size_of::<SockOwner>() == 40);
     assert!(core::mem::size_of::<PortSet>() == 40);
+    assert!(core::mem::size_of::<SocketRecord>() == 80);
+    assert!(core::mem::size_of::<TamperRecord>() == 80);
+    assert!(core::mem::size_of::<UnixConnectRecord>() == 64 + 8 + UNIX_PATH_LEN + 4);
 };
 
 // ---- Whole-stream capture for secret detection (watcher-ebpf/src/payload.rs) ----
@@ -489,7 +524,7 @@ const _: () = {
 /// A chunk of the data a watched socket sends (not port 53): TCP in stream order from the
 /// first data byte (retransmitted bytes are not sent twice), UDP datagram by datagram.
 /// (10: main took 7, 8 and 9 for Socket, Tamper and UnixConnect.)
-pub const KIND_STREAM_CHUNK: u32 = 10;
+pub use kinds::KIND_STREAM_CHUNK;
 /// Data bytes per chunk record, at most.
 pub const STREAM_CHUNK_LEN: usize = 4096;
 /// Bytes captured per socket, at most (then the socket is no longer captured).

@@ -3,7 +3,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
 };
-use watcher_common::{CFG_DAEMON, Header, JOB_DAEMON_BIT, JOB_ENFORCE, ProcInfo};
+use watcher_common::{CFG_AGENT_GONE, CFG_DAEMON, Header, JOB_DAEMON_BIT, JOB_ENFORCE, ProcInfo};
 
 use crate::maps::{CONFIG, COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS};
 
@@ -75,4 +75,18 @@ pub fn daemon_mode() -> u64 {
 #[inline(always)]
 pub fn job_unknown(job: u32) -> bool {
     job & JOB_DAEMON_BIT != 0 && unsafe { JOBS.get(&job) }.is_none()
+}
+
+/// The agent died while its programs stayed attached: its jobs fail closed.
+#[inline(always)]
+pub fn agent_gone() -> bool {
+    CONFIG.get(CFG_AGENT_GONE).copied().unwrap_or(0) != 0
+}
+
+/// SIGKILL to the current process (tracing programs only). It dies before returning to user
+/// space, so it cannot use what the syscall in progress gives it.
+#[inline(always)]
+pub fn kill_current() {
+    // SAFETY: bpf_send_signal only signals the current task; no memory is touched.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
 }

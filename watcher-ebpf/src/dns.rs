@@ -15,8 +15,8 @@ use watcher_common::{
 use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
-        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, LEARNED, NAME_SCRATCH, PACKET_SCRATCH,
-        PacketScratch, RESOLVERS, SOCK_OWNER,
+        CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, Flow, LEARNED, NAME_SCRATCH,
+        PACKET_SCRATCH, PacketScratch, RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
 };
@@ -36,20 +36,6 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Flow {
-    pub(crate) family: u16,
-    pub(crate) proto: u8,
-    saddr: [u8; 16],
-    pub(crate) daddr: [u8; 16],
-    sport: u16,
-    pub(crate) dport: u16,
-    pub(crate) payload_off: u32,
-    /// Offset of the TCP/UDP header.
-    pub(crate) l4_off: u32,
-}
-
 #[inline(always)]
 fn load<T: Copy>(ctx: &SkBuffContext, off: u32) -> Option<T> {
     ctx.load::<T>(off as usize).ok()
@@ -60,8 +46,8 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
     let b0: u8 = load(ctx, 0)?;
     let mut f =
         Flow { family: 0, proto: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, payload_off: 0, l4_off: 0 };
-    let l4: u32;
-    match b0 >> 4 {
+
+    let l4: u32 = match b0 >> 4 {
         4 => {
             f.family = AF_INET;
             let ihl = ((b0 & 0x0f) as u32) * 4;
@@ -77,17 +63,17 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
             let d: [u8; 4] = load(ctx, 16)?;
             f.saddr[..4].copy_from_slice(&s);
             f.daddr[..4].copy_from_slice(&d);
-            l4 = ihl;
+            ihl
         }
         6 => {
             f.family = AF_INET6;
             f.proto = load(ctx, 6)?;
             f.saddr = load(ctx, 8)?;
             f.daddr = load(ctx, 24)?;
-            l4 = 40;
+            40
         }
         _ => return None,
-    }
+    };
     f.l4_off = l4;
     f.sport = u16::from_be(load(ctx, l4)?);
     f.dport = u16::from_be(load(ctx, l4 + 2)?);
@@ -223,11 +209,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
                 return 1;
             }
             let Some(info) = watched_current() else { return 1 };
-            let mut o = SockOwner::default();
-            o.ppid = info.ppid;
-            o.job = info.job;
-            o.pid = crate::common::current_tgid();
-            o
+            SockOwner { ppid: info.ppid, job: info.job, pid: crate::common::current_tgid(), ..Default::default() }
         }
     };
     if direction == DIR_INGRESS && job_flags(owner.job) & JOB_ENFORCE != 0 {

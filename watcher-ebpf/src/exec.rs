@@ -48,6 +48,11 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     // Daemon mode: an unwatched process is read as well, to see whether a job variable in its
     // environment makes it the first process of a job (finish_exec_enter decides).
     // A process in the no-job pseudo-job is looked at the same way.
+    // The agent is gone (killed while its programs stay pinned): its jobs fail closed.
+    if crate::common::agent_gone() && watched_current().is_some_and(|i| i.job != JOB_NONE) {
+        crate::common::kill_current();
+        return;
+    }
     let (info, unwatched) = match watched_current() {
         Some(i) if i.job == JOB_NONE => (i, EXEC_UNWATCHED),
         Some(i) => (i, 0),
@@ -195,10 +200,10 @@ fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
             continue;
         }
         // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
-        if (n as usize) <= ENV_NAME_LEN {
-            if let Some(m) = unsafe { ENV_MARKERS.get(&key) } {
-                rec.env_flags |= *m;
-            }
+        if (n as usize) <= ENV_NAME_LEN
+            && let Some(m) = unsafe { ENV_MARKERS.get(&key) }
+        {
+            rec.env_flags |= *m;
         }
         // Keep the name only: zero from '=' on, without branches (a branch per byte would
         // multiply the verifier's states). A name longer than the key never matches.
@@ -310,10 +315,8 @@ fn exec_exit(ctx: &TracePointContext) {
         }
     }
     // Failed attempts (PATH search ENOENT, ...) are not events; a killed one is.
-    if ret == 0 || rec.flags & EXEC_KILLED != 0 {
-        if EVENTS.output(rec, 0).is_err() {
-            count(CNT_RINGBUF_FULL_EXEC);
-        }
+    if (ret == 0 || rec.flags & EXEC_KILLED != 0) && EVENTS.output(rec, 0).is_err() {
+        count(CNT_RINGBUF_FULL_EXEC);
     }
     let _ = EXEC_PENDING.remove(&tid);
 }
@@ -415,6 +418,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(info) = watched_current() else { return 0 };
+    if crate::common::agent_gone() && info.job != JOB_NONE {
+        crate::common::kill_current();
+    }
     let child: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
     if child <= 0 {
         return 0;

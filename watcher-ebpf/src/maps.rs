@@ -4,9 +4,34 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use watcher_common::{
-    CFG_LEN, ENV_NAME_LEN, ExecKey, ExecRecord, JOB_ADDR_LEN, MAX_LABELS, MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS,
-    NameKey, PortSet, ProcInfo, SockOwner,
+    CFG_LEN, DeputyKey, ENV_NAME_LEN, ExecKey, ExecRecord, GuardKey, JOB_ADDR_LEN, MAX_DEPUTIES, MAX_LABELS,
+    MAX_WATCHED, NAME_WIRE_LEN, NUM_COUNTERS, NameKey, PortSet, ProcInfo, SockOwner,
 };
+
+/// Key of `UDP_SEEN`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpKey {
+    pub pid: u32,
+    pub port: u16,
+    pub family: u16,
+    pub addr: [u8; 16],
+}
+
+/// A parsed packet flow (packet programs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub family: u16,
+    pub proto: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub payload_off: u32,
+    /// Offset of the TCP/UDP header.
+    pub l4_off: u32,
+}
 
 /// All records to userspace. Userspace may resize it before load (`--ringbuf-size`).
 #[map]
@@ -37,7 +62,7 @@ pub static EXEC_PENDING: HashMap<u32, ExecRecord> = HashMap::with_max_entries(40
 /// Which watched process owns a socket (by socket cookie): filled by the connect/sendmsg hooks,
 /// read by the packet programs, which run without process context on ingress.
 #[map]
-pub static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(16384, 0);
+pub static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters of what could not be delivered or tracked (indexes: CNT_*).
 #[map]
@@ -46,7 +71,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTE
 /// Unconnected UDP destinations already reported per process, so a chatty UDP sender does not
 /// flood the ring buffer with the same destination. Value: unused.
 #[map]
-pub static UDP_SEEN: LruHashMap<crate::net::UdpKey, u8> = LruHashMap::with_max_entries(8192, 0);
+pub static UDP_SEEN: LruHashMap<UdpKey, u8> = LruHashMap::with_max_entries(8192, 0);
 
 /// Environment variable names (NUL-padded) whose entries are copied into exec records, with
 /// flags. Filled by userspace before anything is watched.
@@ -124,7 +149,7 @@ pub static NAME_SCRATCH: PerCpuArray<NameScratch> = PerCpuArray::with_max_entrie
 /// A packet's parsed flow and owner, handed to the tail-called enforcement program.
 #[repr(C)]
 pub struct PacketScratch {
-    pub flow: crate::dns::Flow,
+    pub flow: Flow,
     pub owner: SockOwner,
     /// Parse offset while walking an answer.
     pub off: u32,
@@ -151,3 +176,17 @@ pub static SHELL_SIGS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);
 /// has set them up. Lets the daemon find a held job even when its exec record was lost.
 #[map]
 pub static NEW_JOBS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Verdicts of the packet backstop per (socket, destination), so each flow is judged (and
+/// reported) once.
+#[map]
+pub static GUARD_SEEN: LruHashMap<GuardKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// (job, local deputy's socket path): connecting to it from an install script is denied.
+#[map]
+pub static DEPUTIES: HashMap<DeputyKey, u32> = HashMap::with_max_entries(MAX_DEPUTIES, 0);
+
+/// Carries the ABI version (watcher_common::ABI_VERSION) as its size: the agent reads it from
+/// the object before loading and refuses another version. Never used by a program.
+#[map]
+pub static ABI: Array<u32> = Array::with_max_entries(watcher_common::ABI_VERSION, 0);

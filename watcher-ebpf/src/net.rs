@@ -9,18 +9,9 @@ use watcher_common::{
 };
 
 use crate::{
-    common::{count, fill_header, job_flags, watched_current},
-    maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN},
+    common::{agent_gone, count, fill_header, job_flags, watched_current},
+    maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN, UdpKey},
 };
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct UdpKey {
-    pub pid: u32,
-    pub port: u16,
-    pub family: u16,
-    pub addr: [u8; 16],
-}
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -45,6 +36,9 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     let Some(info) = watched_current() else { return 1 };
+    if agent_gone() {
+        return 0;
+    }
     let sa = unsafe { &*ctx.sock_addr };
 
     let mut daddr = [0u8; 16];
@@ -67,7 +61,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
-    owner._pad = 0;
+    owner._pad = crate::guard::OWNER_JUDGED;
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
 
@@ -111,31 +105,30 @@ pub fn map_key(addr: &[u8; 16], family: u16) -> [u8; 16] {
 /// Allowed: port 53 to an allowed resolver, an allowed network with that port, or an address
 /// an answer for an allowed name returned, with a port that name's entry allows.
 #[inline(always)]
-fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> bool {
+pub fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> bool {
     let key = job_addr_key(job, &map_key(addr, family));
     if dport == 53 && unsafe { RESOLVERS.get(&key) }.is_some() {
         return true;
     }
-    if let Some(ports) = ALLOW_NET.get(&Key::new(160, key)) {
-        if ports.contains(dport) {
-            return true;
-        }
+    if let Some(ports) = ALLOW_NET.get(&Key::new(160, key))
+        && ports.contains(dport)
+    {
+        return true;
     }
     let Some(mask) = (unsafe { LEARNED.get(&key) }).copied() else { return false };
     for i in 0..MAX_HOST_ENTRIES {
-        if mask & (1u64 << i) != 0 {
-            if let Some(ports) = unsafe { HOST_PORTS.get(&host_ports_key(job, i)) } {
-                if ports.contains(dport) {
-                    return true;
-                }
-            }
+        if mask & (1u64 << i) != 0
+            && let Some(ports) = unsafe { HOST_PORTS.get(&host_ports_key(job, i)) }
+            && ports.contains(dport)
+        {
+            return true;
         }
     }
     false
 }
 
 #[inline(always)]
-fn fill_owner(owner: &mut SockOwner, ppid: u32) {
+pub fn fill_owner(owner: &mut SockOwner, ppid: u32) {
     use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();

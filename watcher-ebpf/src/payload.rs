@@ -21,8 +21,8 @@ use watcher_common::{
 
 use crate::{
     common::count,
-    dns::{Flow, owner_header},
-    maps::{EVENTS, SOCK_OWNER},
+    dns::owner_header,
+    maps::{EVENTS, Flow, SOCK_OWNER},
 };
 
 /// Capture state per socket cookie.

@@ -39,9 +39,14 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Create `<root>/<name>`. The name is made unique by the caller (pid + counter).
+    /// Create `<root>/<name>`. The name is made unique by the caller (pid + counter). A
+    /// directory of that name is a leftover of a killed watcher whose pid was ours: what is in
+    /// it is killed and it is removed first, so it never makes this run fail.
     pub fn create(root: &Path, name: &str) -> anyhow::Result<Cgroup> {
         let path = root.join(name);
+        if path.is_dir() {
+            remove_stale(&path);
+        }
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         let id = fs::metadata(&path).with_context(|| format!("reading cgroup {}", path.display()))?.ino();
         Ok(Cgroup { path, rel: format!("/{name}"), id, removed: false })
@@ -139,6 +144,17 @@ impl Cgroup {
         }
         self.removed = true;
         Ok(())
+    }
+}
+
+/// Kill what is in a leftover cgroup and remove it (best effort: a failure is logged).
+pub fn remove_stale(path: &Path) {
+    let id = fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+    let rel = format!("/{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut cg = Cgroup { path: path.to_path_buf(), rel, id, removed: false };
+    match cg.remove() {
+        Ok(()) => tracing::warn!(cgroup = %path.display(), "removed a cgroup a killed watcher left"),
+        Err(e) => tracing::warn!(cgroup = %path.display(), "cannot remove a cgroup a killed watcher left: {e:#}"),
     }
 }
 

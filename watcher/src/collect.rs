@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
     dns,
-    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, SecretMatch, Send, Ts},
+    event::{Connect, Dns, Event, Exec, Exit, Fork, Proc, SecretMatch, Send, Socket, Tamper, Ts, Unix},
     record::{Proto, Record, Task},
     secrets::SecretSet,
 };
@@ -142,6 +142,41 @@ impl Collector {
                     cwd: None,
                 }))
             }
+            Record::Socket { task, family, sock_type, protocol, killed } => out.push(Event::Socket(Socket {
+                ts: self.wall(task.boot_ns),
+                proc: Self::proc(&task),
+                family: match family {
+                    2 => "inet".into(),
+                    10 => "inet6".into(),
+                    17 => "packet".into(),
+                    n => n.to_string(),
+                },
+                sock_type: match sock_type {
+                    1 => "stream".into(),
+                    2 => "dgram".into(),
+                    3 => "raw".into(),
+                    n => n.to_string(),
+                },
+                protocol,
+                killed,
+            })),
+            Record::Tamper { task, what, arg, target, killed } => out.push(Event::Tamper(Tamper {
+                ts: self.wall(task.boot_ns),
+                proc: Self::proc(&task),
+                what,
+                arg,
+                target,
+                killed,
+            })),
+            Record::UnixConnect { task, path, deputy, killed } => out.push(Event::Unix(Unix {
+                ts: self.wall(task.boot_ns),
+                proc: Self::proc(&task),
+                // The kernel's table decides for enforcement; the path list decides for the
+                // log (the same list fills the table).
+                deputy: deputy || crate::policy::is_deputy_socket(&path),
+                path,
+                killed,
+            })),
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {
                 ts: self.wall(task.boot_ns),
                 proc: Proc { pid: child_pid, ppid: task.pid, comm: task.comm, uid: task.uid },
@@ -149,15 +184,24 @@ impl Collector {
             Record::Exit { task, exit_code } => {
                 out.push(Event::Exit(Exit { ts: self.wall(task.boot_ns), proc: Self::proc(&task), exit_code }))
             }
-            Record::Connect { task, daddr, dport, proto, sendmsg, allowed } => out.push(Event::Connect(Connect {
-                ts: self.wall(task.boot_ns),
-                proc: Self::proc(&task),
-                daddr,
-                dport,
-                proto,
-                op: if sendmsg { "sendto" } else { "connect" }.into(),
-                allowed,
-            })),
+            Record::Connect { task, daddr, dport, proto, sendmsg, packet, allowed } => {
+                out.push(Event::Connect(Connect {
+                    ts: self.wall(task.boot_ns),
+                    proc: Self::proc(&task),
+                    daddr,
+                    dport,
+                    proto,
+                    op: if packet {
+                        "packet"
+                    } else if sendmsg {
+                        "sendto"
+                    } else {
+                        "connect"
+                    }
+                    .into(),
+                    allowed,
+                }))
+            }
             Record::Payload { task, daddr, dport, proto, payload_len, payload } => {
                 let secrets = matches(&self.secrets, |s| s.find_in_payload(&payload));
                 out.push(Event::Send(Send {

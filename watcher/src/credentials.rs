@@ -85,7 +85,7 @@ pub fn npmrc_credentials(
             continue;
         }
         let hosts: Vec<String> = match scope {
-            Some(s) => crate::policy::registry::url_host(&format!("http:{s}")).ok().flatten().into_iter().collect(),
+            Some(s) => crate::probe::registries::url_host(&format!("http:{s}")).ok().flatten().into_iter().collect(),
             None => default_hosts.to_vec(),
         };
         let vars: Vec<String> = match env_reference(value) {

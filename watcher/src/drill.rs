@@ -258,6 +258,47 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
+/// Whether the watcher process `pid` (from a leftover's name) is gone.
+fn gone(pid: &str) -> bool {
+    pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Remove what an earlier drill killed with SIGKILL left behind: its temporary directory
+/// (`watcher-drill-PID-TAG`, only when root's) and its run cgroup (`watcher-run-PID`, its
+/// processes killed first). Namespaces are removed by [`Netns::create`].
+fn remove_stale_leftovers() {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("watcher-drill-") else { continue };
+            let pid = rest.split('-').next().unwrap_or("");
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
+            if gone(pid) && m.is_dir() && m.uid() == 0 {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let Ok(root) = crate::cgroup::cgroup2_root() else { return };
+    let Ok(dir) = std::fs::read_dir(&root) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("watcher-run-") else { continue };
+        if !gone(pid) {
+            continue;
+        }
+        let cg = e.path();
+        let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                eprintln!("watcher drill: removed the cgroup {} left by a killed watcher", cg.display());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// Temporary directory for the drill's policy copy and script; removed on drop.
 struct TempDir(PathBuf);
 
@@ -293,8 +334,12 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     let canary_name = format!("canary-{tag}.{CANARY_DOMAIN}");
     let secret_name = format!("{}.x-{tag}.{CANARY_DOMAIN}", secret_labels(&secret));
 
-    let tmp = TempDir(std::env::temp_dir().join(format!("watcher-drill-{pid}")));
-    std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;
+    remove_stale_leftovers();
+    // A fresh private directory: the name is not guessable, and an existing one is an error.
+    let tmp = TempDir(std::env::temp_dir().join(format!("watcher-drill-{pid}-{tag}")));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&tmp.0)
+        .with_context(|| format!("creating {}", tmp.0.display()))?;
     let policy = match &opts.policy {
         Some(p) => p.clone(),
         None => {
@@ -304,11 +349,11 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         }
     };
     // The policy first: a bad one is the user's error, before anything is built.
-    let prepared = crate::run::prepare(Some(&policy), opts.mode)?;
+    let prepared = crate::session::prepare(Some(&policy), opts.mode)?;
     let mode = prepared.policy.as_ref().map(|p| p.mode).unwrap_or(Mode::Audit);
     drop(prepared);
 
-    let resolvers = crate::policy::system_resolvers();
+    let resolvers = crate::probe::system_resolvers();
     let Some(resolver) = resolvers.iter().find_map(|r| match r {
         IpAddr::V4(v4) => Some(*v4),
         IpAddr::V6(_) => None,
@@ -341,12 +386,12 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         netns.name
     );
     let result = crate::run::run_timed(RunOptions {
-        command,
+        command: command.into_iter().map(Into::into).collect(),
         log: opts.log.clone(),
         quiet: true,
         ringbuf_bytes: opts.ringbuf_bytes,
         policy: Some(policy.clone()),
-        report: None,
+        report: Vec::new(),
         report_format: None,
         mode: opts.mode,
     });

@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     event::{Alert, Connect, Dns, Event, Exec, Loss, Ts},
-    policy::{Mode, PackageManager, Policy},
+    policy::{Mode, Policy},
     proctree::{ProcTree, basename, is_shell},
 };
 
@@ -19,6 +19,9 @@ pub const RULE_DNS_MALFORMED: &str = "dns-malformed";
 pub const RULE_EXEC: &str = "exec-denied";
 pub const RULE_SHELL: &str = "shell-from-install-script";
 pub const RULE_SECRET: &str = "secret-exfil";
+pub const RULE_RAW_SOCKET: &str = "raw-socket";
+pub const RULE_TAMPER: &str = "tamper";
+pub const RULE_DEPUTY: &str = "local-deputy";
 
 /// ` = AK…(20 chars)` when the event recorded the redacted value, else nothing.
 fn redacted_note(s: &crate::event::SecretMatch) -> String {
@@ -178,6 +181,48 @@ impl Engine {
                     }
                 }
             }
+            Event::Socket(x) => self.on_socket(x, &mut out),
+            Event::Tamper(x) => {
+                let what = match x.what {
+                    crate::event::TamperKind::Signal => format!("sent signal {} to watcher (pid {})", x.arg, x.target),
+                    crate::event::TamperKind::Bpf => format!("called bpf() (command {})", x.arg),
+                    crate::event::TamperKind::Umount => "called umount (watcher's programs are pinned in bpffs)".into(),
+                    crate::event::TamperKind::Ptrace => {
+                        format!("called ptrace (request {}) on process {}, outside its job", x.arg, x.target)
+                    }
+                };
+                let subject = format!("{}:{}:{}", x.what.as_str(), x.arg, x.target);
+                self.alert(
+                    &mut out,
+                    x.ts,
+                    RULE_TAMPER,
+                    false,
+                    x.killed,
+                    "critical",
+                    x.proc.pid,
+                    subject,
+                    format!("{} {what}: tampering with watcher", x.proc.comm),
+                );
+            }
+            Event::Unix(x) => {
+                if x.deputy && self.tree.install_script(x.proc.pid).is_some() {
+                    self.alert(
+                        &mut out,
+                        x.ts,
+                        RULE_DEPUTY,
+                        false,
+                        x.killed,
+                        "high",
+                        x.proc.pid,
+                        x.path.clone(),
+                        format!(
+                            "an install script connected to {}, the socket of a local daemon that connects or starts \
+                             processes for its caller",
+                            x.path
+                        ),
+                    );
+                }
+            }
             Event::Loss(l) => self.on_loss(l, &mut out),
             Event::Alert(_) | Event::End(_) => {}
         }
@@ -276,6 +321,47 @@ impl Engine {
                 format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
             );
         }
+    }
+
+    /// A raw IP or packet socket opened inside an install script (ICMP sockets are judged by
+    /// their packets: `connect` events with op `packet`).
+    fn on_socket(&mut self, x: &crate::event::Socket, out: &mut Vec<Alert>) {
+        let dangerous = x.family == "packet" || x.sock_type == "raw";
+        if !dangerous {
+            return;
+        }
+        let Some(pkg) = self.package(x.proc.pid) else {
+            if x.killed {
+                // The kernel killed it as inside an install script: say so even when the
+                // attribution was lost.
+                self.alert(
+                    out,
+                    x.ts,
+                    RULE_RAW_SOCKET,
+                    false,
+                    true,
+                    "high",
+                    x.proc.pid,
+                    format!("{}/{}", x.family, x.sock_type),
+                    format!("{} opened a {} {} socket (protocol {})", x.proc.comm, x.family, x.sock_type, x.protocol),
+                );
+            }
+            return;
+        };
+        self.alert(
+            out,
+            x.ts,
+            RULE_RAW_SOCKET,
+            false,
+            x.killed,
+            "high",
+            x.proc.pid,
+            format!("{}/{}", x.family, x.sock_type),
+            format!(
+                "install script of {pkg} opened a {} {} socket (protocol {}): it can send packets no connect() shows",
+                x.family, x.sock_type, x.protocol
+            ),
+        );
     }
 
     fn egress_allowed(&self, ip: IpAddr, port: u16) -> bool {
@@ -460,16 +546,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
-}
-
-/// Registry hosts for a policy's package managers, resolved from the tools' configuration.
-pub fn resolve_registries(policy: &Policy) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
-    let mut out = std::collections::BTreeMap::new();
-    for pm in policy.registries() {
-        let hosts = crate::policy::resolve(*pm).map_err(|e| anyhow::anyhow!("{e}"))?;
-        out.insert(PackageManager::as_str(*pm).to_string(), hosts);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::record::Proto;
+pub use crate::record::{Proto, TamperKind};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -36,7 +36,7 @@ impl<'de> Deserialize<'de> for Ts {
 }
 
 /// The process an event belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct Proc {
     pub pid: u32,
     pub ppid: u32,
@@ -45,7 +45,7 @@ pub struct Proc {
     pub uid: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event {
     Start(Start),
@@ -55,6 +55,9 @@ pub enum Event {
     Connect(Connect),
     Dns(Dns),
     Send(Send),
+    Socket(Socket),
+    Tamper(Tamper),
+    Unix(Unix),
     Loss(Loss),
     Alert(Alert),
     End(End),
@@ -70,6 +73,9 @@ impl Event {
             Event::Connect(e) => e.ts,
             Event::Dns(e) => e.ts,
             Event::Send(e) => e.ts,
+            Event::Socket(e) => e.ts,
+            Event::Tamper(e) => e.ts,
+            Event::Unix(e) => e.ts,
             Event::Loss(e) => e.ts,
             Event::Alert(e) => e.ts,
             Event::End(e) => e.ts,
@@ -84,6 +90,9 @@ impl Event {
             Event::Connect(e) => Some(&mut e.proc),
             Event::Dns(e) => Some(&mut e.proc),
             Event::Send(e) => Some(&mut e.proc),
+            Event::Socket(e) => Some(&mut e.proc),
+            Event::Tamper(e) => Some(&mut e.proc),
+            Event::Unix(e) => Some(&mut e.proc),
             Event::Start(_) | Event::Loss(_) | Event::Alert(_) | Event::End(_) => None,
         }
     }
@@ -97,6 +106,9 @@ impl Event {
             Event::Connect(_) => "connect",
             Event::Dns(_) => "dns",
             Event::Send(_) => "send",
+            Event::Socket(_) => "socket",
+            Event::Tamper(_) => "tamper",
+            Event::Unix(_) => "unix",
             Event::Loss(_) => "loss",
             Event::Alert(_) => "alert",
             Event::End(_) => "end",
@@ -105,7 +117,7 @@ impl Event {
 }
 
 /// First record of every log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Start {
     pub ts: Ts,
     pub schema: u32,
@@ -125,15 +137,24 @@ pub struct Start {
     /// at the time of the run (replay uses these, so it judges with the same facts).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub registries: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where each registry host came from (a file, a variable, a tool's default); `workspace`
+    /// marks the files of the step's checkout (schema: [`crate::probe::RegistrySource`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_sources: Vec<crate::probe::RegistrySource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInfo>,
+    /// The effective policy itself (YAML, defaults written out, mode as applied): replay
+    /// without `--policy` judges with it and never opens the file `policy.source` names.
+    /// Schema 1 since watcher 0.1.0 (absent in older logs: replay then needs `--policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_yaml: Option<String>,
     /// Daemon mode: the job this log is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobInfo>,
 }
 
 /// How the daemon recognised a job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobInfo {
     /// `NAME=value` of the job variable that named it.
     pub id: String,
@@ -143,7 +164,7 @@ pub struct JobInfo {
     pub variables: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PolicyInfo {
     pub source: String,
     pub pipeline: String,
@@ -152,7 +173,7 @@ pub struct PolicyInfo {
 }
 
 /// A protected variable's value found in a DNS name or a payload. Never the value itself.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecretMatch {
     pub variable: String,
     /// `raw`, `hex`, `base32`, `base64` or `url`.
@@ -163,7 +184,7 @@ pub struct SecretMatch {
     pub redacted: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SensorState {
     pub name: String,
     pub active: bool,
@@ -171,7 +192,7 @@ pub struct SensorState {
     pub detail: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Exec {
     pub ts: Ts,
     #[serde(flatten)]
@@ -204,7 +225,7 @@ pub struct Exec {
     pub cwd: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fork {
     pub ts: Ts,
     /// The new process: `pid` is the child, `ppid` the process that forked it,
@@ -213,7 +234,7 @@ pub struct Fork {
     pub proc: Proc,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Exit {
     pub ts: Ts,
     #[serde(flatten)]
@@ -223,7 +244,7 @@ pub struct Exit {
     pub exit_code: Option<i32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Connect {
     pub ts: Ts,
     #[serde(flatten)]
@@ -231,14 +252,65 @@ pub struct Connect {
     pub daddr: IpAddr,
     pub dport: u16,
     pub proto: Proto,
-    /// `connect`, or `sendto` for an unconnected UDP send (reported once per destination and
-    /// process).
+    /// `connect`, `sendto` for an unconnected UDP send (reported once per destination and
+    /// process), or `packet` for a packet the backstop judged (ICMP, raw IP, SCTP: reported
+    /// once per socket and destination).
     pub op: String,
     /// false when the kernel denied it (enforce mode).
     pub allowed: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A raw IP socket, a packet socket (AF_PACKET) or an ICMP socket was opened. Its packets
+/// are judged by the packet backstop (`connect` events with `op: "packet"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Socket {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    /// `inet`, `inet6`, `packet` or the number.
+    pub family: String,
+    /// `raw`, `dgram`, `stream` or the number.
+    #[serde(rename = "type")]
+    pub sock_type: String,
+    pub protocol: u32,
+    /// Killed by the kernel before the socket() call returned (enforce mode).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+/// A watched process went for watcher itself: a signal to the agent, the bpf() system call,
+/// umount, ptrace of a process outside its job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Tamper {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub what: TamperKind,
+    /// The signal number, bpf command, umount flags or ptrace request.
+    pub arg: u32,
+    /// The process it was aimed at (signal, ptrace), else 0.
+    #[serde(default)]
+    pub target: u32,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+/// A connect() to a unix socket: a path, or `@name` for an abstract one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Unix {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub path: String,
+    /// The path is a local deputy's (a daemon that connects or starts processes for its
+    /// caller: docker, containerd, podman, systemd).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deputy: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Dns {
     pub ts: Ts,
     #[serde(flatten)]
@@ -275,7 +347,7 @@ pub struct Dns {
 /// none was found), and one more per protected variable and encoding found later in its
 /// first 64 KiB (TCP) or in a datagram (UDP), with the stream `offset` where the value
 /// starts. Never the data itself.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Send {
     pub ts: Ts,
     #[serde(flatten)]
@@ -304,7 +376,7 @@ fn dns_port() -> u16 {
 
 /// Events the kernel could not deliver (ring buffer full) or track (map full), counted in the
 /// kernel and reported here as they happen, and in the summary.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Loss {
     pub ts: Ts,
     /// What was lost: `exec`, `fork`, `exit`, `connect`, `dns`, `watch` (process not tracked),
@@ -317,7 +389,7 @@ pub struct Loss {
     pub total: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Alert {
     pub ts: Ts,
     pub rule: String,
@@ -339,7 +411,7 @@ pub struct Alert {
 }
 
 /// Last record of a log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct End {
     pub ts: Ts,
     /// The command's exit code (128+N when killed by signal N).

@@ -1,11 +1,24 @@
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::field::MakeExt as _;
 use watcher::{exitcode, run};
+
+/// The exit codes, for `--help` and the man page.
+const EXIT_CODES: &str = "\
+Exit codes:
+  CMD's code  watcher run: the command's own code (128+N when killed by signal N)
+  0           nothing flagged (replay, drill, policy check)
+  77          enforce mode: a policy violation (denied, killed or seen); replay: the policy flags something
+  78          enforce mode: the kernel lost events, the step cannot be vouched for
+  1           policy check: a file is not a valid policy; drill: a check was missed
+  125         watcher itself failed: bad arguments, no root, a missing kernel feature, an unwritable log
+  126         the command was found but could not be executed
+  127         the command was not found";
 
 /// eBPF build-sandbox egress and syscall watcher.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,10 +96,19 @@ enum Command {
         /// Override the policy's mode.
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
-        /// Also write the step's events as JSON Lines to FILE.
+        /// Also write the step's events as JSON Lines to FILE (`-`: standard output; `.gz`: gzip).
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `watcher man | man -l -`.
+    Man,
+    /// Print the JSON Schema of the event log (`--log`) to stdout.
+    Schema,
     /// Internal: the drill's fake install step (enters NETNS, runs SCRIPT as npm would).
     #[command(name = "__drill-step", hide = true)]
     DrillStep { netns: PathBuf, script: String },
@@ -95,7 +117,7 @@ enum Command {
     DrillProbe { args: Vec<String> },
     /// Run a command in a fresh cgroup and watch its whole process tree.
     Run {
-        /// Write every event as JSON Lines to FILE.
+        /// Write every event as JSON Lines to FILE (`-`: standard output; `.gz`: gzip).
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
         /// Check every event against this policy (YAML, see docs/POLICY.md).
@@ -104,21 +126,26 @@ enum Command {
         /// Override the policy's mode.
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
-        /// Write the end-of-step report to FILE (stdout belongs to the command).
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
-        /// The report's format; by default from FILE's extension (.json, .sarif, .md, else text).
+        /// Write the end-of-step report to FILE (stdout belongs to the command); may be repeated.
+        #[arg(long, value_name = "FILE", action = clap::ArgAction::Append)]
+        report: Vec<PathBuf>,
+        /// The reports' format; by default from each FILE's extension (.json, .sarif, .md, any
+        /// case; else text).
         #[arg(long, value_enum, requires = "report")]
         report_format: Option<Format>,
-        /// Show only alerts, lost events and the summary, not one line per event.
+        /// Show only alerts, lost events and the summary, not one line per event (the default
+        /// when CI=true).
         #[arg(long, short)]
         quiet: bool,
+        /// Show one line per event even when CI=true.
+        #[arg(long, short, conflicts_with = "quiet")]
+        verbose: bool,
         /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
         #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
         ringbuf_size: u32,
-        /// The command and its arguments.
+        /// The command and its arguments (passed on byte for byte).
         #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
+        command: Vec<OsString>,
     },
 }
 
@@ -173,13 +200,25 @@ fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
 fn main() {
     // The daemon logs at info by default (key=value fields, no colours unless stderr is a
     // terminal: journald keeps the lines as they are).
-    let daemon = std::env::args().nth(1).as_deref() == Some("daemon");
+    let daemon = std::env::args_os().nth(1).is_some_and(|a| a == "daemon");
     let filter = match std::env::var("WATCHER_LOG") {
         Ok(v) => tracing_subscriber::EnvFilter::new(v),
         Err(_) => tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }),
     };
     let ansi = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    // Every field and message is escaped: job variables, paths and commands come from jobs,
+    // and a newline or ESC in one must not forge or rewrite a log line.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = watcher::report::safe(&format!("{value:?}"));
+        if field.name() == "message" { write!(w, "{text}") } else { write!(w, "{}={text}", field.name()) }
+    })
+    .delimited(" ");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .fmt_fields(fields)
+        .with_writer(std::io::stderr)
+        .init();
     // Usage errors exit 125 like every other failure of watcher itself, so they are never
     // confused with an exit code of the wrapped command.
     let cli = match Cli::try_parse() {
@@ -194,10 +233,17 @@ fn main() {
         Command::Policy { command: PolicyCommand::Suggest { logs, pipeline } } => (|| {
             let mut s = watcher::suggest::Suggester::default();
             for log in &logs {
-                watcher::replay::for_each_event(log, |e, _| {
+                let incomplete = watcher::replay::for_each_event_checked(log, |e, _| {
                     s.add(&e);
                     Ok(())
                 })?;
+                if let Some(why) = incomplete {
+                    let log = watcher::replay::log_name(log);
+                    eprintln!(
+                        "watcher: {log}: incomplete ({why}): no policy is suggested from a log that cannot be vouched for"
+                    );
+                    return Ok(exitcode::EVENTS_LOST);
+                }
             }
             print!("{}", s.render(&pipeline));
             Ok(0)
@@ -238,13 +284,30 @@ fn main() {
             log,
             ringbuf_bytes: 16 << 20,
         }),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "watcher",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Man => (|| {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+            Ok(0)
+        })(),
+        Command::Schema => {
+            print!("{}", watcher::event_schema::render());
+            Ok(0)
+        }
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, ringbuf_size, command, policy, mode, report, report_format } => {
+        Command::Run { log, quiet, verbose, ringbuf_size, command, policy, mode, report, report_format } => {
             run::run(run::RunOptions {
                 command,
                 log,
-                quiet,
+                quiet: quiet || (!verbose && watcher::report::quiet_by_default()),
                 ringbuf_bytes: ringbuf_size,
                 policy,
                 mode: mode.map(ModeArg::into_mode),

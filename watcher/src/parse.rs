@@ -55,49 +55,99 @@ fn fast(line: &[u8]) -> Option<Result<Event, serde_json::Error>> {
         b"loss" => serde_json::from_str::<Loss>(line).map(Event::Loss),
         b"alert" => serde_json::from_str::<Alert>(line).map(Event::Alert),
         b"end" => serde_json::from_str::<End>(line).map(Event::End),
+        b"socket" | b"tamper" | b"unix" => serde_json::from_str::<Event>(line),
         _ => return None,
     })
 }
 
+/// The longest log line read (4 MiB): a start record carries the policy (at most 1 MiB of
+/// YAML); no other record comes near. A longer line is an error naming it (README, "Bounds").
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
 /// Call `f` for each non-blank line of `r` with its 1-based number. Lines are parsed in place
-/// in the reader's buffer; only a line split across two buffer fills is copied.
+/// in the reader's buffer; only a line split across two buffer fills is copied. A stream that
+/// ends early (a gzip member without its trailer) is a read error.
 pub fn for_each_line(
     r: &mut dyn BufRead,
     mut f: impl FnMut(&[u8], u64) -> anyhow::Result<()>,
     mut read_error: impl FnMut(std::io::Error, u64) -> anyhow::Error,
 ) -> anyhow::Result<()> {
+    let end = for_each_line_terminated(r, |l, n, _| f(l, n), &mut read_error)?;
+    match end {
+        Tail::Complete => Ok(()),
+        Tail::StreamCut(n) => Err(read_error(std::io::ErrorKind::UnexpectedEof.into(), n)),
+    }
+}
+
+/// How a stream of lines ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// At the end of the data.
+    Complete,
+    /// The decompressor found the data cut short (after line N).
+    StreamCut(u64),
+}
+
+/// [`for_each_line`], telling `f` whether each line ended with a newline (only the last one
+/// may not), and returning how the stream ended instead of failing on a cut stream.
+pub fn for_each_line_terminated(
+    r: &mut dyn BufRead,
+    mut f: impl FnMut(&[u8], u64, bool) -> anyhow::Result<()>,
+    mut read_error: impl FnMut(std::io::Error, u64) -> anyhow::Error,
+) -> anyhow::Result<Tail> {
     let mut carry: Vec<u8> = Vec::new();
     let mut n = 0u64;
-    let mut line = |l: &[u8], n: &mut u64| -> anyhow::Result<()> {
+    let mut line = |l: &[u8], n: &mut u64, terminated: bool| -> anyhow::Result<()> {
         *n += 1;
         if l.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(());
         }
-        f(l, *n)
+        f(l, *n, terminated)
+    };
+    let too_long = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the line is longer than {} MiB (the limit, see README \"Bounds\")", MAX_LINE_BYTES >> 20),
+        )
     };
     loop {
         let buf = match r.fill_buf() {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                if !carry.is_empty() {
+                    line(&carry, &mut n, false)?;
+                }
+                return Ok(Tail::StreamCut(n));
+            }
             Err(e) => return Err(read_error(e, n + 1)),
         };
         if buf.is_empty() {
             if !carry.is_empty() {
-                line(&carry, &mut n)?;
+                line(&carry, &mut n, false)?;
             }
-            return Ok(());
+            return Ok(Tail::Complete);
         }
         let mut start = 0;
         while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
             let end = start + i;
             if carry.is_empty() {
-                line(&buf[start..end], &mut n)?;
+                if end - start > MAX_LINE_BYTES {
+                    return Err(read_error(too_long(), n + 1));
+                }
+                line(&buf[start..end], &mut n, true)?;
             } else {
+                if carry.len() + (end - start) > MAX_LINE_BYTES {
+                    return Err(read_error(too_long(), n + 1));
+                }
                 carry.extend_from_slice(&buf[start..end]);
-                line(&carry, &mut n)?;
+                line(&carry, &mut n, true)?;
                 carry.clear();
             }
             start = end + 1;
+        }
+        if carry.len() + (buf.len() - start) > MAX_LINE_BYTES {
+            return Err(read_error(too_long(), n + 1));
         }
         carry.extend_from_slice(&buf[start..]);
         let len = buf.len();
@@ -408,7 +458,9 @@ mod tests {
     }
 }
 
-/// Random but plausible events (for the round-trip test and the replay benchmark).
+/// Random but plausible events (for the round-trip test and the replay benchmark): not in the
+/// shipped binary (feature `bench-gen`, which only the bench crate turns on).
+#[cfg(any(test, feature = "bench-gen"))]
 pub mod generate {
     use super::*;
     use crate::event::{PolicyInfo, SensorState};
@@ -489,7 +541,9 @@ pub mod generate {
                     } else {
                         BTreeMap::new()
                     },
+                    registry_sources: Vec::new(),
                     policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
+                    policy_yaml: self.opt(|g| g.word()),
                 }),
                 1 => Event::Exec(Exec {
                     ts,

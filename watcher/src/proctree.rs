@@ -116,6 +116,23 @@ pub fn install_script_of(
         let mentions = |needle: &str| argv.iter().any(|a| a.contains(needle));
         base.starts_with("python") && (mentions("_in_process.py") || mentions("setup.py"))
     };
+    // uv builds an sdist in its cache, .../sdists-vN/<source>/<hash>/<name>/<version>/<id>/src,
+    // with UV_INTERNAL__BUILD_DIR set for the build backend's python.
+    if env.contains_key("UV_INTERNAL__BUILD_DIR") {
+        let package = cwd.and_then(uv_source_dir_name).unwrap_or_else(|| "unknown sdist".into());
+        return Some(Attribution { manager: "uv".into(), package, version: None, stage: "build".into() });
+    }
+    // Other PEP 517 frontends (poetry, python -m build) run pyproject_hooks' _in_process.py in
+    // the unpacked sdist, <tmp>/<name>-<version>.
+    let hook_runner =
+        env.contains_key("_PYPROJECT_HOOKS_BUILD_BACKEND") || argv.iter().any(|a| a.ends_with("/_in_process.py"));
+    let pips_own = env.contains_key("PIP_BUILD_TRACKER") || argv.iter().any(|a| a.contains("/pip/_vendor/"));
+    if hook_runner
+        && !pips_own
+        && let Some(package) = cwd.and_then(sdist_dir_name)
+    {
+        return Some(Attribution { manager: "pep517".into(), package, version: None, stage: "build".into() });
+    }
     if pip_build {
         // pip runs the build in the unpacked sdist: the working directory names it (the argv
         // of the setup.py shim is too long to be captured whole).
@@ -126,6 +143,21 @@ pub fn install_script_of(
         return Some(Attribution { manager: "pip".into(), package, version: None, stage: "build".into() });
     }
     None
+}
+
+/// `.../sdists-v11/index/<hash>/evil-pkg/1.0.0/<id>/src` -> `evil-pkg`
+fn uv_source_dir_name(cwd: &str) -> Option<String> {
+    let parts: Vec<&str> = cwd.split('/').collect();
+    let i = parts.iter().position(|p| p.starts_with("sdists-v"))?;
+    // <source kind>/<hash>/<name>/<version>/...: registry sources carry the name.
+    (parts.get(i + 1) == Some(&"index")).then(|| parts.get(i + 3).map(|n| n.to_string())).flatten()
+}
+
+/// `/tmp/tmpab12/evil_pkg-1.0.0` -> `evil_pkg`
+fn sdist_dir_name(cwd: &str) -> Option<String> {
+    let dir = basename(cwd.trim_end_matches('/'));
+    let (name, version) = dir.rsplit_once('-')?;
+    (!name.is_empty() && version.starts_with(|c: char| c.is_ascii_digit())).then(|| name.to_string())
 }
 
 /// `/tmp/pip-install-abc/evil-pkg_0123abcd.../setup.py` -> `evil-pkg`
@@ -261,6 +293,31 @@ mod tests {
         assert_eq!(a.label(), "npm:evil-pkg@1.2.3 (postinstall)");
         env.insert("npm_lifecycle_event".to_string(), "test".to_string());
         assert!(install_script_of("/bin/sh", &[], &env, None).is_none());
+    }
+
+    #[test]
+    fn uv_and_other_pep517_builds_name_the_sdist() {
+        let mut env = BTreeMap::new();
+        env.insert("UV_INTERNAL__BUILD_DIR".to_string(), "/root/.cache/uv/builds-v0".to_string());
+        let cwd = "/root/.cache/uv/sdists-v11/index/444663d186406ad6/py-formatter-util/1.2.1/hOqDVQ/src";
+        let a =
+            install_script_of("/root/.cache/uv/builds-v0/.tmpX/bin/python", &["-c".into()], &env, Some(cwd)).unwrap();
+        assert_eq!(a.label(), "uv:py-formatter-util (build)");
+        let poetry_argv: Vec<String> = vec![
+            "/opt/poetry/lib/python3.11/site-packages/pyproject_hooks/_in_process/_in_process.py".into(),
+            "build_wheel".into(),
+            "/tmp/tmpf7lfz1ij".into(),
+        ];
+        let mut env = BTreeMap::new();
+        env.insert("_PYPROJECT_HOOKS_BUILD_BACKEND".to_string(), "lab_backend".to_string());
+        let a = install_script_of(
+            "/tmp/tmpud1h5tx7/.venv/bin/python",
+            &poetry_argv,
+            &env,
+            Some("/tmp/tmpej_1c0ab/probe_pkg-1.0.0"),
+        )
+        .unwrap();
+        assert_eq!(a.label(), "pep517:probe_pkg (build)");
     }
 
     #[test]

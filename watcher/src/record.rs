@@ -55,7 +55,35 @@ pub enum Record {
         proto: Proto,
         /// true for an unconnected UDP send (sendto/sendmsg with an address).
         sendmsg: bool,
+        /// true for a packet the packet backstop judged (a socket kind the socket-address hooks
+        /// do not see: ICMP, raw IP, SCTP).
+        packet: bool,
         allowed: bool,
+    },
+    /// A raw IP, packet or ICMP socket was opened.
+    Socket {
+        task: Task,
+        family: u32,
+        sock_type: u32,
+        protocol: u32,
+        killed: bool,
+    },
+    /// A watched process went for watcher itself.
+    Tamper {
+        task: Task,
+        what: TamperKind,
+        arg: u32,
+        target: u32,
+        killed: bool,
+    },
+    /// A unix-socket connect.
+    UnixConnect {
+        task: Task,
+        /// The path, or `@name` for an abstract socket (non-printable bytes escaped).
+        path: String,
+        /// The kernel found it in the job's deputy table.
+        deputy: bool,
+        killed: bool,
     },
     DnsPacket {
         task: Task,
@@ -96,19 +124,68 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The task the record is about.
+    pub fn task(&self) -> &Task {
+        match self {
+            Record::Exec { task, .. }
+            | Record::Fork { task, .. }
+            | Record::Exit { task, .. }
+            | Record::Connect { task, .. }
+            | Record::DnsPacket { task, .. }
+            | Record::Payload { task, .. }
+            | Record::StreamChunk { task, .. }
+            | Record::Socket { task, .. }
+            | Record::Tamper { task, .. }
+            | Record::UnixConnect { task, .. } => task,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
+    Icmp,
+    Icmpv6,
+    Sctp,
     Other,
 }
 
+/// What a tamper record is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TamperKind {
+    /// A signal to the agent.
+    Signal,
+    /// The bpf() system call.
+    Bpf,
+    /// umount.
+    Umount,
+    /// ptrace of a process outside the job.
+    Ptrace,
+}
+
+impl TamperKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TamperKind::Signal => "signal",
+            TamperKind::Bpf => "bpf",
+            TamperKind::Umount => "umount",
+            TamperKind::Ptrace => "ptrace",
+        }
+    }
+}
+
 impl Proto {
-    fn from_ip_proto(p: u8) -> Proto {
+    pub fn from_ip_proto(p: u8) -> Proto {
         match p {
             c::PROTO_TCP => Proto::Tcp,
             c::PROTO_UDP => Proto::Udp,
+            c::PROTO_ICMP => Proto::Icmp,
+            c::PROTO_ICMPV6 => Proto::Icmpv6,
+            c::PROTO_SCTP => Proto::Sctp,
             _ => Proto::Other,
         }
     }
@@ -116,6 +193,9 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmpv6",
+            Proto::Sctp => "sctp",
             Proto::Other => "other",
         }
     }
@@ -219,7 +299,51 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 dport: r.dport,
                 proto: Proto::from_ip_proto(r.proto),
                 sendmsg: r.op == c::OP_SENDMSG,
+                packet: r.op == c::OP_PACKET,
                 allowed: r.verdict != c::VERDICT_DENY,
+            })
+        }
+        c::KIND_SOCKET => {
+            let r: c::SocketRecord = read(buf, hdr.kind)?;
+            Ok(Record::Socket {
+                task: task(&r.hdr),
+                family: r.family,
+                sock_type: r.sock_type,
+                protocol: r.protocol,
+                killed: r.flags & c::GUARD_KILLED != 0,
+            })
+        }
+        c::KIND_TAMPER => {
+            let r: c::TamperRecord = read(buf, hdr.kind)?;
+            let what = match r.what {
+                c::TAMPER_SIGNAL => TamperKind::Signal,
+                c::TAMPER_BPF => TamperKind::Bpf,
+                c::TAMPER_MOUNT => TamperKind::Umount,
+                c::TAMPER_PTRACE => TamperKind::Ptrace,
+                other => return Err(DecodeError::UnknownKind(other | 0x100)),
+            };
+            Ok(Record::Tamper {
+                task: task(&r.hdr),
+                what,
+                arg: r.arg,
+                target: r.target,
+                killed: r.flags & c::GUARD_KILLED != 0,
+            })
+        }
+        c::KIND_UNIX_CONNECT => {
+            let r: c::UnixConnectRecord = read(buf, hdr.kind)?;
+            let n = (r.path_len as usize).min(r.path.len());
+            let bytes = &r.path[..n];
+            let path = if bytes.first() == Some(&0) {
+                format!("@{}", String::from_utf8_lossy(&bytes[1..]).trim_end_matches('\0'))
+            } else {
+                cstr(bytes)
+            };
+            Ok(Record::UnixConnect {
+                task: task(&r.hdr),
+                path,
+                deputy: r.flags & c::GUARD_DENIED != 0,
+                killed: r.flags & c::GUARD_KILLED != 0,
             })
         }
         c::KIND_DNS_PACKET => {

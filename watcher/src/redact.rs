@@ -72,7 +72,16 @@ pub fn event(sets: &[SecretSet], e: &mut Event) {
         Event::Fork(f) => {
             field(sets, &mut f.proc.comm);
         }
-        Event::Exit(_) | Event::Connect(_) | Event::Send(_) | Event::Loss(_) | Event::End(_) => {}
+        Event::Unix(u) => {
+            field(sets, &mut u.path);
+        }
+        Event::Exit(_)
+        | Event::Connect(_)
+        | Event::Send(_)
+        | Event::Socket(_)
+        | Event::Tamper(_)
+        | Event::Loss(_)
+        | Event::End(_) => {}
     }
 }
 

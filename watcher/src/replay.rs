@@ -1,6 +1,11 @@
 //! `watcher replay LOG...`: feed recorded events through the same engine `watcher run` uses.
 //! No privileges, no eBPF. With the policy used live it gives exactly the live alerts; with
 //! another, what that policy would have flagged or blocked.
+//!
+//! A log is untrusted input: replay opens nothing it names (the policy comes from `--policy`
+//! or from the copy the start record carries) and judges a log that cannot be vouched for
+//! (no `end` record, cut short, lost events not accounted for, an unknown schema) as
+//! `incomplete`, exit 78, with the reason.
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
@@ -12,6 +17,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::{
     engine::Engine,
     event::{Alert, Event, PolicyInfo},
+    pipeline::Pipeline,
     policy::{self, Mode, Policy},
     report::{self, Format, Report, event_line},
 };
@@ -48,15 +54,25 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     })
 }
 
-/// The policy to judge with: the one given, or the one the log says was used live.
-fn policy_for(opts: &ReplayOptions, recorded: Option<&str>, log: &str) -> anyhow::Result<Policy> {
-    let path = match (&opts.policy, recorded) {
-        (Some(p), _) => p.clone(),
-        (None, Some(r)) => PathBuf::from(r),
-        (None, None) => bail!("{log}: the log records no policy; give one with --policy FILE"),
+/// The policy to judge with: the one given, or the copy of the live one the start record
+/// carries. A path in the log is never opened.
+fn policy_for(opts: &ReplayOptions, start: &crate::event::Start, log: &str) -> anyhow::Result<Policy> {
+    let mut p = match (&opts.policy, &start.policy_yaml, &start.policy) {
+        (Some(path), _, _) => policy::load(path).map_err(|e| anyhow!("{e}"))?,
+        (None, Some(text), info) => {
+            let source = info.as_ref().map(|i| i.source.as_str()).unwrap_or("recorded policy");
+            policy::parse_str(source, text)
+                .map_err(|e| anyhow!("{log}: the policy recorded in the start record is invalid: {e}"))?
+        }
+        (None, None, Some(info)) => bail!(
+            "{log}: the log names the policy {} but does not carry it (recorded by an older watcher); \
+             give it with --policy FILE",
+            report::safe(&info.source)
+        ),
+        (None, None, None) => bail!("{log}: the log records no policy; give one with --policy FILE"),
     };
-    let mut p = policy::load(&path).map_err(|e| anyhow!("{e}"))?;
-    if let Some(m) = opts.mode {
+    // The mode the log was recorded in (`--mode audit` of the live run), unless --mode says.
+    if let Some(m) = opts.mode.or(start.policy.as_ref().and_then(|p| p.mode.parse::<Mode>().ok())) {
         p.mode = m;
     }
     Ok(p)
@@ -107,39 +123,183 @@ pub fn replay_one_with(
     mut on_alert: impl FnMut(&Alert),
 ) -> anyhow::Result<Replayed> {
     let name = log_name(path);
-    let mut engine: Option<Engine> = None;
+    let mut pipe: Option<Pipeline> = None;
     let mut alerts = Vec::new();
-    // The engine builds the process tree; the report takes it at the end.
-    let mut report = Report { log: Some(name.clone()), engine_tree: true, ..Default::default() };
-    for_each_event_with(path, parse, |e, n| {
-        if matches!(e, Event::Alert(_)) {
-            return Ok(()); // the live run's verdicts: replay makes its own
+    let mut check = Completeness::default();
+    let mut reader = open(path)?;
+    let tail = crate::parse::for_each_line_terminated(
+        &mut reader,
+        |line, n, terminated| {
+            if check.stopped() {
+                return Ok(()); // an unknown schema: nothing after the start record is read
+            }
+            let e = match parse(line) {
+                Ok(e) => e,
+                Err(_) if !terminated => {
+                    check.cut_at(n);
+                    return Ok(());
+                }
+                Err(err) => bail!("{name}:{n}: {err}"),
+            };
+            check.see(&e, n);
+            if check.stopped() {
+                return Ok(());
+            }
+            if matches!(e, Event::Alert(_)) {
+                return Ok(()); // the live run's verdicts: replay makes its own
+            }
+            if pipe.is_none() {
+                let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
+                let policy = policy_for(opts, s, &name)?;
+                warn_unrecorded_registries(&name, &policy, s);
+                // The engine builds the process tree; the report takes it at the end.
+                let report = Report {
+                    log: Some(name.clone()),
+                    engine_tree: true,
+                    policy: Some(PolicyInfo {
+                        source: policy.source.clone(),
+                        pipeline: policy.pipeline.clone(),
+                        mode: policy.mode.as_str().to_string(),
+                    }),
+                    ..Default::default()
+                };
+                pipe = Some(Pipeline::replay(Engine::new(policy), report));
+            }
+            let pipe = pipe.as_mut().expect("set above");
+            for a in pipe.replayed(&e, n) {
+                on_alert(&a);
+                alerts.push(a);
+            }
+            Ok(())
+        },
+        |err, n| anyhow::Error::new(err).context(format!("{name}:{n}: cannot read")),
+    )?;
+    if let crate::parse::Tail::StreamCut(n) = tail {
+        check.cut_at(n + 1);
+    }
+    let mut report = match pipe {
+        Some(mut pipe) => {
+            let tree = pipe.engine_mut().map(|e| e.take_tree()).unwrap_or_default();
+            let mut report = std::mem::take(&mut pipe.report);
+            report.tree = tree;
+            report
         }
-        if engine.is_none() {
-            let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
-            let recorded = s.policy.as_ref().map(|p| p.source.as_str());
-            let policy = policy_for(opts, recorded, &name)?;
-            warn_unrecorded_registries(&name, &policy, s);
-            report.policy = Some(PolicyInfo {
-                source: policy.source.clone(),
-                pipeline: policy.pipeline.clone(),
-                mode: policy.mode.as_str().to_string(),
-            });
-            engine = Some(Engine::new(policy));
-        }
-        report.add(&e);
-        let engine = engine.as_mut().expect("set above");
-        for a in engine.process(&e) {
-            on_alert(&a);
-            report.add_alert(a.clone(), Some(n));
-            alerts.push(a);
-        }
-        Ok(())
-    })?;
-    let Some(mut engine) = engine else { bail!("{name}: empty log") };
-    report.tree = engine.take_tree();
+        None => Report { log: Some(name.clone()), ..Default::default() },
+    };
+    report.incomplete = check.reason();
     report.watcher_exit = Some(report.replay_exit());
     Ok(Replayed { log: name, alerts, report })
+}
+
+/// Whether a log can be vouched for: it begins with a start record of a schema this
+/// watcher reads, ends with an end record, is not cut short, and its loss records account
+/// for every loss the end record counts.
+#[derive(Default, Debug)]
+pub struct Completeness {
+    started: bool,
+    unknown_schema: Option<u32>,
+    end_lost: Option<u64>,
+    /// After an end record, more events (a concatenation, or a forged end).
+    after_end: Option<u64>,
+    loss_records: u64,
+    cut: Option<u64>,
+}
+
+impl Completeness {
+    /// Take one event (line `n`) into account.
+    pub fn see(&mut self, e: &Event, n: u64) {
+        if self.end_lost.is_some() && self.after_end.is_none() && !matches!(e, Event::Alert(_)) {
+            self.after_end = Some(n);
+        }
+        match e {
+            Event::Start(s) if !self.started => {
+                self.started = true;
+                if s.schema == 0 || s.schema > crate::event::SCHEMA_VERSION {
+                    self.unknown_schema = Some(s.schema);
+                }
+            }
+            Event::Loss(l) => self.loss_records = self.loss_records.saturating_add(l.count),
+            Event::End(x) => self.end_lost = Some(x.lost),
+            _ => {}
+        }
+    }
+
+    /// The last line (`n`) is cut short.
+    pub fn cut_at(&mut self, n: u64) {
+        self.cut.get_or_insert(n);
+    }
+
+    /// Nothing more is read (the schema is unknown).
+    fn stopped(&self) -> bool {
+        self.unknown_schema.is_some()
+    }
+
+    /// Why the log cannot be vouched for, in one line; None when it can.
+    pub fn reason(&self) -> Option<String> {
+        if let Some(v) = self.unknown_schema {
+            return Some(format!(
+                "schema version {v} is not one this watcher reads (1 to {}); the log was not judged",
+                crate::event::SCHEMA_VERSION
+            ));
+        }
+        if let Some(n) = self.cut {
+            return Some(format!("the log is cut short at line {n}"));
+        }
+        if !self.started {
+            return Some("the log is empty: no start record".into());
+        }
+        let Some(lost) = self.end_lost else {
+            return Some(
+                "the log has no end record: cut short, still being written, or its recorder was killed".into(),
+            );
+        };
+        if let Some(n) = self.after_end {
+            return Some(format!("events follow the end record (line {n})"));
+        }
+        if lost > self.loss_records {
+            return Some(format!(
+                "the end record counts {lost} lost events but the log's loss records account for {}",
+                self.loss_records
+            ));
+        }
+        None
+    }
+}
+
+/// Call `f` with every event of a log (as [`for_each_event`]) and say whether the log is
+/// complete (`policy suggest` learns only from logs that are): Ok(None) when it is, else the
+/// reason.
+pub fn for_each_event_checked(
+    path: &Path,
+    mut f: impl FnMut(Event, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<String>> {
+    let mut check = Completeness::default();
+    let mut reader = open(path)?;
+    let name = log_name(path);
+    let tail = crate::parse::for_each_line_terminated(
+        &mut reader,
+        |line, n, terminated| {
+            if check.stopped() {
+                return Ok(());
+            }
+            match crate::parse::parse_line(line) {
+                Ok(e) => {
+                    check.see(&e, n);
+                    if !check.stopped() {
+                        f(e, n)?;
+                    }
+                }
+                Err(_) if !terminated => check.cut_at(n),
+                Err(err) => bail!("{name}:{n}: {err}"),
+            }
+            Ok(())
+        },
+        |err, n| anyhow::Error::new(err).context(format!("{name}:{n}: cannot read")),
+    )?;
+    if let crate::parse::Tail::StreamCut(n) = tail {
+        check.cut_at(n + 1);
+    }
+    Ok(check.reason())
 }
 
 /// A registry the policy allows but the log has no hosts for (it was recorded under a policy
@@ -163,6 +323,7 @@ fn warn_unrecorded_registries(log: &str, policy: &Policy, start: &crate::event::
 pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
     use std::io::IsTerminal as _;
     let mut violations = 0usize;
+    let mut incomplete = 0usize;
     let mut reports = Vec::new();
     for log in &opts.logs {
         let r = replay_one(log, &opts, |a| {
@@ -173,10 +334,25 @@ pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
             }
         })?;
         violations += r.alerts.len();
+        if let Some(why) = &r.report.incomplete {
+            incomplete += 1;
+            eprintln!("watcher: {}: incomplete: {why}", report::safe(&r.log));
+        }
         reports.push(r.report);
     }
     let colour = report::colour_for(std::io::stdout().is_terminal());
-    print!("{}", report::render_all(&reports, opts.format, colour));
+    if let Err(e) = report::write_all(&reports, opts.format, colour, &mut std::io::stdout().lock())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        bail!("writing the report to standard output: {e}");
+    }
+    eprint!("{}", report::annotations_all(&reports));
     report::append_step_summary(&reports);
-    Ok(if violations > 0 { crate::exitcode::POLICY_VIOLATION } else { 0 })
+    Ok(if violations > 0 {
+        crate::exitcode::POLICY_VIOLATION
+    } else if incomplete > 0 || reports.iter().any(|r| r.verdict() == report::Verdict::Incomplete) {
+        crate::exitcode::EVENTS_LOST
+    } else {
+        0
+    })
 }

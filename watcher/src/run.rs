@@ -1,5 +1,5 @@
-//! `watcher run -- CMD`: run one command in a fresh cgroup, watch exactly its process tree,
-//! log its events, and clean everything up.
+//! `watcher run -- CMD`: run one command as one job of the kernel's membership model, log its
+//! events through the job's pipeline, and clean everything up.
 use std::{ffi::CString, io::Write as _, os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
@@ -9,248 +9,31 @@ use crate::{
     cgroup::{Cgroup, cgroup2_root},
     collect::Collector,
     engine::Engine,
-    event::{End, Event, Loss, PolicyInfo, SCHEMA_VERSION, Start, Ts},
+    event::{Event, PolicyInfo, SCHEMA_VERSION, Start},
     exitcode,
     log::LogWriter,
-    policy::{Mode, Policy},
-    record,
-    report::{self, Report, event_line},
-    secrets::SecretSet,
-    sensor::{COUNTER_NAMES, Sensor, SensorConfig},
+    pipeline::{Enrichment, Pipeline, sink::LiveLines},
+    policy::Mode,
+    report::{self, Report},
+    sensor::{Instance, Sensor, SensorConfig},
+    session::{self, boot_now_ns, clock_offset_ns, now_ts},
 };
 
+pub use crate::pipeline::AlertTiming;
+
 pub struct RunOptions {
-    pub command: Vec<String>,
+    /// Passed to the command unchanged (any bytes but NUL).
+    pub command: Vec<std::ffi::OsString>,
     pub log: Option<PathBuf>,
     pub quiet: bool,
     pub ringbuf_bytes: u32,
     pub policy: Option<PathBuf>,
     /// Overrides the policy's mode.
     pub mode: Option<Mode>,
-    /// Write the end-of-step report to this file (stdout belongs to the command).
-    pub report: Option<PathBuf>,
-    /// Its format; by default from the file's extension (`.json`, `.sarif`, `.md`, else text).
+    /// Write the end-of-step report to these files (stdout belongs to the command).
+    pub report: Vec<PathBuf>,
+    /// Their format; by default from each file's extension (`.json`, `.sarif`, `.md`, else text).
     pub report_format: Option<report::Format>,
-}
-
-/// Variable-name globs whose values are always looked for in DNS names (besides the policy's
-/// own), so a log recorded under one policy can be replayed under a stricter one.
-pub const SECRET_CANDIDATES: &[&str] = &[
-    "AWS_*",
-    "*_TOKEN",
-    "*TOKEN*",
-    "*_KEY",
-    "*_KEY_*",
-    "*SECRET*",
-    "*PASSWORD*",
-    "*PASSWD*",
-    "*CREDENTIAL*",
-    "*PRIVATE*",
-    "*_AUTH",
-    "*_AUTH_*",
-    "*APIKEY*",
-    "*API_KEY*",
-];
-
-/// What is known before the command starts: the loaded policy (mode applied), its registry
-/// hosts and the secrets detector.
-pub struct Prepared {
-    pub policy: Option<Policy>,
-    pub registries: std::collections::BTreeMap<String, Vec<String>>,
-    pub secrets: SecretSet,
-}
-
-/// Load and check everything a user can get wrong before anything runs.
-pub fn prepare(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Prepared> {
-    let policy = load_policy(policy, mode)?;
-    let registries = resolve_registries(policy.as_ref())?;
-    finish_prepare(policy, registries)
-}
-
-/// The policy file, with the CLI's mode applied.
-pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Option<Policy>> {
-    match policy {
-        Some(p) => {
-            let mut pol = crate::policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(m) = mode {
-                pol.mode = m;
-            }
-            Ok(Some(pol))
-        }
-        None => {
-            if mode.is_some() {
-                bail!("--mode needs --policy FILE: there is nothing to audit or enforce without a policy");
-            }
-            Ok(None)
-        }
-    }
-}
-
-/// The hosts of the policy's registries, from each package manager's own configuration (this
-/// starts the package managers: npm alone takes about 0.4 s).
-pub fn resolve_registries(policy: Option<&Policy>) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
-    Ok(match policy {
-        Some(p) => crate::engine::resolve_registries(p)?,
-        None => Default::default(),
-    })
-}
-
-fn finish_prepare(
-    policy: Option<Policy>,
-    registries: std::collections::BTreeMap<String, Vec<String>>,
-) -> anyhow::Result<Prepared> {
-    let mut patterns: Vec<String> = SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
-    if let Some(p) = &policy {
-        patterns.extend(p.secret_env_patterns().iter().cloned());
-    }
-    let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
-    let secrets = SecretSet::new(&patterns, env).context("compiling secret variable patterns")?;
-    Ok(Prepared { policy, registries, secrets })
-}
-
-/// CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds: converts kernel timestamps to wall time.
-pub fn clock_offset_ns() -> i128 {
-    use nix::time::{ClockId, clock_gettime};
-    let ns = |c| clock_gettime(c).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0);
-    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_BOOTTIME)
-}
-
-pub fn boot_now_ns() -> u64 {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_BOOTTIME).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
-}
-
-pub fn now_ts() -> Ts {
-    Ts(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
-}
-
-/// A per-run secret seed for the kernel's DNS name hash.
-fn random_seed() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    u64::from_ne_bytes(b) ^ boot_now_ns()
-}
-
-/// One alert and how long it took to raise: from the kernel timestamp of the event that raised
-/// it to the wall-clock moment the run loop emitted it (`watcher drill`, `watcher-bench latency`).
-#[derive(Clone, Debug)]
-pub struct AlertTiming {
-    pub alert: crate::event::Alert,
-    pub latency_ns: u64,
-}
-
-/// Everything the run loop feeds events to: log, terminal, summary.
-struct Sinks {
-    log: Option<LogWriter>,
-    quiet: bool,
-    summary: Report,
-    root_pid: u32,
-    watcher_pid: u32,
-    engine: Option<Engine>,
-    timings: Vec<AlertTiming>,
-    /// Protected values, taken out of every event before any sink sees it.
-    secrets: Vec<SecretSet>,
-}
-
-impl Sinks {
-    fn emit(&mut self, mut e: Event) -> anyhow::Result<()> {
-        crate::redact::event(&self.secrets, &mut e);
-        // The command itself was forked by us before the kernel knew it: its parent is watcher.
-        if let Some(p) = e.proc_mut()
-            && p.pid == self.root_pid
-            && p.ppid == 0
-        {
-            p.ppid = self.watcher_pid;
-        }
-        if let Event::Exec(x) = &mut e {
-            // Best effort: the process may already be gone.
-            x.cwd =
-                std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid)).ok().map(|p| p.to_string_lossy().into_owned());
-        }
-        self.write(&e)?;
-        // The engine judges exactly what was logged, as replay will.
-        let alerts = match &mut self.engine {
-            Some(engine) => engine.process(&e),
-            None => Vec::new(),
-        };
-        for a in alerts {
-            let latency_ns = now_ts().0.saturating_sub(a.ts.0);
-            self.timings.push(AlertTiming { alert: a.clone(), latency_ns });
-            self.write(&Event::Alert(a))?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
-        let show = !self.quiet || matches!(e, Event::Alert(_) | Event::Loss(_));
-        if show && let Some(line) = event_line(e) {
-            eprintln!("watcher: {line}");
-        }
-        self.summary.add(e);
-        if let Some(log) = &mut self.log {
-            log.write(e)?;
-        }
-        Ok(())
-    }
-}
-
-struct LossTracker {
-    seen: [u64; COUNTER_NAMES.len()],
-    decode_errors: u64,
-    decode_reported: u64,
-}
-
-impl LossTracker {
-    fn check(&mut self, sensor: &Sensor, sinks: &mut Sinks) -> anyhow::Result<()> {
-        let totals = sensor.counters()?;
-        for (i, &t) in totals.iter().enumerate() {
-            if t > self.seen[i] {
-                let e = Event::Loss(Loss {
-                    ts: now_ts(),
-                    source: COUNTER_NAMES[i].into(),
-                    count: t - self.seen[i],
-                    total: t,
-                });
-                self.seen[i] = t;
-                sinks.emit(e)?;
-            }
-        }
-        if self.decode_errors > self.decode_reported {
-            let e = Event::Loss(Loss {
-                ts: now_ts(),
-                source: "decode".into(),
-                count: self.decode_errors - self.decode_reported,
-                total: self.decode_errors,
-            });
-            self.decode_reported = self.decode_errors;
-            sinks.emit(e)?;
-        }
-        Ok(())
-    }
-}
-
-fn process(
-    batch: &mut Vec<Result<record::Record, record::DecodeError>>,
-    collector: &mut Collector,
-    loss: &mut LossTracker,
-    sinks: &mut Sinks,
-) -> anyhow::Result<()> {
-    let mut events = Vec::with_capacity(batch.len());
-    for r in batch.drain(..) {
-        match r {
-            Ok(rec) => collector.push(rec, &mut events),
-            Err(e) => {
-                tracing::debug!("undecodable record: {e}");
-                loss.decode_errors += 1;
-            }
-        }
-    }
-    for e in events {
-        sinks.emit(e)?;
-    }
-    Ok(())
 }
 
 /// Run the command; returns the exit code watcher should exit with.
@@ -269,44 +52,60 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
     }
     let watcher_pid = std::process::id();
-    let policy = load_policy(opts.policy.as_deref(), opts.mode)?;
+    let policy = session::load_policy(opts.policy.as_deref(), opts.mode)?;
     // The package managers' configuration is read while the kernel verifies the programs: the
     // two are the bulk of watcher's start-up, and neither needs the other.
     let registries = {
         let p = policy.clone();
         std::thread::Builder::new()
             .name("registries".into())
-            .spawn(move || resolve_registries(p.as_ref()))
+            .spawn(move || session::resolve_registries(p.as_ref()))
             .context("starting the registry resolution thread")?
     };
     // Open the log first: a bad path is the user's error to hear about before anything runs.
+    crate::outfile::distinct(
+        &opts.policy.iter().map(|p| ("policy", p.as_path())).collect::<Vec<_>>(),
+        &opts
+            .log
+            .iter()
+            .map(|p| ("event log", p.as_path()))
+            .chain(opts.report.iter().map(|p| ("report", p.as_path())))
+            .collect::<Vec<_>>(),
+    )?;
     let log = match &opts.log {
         Some(p) => Some(LogWriter::create(p)?),
         None => None,
     };
-    let report_file = match &opts.report {
-        Some(p) => Some(std::fs::File::create(p).with_context(|| format!("{}: cannot write the report", p.display()))?),
-        None => None,
-    };
+    let report_files =
+        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
 
     let root = cgroup2_root()?;
-    if !nix::unistd::geteuid().is_root() {
-        // Sensor::load says this precisely; check before creating anything.
-        Sensor::load(&SensorConfig::run(opts.ringbuf_bytes, root.clone()))?;
-    }
+    // Before creating anything.
+    crate::sensor::load::require_root()?;
+    // The step's own cgroup only finds and kills what is left at the end: membership is the
+    // kernel's, by process, from the step's first exec (the programs are attached at the root).
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
-    let mut sensor = Sensor::load(&SensorConfig::run(opts.ringbuf_bytes, cgroup.path().to_path_buf()))?;
+    let mut sensor = Sensor::load(&SensorConfig::run(Instance::Run, opts.ringbuf_bytes), &root)?;
+    for s in sensor.stale() {
+        eprintln!(
+            "watcher: warning: a previous watcher (pid {}) was killed while watching a step: its kernel programs \
+             were still enforcing; removed them and killed {} process(es) of its step",
+            s.pid, s.killed
+        );
+    }
     let registries = registries.join().map_err(|_| anyhow::anyhow!("the registry resolution thread panicked"))??;
-    let prepared = finish_prepare(policy, registries)?;
+    let prepared = session::finish_prepare(policy, registries)?;
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
-    let resolvers = crate::policy::system_resolvers();
+    let resolvers = crate::probe::system_resolvers();
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, random_seed())
+        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.source))?;
         sensor.apply_policy(0, &tables)?;
     }
+    // Every rule holds from the first event: the tables are complete before the step's
+    // first process is put in the job.
     sensor.watch_cgroup(cgroup.id(), 0)?;
 
     let policy_info = prepared.policy.as_ref().map(|p| PolicyInfo {
@@ -314,27 +113,33 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         pipeline: p.pipeline.clone(),
         mode: p.mode.as_str().to_string(),
     });
-    let mut sinks = Sinks {
-        log,
-        quiet: opts.quiet,
-        summary: Report { log: opts.log.as_ref().map(|p| p.display().to_string()), ..Default::default() },
-        root_pid: 0,
-        watcher_pid,
-        engine: prepared.policy.clone().map(Engine::new),
-        timings: Vec::new(),
-        secrets: vec![prepared.secrets.clone()],
-    };
-    sinks.emit(Event::Start(Start {
+    let credentials = crate::credentials::for_run(prepared.policy.as_ref(), &prepared.registries, &prepared.secrets);
+    let collector =
+        Collector::new(clock_offset_ns()).with_secrets(prepared.secrets.clone()).with_credentials(credentials);
+    let summary = Report { log: opts.log.as_ref().map(|p| p.display().to_string()), ..Default::default() };
+    let mut pipe = Pipeline::new(
+        collector,
+        Enrichment { cwd: true, root: None },
+        prepared.policy.clone().map(Engine::new),
+        summary,
+    )
+    .with_sink(LiveLines { quiet: opts.quiet });
+    if let Some(log) = log {
+        pipe = pipe.with_sink(log);
+    }
+    pipe.event(Event::Start(Start {
         ts: now_ts(),
         schema: SCHEMA_VERSION,
         watcher: env!("CARGO_PKG_VERSION").into(),
         mode: "run".into(),
-        command: opts.command.clone(),
+        command: opts.command.iter().map(|a| crate::log::arg_for_log(a)).collect(),
         pid: watcher_pid,
         sensors: sensor.states().to_vec(),
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
+        registry_sources: prepared.registry_sources.clone(),
         policy: policy_info.clone(),
+        policy_yaml: prepared.policy.as_ref().map(|p| p.to_yaml()),
         job: None,
     }))?;
     if !opts.quiet {
@@ -345,33 +150,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         }
     }
 
-    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
-    let mut child = match spawn(&opts.command, &cgroup, tty) {
-        Ok(c) => c,
-        Err(e) => {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => exitcode::NOT_FOUND,
-                std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
-                _ => exitcode::WATCHER_ERROR,
-            };
-            eprintln!("watcher: cannot run {}: {e}", crate::redact::text(&sinks.secrets, &opts.command[0]));
-            sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(code), lost: 0 }))?;
-            if let Some(log) = &mut sinks.log {
-                log.finish()?;
-            }
-            cgroup.remove()?;
-            return Ok((code, sinks.timings));
-        }
-    };
-    let child_pid = child.id().unwrap_or(0);
-    sinks.root_pid = child_pid;
-    sensor.watch_pid(child_pid, watcher_pid, 0)?;
-
-    let credentials = crate::credentials::for_run(prepared.policy.as_ref(), &prepared.registries, &prepared.secrets);
-    let mut collector = Collector::new(clock_offset_ns()).with_secrets(prepared.secrets).with_credentials(credentials);
-    let mut loss = LossTracker { seen: [0; COUNTER_NAMES.len()], decode_errors: 0, decode_reported: 0 };
-    let mut batch = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // Before the command exists: a signal it (or anyone) sends watcher is forwarded, never
+    // watcher's default action (which would end watcher and leave the step to the kernel alone).
     let mut sigs = Vec::new();
     for k in [
         SignalKind::interrupt(),
@@ -393,11 +173,37 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         });
     }
 
+    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let mut child = match spawn(&opts.command, &cgroup, tty) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => exitcode::NOT_FOUND,
+                std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
+                _ => exitcode::WATCHER_ERROR,
+            };
+            let name = crate::log::arg_for_log(&opts.command[0]);
+            eprintln!(
+                "watcher: cannot run {}: {e}",
+                report::safe(&crate::redact::text(pipe.collector_mut().secrets(), &name))
+            );
+            pipe.end(Some(code))?;
+            drop(sensor);
+            cgroup.remove()?;
+            return Ok((code, pipe.take_timings()));
+        }
+    };
+    let child_pid = child.id().unwrap_or(0);
+    pipe.set_root(child_pid, watcher_pid);
+    sensor.watch_pid(child_pid, watcher_pid, 0)?;
+
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     let status = loop {
         tokio::select! {
             r = sensor.wait_and_drain(&mut batch) => {
-                r?;
-                process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
+                r.context("reading the kernel ring buffer")?;
+                pipe.records(&mut batch)?;
             }
             st = child.wait() => break st.context("waiting for the command")?,
             Some(sig) = sig_rx.recv() => {
@@ -406,11 +212,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
                 }
             }
             _ = tick.tick() => {
-                let mut ev = Vec::new();
-                collector.expire(boot_now_ns(), &mut ev);
-                for e in ev { sinks.emit(e)?; }
-                loss.check(&sensor, &mut sinks)?;
-                if let Some(log) = &mut sinks.log { log.flush()?; }
+                pipe.tick(boot_now_ns())?;
+                pipe.losses(&sensor.counters()?)?;
             }
         }
     };
@@ -419,7 +222,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     }
 
     // The command is done: nothing of its tree may outlive the step. Processes that left the
-    // cgroup (only root can) are still tracked by pid in the kernel; kill those too.
+    // cgroup are still in the job (tracked by pid in the kernel); kill those too.
     let survivors = cgroup.pids();
     if !survivors.is_empty() && !opts.quiet {
         eprintln!("watcher: killing {} process(es) left behind by the command", survivors.len());
@@ -446,45 +249,37 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     // Let the exit records of the killed processes arrive, then take everything left.
     tokio::time::sleep(Duration::from_millis(50)).await;
     sensor.drain(&mut batch);
-    process(&mut batch, &mut collector, &mut loss, &mut sinks)?;
-    let mut ev = Vec::new();
-    collector.finish(&mut ev);
-    for e in ev {
-        sinks.emit(e)?;
-    }
-    loss.check(&sensor, &mut sinks)?;
+    pipe.records(&mut batch)?;
+    pipe.drain_collector()?;
+    pipe.losses(&sensor.counters()?)?;
 
     let cmd_code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(s)) => 128 + s,
         _ => exitcode::WATCHER_ERROR,
     };
-    let lost = sinks.summary.lost_total();
-    sinks.emit(Event::End(End { ts: now_ts(), exit_code: Some(cmd_code), lost }))?;
+    let lost = pipe.end(Some(cmd_code))?;
     // Enforce mode fails closed: a denial or kill, or lost events, fail the step.
-    let code = sinks.engine.as_ref().and_then(|e| e.enforce_failure(lost)).unwrap_or(cmd_code);
-    if let Some(log) = &mut sinks.log {
-        log.finish()?;
-    }
+    let code = pipe.enforce_failure(lost).unwrap_or(cmd_code);
     drop(sensor); // detaches every program (the links are owned by this process)
     cgroup.remove()?;
-    sinks.summary.watcher_exit = Some(code);
-    write_reports(&sinks.summary, report_file, &opts)?;
+    pipe.report.watcher_exit = Some(code);
+    write_reports(&pipe.report, report_files, &opts)?;
     if code != cmd_code {
         eprintln!(
             "watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
             if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" }
         );
     }
-    Ok((code, sinks.timings))
+    Ok((code, pipe.take_timings()))
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
-fn write_reports(r: &Report, file: Option<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
+fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let colour = report::colour_for(std::io::stderr().is_terminal());
-    eprint!("{}", prefix_lines(&report::text::render(r, report::text::Paint(colour)), "watcher: "));
-    if let (Some(mut f), Some(path)) = (file, &opts.report) {
+    eprint!("{}", report::stderr_report(r, colour));
+    for (mut f, path) in files.into_iter().zip(&opts.report) {
         let format = opts.report_format.unwrap_or_else(|| report::Format::from_path(path));
         f.write_all(report::render_one(r, format, false).as_bytes())
             .with_context(|| format!("{}: cannot write the report", path.display()))?;
@@ -493,14 +288,10 @@ fn write_reports(r: &Report, file: Option<std::fs::File>, opts: &RunOptions) -> 
     Ok(())
 }
 
-fn prefix_lines(s: &str, p: &str) -> String {
-    s.lines().map(|l| format!("{p}{l}\n")).collect()
-}
-
 /// Start the command in its own process group inside the cgroup. When stdin is a terminal the
 /// child's group becomes the terminal's foreground group, as a shell would do, so the terminal
 /// (Ctrl-C, Ctrl-Z, reads) behaves exactly as if the command ran directly.
-fn spawn(command: &[String], cgroup: &Cgroup, tty: bool) -> std::io::Result<tokio::process::Child> {
+fn spawn(command: &[std::ffi::OsString], cgroup: &Cgroup, tty: bool) -> std::io::Result<tokio::process::Child> {
     let procs = CString::new(cgroup.procs_file().into_os_string().into_encoded_bytes())
         .map_err(|_| std::io::Error::other("cgroup path contains NUL"))?;
     let mut cmd = tokio::process::Command::new(&command[0]);

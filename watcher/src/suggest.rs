@@ -174,7 +174,9 @@ mod tests {
             sensors: vec![],
             resolvers: vec![],
             registries: registries.iter().map(|(pm, h)| (pm.to_string(), vec![h.to_string()])).collect(),
+            registry_sources: vec![],
             policy: None,
+            policy_yaml: None,
         })
     }
 

@@ -14,6 +14,11 @@
 //!   dns-sendmmsg SERVER N1,N2 TYPE  two queries in one sendmmsg call
 //!   dns-connected SERVER NAME TYPE  UDP connect() + send/recv
 //!   dns-tcp SERVER NAME TYPE      DNS over TCP (length prefix + query in one write)
+//!   icmp ADDR TEXT                ICMP echo request carrying TEXT, from a raw socket
+//!   packet-socket                 open an AF_PACKET socket (and send nothing)
+//!   unix PATH                     connect to a unix socket at PATH, send "hello\n"
+//!   cgroup-move DIR               write this process's pid into DIR/cgroup.procs
+//!   signal PID SIG                kill(PID, SIG)
 //!   sleep MS
 //!   daemonize                     double fork; the grandchild runs the rest
 //!   write-pid FILE
@@ -79,6 +84,11 @@ enum Action {
     UdpSendto(SocketAddr),
     /// (mode, server, names, type)
     Dns(String, SocketAddr, Vec<String>, TYPE),
+    Icmp(IpAddr, String),
+    PacketSocket,
+    Unix(String),
+    CgroupMove(String),
+    Signal(i32, i32),
     Sleep(Duration),
     Daemonize,
     WritePid(String),
@@ -114,6 +124,15 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
                     build_query(0, n, qtype);
                 }
                 Action::Dns(action.clone(), server, names, qtype)
+            }
+            "icmp" => Action::Icmp(parse_ip(&param("ADDR")), param("TEXT")),
+            "packet-socket" => Action::PacketSocket,
+            "unix" => Action::Unix(param("PATH")),
+            "cgroup-move" => Action::CgroupMove(param("DIR")),
+            "signal" => {
+                let pid: i32 = param("PID").parse().unwrap_or_else(|e| fail(format!("signal: bad PID: {e}")));
+                let sig: i32 = param("SIG").parse().unwrap_or_else(|e| fail(format!("signal: bad SIG: {e}")));
+                Action::Signal(pid, sig)
             }
             "sleep" => {
                 let ms: u64 = param("MS").parse().unwrap_or_else(|e| fail(format!("sleep: bad MS: {e}")));
@@ -153,6 +172,16 @@ fn main() {
                 "dns-connected" => dns_connected(server, &names[0], qtype),
                 _ => dns_tcp(server, &names[0], qtype),
             },
+            Action::Icmp(a, text) => icmp(a, &text),
+            Action::PacketSocket => packet_socket(),
+            Action::Unix(path) => unix(&path),
+            Action::CgroupMove(dir) => cgroup_move(&dir),
+            Action::Signal(pid, sig) => {
+                // SAFETY: a plain kill(2).
+                if unsafe { libc::kill(pid, sig) } != 0 {
+                    warn(format!("kill {pid}: {}", err_text(&io::Error::last_os_error())));
+                }
+            }
             Action::Sleep(d) => std::thread::sleep(d),
             Action::Daemonize => daemonize(),
             Action::WritePid(f) => write_pid(Path::new(&f)),
@@ -690,4 +719,74 @@ fn do_exec(args: Vec<String>) -> ! {
     let err = nix::unistd::execvp(&cargs[0], &cargs).unwrap_err();
     warn(format_args!("netprobe: exec {}: {}", args[0], err.desc()));
     exit(127);
+}
+
+fn icmp(addr: IpAddr, text: &str) {
+    let IpAddr::V4(v4) = addr else { fail("icmp: IPv4 only") };
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        warn(format!("socket raw icmp: {}", err_text(&io::Error::last_os_error())));
+        return;
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut pkt = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    pkt.extend_from_slice(text.as_bytes());
+    let mut sum: u32 = 0;
+    for c in pkt.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    pkt[2..4].copy_from_slice(&ck.to_be_bytes());
+    // SAFETY: a zeroed sockaddr_in, then its fields.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+    // SAFETY: valid buffer and address of the sizes given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        warn(format!("sendto {addr}: {}", err_text(&io::Error::last_os_error())));
+    }
+}
+
+fn packet_socket() {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
+    if fd < 0 {
+        warn(format!("socket packet: {}", err_text(&io::Error::last_os_error())));
+        return;
+    }
+    // SAFETY: our own fresh descriptor.
+    unsafe { libc::close(fd) };
+}
+
+fn unix(path: &str) {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(mut s) => {
+            if let Err(e) = s.write_all(b"hello\n") {
+                warn(format!("send {path}: {}", err_text(&e)));
+            }
+        }
+        Err(e) => warn(format!("connect {path}: {}", err_text(&e))),
+    }
+}
+
+fn cgroup_move(dir: &str) {
+    let procs = Path::new(dir).join("cgroup.procs");
+    if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+        fail(format!("cgroup-move {}: {e}", procs.display()));
+    }
 }

@@ -142,18 +142,23 @@ fn line_of(text: &str, key: &str) -> (usize, usize) {
     (1, 1)
 }
 
+/// Read and parse the configuration (bounded like a policy: size, UTF-8, nesting depth).
 pub fn load(path: &Path) -> Result<Config, PolicyError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-        file: file.clone(),
-        location: None,
-        message: format!("cannot read daemon configuration: {e}"),
-    })?;
+    let text = crate::policy::limits::read(path, "daemon configuration")?;
     parse(path, &text)
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
     let file = path.display().to_string();
+    let text = crate::policy::limits::strip_bom(text);
+    if text.len() as u64 > crate::policy::limits::MAX_YAML_BYTES {
+        return Err(PolicyError {
+            file,
+            location: None,
+            message: "the daemon configuration is larger than 1024 KiB (the limit, see README \"Bounds\")".into(),
+        });
+    }
+    crate::policy::limits::check_depth(&file, text)?;
     let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
         let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         let mut msg = e.to_string();
@@ -259,6 +264,48 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
         pipeline_env,
         pipelines,
     })
+}
+
+/// Check the log directory at start, so a bad one stops the daemon before any job depends
+/// on it: created (0750) when missing; it must be a directory, not a symbolic link, owned by
+/// root (watcher's user), not writable by group or others, and writable (a probe file is
+/// created and removed).
+pub fn prepare_log_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+
+    use anyhow::{Context as _, bail};
+    let d = dir.display();
+    if std::fs::symlink_metadata(dir).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .with_context(|| format!("log_dir {d}: cannot create it"))?;
+    }
+    let m = std::fs::symlink_metadata(dir).with_context(|| format!("log_dir {d}"))?;
+    if m.file_type().is_symlink() {
+        bail!("log_dir {d} is a symbolic link: give the directory itself");
+    }
+    if !m.is_dir() {
+        bail!("log_dir {d} is not a directory");
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me {
+        bail!(
+            "log_dir {d} belongs to uid {}, not to uid {me} that the daemon runs as: job logs there could be replaced by its owner",
+            m.uid()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        bail!(
+            "log_dir {d} is writable by others (mode {:o}): job logs there could be replaced; chmod go-w it",
+            m.mode() & 0o7777
+        );
+    }
+    let probe = dir.join(format!(".watcher-probe-{}", std::process::id()));
+    crate::outfile::create(&probe, "log_dir probe file").with_context(|| format!("log_dir {d} is not writable"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 #[cfg(test)]

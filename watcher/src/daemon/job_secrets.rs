@@ -43,10 +43,10 @@ pub struct JobSecrets {
 
 impl JobSecrets {
     /// The variables protected for a job under `policy`: its `secrets.env` globs plus
-    /// [`crate::run::SECRET_CANDIDATES`] (as `watcher run` does, so a replay under a stricter
+    /// [`crate::session::SECRET_CANDIDATES`] (as `watcher run` does, so a replay under a stricter
     /// policy finds the same).
     pub fn new(policy: Option<&Policy>) -> anyhow::Result<JobSecrets> {
-        let mut patterns: Vec<String> = crate::run::SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
+        let mut patterns: Vec<String> = crate::session::SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
         if let Some(p) = policy {
             patterns.extend(p.secret_env_patterns().iter().cloned());
         }
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn the_own_process_started_before_now_and_a_gone_one_did_not() {
-        assert!(started_by(std::process::id(), crate::run::boot_now_ns()));
+        assert!(started_by(std::process::id(), crate::session::boot_now_ns()));
         assert!(!started_by(std::process::id(), 0));
         assert!(read_environ(std::process::id()).is_some());
         assert!(read_environ(u32::MAX).is_none());

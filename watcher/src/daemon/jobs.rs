@@ -13,13 +13,11 @@ use anyhow::Context as _;
 
 use super::job_secrets::{self, JobSecrets};
 use crate::{
-    collect::Collector,
-    engine::Engine,
-    event::{End, Event, Loss, Start},
+    event::{Event, Loss, Start},
     log::LogWriter,
+    pipeline::{Pipeline, sink::Sink},
     policy::kernel::KernelTables,
-    report::Report,
-    run::Prepared,
+    session::Prepared,
 };
 
 /// A policy loaded and compiled with the configuration.
@@ -137,21 +135,30 @@ impl RotatingLog {
     }
 }
 
+impl Sink for RotatingLog {
+    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+        RotatingLog::write(self, e)
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        RotatingLog::flush(self)
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        RotatingLog::finish(self)
+    }
+}
+
 pub struct Job {
     pub identity: Identity,
     pub name: String,
     pub policy: Option<Rc<LoadedPolicy>>,
     pub kernel_ids: BTreeSet<u32>,
-    pub collector: Collector,
-    pub engine: Option<Engine>,
-    pub log: RotatingLog,
-    pub summary: Report,
+    /// records -> events -> log -> engine -> alerts -> sinks, with the job's own report.
+    pub pipeline: Pipeline,
+    pub log_path: PathBuf,
     pub live: BTreeSet<u32>,
     /// First process (its exit code is the job's).
     pub root_pid: u32,
     pub exit_code: Option<i32>,
-    pub events: u64,
-    pub alerts: u64,
     /// When the last process exited (the job is closed out after the grace period).
     pub idle_since: Option<Instant>,
     pub started: crate::event::Ts,
@@ -164,7 +171,6 @@ pub struct Job {
 impl Job {
     /// Log an event, judge it, log the alerts. Returns the alerts raised.
     pub fn emit(&mut self, mut e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
-        crate::redact::event(self.collector.secrets(), &mut e);
         if let Event::Exec(x) = &e {
             self.live.insert(x.proc.pid);
         }
@@ -177,24 +183,18 @@ impl Job {
                 self.exit_code = x.exit_code;
             }
         }
-        self.write(&e)?;
-        let alerts = match &mut self.engine {
-            Some(engine) => engine.process(&e),
-            None => Vec::new(),
-        };
-        for a in &alerts {
-            self.write(&Event::Alert(a.clone()))?;
-        }
-        Ok(alerts)
+        self.pipeline.event(e)
     }
 
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
-        self.events += 1;
-        if matches!(e, Event::Alert(_)) {
-            self.alerts += 1;
+    /// A kernel record of this job (live-process bookkeeping, then the pipeline).
+    pub fn record(&mut self, rec: crate::record::Record) -> anyhow::Result<Vec<crate::event::Alert>> {
+        let mut events = Vec::new();
+        self.pipeline.collector_mut().push(rec, &mut events);
+        let mut alerts = Vec::new();
+        for e in events {
+            alerts.extend(self.emit(e)?);
         }
-        self.summary.add(e);
-        self.log.write(e)
+        Ok(alerts)
     }
 
     /// Look for the protected values of process `pid`'s environment from now on (its DNS
@@ -224,8 +224,7 @@ impl Job {
         }
         match self.secrets.sets() {
             Ok(sets) => {
-                self.collector.set_secrets(sets);
-                self.log.redact_start(self.collector.secrets());
+                self.pipeline.collector_mut().set_secrets(sets);
                 tracing::info!(job = %self.name, pid, variables = ?added, values = self.secrets.len(),
                     "looking for these variables' values (from the job's environment) in its traffic");
             }
@@ -240,17 +239,15 @@ impl Job {
     /// Close the job out: pending DNS queries, the `end` record, the summary.
     pub fn close(&mut self) -> anyhow::Result<String> {
         let mut ev = Vec::new();
-        self.collector.finish(&mut ev);
+        self.pipeline.collector_mut().finish(&mut ev);
         for e in ev {
             self.emit(e)?;
         }
-        let lost = self.summary.lost_total();
-        self.emit(Event::End(End { ts: crate::run::now_ts(), exit_code: self.exit_code, lost }))?;
+        self.pipeline.end(self.exit_code)?;
         // The job's values live no longer than the job.
-        self.collector.set_secrets(Vec::new());
+        self.pipeline.collector_mut().set_secrets(Vec::new());
         self.secrets.clear();
-        self.log.finish()?;
-        Ok(crate::report::text::render(&self.summary, crate::report::text::Paint(false)))
+        Ok(crate::report::text::render(&self.pipeline.report, crate::report::text::Paint(false)))
     }
 
     pub fn mode(&self) -> &'static str {
@@ -287,10 +284,10 @@ impl Job {
             mode: self.mode().into(),
             state: state.into(),
             processes: self.live.len(),
-            events: self.events,
-            alerts: self.alerts,
-            lost: self.summary.lost_total(),
-            log: self.log.path().display().to_string(),
+            events: self.pipeline.events,
+            alerts: self.pipeline.alerts,
+            lost: self.pipeline.report.lost_total(),
+            log: self.log_path.display().to_string(),
         }
     }
 }
@@ -308,7 +305,7 @@ pub fn start_record(
         variables.insert(k.to_string(), v.to_string());
     }
     Start {
-        ts: crate::run::now_ts(),
+        ts: crate::session::now_ts(),
         schema: crate::event::SCHEMA_VERSION,
         watcher: env!("CARGO_PKG_VERSION").into(),
         mode: "daemon".into(),
@@ -317,11 +314,13 @@ pub fn start_record(
         sensors,
         resolvers,
         registries: policy.map(|p| p.prepared.registries.clone()).unwrap_or_default(),
+        registry_sources: policy.map(|p| p.prepared.registry_sources.clone()).unwrap_or_default(),
         policy: policy.and_then(|p| p.prepared.policy.as_ref()).map(|p| crate::event::PolicyInfo {
             source: p.source.clone(),
             pipeline: p.pipeline.clone(),
             mode: p.mode.as_str().to_string(),
         }),
+        policy_yaml: policy.and_then(|p| p.prepared.policy.as_ref()).map(|p| p.to_yaml()),
         job: Some(crate::event::JobInfo { id: identity.id.clone(), pipeline: identity.pipeline.clone(), variables }),
     }
 }

@@ -100,9 +100,43 @@ pub fn render(r: &StatusReport) -> String {
     s
 }
 
-pub fn serve(mut stream: tokio::net::TcpStream, body: String) {
+/// At most this many metrics connections are open at once; further clients wait in the
+/// kernel's listen backlog (no file descriptor of the daemon is spent on them).
+pub const MAX_CONNECTIONS: usize = 8;
+/// A connection is closed after this long, whatever the client does.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The metrics listener with its connection bound.
+pub struct Metrics {
+    listener: tokio::net::TcpListener,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Metrics {
+    pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<Metrics> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        Ok(Metrics { listener, slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)) })
+    }
+
+    /// The next connection, once fewer than [`MAX_CONNECTIONS`] are open.
+    pub async fn accept(&self) -> std::io::Result<Connection> {
+        let permit = self.slots.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+        let (stream, _) = self.listener.accept().await?;
+        Ok(Connection { stream, _permit: permit })
+    }
+}
+
+/// An accepted metrics connection holding one of the [`MAX_CONNECTIONS`] slots.
+pub struct Connection {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Answer one request with `body`, within [`CONNECTION_TIMEOUT`].
+pub fn serve(conn: Connection, body: String) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let Connection { mut stream, _permit } = conn;
+        let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async {
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf).await;
             let head = format!(

@@ -32,8 +32,8 @@ use crate::{
     event::{Event, Loss},
     record::Record,
     report::Report,
-    run::{boot_now_ns, clock_offset_ns, now_ts},
-    sensor::{COUNTER_NAMES, Sensor, SensorConfig},
+    sensor::{Sensor, SensorConfig},
+    session::{boot_now_ns, clock_offset_ns, now_ts},
 };
 use config::Config;
 use jobs::{Identity, Job, JobStatus, LoadedPolicy, RotatingLog};
@@ -86,28 +86,38 @@ fn load_policies(
     resolvers: &[std::net::IpAddr],
     seed: u64,
 ) -> anyhow::Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>> {
+    Ok(load_policies_send(cfg, resolvers, seed)?.into_iter().map(|(k, v)| (k, Rc::new(v))).collect())
+}
+
+/// What a SIGHUP reload reads and compiles: run on a blocking thread, so parsing (and the
+/// package managers it starts) never stalls the event loop.
+type Reloaded = anyhow::Result<(Config, BTreeMap<PathBuf, LoadedPolicy>)>;
+
+fn load_for_reload(source: PathBuf, resolvers: Vec<std::net::IpAddr>, seed: u64) -> Reloaded {
+    let cfg = config::load(&source).map_err(|e| anyhow!("{e}"))?;
+    let policies = load_policies_send(&cfg, &resolvers, seed)?;
+    Ok((cfg, policies))
+}
+
+fn load_policies_send(
+    cfg: &Config,
+    resolvers: &[std::net::IpAddr],
+    seed: u64,
+) -> anyhow::Result<BTreeMap<PathBuf, LoadedPolicy>> {
     let mut out = BTreeMap::new();
     for p in &cfg.pipelines {
         let Some(path) = &p.policy else { continue };
         if out.contains_key(path) {
             continue;
         }
-        let prepared = crate::run::prepare(Some(path), None)?;
+        let prepared = crate::session::prepare(Some(path), None)?;
         let pol = prepared.policy.as_ref().ok_or_else(|| anyhow!("{}: no policy", path.display()))?;
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
         let tables =
             crate::policy::kernel::compile(pol, &hosts, resolvers, seed).map_err(|e| anyhow!("{}: {e}", pol.source))?;
-        out.insert(path.clone(), Rc::new(LoadedPolicy { path: path.clone(), prepared, tables }));
+        out.insert(path.clone(), LoadedPolicy { path: path.clone(), prepared, tables });
     }
     Ok(out)
-}
-
-fn random_seed() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    u64::from_ne_bytes(b) ^ boot_now_ns()
 }
 
 struct Daemon {
@@ -122,9 +132,8 @@ struct Daemon {
     ended: Vec<JobStatus>,
     used_names: std::collections::BTreeSet<String>,
     counters: Counters,
-    loss_seen: [u64; COUNTER_NAMES.len()],
-    decode_errors: u64,
-    decode_reported: u64,
+    /// Kernel losses cannot be attributed to a job: accounted once, given to every job.
+    loss: crate::pipeline::loss::LossAccount,
     cgroup_root: PathBuf,
     /// Watched cgroups (path below the root) -> (cgroup id, kernel job id).
     cgroup_jobs: HashMap<String, (u64, u32)>,
@@ -179,20 +188,24 @@ impl Daemon {
             // from the daemon's.
             let secrets = job_secrets::JobSecrets::new(policy.as_ref().and_then(|p| p.prepared.policy.as_ref()))?;
             let engine = policy.as_ref().and_then(|p| p.prepared.policy.clone()).map(Engine::new);
+            let pipeline = crate::pipeline::Pipeline::new(
+                Collector::new(clock_offset_ns()),
+                crate::pipeline::Enrichment { cwd: true, root: None },
+                engine,
+                Report::default(),
+            )
+            .with_sink(log)
+            .with_sink(crate::pipeline::sink::DaemonLines { job: name.clone() });
             let job = Job {
                 identity: identity.clone(),
                 name: name.clone(),
                 policy: policy.clone(),
                 kernel_ids: Default::default(),
-                collector: Collector::new(clock_offset_ns()),
-                engine,
-                log,
-                summary: Report::default(),
+                pipeline,
+                log_path: path.clone(),
                 live: Default::default(),
                 root_pid: 0,
                 exit_code: None,
-                events: 0,
-                alerts: 0,
                 idle_since: None,
                 started,
                 cgroup: None,
@@ -284,8 +297,10 @@ impl Daemon {
         let gone: Vec<String> =
             self.cgroup_jobs.keys().filter(|rel| !self.cgroup_root.join(rel).exists()).cloned().collect();
         for rel in gone {
-            if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel) {
-                self.sensor.unwatch_cgroup(cgid);
+            if let Some((cgid, _)) = self.cgroup_jobs.remove(&rel)
+                && let Err(e) = self.sensor.unwatch_cgroup(cgid)
+            {
+                tracing::error!(cgroup = %rel, "{e}");
             }
         }
     }
@@ -344,28 +359,19 @@ impl Daemon {
             // Its tables are written: let it run.
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
-            self.sensor.forget_held_job(kid);
+            if let Err(e) = self.sensor.forget_held_job(kid) {
+                tracing::error!(kernel_job = kid, "{e}");
+            }
         }
         if let Record::Exec { task, ret: 0, .. } = &rec
             && job.root_pid == 0
         {
             job.root_pid = task.pid;
         }
-        let mut events = Vec::new();
-        job.collector.push(rec, &mut events);
-        for mut e in events {
-            if let Event::Exec(x) = &mut e {
-                x.cwd = std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid))
-                    .ok()
-                    .map(|p| p.to_string_lossy().into_owned());
-            }
-            self.counters.events += 1;
-            let alerts = job.emit(e)?;
-            for a in alerts {
-                self.counters.alerts += 1;
-                tracing::warn!(job = %job.name, rule = %a.rule, action = %a.action, severity = %a.severity, pid = a.pid, "alert: {}", crate::report::safe(&a.message));
-            }
-        }
+        let before = job.pipeline.events - job.pipeline.alerts;
+        let alerts = job.record(rec)?;
+        self.counters.events += (job.pipeline.events - job.pipeline.alerts) - before;
+        self.counters.alerts += alerts.len() as u64;
         Ok(())
     }
 
@@ -373,28 +379,9 @@ impl Daemon {
     /// gets the `loss` record (its events may be among those lost).
     fn check_loss(&mut self) -> anyhow::Result<()> {
         let totals = self.sensor.counters()?;
-        let mut losses = Vec::new();
-        for (i, &t) in totals.iter().enumerate() {
-            if t > self.loss_seen[i] {
-                losses.push(Loss {
-                    ts: now_ts(),
-                    source: COUNTER_NAMES[i].into(),
-                    count: t - self.loss_seen[i],
-                    total: t,
-                });
-                self.loss_seen[i] = t;
-                self.counters.lost.insert(COUNTER_NAMES[i].into(), t);
-            }
-        }
-        if self.decode_errors > self.decode_reported {
-            losses.push(Loss {
-                ts: now_ts(),
-                source: "decode".into(),
-                count: self.decode_errors - self.decode_reported,
-                total: self.decode_errors,
-            });
-            self.decode_reported = self.decode_errors;
-            self.counters.lost.insert("decode".into(), self.decode_errors);
+        let losses = self.loss.losses(&totals);
+        for l in &losses {
+            self.counters.lost.insert(l.source.clone(), l.total);
         }
         let held: Vec<u32> = if losses.is_empty() {
             Vec::new()
@@ -433,7 +420,9 @@ impl Daemon {
                 // Set up already; the record may still be on its way: continue it anyway.
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
-                self.sensor.forget_held_job(kid);
+                if let Err(e) = self.sensor.forget_held_job(kid) {
+                    tracing::error!(kernel_job = kid, "{e}");
+                }
                 continue;
             }
             let split = |b: Vec<u8>| -> Vec<String> {
@@ -445,7 +434,7 @@ impl Daemon {
             let (Ok(environ), Ok(cmdline)) =
                 (std::fs::read(format!("/proc/{pid}/environ")), std::fs::read(format!("/proc/{pid}/cmdline")))
             else {
-                self.sensor.forget_held_job(kid); // gone
+                let _ = self.sensor.forget_held_job(kid); // gone: nothing to forget is fine
                 continue;
             };
             let wanted: Vec<&String> = self.cfg.id_env.iter().chain(&self.cfg.pipeline_env).collect();
@@ -481,7 +470,9 @@ impl Daemon {
                     );
                 }
             }
-            self.sensor.forget_held_job(kid);
+            if let Err(e) = self.sensor.forget_held_job(kid) {
+                tracing::error!(kernel_job = kid, "{e}");
+            }
         }
     }
 
@@ -539,7 +530,11 @@ impl Daemon {
             }
             // Watched first (with no tables the kernel denies everything for it), then its
             // tables, then it runs.
-            let r = self.sensor.watch_pid(pid, ppid, kid).and_then(|()| self.new_kernel_job(kid, &env, &argv));
+            let r = self
+                .sensor
+                .watch_pid(pid, ppid, kid)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| self.new_kernel_job(kid, &env, &argv));
             match r {
                 Ok(()) => {
                     self.counters.adopted_jobs += 1;
@@ -581,10 +576,10 @@ impl Daemon {
         let now = boot_now_ns();
         for job in self.jobs.values_mut() {
             let mut ev = Vec::new();
-            job.collector.expire(now, &mut ev);
+            job.pipeline.collector_mut().expire(now, &mut ev);
             for e in ev {
                 self.counters.events += 1;
-                job.emit(e)?;
+                self.counters.alerts += job.emit(e)?.len() as u64;
             }
             // A process whose exit record was lost must not keep the job open forever.
             job.live.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
@@ -601,7 +596,7 @@ impl Daemon {
         let grace = self.cfg.job_end_grace;
         let mut done = Vec::new();
         for (id, job) in self.jobs.iter_mut() {
-            job.log.flush()?;
+            job.pipeline.flush()?;
             // A job recognised by its cgroup lasts as long as the cgroup.
             let cgroup_busy = job.cgroup.as_ref().is_some_and(|c| c.exists());
             if job.live.is_empty() && !cgroup_busy {
@@ -624,12 +619,14 @@ impl Daemon {
         let summary = job.close()?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         for kid in &job.kernel_ids {
-            self.sensor.remove_job(*kid, &tables);
+            if let Err(e) = self.sensor.remove_job(*kid, &tables) {
+                tracing::error!(kernel_job = kid, "forgetting the job's kernel tables: {e}");
+            }
             self.by_kernel.remove(kid);
         }
         self.counters.jobs_ended += 1;
-        tracing::info!(job = %job.name, id = %job.identity.id, events = job.events, alerts = job.alerts,
-            lost = job.summary.lost_total(), "job ended: {}", summary.lines().next().unwrap_or(""));
+        tracing::info!(job = %job.name, id = %job.identity.id, events = job.pipeline.events, alerts = job.pipeline.alerts,
+            lost = job.pipeline.report.lost_total(), "job ended: {}", summary.lines().next().unwrap_or(""));
         self.ended.push(job.status("ended"));
         if self.ended.len() > 100 {
             self.ended.remove(0);
@@ -641,11 +638,17 @@ impl Daemon {
     /// error the previous ones stay in force. Running jobs keep the policy they started with
     /// (their log's start record names it, so replay gives the same verdicts); jobs that
     /// start after the reload get the new one.
-    fn reload(&mut self) {
+    fn start_reload(&mut self) -> tokio::task::JoinHandle<Reloaded> {
         self.counters.reloads += 1;
-        let result = config::load(&self.cfg.source)
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|cfg| load_policies(&cfg, &self.resolvers, self.seed).map(|p| (cfg, p)));
+        let (source, resolvers, seed) = (self.cfg.source.clone(), self.resolvers.clone(), self.seed);
+        tokio::task::spawn_blocking(move || load_for_reload(source, resolvers, seed))
+    }
+
+    fn reload(&mut self, result: Result<Reloaded, tokio::task::JoinError>) {
+        let result = result
+            .map_err(|e| anyhow!("the reload thread failed: {e}"))
+            .and_then(|r| r)
+            .map(|(cfg, p)| (cfg, p.into_iter().map(|(k, v)| (k, Rc::new(v))).collect::<BTreeMap<_, _>>()));
         match result {
             Ok((mut cfg, policies)) => {
                 if cfg.id_env != self.cfg.id_env
@@ -697,15 +700,7 @@ fn parse_stat(stat: &str) -> Option<(char, u32, u64)> {
 }
 
 fn task_of(r: &Record) -> &crate::record::Task {
-    match r {
-        Record::Exec { task, .. }
-        | Record::Fork { task, .. }
-        | Record::Exit { task, .. }
-        | Record::Connect { task, .. }
-        | Record::DnsPacket { task, .. }
-        | Record::Payload { task, .. }
-        | Record::StreamChunk { task, .. } => task,
-    }
+    r.task()
 }
 
 pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {
@@ -715,27 +710,27 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {
 
 async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let cfg = config::load(&opts.config).map_err(|e| anyhow!("{e}"))?;
-    let resolvers = crate::policy::system_resolvers();
-    let seed = random_seed();
+    let resolvers = crate::probe::system_resolvers();
+    let seed = crate::session::random_seed();
     let policies = load_policies(&cfg, &resolvers, seed)?;
-    std::fs::create_dir_all(&cfg.log_dir)
-        .with_context(|| format!("cannot create log directory {}", cfg.log_dir.display()))?;
+    config::prepare_log_dir(&cfg.log_dir)?;
     let root = cgroup2_root()?;
-    let sensor = Sensor::load(&SensorConfig {
-        ringbuf_bytes: opts.ringbuf_bytes,
-        cgroup: root.clone(),
-        daemon: true,
-        log_no_job: cfg.no_job_log.is_some(),
-        job_env: cfg.id_env.clone(),
-        extra_env: cfg.pipeline_env.clone(),
-    })?;
+    let sensor = Sensor::load(
+        &SensorConfig {
+            instance: crate::sensor::Instance::Daemon,
+            ringbuf_bytes: opts.ringbuf_bytes,
+            daemon: true,
+            log_no_job: cfg.no_job_log.is_some(),
+            job_env: cfg.id_env.clone(),
+            extra_env: cfg.pipeline_env.clone(),
+        },
+        &root,
+    )?;
     let status_listener = status::bind(&cfg.socket)?;
     let metrics_listener = match cfg.metrics {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(metrics::Metrics::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?)
+        }
         None => None,
     };
     let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
@@ -754,9 +749,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         ended: Vec::new(),
         used_names: Default::default(),
         counters: Counters::default(),
-        loss_seen: [0; COUNTER_NAMES.len()],
-        decode_errors: 0,
-        decode_reported: 0,
+        loss: Default::default(),
         cgroup_root: root.clone(),
         cgroup_jobs: HashMap::new(),
         next_cgroup_job: 0,
@@ -778,6 +771,8 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut batch = Vec::new();
+    let mut reloading: Option<tokio::task::JoinHandle<Reloaded>> = None;
+    let mut reload_again = false;
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -788,13 +783,23 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
                             Ok(rec) => d.handle(rec)?,
                             Err(e) => {
                                 tracing::debug!("undecodable record: {e}");
-                                d.decode_errors += 1;
+                                d.loss.decode_error();
                             }
                         }
                     }
                 }
                 _ = tick.tick() => d.tick()?,
-                _ = hup.recv() => d.reload(),
+                _ = hup.recv() => match reloading {
+                    None => reloading = Some(d.start_reload()),
+                    Some(_) => reload_again = true,
+                },
+                r = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                    reloading = None;
+                    d.reload(r);
+                    if std::mem::take(&mut reload_again) {
+                        reloading = Some(d.start_reload());
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 c = status_listener.accept() => {
@@ -803,8 +808,8 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
                     }
                 }
                 c = async { match &metrics_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
-                    if let Ok((stream, _)) = c {
-                        metrics::serve(stream, metrics::render(&d.status()));
+                    if let Ok(conn) = c {
+                        metrics::serve(conn, metrics::render(&d.status()));
                     }
                 }
             }

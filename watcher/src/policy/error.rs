@@ -41,11 +41,63 @@ impl PolicyError {
                 message.replace_range(pos..pos + suffix.len(), "");
             }
         }
-        let message = strip_yaml_path(&message).to_string();
+        let message = without_values(strip_yaml_path(&message));
         // serde_yaml has no position for a few whole-document errors (e.g. several documents);
         // they are about the document, so point at its start.
         let location = location.unwrap_or(Location { line: 1, column: 1 });
         PolicyError { file: file.to_string(), location: Some(location), message }
+    }
+}
+
+/// serde's messages quote the offending value (`invalid type: string "...", expected ...`).
+/// A file given by mistake (a key, a token file) must never be echoed, so quoted string
+/// values are replaced by `a string`; backquoted names (unknown fields, variants) are kept
+/// when short and printable, else dropped too.
+fn without_values(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    loop {
+        let s = rest.find("string \"");
+        let b = rest.find('`');
+        match (s, b) {
+            (Some(i), _) if b.is_none_or(|b| i < b) => {
+                out.push_str(&rest[..i]);
+                out.push_str("a string");
+                // Skip to the closing quote (Debug escaping: \" and \\ inside).
+                let body = &rest[i + "string \"".len()..];
+                let mut end = body.len();
+                let mut esc = false;
+                for (j, c) in body.char_indices() {
+                    if esc {
+                        esc = false;
+                    } else if c == '\\' {
+                        esc = true;
+                    } else if c == '"' {
+                        end = j + 1;
+                        break;
+                    }
+                }
+                rest = &body[end.min(body.len())..];
+            }
+            (_, Some(i)) => {
+                out.push_str(&rest[..i]);
+                let body = &rest[i + 1..];
+                let end = body.find('`').unwrap_or(body.len());
+                let name = &body[..end];
+                if name.len() <= 64 && name.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+                    out.push('`');
+                    out.push_str(name);
+                    out.push('`');
+                } else {
+                    out.push_str("a value");
+                }
+                rest = &body[(end + 1).min(body.len())..];
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
     }
 }
 
@@ -74,3 +126,18 @@ impl fmt::Display for PolicyError {
 }
 
 impl std::error::Error for PolicyError {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_are_never_echoed() {
+        let m = super::without_values(
+            "invalid type: string \"-----BEGIN OPENSSH PRIVATE KEY----- \\\"b3Bl\", expected a mapping",
+        );
+        assert_eq!(m, "invalid type: a string, expected a mapping");
+        let m = super::without_values("unknown field `egres`, expected one of `version`, `pipeline`");
+        assert_eq!(m, "unknown field `egres`, expected one of `version`, `pipeline`");
+        let long = format!("unknown variant `{}`, expected `audit`", "k".repeat(100));
+        assert_eq!(super::without_values(&long), "unknown variant a value, expected `audit`");
+    }
+}

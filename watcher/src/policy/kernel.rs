@@ -38,6 +38,8 @@ pub struct KernelTables {
     pub host_ports: Vec<PortSet>,
     pub exec_rules: Vec<([u8; EXEC_NAME_LEN], u32)>,
     pub env_markers: Vec<([u8; ENV_NAME_LEN], u32)>,
+    /// Every local-deputy socket path (see [`crate::policy::DEPUTY_SOCKETS`]).
+    pub deputies: Vec<String>,
 }
 
 pub fn map_key(ip: IpAddr) -> [u8; 16] {
@@ -108,6 +110,7 @@ pub fn compile(
 ) -> Result<KernelTables, String> {
     let spec = policy.spec();
     let mut t = KernelTables { seed, ..Default::default() };
+    t.deputies = crate::policy::DEPUTY_SOCKETS.iter().map(|p| p.to_string()).collect();
     if policy.mode == Mode::Enforce {
         t.job_flags |= JOB_ENFORCE;
     }
@@ -209,8 +212,8 @@ mod tests {
         assert!(t.host_ports[0].contains(443) && t.host_ports[0].contains(8050) && !t.host_ports[0].contains(80));
         assert!(t.host_ports[1].contains(1));
         assert_eq!(t.resolvers, vec![map_key("127.0.0.53".parse().unwrap())]);
-        // loopback is allowed by default: 127.0.0.0/8 as an IPv4-mapped /104
-        assert!(t.nets.iter().any(|(a, p, _)| *p == 104 && a[12] == 127));
+        // loopback is not allowed by default (only registries, resolvers and allow entries)
+        assert!(!t.nets.iter().any(|(a, p, _)| *p == 104 && a[12] == 127));
     }
 
     #[test]

@@ -3,15 +3,14 @@
 //!
 //! - [`load`] / [`parse_str`] read and validate a policy; errors are `FILE:LINE:COLUMN: message`.
 //! - [`Policy`] answers per-event questions (pure, cheap: globs are compiled at load time).
-//! - [`registry::resolve`] asks npm / pip / cargo for their configured registry hosts (I/O,
-//!   run once before a step); feed the result to [`Policy::with_registry_hosts`].
-//! - [`system_resolvers`] reads /etc/resolv.conf.
+//!
+//! This module does no I/O beyond reading the policy file in [`load`]: asking the machine
+//! (package managers' registries, /etc/resolv.conf) is `crate::probe`'s job.
 
 mod error;
 pub mod kernel;
+pub mod limits;
 mod matcher;
-pub mod registry;
-mod resolv;
 pub mod schema;
 
 #[cfg(test)]
@@ -22,8 +21,6 @@ use std::path::Path;
 
 pub use error::{Location, PolicyError};
 pub use matcher::{AllowedNet, NOT_IN_EXEC_ALLOW};
-pub use registry::{RegistryError, resolve, resolve_all};
-pub use resolv::{parse_resolv_conf, system_resolvers};
 pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec};
 
 use matcher::Compiled;
@@ -42,15 +39,27 @@ pub struct Policy {
     compiled: Compiled,
 }
 
-/// Reads and validates a policy file.
+/// Reads and validates a policy file (bounded: see [`limits`]).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::unlocated(&name, format!("cannot read: {e}")))?;
+    let text = limits::read(path, "policy")?;
     parse_str(&name, &text)
 }
 
 /// Parses and validates policy text; `source_name` is used in errors and as `Policy::source`.
+/// The bounds of [`limits`] apply; a leading byte order mark is ignored.
 pub fn parse_str(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    let text = limits::strip_bom(text);
+    if text.len() as u64 > limits::MAX_YAML_BYTES {
+        return Err(PolicyError::unlocated(
+            source_name,
+            format!(
+                "the policy is larger than {} KiB (the limit, see README \"Bounds\")",
+                limits::MAX_YAML_BYTES >> 10
+            ),
+        ));
+    }
+    limits::check_depth(source_name, text)?;
     if is_empty_document(text) {
         return Err(PolicyError::at(
             source_name,
@@ -98,7 +107,7 @@ impl Policy {
         &self.spec.egress.registries
     }
 
-    /// Adds resolved registry host names (from [`registry::resolve`]) to the allowed hosts, on
+    /// Adds resolved registry host names (from `crate::probe::registries::resolve`) to the allowed hosts, on
     /// any port, and to the allowed DNS names. A host that is an IP literal is also allowed as
     /// an IP (any port).
     pub fn with_registry_hosts(mut self, hosts: Vec<String>) -> Policy {
@@ -128,7 +137,7 @@ impl Policy {
     }
 
     /// May the step send DNS queries to `ip`? `system_resolvers` is what
-    /// [`system_resolvers()`] returned at the start of the run.
+    /// `crate::probe::system_resolvers()` returned at the start of the run.
     pub fn resolver_allowed(&self, ip: IpAddr, system_resolvers: &[IpAddr]) -> bool {
         self.compiled.resolver_allowed(ip, system_resolvers)
     }
@@ -162,4 +171,30 @@ impl Policy {
     pub fn allowed_cidrs(&self) -> Vec<AllowedNet> {
         self.compiled.allowed_cidrs()
     }
+}
+
+/// Unix sockets of local daemons that connect or start processes for their caller: a step that
+/// connects to one could make it do what the policy forbids the step (a container with host
+/// networking, a transient systemd unit). Connecting to one is `local-deputy` (killed in
+/// enforce mode). Both the /run and the /var/run spelling: the kernel programs see the path as
+/// the caller wrote it.
+pub const DEPUTY_SOCKETS: &[&str] = &[
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/podman/podman.sock",
+    "/var/run/podman/podman.sock",
+    "/run/buildkit/buildkitd.sock",
+    "/var/run/buildkit/buildkitd.sock",
+    "/run/systemd/private",
+    "/var/run/systemd/private",
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
+
+/// Whether a unix socket address (as recorded: a path, or `@name` for an abstract one) is a
+/// local deputy's.
+pub fn is_deputy_socket(path: &str) -> bool {
+    DEPUTY_SOCKETS.contains(&path)
 }

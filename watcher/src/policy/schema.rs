@@ -73,19 +73,40 @@ impl FromStr for Mode {
 /// A package manager whose configured registry hosts `egress.registries` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PackageManager {
+    /// The npm registry as configured for every JavaScript package manager present.
     Npm,
+    /// The Python package index as configured for pip, uv and poetry (those present).
     Pip,
     Cargo,
+    Pnpm,
+    Yarn,
+    Bun,
+    Uv,
+    Poetry,
 }
 
 impl PackageManager {
-    pub const ALL: [PackageManager; 3] = [PackageManager::Npm, PackageManager::Pip, PackageManager::Cargo];
+    pub const ALL: [PackageManager; 8] = [
+        PackageManager::Npm,
+        PackageManager::Pnpm,
+        PackageManager::Yarn,
+        PackageManager::Bun,
+        PackageManager::Pip,
+        PackageManager::Uv,
+        PackageManager::Poetry,
+        PackageManager::Cargo,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PackageManager::Npm => "npm",
             PackageManager::Pip => "pip",
             PackageManager::Cargo => "cargo",
+            PackageManager::Pnpm => "pnpm",
+            PackageManager::Yarn => "yarn",
+            PackageManager::Bun => "bun",
+            PackageManager::Uv => "uv",
+            PackageManager::Poetry => "poetry",
         }
     }
 }
@@ -103,7 +124,14 @@ impl FromStr for PackageManager {
             "npm" => Ok(PackageManager::Npm),
             "pip" => Ok(PackageManager::Pip),
             "cargo" => Ok(PackageManager::Cargo),
-            _ => Err(ParseNameError(format!("unknown registry {s:?}, expected one of npm, pip, cargo"))),
+            "pnpm" => Ok(PackageManager::Pnpm),
+            "yarn" => Ok(PackageManager::Yarn),
+            "bun" => Ok(PackageManager::Bun),
+            "uv" => Ok(PackageManager::Uv),
+            "poetry" => Ok(PackageManager::Poetry),
+            _ => Err(ParseNameError(format!(
+                "unknown registry {s:?}, expected one of npm, pnpm, yarn, bun, pip, uv, poetry, cargo"
+            ))),
         }
     }
 }
@@ -367,18 +395,13 @@ pub struct PolicySpec {
     pub secrets: SecretsSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressSpec {
     pub registries: Vec<PackageManager>,
+    #[serde(deserialize_with = "at_most::<_, _, MAX_ALLOW>")]
     pub allow: Vec<AllowEntry>,
     pub loopback: bool,
-}
-
-impl Default for EgressSpec {
-    fn default() -> Self {
-        EgressSpec { registries: Vec::new(), allow: Vec::new(), loopback: true }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -398,7 +421,9 @@ impl Default for DnsSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecSpec {
+    #[serde(deserialize_with = "at_most::<_, _, MAX_EXEC>")]
     pub deny: Vec<ExecPattern>,
+    #[serde(deserialize_with = "at_most::<_, _, MAX_EXEC>")]
     pub allow: Vec<ExecPattern>,
     #[serde(deserialize_with = "mapping")]
     pub install_scripts: InstallScriptsSpec,
@@ -413,6 +438,7 @@ pub struct InstallScriptsSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsSpec {
+    #[serde(deserialize_with = "at_most::<_, _, MAX_EXEC>")]
     pub env: Vec<EnvPattern>,
 }
 
@@ -669,7 +695,37 @@ fn dns_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HostPattern>, D::Err
             parse_str(d, "a DNS name or glob", |s| HostPattern::parse(s, "DNS name")).map(Name)
         }
     }
-    Ok(Vec::<Name>::deserialize(d)?.into_iter().map(|n| n.0).collect())
+    Ok(at_most::<_, Name, MAX_ALLOW>(d)?.into_iter().map(|n| n.0).collect())
+}
+
+/// At most this many `egress.allow` entries, and as many `dns.allow` names (README, Bounds):
+/// every host pattern becomes part of one compiled matcher, whose size is bounded.
+pub const MAX_ALLOW: usize = 2048;
+/// At most this many `exec.deny`, `exec.allow` and `secrets.env` patterns each.
+pub const MAX_EXEC: usize = 1024;
+
+/// A list of at most `N` entries: the error names the limit at the entry past it.
+fn at_most<'de, D: Deserializer<'de>, T: Deserialize<'de>, const N: usize>(d: D) -> Result<Vec<T>, D::Error> {
+    struct V<T, const N: usize>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for V<T, N> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {N} entries")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(de::Error::custom(format!(
+                        "more than {N} entries in this list (the limit, see README \"Bounds\")"
+                    )));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V::<T, N>(PhantomData))
 }
 
 macro_rules! str_deserialize {

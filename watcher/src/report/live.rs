@@ -66,6 +66,31 @@ pub fn event_line(e: &Event) -> Option<String> {
             x.proc.pid,
             safe(&x.proc.comm)
         )),
+        Event::Socket(x) => Some(format!(
+            "socket  {} {} protocol {}{} [{} {}]",
+            x.family,
+            x.sock_type,
+            x.protocol,
+            if x.killed { " ✗ killed" } else { "" },
+            x.proc.pid,
+            safe(&x.proc.comm)
+        )),
+        Event::Tamper(x) => Some(format!(
+            "TAMPER  {} {} target {}{} [{} {}]",
+            x.what.as_str(),
+            x.arg,
+            x.target,
+            if x.killed { " ✗ killed" } else { "" },
+            x.proc.pid,
+            safe(&x.proc.comm)
+        )),
+        Event::Unix(x) if x.deputy => Some(format!(
+            "unix    {} (local deputy){} [{} {}]",
+            safe(&x.path),
+            if x.killed { " ✗ killed" } else { "" },
+            x.proc.pid,
+            safe(&x.proc.comm)
+        )),
         Event::Loss(x) => Some(format!("LOST    {} {} events (total {})", x.count, x.source, x.total)),
         Event::Alert(a) => Some(format!(
             "ALERT   {} {} {}{}: {}",

@@ -51,6 +51,49 @@ pub struct DnsName {
 pub struct AlertAt {
     pub alert: Alert,
     pub line: Option<u64>,
+    /// What the event that raised it was about (a destination, a DNS name, a program).
+    pub subject: Option<Subject>,
+}
+
+/// What an alert is about, taken from the event that raised it (the one just before the
+/// alert: the engine judges each event as it is logged). Advice and grouping use it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subject {
+    /// A connection or a first data packet.
+    Dest { ip: IpAddr, port: u16, proto: Proto },
+    /// A DNS query (or a non-DNS payload to port 53 when `error`).
+    Dns { qname: String, server: IpAddr, error: bool },
+    /// An executed program.
+    Exec { filename: String },
+    /// Lost events of one source.
+    Loss { source: String },
+}
+
+impl Subject {
+    fn of(e: &Event) -> Option<Subject> {
+        Some(match e {
+            Event::Connect(x) => Subject::Dest { ip: x.daddr, port: x.dport, proto: x.proto },
+            Event::Send(x) => Subject::Dest { ip: x.daddr, port: x.dport, proto: x.proto },
+            Event::Dns(x) => Subject::Dns { qname: x.qname.clone(), server: x.server, error: x.error.is_some() },
+            Event::Exec(x) => Subject::Exec { filename: x.filename.clone() },
+            Event::Loss(x) => Subject::Loss { source: x.source.clone() },
+            _ => return None,
+        })
+    }
+
+    /// One short line naming it (untrusted text: escape before display).
+    pub fn text(&self) -> String {
+        match self {
+            Subject::Dest { ip, port, proto } => match ip {
+                IpAddr::V6(_) => format!("[{ip}]:{port}/{}", proto.as_str()),
+                IpAddr::V4(_) => format!("{ip}:{port}/{}", proto.as_str()),
+            },
+            Subject::Dns { error: true, server, .. } => format!("port 53 of {server}"),
+            Subject::Dns { qname, .. } => qname.clone(),
+            Subject::Exec { filename } => filename.clone(),
+            Subject::Loss { source } => format!("{source} events"),
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -61,6 +104,8 @@ pub struct Report {
     pub command: Vec<String>,
     /// The policy the verdicts come from (mode as applied), if any.
     pub policy: Option<PolicyInfo>,
+    /// Registry hosts that a file of the step's checkout named (from the start record).
+    pub workspace_registries: Vec<crate::probe::RegistrySource>,
     pub tree: ProcTree,
     /// The tree is the engine's (replay hands it over at the end): do not build a second one.
     pub engine_tree: bool,
@@ -85,6 +130,17 @@ pub struct Report {
     pub last_ts: Option<Ts>,
     /// Events read or written.
     pub events: u64,
+    /// Replay: why the log cannot be vouched for (no end record, cut short, losses not
+    /// accounted for, unknown schema); the verdict is then at best `incomplete`.
+    pub incomplete: Option<String>,
+    /// What the last event was about: the subject of the alerts it raises.
+    pub last_subject: Option<Subject>,
+    /// The step's working directory: the first exec's `cwd` (manifests and lockfiles are
+    /// looked for from there).
+    pub step_cwd: Option<String>,
+    /// Working directory of each install script's first process (npm runs a package's
+    /// scripts in its directory: `node_modules/a/node_modules/b`), by pid.
+    pub script_cwd: HashMap<u32, String>,
 }
 
 /// The one-word outcome of a step.
@@ -129,6 +185,9 @@ impl Report {
             self.first_ts = Some(ts);
         }
         self.last_ts = Some(ts);
+        if !matches!(e, Event::Alert(_)) {
+            self.last_subject = Subject::of(e);
+        }
         match e {
             Event::Start(s) => {
                 self.watcher = Some(s.watcher.clone());
@@ -136,11 +195,20 @@ impl Report {
                 if self.policy.is_none() {
                     self.policy = s.policy.clone();
                 }
+                self.workspace_registries = s.registry_sources.iter().filter(|r| r.workspace).cloned().collect();
             }
             Event::Exec(x) => {
                 self.execs += 1;
                 if !self.engine_tree {
                     self.tree.on_event(e);
+                }
+                if let Some(cwd) = &x.cwd {
+                    if self.step_cwd.is_none() {
+                        self.step_cwd = Some(cwd.clone());
+                    }
+                    if x.env.contains_key("npm_lifecycle_event") && self.script_cwd.len() < 4096 {
+                        self.script_cwd.insert(x.proc.pid, cwd.clone());
+                    }
                 }
                 let st = self.stats(x.proc.pid);
                 st.killed |= x.killed;
@@ -210,14 +278,15 @@ impl Report {
                 self.add_alert(a.clone(), Some(line));
             }
             Event::End(x) => self.exit_code = x.exit_code,
-            Event::Send(_) => {}
+            Event::Send(_) | Event::Socket(_) | Event::Tamper(_) | Event::Unix(_) => {}
         }
     }
 
     /// An alert the engine raised at log line `line`.
     pub fn add_alert(&mut self, a: Alert, line: Option<u64>) {
         self.stats(a.pid).alerts += 1;
-        self.alerts.push(AlertAt { alert: a, line });
+        let subject = self.last_subject.clone();
+        self.alerts.push(AlertAt { alert: a, line, subject });
     }
 
     /// How long after its install script started an alert came, in nanoseconds: from the
@@ -245,16 +314,20 @@ impl Report {
     pub fn verdict(&self) -> Verdict {
         if !self.alerts.is_empty() {
             if self.enforce() { Verdict::Violation } else { Verdict::Flagged }
-        } else if self.lost_total() > 0 {
+        } else if self.lost_total() > 0 || self.incomplete.is_some() {
             Verdict::Incomplete
         } else {
             Verdict::Clean
         }
     }
 
-    /// What replay exits with for this log.
+    /// What replay exits with for this log: 77 for alerts, 78 when incomplete, else 0.
     pub fn replay_exit(&self) -> i32 {
-        if self.alerts.is_empty() { 0 } else { exitcode::POLICY_VIOLATION }
+        match self.verdict() {
+            Verdict::Flagged | Verdict::Violation => exitcode::POLICY_VIOLATION,
+            Verdict::Incomplete => exitcode::EVENTS_LOST,
+            Verdict::Clean => 0,
+        }
     }
 
     /// The package whose install script `pid` works for (`npm:left-pad@1.3.0 (postinstall)`).

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{
+    advice,
     live::safe,
     model::{Report, Verdict},
     tree::{self, Row},
@@ -62,13 +63,23 @@ pub fn verdict_line(r: &Report, p: Paint) -> String {
         Some(c) => format!("; the command exited {c}"),
         None => String::new(),
     };
-    format!("verdict: {word}{policy}{exit}")
+    let why = match &r.incomplete {
+        Some(w) => format!(" ({})", safe(w)),
+        None => String::new(),
+    };
+    format!("verdict: {word}{why}{policy}{exit}")
 }
 
 pub fn render(r: &Report, p: Paint) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", p.bold(&headline(r)));
     let _ = writeln!(s, "{}", verdict_line(r, p));
+    if !r.workspace_registries.is_empty() {
+        let _ = writeln!(s, "{}", p.bold("registry hosts named by the checkout:"));
+        for h in &r.workspace_registries {
+            let _ = writeln!(s, "  {} ({}) from {}", safe(&h.host), safe(&h.tool), safe(&h.from));
+        }
+    }
     if !r.tree.is_empty() {
         let _ = writeln!(s, "{}", p.bold("processes:"));
         for line in tree::lines(r) {
@@ -120,23 +131,7 @@ pub fn render(r: &Report, p: Paint) -> String {
         }
     }
     if !r.alerts.is_empty() {
-        let _ = writeln!(s, "{}", p.bold("alerts:"));
-        for a in &r.alerts {
-            let a = &a.alert;
-            let _ = writeln!(
-                s,
-                "  {} {} {} [pid {}{}{}]: {}",
-                p.red(&a.severity),
-                a.action,
-                p.bold(&a.rule),
-                a.pid,
-                a.package.as_ref().map(|x| format!(" {}", safe(x))).unwrap_or_default(),
-                r.since_install_script(a)
-                    .map(|ns| format!(", {} after the script started", duration(ns)))
-                    .unwrap_or_default(),
-                safe(&a.message)
-            );
-        }
+        render_groups(&mut s, r, p);
     }
     if !r.lost.is_empty() {
         let _ = writeln!(s, "{}", p.bold("lost events:"));
@@ -146,6 +141,80 @@ pub fn render(r: &Report, p: Paint) -> String {
             writeln!(s, "  {}", p.red(&format!("LOST {n} {} events: the kernel could not deliver them", safe(src))));
     }
     s
+}
+
+/// Alerts grouped by rule and package, with counts and subjects but not the messages: each
+/// alert was printed on its own line as it was found (`run` on stderr, `replay` on stdout),
+/// so none is printed twice. Then what to do next.
+fn render_groups(s: &mut String, r: &Report, p: Paint) {
+    let groups = advice::groups(r);
+    let _ = writeln!(
+        s,
+        "{}",
+        p.bold(&format!(
+            "alerts: {} in {} group{} (by rule and package):",
+            r.alerts.len(),
+            groups.len(),
+            plural(groups.len())
+        ))
+    );
+    for g in &groups {
+        let mut subjects: Vec<String> = g.subjects.keys().take(3).map(|x| safe(&x.text())).collect();
+        let rest = g.subjects.len().saturating_sub(3);
+        if rest > 0 {
+            subjects.push(format!("{rest} more"));
+        }
+        if g.other_subjects > 0 && !subjects.is_empty() {
+            subjects.push("…".into());
+        }
+        let _ = writeln!(
+            s,
+            "  {} {} {} ×{} [{}]{}{}",
+            p.red(g.severity),
+            g.actions.iter().copied().collect::<Vec<_>>().join("/"),
+            p.bold(g.rule),
+            g.count,
+            g.package.map(safe).unwrap_or_else(|| "no package".into()),
+            if subjects.is_empty() { String::new() } else { format!(": {}", subjects.join(", ")) },
+            g.since_script.map(|ns| format!(" (first {} after the script started)", duration(ns))).unwrap_or_default(),
+        );
+    }
+    let steps = advice::steps(r, &groups);
+    if steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "{}", p.bold("what to do next:"));
+    for st in steps.iter().take(TEXT_STEPS) {
+        let what = if st.subject.is_empty() { String::new() } else { format!(" {}", safe(&st.subject)) };
+        let pkg = if st.packages.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", advice::packages_text(&st.packages, safe))
+        };
+        let risky = if st.risky { format!("{} ", p.red("RISKY:")) } else { String::new() };
+        let _ = writeln!(s, "  {}{what}{pkg}: {risky}{}", st.rule, st.advice);
+        if st.risky && !st.policy.is_empty() {
+            let lines: Vec<String> = st.policy.iter().map(|l| safe(&l.inline())).collect();
+            let _ = writeln!(s, "    (it would take {}; not suggested)", lines.join(" and "));
+        }
+    }
+    if steps.len() > TEXT_STEPS {
+        let _ = writeln!(s, "  … {} more (see the JSON or Markdown report)", steps.len() - TEXT_STEPS);
+    }
+    let frag = advice::safe_fragment(&steps);
+    if !frag.is_empty() {
+        let _ = writeln!(s, "  to allow what is not risky, add to the policy:");
+        for l in frag.lines() {
+            let _ = writeln!(s, "    {}", safe(l));
+        }
+    }
+}
+
+/// Steps listed in the terminal report.
+const TEXT_STEPS: usize = 20;
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// A short human duration: `850 µs`, `48.2 ms`, `3.41 s`.

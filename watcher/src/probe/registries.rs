@@ -1,10 +1,29 @@
 //! Registry resolution for `egress.registries`: asks each package manager's own configuration,
 //! at run time, which hosts it downloads packages from. No registry host name is written
 //! anywhere in this code: defaults come from the tools themselves (npm's `registry` setting,
-//! pip's built-in index, cargo's index cache).
+//! pip's built-in index, uv's stated default index, cargo's index cache).
 //!
-//! This module does I/O (runs `npm`, `pip`, `python3`; reads cargo config files) and is meant
-//! to run once before a step; the result goes to `Policy::with_registry_hosts`.
+//! Discovery never runs code the step's workspace (its working directory) controls:
+//! - configuration files are read directly (`.npmrc`, `.yarnrc`, `.yarnrc.yml`, `bunfig.toml`,
+//!   `pip.conf`, `uv.toml`, `pyproject.toml`, `.cargo/config.toml`), never evaluated;
+//! - a tool is started only to ask for its built-in defaults: found on PATH without relative
+//!   entries and without anything inside the working directory (no `./node_modules/.bin/npm`,
+//!   no `.venv/bin/python3` of the checkout, no symlink pointing into it), started in `/` with an
+//!   environment stripped of the variables that make interpreters load code (`NODE_OPTIONS`,
+//!   `PYTHONPATH`, `LD_PRELOAD`, `BASH_ENV`, npm's `node-options`, ...), Python with `-I`,
+//!   corepack without network;
+//! - a host named by a file inside the working directory is marked as such
+//!   ([`RegistrySource::workspace`]), so the start record and the report can say which file
+//!   of the checkout allowed it.
+//!
+//! Registry names of the policy (`registries: [...]`): `npm` is the npm registry ecosystem as
+//! configured for every JavaScript package manager present (npm, pnpm, yarn, bun); `pip` the
+//! Python package index as configured for pip, uv and poetry; `cargo` cargo's registries.
+//! `pnpm`, `yarn`, `bun`, `uv` and `poetry` name one tool alone (then the tool must be there).
+
+mod cargo;
+mod js;
+mod python;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -13,16 +32,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::schema::PackageManager;
+use serde::{Deserialize, Serialize};
 
-/// How long one `npm config ...` / `pip config list` / `python3 -c ...` may take.
+use crate::policy::PackageManager;
+
+#[cfg(test)]
+use cargo::toml_strings;
+#[cfg(test)]
+use python::{PIP_DEFAULT_INDEX_SNIPPET, PipSettings, uv_help_default};
+
+/// How long one `npm config ...` / `python3 -I -c ...` / `uv ... --help` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configuration files larger than this are refused (they are a few hundred bytes in practice).
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
 /// Why the registry hosts of a package manager could not be determined.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{tool} is not installed or not on PATH: cannot resolve the {pm} registry for policy registries: [{pm}]")]
-    ToolMissing { tool: String, pm: PackageManager },
+    #[error("{tool} is not installed or not on PATH{}: cannot resolve the {pm} registry for policy registries: [{pm}]", skipped_suffix(.skipped))]
+    ToolMissing { tool: String, pm: PackageManager, skipped: Option<String> },
 
     #[error(
         "`{command}` failed ({status}){}: cannot resolve the {pm} registry for policy registries: [{pm}]",
@@ -39,9 +68,21 @@ pub enum RegistryError {
     #[error("the {pm} registry URL {url:?} from {origin} is not usable: {reason}")]
     BadUrl { pm: PackageManager, url: String, origin: String, reason: String },
 
+    #[error("{file}: {reason}: cannot resolve the {pm} registry for policy registries: [{pm}]")]
+    BadFile { pm: PackageManager, file: String, reason: String },
+
     /// Nothing configured and no default could be found; the message says how to configure it.
     #[error("{message}")]
     NotConfigured { pm: PackageManager, message: String },
+}
+
+fn skipped_suffix(skipped: &Option<String>) -> String {
+    match skipped {
+        Some(p) => format!(
+            " outside the working directory (the one found, {p}, belongs to the checkout, and watcher does not run the workspace's code outside the watch)"
+        ),
+        None => String::new(),
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -57,15 +98,56 @@ impl RegistryError {
             | RegistryError::CommandFailed { pm, .. }
             | RegistryError::Timeout { pm, .. }
             | RegistryError::BadUrl { pm, .. }
+            | RegistryError::BadFile { pm, .. }
             | RegistryError::NotConfigured { pm, .. } => *pm,
         }
+    }
+}
+
+/// Where one registry host came from (the start record's `registry_sources`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RegistrySource {
+    /// The package manager whose configuration named it (`npm`, `yarn`, `uv`, ...).
+    pub tool: String,
+    pub host: String,
+    /// The file (with the key), variable or tool answer that named it.
+    pub from: String,
+    /// The file lies inside the step's working directory: the checkout chose this host.
+    #[serde(default)]
+    pub workspace: bool,
+}
+
+/// One host with its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub host: String,
+    pub from: String,
+    pub workspace: bool,
+}
+
+/// A URL found somewhere, not yet turned into a host.
+#[derive(Debug, Clone)]
+pub(crate) struct Url {
+    pub url: String,
+    pub from: String,
+    pub workspace: bool,
+}
+
+impl Url {
+    pub fn new(url: impl Into<String>, from: impl Into<String>, workspace: bool) -> Url {
+        Url { url: url.into(), from: from.into(), workspace }
     }
 }
 
 /// The registry host names `pm` is configured to use, asked from the tool's configuration in
 /// the current directory and environment. Deduplicated, lowercased, in discovery order.
 pub fn resolve(pm: PackageManager) -> Result<Vec<String>, RegistryError> {
-    resolve_in(pm, &Ctx::default())
+    Ok(resolve_sourced(pm)?.into_iter().map(|s| s.host).collect())
+}
+
+/// [`resolve`] with the origin of each host.
+pub fn resolve_sourced(pm: PackageManager) -> Result<Vec<RegistrySource>, RegistryError> {
+    resolve_sources_in(pm, &Ctx::default())
 }
 
 /// [`resolve`] for each package manager, concatenated and deduplicated.
@@ -81,18 +163,149 @@ pub fn resolve_all(pms: &[PackageManager]) -> Result<Vec<String>, RegistryError>
     Ok(out)
 }
 
-pub(crate) fn resolve_in(pm: PackageManager, ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
-    let hosts = match pm {
-        PackageManager::Npm => npm_hosts(ctx)?,
-        PackageManager::Pip => pip_hosts(ctx)?,
-        PackageManager::Cargo => cargo_hosts(ctx)?,
+/// The tools a registry name of the policy stands for: `(tool, required)`. For the ecosystem
+/// names (`npm`, `pip`) each tool is asked when it is installed; at least one must be.
+fn members(pm: PackageManager) -> &'static [PackageManager] {
+    use PackageManager::*;
+    match pm {
+        Npm => &[Npm, Pnpm, Yarn, Bun],
+        Pip => &[Pip, Uv, Poetry],
+        Cargo => &[Cargo],
+        Pnpm => &[Pnpm],
+        Yarn => &[Yarn],
+        Bun => &[Bun],
+        Uv => &[Uv],
+        Poetry => &[Poetry],
+    }
+}
+
+pub(crate) fn resolve_sources_in(pm: PackageManager, ctx: &Ctx) -> Result<Vec<RegistrySource>, RegistryError> {
+    let tools = members(pm);
+    let results: Vec<(PackageManager, Result<Vec<Hit>, RegistryError>)> = if tools.len() == 1 {
+        vec![(tools[0], resolve_tool(tools[0], ctx))]
+    } else {
+        // Each tool start is a node or python start (0.2-0.5 s): ask them side by side.
+        std::thread::scope(|s| {
+            let handles: Vec<_> = tools.iter().map(|&t| (t, s.spawn(move || resolve_tool(t, ctx)))).collect();
+            handles
+                .into_iter()
+                .map(|(t, h)| {
+                    let r = h.join().unwrap_or_else(|_| {
+                        Err(RegistryError::NotConfigured {
+                            pm: t,
+                            message: format!("resolving the {t} registry panicked"),
+                        })
+                    });
+                    (t, r)
+                })
+                .collect()
+        })
     };
+    let mut out: Vec<RegistrySource> = Vec::new();
     let mut seen = HashSet::new();
-    Ok(hosts.into_iter().filter(|h| seen.insert(h.clone())).collect())
+    let mut first_missing = None;
+    let mut any = false;
+    for (tool, result) in results {
+        let hits = match result {
+            Ok(h) => h,
+            Err(e) if tools.len() == 1 => return Err(e),
+            // The policy's own tool (npm for `npm`, pip for `pip`) keeps its errors: they are
+            // what the user configured. The others are asked because they are installed; one
+            // that cannot answer only loses its hosts (fail closed), with a warning.
+            Err(e @ RegistryError::ToolMissing { .. }) => {
+                if tool == pm {
+                    first_missing = Some(e);
+                }
+                continue;
+            }
+            Err(e) if tool == pm => return Err(e),
+            Err(e) => {
+                eprintln!("watcher: warning: {e} (its hosts are not allowed)");
+                continue;
+            }
+        };
+        any = true;
+        for h in hits {
+            if seen.insert(h.host.clone()) {
+                out.push(RegistrySource {
+                    tool: tool.as_str().to_string(),
+                    host: h.host,
+                    from: h.from,
+                    workspace: h.workspace,
+                });
+            }
+        }
+    }
+    if !any && let Some(e) = first_missing {
+        return Err(e);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) fn resolve_in(pm: PackageManager, ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
+    Ok(resolve_sources_in(pm, ctx)?.into_iter().map(|s| s.host).collect())
+}
+
+fn resolve_tool(pm: PackageManager, ctx: &Ctx) -> Result<Vec<Hit>, RegistryError> {
+    use PackageManager::*;
+    let urls = match pm {
+        Npm => js::npm(ctx)?,
+        Pnpm => js::pnpm(ctx)?,
+        Yarn => js::yarn(ctx)?,
+        Bun => js::bun(ctx)?,
+        Pip => python::pip(ctx)?,
+        Uv => python::uv(ctx)?,
+        Poetry => python::poetry(ctx)?,
+        Cargo => return cargo::cargo_hosts(ctx),
+    };
+    hosts_of(pm, urls)
+}
+
+/// The hosts of `urls`, deduplicated (first origin wins); `file:` URLs need no host.
+pub(crate) fn hosts_of(pm: PackageManager, urls: Vec<Url>) -> Result<Vec<Hit>, RegistryError> {
+    let mut out: Vec<Hit> = Vec::new();
+    for u in urls {
+        if let Some(host) = host_of(pm, &u.url, &u.from)?
+            && !out.iter().any(|h| h.host == host)
+        {
+            out.push(Hit { host, from: u.from, workspace: u.workspace });
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Environment and commands
+// Environment, files and commands
+
+/// Variables that make the interpreters and shells discovery starts load code: removed from
+/// the environment of every tool watcher starts (compared case-insensitively).
+const CODE_LOADING_VARS: &[&str] = &[
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "NODE_REPL_EXTERNAL_MODULE",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONINSPECT",
+    "LD_PRELOAD",
+    "LD_AUDIT",
+    "LD_LIBRARY_PATH",
+    "BASH_ENV",
+    "ENV",
+    "PERL5OPT",
+    "PERL5LIB",
+    "npm_config_node_options",
+    "npm_config_onload_script",
+    "npm_config_script_shell",
+    "npm_config_shell",
+    "npm_config_globalconfig_script",
+    "YARN_YARN_PATH",
+    "YARN_PLUGINS",
+    "yarn_yarn_path",
+    "COREPACK_HOME_SCRIPT",
+];
 
 /// The environment resolution runs in: the process environment and current directory, with
 /// overrides (tests use these instead of mutating the test process's environment).
@@ -128,6 +341,11 @@ impl Ctx {
         .filter(|v| !v.is_empty())
     }
 
+    /// A variable looked up case-insensitively (npm's `npm_config_*`): the last one set wins.
+    fn var_nocase(&self, key: &str) -> Option<(String, String)> {
+        self.vars().into_iter().rfind(|(k, v)| k.eq_ignore_ascii_case(key) && !v.is_empty())
+    }
+
     fn vars(&self) -> BTreeMap<String, String> {
         let mut all: BTreeMap<String, String> =
             std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
@@ -140,45 +358,135 @@ impl Ctx {
         all
     }
 
+    /// The step's working directory: the project whose configuration files count.
     fn cwd(&self) -> PathBuf {
         self.cwd.clone().or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| PathBuf::from("/"))
     }
 
-    /// Runs `program args` and returns its stdout; a missing program is `ToolMissing`.
-    fn run(&self, pm: PackageManager, program: &str, args: &[&str]) -> Result<String, RegistryError> {
-        let command = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    fn home(&self) -> Option<PathBuf> {
+        self.var("HOME").map(PathBuf::from)
+    }
+
+    /// The workspace: the working directory, resolved, or the top of the git work tree it is
+    /// in (a `.git` in it or a parent, other than `/` and `$HOME`). `None` when it is `/` (then
+    /// nothing is excluded: there is no checkout to tell apart).
+    fn workspace(&self) -> Option<PathBuf> {
+        let cwd = self.cwd();
+        let cwd = cwd.canonicalize().unwrap_or(cwd);
+        let home = self.home().and_then(|h| h.canonicalize().ok());
+        let repo = cwd
+            .ancestors()
+            .find(|d| d.join(".git").exists())
+            .filter(|d| *d != Path::new("/") && Some(*d) != home.as_deref())
+            .map(Path::to_path_buf);
+        let ws = repo.unwrap_or(cwd);
+        (ws != Path::new("/")).then_some(ws)
+    }
+
+    /// Is `path` (or what it resolves to) inside the workspace?
+    fn in_workspace(&self, path: &Path) -> bool {
+        let Some(ws) = self.workspace() else { return false };
+        let abs = if path.is_absolute() { path.to_path_buf() } else { self.cwd().join(path) };
+        if abs.starts_with(&ws) {
+            return true;
+        }
+        // A symlink (or a `..`) may lead into the workspace; so may a parent that is one.
+        let real = abs.canonicalize().ok().or_else(|| abs.parent()?.canonicalize().ok());
+        real.is_some_and(|r| r.starts_with(&ws))
+    }
+
+    /// Reads a configuration file: `Ok(None)` when it does not exist, an error when it cannot
+    /// be read, is not valid UTF-8 or is larger than [`MAX_CONFIG_FILE_BYTES`].
+    fn read_config(&self, pm: PackageManager, path: &Path) -> Result<Option<String>, RegistryError> {
+        let bad = |reason: String| RegistryError::BadFile { pm, file: path.display().to_string(), reason };
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(None),
+            Err(e) => return Err(bad(format!("cannot read it: {e}"))),
+        };
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        if meta.len() > MAX_CONFIG_FILE_BYTES {
+            return Err(bad(format!("larger than {} bytes, which no configuration file is", MAX_CONFIG_FILE_BYTES)));
+        }
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| bad("not valid UTF-8".to_string()))?;
+        Ok(Some(text.trim_start_matches('\u{feff}').to_string()))
+    }
+
+    /// `tool` on PATH, outside the workspace: absolute PATH entries only, none inside the
+    /// working directory, and the file found must not resolve into it either.
+    fn find_tool(&self, tool: &str) -> Result<PathBuf, Option<String>> {
+        let mut skipped = None;
+        for dir in self.var("PATH").unwrap_or_default().split(':') {
+            let dir = Path::new(dir);
+            if dir.as_os_str().is_empty() || !dir.is_absolute() {
+                continue;
+            }
+            let cand = dir.join(tool);
+            let Ok(meta) = std::fs::metadata(&cand) else { continue };
+            use std::os::unix::fs::PermissionsExt;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                continue;
+            }
+            if self.in_workspace(dir) || self.in_workspace(&cand) {
+                skipped.get_or_insert_with(|| cand.display().to_string());
+                continue;
+            }
+            return Ok(cand);
+        }
+        Err(skipped)
+    }
+
+    /// [`Ctx::find_tool`], as the error a missing tool gives.
+    fn tool(&self, pm: PackageManager, tool: &str) -> Result<PathBuf, RegistryError> {
+        self.find_tool(tool).map_err(|skipped| RegistryError::ToolMissing { tool: tool.to_string(), pm, skipped })
+    }
+
+    /// Runs `program args` in `/` with the code-loading variables removed and returns its
+    /// stdout. `program` comes from [`Ctx::tool`].
+    fn run(&self, pm: PackageManager, program: &Path, args: &[&str]) -> Result<String, RegistryError> {
+        let name =
+            program.file_name().map_or_else(|| program.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let command = std::iter::once(name.as_str()).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
         let failed = |status: String, stderr: String| RegistryError::CommandFailed {
             command: command.clone(),
             status,
             stderr,
             pm,
         };
+        if let Some(dir) = &self.cwd
+            && !dir.is_dir()
+        {
+            return Err(failed(format!("directory {} does not exist", dir.display()), String::new()));
+        }
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, v) in &self.overrides {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        if let Some(dir) = &self.cwd {
-            if !dir.is_dir() {
-                return Err(failed(format!("directory {} does not exist", dir.display()), String::new()));
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).current_dir("/");
+        cmd.env_clear();
+        for (k, v) in self.vars() {
+            if !CODE_LOADING_VARS.iter().any(|c| c.eq_ignore_ascii_case(&k)) {
+                cmd.env(k, v);
             }
-            cmd.current_dir(dir);
         }
+        // corepack shims (yarn, pnpm) must not download a package manager before the watch.
+        cmd.env("COREPACK_ENABLE_NETWORK", "0")
+            .env("COREPACK_ENABLE_AUTO_PIN", "0")
+            .env("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0");
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RegistryError::ToolMissing { tool: program.to_string(), pm });
+                return Err(RegistryError::ToolMissing { tool: name.clone(), pm, skipped: None });
             }
             Err(e) => return Err(failed(format!("cannot start it: {e}"), String::new())),
         };
         let reader = |pipe: Option<Box<dyn Read + Send>>| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut buf);
+                if let Some(p) = pipe {
+                    // Bounded: a tool printing more than this is not answering a config query.
+                    let _ = p.take(16 << 20).read_to_end(&mut buf);
                 }
                 buf
             })
@@ -204,6 +512,11 @@ impl Ctx {
             return Err(failed(status.to_string(), stderr));
         }
         Ok(stdout)
+    }
+
+    /// `path` for a message and whether the workspace controls it.
+    fn origin(&self, path: &Path, key: &str) -> (String, bool) {
+        (format!("{} ({key})", path.display()), self.in_workspace(path))
     }
 }
 
@@ -265,441 +578,17 @@ fn host_of(pm: PackageManager, url: &str, origin: &str) -> Result<Option<String>
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// npm
-
-fn npm_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
-    let pm = PackageManager::Npm;
-    // One npm start (about 0.4 s of node), not two: `npm config list --json` prints the
-    // effective configuration, the default `registry` included, and the scoped registries
-    // (`@scope:registry=URL`) of every npmrc npm reads.
-    let json = ctx.run(pm, "npm", &["config", "list", "--json"])?;
-    let config: serde_json::Value = serde_json::from_str(&json).map_err(|e| RegistryError::CommandFailed {
-        command: "npm config list --json".to_string(),
-        status: format!("printed invalid JSON: {e}"),
-        stderr: String::new(),
+/// Parses a TOML configuration file (bunfig.toml, uv.toml, pyproject.toml).
+fn parse_toml(pm: PackageManager, path: &Path, text: &str) -> Result<toml::Table, RegistryError> {
+    text.parse::<toml::Table>().map_err(|e| RegistryError::BadFile {
         pm,
-    })?;
-    let url = config.get("registry").and_then(|v| v.as_str()).map(str::trim).unwrap_or("");
-    if url.is_empty() || url == "undefined" || url == "null" {
-        return Err(RegistryError::NotConfigured {
-            pm,
-            message: "npm has no registry configured (`npm config list --json` names none): set one with `npm config set registry URL` or in .npmrc".to_string(),
-        });
-    }
-    let mut hosts = Vec::new();
-    hosts.extend(host_of(pm, url, "npm config registry")?);
-    if let Some(obj) = config.as_object() {
-        for (key, value) in obj {
-            if let (true, Some(url)) = (key.starts_with('@') && key.ends_with(":registry"), value.as_str()) {
-                hosts.extend(host_of(pm, url, &format!("npm config {key}"))?);
-            }
-        }
-    }
-    Ok(hosts)
+        file: path.display().to_string(),
+        reason: format!("not valid TOML: {}", e.message()),
+    })
 }
 
-// ---------------------------------------------------------------------------------------------
-// pip
-
-/// Asks pip for its built-in index: the "simple" index URL and the host wheels and sdists are
-/// downloaded from.
-const PIP_DEFAULT_INDEX_SNIPPET: &str =
-    "from pip._internal.models.index import PyPI; print(PyPI.simple_url, PyPI.file_storage_domain)";
-
-/// Splits a pip setting that may hold several URLs (whitespace or newline separated; `pip
-/// config list` prints newlines as `\n`).
-fn pip_values(value: &str) -> Vec<String> {
-    value.replace("\\n", " ").split_whitespace().map(str::to_string).collect()
-}
-
-fn unquote(v: &str) -> &str {
-    let v = v.trim();
-    for q in ['\'', '"'] {
-        if let Some(inner) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
-            return inner;
-        }
-    }
-    v
-}
-
-fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
-}
-
-#[derive(Default)]
-struct PipSettings {
-    /// (url, where it came from)
-    index: Vec<(String, String)>,
-    extra: Vec<(String, String)>,
-    find_links: Vec<(String, String)>,
-    no_index: bool,
-}
-
-impl PipSettings {
-    fn add(&mut self, name: &str, value: &str, origin: &str) {
-        let list = match name {
-            "index-url" | "index_url" => &mut self.index,
-            "extra-index-url" | "extra_index_url" => &mut self.extra,
-            "find-links" | "find_links" => &mut self.find_links,
-            "no-index" | "no_index" => {
-                self.no_index |= truthy(value);
-                return;
-            }
-            _ => return,
-        };
-        list.extend(pip_values(value).into_iter().map(|v| (v, origin.to_string())));
-    }
-
-    /// Parses `pip config list` output: `section.key='value'` lines.
-    fn add_config_list(&mut self, out: &str) {
-        for line in out.lines() {
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let Some((section, name)) = key.trim().rsplit_once('.') else {
-                continue;
-            };
-            if matches!(section, "global" | "install" | "download" | ":env:") {
-                self.add(name, unquote(value), &format!("pip config {}", key.trim()));
-            }
-        }
-    }
-}
-
-fn pip_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
-    let pm = PackageManager::Pip;
-    let mut s = PipSettings::default();
-    for (var, name) in [
-        ("PIP_INDEX_URL", "index-url"),
-        ("PIP_EXTRA_INDEX_URL", "extra-index-url"),
-        ("PIP_FIND_LINKS", "find-links"),
-        ("PIP_NO_INDEX", "no-index"),
-    ] {
-        if let Some(v) = ctx.var(var) {
-            s.add(name, &v, var);
-        }
-    }
-    let out = match ctx.run(pm, "pip", &["config", "list"]) {
-        Err(RegistryError::ToolMissing { .. }) => match ctx.run(pm, "pip3", &["config", "list"]) {
-            Err(RegistryError::ToolMissing { .. }) => {
-                return Err(RegistryError::ToolMissing { tool: "pip".to_string(), pm });
-            }
-            other => other?,
-        },
-        other => other?,
-    };
-    s.add_config_list(&out);
-
-    let mut hosts = Vec::new();
-    for (url, origin) in s.index.iter().chain(&s.extra) {
-        hosts.extend(host_of(pm, url, origin)?);
-    }
-    // find-links may be local directories; only URLs need the network.
-    for (url, origin) in &s.find_links {
-        if url.contains("://") {
-            hosts.extend(host_of(pm, url, origin)?);
-        }
-    }
-    if s.index.is_empty() && !s.no_index {
-        hosts.extend(pip_default_index(ctx)?);
-    }
-    Ok(hosts)
-}
-
-fn pip_default_index(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
-    let pm = PackageManager::Pip;
-    let how = "set an index with `pip config set global.index-url URL` or PIP_INDEX_URL, or remove pip from egress.registries and list its hosts under egress.allow";
-    let out = match ctx.run(pm, "python3", &["-c", PIP_DEFAULT_INDEX_SNIPPET]) {
-        Ok(out) => out,
-        Err(RegistryError::ToolMissing { .. }) => {
-            return Err(RegistryError::NotConfigured {
-                pm,
-                message: format!(
-                    "python3 is not installed or not on PATH, so pip's default index cannot be asked for: {how}"
-                ),
-            });
-        }
-        Err(e) => {
-            return Err(RegistryError::NotConfigured {
-                pm,
-                message: format!(
-                    "pip has no index-url configured and asking pip for its default index failed ({e}): {how}"
-                ),
-            });
-        }
-    };
-    let mut words = out.split_whitespace();
-    let (Some(index), Some(files)) = (words.next(), words.next()) else {
-        return Err(RegistryError::NotConfigured {
-            pm,
-            message: format!("pip did not report its default index (python3 printed {:?}): {how}", out.trim()),
-        });
-    };
-    let mut hosts = Vec::new();
-    hosts.extend(host_of(pm, index, "pip's default index")?);
-    // file_storage_domain is a bare host name.
-    let files_url = if files.contains("://") { files.to_string() } else { format!("https://{files}/") };
-    hosts.extend(host_of(pm, &files_url, "pip's default file storage domain")?);
-    Ok(hosts)
-}
-
-// ---------------------------------------------------------------------------------------------
-// cargo
-
-/// Every string value of a TOML document with its full dotted key (table path + key path).
-/// A small subset reader, enough for cargo config files: `[table]` / `[[array]]` headers,
-/// bare/quoted/dotted keys, basic and literal strings, one-line inline tables. Arrays, numbers,
-/// booleans and multi-line strings are skipped.
-pub(crate) fn toml_strings(text: &str) -> Vec<(Vec<String>, String)> {
-    let mut out = Vec::new();
-    let mut table: Vec<String> = Vec::new();
-    let mut in_multiline: Option<&str> = None;
-    for line in text.lines() {
-        if let Some(delim) = in_multiline {
-            if line.contains(delim) {
-                in_multiline = None;
-            }
-            continue;
-        }
-        let line = line.trim_start();
-        if let Some(rest) = line.strip_prefix('[') {
-            let rest = rest.strip_prefix('[').unwrap_or(rest);
-            if let Some((keys, after)) = toml_key(rest)
-                && after.trim_start().starts_with(']')
-            {
-                table = keys;
-            }
-            continue;
-        }
-        let Some((keys, rest)) = toml_key(line) else {
-            continue;
-        };
-        let Some(value) = rest.trim_start().strip_prefix('=') else {
-            continue;
-        };
-        let value = value.trim_start();
-        for delim in ["\"\"\"", "'''"] {
-            if let Some(after) = value.strip_prefix(delim)
-                && !after.contains(delim)
-            {
-                in_multiline = Some(delim);
-            }
-        }
-        if in_multiline.is_some() || value.starts_with("\"\"\"") || value.starts_with("'''") {
-            continue;
-        }
-        let mut full = table.clone();
-        full.extend(keys);
-        toml_value(value, full, &mut out);
-    }
-    out
-}
-
-fn toml_value(value: &str, key: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
-    if let Some((s, _)) = toml_string(value) {
-        out.push((key, s));
-    } else if let Some(mut rest) = value.strip_prefix('{') {
-        // inline table: k = v, k2 = v2 }
-        loop {
-            rest = rest.trim_start();
-            if rest.is_empty() || rest.starts_with('}') {
-                break;
-            }
-            let Some((k, after)) = toml_key(rest) else {
-                break;
-            };
-            let Some(v) = after.trim_start().strip_prefix('=') else {
-                break;
-            };
-            let v = v.trim_start();
-            let mut full = key.clone();
-            full.extend(k);
-            rest = match toml_string(v) {
-                Some((s, after)) => {
-                    out.push((full, s));
-                    after
-                }
-                // not a string: skip to the next separator
-                None => match v.find([',', '}']) {
-                    Some(i) => &v[i..],
-                    None => break,
-                },
-            };
-            rest = rest.trim_start();
-            match rest.strip_prefix(',') {
-                Some(r) => rest = r,
-                None => break,
-            }
-        }
-    }
-}
-
-/// A dotted key; returns the parts and the text after it.
-fn toml_key(s: &str) -> Option<(Vec<String>, &str)> {
-    let mut parts = Vec::new();
-    let mut rest = s;
-    loop {
-        rest = rest.trim_start();
-        if rest.starts_with('"') || rest.starts_with('\'') {
-            let (p, after) = toml_string(rest)?;
-            parts.push(p);
-            rest = after;
-        } else {
-            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
-            if end == 0 {
-                return None;
-            }
-            parts.push(rest[..end].to_string());
-            rest = &rest[end..];
-        }
-        let trimmed = rest.trim_start();
-        match trimmed.strip_prefix('.') {
-            Some(r) => rest = r,
-            None => return Some((parts, rest)),
-        }
-    }
-}
-
-/// A one-line basic (`"..."`, with escapes) or literal (`'...'`) string.
-fn toml_string(s: &str) -> Option<(String, &str)> {
-    if let Some(body) = s.strip_prefix('\'') {
-        let end = body.find('\'')?;
-        return Some((body[..end].to_string(), &body[end + 1..]));
-    }
-    let body = s.strip_prefix('"')?;
-    let mut out = String::new();
-    let mut chars = body.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => return Some((out, &body[i + 1..])),
-            '\\' => match chars.next()?.1 {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'u' | 'U' => return None,
-                other => out.push(other),
-            },
-            c => out.push(c),
-        }
-    }
-    None
-}
-
-/// A registry index cache directory `$CARGO_HOME/registry/index/<host>-<hash>`.
-struct IndexDir {
-    host: String,
-    /// Host of the `dl` URL of the index's config.json, where .crate files come from.
-    dl_host: Option<String>,
-}
-
-fn index_dirs(cargo_home: &Path) -> Vec<IndexDir> {
-    let Ok(entries) = std::fs::read_dir(cargo_home.join("registry").join("index")) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<IndexDir> = entries
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let (host, hash) = name.rsplit_once('-')?;
-            if hash.len() < 8 || !hash.chars().all(|c| c.is_ascii_hexdigit()) || host.is_empty() {
-                return None;
-            }
-            let dir = e.path();
-            let dl_host = ["config.json", ".cache/config.json"].iter().find_map(|f| {
-                let text = std::fs::read_to_string(dir.join(f)).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-                url_host(v.get("dl")?.as_str()?).ok().flatten()
-            });
-            Some(IndexDir { host: host.to_ascii_lowercase(), dl_host })
-        })
-        .collect();
-    dirs.sort_by(|a, b| a.host.cmp(&b.host));
-    dirs
-}
-
-fn cargo_hosts(ctx: &Ctx) -> Result<Vec<String>, RegistryError> {
-    let pm = PackageManager::Cargo;
-    let cargo_home =
-        ctx.var("CARGO_HOME").map(PathBuf::from).or_else(|| ctx.var("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-
-    // Config files: .cargo/config{,.toml} of the current dir and its parents, then $CARGO_HOME.
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut seen = HashSet::new();
-    let cwd = ctx.cwd();
-    let mut dirs: Vec<PathBuf> = cwd.ancestors().map(|d| d.join(".cargo")).collect();
-    dirs.extend(cargo_home.clone());
-    for dir in dirs {
-        for name in ["config.toml", "config"] {
-            let path = dir.join(name);
-            if path.is_file() {
-                let key = path.canonicalize().unwrap_or_else(|_| path.clone());
-                if seen.insert(key) {
-                    files.push(path);
-                }
-            }
-        }
-    }
-
-    let mut urls: Vec<(String, String)> = Vec::new();
-    let mut crates_io_replaced = false;
-    for file in &files {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for (key, value) in toml_strings(&text) {
-            let key: Vec<&str> = key.iter().map(String::as_str).collect();
-            let origin = || format!("{} ({})", file.display(), key.join("."));
-            match key.as_slice() {
-                ["registries", _, "index"] | ["registry", "index"] => urls.push((value, origin())),
-                ["source", _, "registry"] | ["source", _, "git"] => urls.push((value, origin())),
-                ["source", "crates-io", "replace-with"] => crates_io_replaced = true,
-                _ => {}
-            }
-        }
-    }
-    for (key, value) in ctx.vars() {
-        let named = key.starts_with("CARGO_REGISTRIES_") && key.ends_with("_INDEX");
-        if named || key == "CARGO_REGISTRY_INDEX" {
-            urls.push((value, key));
-        }
-    }
-
-    let mut hosts = Vec::new();
-    for (url, origin) in &urls {
-        hosts.extend(host_of(pm, url, origin)?);
-    }
-
-    let cache = cargo_home.as_deref().map(index_dirs).unwrap_or_default();
-    // The download host of every configured registry whose index cargo has cached.
-    let configured: HashSet<String> = hosts.iter().cloned().collect();
-    for d in cache.iter().filter(|d| configured.contains(&d.host)) {
-        hosts.extend(d.dl_host.clone());
-    }
-    if !crates_io_replaced {
-        // The default registry: cargo records the indexes it used under registry/index/.
-        if cache.is_empty() {
-            let home = cargo_home.as_deref().map_or_else(|| "$CARGO_HOME".to_string(), |h| h.display().to_string());
-            return Err(RegistryError::NotConfigured {
-                pm,
-                message: format!(
-                    "cannot find the cargo registry hosts: {home}/registry/index/ has no registry index yet and no \
-                     [source.crates-io] replace-with is configured; run `cargo fetch` once before `watcher run` \
-                     (cargo then records its registry there), configure the registry in .cargo/config.toml \
-                     ([registries] / [source]) or CARGO_REGISTRIES_<NAME>_INDEX, or remove cargo from \
-                     egress.registries and list its hosts under egress.allow"
-                ),
-            });
-        }
-        for d in &cache {
-            hosts.push(d.host.clone());
-            hosts.extend(d.dl_host.clone());
-        }
-    }
-    // crates-io replaced by a directory / local registry and nothing else: no network needed.
-    Ok(hosts)
-}
+#[cfg(test)]
+mod tools_tests;
 
 #[cfg(test)]
 mod tests {
@@ -714,11 +603,14 @@ mod tests {
     }
 
     /// A context isolated from registry settings of the test process's environment.
-    fn clean_ctx(dir: &Path) -> Ctx {
+    pub(super) fn clean_ctx(dir: &Path) -> Ctx {
         let mut ctx = Ctx::default().in_dir(dir);
         for (k, _) in std::env::vars() {
             let k_up = k.to_ascii_uppercase();
-            if k_up.starts_with("NPM_CONFIG_") || k_up.starts_with("PIP_") || k_up.starts_with("CARGO_REGISTR") {
+            if ["NPM_CONFIG_", "PIP_", "CARGO_REGISTR", "UV_", "YARN_", "BUN_", "POETRY_", "VIRTUAL_ENV"]
+                .iter()
+                .any(|p| k_up.starts_with(p))
+            {
                 ctx = ctx.unset(&k);
             }
         }
@@ -802,11 +694,12 @@ mod tests {
     #[test]
     fn failing_command_reports_stderr() {
         let dir = tempfile::tempdir().unwrap();
-        let npm = dir.path().join("npm");
+        let tools = tempfile::tempdir().unwrap();
+        let npm = tools.path().join("npm");
         std::fs::write(&npm, "#!/bin/sh\necho 'npm ERR! config is broken' >&2\nexit 3\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&npm, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let ctx = clean_ctx(dir.path()).set("PATH", dir.path().to_str().unwrap());
+        let ctx = clean_ctx(dir.path()).set("PATH", tools.path().to_str().unwrap());
         let e = resolve_in(PackageManager::Npm, &ctx).unwrap_err().to_string();
         assert!(e.starts_with("`npm config list --json` failed (exit status: 3): npm ERR! config is broken"), "{e}");
     }
@@ -865,15 +758,21 @@ mod tests {
     }
 
     #[test]
-    fn pip_config_list_parsing() {
-        let mut s = PipSettings::default();
-        s.add_config_list(
-            ":env:.index-url='https://a.test/simple'\nglobal.extra-index-url='https://b.test/s\\nhttps://c.test/s'\nglobal.cert='/etc/ssl/x'\nuser.index-url='https://ignored.test/'\ninstall.no-index='true'\n",
+    fn pip_conf_sections_and_precedence() {
+        let got = python::ini_sections(
+            "# c\n[global]\nindex-url = https://a.test/simple\nextra-index-url =\n    https://b.test/s\n    https://c.test/s\n; c\n[install]\nno_index: true\n",
         );
-        let urls = |v: &Vec<(String, String)>| v.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
-        assert_eq!(urls(&s.index), ["https://a.test/simple"]);
-        assert_eq!(urls(&s.extra), ["https://b.test/s", "https://c.test/s"]);
-        assert!(s.no_index);
+        assert_eq!(got[0], ("global".into(), "index-url".into(), "https://a.test/simple".into()));
+        assert_eq!(got[1].2, "\nhttps://b.test/s\nhttps://c.test/s");
+        assert_eq!(got[2], ("install".into(), "no_index".into(), "true".into()));
+        let mut s = PipSettings::default();
+        s.set("index_url", "https://one.test/", "f1", false);
+        s.set("index-url", "https://two.test/", "f2", true);
+        let index = s.index.unwrap();
+        assert_eq!(
+            (index.len(), index[0].url.as_str(), index[0].from.as_str(), index[0].workspace),
+            (1, "https://two.test/", "f2", true)
+        );
     }
 
     #[test]

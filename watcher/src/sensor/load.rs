@@ -1,0 +1,310 @@
+//! Loading: the kernel object (ABI checked), every program and how it is attached, pinned.
+use std::{os::fd::AsFd, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::ProgramArray,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, RawTracePoint, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
+};
+use watcher_common::{ABI_VERSION, maps::names};
+
+use super::{SensorConfig, SensorError, pins::PinDir, shell_identity};
+use crate::event::SensorState;
+
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher-ebpf"));
+
+/// How a program is attached. Everything that sees sockets or packets is attached at the
+/// cgroup v2 root, so a process that moves to another cgroup is still seen; the programs
+/// decide by the job the kernel keeps per process.
+#[derive(Clone, Copy)]
+enum Hook {
+    Tracepoint(&'static str, &'static str),
+    Raw(&'static str),
+    SockAddr,
+    Skb(bool),
+    SockCreate,
+}
+
+/// Every attached program, in attach order. The process sensors come first, so a process is
+/// known before any of its sockets are judged.
+const PROGRAMS: &[(&str, Hook)] = &[
+    ("sys_enter_execve", Hook::Tracepoint("syscalls", "sys_enter_execve")),
+    ("sys_enter_execveat", Hook::Tracepoint("syscalls", "sys_enter_execveat")),
+    ("sys_exit_execve", Hook::Tracepoint("syscalls", "sys_exit_execve")),
+    ("sys_exit_execveat", Hook::Tracepoint("syscalls", "sys_exit_execveat")),
+    ("sys_enter_clone", Hook::Tracepoint("syscalls", "sys_enter_clone")),
+    ("sys_enter_clone3", Hook::Tracepoint("syscalls", "sys_enter_clone3")),
+    ("sys_enter_fork", Hook::Tracepoint("syscalls", "sys_enter_fork")),
+    ("sys_enter_vfork", Hook::Tracepoint("syscalls", "sys_enter_vfork")),
+    ("sys_enter_exit", Hook::Tracepoint("syscalls", "sys_enter_exit")),
+    ("sys_enter_exit_group", Hook::Tracepoint("syscalls", "sys_enter_exit_group")),
+    ("sched_process_fork", Hook::Tracepoint("sched", "sched_process_fork")),
+    ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
+    ("sched_process_exec_kill", Hook::Tracepoint("sched", "sched_process_exec")),
+    ("agent_exit", Hook::Tracepoint("sched", "sched_process_exit")),
+    ("sys_enter_socket", Hook::Tracepoint("syscalls", "sys_enter_socket")),
+    ("sys_enter_connect", Hook::Tracepoint("syscalls", "sys_enter_connect")),
+    ("sys_enter_bpf", Hook::Tracepoint("syscalls", "sys_enter_bpf")),
+    ("sys_enter_umount", Hook::Tracepoint("syscalls", "sys_enter_umount")),
+    ("sys_enter_ptrace", Hook::Tracepoint("syscalls", "sys_enter_ptrace")),
+    ("signal_generate", Hook::Raw("signal_generate")),
+    ("connect4", Hook::SockAddr),
+    ("connect6", Hook::SockAddr),
+    ("sendmsg4", Hook::SockAddr),
+    ("sendmsg6", Hook::SockAddr),
+    ("sock_create", Hook::SockCreate),
+    ("dns_egress", Hook::Skb(true)),
+    ("dns_ingress", Hook::Skb(false)),
+    ("egress_guard", Hook::Skb(true)),
+];
+
+/// Programs reached by tail call only: (program, program array). Loaded, never attached.
+const TAIL_CALLS: &[(&str, &str, TailKind)] = &[
+    ("exec_env_scan", names::ENV_SCAN_PROG, TailKind::Tracepoint),
+    ("dns_egress_enforce", names::DNS_PROGS, TailKind::Skb),
+    ("dns_ingress_learn", names::DNS_INGRESS_PROGS, TailKind::Skb),
+];
+
+#[derive(Clone, Copy)]
+enum TailKind {
+    Tracepoint,
+    Skb,
+}
+
+pub fn require_root() -> Result<(), SensorError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(SensorError::NotRoot);
+    }
+    Ok(())
+}
+
+fn ensure_tracefs() -> Result<(), SensorError> {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    nix::mount::mount(Some("nodev"), "/sys/kernel/tracing", Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(SensorError::Tracefs)
+}
+
+/// The ABI version the kernel object carries (the size of its `ABI` map), checked against
+/// this agent's before anything is loaded.
+pub fn check_abi(object: &[u8]) -> Result<(), SensorError> {
+    let obj = aya_obj::Object::parse(object)
+        .map_err(|e| SensorError::AbiMismatch { object: format!("unreadable ({e})"), agent: ABI_VERSION })?;
+    match obj.maps.get(names::ABI).map(|m| m.max_entries()) {
+        Some(v) if v == ABI_VERSION => Ok(()),
+        Some(v) => Err(SensorError::AbiMismatch { object: v.to_string(), agent: ABI_VERSION }),
+        None => Err(SensorError::AbiMismatch { object: "none (no ABI map)".into(), agent: ABI_VERSION }),
+    }
+}
+
+pub fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, SensorError> {
+    ebpf.map_mut(name).ok_or(SensorError::Missing { kind: "map", name: name.into() })
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, SensorError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(SensorError::Missing { kind: "program", name: name.into() })?;
+    p.try_into().map_err(|e| SensorError::kernel(format!("program {name}"), e))
+}
+
+fn pin(link: FdLink, pins: &PinDir, name: &str) -> Result<PinnedLink, SensorError> {
+    let path = pins.path().join(name);
+    link.pin(&path).map_err(|e| SensorError::Pin { path, detail: e.to_string() })
+}
+
+/// Load the object, load and pin every program, fill the tail-call arrays, attach.
+pub fn load_and_attach(
+    cfg: &SensorConfig,
+    cgroup_root: &Path,
+    pins: &PinDir,
+) -> Result<(Ebpf, Vec<PinnedLink>, Vec<SensorState>), SensorError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(SensorError::NoObject);
+    }
+    check_abi(EBPF_OBJECT)?;
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+    let _ = nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+        nix::sys::resource::RLIM_INFINITY,
+        nix::sys::resource::RLIM_INFINITY,
+    );
+    ensure_tracefs()?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::EVENTS, cfg.ringbuf_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| SensorError::kernel("eBPF object (maps and BTF)", e))?;
+    let mut links = Vec::new();
+    match attach(&mut ebpf, cgroup_root, pins, &mut links) {
+        Ok(states) => Ok((ebpf, links, states)),
+        Err(e) => {
+            detach_all(links);
+            Err(e)
+        }
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    cgroup_root: &Path,
+    pins: &PinDir,
+    links: &mut Vec<PinnedLink>,
+) -> Result<Vec<SensorState>, SensorError> {
+    for (prog, array, kind) in TAIL_CALLS {
+        let fd = match kind {
+            TailKind::Tracepoint => {
+                let p: &mut TracePoint = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("tracepoint program {prog}"), e))?;
+                p.fd().map_err(|e| SensorError::kernel(format!("program {prog}"), e))?.try_clone()
+            }
+            TailKind::Skb => {
+                let p: &mut CgroupSkb = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("cgroup_skb program {prog}"), e))?;
+                p.fd().map_err(|e| SensorError::kernel(format!("program {prog}"), e))?.try_clone()
+            }
+        }
+        .map_err(|e| SensorError::kernel(format!("program {prog}"), e))?;
+        let mut slots =
+            ProgramArray::try_from(map_mut(ebpf, array)?).map_err(|e| SensorError::map(array, "opening", e))?;
+        slots.set(0, &fd, 0).map_err(|e| SensorError::map(array, "writing", e))?;
+    }
+    let mut states = vec![shell_identity::install(ebpf, pins, links)?];
+    let cgroup = std::fs::File::open(cgroup_root)
+        .map_err(|source| SensorError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
+    // BPF links always have BPF_F_ALLOW_MULTI semantics (the kernel refuses explicit flags for
+    // cgroup links): other tools' programs at the root, and other watchers', keep working.
+    let mode = CgroupAttachMode::Single;
+    let at = cgroup_root.display().to_string();
+    for (prog, hook) in PROGRAMS {
+        let link: FdLink = match *hook {
+            Hook::Tracepoint(category, name) => {
+                let p: &mut TracePoint = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("tracepoint program {prog}"), e))?;
+                let id = p
+                    .attach(category, name)
+                    .map_err(|e| SensorError::kernel(format!("attachment to tracepoint {category}/{name}"), e))?;
+                let l = p.take_link(id).map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?;
+                l.try_into().map_err(|e| {
+                    SensorError::kernel(format!("link of {prog} (perf event links cannot be pinned)"), e)
+                })?
+            }
+            Hook::Raw(name) => {
+                let p: &mut RawTracePoint = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("raw tracepoint program {prog}"), e))?;
+                let id = p
+                    .attach(name)
+                    .map_err(|e| SensorError::kernel(format!("attachment to raw tracepoint {name}"), e))?;
+                p.take_link(id).map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?.into()
+            }
+            Hook::SockAddr => {
+                let p: &mut CgroupSockAddr = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("cgroup_sock_addr program {prog}"), e))?;
+                let id = p
+                    .attach(cgroup.as_fd(), mode)
+                    .map_err(|e| SensorError::kernel(format!("attachment of {prog} to {at}"), e))?;
+                let l = p.take_link(id).map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?;
+                l.try_into().map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?
+            }
+            Hook::SockCreate => {
+                let p: &mut CgroupSock = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("cgroup_sock program {prog}"), e))?;
+                let id = p
+                    .attach(cgroup.as_fd(), mode)
+                    .map_err(|e| SensorError::kernel(format!("attachment of {prog} to {at}"), e))?;
+                let l = p.take_link(id).map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?;
+                l.try_into().map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?
+            }
+            Hook::Skb(egress) => {
+                let p: &mut CgroupSkb = program(ebpf, prog)?;
+                p.load().map_err(|e| SensorError::kernel(format!("cgroup_skb program {prog}"), e))?;
+                let ty = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+                let id = p
+                    .attach(cgroup.as_fd(), ty, mode)
+                    .map_err(|e| SensorError::kernel(format!("attachment of {prog} to {at}"), e))?;
+                let l = p.take_link(id).map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?;
+                l.try_into().map_err(|e| SensorError::kernel(format!("link of {prog}"), e))?
+            }
+        };
+        links.push(pin(link, pins, prog)?);
+    }
+    // The maps a later watcher needs to clean up after a killed one.
+    for name in [names::WATCHED, names::NEW_JOBS, names::CONFIG] {
+        let path = pins.path().join(name);
+        map_mut(ebpf, name)?.pin(&path).map_err(|e| SensorError::Pin { path, detail: e.to_string() })?;
+    }
+    states.extend([
+        SensorState {
+            name: "process".into(),
+            active: true,
+            detail: Some("tracepoints: execve/execveat, clone/fork, sched_process_fork/exit".into()),
+        },
+        SensorState {
+            name: "network".into(),
+            active: true,
+            detail: Some(format!("cgroup_sock_addr at {at}: connect4/6, sendmsg4/6 (TCP, UDP, io_uring)")),
+        },
+        SensorState {
+            name: "dns".into(),
+            active: true,
+            detail: Some("cgroup_skb egress/ingress: port 53 over UDP and TCP, queries and answers".into()),
+        },
+        SensorState {
+            name: "guard".into(),
+            active: true,
+            detail: Some(
+                "packet backstop (cgroup_skb egress), socket kinds (cgroup_sock sock_create, socket()), \
+                 unix-socket deputies (connect()), tamper (signals to the agent, bpf, umount, ptrace), \
+                 pinned: a killed agent leaves its jobs denied and killed"
+                    .into(),
+            ),
+        },
+        SensorState {
+            name: "fentry/lsm".into(),
+            active: false,
+            detail: Some("not used: tracepoints and cgroup hooks cover every sensor".into()),
+        },
+    ]);
+    Ok(states)
+}
+
+/// Unpin and close every link, each from a thread of its own (every close waits for an RCU
+/// grace period; in turn, the ~30 links took about a second).
+pub fn detach_all(links: Vec<PinnedLink>) {
+    // Unpinning removes the bpffs file; the attachment ends when the last fd closes.
+    let fds: Vec<FdLink> =
+        links.into_iter().filter_map(|l| l.unpin().map_err(|e| tracing::warn!("unpinning a link: {e}")).ok()).collect();
+    std::thread::scope(|scope| {
+        for fd in fds {
+            // If no thread can be made, the closure (and with it the link) is dropped here.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(fd));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_object_has_exactly_the_contract_maps_and_its_abi() {
+        if EBPF_OBJECT.is_empty() {
+            return; // built with AYA_BUILD_SKIP
+        }
+        check_abi(EBPF_OBJECT).unwrap();
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).unwrap();
+        let mut have: Vec<&str> = obj.maps.keys().map(String::as_str).filter(|n| !n.starts_with('.')).collect();
+        have.sort();
+        let mut want: Vec<&str> = names::ALL.to_vec();
+        want.sort();
+        assert_eq!(have, want);
+        for (p, _) in PROGRAMS {
+            assert!(obj.programs.contains_key(*p), "program {p} missing from the object");
+        }
+    }
+}

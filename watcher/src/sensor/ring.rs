@@ -1,0 +1,42 @@
+//! The ring buffer: every record the kernel programs send, decoded (length-checked, tag
+//! matched) by `record::decode`.
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use tokio::io::unix::AsyncFd;
+use watcher_common::maps::names;
+
+use super::{Sensor, SensorError};
+use crate::record;
+
+pub type Decoded = Result<record::Record, record::DecodeError>;
+
+pub fn open(ebpf: &mut Ebpf) -> Result<AsyncFd<RingBuf<MapData>>, SensorError> {
+    let map = ebpf.take_map(names::EVENTS).ok_or(SensorError::Missing { kind: "map", name: names::EVENTS.into() })?;
+    let ring = RingBuf::try_from(map).map_err(|e| SensorError::map(names::EVENTS, "opening", e))?;
+    // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps open
+    // (as the same file description) for as long as it is registered.
+    unsafe { AsyncFd::register(ring) }.map_err(|e| SensorError::Ring(std::io::Error::other(e.to_string())))
+}
+
+impl Sensor {
+    /// Wait until records are available, then decode all of them into `out`.
+    pub async fn wait_and_drain(&mut self, out: &mut Vec<Decoded>) -> std::io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            out.push(record::decode(&item));
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Decode whatever is in the ring buffer now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Decoded>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            out.push(record::decode(&item));
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! What a watched step (a `run`, a daemon job, a drill) knows before its first process runs:
+//! the policy with the CLI's mode, its registry hosts, the secret detector, the kernel hash
+//! seed, and the clocks that turn kernel timestamps into wall time. Shared by every mode, so
+//! the daemon imports nothing from the `run` command.
+use anyhow::{Context as _, bail};
+
+use crate::{
+    event::Ts,
+    policy::{Mode, Policy},
+    secrets::SecretSet,
+};
+
+/// Variable-name globs whose values are always looked for in DNS names (besides the policy's
+/// own), so a log recorded under one policy can be replayed under a stricter one.
+pub const SECRET_CANDIDATES: &[&str] = &[
+    "AWS_*",
+    "*_TOKEN",
+    "*TOKEN*",
+    "*_KEY",
+    "*_KEY_*",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*CREDENTIAL*",
+    "*PRIVATE*",
+    "*_AUTH",
+    "*_AUTH_*",
+    "*APIKEY*",
+    "*API_KEY*",
+];
+
+/// What is known before the command starts: the loaded policy (mode applied), its registry
+/// hosts and the secrets detector.
+pub struct Prepared {
+    pub policy: Option<Policy>,
+    pub registries: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where each registry host came from (the start record's `registry_sources`).
+    pub registry_sources: Vec<crate::probe::RegistrySource>,
+    pub secrets: SecretSet,
+}
+
+/// Load and check everything a user can get wrong before anything runs.
+pub fn prepare(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Prepared> {
+    let policy = load_policy(policy, mode)?;
+    let registries = resolve_registries(policy.as_ref())?;
+    finish_prepare(policy, registries)
+}
+
+/// The policy file, with the CLI's mode applied.
+pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Option<Policy>> {
+    match policy {
+        Some(p) => {
+            let mut pol = crate::policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(m) = mode {
+                pol.mode = m;
+            }
+            Ok(Some(pol))
+        }
+        None => {
+            if mode.is_some() {
+                bail!("--mode needs --policy FILE: there is nothing to audit or enforce without a policy");
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The hosts of the policy's registries, from each package manager's own configuration (this
+/// starts the package managers: npm alone takes about 0.4 s).
+pub fn resolve_registries(policy: Option<&Policy>) -> anyhow::Result<crate::probe::Registries> {
+    Ok(match policy {
+        Some(p) => crate::probe::resolve_registries(p)?,
+        None => Default::default(),
+    })
+}
+
+pub fn finish_prepare(policy: Option<Policy>, registries: crate::probe::Registries) -> anyhow::Result<Prepared> {
+    let mut patterns: Vec<String> = SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
+    if let Some(p) = &policy {
+        patterns.extend(p.secret_env_patterns().iter().cloned());
+    }
+    let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
+    let secrets = SecretSet::new(&patterns, env).context("compiling secret variable patterns")?;
+    let crate::probe::Registries { hosts: registries, sources: registry_sources } = registries;
+    Ok(Prepared { policy, registries, registry_sources, secrets })
+}
+
+/// CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds: converts kernel timestamps to wall time.
+pub fn clock_offset_ns() -> i128 {
+    use nix::time::{ClockId, clock_gettime};
+    let ns = |c| clock_gettime(c).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0);
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_BOOTTIME)
+}
+
+pub fn boot_now_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
+}
+
+pub fn now_ts() -> Ts {
+    Ts(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
+}
+
+/// A per-run secret seed for the kernel's DNS name hash.
+pub fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    u64::from_ne_bytes(b) ^ boot_now_ns()
+}
