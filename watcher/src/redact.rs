@@ -153,7 +153,9 @@ mod tests {
             sensors: vec![],
             resolvers: vec![],
             registries: Default::default(),
+            registry_sources: Vec::new(),
             policy: None,
+            policy_yaml: None,
             job: None,
         });
         event(&s, &mut start);

@@ -170,7 +170,7 @@ pub struct Job {
 
 impl Job {
     /// Log an event, judge it, log the alerts. Returns the alerts raised.
-    pub fn emit(&mut self, mut e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
+    pub fn emit(&mut self, e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
         if let Event::Exec(x) = &e {
             self.live.insert(x.proc.pid);
         }
