@@ -307,9 +307,10 @@ fn sigkill_of_watcher_leaves_its_step_denied_and_killed_and_the_next_start_clean
         let p = dir.path().join("p.yaml");
         std::fs::write(&p, policy(mode)).unwrap();
         let pidfile = dir.path().join("after.pid");
-        // A background process connects after watcher is gone; the shell kills watcher.
+        // A background process (started while watcher lives) connects after watcher is gone;
+        // the shell kills watcher in between.
         let script = format!(
-            "{np} sleep 600 write-pid {pf} tcp {addr} & kill -9 $PPID; wait",
+            "{np} sleep 900 write-pid {pf} tcp {addr} & sleep 0.3; kill -9 $PPID; wait",
             pf = pidfile.display(),
             addr = l.addr()
         );
