@@ -294,8 +294,17 @@ fn replay_keeps_the_recorded_mode() {
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
     let verdict = |extra: &[&str]| {
         let out =
-            Command::new(watcher_bin()).args(["replay", "--format", "json"]).args(extra).arg(&log).output().unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            // The fixture predates `policy_yaml` in the start record: the policy is given (its
+            // own mode is enforce; the recorded mode, audit, still wins unless --mode says).
+            Command::new(watcher_bin())
+                .args(["replay", "--format", "json", "--policy"])
+                .arg(&policy)
+                .args(extra)
+                .arg(&log)
+                .output()
+                .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         (
             v["logs"][0]["verdict"].as_str().unwrap().to_string(),
             v["logs"][0]["policy"]["mode"].as_str().unwrap().to_string(),
@@ -303,8 +312,7 @@ fn replay_keeps_the_recorded_mode() {
     };
     assert_eq!(verdict(&[]), ("flagged".into(), "audit".into()));
     assert_eq!(verdict(&["--mode", "enforce"]), ("violation".into(), "enforce".into()));
-    let p = policy.display().to_string();
-    assert_eq!(verdict(&["--policy", &p]), ("flagged".into(), "audit".into()));
+    assert_eq!(verdict(&["--mode", "audit"]), ("flagged".into(), "audit".into()));
 }
 
 #[test]
