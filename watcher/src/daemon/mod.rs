@@ -306,7 +306,7 @@ impl Daemon {
     }
 
     fn handle(&mut self, rec: Record) -> anyhow::Result<()> {
-        let kid = task_of(&rec).job;
+        let kid = rec.task().job;
         if kid == JOB_NONE {
             let Some((collector, log)) = &mut self.no_job else {
                 self.counters.unrouted += 1;
@@ -330,11 +330,11 @@ impl Daemon {
                     // Fail closed: a job whose policy cannot be written must not run.
                     tracing::error!(
                         kernel_job = kid,
-                        pid = task_of(&rec).pid,
+                        pid = rec.task().pid,
                         "cannot set up job, killing its process: {e:#}"
                     );
                     let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(task_of(&rec).pid as i32),
+                        nix::unistd::Pid::from_raw(rec.task().pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
                     );
                     return Ok(());
@@ -697,10 +697,6 @@ fn parse_stat(stat: &str) -> Option<(char, u32, u64)> {
     let ppid = f.get(1)?.parse().ok()?;
     let threads = f.get(17)?.parse().ok()?;
     Some((state, ppid, threads))
-}
-
-fn task_of(r: &Record) -> &crate::record::Task {
-    r.task()
 }
 
 pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {

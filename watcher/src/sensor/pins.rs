@@ -63,9 +63,9 @@ impl PinDir {
 
     /// Remove every pin left (links are unpinned before) and the directory.
     pub fn remove(&self) {
+        // PIN_ROOT itself stays: removing it when empty would race another agent creating its
+        // directory in it.
         remove_dir(&self.path);
-        // The root directory goes when it is empty (no other agent running).
-        let _ = std::fs::remove_dir(PIN_ROOT);
     }
 }
 
@@ -129,7 +129,6 @@ pub fn clean_stale() -> Vec<Stale> {
         );
         out.push(Stale { dir, pid, killed, held: held.len() });
     }
-    let _ = std::fs::remove_dir(PIN_ROOT);
     out
 }
 
