@@ -120,7 +120,7 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => {
+            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, held, script, .. } => {
                 let (argv, argv_redacted) = self.redact_argv(argv);
                 out.push(Event::Exec(Exec {
                     ts: self.wall(task.boot_ns),
@@ -134,6 +134,9 @@ impl Collector {
                     killed,
                     shell,
                     cwd: None,
+                    held,
+                    script,
+                    facts: None,
                 }))
             }
             Record::Fork { task, child_pid } => out.push(Event::Fork(Fork {

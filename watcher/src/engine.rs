@@ -38,6 +38,11 @@ pub struct Engine {
     raised: HashSet<(String, u32, String)>,
     alerts: u64,
     loss_alerts: u64,
+    /// The step's start and working directory (its `start` record).
+    start: Ts,
+    cwd: Option<String>,
+    /// The verdict on the last exec judged: kill it (a held shell is killed, else continued).
+    last_kill: bool,
 }
 
 impl Engine {
@@ -52,6 +57,9 @@ impl Engine {
             raised: HashSet::new(),
             alerts: 0,
             loss_alerts: 0,
+            start: Ts(0),
+            cwd: None,
+            last_kill: false,
         }
     }
 
@@ -137,6 +145,9 @@ impl Engine {
         let mut out = Vec::new();
         match e {
             Event::Start(s) => {
+                self.start = s.ts;
+                self.cwd = s.project.as_ref().map(|p| p.cwd.clone());
+                self.tree.on_event(e);
                 self.resolvers = s.resolvers.clone();
                 let mut hosts = Vec::new();
                 for pm in self.policy.registries().to_vec() {
@@ -184,29 +195,42 @@ impl Engine {
         out
     }
 
-    fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
-        let pid = x.proc.pid;
+    /// The install script whose process starts this shell exec, if it is one (None: not a
+    /// shell, or not started inside an install script, or shells are allowed).
+    fn shell_in_script(&self, x: &Exec) -> Option<(u32, String)> {
+        if !(is_shell(&x.filename) || x.shell || x.script) || !self.policy.shells_denied_in_install_scripts() {
+            return None;
+        }
         // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
         // started from inside one, or a second shell exec by its start, is spawned by it.
-        let shell_from = if (is_shell(&x.filename) || x.shell) && self.policy.shells_denied_in_install_scripts() {
-            let own = self.tree.get(pid);
-            self.tree.install_script(x.proc.ppid).map(|(_, a)| a.label()).or_else(|| {
-                own.and_then(|n| n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| a.label()))
-            })
-        } else {
-            None
-        };
+        let pid = x.proc.pid;
+        self.tree.install_script(x.proc.ppid).map(|(s, a)| (s, a.label())).or_else(|| {
+            let n = self.tree.get(pid)?;
+            n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| (pid, a.label()))
+        })
+    }
+
+    /// Whether the agent should read a shell's facts ([`crate::held::enrich`]) before this
+    /// exec is judged: it is a shell started inside an install script, or held by the kernel.
+    pub fn wants_facts(&self, x: &Exec) -> bool {
+        x.held || self.shell_in_script(x).is_some()
+    }
+
+    /// The verdict on the last exec event judged: true when it must be killed (the pipeline
+    /// kills a held shell, or continues it).
+    pub fn last_exec_kill(&self) -> bool {
+        self.last_kill
+    }
+
+    fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
+        let pid = x.proc.pid;
+        self.last_kill = false;
+        let shell_from = self.shell_in_script(x);
         let denied_by = self.policy.exec_denied(&x.filename);
-        // A kill has one reason, which is the alert: the kernel kills a shell spawned by a
-        // script, or a denied name, at the first execve attempt (possibly a PATH candidate
-        // that does not exist), so other rules about that attempted path are not judged.
-        let (shell_alert, deny_alert) = match (x.killed, &shell_from, &denied_by) {
-            (true, Some(_), _) => (true, false),
-            (true, None, _) => (false, denied_by.is_some()),
-            (false, _, _) => (shell_from.is_some(), denied_by.is_some()),
-        };
-        if deny_alert {
-            let rule = denied_by.unwrap_or_default();
+        // A kill by the kernel has one reason, which is the alert: a denied name is killed at
+        // the first execve attempt (possibly a PATH candidate that does not exist), so other
+        // rules about that attempted path are not judged.
+        if let Some(rule) = &denied_by {
             self.alert(
                 out,
                 x.ts,
@@ -218,22 +242,38 @@ impl Engine {
                 x.filename.clone(),
                 format!("{} is denied by exec rule {rule:?}", x.filename),
             );
+            if x.killed {
+                self.last_kill = true;
+                return;
+            }
         }
-        if shell_alert {
-            let pkg = shell_from.unwrap_or_default();
-            let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
-            self.alert(
-                out,
-                x.ts,
-                RULE_SHELL,
-                false,
-                x.killed,
-                "high",
-                pid,
-                x.filename.clone(),
-                format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
-            );
-        }
+        let Some((script, pkg)) = shell_from else { return };
+        let strict = self.policy.shell_policy() == crate::policy::ShellPolicy::Deny;
+        let tree = &self.tree;
+        let same_script = |p: u32| tree.install_script(p).is_some_and(|(s, _)| s == script);
+        let ctx = crate::shell_rule::Context {
+            policy: &self.policy,
+            start: self.start,
+            cwd: self.cwd.as_deref(),
+            strict,
+            same_script: &same_script,
+        };
+        let Some(why) = crate::shell_rule::judge(x, &ctx) else { return };
+        // Enforce mode: the kernel holds the shell and the pipeline kills it on this verdict.
+        let killed = x.killed || (x.held && self.policy.mode == Mode::Enforce);
+        self.last_kill = killed;
+        let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
+        self.alert(
+            out,
+            x.ts,
+            RULE_SHELL,
+            false,
+            killed,
+            "high",
+            pid,
+            x.filename.clone(),
+            format!("install script of {pkg} spawned a shell: {} {args}: {why}", basename(&x.filename)),
+        );
     }
 
     fn egress_allowed(&self, ip: IpAddr, port: u16) -> bool {

@@ -133,6 +133,12 @@ struct FExec {
     shell: bool,
     #[serde(default)]
     cwd: Option<String>,
+    #[serde(default)]
+    held: bool,
+    #[serde(default)]
+    script: bool,
+    #[serde(default)]
+    facts: Option<Box<crate::event::ShellFacts>>,
 }
 
 impl From<FExec> for Event {
@@ -149,6 +155,9 @@ impl From<FExec> for Event {
             killed: x.killed,
             shell: x.shell,
             cwd: x.cwd,
+            held: x.held,
+            script: x.script,
+            facts: x.facts,
         })
     }
 }
@@ -484,6 +493,7 @@ pub mod generate {
                         BTreeMap::new()
                     },
                     policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
+                    project: None,
                 }),
                 1 => Event::Exec(Exec {
                     ts,
@@ -501,6 +511,9 @@ pub mod generate {
                     killed: self.chance(10),
                     shell: self.chance(10),
                     cwd: self.opt(Self::word),
+                    held: false,
+                    script: false,
+                    facts: None,
                 }),
                 2 => Event::Fork(Fork { ts, proc: self.proc() }),
                 3 => Event::Exit(Exit { ts, proc: self.proc(), exit_code: self.opt(|g| g.next_u64() as i32) }),

@@ -166,12 +166,14 @@ impl Sinks {
             x.cwd =
                 std::fs::read_link(format!("/proc/{}/cwd", x.proc.pid)).ok().map(|p| p.to_string_lossy().into_owned());
         }
+        crate::held::before(self.engine.as_ref(), &mut e);
         self.write(&e)?;
         // The engine judges exactly what was logged, as replay will.
         let alerts = match &mut self.engine {
             Some(engine) => engine.process(&e),
             None => Vec::new(),
         };
+        crate::held::after(self.engine.as_ref(), &e);
         for a in alerts {
             let latency_ns = now_ts().0.saturating_sub(a.ts.0);
             self.timings.push(AlertTiming { alert: a.clone(), latency_ns });
@@ -212,6 +214,7 @@ impl LossTracker {
                 });
                 self.seen[i] = t;
                 sinks.emit(e)?;
+                crate::held::after_loss(sinks.engine.as_ref(), COUNTER_NAMES[i], || sensor.watched_pids());
             }
         }
         if self.decode_errors > self.decode_reported {
@@ -332,6 +335,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         registries: prepared.registries.clone(),
         policy: policy_info.clone(),
         job: None,
+        project: crate::project::detect(),
     }))?;
     if !opts.quiet {
         let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();

@@ -175,6 +175,7 @@ mod tests {
             resolvers: vec![],
             registries: registries.iter().map(|(pm, h)| (pm.to_string(), vec![h.to_string()])).collect(),
             policy: None,
+            project: None,
         })
     }
 

@@ -144,7 +144,8 @@ pub struct Job {
 
 impl Job {
     /// Log an event, judge it, log the alerts. Returns the alerts raised.
-    pub fn emit(&mut self, e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
+    pub fn emit(&mut self, mut e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
+        crate::held::before(self.engine.as_ref(), &mut e);
         if let Event::Exec(x) = &e {
             self.live.insert(x.proc.pid);
         }
@@ -162,6 +163,7 @@ impl Job {
             Some(engine) => engine.process(&e),
             None => Vec::new(),
         };
+        crate::held::after(self.engine.as_ref(), &e);
         for a in &alerts {
             self.write(&Event::Alert(a.clone()))?;
         }
@@ -302,6 +304,7 @@ pub fn start_record(
             mode: p.mode.as_str().to_string(),
         }),
         job: Some(crate::event::JobInfo { id: identity.id.clone(), pipeline: identity.pipeline.clone(), variables }),
+        project: None,
     }
 }
 

@@ -24,7 +24,7 @@ pub use error::{Location, PolicyError};
 pub use matcher::{AllowedNet, NOT_IN_EXEC_ALLOW};
 pub use registry::{RegistryError, resolve, resolve_all};
 pub use resolv::{parse_resolv_conf, system_resolvers};
-pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec};
+pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec, ShellPolicy};
 
 use matcher::Compiled;
 
@@ -141,9 +141,16 @@ impl Policy {
         self.compiled.exec_denied(path)
     }
 
-    /// `exec.install_scripts.shells == deny` (the default).
+    /// Shells started by install scripts are judged: `exec.install_scripts.shells` is
+    /// `suspicious` (the default) or `deny`. In enforce mode the kernel holds them for the
+    /// engine's verdict.
     pub fn shells_denied_in_install_scripts(&self) -> bool {
-        self.compiled.shells_denied()
+        self.compiled.shells() != ShellPolicy::Allow
+    }
+
+    /// `exec.install_scripts.shells`.
+    pub fn shell_policy(&self) -> ShellPolicy {
+        self.compiled.shells()
     }
 
     /// `secrets.env`, as written (default: [`schema::DEFAULT_SECRET_ENV`]).

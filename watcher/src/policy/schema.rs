@@ -109,16 +109,23 @@ impl FromStr for PackageManager {
 }
 
 /// May an install script (npm lifecycle script, pip build, cargo build.rs) spawn a shell?
+/// See `shell_rule.rs` for the cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShellPolicy {
+    /// Only shells that look like attacks are denied (reverse shells, `curl | sh`, copied
+    /// shells, memfd shells, interactive shells, `sh -c` running a denied program).
     #[default]
+    Suspicious,
+    /// Strict: every shell an install script starts is denied (wrapper scripts excepted).
     Deny,
+    /// No shell rule.
     Allow,
 }
 
 impl ShellPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
+            ShellPolicy::Suspicious => "suspicious",
             ShellPolicy::Deny => "deny",
             ShellPolicy::Allow => "allow",
         }
@@ -129,9 +136,10 @@ impl FromStr for ShellPolicy {
     type Err = ParseNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "suspicious" => Ok(ShellPolicy::Suspicious),
             "deny" => Ok(ShellPolicy::Deny),
             "allow" => Ok(ShellPolicy::Allow),
-            _ => Err(ParseNameError(format!("shells must be deny or allow, found {s:?}"))),
+            _ => Err(ParseNameError(format!("shells must be suspicious, deny or allow, found {s:?}"))),
         }
     }
 }
@@ -686,7 +694,7 @@ str_deserialize!(Mode, "audit or enforce", |s| s.parse().map_err(|e: ParseNameEr
 str_deserialize!(PackageManager, "a package manager name: npm, pip or cargo", |s| s
     .parse()
     .map_err(|e: ParseNameError| e.0));
-str_deserialize!(ShellPolicy, "deny or allow", |s| s.parse().map_err(|e: ParseNameError| e.0));
+str_deserialize!(ShellPolicy, "suspicious, deny or allow", |s| s.parse().map_err(|e: ParseNameError| e.0));
 str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().map_err(|e: ParseNameError| e.0));
 str_deserialize!(ExecPattern, "an executable path or name glob", ExecPattern::parse);
 str_deserialize!(EnvPattern, "an environment variable name glob", EnvPattern::parse);
