@@ -222,11 +222,27 @@ impl Engine {
         self.last_kill
     }
 
+    /// `exec.temp_dirs`: an executable in a temporary directory outside the step's working tree
+    /// and the package managers' install trees is a dropper's (the rule's text for the alert).
+    fn dropper(&self, path: &str) -> Option<String> {
+        let dir = self.policy.temp_dir_of(path)?;
+        let cwd = self.cwd.as_deref();
+        let in_tree =
+            cwd.is_some_and(|c| c != "/" && c != dir && path.starts_with(c) && path[c.len()..].starts_with('/'));
+        if in_tree || crate::shell_rule::in_install_tree(path, cwd) {
+            return None;
+        }
+        Some(format!(
+            "temp_dirs: {dir} (outside the step's working tree {} and the install trees)",
+            cwd.unwrap_or("(unknown)")
+        ))
+    }
+
     fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
         let pid = x.proc.pid;
         self.last_kill = false;
         let shell_from = self.shell_in_script(x);
-        let denied_by = self.policy.exec_denied(&x.filename);
+        let denied_by = self.policy.exec_denied(&x.filename).or_else(|| self.dropper(&x.filename));
         // A kill by the kernel has one reason, which is the alert: a denied name is killed at
         // the first execve attempt (possibly a PATH candidate that does not exist), so other
         // rules about that attempted path are not judged.

@@ -171,6 +171,7 @@ pub fn in_install_tree(path: &str, cwd: Option<&str>) -> bool {
             || c.starts_with("pip-req-build-")
             || c.starts_with("pip-wheel-")
             || c.starts_with("pip-ephem-wheel-cache-")
+            || c.starts_with("cargo-install")
     }) || path.contains("/.cargo/registry/")
         || path.contains("/.cargo/git/")
 }

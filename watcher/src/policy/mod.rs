@@ -148,6 +148,11 @@ impl Policy {
         self.compiled.shells() != ShellPolicy::Allow
     }
 
+    /// The `exec.temp_dirs` entry `path` lies in, if any.
+    pub fn temp_dir_of(&self, path: &str) -> Option<&str> {
+        self.spec.exec.temp_dirs.iter().find(|d| d.contains(path)).map(|d| d.as_str())
+    }
+
     /// `exec.install_scripts.shells`.
     pub fn shell_policy(&self) -> ShellPolicy {
         self.compiled.shells()

@@ -298,6 +298,35 @@ impl ExecPattern {
     }
 }
 
+/// A temporary directory (`exec.temp_dirs[]`): an absolute path, no glob, no trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempDirPath(String);
+
+impl TempDirPath {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("invalid temporary directory {s:?}: expected an absolute path such as /tmp"));
+        }
+        if s.contains(['*', '?', '[', '{']) || s.chars().any(char::is_control) {
+            return Err(format!("invalid temporary directory {s:?}: a directory path, not a glob"));
+        }
+        let t = s.trim_end_matches('/');
+        if t.is_empty() {
+            return Err("a temporary directory cannot be / (every executable would be in it)".to_string());
+        }
+        Ok(TempDirPath(t.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `path` lies below this directory.
+    pub fn contains(&self, path: &str) -> bool {
+        path.len() > self.0.len() + 1 && path.starts_with(&self.0) && path.as_bytes()[self.0.len()] == b'/'
+    }
+}
+
 /// An environment variable NAME glob (`secrets.env[]`), matched case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvPattern {
@@ -408,6 +437,10 @@ impl Default for DnsSpec {
 pub struct ExecSpec {
     pub deny: Vec<ExecPattern>,
     pub allow: Vec<ExecPattern>,
+    /// Temporary directories: an executable run from one of them is denied unless it lies in
+    /// the step's working tree or a package manager's install tree (a dropper, not a
+    /// checkout under /tmp).
+    pub temp_dirs: Vec<TempDirPath>,
     #[serde(deserialize_with = "mapping")]
     pub install_scripts: InstallScriptsSpec,
 }
@@ -698,6 +731,7 @@ str_deserialize!(ShellPolicy, "suspicious, deny or allow", |s| s.parse().map_err
 str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().map_err(|e: ParseNameError| e.0));
 str_deserialize!(ExecPattern, "an executable path or name glob", ExecPattern::parse);
 str_deserialize!(EnvPattern, "an environment variable name glob", EnvPattern::parse);
+str_deserialize!(TempDirPath, "an absolute directory path", TempDirPath::parse);
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.parse::<IpAddr>().map_err(|e| {
@@ -913,6 +947,7 @@ display_serialize!(
     HostPattern => |h: &HostPattern| h.text.clone(),
     ExecPattern => |p: &ExecPattern| p.text.clone(),
     EnvPattern => |p: &EnvPattern| p.text.clone(),
+    TempDirPath => |p: &TempDirPath| p.0.clone(),
 );
 
 impl Serialize for PortRange {
