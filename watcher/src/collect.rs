@@ -457,6 +457,8 @@ mod tests {
             killed: false,
             shell: false,
             stopped: false,
+            held: false,
+            script: false,
             env: vec![],
         };
         c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);

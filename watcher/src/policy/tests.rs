@@ -294,7 +294,7 @@ fn bad_resolver_and_shells() {
         &format!("{HEAD}exec:\n  install_scripts:\n    shells: maybe\n"),
         5,
         13,
-        "shells must be deny or allow, found \"maybe\"",
+        "shells must be suspicious, deny or allow, found \"maybe\"",
     );
 }
 
