@@ -335,7 +335,7 @@ fn watch(policy: &Path, mode: &str, cwd: &Path, env: &[(OsString, Option<OsStrin
 }
 
 /// The shell-from-install-script alerts of `step`: at least one, every one naming `package`
-/// with `action`, each for an exec of a shell whose `killed` flag matches the action.
+/// with `action`, each for an exec of a shell whose `held` flag matches the action.
 /// Returns the shell exec events.
 fn assert_shell_alerts<'a>(step: &'a Step, package: &str, action: &str) -> Vec<&'a Value> {
     assert_shell_alerts_with(step, &|p| p == package, package, action)
@@ -359,7 +359,10 @@ fn assert_shell_alerts_with<'a>(
         let exec = step.exec_of(&a["pid"]);
         let file = exec["filename"].as_str().unwrap();
         assert!(file.ends_with("/sh"), "the alert is not about the shell exec: {exec}");
-        assert_eq!(exec["killed"] == true, action == "kill", "killed flag does not match action {action}: {exec}");
+        // Enforce mode: the kernel held the shell before its first instruction for the verdict
+        // (`held`), the verdict killed it.
+        assert_eq!(exec["held"] == true, action == "kill", "held flag does not match action {action}: {exec}");
+        assert!(exec["facts"].is_object(), "the shell's facts were not recorded: {exec}");
         assert!(a["message"].as_str().unwrap().contains(package), "{a}");
         execs.push(exec);
     }
@@ -869,7 +872,9 @@ fn pip_audit_checks(pip: &PipStep, index: &PipIndex, sdist: &str, package_ok: &d
     eprintln!("pip build runners: {:#?}", pip_build_runners(step));
     // setup.py may run more than once (metadata, then the wheel): one alert per shell.
     let shells = assert_shell_alerts_with(step, package_ok, what, "flag");
-    assert!(shells.iter().all(|e| e["argv"] == json!(["sh", "-i", "-c", "echo SHELL-RAN >> \"$WATCHER_TEST_MARKER\""])));
+    assert!(
+        shells.iter().all(|e| e["argv"] == json!(["sh", "-i", "-c", "echo SHELL-RAN >> \"$WATCHER_TEST_MARKER\""]))
+    );
     let runs = fs::read_to_string(&pip.marker).unwrap_or_else(|e| panic!("no marker: {e}\n{}", step.context()));
     assert_eq!(runs.lines().filter(|l| *l == "SHELL-RAN").count(), shells.len(), "every flagged shell ran: {runs:?}");
     assert_eq!(step.alerts().len(), shells.len(), "only the shells may raise alerts\n{}", step.context());

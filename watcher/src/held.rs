@@ -21,14 +21,17 @@ fn link(path: String) -> Option<String> {
     std::fs::read_link(path).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
-/// Socket inodes of TCP/UDP sockets in the network namespace of `pid` (bounded).
+/// Socket inodes of TCP/UDP/UNIX sockets in the network namespace of `pid` (bounded).
 fn inet_inodes(pid: u32) -> HashSet<(u64, &'static str)> {
     let mut out = HashSet::new();
-    for (file, kind) in [("tcp", "tcp"), ("tcp6", "tcp"), ("udp", "udp"), ("udp6", "udp")] {
+    for (file, kind, col) in
+        [("tcp", "tcp", 9), ("tcp6", "tcp", 9), ("udp", "udp", 9), ("udp6", "udp", 9), ("unix", "unix", 6)]
+    {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
         for line in text.lines().skip(1).take(100_000) {
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            if let Some(ino) = line.split_whitespace().nth(9).and_then(|s| s.parse().ok()) {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode (unix: Num RefCount
+            // Protocol Flags Type St Inode Path)
+            if let Some(ino) = line.split_whitespace().nth(col).and_then(|s| s.parse().ok()) {
                 out.insert((ino, kind));
             }
         }
@@ -77,8 +80,11 @@ fn writes(pid: u32, fd: u32) -> bool {
 
 fn writer(pid: u32) -> PipeWriter {
     let inet = inet_inodes(pid);
-    let inet_sockets =
-        fds(pid).iter().filter_map(|(_, l)| socket_inode(l)).filter(|i| inet.iter().any(|(n, _)| n == i)).count();
+    let inet_sockets = fds(pid)
+        .iter()
+        .filter_map(|(_, l)| socket_inode(l))
+        .filter(|i| inet.iter().any(|(n, k)| n == i && *k != "unix"))
+        .count();
     PipeWriter {
         pid,
         comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -165,6 +165,12 @@ pub fn in_install_tree(path: &str, cwd: Option<&str>) -> bool {
     if under_cwd && (path[cwd.unwrap_or("").len()..].starts_with("/target/")) {
         return true;
     }
+    // A cargo target directory anywhere (CARGO_TARGET_DIR): target/<profile>/{build,deps,examples}/.
+    if let Some(i) = path.find("/target/")
+        && path[i + 8..].split('/').take(3).any(|c| matches!(c, "build" | "deps" | "examples"))
+    {
+        return true;
+    }
     path.split('/').any(|c| {
         c.starts_with("pip-install-")
             || c.starts_with("pip-build-env-")
@@ -339,5 +345,7 @@ mod tests {
         assert!(!in_install_tree("/root/.pyenv/shims/python3", Some("/root/p")));
         assert!(in_install_tree("/root/.cargo/registry/src/x/y/build.sh", None));
         assert!(in_install_tree("/p/target/release/build/x/out/s", Some("/p")));
+        assert!(in_install_tree("/tmp/w/target/debug/build/x-0a/build-script-build", Some("/p")));
+        assert!(!in_install_tree("/tmp/target/x", Some("/p")));
     }
 }
