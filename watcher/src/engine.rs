@@ -197,17 +197,20 @@ impl Engine {
 
     /// The install script whose process starts this shell exec, if it is one (None: not a
     /// shell, or not started inside an install script, or shells are allowed).
-    fn shell_in_script(&self, x: &Exec) -> Option<(u32, String)> {
+    fn shell_in_script(&self, x: &Exec) -> Option<(u32, String, crate::policy::ShellPolicy)> {
         if !(is_shell(&x.filename) || x.shell || x.script) || !self.policy.shells_denied_in_install_scripts() {
             return None;
         }
         // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
         // started from inside one, or a second shell exec by its start, is spawned by it.
         let pid = x.proc.pid;
-        self.tree.install_script(x.proc.ppid).map(|(s, a)| (s, a.label())).or_else(|| {
+        let (start, a) = self.tree.install_script(x.proc.ppid).or_else(|| {
             let n = self.tree.get(pid)?;
-            n.attribution.as_ref().filter(|_| n.filename.is_some()).map(|a| (pid, a.label()))
-        })
+            n.attribution.as_deref().filter(|_| n.filename.is_some()).map(|a| (pid, a))
+        })?;
+        // Per-package rules (`packages:`) choose the rule for this package's scripts.
+        let rule = self.policy.shell_policy_for(&a.manager, &a.package);
+        (rule != crate::policy::ShellPolicy::Allow).then(|| (start, a.label(), rule))
     }
 
     /// Whether the agent should read a shell's facts ([`crate::held::enrich`]) before this
@@ -263,8 +266,8 @@ impl Engine {
                 return;
             }
         }
-        let Some((script, pkg)) = shell_from else { return };
-        let strict = self.policy.shell_policy() == crate::policy::ShellPolicy::Deny;
+        let Some((script, pkg, rule)) = shell_from else { return };
+        let strict = rule == crate::policy::ShellPolicy::Deny;
         let tree = &self.tree;
         let same_script = |p: u32| tree.install_script(p).is_some_and(|(s, _)| s == script);
         let ctx = crate::shell_rule::Context {

@@ -205,7 +205,11 @@ fn main() {
         Command::Policy { command: PolicyCommand::Check { files } } => {
             let mut bad = false;
             for f in &files {
-                match watcher::policy::load(f) {
+                // Exactly the validation `run` does: load, then compile the kernel tables.
+                let checked = watcher::policy::load(f).map_err(|e| e.to_string()).and_then(|p| {
+                    watcher::policy::kernel::validate(&p).map_err(|e| format!("{}: {e}", p.source)).map(|_| p)
+                });
+                match checked {
                     Ok(p) => println!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
                     Err(e) => {
                         eprintln!("{e}");

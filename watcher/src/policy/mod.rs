@@ -146,6 +146,19 @@ impl Policy {
     /// engine's verdict.
     pub fn shells_denied_in_install_scripts(&self) -> bool {
         self.compiled.shells() != ShellPolicy::Allow
+            || self.spec.packages.iter().any(|r| r.shells.is_some_and(|s| s != ShellPolicy::Allow))
+    }
+
+    /// The shell rule for the install scripts of `package` (of package manager `manager`):
+    /// the first `packages[]` entry naming it with `shells`, else `exec.install_scripts.shells`.
+    pub fn shell_policy_for(&self, manager: &str, package: &str) -> ShellPolicy {
+        self.spec
+            .packages
+            .iter()
+            .filter(|r| r.manager.is_none_or(|m| m.as_str() == manager))
+            .filter(|r| r.name.matches(package))
+            .find_map(|r| r.shells)
+            .unwrap_or_else(|| self.compiled.shells())
     }
 
     /// The `exec.temp_dirs` entry `path` lies in, if any.

@@ -402,6 +402,52 @@ pub struct PolicySpec {
     pub exec: ExecSpec,
     #[serde(default, deserialize_with = "mapping")]
     pub secrets: SecretsSpec,
+    /// Per-package rules, matched by the package an install script is attributed to; the
+    /// first matching entry wins.
+    #[serde(default)]
+    pub packages: Vec<PackageRule>,
+}
+
+/// One `packages[]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRule {
+    /// Package name glob (`better-sqlite3`, `@scope/*`, `*-sys`), case-sensitive.
+    pub name: PackageGlob,
+    /// Only packages of this manager (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<PackageManager>,
+    /// `exec.install_scripts.shells` for this package's install scripts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shells: Option<ShellPolicy>,
+}
+
+/// A package name glob (`packages[].name`): `*` matches any run of characters, `/` included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageGlob {
+    text: String,
+    glob: Glob,
+}
+
+impl PackageGlob {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("a package name pattern must not be empty".to_string());
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("invalid package name pattern {s:?}: unexpected character {c:?}"));
+        }
+        let glob = GlobBuilder::new(s).literal_separator(false).build().map_err(|e| glob_error(s, &e))?;
+        Ok(PackageGlob { text: s.to_string(), glob })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.glob.compile_matcher().is_match(name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -732,6 +778,7 @@ str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().
 str_deserialize!(ExecPattern, "an executable path or name glob", ExecPattern::parse);
 str_deserialize!(EnvPattern, "an environment variable name glob", EnvPattern::parse);
 str_deserialize!(TempDirPath, "an absolute directory path", TempDirPath::parse);
+str_deserialize!(PackageGlob, "a package name or glob", PackageGlob::parse);
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.parse::<IpAddr>().map_err(|e| {
@@ -948,6 +995,7 @@ display_serialize!(
     ExecPattern => |p: &ExecPattern| p.text.clone(),
     EnvPattern => |p: &EnvPattern| p.text.clone(),
     TempDirPath => |p: &TempDirPath| p.0.clone(),
+    PackageGlob => |p: &PackageGlob| p.text.clone(),
 );
 
 impl Serialize for PortRange {
