@@ -49,7 +49,7 @@ fn replay_reproduces_the_live_alerts_and_judges_with_other_policies() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let policy_text = |mode: &str, extra_allow: &str| {
         format!(
-            "version: 1\npipeline: r\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\n{extra_allow}dns:\n  resolvers: [{dns_ip}]\nsecrets:\n  env: [\"AWS_*\"]\n",
+            "version: 1\npipeline: r\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\n{extra_allow}dns:\n  resolvers: [{dns_ip}]\nexec:\n  install_scripts:\n    shells: deny\nsecrets:\n  env: [\"AWS_*\"]\n",
             ok.addr().port()
         )
     };
