@@ -123,8 +123,7 @@ fn pipe_writers(pipe: &str, me: u32, candidates: &[u32]) -> Vec<PipeWriter> {
 /// `candidates`: the live processes of the step (where a pipe writer is looked for).
 pub fn enrich(x: &mut Exec, candidates: &[u32]) {
     let pid = x.proc.pid;
-    let mut f = ShellFacts::default();
-    f.exe = link(format!("/proc/{pid}/exe"));
+    let mut f = ShellFacts { exe: link(format!("/proc/{pid}/exe")), ..Default::default() };
     match std::fs::metadata(format!("/proc/{pid}/exe")) {
         Ok(m) => {
             f.exe_ctime = Some(ctime(&m));

@@ -117,7 +117,7 @@ pub fn parse_args(argv: &[String]) -> ShellArgs {
 /// command, after `exec`, `env`, `command`, `nohup`, assignments...).
 pub fn command_words(cmd: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for seg in cmd.split(|c: char| matches!(c, ';' | '|' | '&' | '(' | ')' | '`' | '\n' | '{' | '}')) {
+    for seg in cmd.split([';', '|', '&', '(', ')', '`', '\n', '{', '}']) {
         let mut words = seg.split_whitespace().map(|w| w.trim_matches(|c| c == '"' || c == '\'' || c == '$'));
         for w in words.by_ref() {
             if w.is_empty()
