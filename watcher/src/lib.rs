@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod dns;
 pub mod drill;
 pub mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub mod event;
 pub mod event_schema;
 pub mod exitcode;
