@@ -171,6 +171,14 @@ pub fn in_install_tree(path: &str, cwd: Option<&str>) -> bool {
     {
         return true;
     }
+    // The interpreter of a build's isolated virtual environment (poetry and `build` create
+    // `<tempdir>/.venv` for a PEP 517 build): only its `bin/python*`, not anything in it.
+    if let Some((dir, exe)) = path.rsplit_once('/')
+        && dir.ends_with("/.venv/bin")
+        && exe.starts_with("python")
+    {
+        return true;
+    }
     path.split('/').any(|c| {
         c.starts_with("pip-install-")
             || c.starts_with("pip-build-env-")
@@ -344,6 +352,11 @@ mod tests {
         assert!(in_install_tree("/tmp/pip-build-env-abc/overlay/bin/x", None));
         assert!(!in_install_tree("/root/.pyenv/shims/python3", Some("/root/p")));
         assert!(in_install_tree("/root/.cargo/registry/src/x/y/build.sh", None));
+        // A PEP 517 build's isolated venv (poetry, `build`): its interpreter, nothing else in it.
+        assert!(in_install_tree("/tmp/tmpuroei6zn/.venv/bin/python", None));
+        assert!(in_install_tree("/tmp/tmpuroei6zn/.venv/bin/python3.11", None));
+        assert!(!in_install_tree("/tmp/tmpuroei6zn/.venv/bin/dropper", None));
+        assert!(!in_install_tree("/tmp/tmpuroei6zn/.venv/python", None));
         assert!(in_install_tree("/p/target/release/build/x/out/s", Some("/p")));
         assert!(in_install_tree("/tmp/w/target/debug/build/x-0a/build-script-build", Some("/p")));
         assert!(!in_install_tree("/tmp/target/x", Some("/p")));
