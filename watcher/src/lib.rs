@@ -13,6 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod event_schema;
 pub mod exitcode;
+pub mod files;
 pub mod log;
 pub mod outfile;
 pub mod parse;

@@ -393,6 +393,8 @@ pub struct PolicySpec {
     pub exec: ExecSpec,
     #[serde(default, deserialize_with = "mapping")]
     pub secrets: SecretsSpec,
+    #[serde(default, deserialize_with = "mapping")]
+    pub files: super::files::FilesSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
