@@ -18,6 +18,9 @@ pub enum RecordKind {
     UnixConnect = 9,
     /// Bytes a watched socket sent (up to 64 KiB per TCP connection, every UDP datagram).
     StreamChunk = 10,
+    /// An install script opened a credential store or a protected path, or read another
+    /// process's environment or memory (watcher-ebpf/src/files.rs).
+    File = 11,
 }
 
 impl TryFrom<u32> for RecordKind {
@@ -34,6 +37,7 @@ impl TryFrom<u32> for RecordKind {
             8 => RecordKind::Tamper,
             9 => RecordKind::UnixConnect,
             10 => RecordKind::StreamChunk,
+            11 => RecordKind::File,
             other => return Err(other),
         })
     }
@@ -49,6 +53,7 @@ pub const KIND_SOCKET: u32 = RecordKind::Socket as u32;
 pub const KIND_TAMPER: u32 = RecordKind::Tamper as u32;
 pub const KIND_UNIX_CONNECT: u32 = RecordKind::UnixConnect as u32;
 pub const KIND_STREAM_CHUNK: u32 = RecordKind::StreamChunk as u32;
+pub const KIND_FILE: u32 = RecordKind::File as u32;
 
 #[cfg(test)]
 mod tests {
@@ -59,7 +64,7 @@ mod tests {
         for k in 0..20u32 {
             match RecordKind::try_from(k) {
                 Ok(kind) => assert_eq!(kind as u32, k),
-                Err(v) => assert!(v == 0 || v > 10, "{v}"),
+                Err(v) => assert!(v == 0 || v > 11, "{v}"),
             }
         }
     }

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a record layout changes; the agent refuses programs of another version.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 pub mod counters;
 pub mod kinds;
 pub mod maps;
@@ -597,4 +597,61 @@ const _: () = {
     assert!(core::mem::size_of::<StreamState>() == 16);
     assert!(STREAM_CHUNK_LEN.is_power_of_two());
     assert!(STREAM_CHUNKS_PER_PACKET as usize * STREAM_CHUNK_LEN >= STREAM_MAX_BYTES as usize);
+};
+
+// ---- File sensor (watcher-ebpf/src/files.rs) ----
+
+pub use kinds::KIND_FILE;
+/// Path bytes of a `FILE_RULES` key (after the 4-byte job): longer paths are judged by their
+/// first FILE_KEY_PATH bytes (directory prefixes still match; exact files do not).
+pub const FILE_KEY_PATH: usize = 248;
+/// `FILE_RULES` key data: job (big-endian), then the path bytes. A rule is a prefix: a
+/// directory ends with `/`, an exact file with its NUL byte.
+pub const FILE_KEY_LEN: usize = 4 + FILE_KEY_PATH;
+/// Most `FILE_RULES` entries (all jobs together).
+pub const MAX_FILE_RULES: u32 = 8192;
+/// `FILE_RULES` value flags. A credential store: any open by an install script is reported.
+pub const FILE_CRED: u32 = 1;
+/// A protected path: an open for writing (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND) by an
+/// install script is reported.
+pub const FILE_TAMPER: u32 = 2;
+/// Killed in enforce mode (every credential store; the protected paths the policy marks).
+pub const FILE_KILL: u32 = 4;
+/// `/proc/`: `/proc/PID/environ` and `/proc/PID/mem` of a process outside the script's tree.
+pub const FILE_PROC: u32 = 8;
+
+/// `FileRecord::what`
+pub const FILE_OPEN: u32 = 1;
+pub const FILE_PROC_ENVIRON: u32 = 2;
+pub const FILE_PROC_MEM: u32 = 3;
+pub const FILE_VM_READV: u32 = 4;
+pub const FILE_PTRACE: u32 = 5;
+/// `FileRecord::flags` (besides GUARD_KILLED): the open asked for writing.
+pub const FILE_WRITE: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileRecord {
+    pub hdr: Header,
+    /// FILE_OPEN, FILE_PROC_*, FILE_VM_READV, FILE_PTRACE.
+    pub what: u32,
+    /// The FILE_RULES flags that matched (FILE_OPEN), else 0.
+    pub rule: u32,
+    /// open(2) flags (FILE_OPEN), the ptrace request (FILE_PTRACE), else 0.
+    pub open_flags: u32,
+    /// The process whose environment or memory was read, else 0.
+    pub target: u32,
+    /// GUARD_KILLED, FILE_WRITE.
+    pub flags: u32,
+    /// Bytes of `path` before its NUL.
+    pub path_len: u32,
+    pub path: [u8; FILE_PATH_LEN],
+}
+
+/// Path bytes copied into a file record.
+pub const FILE_PATH_LEN: usize = 256;
+
+const _: () = {
+    assert!(core::mem::size_of::<FileRecord>() == 64 + 24 + FILE_PATH_LEN);
+    assert!(FILE_KEY_LEN <= 256);
 };

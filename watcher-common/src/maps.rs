@@ -38,6 +38,8 @@ pub mod names {
     pub const STREAMS: &str = "STREAMS";
     pub const CHUNK_SCRATCH: &str = "CHUNK_SCRATCH";
     pub const CURSOR: &str = "CURSOR";
+    pub const FILE_RULES: &str = "FILE_RULES";
+    pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
     /// Its size is the ABI version.
     pub const ABI: &str = "ABI";
 
@@ -75,6 +77,8 @@ pub mod names {
         STREAMS,
         CHUNK_SCRATCH,
         CURSOR,
+        FILE_RULES,
+        FILE_SCRATCH,
         ABI,
     ];
 }

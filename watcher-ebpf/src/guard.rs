@@ -321,6 +321,9 @@ pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: copied out at once.
     if unsafe { WATCHED.get(&pid) }.is_some_and(|t| t.job == info.job) {
+        // Inside the job: an install script tracing a process outside its own tree (the
+        // runner, the package manager) is credential access (files.rs).
+        crate::files::proc_access(watcher_common::FILE_PTRACE, pid, req);
         return 0;
     }
     tamper(&info, TAMPER_PTRACE, req, pid);

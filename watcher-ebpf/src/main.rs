@@ -6,6 +6,7 @@
 mod common;
 mod dns;
 mod exec;
+mod files;
 mod guard;
 mod maps;
 mod net;

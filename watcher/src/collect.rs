@@ -171,6 +171,25 @@ impl Collector {
                 target,
                 killed,
             })),
+            Record::File { task, what, path, write, rule, target, killed } => {
+                out.push(Event::File(crate::event::File {
+                    ts: self.wall(task.boot_ns),
+                    proc: Self::proc(&task),
+                    what,
+                    class: if what == crate::event::FileWhat::Open
+                        && rule & watcher_common::FILE_CRED == 0
+                        && rule & watcher_common::FILE_TAMPER != 0
+                    {
+                        crate::event::FileClass::Tamper
+                    } else {
+                        crate::event::FileClass::Credential
+                    },
+                    path,
+                    write,
+                    target,
+                    killed,
+                }))
+            }
             Record::UnixConnect { task, path, deputy, killed } => out.push(Event::Unix(Unix {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),

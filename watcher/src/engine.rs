@@ -29,6 +29,9 @@ fn redacted_note(s: &crate::event::SecretMatch) -> String {
 }
 pub const RULE_LOSS: &str = "events-lost";
 
+mod file_rules;
+pub use file_rules::{RULE_CREDENTIAL, RULE_FILE_TAMPER, RULE_PUBLISH};
+
 pub struct Engine {
     policy: Policy,
     tree: ProcTree,
@@ -165,7 +168,9 @@ impl Engine {
             Event::Exec(x) => {
                 self.on_exec(x, &mut out);
                 self.tree.on_event(e);
+                self.on_publish(x, &mut out);
             }
+            Event::File(x) => self.on_file(x, &mut out),
             Event::Fork(_) | Event::Exit(_) => self.tree.on_event(e),
             Event::Connect(c) => self.on_connect(c, &mut out),
             Event::Dns(d) => self.on_dns(d, &mut out),

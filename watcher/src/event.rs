@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::record::{Proto, TamperKind};
+pub use crate::record::{FileWhat, Proto, TamperKind};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -58,6 +58,7 @@ pub enum Event {
     Socket(Socket),
     Tamper(Tamper),
     Unix(Unix),
+    File(File),
     Loss(Loss),
     Alert(Alert),
     End(End),
@@ -76,6 +77,7 @@ impl Event {
             Event::Socket(e) => e.ts,
             Event::Tamper(e) => e.ts,
             Event::Unix(e) => e.ts,
+            Event::File(e) => e.ts,
             Event::Loss(e) => e.ts,
             Event::Alert(e) => e.ts,
             Event::End(e) => e.ts,
@@ -93,6 +95,7 @@ impl Event {
             Event::Socket(e) => Some(&mut e.proc),
             Event::Tamper(e) => Some(&mut e.proc),
             Event::Unix(e) => Some(&mut e.proc),
+            Event::File(e) => Some(&mut e.proc),
             Event::Start(_) | Event::Loss(_) | Event::Alert(_) | Event::End(_) => None,
         }
     }
@@ -109,6 +112,7 @@ impl Event {
             Event::Socket(_) => "socket",
             Event::Tamper(_) => "tamper",
             Event::Unix(_) => "unix",
+            Event::File(_) => "file",
             Event::Loss(_) => "loss",
             Event::Alert(_) => "alert",
             Event::End(_) => "end",
@@ -364,6 +368,44 @@ pub struct Tamper {
     pub target: u32,
     #[serde(default, skip_serializing_if = "is_false")]
     pub killed: bool,
+}
+
+/// An install script opened a credential store or a protected path, or read the environment
+/// or memory of a process outside its own tree (the file sensor, decided in the kernel).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct File {
+    pub ts: Ts,
+    #[serde(flatten)]
+    pub proc: Proc,
+    pub what: FileWhat,
+    /// The path as the process passed it (`open`), or `/proc/PID/...`; empty for
+    /// process_vm_readv and ptrace.
+    #[serde(default)]
+    pub path: String,
+    /// `credential` (a credential store, another process's environment or memory) or
+    /// `tamper` (a write to a protected path).
+    pub class: FileClass,
+    /// The open asked for writing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub write: bool,
+    /// The process whose environment or memory was read, else 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target: u32,
+    /// Killed by the kernel before the open returned (enforce mode).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+/// What a file event is about, for the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum FileClass {
+    Credential,
+    Tamper,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A connect() to a unix socket: a path, or `@name` for an abstract one.

@@ -15,6 +15,7 @@ mod engine_tests;
 pub mod event;
 pub mod event_schema;
 pub mod exitcode;
+pub mod files;
 pub mod held;
 pub mod log;
 pub mod outfile;

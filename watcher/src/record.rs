@@ -80,6 +80,20 @@ pub enum Record {
         target: u32,
         killed: bool,
     },
+    /// An install script's open of a credential store or protected path, or its read of
+    /// another process's environment or memory (files.rs in the kernel).
+    File {
+        task: Task,
+        what: FileWhat,
+        path: String,
+        /// The open asked for writing.
+        write: bool,
+        /// c::FILE_CRED / FILE_TAMPER / FILE_KILL / FILE_PROC of the rule that matched.
+        rule: u32,
+        /// The process read (environ, mem, process_vm_readv, ptrace), else 0.
+        target: u32,
+        killed: bool,
+    },
     /// A unix-socket connect.
     UnixConnect {
         task: Task,
@@ -141,6 +155,7 @@ impl Record {
             | Record::StreamChunk { task, .. }
             | Record::Socket { task, .. }
             | Record::Tamper { task, .. }
+            | Record::File { task, .. }
             | Record::UnixConnect { task, .. } => task,
         }
     }
@@ -169,6 +184,34 @@ pub enum TamperKind {
     Umount,
     /// ptrace of a process outside the job.
     Ptrace,
+}
+
+/// What a file record is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileWhat {
+    /// open(2), openat(2), openat2(2), creat(2) of a path a rule names.
+    Open,
+    /// /proc/PID/environ of a process outside the script's tree.
+    Environ,
+    /// /proc/PID/mem of a process outside the script's tree.
+    Mem,
+    /// process_vm_readv(2) of a process outside the script's tree.
+    VmReadv,
+    /// ptrace(2) of a process of the job outside the script's tree.
+    Ptrace,
+}
+
+impl FileWhat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileWhat::Open => "open",
+            FileWhat::Environ => "environ",
+            FileWhat::Mem => "mem",
+            FileWhat::VmReadv => "vm_readv",
+            FileWhat::Ptrace => "ptrace",
+        }
+    }
 }
 
 impl TamperKind {
@@ -332,6 +375,27 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 task: task(&r.hdr),
                 what,
                 arg: r.arg,
+                target: r.target,
+                killed: r.flags & c::GUARD_KILLED != 0,
+            })
+        }
+        c::KIND_FILE => {
+            let r: c::FileRecord = read(buf, hdr.kind)?;
+            let what = match r.what {
+                c::FILE_OPEN => FileWhat::Open,
+                c::FILE_PROC_ENVIRON => FileWhat::Environ,
+                c::FILE_PROC_MEM => FileWhat::Mem,
+                c::FILE_VM_READV => FileWhat::VmReadv,
+                c::FILE_PTRACE => FileWhat::Ptrace,
+                other => return Err(DecodeError::UnknownKind(other | 0x200)),
+            };
+            let n = (r.path_len as usize).min(r.path.len());
+            Ok(Record::File {
+                task: task(&r.hdr),
+                what,
+                path: cstr(&r.path[..n]),
+                write: r.flags & c::FILE_WRITE != 0,
+                rule: r.rule,
                 target: r.target,
                 killed: r.flags & c::GUARD_KILLED != 0,
             })

@@ -75,6 +75,9 @@ pub fn event(sets: &[SecretSet], e: &mut Event) {
         Event::Unix(u) => {
             field(sets, &mut u.path);
         }
+        Event::File(f) => {
+            field(sets, &mut f.path);
+        }
         Event::Exit(_)
         | Event::Connect(_)
         | Event::Send(_)

@@ -225,6 +225,8 @@ impl Daemon {
         let job = self.jobs.get_mut(id).ok_or_else(|| anyhow!("no job {id} to attach kernel job {kid} to"))?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         self.sensor.apply_policy(kid, &tables)?;
+        let files = job.policy.as_ref().and_then(|p| p.prepared.policy.as_ref()).map(|p| &p.spec().files);
+        self.sensor.apply_file_rules(kid, &crate::files::rules(files, &crate::files::homes(), None))?;
         job.kernel_ids.insert(kid);
         self.by_kernel.insert(kid, id.to_string());
         for l in self.pending_loss.remove(&kid).unwrap_or_default() {
@@ -621,6 +623,9 @@ impl Daemon {
         for kid in &job.kernel_ids {
             if let Err(e) = self.sensor.remove_job(*kid, &tables) {
                 tracing::error!(kernel_job = kid, "forgetting the job's kernel tables: {e}");
+            }
+            if let Err(e) = self.sensor.remove_file_rules(*kid) {
+                tracing::error!(kernel_job = kid, "forgetting the job's file rules: {e}");
             }
             self.by_kernel.remove(kid);
         }

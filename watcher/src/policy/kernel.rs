@@ -184,12 +184,14 @@ pub fn compile(
             }
         }
     }
-    for m in NPM_INSTALL_MARKERS {
-        if let Some(k) = padded::<ENV_NAME_LEN>(m) {
-            t.env_markers.push((k, ENV_FLAG_INSTALL));
-        }
-    }
+    t.env_markers = install_markers();
     Ok(t)
+}
+
+/// The environment entries that mark the start of an install script (the kernel sets
+/// PROC_INSTALL from them; the file sensor judges only install scripts).
+pub fn install_markers() -> Vec<([u8; ENV_NAME_LEN], u32)> {
+    NPM_INSTALL_MARKERS.iter().filter_map(|m| padded::<ENV_NAME_LEN>(m)).map(|k| (k, ENV_FLAG_INSTALL)).collect()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! (package managers' registries, /etc/resolv.conf) is `crate::probe`'s job.
 
 mod error;
+pub mod files;
 pub mod kernel;
 pub mod limits;
 mod matcher;

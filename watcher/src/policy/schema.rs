@@ -430,6 +430,8 @@ pub struct PolicySpec {
     pub exec: ExecSpec,
     #[serde(default, deserialize_with = "mapping")]
     pub secrets: SecretsSpec,
+    #[serde(default, deserialize_with = "mapping")]
+    pub files: super::files::FilesSpec,
     /// Per-package rules, matched by the package an install script is attributed to; the
     /// first matching entry wins.
     #[serde(default)]

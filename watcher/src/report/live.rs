@@ -84,6 +84,19 @@ pub fn event_line(e: &Event) -> Option<String> {
             x.proc.pid,
             safe(&x.proc.comm)
         )),
+        Event::File(x) => Some(format!(
+            "FILE    {} {}{}{}{} [{} {}]",
+            match x.class {
+                crate::event::FileClass::Credential => "credential",
+                crate::event::FileClass::Tamper => "tamper",
+            },
+            x.what.as_str(),
+            if x.path.is_empty() { String::new() } else { format!(" {}", safe(&x.path)) },
+            if x.target != 0 { format!(" of process {}", x.target) } else { String::new() },
+            if x.killed { " ✗ killed" } else { "" },
+            x.proc.pid,
+            safe(&x.proc.comm)
+        )),
         Event::Unix(x) if x.deputy => Some(format!(
             "unix    {} (local deputy){} [{} {}]",
             safe(&x.path),

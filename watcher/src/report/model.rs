@@ -278,7 +278,7 @@ impl Report {
                 self.add_alert(a.clone(), Some(line));
             }
             Event::End(x) => self.exit_code = x.exit_code,
-            Event::Send(_) | Event::Socket(_) | Event::Tamper(_) | Event::Unix(_) => {}
+            Event::Send(_) | Event::Socket(_) | Event::Tamper(_) | Event::Unix(_) | Event::File(_) => {}
         }
     }
 

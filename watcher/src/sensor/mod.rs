@@ -13,6 +13,7 @@
 pub mod btf;
 pub mod counters;
 pub mod error;
+pub mod files;
 pub mod held_jobs;
 pub mod load;
 pub mod pins;

@@ -1,0 +1,324 @@
+//! The file sensor's rules: the shipped credential stores and protected paths, the policy's
+//! `files:` additions and exceptions, expanded under every home directory and the project into
+//! the prefix table the kernel judges opens with (watcher-ebpf/src/files.rs). Pure except for
+//! [`homes`], which reads the environment and /etc/passwd.
+use std::path::{Path, PathBuf};
+
+use watcher_common::{FILE_CRED, FILE_KEY_PATH, FILE_KILL, FILE_PROC, FILE_TAMPER};
+
+use crate::policy::files::{Base, FilePattern, FilesSpec};
+
+/// Credential stores under each home directory (a trailing `/`: the whole directory).
+pub const HOME_CREDENTIALS: &[&str] = &[
+    ".npmrc",
+    ".yarnrc",
+    ".yarnrc.yml",
+    ".pypirc",
+    ".config/pip/",
+    ".pip/",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".aws/",
+    ".config/gcloud/",
+    ".azure/",
+    ".kube/config",
+    ".docker/config.json",
+    ".ssh/",
+    ".gnupg/",
+    ".git-credentials",
+    ".config/git/credentials",
+    ".config/gh/",
+    ".config/hub",
+    ".netrc",
+    ".gem/credentials",
+    ".local/share/gem/credentials",
+    // Self-hosted runners' own credentials (GitHub Actions runner installed in the home).
+    "actions-runner/.credentials",
+    "actions-runner/.credentials_rsaparams",
+    "actions-runner/.runner",
+];
+
+/// Credential stores at fixed places.
+pub const SYSTEM_CREDENTIALS: &[&str] = &["/etc/gitlab-runner/config.toml", "/etc/shadow", "/etc/gshadow"];
+
+/// Protected under the project: writes are flagged; `true`: killed in enforce mode too.
+pub const PROJECT_PROTECTED: &[(&str, bool)] = &[
+    (".github/", true),
+    (".gitlab-ci.yml", true),
+    (".git/hooks/", true),
+    (".git/config", true),
+    (".husky/", true),
+    ("package.json", false),
+    ("package-lock.json", false),
+    ("npm-shrinkwrap.json", false),
+    ("yarn.lock", false),
+    ("pnpm-lock.yaml", false),
+    ("Cargo.toml", false),
+    ("Cargo.lock", false),
+    ("pyproject.toml", false),
+    ("poetry.lock", false),
+    ("uv.lock", false),
+    ("requirements.txt", false),
+    ("setup.py", false),
+    ("src/", false),
+    ("lib/", false),
+];
+
+/// Protected under each home: shell profiles (killed in enforce mode) and the package
+/// managers' caches and tool directories (flagged).
+pub const HOME_PROTECTED: &[(&str, bool)] = &[
+    (".bashrc", true),
+    (".bash_profile", true),
+    (".bash_login", true),
+    (".bash_logout", true),
+    (".profile", true),
+    (".zshrc", true),
+    (".zprofile", true),
+    (".zshenv", true),
+    (".config/fish/config.fish", true),
+    (".config/autostart/", true),
+    (".config/systemd/user/", true),
+    (".npm/", false),
+    (".cache/pip/", false),
+    (".cache/yarn/", false),
+    (".yarn/berry/cache/", false),
+    (".local/share/pnpm/", false),
+    (".cargo/registry/", false),
+    (".cargo/git/", false),
+    (".cargo/bin/", false),
+];
+
+/// Writes the package managers make on every run, inside protected directories: never judged.
+pub const HOME_EXCEPTIONS: &[&str] = &[".npm/_logs/", ".npm/_update-notifier-last-checked"];
+
+/// Protected system paths (persistence): killed in enforce mode.
+pub const SYSTEM_PROTECTED: &[&str] = &[
+    "/etc/profile",
+    "/etc/profile.d/",
+    "/etc/bash.bashrc",
+    "/etc/environment",
+    "/etc/ld.so.preload",
+    "/etc/crontab",
+    "/etc/cron.d/",
+    "/var/spool/cron/",
+    "/etc/systemd/system/",
+    "/etc/sudoers",
+    "/etc/sudoers.d/",
+];
+
+/// Most home directories judged (the rest are ignored, in /etc/passwd order).
+pub const MAX_HOMES: usize = 32;
+
+/// One entry of the kernel's prefix table: the path bytes (a directory ends with `/`, an exact
+/// file with a NUL byte) and its FILE_* flags (0: an exception, never judged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRule {
+    pub prefix: Vec<u8>,
+    pub flags: u32,
+}
+
+/// The home directories whose credential stores are judged: the step's `$HOME`, root's, and
+/// every login user's (uid >= 1000) from /etc/passwd, at most [`MAX_HOMES`].
+pub fn homes() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut add = |p: PathBuf| {
+        if p.is_absolute() && p != Path::new("/") && !out.contains(&p) && out.len() < MAX_HOMES {
+            out.push(p);
+        }
+    };
+    if let Some(h) = std::env::var_os("HOME") {
+        add(PathBuf::from(h));
+    }
+    add(PathBuf::from("/root"));
+    if let Ok(text) = std::fs::read_to_string("/etc/passwd") {
+        for line in text.lines().take(4096) {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() >= 7 && f[2].parse::<u32>().is_ok_and(|u| (1000..65534).contains(&u)) {
+                add(PathBuf::from(f[5]));
+            }
+        }
+    }
+    out
+}
+
+fn push(out: &mut Vec<FileRule>, path: &str, dir: bool, flags: u32) {
+    let mut p = path.as_bytes().to_vec();
+    if dir {
+        if !p.ends_with(b"/") {
+            p.push(b'/');
+        }
+    } else {
+        p.push(0);
+    }
+    if p.len() > FILE_KEY_PATH {
+        return;
+    }
+    match out.iter_mut().find(|r| r.prefix == p) {
+        // An exception (0) wins over everything; otherwise the flags add up.
+        Some(r) if r.flags != 0 => r.flags = if flags == 0 { 0 } else { r.flags | flags },
+        Some(_) => {}
+        None => out.push(FileRule { prefix: p, flags }),
+    }
+}
+
+fn under(base: &Path, rel: &str) -> String {
+    format!("{}/{}", base.display().to_string().trim_end_matches('/'), rel)
+}
+
+fn expand(p: &FilePattern, homes: &[PathBuf], project: Option<&Path>) -> Vec<String> {
+    match p.base {
+        Base::Root => vec![format!("/{}", p.rel)],
+        Base::Home => homes.iter().map(|h| under(h, &p.rel)).collect(),
+        Base::Project => project.map(|d| vec![under(d, &p.rel)]).unwrap_or_default(),
+    }
+}
+
+/// The kernel table for one job: defaults, then the policy's additions, then its exceptions
+/// (an exception is an entry with flags 0: longest match wins, so it works inside a default
+/// directory too). `project`: the directory the step runs in (None in daemon mode).
+pub fn rules(spec: Option<&FilesSpec>, homes: &[PathBuf], project: Option<&Path>) -> Vec<FileRule> {
+    let mut out = Vec::new();
+    push(&mut out, "/proc", true, FILE_PROC);
+    for h in homes {
+        for c in HOME_CREDENTIALS {
+            push(&mut out, &under(h, c), c.ends_with('/'), FILE_CRED | FILE_KILL);
+        }
+        for (c, kill) in HOME_PROTECTED {
+            push(&mut out, &under(h, c), c.ends_with('/'), FILE_TAMPER | if *kill { FILE_KILL } else { 0 });
+        }
+    }
+    for c in SYSTEM_CREDENTIALS {
+        push(&mut out, c, false, FILE_CRED | FILE_KILL);
+    }
+    for c in SYSTEM_PROTECTED {
+        push(&mut out, c, c.ends_with('/'), FILE_TAMPER | FILE_KILL);
+    }
+    if let Some(d) = project {
+        for (c, kill) in PROJECT_PROTECTED {
+            push(&mut out, &under(d, c), c.ends_with('/'), FILE_TAMPER | if *kill { FILE_KILL } else { 0 });
+        }
+    }
+    if let Some(spec) = spec {
+        for p in &spec.credentials {
+            for path in expand(p, homes, project) {
+                push(&mut out, &path, p.is_dir(), FILE_CRED | FILE_KILL);
+            }
+        }
+        for p in &spec.protect {
+            for path in expand(p, homes, project) {
+                push(&mut out, &path, p.is_dir(), FILE_TAMPER | FILE_KILL);
+            }
+        }
+        for p in &spec.allow {
+            for path in expand(p, homes, project) {
+                push(&mut out, &path, p.is_dir(), 0);
+            }
+        }
+    }
+    for h in homes {
+        for c in HOME_EXCEPTIONS {
+            push(&mut out, &under(h, c), c.ends_with('/'), 0);
+        }
+    }
+    out
+}
+
+/// Whether the policy's `allow` list excludes `path` (the engine's check, so a replay with a
+/// narrower policy drops the alert). Homes and the project are not in the log: `~/x` and
+/// `./x` match `x` under any directory.
+pub fn allowed(spec: &FilesSpec, path: &str) -> bool {
+    spec.allow.iter().any(|p| {
+        let tail = format!("/{}", p.rel);
+        match (p.base, p.is_dir()) {
+            (Base::Root, true) => path.starts_with(&tail),
+            (Base::Root, false) => path == tail,
+            (_, true) => path.contains(&tail),
+            (_, false) => path.ends_with(&tail),
+        }
+    })
+}
+
+/// Whether argv is a publish to a package registry (`npm publish`, `twine upload`, ...).
+pub fn is_publish(argv: &[String], filename: &str) -> Option<String> {
+    let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+    let tool = base(argv.first().map(String::as_str).unwrap_or(filename));
+    let words: Vec<&str> = argv.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    let first = words.first().copied().unwrap_or("");
+    let hit = match tool.as_str() {
+        "npm" | "pnpm" | "bun" | "cargo" | "poetry" | "uv" | "flit" | "hatch" | "pdm" => first == "publish",
+        "yarn" => first == "publish" || (first == "npm" && words.get(1) == Some(&"publish")),
+        "twine" => first == "upload",
+        "gem" => first == "push",
+        t if t.starts_with("python") => argv.windows(3).any(|w| w[0] == "-m" && w[1] == "twine" && w[2] == "upload"),
+        "node" => {
+            argv.get(1).is_some_and(|s| s.ends_with("npm-cli.js") || s.ends_with("/bin/npm"))
+                && words.get(1) == Some(&"publish")
+        }
+        _ => false,
+    };
+    hit.then(|| argv.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(y: &str) -> FilesSpec {
+        let p = crate::policy::parse_str("p.yml", &format!("version: 1\npipeline: t\nfiles:\n{y}")).unwrap();
+        p.spec().files.clone()
+    }
+
+    #[test]
+    fn defaults_cover_every_home_and_exceptions_win() {
+        let homes = vec![PathBuf::from("/home/a"), PathBuf::from("/root")];
+        let r = rules(None, &homes, Some(Path::new("/w/proj")));
+        let find = |p: &[u8]| r.iter().find(|x| x.prefix == p).map(|x| x.flags);
+        assert_eq!(find(b"/home/a/.npmrc\0"), Some(FILE_CRED | FILE_KILL));
+        assert_eq!(find(b"/root/.aws/"), Some(FILE_CRED | FILE_KILL));
+        assert_eq!(find(b"/w/proj/.github/"), Some(FILE_TAMPER | FILE_KILL));
+        assert_eq!(find(b"/w/proj/package-lock.json\0"), Some(FILE_TAMPER));
+        assert_eq!(find(b"/root/.npm/_logs/"), Some(0));
+        assert_eq!(find(b"/proc/"), Some(FILE_PROC));
+    }
+
+    #[test]
+    fn policy_extends_and_narrows() {
+        let s = spec(
+            "  credentials: [\"~/.config/acme/token\"]\n  protect: [\"./deploy/\"]\n  allow: [\"~/.ssh/known_hosts\", \"~/.npmrc\"]\n",
+        );
+        let homes = vec![PathBuf::from("/h")];
+        let r = rules(Some(&s), &homes, Some(Path::new("/p")));
+        let find = |p: &[u8]| r.iter().find(|x| x.prefix == p).map(|x| x.flags);
+        assert_eq!(find(b"/h/.config/acme/token\0"), Some(FILE_CRED | FILE_KILL));
+        assert_eq!(find(b"/p/deploy/"), Some(FILE_TAMPER | FILE_KILL));
+        assert_eq!(find(b"/h/.ssh/known_hosts\0"), Some(0));
+        assert_eq!(find(b"/h/.npmrc\0"), Some(0));
+        assert!(allowed(&s, "/h/.npmrc"));
+        assert!(!allowed(&s, "/h/.npmrc.bak"));
+        assert!(!allowed(&s, "/h/.ssh/id_rsa"));
+    }
+
+    #[test]
+    fn bad_paths_are_refused_with_the_reason() {
+        for (y, want) in [
+            ("  allow: [\"relative\"]\n", "start it with"),
+            ("  protect: [\"~/../etc/\"]\n", "no `.`, `..`"),
+            ("  credentials: [\"/a/*\"]\n", "no control characters or globs"),
+            ("  nonsense: []\n", "unknown field"),
+        ] {
+            let e = crate::policy::parse_str("p.yml", &format!("version: 1\npipeline: t\nfiles:\n{y}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{y}: {e}");
+        }
+    }
+
+    #[test]
+    fn publishes_are_recognised() {
+        let v = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(is_publish(&v("npm publish --tag x"), "/usr/bin/npm").is_some());
+        assert!(is_publish(&v("python3 -m twine upload dist/*"), "/usr/bin/python3").is_some());
+        assert!(is_publish(&v("cargo publish"), "/c/cargo").is_some());
+        assert!(is_publish(&v("yarn npm publish"), "/y/yarn").is_some());
+        assert!(is_publish(&v("npm run build"), "/usr/bin/npm").is_none());
+        assert!(is_publish(&v("node /usr/lib/node_modules/npm/bin/npm-cli.js publish"), "/usr/bin/node").is_some());
+    }
+}
