@@ -166,13 +166,20 @@ cmd_start() {
   # The daemon's environment: no job variable (what it starts must not become a job), the
   # package managers' configuration variables (registries are read from them), the CI user's
   # HOME (~/.npmrc, pip.conf) and the workspace as working directory (.npmrc of the project).
-  local denv=(PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH}" HOME="${HOME:-/}" LANG=C.UTF-8 WATCHER_LOG=info)
+  # npm, run as root by the daemon to read its configuration, must not leave root-owned log
+  # files in the CI user's cache (logs-max=0, no update check).
+  local denv=(PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH}" HOME="${HOME:-/}" LANG=C.UTF-8 WATCHER_LOG=info
+    npm_config_logs_max=0 npm_config_update_notifier=false)
   local v
   while IFS= read -r v; do
     case "$v" in
+      npm_config_cache|NPM_CONFIG_CACHE) ;;
       npm_config_*|NPM_CONFIG_*|YARN_*|BUN_*|PNPM_*|PIP_*|UV_*|POETRY_*|CARGO_*|XDG_CONFIG_HOME) denv+=("$v=${!v}") ;;
     esac
   done < <(compgen -e)
+  # npm's cache (it creates it even to answer `npm config`) stays root's own, out of the CI
+  # user's HOME: a root-owned cache there would break the CI user's `npm ci`.
+  denv+=(npm_config_cache="$ROOT/npm-cache")
   as_root rm -f "$ROOT/daemon.pid" "$ROOT/daemon.exit" "$ROOT/stop" "$ROOT/watcher.sock"
   # A supervisor shell starts the daemon and, when `stop` creates ROOT/stop, sends it SIGTERM.
   # The supervisor and the daemon exec before the daemon's programs are attached, so neither
