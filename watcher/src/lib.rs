@@ -3,7 +3,11 @@
 //! The library holds everything but the CLI so that tests and benchmarks reach the same code.
 //! Only `sensor` touches aya; `record`, `collect`, `event`, `dns`, `policy` and `secrets` are
 //! pure and tested without a kernel.
+/// `watcher --version`: the crate version and the commit it was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("WATCHER_COMMIT"), ")");
+
 pub mod cgroup;
+pub mod ci_policy;
 pub mod collect;
 pub mod credentials;
 pub mod daemon;

@@ -18,7 +18,7 @@ Exit codes:
 
 /// eBPF build-sandbox egress and syscall watcher.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(version = watcher::VERSION, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +46,19 @@ enum PolicyCommand {
         /// Policy files.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+    /// Print POLICY with its mode replaced and allowed endpoints appended (the CI
+    /// integrations' effective policy; see docs/CI.md).
+    Compose {
+        #[arg(value_name = "POLICY")]
+        policy: PathBuf,
+        /// Set the policy's mode.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// HOST[:PORT], IP[:PORT], [IPV6]:PORT or CIDR[:PORT]; may be repeated, and each value
+        /// may hold several separated by spaces, commas or newlines.
+        #[arg(long = "allow", value_name = "ENDPOINT", action = clap::ArgAction::Append)]
+        allow: Vec<String>,
     },
 }
 
@@ -280,6 +293,11 @@ fn main() {
             }
             Ok(if bad { 1 } else { 0 })
         }
+        Command::Policy { command: PolicyCommand::Compose { policy, mode, allow } } => (|| {
+            let eps: Vec<String> = allow.iter().flat_map(|a| watcher::ci_policy::split_endpoints(a)).collect();
+            print!("{}", watcher::ci_policy::compose(&policy, mode.map(|m| m.into_mode().as_str()), &eps)?);
+            Ok(0)
+        })(),
         Command::Daemon { config, ringbuf_size } => {
             watcher::daemon::run(watcher::daemon::DaemonOptions { config, ringbuf_bytes: ringbuf_size })
         }

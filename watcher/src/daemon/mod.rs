@@ -183,11 +183,16 @@ impl Daemon {
                 policy.as_deref(),
             );
             let started = start.ts;
+            // The engine learns the resolvers and registry hosts from the start record, as in
+            // `run` and replay (without it every registry connection and DNS query is flagged).
+            let mut engine = policy.as_ref().and_then(|p| p.prepared.policy.clone()).map(Engine::new);
+            if let Some(e) = engine.as_mut() {
+                e.process(&Event::Start(start.clone()));
+            }
             let log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
             // The job's values come from its own processes' environments (learn_environ), never
             // from the daemon's.
             let secrets = job_secrets::JobSecrets::new(policy.as_ref().and_then(|p| p.prepared.policy.as_ref()))?;
-            let engine = policy.as_ref().and_then(|p| p.prepared.policy.clone()).map(Engine::new);
             let pipeline = crate::pipeline::Pipeline::new(
                 Collector::new(clock_offset_ns()),
                 crate::pipeline::Enrichment { cwd: true, root: None },

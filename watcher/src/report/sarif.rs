@@ -56,8 +56,9 @@ pub const RULES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Where users learn about the tool (SARIF `informationUri`).
-pub const INFORMATION_URI: &str = "https://github.com/OWNER/watcher#readme";
+/// Where users learn about the tool (SARIF `informationUri`): the workspace Cargo.toml's
+/// `repository`, the one place the project's URL is written.
+pub const INFORMATION_URI: &str = concat!(env!("CARGO_PKG_REPOSITORY"), "#readme");
 
 /// The `uriBaseId` every location is relative to: the repository root.
 pub const SRCROOT: &str = "%SRCROOT%";
