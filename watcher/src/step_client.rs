@@ -6,7 +6,7 @@
 //! lines, the `--log` file and the reports from the events the daemon streams, and exits with
 //! the step's code. The daemon writes the job's own log whatever the client does.
 use std::{
-    io::{BufRead as _, Read as _, Write as _},
+    io::{Read as _, Write as _},
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::process::{CommandExt as _, ExitStatusExt as _},
@@ -19,7 +19,7 @@ use anyhow::{Context as _, anyhow, bail};
 use tokio::{io::AsyncBufReadExt as _, signal::unix::SignalKind};
 
 use crate::{
-    daemon::steps::{DEFAULT_STEP_SOCKET, OpenStep, PROTOCOL_VERSION, Reply, StepPolicy},
+    daemon::steps::{DEFAULT_STEP_SOCKET, OpenStep, PROTOCOL_VERSION, Reply, StepCredential, StepPolicy},
     exitcode,
     log::LogWriter,
     pipeline::sink::{LiveLines, Sink as _},
@@ -79,6 +79,9 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
     // The caller's own view: its package managers' configuration, its resolvers.
     let registries = crate::session::resolve_registries(policy.as_ref())?;
+    let prepared = crate::session::finish_prepare(policy, registries)?;
+    let policy = prepared.policy.clone();
+    let credentials = crate::credentials::for_run(prepared.policy.as_ref(), &prepared.registries, &prepared.secrets);
     let request = OpenStep {
         op: "open".into(),
         version: PROTOCOL_VERSION,
@@ -86,8 +89,16 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         policy: policy.as_ref().map(|p| StepPolicy {
             source: p.source.clone(),
             yaml: p.to_yaml(),
-            registries: registries.hosts.clone(),
-            registry_sources: registries.sources.clone(),
+            registries: prepared.registries.clone(),
+            registry_sources: prepared.registry_sources.clone(),
+            credentials: credentials
+                .iter()
+                .map(|c| StepCredential {
+                    variable: c.variable.clone(),
+                    manager: c.manager.clone(),
+                    host: c.host.clone(),
+                })
+                .collect(),
         }),
         resolvers: crate::probe::system_resolvers(),
     };
@@ -146,9 +157,13 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
             Ok(())
         });
     }
-    let spawner = std::thread::Builder::new().name("spawn".into()).spawn(move || cmd.spawn())?;
-    drop(ack_w);
-    drop(go_r);
+    // The thread keeps the child's ends open until the child has exec'd or failed (they are
+    // only duplicated into it at fork); then a dead child is seen as the end of the ack pipe.
+    let spawner = std::thread::Builder::new().name("spawn".into()).spawn(move || {
+        let r = cmd.spawn();
+        drop((ack_w, go_r));
+        r
+    })?;
     let mut ack = std::fs::File::from(ack_r);
     let mut go = std::fs::File::from(go_w);
     let mut first = [0u8; 5];
@@ -175,9 +190,9 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
     // The connected socket, shared with the waiting process (which closes its copy at exec).
     let stream = std::os::unix::net::UnixStream::from(sock);
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = std::io::BufReader::new(stream);
+    // Unbuffered, byte by byte: the events after it stay in the socket for the stream reader.
     let mut first_line = String::new();
-    let got = reader.read_line(&mut first_line);
+    let got = read_first_line(&stream, &mut first_line);
     let ready: Result<(String, String, Option<String>), String> = match got {
         Ok(0) => Err("the daemon closed the connection".into()),
         Err(e) => Err(format!("no answer from the daemon: {e}")),
@@ -246,7 +261,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
             }
         });
     }
-    let std_stream = reader.into_inner();
+    let std_stream = stream;
     std_stream.set_read_timeout(None)?;
     std_stream.set_nonblocking(true)?;
     let mut lines = tokio::io::BufReader::with_capacity(1 << 16, tokio::net::UnixStream::from_std(std_stream)?);
@@ -332,6 +347,22 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         );
     }
     Ok(code)
+}
+
+fn read_first_line(mut s: &std::os::unix::net::UnixStream, out: &mut String) -> std::io::Result<usize> {
+    let mut bytes = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b)? == 0 {
+            break;
+        }
+        bytes.push(b[0]);
+        if b[0] == b'\n' || bytes.len() > 1 << 20 {
+            break;
+        }
+    }
+    *out = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(bytes.len())
 }
 
 fn sockaddr(path: &Path) -> anyhow::Result<libc::sockaddr_un> {

@@ -151,6 +151,18 @@ pub struct StepPolicy {
     pub registries: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub registry_sources: Vec<crate::probe::RegistrySource>,
+    /// Which protected variables are a package manager's own credential for one of its
+    /// registries (from the caller's npmrc files; `send` events carry it as `credential_of`).
+    #[serde(default)]
+    pub credentials: Vec<StepCredential>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepCredential {
+    pub variable: String,
+    pub manager: String,
+    pub host: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -440,16 +452,22 @@ impl Daemon {
         if r.version != PROTOCOL_VERSION {
             return Err(format!("protocol version {} (this daemon speaks {PROTOCOL_VERSION})", r.version));
         }
-        if r.command.len() > 4096 || r.resolvers.len() > 64 {
-            return Err("more than 4096 arguments or 64 resolvers".into());
+        if r.command.len() > 4096
+            || r.resolvers.len() > 64
+            || r.policy.as_ref().is_some_and(|p| p.credentials.len() > 64)
+        {
+            return Err("more than 4096 arguments, 64 resolvers or 64 credentials".into());
         }
         let max = self.cfg.steps.as_ref().map(|s| s.max_steps).unwrap_or(0);
         if self.steps.live.len() >= max {
             return Err(format!("{max} steps are running (the daemon's steps.max_steps): try again later"));
         }
         let pid = pid.ok_or("the kernel did not give the connecting process's pid")?;
-        let pidfd = pidfd.map_err(|e| {
-            format!("cannot identify the connecting process (SO_PEERPIDFD, Linux 6.5 or later, is needed so a reused pid can never be made a job): {e}")
+        let pidfd = pidfd.map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => format!("the process that connected (pid {pid}) is gone"),
+            _ => format!(
+                "cannot identify the connecting process (SO_PEERPIDFD, Linux 6.5 or later, is needed so a reused pid can never be made a job): {e}"
+            ),
         })?;
         if pidfd_pid(&pidfd) != Some(pid) || !pidfd_alive(&pidfd) {
             return Err(format!("the process that connected (pid {pid}) is gone"));
@@ -615,8 +633,18 @@ impl Daemon {
         let engine = policy.prepared.policy.clone().map(Engine::new);
         let mut start = Event::Start(start);
         // A placeholder log until the start record is redacted with the job's own values.
+        let credentials = r
+            .policy
+            .iter()
+            .flat_map(|p| &p.credentials)
+            .map(|c| crate::credentials::Credential {
+                variable: c.variable.clone(),
+                manager: c.manager.clone(),
+                host: c.host.clone(),
+            })
+            .collect();
         let pipeline = crate::pipeline::Pipeline::new(
-            Collector::new(clock_offset_ns()),
+            Collector::new(clock_offset_ns()).with_credentials(credentials),
             crate::pipeline::Enrichment { cwd: true, root: Some((pid, ppid)) },
             engine,
             Report::default(),
