@@ -142,8 +142,8 @@ fn report_facts(path: &Path) -> Value {
         .unwrap_or_default();
     alerts.sort();
     serde_json::json!({
-        "verdict": r["verdict"], "exit_code": r["exit_code"], "watcher_exit": r["watcher_exit"],
-        "alerts": alerts, "lost": r["lost"],
+        "verdict": r["verdict"], "exit_code": r["exit_code"], "watcher_exit_code": r["watcher_exit_code"],
+        "alerts": alerts, "lost": r["lost"], "counts": r["counts"],
     })
 }
 
@@ -463,5 +463,139 @@ fn standalone_run_runs_the_command_as_the_invoking_user() {
     if Path::new("/usr/bin/sudo").exists() {
         let out = Command::new("sudo").args(["-n", "-u", "nobody", "true"]).output().unwrap();
         eprintln!("sudo present (exit {:?}); the SUDO_UID path above is what sudo sets", out.status.code());
+    }
+}
+
+// ============================================================================ the attack lab
+
+/// One npm install in the lab's build host: standalone as root, or daemon-backed as nobody.
+/// Returns (exit code, stderr, the client's log).
+fn lab_npm(
+    lab: &watcher_tests::lab::Lab,
+    d: &Daemon,
+    secrets: &[(&str, String)],
+    deps: Value,
+    daemon_backed: bool,
+) -> (Option<i32>, String, Vec<Value>) {
+    use watcher_tests::lab::Host;
+    let work = TempDir::new("watcher-steps-lab");
+    let (project, home) = (work.join("project"), work.join("home"));
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let names: Vec<String> = deps.as_object().unwrap().keys().cloned().collect();
+    let allow: serde_json::Map<String, Value> = names.iter().map(|n| (n.clone(), Value::Bool(true))).collect();
+    let pkg = serde_json::json!({"name": "lab-build", "version": "1.0.0", "private": true,
+        "dependencies": deps, "allowScripts": allow});
+    std::fs::write(project.join("package.json"), pkg.to_string()).unwrap();
+    std::fs::write(project.join(".npmrc"), format!("registry={}\n", lab.npm_url(Host::Internal))).unwrap();
+    std::fs::write(home.join("global-npmrc"), "").unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = work.join("project/events.jsonl");
+    if daemon_backed {
+        for p in [work.path(), project.as_path(), home.as_path()] {
+            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        for f in ["package.json", ".npmrc"] {
+            std::os::unix::fs::chown(project.join(f), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        std::os::unix::fs::chown(home.join("global-npmrc"), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/npm.yaml");
+    let mut cmd = if daemon_backed {
+        let mut c = lab.build_cmd("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]).arg(watcher_bin());
+        c
+    } else {
+        lab.build_cmd(watcher_bin())
+    };
+    cmd.args(["run", "--mode", "enforce", "--policy"])
+        .arg(&policy)
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "npm", "install", "--no-audit", "--no-fund"])
+        .current_dir(&project)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", &home)
+        .env("LANG", "C.UTF-8")
+        .env("CI", "true")
+        .env("npm_config_cache", home.join("npm-cache"))
+        .env("npm_config_globalconfig", home.join("global-npmrc"))
+        .env("npm_config_update_notifier", "false")
+        .env("LAB_TRACE_DIR", work.join("project"))
+        .stdin(Stdio::null());
+    if daemon_backed {
+        cmd.env("WATCHER_SOCKET", &d.steps);
+    }
+    for (k, v) in secrets {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let events = if log.exists() { read_jsonl(&log) } else { Vec::new() };
+    if daemon_backed {
+        assert_eq!(std::fs::metadata(&log).unwrap().uid(), NOBODY, "{err}");
+        if project.join("node_modules").exists() {
+            assert_eq!(std::fs::metadata(project.join("node_modules")).unwrap().uid(), NOBODY);
+        }
+        let own = read_jsonl(d.job_log(&out));
+        assert_eq!(own, events, "the client's log is the daemon's own");
+    }
+    (out.status.code(), err, events)
+}
+
+fn lab_alerts(events: &[Value]) -> std::collections::BTreeSet<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "alert")
+        .map(|a| format!("{} {} {} {}", a["rule"], a["action"], a["package"], a["variable"]))
+        .collect()
+}
+
+#[test]
+fn lab_attack_and_clean_npm_installs_give_the_same_verdicts_daemon_backed_as_standalone() {
+    if !root_or_skip() {
+        return;
+    }
+    use watcher_tests::lab::{ATTACKER_DOMAIN, Host, Lab};
+    let lab = Lab::start().expect("the attack lab");
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lab/npm");
+    for (host, pkg) in [
+        (Host::Internal, "lab-clean-lib-1.0.0"),
+        (Host::Public, "js-formatter-util-1.2.1"),
+        (Host::Public, "js-formatter-util-1.2.2"),
+    ] {
+        lab.npm_publish(host, &fx.join(pkg)).unwrap();
+    }
+    let d = Daemon::start(true);
+    let n = std::process::id();
+    let secrets = vec![
+        ("AWS_ACCESS_KEY_ID", format!("AKIAWSTEPS{n:010}")),
+        ("AWS_SECRET_ACCESS_KEY", format!("wsteps-secret-{n}-{}", n.wrapping_mul(7919))),
+    ];
+    // The hijacked patch release (DNS exfiltration of AWS_*), enforce mode.
+    let mut attack = Vec::new();
+    for daemon_backed in [false, true] {
+        lab.clear_records();
+        let (code, err, events) =
+            lab_npm(&lab, &d, &secrets, serde_json::json!({"js-formatter-util": "^1.2.1"}), daemon_backed);
+        assert_eq!(code, Some(77), "daemon-backed {daemon_backed}: {err}\n{}", d.log());
+        let rec = lab.attacker();
+        assert!(rec.dns.is_empty() && rec.http.is_empty(), "the attacker got something: {rec:#?}");
+        assert!(!lab.resolver_queries().iter().any(|q| q.name.ends_with(ATTACKER_DOMAIN)));
+        let a = lab_alerts(&events);
+        assert!(a.iter().any(|a| a.contains("secret-exfil")), "{a:#?}\n{err}");
+        for (_, v) in &secrets {
+            assert!(!err.contains(v.as_str()) && !events.iter().any(|e| e.to_string().contains(v.as_str())));
+        }
+        attack.push(a);
+    }
+    assert_eq!(attack[0], attack[1], "the attack's verdicts differ between standalone and daemon-backed");
+    // A clean project: exit 0, no alerts, in both modes.
+    for daemon_backed in [false, true] {
+        let (code, err, events) =
+            lab_npm(&lab, &d, &secrets, serde_json::json!({"lab-clean-lib": "^1.0.0"}), daemon_backed);
+        assert_eq!(code, Some(0), "daemon-backed {daemon_backed}: {err}");
+        assert!(lab_alerts(&events).is_empty(), "{:#?}", lab_alerts(&events));
     }
 }

@@ -218,11 +218,12 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
     drop(go);
     let mut pipe_report = Report { log: opts.log.as_ref().map(|p| p.display().to_string()), ..Default::default() };
     let mut live = LiveLines { quiet: opts.quiet };
+    // Always (also with --quiet): where the daemon's own record of this step is.
+    eprintln!(
+        "watcher: daemon-backed step: job {job}{} (the daemon's log: {daemon_log})",
+        nested_in.map(|n| format!(", nested in job {n} (its policy still applies)")).unwrap_or_default()
+    );
     if !opts.quiet {
-        eprintln!(
-            "watcher: daemon-backed step: job {job}{} (the daemon's log: {daemon_log})",
-            nested_in.map(|n| format!(", nested in job {n} (its policy still applies)")).unwrap_or_default()
-        );
         if let Some(p) = &policy {
             eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode.as_str());
         }

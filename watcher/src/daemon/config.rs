@@ -353,6 +353,7 @@ mod tests {
         assert_eq!(c.policy_for("acme/web-shop"), Some(Path::new("/etc/watcher/policies/npm.yaml")));
         assert_eq!(c.policy_for("other/x"), None);
         assert_eq!(c.job_end_grace, Duration::from_secs(10));
+        assert_eq!(c.steps.as_ref().map(|s| s.max_steps), Some(64));
     }
 
     #[test]
