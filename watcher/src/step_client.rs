@@ -101,6 +101,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
                 .collect(),
         }),
         resolvers: crate::probe::system_resolvers(),
+        project: crate::project::detect(),
     };
     let mut request = serde_json::to_vec(&request)?;
     request.push(b'\n');

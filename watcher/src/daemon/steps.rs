@@ -137,6 +137,9 @@ pub struct OpenStep {
     /// The resolvers the calling process's system uses (its /etc/resolv.conf).
     #[serde(default)]
     pub resolvers: Vec<IpAddr>,
+    /// The project in the caller's working directory (the start record's `project`).
+    #[serde(default)]
+    pub project: Option<crate::event::Project>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -617,6 +620,7 @@ impl Daemon {
         }
         let mut start =
             jobs::start_record(identity, r.command.clone(), self.sensor.states().to_vec(), resolvers, Some(&policy));
+        start.project = r.project.clone();
         if policy.prepared.policy.is_none() {
             start.policy = None;
             start.policy_yaml = None;
