@@ -63,6 +63,7 @@ fn measure(policy: &std::path::Path, count: u64, pace_us: u64) -> anyhow::Result
             policy: Some(policy.to_path_buf()),
             report: Vec::new(),
             report_format: None,
+            user: None,
             mode: None,
         })
     })??;

@@ -3,6 +3,7 @@
 mod latency;
 mod npm;
 mod replay;
+mod steps;
 mod storm;
 mod util;
 
@@ -23,9 +24,11 @@ enum Command {
     Storm(storm::Args),
     /// Kernel-to-alert latency (p50, p99) of the run loop.
     Latency(latency::Args),
+    /// Daemon-backed steps: `run -- true` start+stop through a daemon, daemon RSS with 10 jobs.
+    Steps(steps::Args),
     /// Replay speed and memory over big generated event logs, fast parser vs serde's (no root).
     Replay(replay::Args),
-    /// npm, storm and latency in one table (replay prints its own: `watcher-bench replay`).
+    /// npm, storm, latency and steps in one table (replay prints its own: `watcher-bench replay`).
     All {
         #[command(flatten)]
         npm: npm::Args,
@@ -33,6 +36,8 @@ enum Command {
         storm: storm::Args,
         #[command(flatten)]
         latency: latency::Args,
+        #[command(flatten)]
+        steps: steps::Args,
     },
     /// Internal: the workload the storms and the latency benchmark run.
     #[command(name = "__storm", hide = true)]
@@ -45,10 +50,12 @@ fn main() {
         Command::Npm(a) => npm::run(&a).map(|rows| util::print_table(&rows)),
         Command::Storm(a) => storm::run(&a).map(|rows| util::print_table(&rows)),
         Command::Latency(a) => latency::run(&a).map(|rows| util::print_table(&rows)),
-        Command::All { npm, storm, latency } => (|| {
+        Command::Steps(a) => steps::run(&a).map(|rows| util::print_table(&rows)),
+        Command::All { npm, storm, latency, steps } => (|| {
             let mut rows = npm::run(&npm)?;
             rows.extend(storm::run(&storm)?);
             rows.extend(latency::run(&latency)?);
+            rows.extend(steps::run(&steps)?);
             util::print_table(&rows);
             Ok(())
         })(),

@@ -56,3 +56,14 @@ fn tiny_npm_run_prints_its_table() {
     // "... ALERTS / LOST  0 / 0" (value, then the target column)
     assert_eq!((t[t.len() - 6], t[t.len() - 4]), ("0", "0"), "{s}");
 }
+
+#[test]
+fn tiny_daemon_backed_steps_run_prints_its_rows() {
+    if !root() {
+        return;
+    }
+    let s = bench(&["steps", "--step-runs", "2", "--step-jobs", "3"]);
+    for metric in ["start+stop, daemon-backed", "daemon RSS with 3 concurrent jobs", "<= 20 ms", "<= 40 MiB"] {
+        assert!(s.contains(metric), "no {metric:?} in:\n{s}");
+    }
+}

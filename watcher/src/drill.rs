@@ -393,6 +393,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         policy: Some(policy.clone()),
         report: Vec::new(),
         report_format: None,
+        user: None,
         mode: opts.mode,
     });
     drop(responder);

@@ -163,6 +163,11 @@ enum Command {
         /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
         #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
         ringbuf_size: u32,
+        /// Run the command as USER (name or uid), with USER's groups or GROUP; default under
+        /// sudo: the invoking user (SUDO_UID/SUDO_GID); `--user root` keeps root. The
+        /// environment is left as given (`sudo -E` keeps it).
+        #[arg(long, value_name = "USER[:GROUP]")]
+        user: Option<String>,
         /// The command and its arguments (passed on byte for byte).
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -340,7 +345,7 @@ fn main() {
         }
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, verbose, ringbuf_size, command, policy, mode, report, report_format } => {
+        Command::Run { log, quiet, verbose, ringbuf_size, command, policy, mode, report, report_format, user } => {
             run::run(run::RunOptions {
                 command,
                 log,
@@ -350,6 +355,8 @@ fn main() {
                 mode: mode.map(ModeArg::into_mode),
                 report,
                 report_format: report_format.map(Format::into_format),
+                // Under sudo: the invoking user, unless --user says otherwise.
+                user: user.or_else(watcher::run_user::sudo_caller),
             })
         }
     };

@@ -34,10 +34,16 @@ pub struct RunOptions {
     pub report: Vec<PathBuf>,
     /// Their format; by default from each file's extension (`.json`, `.sarif`, `.md`, else text).
     pub report_format: Option<report::Format>,
+    /// `--user USER[:GROUP]`: run the command as this user (standalone only; see run_user).
+    pub user: Option<String>,
 }
 
 /// Run the command; returns the exit code watcher should exit with.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    // Through a running daemon when one is named (or found, without root): no root needed.
+    if let Some(socket) = crate::step_client::socket_for_run() {
+        return crate::step_client::run(opts, &socket);
+    }
     run_timed(opts).map(|(code, _)| code)
 }
 
@@ -52,6 +58,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
     }
     let watcher_pid = std::process::id();
+    let run_as = crate::run_user::resolve(opts.user.as_deref(), (None, None))?;
     let policy = session::load_policy(opts.policy.as_deref(), opts.mode)?;
     // The package managers' configuration is read while the kernel verifies the programs: the
     // two are the bulk of watcher's start-up, and neither needs the other.
@@ -78,6 +85,15 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     };
     let report_files =
         opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
+    // The files a step writes are its user's, as if it had run without watcher.
+    if let Some(u) = &run_as
+        && crate::sensor::load::require_root().is_ok()
+    {
+        for p in opts.log.iter().chain(&opts.report).filter(|p| p.as_os_str() != "-") {
+            std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid))
+                .with_context(|| format!("{}: cannot give it to uid {}", p.display(), u.uid))?;
+        }
+    }
 
     let root = cgroup2_root()?;
     // Before creating anything.
@@ -163,6 +179,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         if let Some(p) = &policy_info {
             eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode);
         }
+        if let Some(u) = &run_as {
+            eprintln!("watcher: running the command as uid {} gid {} ({})", u.uid, u.gid, u.why);
+        }
     }
 
     // Before the command exists: a signal it (or anyone) sends watcher is forwarded, never
@@ -189,7 +208,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     }
 
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
-    let mut child = match spawn(&opts.command, &cgroup, tty) {
+    let mut child = match spawn(&opts.command, &cgroup, tty, run_as.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             let code = match e.kind() {
@@ -290,7 +309,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
-fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
+pub(crate) fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let colour = report::colour_for(std::io::stderr().is_terminal());
     eprint!("{}", report::stderr_report(r, colour));
@@ -306,7 +325,13 @@ fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> an
 /// Start the command in its own process group inside the cgroup. When stdin is a terminal the
 /// child's group becomes the terminal's foreground group, as a shell would do, so the terminal
 /// (Ctrl-C, Ctrl-Z, reads) behaves exactly as if the command ran directly.
-fn spawn(command: &[std::ffi::OsString], cgroup: &Cgroup, tty: bool) -> std::io::Result<tokio::process::Child> {
+fn spawn(
+    command: &[std::ffi::OsString],
+    cgroup: &Cgroup,
+    tty: bool,
+    run_as: Option<&crate::run_user::RunAs>,
+) -> std::io::Result<tokio::process::Child> {
+    let run_as = run_as.cloned();
     let procs = CString::new(cgroup.procs_file().into_os_string().into_encoded_bytes())
         .map_err(|_| std::io::Error::other("cgroup path contains NUL"))?;
     let mut cmd = tokio::process::Command::new(&command[0]);
@@ -329,6 +354,16 @@ fn spawn(command: &[std::ffi::OsString], cgroup: &Cgroup, tty: bool) -> std::io:
                 let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
                 libc::tcsetpgrp(0, libc::getpid());
                 libc::signal(libc::SIGTTOU, old);
+            }
+            // Last, once in the cgroup: groups, group, then user (setuid drops the right to
+            // change the others).
+            if let Some(u) = &run_as {
+                if libc::setgroups(u.groups.len(), u.groups.as_ptr()) != 0
+                    || libc::setgid(u.gid) != 0
+                    || libc::setuid(u.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -48,6 +48,9 @@ struct RawConfig {
     /// Log processes of no job (never enforced) to this file.
     #[serde(default)]
     no_job_log: Option<PathBuf>,
+    /// Daemon-backed steps (`watcher run` without root): see [`super::steps`].
+    #[serde(default)]
+    steps: Option<super::steps::RawSteps>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +113,8 @@ pub struct Config {
     pub cgroups: Vec<CgroupRule>,
     /// Where processes of no job are logged (None: they are not).
     pub no_job_log: Option<PathBuf>,
+    /// Daemon-backed steps: None when not allowed (no step socket is bound).
+    pub steps: Option<super::steps::StepsConfig>,
 }
 
 impl Config {
@@ -250,7 +255,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
             .compile_matcher();
         cgroups.push(CgroupRule { pattern, matcher, pipeline: r.pipeline });
     }
+    let steps = match raw.steps {
+        None => None,
+        Some(r) => {
+            let (l, c) = line_of(text, "steps");
+            super::steps::StepsConfig::from_raw(r, &rel).map_err(|m| at(&file, l, c, format!("steps: {m}")))?
+        }
+    };
     Ok(Config {
+        steps,
         no_job_log: raw.no_job_log.map(|p| if p.is_absolute() { p } else { base.join(p) }),
         cgroups,
         source: path.to_path_buf(),
@@ -340,6 +353,7 @@ mod tests {
         assert_eq!(c.policy_for("acme/web-shop"), Some(Path::new("/etc/watcher/policies/npm.yaml")));
         assert_eq!(c.policy_for("other/x"), None);
         assert_eq!(c.job_end_grace, Duration::from_secs(10));
+        assert_eq!(c.steps.as_ref().map(|s| s.max_steps), Some(64));
     }
 
     #[test]

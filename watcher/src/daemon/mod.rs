@@ -13,6 +13,7 @@ pub mod job_secrets;
 pub mod jobs;
 pub mod metrics;
 pub mod status;
+pub mod steps;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -144,6 +145,8 @@ struct Daemon {
     no_job: Option<(Collector, RotatingLog)>,
     /// Losses counted while a kernel job was held and not yet set up.
     pending_loss: HashMap<u32, Vec<Loss>>,
+    /// Daemon-backed steps (`watcher run` through the step socket).
+    steps: steps::Steps,
 }
 
 impl Daemon {
@@ -351,6 +354,7 @@ impl Daemon {
                 return Ok(());
             }
         }
+        self.feed_outer(kid, &rec)?;
         // A route without its job would be a bookkeeping bug: count it, never take the daemon
         // (and every job it enforces) down for it.
         let Some(job) = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id)) else {
@@ -606,7 +610,8 @@ impl Daemon {
             job.pipeline.flush()?;
             // A job recognised by its cgroup lasts as long as the cgroup.
             let cgroup_busy = job.cgroup.as_ref().is_some_and(|c| c.exists());
-            if job.live.is_empty() && !cgroup_busy {
+            // Step jobs end with their first process (reap_steps).
+            if job.live.is_empty() && !cgroup_busy && !self.steps.is_step(id) {
                 let since = *job.idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= grace {
                     done.push(id.clone());
@@ -618,12 +623,14 @@ impl Daemon {
         for id in done {
             self.close_job(&id)?;
         }
-        Ok(())
+        self.reap_steps()
     }
 
-    fn close_job(&mut self, id: &str) -> anyhow::Result<()> {
-        let Some(mut job) = self.jobs.remove(id) else { return Ok(()) };
+    /// Returns the job's exit code and its enforce-mode verdict (77/78), if it was open.
+    fn close_job(&mut self, id: &str) -> anyhow::Result<Option<(Option<i32>, Option<i32>)>> {
+        let Some(mut job) = self.jobs.remove(id) else { return Ok(None) };
         let summary = job.close()?;
+        let verdict = job.pipeline.enforce_failure(job.pipeline.report.lost_total());
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         for kid in &job.kernel_ids {
             if let Err(e) = self.sensor.remove_job(*kid, &tables) {
@@ -641,7 +648,7 @@ impl Daemon {
         if self.ended.len() > 100 {
             self.ended.remove(0);
         }
-        Ok(())
+        Ok(Some((job.exit_code, verdict)))
     }
 
     /// SIGHUP: re-read the configuration and every policy it names. All or nothing: on any
@@ -667,9 +674,10 @@ impl Daemon {
                     || cfg.metrics != self.cfg.metrics
                     || cfg.log_dir != self.cfg.log_dir
                     || cfg.no_job_log != self.cfg.no_job_log
+                    || cfg.steps != self.cfg.steps
                 {
                     tracing::warn!(
-                        "jobs.id_env, jobs.pipeline_env, socket, metrics, log_dir and no_job_log take effect at restart only; keeping the current values"
+                        "jobs.id_env, jobs.pipeline_env, socket, metrics, log_dir, no_job_log and steps take effect at restart only; keeping the current values"
                     );
                     cfg.id_env = self.cfg.id_env.clone();
                     cfg.pipeline_env = self.cfg.pipeline_env.clone();
@@ -677,6 +685,7 @@ impl Daemon {
                     cfg.metrics = self.cfg.metrics;
                     cfg.log_dir = self.cfg.log_dir.clone();
                     cfg.no_job_log = self.cfg.no_job_log.clone();
+                    cfg.steps = self.cfg.steps.clone();
                 }
                 tracing::info!(config = %cfg.source.display(), policies = policies.len(), "configuration reloaded");
                 self.cfg = cfg;
@@ -733,6 +742,8 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         &root,
     )?;
     let status_listener = status::bind(&cfg.socket)?;
+    let step_listener = cfg.steps.as_ref().map(steps::bind).transpose()?;
+    let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics_listener = match cfg.metrics {
         Some(addr) => {
             Some(metrics::Metrics::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?)
@@ -763,6 +774,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         held_seen: Default::default(),
         no_job: None,
         pending_loss: HashMap::new(),
+        steps: Default::default(),
     };
     if let Some(path) = d.cfg.no_job_log.clone() {
         let identity = Identity { id: "none".into(), pipeline: String::new() };
@@ -793,7 +805,14 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
                             }
                         }
                     }
+                    d.reap_steps()?;
                 }
+                c = async { match &step_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
+                    if let Ok((stream, _)) = c {
+                        steps::accept(&d.steps, stream, step_tx.clone());
+                    }
+                }
+                Some(inc) = step_rx.recv() => d.open_step(inc),
                 _ = tick.tick() => d.tick()?,
                 _ = hup.recv() => match reloading {
                     None => reloading = Some(d.start_reload()),
@@ -855,8 +874,12 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         let _ = log.finish();
     }
     let socket = d.cfg.socket.clone();
+    let step_socket = d.cfg.steps.as_ref().map(|s| s.socket.clone());
     drop(d); // the sensor: every program and link is detached here
     let _ = std::fs::remove_file(&socket);
+    if let Some(s) = step_socket {
+        let _ = std::fs::remove_file(s);
+    }
     result?;
     tracing::info!("watcher daemon stopped");
     Ok(0)

@@ -60,3 +60,35 @@ impl Sensor {
         m.keys().filter_map(Result::ok).collect()
     }
 }
+
+/// Daemon-backed steps (daemon/steps.rs): a process's kernel job entry, read and replaced.
+impl Sensor {
+    pub fn watched_info(&self, pid: u32) -> Option<ProcInfo> {
+        let m = HashMap::<_, u32, ProcInfo>::try_from(self.ebpf.map(names::WATCHED)?).ok()?;
+        m.get(&pid, 0).ok()
+    }
+
+    /// Every watched process with its entry.
+    pub fn watched_entries(&self) -> Vec<(u32, ProcInfo)> {
+        let Some(map) = self.ebpf.map(names::WATCHED) else { return vec![] };
+        let Ok(m) = HashMap::<_, u32, ProcInfo>::try_from(map) else { return vec![] };
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Put `pid` in the job of `info` (replacing any entry it has).
+    pub fn set_watched(&mut self, pid: u32, info: ProcInfo) -> Result<(), SensorError> {
+        let mut m = HashMap::<_, u32, ProcInfo>::try_from(map_mut(&mut self.ebpf, names::WATCHED)?)
+            .map_err(|e| SensorError::map(names::WATCHED, "opening", e))?;
+        m.insert(&pid, &info, 0).map_err(|e| SensorError::map(names::WATCHED, "writing", e))
+    }
+
+    pub fn unwatch_pid(&mut self, pid: u32) -> Result<(), SensorError> {
+        let mut m = HashMap::<_, u32, ProcInfo>::try_from(map_mut(&mut self.ebpf, names::WATCHED)?)
+            .map_err(|e| SensorError::map(names::WATCHED, "opening", e))?;
+        match m.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(SensorError::map(names::WATCHED, "removing from", e)),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Daemon-backed steps (`watcher run` through a daemon's step socket): the start+stop cost of
+//! `run -- true` (whole client process, median), and the daemon's resident memory while 10 steps
+//! run at once. The daemon is this benchmark's own (socket and log dir named with its pid) and
+//! is stopped at the end, whatever happens.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{Row, TempDir, median, row, watcher_bin};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Daemon-backed `run -- true` repetitions (the median is printed).
+    #[arg(long, default_value_t = 9)]
+    pub step_runs: usize,
+    /// Steps running at once for the daemon's memory figure.
+    #[arg(long, default_value_t = 10)]
+    pub step_jobs: usize,
+}
+
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// "value (met)" or "value (missed by X)".
+fn against(value: f64, target: f64, unit: &str) -> String {
+    if value <= target {
+        format!("{value:.1} {unit} (met)")
+    } else {
+        format!("{value:.1} {unit} (missed by {:.1} {unit})", value - target)
+    }
+}
+
+pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
+    crate::util::require_root()?;
+    let watcher = watcher_bin()?;
+    let dir = TempDir::new("watcher-bench-steps")?;
+    let socket: PathBuf = dir.join("steps/steps.sock");
+    let cfg = dir.join("daemon.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 1\nsocket: {}\nlog_dir: {}\njobs:\n  id_env: [WATCHER_BENCH_JOB_{}]\nsteps:\n  allow: true\n  socket: {}\n",
+            dir.join("run/status.sock").display(),
+            dir.join("logs").display(),
+            std::process::id(),
+            socket.display()
+        ),
+    )?;
+    let stderr = dir.join("daemon.stderr");
+    let child = Command::new(&watcher)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .context("starting the daemon")?;
+    let pid = child.id();
+    let _daemon = Daemon(Some(child));
+    let t = Instant::now();
+    while !std::fs::read_to_string(&stderr).unwrap_or_default().contains("watcher daemon started") {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the daemon did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let step = |args: &[&str]| {
+        let mut c = Command::new(&watcher);
+        c.args(["run", "--quiet", "--"]).args(args).env("WATCHER_SOCKET", &socket).stdin(Stdio::null());
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let mut times = Vec::new();
+    for _ in 0..a.step_runs.max(1) {
+        let t = Instant::now();
+        let out = step(&["true"]).output()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if !out.status.success() {
+            bail!("daemon-backed `run -- true` failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        times.push(ms);
+    }
+    let start_stop = median(&times);
+    // N steps at once: the daemon's resident memory while all are open.
+    let idle_kb = status_kb(pid, "VmRSS:");
+    let mut kids = Vec::new();
+    for _ in 0..a.step_jobs {
+        kids.push(step(&["sleep", "2"]).spawn()?);
+    }
+    let logs = dir.join("logs");
+    let t = Instant::now();
+    while std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0) < a.step_jobs
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let busy_kb = status_kb(pid, "VmRSS:");
+    for k in &mut kids {
+        let st = k.wait()?;
+        if !st.success() {
+            bail!("a concurrent daemon-backed step failed ({st})");
+        }
+    }
+    let peak_kb = status_kb(pid, "VmHWM:");
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    Ok(vec![
+        row("steps", "`run -- true` start+stop, daemon-backed (median)", against(start_stop, 20.0, "ms"), "<= 20 ms"),
+        row(
+            "steps",
+            &format!("daemon RSS with {} concurrent jobs", a.step_jobs),
+            format!(
+                "{} (idle {:.1} MiB, peak {:.1} MiB)",
+                against(mib(busy_kb), 40.0, "MiB"),
+                mib(idle_kb),
+                mib(peak_kb)
+            ),
+            "<= 40 MiB",
+        ),
+    ])
+}
