@@ -47,14 +47,10 @@ fn with_install_script(e: &mut Engine) {
         format!(
             r#"{{"kind":"exec",{PROC},"pid":10,"comm":"npm","filename":"/usr/bin/npm","argv":["npm","ci"],"cgroup_id":0,"env":{{}}}}"#
         ),
-        format!(r#"{{"kind":"fork","ts":"2026-01-01T00:00:01Z","pid":20,"ppid":10,"comm":"npm","uid":0}}"#),
-        format!(
-            r#"{{"kind":"exec","ts":"2026-01-01T00:00:01Z","pid":20,"ppid":10,"uid":0,"comm":"sh","filename":"/bin/sh","argv":["sh","-c","node x.js"],"cgroup_id":0,"env":{{"npm_lifecycle_event":"postinstall","npm_package_name":"evil-pkg","npm_package_version":"1.0.0"}}}}"#
-        ),
-        format!(r#"{{"kind":"fork","ts":"2026-01-01T00:00:01Z","pid":21,"ppid":20,"comm":"sh","uid":0}}"#),
-        format!(
-            r#"{{"kind":"exec","ts":"2026-01-01T00:00:01Z","pid":21,"ppid":20,"uid":0,"comm":"node","filename":"/usr/bin/node","argv":["node","x.js"],"cgroup_id":0,"env":{{}}}}"#
-        ),
+        r#"{"kind":"fork","ts":"2026-01-01T00:00:01Z","pid":20,"ppid":10,"comm":"npm","uid":0}"#.to_string(),
+        r#"{"kind":"exec","ts":"2026-01-01T00:00:01Z","pid":20,"ppid":10,"uid":0,"comm":"sh","filename":"/bin/sh","argv":["sh","-c","node x.js"],"cgroup_id":0,"env":{"npm_lifecycle_event":"postinstall","npm_package_name":"evil-pkg","npm_package_version":"1.0.0"}}"#.to_string(),
+        r#"{"kind":"fork","ts":"2026-01-01T00:00:01Z","pid":21,"ppid":20,"comm":"sh","uid":0}"#.to_string(),
+        r#"{"kind":"exec","ts":"2026-01-01T00:00:01Z","pid":21,"ppid":20,"uid":0,"comm":"node","filename":"/usr/bin/node","argv":["node","x.js"],"cgroup_id":0,"env":{}}"#.to_string(),
     ] {
         assert!(e.process(&ev(&line)).is_empty(), "{line}");
     }

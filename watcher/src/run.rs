@@ -357,13 +357,12 @@ fn spawn(
             }
             // Last, once in the cgroup: groups, group, then user (setuid drops the right to
             // change the others).
-            if let Some(u) = &run_as {
-                if libc::setgroups(u.groups.len(), u.groups.as_ptr()) != 0
+            if let Some(u) = &run_as
+                && (libc::setgroups(u.groups.len(), u.groups.as_ptr()) != 0
                     || libc::setgid(u.gid) != 0
-                    || libc::setuid(u.uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(u.uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -224,10 +224,10 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         "watcher: daemon-backed step: job {job}{} (the daemon's log: {daemon_log})",
         nested_in.map(|n| format!(", nested in job {n} (its policy still applies)")).unwrap_or_default()
     );
-    if !opts.quiet {
-        if let Some(p) = &policy {
-            eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode.as_str());
-        }
+    if !opts.quiet
+        && let Some(p) = &policy
+    {
+        eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode.as_str());
     }
     let child = match spawner.join().map_err(|_| anyhow!("the spawn thread panicked"))? {
         Ok(c) => c,

@@ -181,7 +181,7 @@ pub enum Reply {
         error: String,
     },
     Event {
-        event: Event,
+        event: Box<Event>,
     },
     /// The job is closed out. `exit_code`: the first process's, as the kernel saw it;
     /// `verdict`: 77/78 when enforce mode fails the step.
