@@ -82,6 +82,24 @@ impl Btf {
     }
 }
 
+/// The `task_struct` offsets the programs read through CONFIG: `tgid`, and (x86)
+/// `thread_info.status`, whose TS_COMPAT bit marks a 32-bit syscall. Missing ones are left out
+/// (0 in CONFIG: the feature is off).
+pub fn task_offsets() -> Vec<(u32, u32)> {
+    let Ok(b) = Btf::from_sys() else { return Vec::new() };
+    let mut v = Vec::new();
+    if let Some(off) = b.member_offset("task_struct", "tgid") {
+        v.push((watcher_common::CFG_OFF_TASK_TGID, off));
+    }
+    if let (Some(ti), Some(st)) =
+        (b.member_offset("task_struct", "thread_info"), b.member_offset("thread_info", "status"))
+    {
+        // Never 0: `status` follows `flags` in x86's thread_info.
+        v.push((watcher_common::CFG_OFF_TASK_STATUS, ti + st));
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,7 +77,7 @@ pub fn install(ebpf: &mut Ebpf, pins: &PinDir, links: &mut Vec<PinnedLink>) -> R
         .ok_or(SensorError::Missing { kind: "program", name: name.into() })?
         .try_into()
         .map_err(|e| SensorError::kernel(format!("program {name}"), e))?;
-    p.load().map_err(|e| SensorError::kernel("raw tracepoint program sched_process_exec", e))?;
+    // Loaded (verified) with every other program by load::verify_all.
     let id = p.attach(name).map_err(|e| SensorError::kernel("attachment to raw tracepoint sched_process_exec", e))?;
     let link: aya::programs::links::FdLink =
         p.take_link(id).map_err(|e| SensorError::kernel("link of sched_process_exec", e))?.into();
