@@ -135,6 +135,9 @@ pub fn load_and_attach(
         nix::sys::resource::RLIM_INFINITY,
     );
     ensure_tracefs()?;
+    // Before the object is in memory: the BTF file is the biggest allocation of the start, and
+    // the two then never add up in the agent's peak memory.
+    let _ = super::btf::kernel_offsets();
     let mut ebpf = timing::time(Phase::Object, || {
         EbpfLoader::new().map_max_entries(names::EVENTS, cfg.ringbuf_bytes).load(EBPF_OBJECT)
     })
