@@ -299,7 +299,7 @@ fn verify_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(SensorError::VerifyPanic))).collect()
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(SensorError::VerifyPanic))).collect()
     });
     results.into_iter().collect()
 }
