@@ -361,6 +361,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         "log", "what", "parser", "events", "wall s", "cpu s", "events/s", "MB/s", "peak MiB"
     );
     let mut rates: std::collections::BTreeMap<(String, String, String), f64> = Default::default();
+    let mut peaks = Vec::new();
     for what in ["parse", "replay"] {
         for parser in if a.no_reference { vec!["fast"] } else { vec!["fast", "serde"] } {
             for (label, path, _, size) in &logs {
@@ -379,6 +380,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                     r.hwm_kib as f64 / 1024.0
                 );
                 rates.insert((label.to_string(), what.to_string(), parser.to_string()), rate);
+                if what == "replay" && parser == "fast" {
+                    peaks.push(r.hwm_kib as f64 / 1024.0);
+                }
             }
         }
     }
@@ -389,6 +393,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         ) {
             println!("{what}: fast parser is {:.1}x the serde path", f / s);
         }
+    }
+    if let Some(r) = rates.get(&("long".into(), "replay".into(), "fast".into())) {
+        println!(
+            "target: replay of the long log {:.2} M events/s per core, {}",
+            r / 1e6,
+            crate::util::against(r / 1e6, 1.5, " M events/s", false)
+        );
+    }
+    if let [short, long] = peaks[..] {
+        println!("target: flat memory: peak {short:.1} MiB (short log) vs {long:.1} MiB (long log)");
     }
     Ok(())
 }

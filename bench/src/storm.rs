@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{Row, TempDir, count_log, median, require_root, row, watcher_bin};
+use crate::util::{Row, TempDir, against, count_log, median, require_root, row, watcher_bin};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -232,7 +232,8 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
             format!("{:.3} s / {:.3} s", mb, mw),
             "",
         ));
-        rows.push(row(&name, "watched/bare (medians)", format!("{:.3}", mw / mb), ""));
+        let target = if kind == "exec" { 1.10 } else { 1.25 };
+        rows.push(row(&name, "watched/bare (medians)", format!("{:.3}", mw / mb), &against(mw / mb, target, "", true)));
         rows.push(row(&name, &format!("{event} events/s delivered (median)"), format!("{:.0}", median(&rates)), ""));
         rows.push(row(
             &name,

@@ -32,6 +32,29 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
+/// The target column: the target and whether the measured value meets it, or by how much it
+/// misses. `at_most`: lower is better.
+pub fn against(value: f64, target: f64, unit: &str, at_most: bool) -> String {
+    let (sign, met) = if at_most { ("<=", value <= target) } else { (">=", value >= target) };
+    if met {
+        format!("{sign} {target}{unit}: met")
+    } else {
+        format!("{sign} {target}{unit}: MISSED by {:.3}{unit} ({:.2}x)", (value - target).abs(), value / target)
+    }
+}
+
+/// Where `watcher run`'s start and stop went, from its `watcher::timing` lines
+/// (`WATCHER_LOG=watcher::timing=info`): object, verify, attach, detach in ms.
+pub fn parse_timing(stderr: &str) -> Option<[f64; 4]> {
+    let num = |line: &str, key: &str| -> Option<f64> {
+        let at = line.find(key)? + key.len();
+        line[at..].trim_start().split(' ').next()?.parse().ok()
+    };
+    let start = stderr.lines().find(|l| l.contains("watcher::timing") && l.contains("start:"))?;
+    let stop = stderr.lines().find(|l| l.contains("watcher::timing") && l.contains("stop:"))?;
+    Some([num(start, "object")?, num(start, "verify")?, num(start, "attach")?, num(stop, "detach")?])
+}
+
 pub fn median(v: &[f64]) -> f64 {
     percentile(v, 50.0)
 }

@@ -201,7 +201,10 @@ pub const CFG_AGENT_GONE: u32 = 9;
 /// `task_struct.tgid` offset, from the kernel's BTF (0: signals to the agent are recognised by
 /// the target pid only).
 pub const CFG_OFF_TASK_TGID: u32 = 10;
-pub const CFG_LEN: u32 = 11;
+/// Offset of `thread_info.status` in `task_struct` (x86), from the kernel's BTF: the syscall
+/// dispatcher leaves 32-bit syscalls alone (0: unknown, every syscall is taken as native).
+pub const CFG_OFF_TASK_STATUS: u32 = 11;
+pub const CFG_LEN: u32 = 12;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;

@@ -31,20 +31,23 @@ use crate::{
 const CLONE_THREAD: u64 = 0x0001_0000;
 
 // sys_enter_execve: filename @16, argv @24. sys_enter_execveat: filename @24, argv @32.
-#[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    exec_enter(&ctx, 16, 24);
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
+pub fn sys_enter_execve(ctx: TracePointContext, prog: &RawTracePointContext) -> u32 {
+    exec_enter(&ctx, prog, 16, 24);
     0
 }
 
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    exec_enter(&ctx, 24, 32);
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
+pub fn sys_enter_execveat(ctx: TracePointContext, prog: &RawTracePointContext) -> u32 {
+    exec_enter(&ctx, prog, 24, 32);
     0
 }
 
 #[inline(always)]
-fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
+/// `ctx` holds the syscall's arguments, `prog` is the running program's own context (tail calls).
+fn exec_enter(ctx: &TracePointContext, prog: &RawTracePointContext, filename_off: usize, argv_off: usize) {
     // Daemon mode: an unwatched process is read as well, to see whether a job variable in its
     // environment makes it the first process of a job (finish_exec_enter decides).
     // A process in the no-job pseudo-job is looked at the same way.
@@ -90,7 +93,7 @@ fn exec_enter(ctx: &TracePointContext, filename_off: usize, argv_off: usize) {
     rec.envp = unsafe { ctx.read_at::<u64>(argv_off + 8) }.unwrap_or(0);
     // Continue in exec_env_scan (tail calls); if that is impossible, keep what we have.
     if rec.envp != 0 {
-        unsafe { ENV_SCAN_PROG.tail_call(ctx, 0) };
+        unsafe { ENV_SCAN_PROG.tail_call(prog, 0) };
     }
     finish_exec_enter(rec);
 }
@@ -166,8 +169,8 @@ fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
 /// Examines ENV_SCAN_CHUNK environment entries per run and tail-calls itself for the next
 /// chunk; copies the entries whose names are in ENV_CAPTURE. Not attached: reached only by
 /// tail call from sys_enter_execve{,at}.
-#[tracepoint]
-pub fn exec_env_scan(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn exec_env_scan(ctx: RawTracePointContext) -> i32 {
     let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
     let rec = unsafe { &mut *rec };
     let more = scan_env_chunk(rec);
@@ -280,12 +283,16 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
     rec.args_len = off as u32;
 }
 
+// A tracepoint program of its own, not a `syscalls.rs` arm: a program on `sys_exit` would run
+// on every syscall's return, the per-syscall tracepoint only on this one's.
 #[tracepoint]
 pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
     exec_exit(&ctx);
     0
 }
 
+// A tracepoint program of its own, not a `syscalls.rs` arm: a program on `sys_exit` would run
+// on every syscall's return, the per-syscall tracepoint only on this one's.
 #[tracepoint]
 pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
     exec_exit(&ctx);
@@ -368,14 +375,16 @@ fn is_build_script(filename: &[u8; FILENAME_LEN], len: u32) -> bool {
 }
 
 // clone flags, so sched_process_fork can tell processes from threads.
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
     let flags: u64 = unsafe { ctx.read_at(16) }.unwrap_or(CLONE_THREAD);
     note_clone(flags);
     0
 }
 
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     // struct clone_args starts with `u64 flags`.
     let uargs: *const u64 = unsafe { ctx.read_at(16) }.unwrap_or(core::ptr::null());
@@ -384,13 +393,15 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_fork(_ctx: TracePointContext) -> u32 {
     note_clone(0);
     0
 }
 
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_vfork(_ctx: TracePointContext) -> u32 {
     note_clone(0);
     0
@@ -446,8 +457,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-// sched_process_exit: pid @24, group_dead @32. Runs in the exiting task.
-#[tracepoint]
+// sched_process_exit: pid @24, group_dead @32. Runs in the exiting task. Called by
+// `syscalls::sched_process_exit`, which also runs the guard's `agent_exit` (one attachment).
+#[inline(always)]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -473,13 +485,15 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 // sys_enter_exit / sys_enter_exit_group: error_code @16.
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
     note_exit_code(&ctx);
     0
 }
 
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_exit(ctx: TracePointContext) -> u32 {
     note_exit_code(&ctx);
     0
@@ -566,10 +580,11 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The exec succeeded and the new program is loaded; kill it now if exec entry decided so.
-/// sched_process_exec: old_pid @16 (the thread id before exec).
-#[tracepoint]
-pub fn sched_process_exec_kill(ctx: TracePointContext) -> u32 {
-    let old_tid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+/// A raw tracepoint (its detach does not wait for an RCU grace period, as a perf-event
+/// tracepoint's does): sched_process_exec(task, old_pid, bprm), old_pid = the thread id before exec.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec_kill(ctx: RawTracePointContext) -> i32 {
+    let old_tid: i32 = ctx.arg(1);
     let Some(rec) = EXEC_PENDING.get_ptr_mut(&(old_tid as u32)) else { return 0 };
     let flags = unsafe { (*rec).flags };
     if flags & EXEC_KILL_PENDING != 0 {

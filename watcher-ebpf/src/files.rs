@@ -18,10 +18,10 @@
 //! normalised; opens through io_uring are not seen (no syscall runs).
 //!
 //! The handlers are plain functions of the syscall's arguments, so a dispatcher on
-//! raw_syscalls can call them as well as the per-syscall tracepoints below.
+//! the `sys_enter` dispatcher (`syscalls.rs`) calls the handlers below.
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str},
-    macros::{map, tracepoint},
+    macros::map,
     maps::{LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TracePointContext,
 };
@@ -229,7 +229,7 @@ pub fn proc_access(what: u32, target: u32, arg: u32) -> bool {
 }
 
 /// sys_enter_openat: dfd @16, filename @24, flags @32.
-#[tracepoint]
+#[inline(always)]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
     let (name, flags) = unsafe { (ctx.read_at::<u64>(24).unwrap_or(0), ctx.read_at::<u64>(32).unwrap_or(0)) };
@@ -238,7 +238,7 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_enter_openat2: dfd @16, filename @24, how @32 (struct open_how: flags first, u64).
-#[tracepoint]
+#[inline(always)]
 pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
     let (name, how) = unsafe { (ctx.read_at::<u64>(24).unwrap_or(0), ctx.read_at::<u64>(32).unwrap_or(0)) };
@@ -249,7 +249,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_enter_open: filename @16, flags @24.
-#[tracepoint]
+#[inline(always)]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
     let (name, flags) = unsafe { (ctx.read_at::<u64>(16).unwrap_or(0), ctx.read_at::<u64>(24).unwrap_or(0)) };
@@ -258,7 +258,7 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_enter_creat: pathname @16 (creat is open with O_CREAT|O_WRONLY|O_TRUNC).
-#[tracepoint]
+#[inline(always)]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the tracepoint's format file.
     let name = unsafe { ctx.read_at::<u64>(16).unwrap_or(0) };
@@ -267,7 +267,7 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_enter_process_vm_readv: pid @16.
-#[tracepoint]
+#[inline(always)]
 pub fn sys_enter_process_vm_readv(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the tracepoint's format file.
     let pid = unsafe { ctx.read_at::<u64>(16).unwrap_or(0) } as u32;

@@ -18,7 +18,7 @@
 //!   its next exec, fork, socket, connect or signal.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_socket_cookie},
-    macros::{cgroup_skb, cgroup_sock, raw_tracepoint, tracepoint},
+    macros::{cgroup_skb, cgroup_sock, raw_tracepoint},
     programs::{RawTracePointContext, SkBuffContext, SockContext, TracePointContext},
 };
 use watcher_common::{
@@ -153,7 +153,8 @@ fn parse(ctx: &SkBuffContext) -> Option<(u16, u8, [u8; 16], u16)> {
 
 /// Report (and in enforce mode inside an install script, kill) raw, packet and ICMP sockets.
 /// sys_enter_socket: family @16, type @24, protocol @32.
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let Some(info) = watched_current() else { return 0 };
     if agent_gone() {
@@ -198,7 +199,8 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
 /// Unix-socket connects (docker.sock and other local deputies). sys_enter_connect: fd @16,
 /// uservaddr @24, addrlen @32. A path in `DEPUTIES` for the job kills the process in enforce
 /// mode (the connect happens, but the process dies before it can use it).
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Some(info) = watched_current() else { return 0 };
     if agent_gone() {
@@ -288,7 +290,8 @@ fn tamper(info: &ProcInfo, what: u32, arg: u32, target: u32) {
 
 /// sys_enter_bpf: cmd @16. No install script or build step has a reason to load BPF programs
 /// or open watcher's maps.
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_bpf(ctx: TracePointContext) -> u32 {
     let Some(info) = watched_current() else { return 0 };
     // SAFETY: offset from the tracepoint's format file.
@@ -298,7 +301,8 @@ pub fn sys_enter_bpf(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_enter_umount: unmounting bpffs would release watcher's pinned programs.
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_umount(ctx: TracePointContext) -> u32 {
     let Some(info) = watched_current() else { return 0 };
     // SAFETY: offset from the tracepoint's format file.
@@ -309,7 +313,8 @@ pub fn sys_enter_umount(ctx: TracePointContext) -> u32 {
 
 /// sys_enter_ptrace: request @16, pid @24. Tracing the agent (or any process outside the job)
 /// is tampering; a job tracing its own processes (a debugger in a test) is not judged here.
-#[tracepoint]
+/// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
+#[inline(always)]
 pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
     let Some(info) = watched_current() else { return 0 };
     // SAFETY: offsets from the tracepoint's format file.
@@ -369,8 +374,8 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The agent's exit: from now on, its jobs fail closed (see the module comment).
-/// sched_process_exit: group_dead @32.
-#[tracepoint]
+/// sched_process_exit: group_dead @32. Called by `syscalls::sched_process_exit`.
+#[inline(always)]
 pub fn agent_exit(ctx: TracePointContext) -> u32 {
     let agent = CONFIG.get(CFG_AGENT_PID).copied().unwrap_or(0) as u32;
     if agent == 0 || current_tgid() != agent {

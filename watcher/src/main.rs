@@ -161,7 +161,9 @@ enum Command {
         #[arg(long, short, conflicts_with = "quiet")]
         verbose: bool,
         /// Kernel ring buffer size: a power of two, at least one page (4K); suffixes K and M.
-        #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
+        /// Mapped twice into watcher's memory (the kernel's wrap-around view), so it counts
+        /// twice in its resident size; 4M holds about a thousand exec records.
+        #[arg(long, default_value = "4M", value_name = "SIZE", value_parser = parse_ringbuf_size)]
         ringbuf_size: u32,
         /// Run the command as USER (name or uid), with USER's groups or GROUP; default under
         /// sudo: the invoking user (SUDO_UID/SUDO_GID); `--user root` keeps root. The

@@ -82,6 +82,51 @@ impl Btf {
     }
 }
 
+/// Every struct member offset the programs read through CONFIG, from one read of the
+/// kernel's BTF (5.5 MB here: read once, kept only while the offsets are looked up).
+#[derive(Clone, Copy, Default)]
+pub struct KernelOffsets {
+    pub task_tgid: Option<u32>,
+    /// `task_struct.thread_info.status` (x86), whose TS_COMPAT bit marks a 32-bit syscall.
+    pub task_status: Option<u32>,
+    /// linux_binprm.file, .buf, file.f_inode, inode.i_size, linux_binprm.filename, .interp.
+    pub shell: Option<[u32; 6]>,
+}
+
+/// The kernel's offsets, looked up once per process (all zero without BTF).
+pub fn kernel_offsets() -> KernelOffsets {
+    static CACHE: std::sync::OnceLock<KernelOffsets> = std::sync::OnceLock::new();
+    *CACHE.get_or_init(|| {
+        let Ok(b) = Btf::from_sys() else { return KernelOffsets::default() };
+        let m = |s: &str, f: &str| b.member_offset(s, f);
+        KernelOffsets {
+            task_tgid: m("task_struct", "tgid"),
+            // Never 0: `status` follows `flags` in x86's thread_info.
+            task_status: m("task_struct", "thread_info").zip(m("thread_info", "status")).map(|(t, s)| t + s),
+            shell: (|| {
+                Some([
+                    m("linux_binprm", "file")?,
+                    m("linux_binprm", "buf")?,
+                    m("file", "f_inode")?,
+                    m("inode", "i_size")?,
+                    m("linux_binprm", "filename")?,
+                    m("linux_binprm", "interp")?,
+                ])
+            })(),
+        }
+    })
+}
+
+/// The `task_struct` offsets for CONFIG: (slot, offset); missing ones are left out (0 in
+/// CONFIG: the feature is off).
+pub fn task_offsets() -> Vec<(u32, u32)> {
+    let k = kernel_offsets();
+    [(watcher_common::CFG_OFF_TASK_TGID, k.task_tgid), (watcher_common::CFG_OFF_TASK_STATUS, k.task_status)]
+        .into_iter()
+        .filter_map(|(slot, off)| Some((slot, off?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,12 @@ pub enum SensorError {
     Pin { path: PathBuf, detail: String },
     #[error("registering the ring buffer with the event loop: {0}")]
     Ring(std::io::Error),
+    #[error(
+        "watcher's kernel programs dispatch syscalls by x86_64 numbers; this machine is {0}, which is not supported yet"
+    )]
+    Arch(&'static str),
+    #[error("a thread loading watcher's programs into the kernel panicked")]
+    VerifyPanic,
     #[error("environment variable name {0:?} cannot be captured: 1 to 31 bytes, no '='")]
     EnvName(String),
 }

@@ -69,7 +69,7 @@ pub fn probe_hooks() -> SensorState {
         name: "files".into(),
         active: true,
         detail: Some(format!(
-            "syscall tracepoints openat/openat2/open/creat, process_vm_readv, ptrace (install scripts only, \
+            "sys_enter: openat/openat2/open/creat, process_vm_readv, ptrace (install scripts only, \
              absolute paths, decided in the kernel); io_uring opens are not seen; fentry {}, BPF LSM {} on this \
              kernel (not used)",
             yes(fentry),

@@ -5,13 +5,19 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program, RawTracePoint,
+        TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
 use watcher_common::{ABI_VERSION, maps::names};
 
-use super::{SensorConfig, SensorError, pins::PinDir, shell_identity};
+use super::{
+    SensorConfig, SensorError,
+    pins::PinDir,
+    shell_identity,
+    timing::{self, Phase},
+};
 use crate::event::SensorState;
 
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher-ebpf"));
@@ -29,32 +35,17 @@ enum Hook {
 }
 
 /// Every attached program, in attach order. The process sensors come first, so a process is
-/// known before any of its sockets are judged.
+/// known before any of its sockets are judged. Every syscall watcher looks at goes through the
+/// raw tracepoint program `sys_enter` (watcher-ebpf/src/syscalls.rs dispatches by number): one
+/// attachment instead of one per syscall (their detaches serialised, most of the stop).
 const PROGRAMS: &[(&str, Hook)] = &[
-    ("sys_enter_execve", Hook::Tracepoint("syscalls", "sys_enter_execve")),
-    ("sys_enter_execveat", Hook::Tracepoint("syscalls", "sys_enter_execveat")),
+    ("sys_enter", Hook::Raw("sys_enter")),
     ("sys_exit_execve", Hook::Tracepoint("syscalls", "sys_exit_execve")),
     ("sys_exit_execveat", Hook::Tracepoint("syscalls", "sys_exit_execveat")),
-    ("sys_enter_clone", Hook::Tracepoint("syscalls", "sys_enter_clone")),
-    ("sys_enter_clone3", Hook::Tracepoint("syscalls", "sys_enter_clone3")),
-    ("sys_enter_fork", Hook::Tracepoint("syscalls", "sys_enter_fork")),
-    ("sys_enter_vfork", Hook::Tracepoint("syscalls", "sys_enter_vfork")),
-    ("sys_enter_exit", Hook::Tracepoint("syscalls", "sys_enter_exit")),
-    ("sys_enter_exit_group", Hook::Tracepoint("syscalls", "sys_enter_exit_group")),
     ("sched_process_fork", Hook::Tracepoint("sched", "sched_process_fork")),
+    // The exit record, then the agent's own exit (guard): one program, syscalls.rs.
     ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
-    ("sched_process_exec_kill", Hook::Tracepoint("sched", "sched_process_exec")),
-    ("agent_exit", Hook::Tracepoint("sched", "sched_process_exit")),
-    ("sys_enter_socket", Hook::Tracepoint("syscalls", "sys_enter_socket")),
-    ("sys_enter_connect", Hook::Tracepoint("syscalls", "sys_enter_connect")),
-    ("sys_enter_bpf", Hook::Tracepoint("syscalls", "sys_enter_bpf")),
-    ("sys_enter_umount", Hook::Tracepoint("syscalls", "sys_enter_umount")),
-    ("sys_enter_ptrace", Hook::Tracepoint("syscalls", "sys_enter_ptrace")),
-    ("sys_enter_openat", Hook::Tracepoint("syscalls", "sys_enter_openat")),
-    ("sys_enter_openat2", Hook::Tracepoint("syscalls", "sys_enter_openat2")),
-    ("sys_enter_open", Hook::Tracepoint("syscalls", "sys_enter_open")),
-    ("sys_enter_creat", Hook::Tracepoint("syscalls", "sys_enter_creat")),
-    ("sys_enter_process_vm_readv", Hook::Tracepoint("syscalls", "sys_enter_process_vm_readv")),
+    ("sched_process_exec_kill", Hook::Raw("sched_process_exec")),
     ("signal_generate", Hook::Raw("signal_generate")),
     ("connect4", Hook::SockAddr),
     ("connect6", Hook::SockAddr),
@@ -68,14 +59,14 @@ const PROGRAMS: &[(&str, Hook)] = &[
 
 /// Programs reached by tail call only: (program, program array). Loaded, never attached.
 const TAIL_CALLS: &[(&str, &str, TailKind)] = &[
-    ("exec_env_scan", names::ENV_SCAN_PROG, TailKind::Tracepoint),
+    ("exec_env_scan", names::ENV_SCAN_PROG, TailKind::Raw),
     ("dns_egress_enforce", names::DNS_PROGS, TailKind::Skb),
     ("dns_ingress_learn", names::DNS_INGRESS_PROGS, TailKind::Skb),
 ];
 
 #[derive(Clone, Copy)]
 enum TailKind {
-    Tracepoint,
+    Raw,
     Skb,
 }
 
@@ -134,6 +125,9 @@ pub fn load_and_attach(
         return Err(SensorError::NoObject);
     }
     check_abi(EBPF_OBJECT)?;
+    if !cfg!(target_arch = "x86_64") {
+        return Err(SensorError::Arch(std::env::consts::ARCH));
+    }
     // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
     let _ = nix::sys::resource::setrlimit(
         nix::sys::resource::Resource::RLIMIT_MEMLOCK,
@@ -141,13 +135,19 @@ pub fn load_and_attach(
         nix::sys::resource::RLIM_INFINITY,
     );
     ensure_tracefs()?;
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::EVENTS, cfg.ringbuf_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(|e| SensorError::kernel("eBPF object (maps and BTF)", e))?;
+    // Before the object is in memory: the BTF file is the biggest allocation of the start, and
+    // the two then never add up in the agent's peak memory.
+    let _ = super::btf::kernel_offsets();
+    let mut ebpf = timing::time(Phase::Object, || {
+        EbpfLoader::new().map_max_entries(names::EVENTS, cfg.ringbuf_bytes).load(EBPF_OBJECT)
+    })
+    .map_err(|e| SensorError::kernel("eBPF object (maps and BTF)", e))?;
     let mut links = Vec::new();
     match attach(&mut ebpf, cgroup_root, pins, &mut links) {
-        Ok(states) => Ok((ebpf, links, states)),
+        Ok(states) => {
+            timing::report_start();
+            Ok((ebpf, links, states))
+        }
         Err(e) => {
             detach_all(links);
             Err(e)
@@ -161,16 +161,15 @@ fn attach(
     pins: &PinDir,
     links: &mut Vec<PinnedLink>,
 ) -> Result<Vec<SensorState>, SensorError> {
+    timing::time(Phase::Verify, || verify_all(ebpf))?;
     for (prog, array, kind) in TAIL_CALLS {
         let fd = match kind {
-            TailKind::Tracepoint => {
-                let p: &mut TracePoint = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("tracepoint program {prog}"), e))?;
+            TailKind::Raw => {
+                let p: &mut RawTracePoint = program(ebpf, prog)?;
                 p.fd().map_err(|e| SensorError::kernel(format!("program {prog}"), e))?.try_clone()
             }
             TailKind::Skb => {
                 let p: &mut CgroupSkb = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("cgroup_skb program {prog}"), e))?;
                 p.fd().map_err(|e| SensorError::kernel(format!("program {prog}"), e))?.try_clone()
             }
         }
@@ -186,11 +185,11 @@ fn attach(
     // cgroup links): other tools' programs at the root, and other watchers', keep working.
     let mode = CgroupAttachMode::Single;
     let at = cgroup_root.display().to_string();
+    let attached = std::time::Instant::now();
     for (prog, hook) in PROGRAMS {
         let link: FdLink = match *hook {
             Hook::Tracepoint(category, name) => {
                 let p: &mut TracePoint = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("tracepoint program {prog}"), e))?;
                 let id = p
                     .attach(category, name)
                     .map_err(|e| SensorError::kernel(format!("attachment to tracepoint {category}/{name}"), e))?;
@@ -201,7 +200,6 @@ fn attach(
             }
             Hook::Raw(name) => {
                 let p: &mut RawTracePoint = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("raw tracepoint program {prog}"), e))?;
                 let id = p
                     .attach(name)
                     .map_err(|e| SensorError::kernel(format!("attachment to raw tracepoint {name}"), e))?;
@@ -209,7 +207,6 @@ fn attach(
             }
             Hook::SockAddr => {
                 let p: &mut CgroupSockAddr = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("cgroup_sock_addr program {prog}"), e))?;
                 let id = p
                     .attach(cgroup.as_fd(), mode)
                     .map_err(|e| SensorError::kernel(format!("attachment of {prog} to {at}"), e))?;
@@ -218,7 +215,6 @@ fn attach(
             }
             Hook::SockCreate => {
                 let p: &mut CgroupSock = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("cgroup_sock program {prog}"), e))?;
                 let id = p
                     .attach(cgroup.as_fd(), mode)
                     .map_err(|e| SensorError::kernel(format!("attachment of {prog} to {at}"), e))?;
@@ -227,7 +223,6 @@ fn attach(
             }
             Hook::Skb(egress) => {
                 let p: &mut CgroupSkb = program(ebpf, prog)?;
-                p.load().map_err(|e| SensorError::kernel(format!("cgroup_skb program {prog}"), e))?;
                 let ty = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
                 let id = p
                     .attach(cgroup.as_fd(), ty, mode)
@@ -238,6 +233,7 @@ fn attach(
         };
         links.push(pin(link, pins, prog)?);
     }
+    timing::add(Phase::Attach, attached.elapsed());
     // The maps a later watcher needs to clean up after a killed one.
     for name in [names::WATCHED, names::NEW_JOBS, names::CONFIG] {
         let path = pins.path().join(name);
@@ -247,7 +243,11 @@ fn attach(
         SensorState {
             name: "process".into(),
             active: true,
-            detail: Some("tracepoints: execve/execveat, clone/fork, sched_process_fork/exit".into()),
+            detail: Some(
+                "raw tracepoint sys_enter (execve/execveat, clone/fork, exit), tracepoints sys_exit_execve{,at}, \
+                 sched_process_fork/exit"
+                    .into(),
+            ),
         },
         SensorState {
             name: "network".into(),
@@ -279,18 +279,71 @@ fn attach(
     Ok(states)
 }
 
+/// Load (the kernel verifies) every program of the object, on as many threads as there are
+/// CPUs (up to 4): the verifier runs per program, so the loads overlap.
+fn verify_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    let mut progs: Vec<(&str, &mut Program)> = ebpf.programs_mut().collect();
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let mut buckets: Vec<Vec<(&str, &mut Program)>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, p) in progs.drain(..).enumerate() {
+        buckets[i % n].push(p);
+    }
+    let results: Vec<Result<(), SensorError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = buckets
+            .into_iter()
+            .map(|bucket| {
+                scope.spawn(move || -> Result<(), SensorError> {
+                    for (name, p) in bucket {
+                        load_one(name, p)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(SensorError::VerifyPanic))).collect()
+    });
+    results.into_iter().collect()
+}
+
+fn load_one(name: &str, p: &mut Program) -> Result<(), SensorError> {
+    let t = std::time::Instant::now();
+    let (kind, r) = match p {
+        Program::TracePoint(p) => ("tracepoint", p.load()),
+        Program::RawTracePoint(p) => ("raw tracepoint", p.load()),
+        Program::CgroupSkb(p) => ("cgroup_skb", p.load()),
+        Program::CgroupSockAddr(p) => ("cgroup_sock_addr", p.load()),
+        Program::CgroupSock(p) => ("cgroup_sock", p.load()),
+        _ => return Err(SensorError::Missing { kind: "loader for program", name: name.into() }),
+    };
+    tracing::debug!(target: "watcher::timing", "verify {name}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    r.map_err(|e| SensorError::kernel(format!("{kind} program {name}"), e))
+}
+
 /// Unpin and close every link, each from a thread of its own (every close waits for an RCU
 /// grace period; in turn, the ~30 links took about a second).
 pub fn detach_all(links: Vec<PinnedLink>) {
     // Unpinning removes the bpffs file; the attachment ends when the last fd closes.
-    let fds: Vec<FdLink> =
-        links.into_iter().filter_map(|l| l.unpin().map_err(|e| tracing::warn!("unpinning a link: {e}")).ok()).collect();
-    std::thread::scope(|scope| {
-        for fd in fds {
-            // If no thread can be made, the closure (and with it the link) is dropped here.
-            let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(fd));
-        }
+    let t0 = std::time::Instant::now();
+    let fds: Vec<(String, FdLink)> = links
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let name = format!("link {i}");
+            l.unpin().map_err(|e| tracing::warn!("unpinning a link: {e}")).ok().map(|fd| (name, fd))
+        })
+        .collect();
+    timing::time(Phase::Detach, || {
+        std::thread::scope(|scope| {
+            for (name, fd) in fds {
+                // If no thread can be made, the closure (and with it the link) is dropped here.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, move || {
+                    drop(fd);
+                    tracing::debug!(target: "watcher::timing", "detached {name} at {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+                });
+            }
+        })
     });
+    timing::report_stop();
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod pins;
 pub mod ring;
 pub mod shell_identity;
 pub mod tables;
+pub mod timing;
 
 use std::path::PathBuf;
 
@@ -30,8 +31,8 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use watcher_common::{
-    CFG_AGENT_PID, CFG_DAEMON, CFG_OFF_TASK_TGID, DAEMON_LOG_ALL, DAEMON_ON, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL,
-    ENV_FLAG_JOB, ENV_NAME_LEN, JOB_NONE, maps::names,
+    CFG_AGENT_PID, CFG_DAEMON, DAEMON_LOG_ALL, DAEMON_ON, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB,
+    ENV_NAME_LEN, JOB_NONE, maps::names,
 };
 
 pub use counters::COUNTER_NAMES;
@@ -151,10 +152,8 @@ impl Sensor {
             config
                 .set(CFG_AGENT_PID, &(std::process::id() as u64), 0)
                 .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
-            if let Some(off) = btf::Btf::from_sys().ok().and_then(|b| b.member_offset("task_struct", "tgid")) {
-                config
-                    .set(CFG_OFF_TASK_TGID, &(off as u64), 0)
-                    .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
+            for (slot, off) in btf::task_offsets() {
+                config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
             if cfg.daemon {
                 if cfg.log_no_job {

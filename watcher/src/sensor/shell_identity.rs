@@ -39,15 +39,15 @@ pub fn machine_shells() -> std::collections::BTreeMap<u64, String> {
 }
 
 pub fn install(ebpf: &mut Ebpf, pins: &PinDir, links: &mut Vec<PinnedLink>) -> Result<SensorState, SensorError> {
-    let offsets = btf::Btf::from_sys().ok().and_then(|b| {
-        Some([
-            (CFG_OFF_BPRM_FILE, b.member_offset("linux_binprm", "file")?),
-            (CFG_OFF_BPRM_BUF, b.member_offset("linux_binprm", "buf")?),
-            (CFG_OFF_FILE_INODE, b.member_offset("file", "f_inode")?),
-            (CFG_OFF_INODE_SIZE, b.member_offset("inode", "i_size")?),
-            (CFG_OFF_BPRM_FILENAME, b.member_offset("linux_binprm", "filename")?),
-            (CFG_OFF_BPRM_INTERP, b.member_offset("linux_binprm", "interp")?),
-        ])
+    let offsets = btf::kernel_offsets().shell.map(|o| {
+        [
+            (CFG_OFF_BPRM_FILE, o[0]),
+            (CFG_OFF_BPRM_BUF, o[1]),
+            (CFG_OFF_FILE_INODE, o[2]),
+            (CFG_OFF_INODE_SIZE, o[3]),
+            (CFG_OFF_BPRM_FILENAME, o[4]),
+            (CFG_OFF_BPRM_INTERP, o[5]),
+        ]
     });
     let Some(offsets) = offsets else {
         return Ok(SensorState {
@@ -77,7 +77,7 @@ pub fn install(ebpf: &mut Ebpf, pins: &PinDir, links: &mut Vec<PinnedLink>) -> R
         .ok_or(SensorError::Missing { kind: "program", name: name.into() })?
         .try_into()
         .map_err(|e| SensorError::kernel(format!("program {name}"), e))?;
-    p.load().map_err(|e| SensorError::kernel("raw tracepoint program sched_process_exec", e))?;
+    // Loaded (verified) with every other program by load::verify_all.
     let id = p.attach(name).map_err(|e| SensorError::kernel("attachment to raw tracepoint sched_process_exec", e))?;
     let link: aya::programs::links::FdLink =
         p.take_link(id).map_err(|e| SensorError::kernel("link of sched_process_exec", e))?.into();
