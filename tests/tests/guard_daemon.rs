@@ -142,3 +142,107 @@ fn a_daemon_jobs_start_record_never_holds_a_protected_value() {
         assert!(!t.contains(&v), "a value is in {}", e.path().display());
     }
 }
+
+fn pin_dirs() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf/watcher")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// SIGKILL of the daemon in the middle of an enforced job: the job's process that connects
+/// afterwards is killed at its connect and nothing reaches the (loopback, never allowed)
+/// destination; the next daemon start removes the dead daemon's pinned programs.
+#[test]
+fn sigkill_of_the_daemon_leaves_its_jobs_denied_and_killed_and_the_next_start_cleans_up() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-g2-kill");
+    let config = config(&dir, "enforce");
+    let mut d = Daemon::start(&config, &dir);
+    let daemon_pid = d.child.as_ref().unwrap().id();
+    let l = watcher_tests::Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
+    let np = watcher_tests::netprobe_bin().display().to_string();
+    let (ready, pidfile) = (dir.join("ready"), dir.join("after.pid"));
+    // The job: a process started while the daemon lives that connects 1.5 s later, when the
+    // daemon is gone.
+    let script = format!(
+        "{np} sleep 1500 write-pid {pf} tcp {addr} & touch {ready}; wait",
+        ready = ready.display(),
+        pf = pidfile.display(),
+        addr = l.addr()
+    );
+    let mut job = Command::new("sh")
+        .args(["-c", &script])
+        .env("WDT_G2_RUN_ID", "kill")
+        .env("WDT_REPO", "acme/g2")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || ready.exists()), "the job did not start: {}", d.log());
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    let _ = job.wait();
+    assert!(wait_until(Duration::from_secs(5), || pidfile.exists()), "the job's process did not run on");
+    let bg: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !Path::new(&format!("/proc/{bg}")).exists()),
+        "the job's process outlived the killed daemon"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(l.connections(), 0, "a connect after the daemon was killed reached its host");
+    assert!(
+        pin_dirs().iter().any(|p| p.starts_with(&format!("daemon-{daemon_pid}-"))),
+        "the killed daemon's programs stayed attached (pinned): {:?}",
+        pin_dirs()
+    );
+    // The next daemon removes them.
+    let dir2 = TempDir::new("watcher-g2-kill2");
+    let config2 = config(&dir2, "enforce");
+    let d2 = Daemon::start(&config2, &dir2);
+    assert!(
+        !pin_dirs().iter().any(|p| p.starts_with(&format!("daemon-{daemon_pid}-"))),
+        "{:?}\n{}",
+        pin_dirs(),
+        d2.log()
+    );
+    drop(d2);
+}
+
+/// In a daemon job as under `watcher run`: a raw ICMP socket opened by an install script is
+/// killed in enforce mode (its job's log carries the alert), flagged in audit mode.
+#[test]
+fn a_raw_socket_in_a_daemon_jobs_install_script_is_killed_in_enforce_mode() {
+    if !root_or_skip() {
+        return;
+    }
+    let np = watcher_tests::netprobe_bin().display().to_string();
+    for mode in ["audit", "enforce"] {
+        let dir = TempDir::new(&format!("watcher-g2-raw-{mode}"));
+        let config = config(&dir, mode);
+        let d = Daemon::start(&config, &dir);
+        let marker = format!("g2-{}-{mode}", std::process::id());
+        let out = Command::new("sh")
+            .args(["-c", &format!("{np} icmp 127.0.0.2 {marker}")])
+            .env("WDT_G2_RUN_ID", mode)
+            .env("WDT_REPO", "acme/g2")
+            .env("npm_lifecycle_event", "postinstall")
+            .env("npm_package_name", "evil-pkg")
+            .env("npm_package_version", "6.6.6")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let job = d.ended(mode);
+        let events = read_jsonl(dir.join(job["log"].as_str().unwrap()));
+        let raw: Vec<&Value> = events.iter().filter(|e| e["kind"] == "alert" && e["rule"] == "raw-socket").collect();
+        assert_eq!(raw.len(), 1, "{mode}: {events:#?}\n{}", d.log());
+        if mode == "enforce" {
+            assert_eq!(raw[0]["action"], "kill", "{mode}");
+            assert!(out.status.code() != Some(0), "{mode}: the install script was not killed");
+        } else {
+            assert_eq!(raw[0]["action"], "flag", "{mode}");
+            assert_eq!(out.status.code(), Some(0), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}

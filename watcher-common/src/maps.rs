@@ -38,6 +38,8 @@ pub mod names {
     pub const STREAMS: &str = "STREAMS";
     pub const CHUNK_SCRATCH: &str = "CHUNK_SCRATCH";
     pub const CURSOR: &str = "CURSOR";
+    pub const PROXY_NET: &str = "PROXY_NET";
+    pub const TARGET_SCRATCH: &str = "TARGET_SCRATCH";
     /// Its size is the ABI version.
     pub const ABI: &str = "ABI";
 
@@ -75,6 +77,8 @@ pub mod names {
         STREAMS,
         CHUNK_SCRATCH,
         CURSOR,
+        PROXY_NET,
+        TARGET_SCRATCH,
         ABI,
     ];
 }

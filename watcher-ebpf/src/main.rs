@@ -10,6 +10,7 @@ mod guard;
 mod maps;
 mod net;
 mod payload;
+mod target;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -29,4 +29,5 @@ pub mod secrets;
 pub mod sensor;
 pub mod session;
 pub mod stream;
+pub mod stream_target;
 pub mod suggest;

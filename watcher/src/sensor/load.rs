@@ -61,11 +61,12 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("egress_guard", Hook::Skb(true)),
 ];
 
-/// Programs reached by tail call only: (program, program array). Loaded, never attached.
-const TAIL_CALLS: &[(&str, &str, TailKind)] = &[
-    ("exec_env_scan", names::ENV_SCAN_PROG, TailKind::Tracepoint),
-    ("dns_egress_enforce", names::DNS_PROGS, TailKind::Skb),
-    ("dns_ingress_learn", names::DNS_INGRESS_PROGS, TailKind::Skb),
+/// Programs reached by tail call only: (program, program array, slot). Loaded, never attached.
+const TAIL_CALLS: &[(&str, &str, u32, TailKind)] = &[
+    ("exec_env_scan", names::ENV_SCAN_PROG, 0, TailKind::Tracepoint),
+    ("dns_egress_enforce", names::DNS_PROGS, 0, TailKind::Skb),
+    ("stream_first", names::DNS_PROGS, 1, TailKind::Skb),
+    ("dns_ingress_learn", names::DNS_INGRESS_PROGS, 0, TailKind::Skb),
 ];
 
 #[derive(Clone, Copy)]
@@ -156,7 +157,7 @@ fn attach(
     pins: &PinDir,
     links: &mut Vec<PinnedLink>,
 ) -> Result<Vec<SensorState>, SensorError> {
-    for (prog, array, kind) in TAIL_CALLS {
+    for (prog, array, slot, kind) in TAIL_CALLS {
         let fd = match kind {
             TailKind::Tracepoint => {
                 let p: &mut TracePoint = program(ebpf, prog)?;
@@ -172,7 +173,7 @@ fn attach(
         .map_err(|e| SensorError::kernel(format!("program {prog}"), e))?;
         let mut slots =
             ProgramArray::try_from(map_mut(ebpf, array)?).map_err(|e| SensorError::map(array, "opening", e))?;
-        slots.set(0, &fd, 0).map_err(|e| SensorError::map(array, "writing", e))?;
+        slots.set(*slot, &fd, 0).map_err(|e| SensorError::map(array, "writing", e))?;
     }
     let mut states = vec![shell_identity::install(ebpf, pins, links)?];
     let cgroup = std::fs::File::open(cgroup_root)
