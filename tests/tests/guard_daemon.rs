@@ -158,8 +158,8 @@ fn sigkill_of_the_daemon_leaves_its_jobs_denied_and_killed_and_the_next_start_cl
         return;
     }
     let dir = TempDir::new("watcher-g2-kill");
-    let config = config(&dir, "enforce");
-    let mut d = Daemon::start(&config, &dir);
+    let cfg = config(&dir, "enforce");
+    let mut d = Daemon::start(&cfg, &dir);
     let daemon_pid = d.child.as_ref().unwrap().id();
     let l = watcher_tests::Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let np = watcher_tests::netprobe_bin().display().to_string();
@@ -167,7 +167,7 @@ fn sigkill_of_the_daemon_leaves_its_jobs_denied_and_killed_and_the_next_start_cl
     // The job: a process started while the daemon lives that connects 1.5 s later, when the
     // daemon is gone.
     let script = format!(
-        "{np} sleep 1500 write-pid {pf} tcp {addr} & touch {ready}; wait",
+        "{np} sleep 1500 write-pid {pf} tcp {addr} & sleep 0.5; touch {ready}; wait",
         ready = ready.display(),
         pf = pidfile.display(),
         addr = l.addr()
@@ -220,8 +220,8 @@ fn a_raw_socket_in_a_daemon_jobs_install_script_is_killed_in_enforce_mode() {
     let np = watcher_tests::netprobe_bin().display().to_string();
     for mode in ["audit", "enforce"] {
         let dir = TempDir::new(&format!("watcher-g2-raw-{mode}"));
-        let config = config(&dir, mode);
-        let d = Daemon::start(&config, &dir);
+        let cfg = config(&dir, mode);
+        let d = Daemon::start(&cfg, &dir);
         let marker = format!("g2-{}-{mode}", std::process::id());
         let out = Command::new("sh")
             .args(["-c", &format!("{np} icmp 127.0.0.2 {marker}")])
