@@ -87,6 +87,7 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
         &mut out,
         &Event::Start(Start {
             job: None,
+            project: None,
             ts: Ts(ts),
             schema: watcher::event::SCHEMA_VERSION,
             watcher: "bench".into(),
@@ -121,6 +122,9 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
             killed: false,
             shell: false,
             cwd: Some("/w".into()),
+            held: false,
+            script: false,
+            facts: None,
         }),
     )?;
     // Live processes: (pid, ppid, comm). Pids are recycled in [2001, 34000).
@@ -159,6 +163,9 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
                     killed: false,
                     shell: false,
                     cwd: Some(format!("/w/node_modules/pkg-{pkg}")),
+                    held: false,
+                    script: false,
+                    facts: None,
                 }),
             )?;
             count += 2;

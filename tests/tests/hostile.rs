@@ -430,16 +430,23 @@ fn bomb_inputs_are_refused_in_bounded_time_and_memory() {
         assert!(t < Duration::from_secs(3), "{}: took {t:?}", p.display());
         assert!(rss < 64 << 10, "{}: took {rss} KiB", p.display());
     }
-    // The largest policy accepted still loads quickly.
-    let near = dir.join("near.yaml");
-    std::fs::write(
-        &near,
+    // The largest policy accepted still loads quickly: a list at its bound (2048 DNS names) and
+    // as many allowed hosts as the kernel can enforce (63; `policy check` refuses what `run`
+    // would, so one more is refused).
+    let near_text = |hosts: usize| {
         format!(
-            "version: 1\npipeline: x\negress:\n  allow:\n{}",
-            (0..2048).map(|i| format!("    - host: \"*.h{i}.example.test\"\n")).collect::<String>()
-        ),
-    )
-    .unwrap();
+            "version: 1\npipeline: x\negress:\n  allow:\n{}dns:\n  allow:\n{}",
+            (0..hosts).map(|i| format!("    - host: \"*.h{i}.example.test\"\n")).collect::<String>(),
+            (0..2048).map(|i| format!("    - \"n{i}.example.test\"\n")).collect::<String>()
+        )
+    };
+    let over = dir.join("over.yaml");
+    std::fs::write(&over, near_text(64)).unwrap();
+    let (code, _, err, _, _) = check(&over);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("at most 63 allowed hosts"), "{err}");
+    let near = dir.join("near.yaml");
+    std::fs::write(&near, near_text(63)).unwrap();
     let (code, _, err, _, t) = check(&near);
     assert_eq!(code, Some(0), "{err}");
     assert!(t < Duration::from_secs(5), "{t:?}");

@@ -1,10 +1,11 @@
 //! Real package managers under `watcher run` with the shipped policies (`policies/*.yaml`):
 //!
 //! * npm installs packages from a registry served by the test on 127.0.0.1, one of them with a
-//!   postinstall script that spawns a shell;
+//!   postinstall script that spawns an interactive shell (`sh -i`, attack-shaped: a plain
+//!   `sh -c` is allowed under `shells: suspicious`, see policy_shells.rs);
 //! * pip installs an sdist from a "simple" index served by the test on 127.0.0.1, whose build
-//!   spawns a shell (legacy `setup.py` and PEP 517 build paths);
-//! * cargo builds a path crate offline whose build script spawns a shell.
+//!   spawns an interactive shell (legacy `setup.py` and PEP 517 build paths);
+//! * cargo builds a path crate offline whose build script spawns an interactive shell.
 //!
 //! Audit mode must flag the shell (action `flag`, the command's exit code), enforce mode must
 //! kill it in the kernel (action `kill`, exit 77; pip builds are only flagged there, see the
@@ -334,7 +335,7 @@ fn watch(policy: &Path, mode: &str, cwd: &Path, env: &[(OsString, Option<OsStrin
 }
 
 /// The shell-from-install-script alerts of `step`: at least one, every one naming `package`
-/// with `action`, each for an exec of a shell whose `killed` flag matches the action.
+/// with `action`, each for an exec of a shell whose `held` flag matches the action.
 /// Returns the shell exec events.
 fn assert_shell_alerts<'a>(step: &'a Step, package: &str, action: &str) -> Vec<&'a Value> {
     assert_shell_alerts_with(step, &|p| p == package, package, action)
@@ -358,7 +359,10 @@ fn assert_shell_alerts_with<'a>(
         let exec = step.exec_of(&a["pid"]);
         let file = exec["filename"].as_str().unwrap();
         assert!(file.ends_with("/sh"), "the alert is not about the shell exec: {exec}");
-        assert_eq!(exec["killed"] == true, action == "kill", "killed flag does not match action {action}: {exec}");
+        // Enforce mode: the kernel held the shell before its first instruction for the verdict
+        // (`held`), the verdict killed it.
+        assert_eq!(exec["held"] == true, action == "kill", "held flag does not match action {action}: {exec}");
+        assert!(exec["facts"].is_object(), "the shell's facts were not recorded: {exec}");
         assert!(a["message"].as_str().unwrap().contains(package), "{a}");
         execs.push(exec);
     }
@@ -467,7 +471,7 @@ const { spawnSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
 const dir = process.env.INIT_CWD || process.cwd();
-const r = spawnSync('sh', ['-c', 'echo SHELL-RAN > shell-ran.txt'], { cwd: dir });
+const r = spawnSync('sh', ['-i', '-c', 'echo SHELL-RAN > shell-ran.txt'], { cwd: dir });
 fs.writeFileSync(path.join(dir, 'spawn-result.json'),
   JSON.stringify({ status: r.status, signal: r.signal, error: r.error ? String(r.error) : null }));
 "#;
@@ -527,7 +531,7 @@ fn npm_postinstall_shell_is_flagged_in_audit_mode() {
 
     let shells = assert_shell_alerts(&step, "npm:evil-pkg@1.0.0 (postinstall)", "flag");
     assert_eq!(shells.len(), 1, "{}", step.context());
-    assert_eq!(shells[0]["argv"], json!(["sh", "-c", "echo SHELL-RAN > shell-ran.txt"]));
+    assert_eq!(shells[0]["argv"], json!(["sh", "-i", "-c", "echo SHELL-RAN > shell-ran.txt"]));
     assert_eq!(step.alerts().len(), 1, "only the shell may raise an alert\n{}", step.context());
 
     // The shell really ran, and npm installed the package.
@@ -555,7 +559,7 @@ fn npm_postinstall_shell_is_killed_in_enforce_mode() {
 
     let shells = assert_shell_alerts(&step, "npm:evil-pkg@1.0.0 (postinstall)", "kill");
     assert_eq!(shells.len(), 1, "{}", step.context());
-    assert_eq!(shells[0]["argv"], json!(["sh", "-c", "echo SHELL-RAN > shell-ran.txt"]));
+    assert_eq!(shells[0]["argv"], json!(["sh", "-i", "-c", "echo SHELL-RAN > shell-ran.txt"]));
     // Every alert is about that one killed exec. (Today the watcher also raises exec-denied for
     // it: see npm_enforce_mode_raises_the_same_alerts_as_audit_mode.)
     for a in step.alerts() {
@@ -765,7 +769,7 @@ const EVIL_SETUP_PY: &str = r#"import subprocess
 from setuptools import setup
 
 # What a malicious sdist does: run a shell while being built.
-subprocess.run(['sh', '-c', 'echo SHELL-RAN >> "$WATCHER_TEST_MARKER"'], check=False)
+subprocess.run(['sh', '-i', '-c', 'echo SHELL-RAN >> "$WATCHER_TEST_MARKER"'], check=False)
 
 setup(name='evil_sdist', version='1.0.0', py_modules=['evil_sdist'])
 "#;
@@ -868,7 +872,9 @@ fn pip_audit_checks(pip: &PipStep, index: &PipIndex, sdist: &str, package_ok: &d
     eprintln!("pip build runners: {:#?}", pip_build_runners(step));
     // setup.py may run more than once (metadata, then the wheel): one alert per shell.
     let shells = assert_shell_alerts_with(step, package_ok, what, "flag");
-    assert!(shells.iter().all(|e| e["argv"] == json!(["sh", "-c", "echo SHELL-RAN >> \"$WATCHER_TEST_MARKER\""])));
+    assert!(
+        shells.iter().all(|e| e["argv"] == json!(["sh", "-i", "-c", "echo SHELL-RAN >> \"$WATCHER_TEST_MARKER\""]))
+    );
     let runs = fs::read_to_string(&pip.marker).unwrap_or_else(|e| panic!("no marker: {e}\n{}", step.context()));
     assert_eq!(runs.lines().filter(|l| *l == "SHELL-RAN").count(), shells.len(), "every flagged shell ran: {runs:?}");
     assert_eq!(step.alerts().len(), shells.len(), "only the shells may raise alerts\n{}", step.context());
@@ -948,7 +954,7 @@ FILES = {
 
 def _shell():
     # What a malicious sdist does: run a shell while being built.
-    subprocess.run(['sh', '-c', 'echo SHELL-RAN >> "$WATCHER_TEST_MARKER"'], check=False)
+    subprocess.run(['sh', '-i', '-c', 'echo SHELL-RAN >> "$WATCHER_TEST_MARKER"'], check=False)
 
 
 def get_requires_for_build_wheel(config_settings=None):
@@ -1065,7 +1071,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WATCHER_TEST_MARKER");
     // What a malicious build script does: run a shell.
     let status = Command::new("sh")
-        .args(["-c", "echo SHELL-RAN > \"$WATCHER_TEST_MARKER\""])
+        .args(["-i", "-c", "echo SHELL-RAN > \"$WATCHER_TEST_MARKER\""])
         .status()
         .expect("cannot spawn sh");
     assert!(status.success(), "the shell did not succeed: {status}");

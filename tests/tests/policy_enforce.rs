@@ -192,7 +192,9 @@ fn a_copy_of_a_shell_under_another_name_is_still_a_shell() {
     assert_eq!(a["action"], "kill");
     let exec = events.iter().find(|e| e["kind"] == "exec" && e["filename"] == copy.display().to_string()).unwrap();
     assert_eq!(exec["shell"], true);
-    assert_eq!(exec["killed"], true);
+    // Held by the kernel before its first instruction, judged (not a system shell), killed.
+    assert_eq!(exec["held"], true);
+    assert!(a["message"].as_str().unwrap().contains("not a system shell"), "{a}");
     // The sensor says it is active.
     let start = events.iter().find(|e| e["kind"] == "start").unwrap();
     assert!(start["sensors"].as_array().unwrap().iter().any(|s| s["name"] == "shell-identity" && s["active"] == true));

@@ -49,7 +49,7 @@ fn replay_reproduces_the_live_alerts_and_judges_with_other_policies() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let policy_text = |mode: &str, extra_allow: &str| {
         format!(
-            "version: 1\npipeline: r\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\n{extra_allow}dns:\n  resolvers: [{dns_ip}]\nsecrets:\n  env: [\"AWS_*\"]\n",
+            "version: 1\npipeline: r\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\n{extra_allow}dns:\n  resolvers: [{dns_ip}]\nexec:\n  install_scripts:\n    shells: deny\nsecrets:\n  env: [\"AWS_*\"]\n",
             ok.addr().port()
         )
     };
@@ -170,8 +170,11 @@ fn suggest_writes_a_policy_that_replays_clean_and_comments_the_risky_parts() {
         false,
     );
     let suggest = |logs: &[&std::path::Path]| {
-        let out =
-            Command::new(watcher_bin()).args(["policy", "suggest", "--pipeline", "web"]).args(logs).output().unwrap();
+        let out = Command::new(watcher_bin())
+            .args(["policy", "suggest", "--allow-flagged", "--pipeline", "web"])
+            .args(logs)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -195,8 +198,9 @@ fn suggest_writes_a_policy_that_replays_clean_and_comments_the_risky_parts() {
     let risky = record("risky.jsonl", format!("{p} tcp {target}:9; sh -c true"), true);
     let yaml = suggest(&[&clean, &risky]);
     assert!(yaml.contains(&format!("# RISKY: connections to {target}")), "{yaml}");
-    assert!(yaml.contains("# RISKY: npm:evil-pkg"), "{yaml}");
-    assert!(yaml.contains("shells: deny"), "{yaml}");
+    assert!(yaml.contains("# shell in an install script: npm:evil-pkg"), "{yaml}");
+    assert!(yaml.contains("shells: suspicious"), "{yaml}");
+    assert!(yaml.contains("# - name: \"evil-pkg\""), "a per-package rule is proposed: {yaml}");
     std::fs::write(&pf, &yaml).unwrap();
     let (code, v, _) = replay_json(&["--policy", pf.to_str().unwrap()], &risky, false);
     assert_eq!(code, Some(77), "the risky run is still flagged: {v}");

@@ -440,7 +440,7 @@ fn record_fixtures() {
     let other = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let policy = format!(
-        "version: 1\npipeline: reports-fixture\nmode: audit\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\ndns:\n  resolvers: [{dns_ip}]\nsecrets:\n  env: [\"AWS_*\"]\n",
+        "version: 1\npipeline: reports-fixture\nmode: audit\negress:\n  loopback: false\n  allow:\n    - host: ok.watcher.test\n      ports: [{}]\ndns:\n  resolvers: [{dns_ip}]\nsecrets:\n  env: [\"AWS_*\"]\nexec:\n  install_scripts:\n    shells: deny\n",
         ok.addr().port()
     );
     let pf = dir.path().join("policy.yaml");

@@ -260,6 +260,14 @@ pub const EXEC_STOPPED: u32 = 128;
 /// Kernel-internal: the exec entry of a process that is not (yet) watched, scanned only for
 /// job variables (daemon mode).
 pub const EXEC_UNWATCHED: u32 = 256;
+/// Enforce mode, decided at exec entry: a shell started inside an install script; it is
+/// held (SIGSTOP at sched_process_exec, before its first instruction) for the agent to judge.
+pub const EXEC_HOLD_PENDING: u32 = 512;
+/// The kernel sent SIGSTOP to this shell (see EXEC_HOLD_PENDING): the agent reads its facts
+/// while it is held, then sends SIGKILL or SIGCONT. A held shell nobody judges never runs.
+pub const EXEC_SHELL_HELD: u32 = 1024;
+/// The executable is a `#!` script whose interpreter is a shell binary (by content).
+pub const EXEC_SCRIPT: u32 = 2048;
 
 /// Bytes of an executable's start that, with its size, identify it as a known shell.
 pub const SHELL_SIG_BYTES: usize = 64;

@@ -13,11 +13,11 @@ use watcher_common::{
     ARG_MAX_LEN, ARGS_LEN, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP,
     CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC, CNT_RINGBUF_FULL_EXIT,
     CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, DAEMON_LOG_ALL, ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_FLAG_JOB,
-    ENV_LEN, ENV_NAME_LEN, ENV_SCAN_CHUNK, EXEC_ARGS_TRUNCATED, EXEC_DENY, EXEC_FILENAME_TRUNCATED, EXEC_IS_SHELL,
-    EXEC_JOB_START, EXEC_KILL_PENDING, EXEC_KILLED, EXEC_NAME_LEN, EXEC_SHELL, EXEC_STOP_PENDING, EXEC_STOPPED,
-    EXEC_UNWATCHED, ExecKey, ExitRecord, FILENAME_LEN, ForkRecord, JOB_DAEMON_BIT, JOB_DENY_SHELLS, JOB_ENFORCE,
-    JOB_NONE, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, PROC_INSTALL, ProcInfo, SHELL_SIG_BYTES,
-    sig_step,
+    ENV_LEN, ENV_NAME_LEN, ENV_SCAN_CHUNK, EXEC_ARGS_TRUNCATED, EXEC_DENY, EXEC_FILENAME_TRUNCATED, EXEC_HOLD_PENDING,
+    EXEC_IS_SHELL, EXEC_JOB_START, EXEC_KILL_PENDING, EXEC_KILLED, EXEC_NAME_LEN, EXEC_SCRIPT, EXEC_SHELL,
+    EXEC_SHELL_HELD, EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey, ExitRecord, FILENAME_LEN, ForkRecord,
+    JOB_DAEMON_BIT, JOB_DENY_SHELLS, JOB_ENFORCE, JOB_NONE, KIND_EXEC, KIND_EXIT, KIND_FORK, MAX_ARGS, MAX_ENV_SCAN,
+    PROC_INSTALL, ProcInfo, SHELL_SIG_BYTES, sig_step,
 };
 
 use crate::{
@@ -143,9 +143,10 @@ fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
     }
 }
 
-/// Enforce mode: decide at exec entry to kill the new program, when the executable's basename
-/// is denied, or is a shell started inside an install script. The kill happens when the exec
-/// succeeds (sched_process_exec), before the program runs a single instruction.
+/// Enforce mode: decide at exec entry what happens when the exec succeeds
+/// (sched_process_exec, before the program runs a single instruction): a denied basename is
+/// killed; a shell started inside an install script is held (stopped) for the agent to judge
+/// (the agent kills it or lets it run; see watcher/src/held.rs).
 #[inline(always)]
 fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
     let flags = job_flags(info.job);
@@ -155,9 +156,10 @@ fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
     let Some(name) = basename_key(&rec.filename, rec.filename_len) else { return };
     let key = ExecKey { job: info.job, name };
     let Some(rule) = (unsafe { EXEC_RULES.get(&key) }).copied() else { return };
-    let shell_in_script = rule & EXEC_SHELL != 0 && info.flags & PROC_INSTALL != 0 && flags & JOB_DENY_SHELLS != 0;
-    if rule & EXEC_DENY != 0 || shell_in_script {
+    if rule & EXEC_DENY != 0 {
         rec.flags |= EXEC_KILL_PENDING;
+    } else if rule & EXEC_SHELL != 0 && info.flags & PROC_INSTALL != 0 && flags & JOB_DENY_SHELLS != 0 {
+        rec.flags |= EXEC_HOLD_PENDING;
     }
 }
 
@@ -509,17 +511,18 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let bprm: *const u8 = ctx.arg(2);
-    // A script (#!) run by a shell is not a shell binary started under another name: after
-    // binfmt_script, bprm->interp points elsewhere than bprm->filename. Judge binaries only.
+    // A `#!` script: after binfmt_script, bprm->interp points elsewhere than bprm->filename,
+    // and bprm->file/buf are the interpreter's (the ELF binary finally loaded). A script whose
+    // interpreter is a shell is a shell run, whichever way its #! line names it
+    // (`#!/bin/sh` here, `#!/usr/bin/env sh` as a second exec of sh): marked EXEC_SCRIPT so
+    // the agent knows the script file is the filename.
     let (o_name, o_interp) = (off(CFG_OFF_BPRM_FILENAME), off(CFG_OFF_BPRM_INTERP));
     if o_name == 0 || o_interp == 0 {
         return 0;
     }
     let name: u64 = unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_name).cast::<u64>()) }.unwrap_or(0);
     let interp: u64 = unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_interp).cast::<u64>()) }.unwrap_or(1);
-    if name != interp {
-        return 0;
-    }
+    let script = name != interp;
     let Ok(file) = (unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) }) else { return 0 };
     let Ok(inode) = (unsafe { bpf_probe_read_kernel(file.wrapping_add(o_inode).cast::<*const u8>()) }) else {
         return 0;
@@ -542,13 +545,21 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let old_tid: i32 = ctx.arg(1);
     let pending = EXEC_PENDING.get_ptr_mut(&(old_tid as u32));
     if let Some(rec) = pending {
-        unsafe { (*rec).flags |= EXEC_IS_SHELL };
+        unsafe { (*rec).flags |= EXEC_IS_SHELL | if script { EXEC_SCRIPT } else { 0 } };
     }
     let flags = job_flags(info.job);
     if flags & JOB_ENFORCE != 0 && flags & JOB_DENY_SHELLS != 0 && info.flags & PROC_INSTALL != 0 {
-        unsafe { bpf_send_signal(9) };
-        if let Some(rec) = pending {
-            unsafe { (*rec).flags |= EXEC_KILLED };
+        // Held for the agent's judgement (fail closed: without a record it never runs).
+        // Without an exec record to carry the flag the agent could not know it holds it:
+        // kill then.
+        match pending {
+            Some(rec) => unsafe {
+                bpf_send_signal(19);
+                (*rec).flags |= EXEC_SHELL_HELD;
+            },
+            None => unsafe {
+                bpf_send_signal(9);
+            },
         }
     }
     0
@@ -565,6 +576,13 @@ pub fn sched_process_exec_kill(ctx: TracePointContext) -> u32 {
         unsafe {
             bpf_send_signal(9);
             (*rec).flags |= EXEC_KILLED;
+        }
+    } else if flags & EXEC_HOLD_PENDING != 0 && flags & EXEC_SHELL_HELD == 0 {
+        // A shell in an install script, by name: held before its first instruction until
+        // the agent has judged it (SIGKILL or SIGCONT).
+        unsafe {
+            bpf_send_signal(19);
+            (*rec).flags |= EXEC_SHELL_HELD;
         }
     } else if flags & EXEC_STOP_PENDING != 0 {
         // Held before its first instruction until the daemon has written the job's tables

@@ -127,7 +127,7 @@ impl Collector {
 
     pub fn push(&mut self, rec: Record, out: &mut Vec<Event>) {
         match rec {
-            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, .. } => {
+            Record::Exec { task, filename, argv, argv_truncated, env, killed, shell, held, script, .. } => {
                 out.push(Event::Exec(Exec {
                     ts: self.wall(task.boot_ns),
                     proc: Self::proc(&task),
@@ -140,6 +140,9 @@ impl Collector {
                     killed,
                     shell,
                     cwd: None,
+                    held,
+                    script,
+                    facts: None,
                 }))
             }
             Record::Socket { task, family, sock_type, protocol, killed } => out.push(Event::Socket(Socket {
@@ -560,6 +563,8 @@ mod tests {
             killed: false,
             shell: false,
             stopped: false,
+            held: false,
+            script: false,
             env: vec![],
         };
         c.push(exec(&["curl", "--data-urlencode", "k=AKIAEXAMPLEKEY123456", "p=s3cret-Passw0rd-xyz"]), &mut out);

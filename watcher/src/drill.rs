@@ -4,7 +4,7 @@
 //!
 //! 1. a DNS lookup of a canary name,
 //! 2. a TCP connect to a canary address (TEST-NET-1, 192.0.2.0/24),
-//! 3. a shell spawned from the install script,
+//! 3. a shell spawned from the install script, reading its commands from a pipe (`... | sh`),
 //! 4. a fake `AWS_SECRET_ACCESS_KEY` (generated per run) encoded in a DNS name.
 //!
 //! Nothing leaves the machine: the step runs in a private network namespace the drill creates,
@@ -369,7 +369,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     let script = format!(
         "{w} __drill-probe dns {resolver} {canary_name}\n\
          {w} __drill-probe connect {CANARY_IP}:{CANARY_PORT}\n\
-         sh -c 'echo watcher drill: a shell from an install script' || true\n\
+         echo 'echo watcher drill: a shell from an install script, fed by a pipe' | sh || true\n\
          {w} __drill-probe dns {resolver} {secret_name}\n\
          exit 0\n"
     );

@@ -41,6 +41,11 @@ pub struct Engine {
     raised: HashSet<(String, u32, String)>,
     alerts: u64,
     loss_alerts: u64,
+    /// The step's start and working directory (its `start` record).
+    start: Ts,
+    cwd: Option<String>,
+    /// The verdict on the last exec judged: kill it (a held shell is killed, else continued).
+    last_kill: bool,
 }
 
 impl Engine {
@@ -55,6 +60,9 @@ impl Engine {
             raised: HashSet::new(),
             alerts: 0,
             loss_alerts: 0,
+            start: Ts(0),
+            cwd: None,
+            last_kill: false,
         }
     }
 
@@ -140,6 +148,9 @@ impl Engine {
         let mut out = Vec::new();
         match e {
             Event::Start(s) => {
+                self.start = s.ts;
+                self.cwd = s.project.as_ref().map(|p| p.cwd.clone());
+                self.tree.on_event(e);
                 self.resolvers = s.resolvers.clone();
                 let mut hosts = Vec::new();
                 for pm in self.policy.registries().to_vec() {
@@ -254,26 +265,58 @@ impl Engine {
         })
     }
 
-    fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
-        let pid = x.proc.pid;
+    /// The install script whose process starts this shell exec, if it is one (None: not a
+    /// shell, or not started inside an install script, or shells are allowed).
+    fn shell_in_script(&self, x: &Exec) -> Option<(u32, String, crate::policy::ShellPolicy)> {
+        if !(is_shell(&x.filename) || x.shell || x.script) || !self.policy.shells_denied_in_install_scripts() {
+            return None;
+        }
         // The shell that *starts* a script (npm's `sh -c`) is the script itself; a shell
         // started from inside one, or a second shell exec by its start, is spawned by it.
-        let shell_from = if (is_shell(&x.filename) || x.shell) && self.policy.shells_denied_in_install_scripts() {
-            self.tree.script_before_exec(pid, x.proc.ppid).map(|s| s.attribution.label())
-        } else {
-            None
-        };
-        let denied_by = self.policy.exec_denied(&x.filename);
-        // A kill has one reason, which is the alert: the kernel kills a shell spawned by a
-        // script, or a denied name, at the first execve attempt (possibly a PATH candidate
-        // that does not exist), so other rules about that attempted path are not judged.
-        let (shell_alert, deny_alert) = match (x.killed, &shell_from, &denied_by) {
-            (true, Some(_), _) => (true, false),
-            (true, None, _) => (false, denied_by.is_some()),
-            (false, _, _) => (shell_from.is_some(), denied_by.is_some()),
-        };
-        if deny_alert {
-            let rule = denied_by.unwrap_or_default();
+        let s = self.tree.script_before_exec(x.proc.pid, x.proc.ppid)?;
+        let (start, a) = (s.start, &*s.attribution);
+        // Per-package rules (`packages:`) choose the rule for this package's scripts.
+        let rule = self.policy.shell_policy_for(&a.manager, &a.package);
+        (rule != crate::policy::ShellPolicy::Allow).then(|| (start, a.label(), rule))
+    }
+
+    /// Whether the agent should read a shell's facts ([`crate::held::enrich`]) before this
+    /// exec is judged: it is a shell started inside an install script, or held by the kernel.
+    pub fn wants_facts(&self, x: &Exec) -> bool {
+        x.held || self.shell_in_script(x).is_some()
+    }
+
+    /// The verdict on the last exec event judged: true when it must be killed (the pipeline
+    /// kills a held shell, or continues it).
+    pub fn last_exec_kill(&self) -> bool {
+        self.last_kill
+    }
+
+    /// `exec.temp_dirs`: an executable in a temporary directory outside the step's working tree
+    /// and the package managers' install trees is a dropper's (the rule's text for the alert).
+    fn dropper(&self, path: &str) -> Option<String> {
+        let dir = self.policy.temp_dir_of(path)?;
+        let cwd = self.cwd.as_deref();
+        let in_tree =
+            cwd.is_some_and(|c| c != "/" && c != dir && path.starts_with(c) && path[c.len()..].starts_with('/'));
+        if in_tree || crate::shell_rule::in_install_tree(path, cwd) {
+            return None;
+        }
+        Some(format!(
+            "temp_dirs: {dir} (outside the step's working tree {} and the install trees)",
+            cwd.unwrap_or("(unknown)")
+        ))
+    }
+
+    fn on_exec(&mut self, x: &Exec, out: &mut Vec<Alert>) {
+        let pid = x.proc.pid;
+        self.last_kill = false;
+        let shell_from = self.shell_in_script(x);
+        let denied_by = self.policy.exec_denied(&x.filename).or_else(|| self.dropper(&x.filename));
+        // A kill by the kernel has one reason, which is the alert: a denied name is killed at
+        // the first execve attempt (possibly a PATH candidate that does not exist), so other
+        // rules about that attempted path are not judged.
+        if let Some(rule) = &denied_by {
             self.alert(
                 out,
                 x.ts,
@@ -285,45 +328,62 @@ impl Engine {
                 x.filename.clone(),
                 format!("{} is denied by exec rule {rule:?}", x.filename),
             );
+            if x.killed {
+                self.last_kill = true;
+                return;
+            }
         }
+        let Some((script, pkg, rule)) = shell_from else { return self.kill_backstop(x, out) };
+        let strict = rule == crate::policy::ShellPolicy::Deny;
+        let tree = &self.tree;
+        let same_script = |p: u32| tree.install_script(p).is_some_and(|(s, _)| s == script);
+        let ctx = crate::shell_rule::Context {
+            policy: &self.policy,
+            start: self.start,
+            cwd: self.cwd.as_deref(),
+            strict,
+            same_script: &same_script,
+        };
+        let Some(why) = crate::shell_rule::judge(x, &ctx) else { return self.kill_backstop(x, out) };
+        // Enforce mode: the kernel holds the shell and the pipeline kills it on this verdict.
+        let killed = x.killed || (x.held && self.policy.mode == Mode::Enforce);
+        self.last_kill = killed;
+        let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
+        self.alert(
+            out,
+            x.ts,
+            RULE_SHELL,
+            false,
+            killed,
+            "high",
+            pid,
+            x.filename.clone(),
+            format!("install script of {pkg} spawned a shell: {} {args}: {why}", basename(&x.filename)),
+        );
+    }
+
+    /// The kernel killed an exec for a reason this reading of the facts does not see (e.g. its
+    /// install-script mark came through a fork record that was lost): under the policy it was
+    /// killed by, every kill is an alert, and fails the step. (A replay under a policy that
+    /// would not have killed it does not raise it.)
+    fn kill_backstop(&mut self, x: &Exec, out: &mut Vec<Alert>) {
         let shell = is_shell(&x.filename) || x.shell;
-        if x.killed
-            && !deny_alert
-            && !shell_alert
-            && self.policy.mode == Mode::Enforce
-            && (!shell || self.policy.shells_denied_in_install_scripts())
+        if !x.killed || self.policy.mode != Mode::Enforce || (shell && !self.policy.shells_denied_in_install_scripts())
         {
-            // The kernel killed it for a reason this reading of the facts does not see (e.g.
-            // its install-script mark came through a fork record that was lost): under the
-            // policy it was killed by, every kill is an alert, and fails the step. (A replay
-            // under a policy that would not have killed it does not raise it.)
-            self.alert(
-                out,
-                x.ts,
-                if shell { RULE_SHELL } else { RULE_EXEC },
-                false,
-                true,
-                "high",
-                pid,
-                x.filename.clone(),
-                format!("the kernel killed {} at exec", x.filename),
-            );
+            return;
         }
-        if shell_alert {
-            let pkg = shell_from.unwrap_or_default();
-            let args = x.argv.iter().skip(1).take(3).cloned().collect::<Vec<_>>().join(" ");
-            self.alert(
-                out,
-                x.ts,
-                RULE_SHELL,
-                false,
-                x.killed,
-                "high",
-                pid,
-                x.filename.clone(),
-                format!("install script of {pkg} spawned a shell: {} {args}", basename(&x.filename)),
-            );
-        }
+        self.last_kill = true;
+        self.alert(
+            out,
+            x.ts,
+            if shell { RULE_SHELL } else { RULE_EXEC },
+            false,
+            true,
+            "high",
+            x.proc.pid,
+            x.filename.clone(),
+            format!("the kernel killed {} at exec", x.filename),
+        );
     }
 
     /// A raw IP or packet socket opened inside an install script (ICMP sockets are judged by
@@ -609,6 +669,9 @@ mod tests {
             killed,
             shell: false,
             cwd: None,
+            held: false,
+            script: false,
+            facts: None,
         })
     }
 

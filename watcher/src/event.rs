@@ -151,6 +151,20 @@ pub struct Start {
     /// Daemon mode: the job this log is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobInfo>,
+    /// The step's own project, read when it started (`project.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<Project>,
+}
+
+/// The step's own project: its working directory and the user's own package manifests there,
+/// whose lifecycle scripts are the user's code, not a dependency's install script.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Project {
+    /// Working directory of the step's command.
+    pub cwd: String,
+    /// Absolute paths of the root `package.json` and of its workspaces' `package.json` files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub package_jsons: Vec<String>,
 }
 
 /// How the daemon recognised a job.
@@ -223,6 +237,63 @@ pub struct Exec {
     /// already gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Enforce mode: the kernel held this shell (stopped before its first instruction) for
+    /// the agent to judge; the engine's verdict killed or continued it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held: bool,
+    /// The kernel saw a `#!` script whose interpreter is a shell binary (`filename` is the
+    /// script).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub script: bool,
+    /// What the agent read about a shell started inside an install script (while it was
+    /// held, in enforce mode), so replay judges it exactly as the live run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Box<ShellFacts>>,
+}
+
+/// Facts about a shell started inside an install script: read from /proc by the agent
+/// (`held.rs`), judged by the engine (`shell_rule.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ShellFacts {
+    /// `readlink /proc/PID/exe`: the binary really running (`/usr/bin/dash`,
+    /// `/memfd:x (deleted)`, `/tmp/x/sh (deleted)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Status-change time of that binary (a copy made during the step is newer than the
+    /// step's start; ctime cannot be set back from user space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_ctime: Option<Ts>,
+    /// Link count of that binary (0: a memfd or a deleted file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_nlink: Option<u64>,
+    /// `readlink /proc/PID/fd/{0,1,2}` (`pipe:[123]`, `socket:[456]`, `/dev/null`); null when
+    /// the descriptor is closed.
+    #[serde(default)]
+    pub stdio: Vec<Option<String>>,
+    /// Stdin is a pipe: the processes of the step holding its write end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stdin_writers: Vec<PipeWriter>,
+    /// The script file the shell runs (its operand, or the `#!` script itself), absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Status-change time of the script file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_ctime: Option<Ts>,
+    /// Why some facts could not be read (the process was gone, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A process holding the write end of a shell's stdin pipe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PipeWriter {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Its TCP/UDP sockets (IPv4 or IPv6), open when it was looked at.
+    #[serde(default)]
+    pub inet_sockets: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -33,6 +33,13 @@ enum PolicyCommand {
         /// Pipeline name for the policy.
         #[arg(long, default_value = "my-pipeline")]
         pipeline: String,
+        /// Keep this policy's deny lists, temp dirs, shell rule, per-package rules and secret
+        /// patterns.
+        #[arg(long, value_name = "POLICY")]
+        base: Option<PathBuf>,
+        /// Suggest even from logs with alerts, lost events or no `end` record.
+        #[arg(long)]
+        allow_flagged: bool,
     },
     /// Validate a policy: exit 0 if valid, else print FILE:LINE:COLUMN: message and exit 1.
     Check {
@@ -230,7 +237,11 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Policy { command: PolicyCommand::Suggest { logs, pipeline } } => (|| {
+        Command::Policy { command: PolicyCommand::Suggest { logs, pipeline, base, allow_flagged } } => (|| {
+            let base = match &base {
+                Some(b) => Some(watcher::policy::load(b).map_err(|e| anyhow::anyhow!("{e}"))?),
+                None => None,
+            };
             let mut s = watcher::suggest::Suggester::default();
             for log in &logs {
                 let incomplete = watcher::replay::for_each_event_checked(log, |e, _| {
@@ -245,13 +256,21 @@ fn main() {
                     return Ok(exitcode::EVENTS_LOST);
                 }
             }
-            print!("{}", s.render(&pipeline));
+            if !allow_flagged && let Err(e) = s.check_clean() {
+                eprintln!("watcher: {e}");
+                return Ok(1);
+            }
+            print!("{}", s.render_with_base(&pipeline, base.as_ref()));
             Ok(0)
         })(),
         Command::Policy { command: PolicyCommand::Check { files } } => {
             let mut bad = false;
             for f in &files {
-                match watcher::policy::load(f) {
+                // Exactly the validation `run` does: load, then compile the kernel tables.
+                let checked = watcher::policy::load(f).map_err(|e| e.to_string()).and_then(|p| {
+                    watcher::policy::kernel::validate(&p).map_err(|e| format!("{}: {e}", p.source)).map(|_| p)
+                });
+                match checked {
                     Ok(p) => println!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
                     Err(e) => {
                         eprintln!("{e}");

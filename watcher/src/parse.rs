@@ -183,6 +183,12 @@ struct FExec {
     shell: bool,
     #[serde(default)]
     cwd: Option<String>,
+    #[serde(default)]
+    held: bool,
+    #[serde(default)]
+    script: bool,
+    #[serde(default)]
+    facts: Option<Box<crate::event::ShellFacts>>,
 }
 
 impl From<FExec> for Event {
@@ -199,6 +205,9 @@ impl From<FExec> for Event {
             killed: x.killed,
             shell: x.shell,
             cwd: x.cwd,
+            held: x.held,
+            script: x.script,
+            facts: x.facts,
         })
     }
 }
@@ -547,6 +556,7 @@ pub mod generate {
                     registry_sources: Vec::new(),
                     policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
                     policy_yaml: self.opt(|g| g.word()),
+                    project: None,
                 }),
                 1 => Event::Exec(Exec {
                     ts,
@@ -564,6 +574,9 @@ pub mod generate {
                     killed: self.chance(10),
                     shell: self.chance(10),
                     cwd: self.opt(Self::word),
+                    held: false,
+                    script: false,
+                    facts: None,
                 }),
                 2 => Event::Fork(Fork { ts, proc: self.proc() }),
                 3 => Event::Exit(Exit { ts, proc: self.proc(), exit_code: self.opt(|g| g.next_u64() as i32) }),

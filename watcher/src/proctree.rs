@@ -67,6 +67,9 @@ pub struct ProcTree {
     /// foldhash: pids are small integers looked up for every event; SipHash's DoS resistance
     /// is not needed for them and costs a tenth of replay's time.
     nodes: HashMap<u32, Node, foldhash::fast::RandomState>,
+    /// The step's own package.json files (its `start` record): their lifecycle scripts are
+    /// the user's code, not install scripts.
+    project_jsons: Vec<String>,
 }
 
 pub fn basename(path: &str) -> &str {
@@ -205,9 +208,14 @@ impl ProcTree {
                 node.filename = Some(Arc::from(x.filename.as_str()));
                 node.argv = Arc::from(x.argv.as_slice());
                 node.exited = false;
+                // The root project's (and its workspaces') own lifecycle scripts are the user's
+                // code: npm names the package.json of the script's package in the exec's
+                // environment (captured by the kernel at exec, so the script cannot change it).
+                let own = x.env.get("npm_package_json").is_some_and(|j| self.project_jsons.iter().any(|p| p == j));
                 // The outermost process of a script is its start; descendants inherit.
                 match inherited {
                     Some(s) => node.script = Some(s),
+                    None if own => {}
                     None => {
                         if let Some(a) = install_script_of(&x.filename, &x.argv, &x.env, x.cwd.as_deref()) {
                             node.script = Some(ScriptRef { start: x.proc.pid, attribution: Arc::new(a.clone()) });
@@ -220,6 +228,9 @@ impl ProcTree {
                 if let Some(n) = self.nodes.get_mut(&x.proc.pid) {
                     n.exited = true;
                 }
+            }
+            Event::Start(s) => {
+                self.project_jsons = s.project.as_ref().map(|p| p.package_jsons.clone()).unwrap_or_default();
             }
             _ => {}
         }
@@ -379,6 +390,9 @@ mod tests {
             killed: false,
             shell: false,
             cwd: None,
+            held: false,
+            script: false,
+            facts: None,
         })
     }
 

@@ -39,6 +39,10 @@ pub enum Record {
         /// Daemon mode: the kernel stopped the program at exec (SIGSTOP) because its job had
         /// no tables yet; the daemon continues it once they are written.
         stopped: bool,
+        /// Enforce mode: the kernel holds this shell (SIGSTOP) for the agent's judgement.
+        held: bool,
+        /// A `#!` script whose interpreter is a shell binary.
+        script: bool,
     },
     Fork {
         task: Task,
@@ -281,6 +285,8 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 shell: r.flags & c::EXEC_IS_SHELL != 0,
                 env: split_env(&r.env[..env_used]),
                 stopped: r.flags & c::EXEC_STOPPED != 0,
+                held: r.flags & c::EXEC_SHELL_HELD != 0,
+                script: r.flags & c::EXEC_SCRIPT != 0,
             })
         }
         c::KIND_FORK => {

@@ -157,6 +157,7 @@ mod tests {
             policy: None,
             policy_yaml: None,
             job: None,
+            project: None,
         });
         event(&s, &mut start);
         let line = serde_json::to_string(&start).unwrap();
@@ -173,6 +174,9 @@ mod tests {
             killed: false,
             shell: false,
             cwd: Some(format!("/w/{hex}")),
+            held: false,
+            script: false,
+            facts: None,
         });
         event(&s, &mut exec);
         let line = serde_json::to_string(&exec).unwrap();

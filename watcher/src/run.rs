@@ -141,6 +141,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         policy: policy_info.clone(),
         policy_yaml: prepared.policy.as_ref().map(|p| p.to_yaml()),
         job: None,
+        project: crate::project::detect(),
     }))?;
     if !opts.quiet {
         let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
@@ -213,7 +214,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
             }
             _ = tick.tick() => {
                 pipe.tick(boot_now_ns())?;
-                pipe.losses(&sensor.counters()?)?;
+                pipe.losses(&sensor.counters()?, &|| sensor.watched_pids())?;
             }
         }
     };
@@ -251,7 +252,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     sensor.drain(&mut batch);
     pipe.records(&mut batch)?;
     pipe.drain_collector()?;
-    pipe.losses(&sensor.counters()?)?;
+    pipe.losses(&sensor.counters()?, &|| sensor.watched_pids())?;
 
     let cmd_code = match (status.code(), status.signal()) {
         (Some(c), _) => c,

@@ -233,7 +233,12 @@ impl Job {
     }
 
     pub fn loss(&mut self, l: Loss) -> anyhow::Result<()> {
-        self.emit(Event::Loss(l)).map(|_| ())
+        let source = l.source.clone();
+        self.emit(Event::Loss(l))?;
+        // Shells of this job held for an exec record that was lost cannot be judged: killed.
+        let live: Vec<u32> = self.live.iter().copied().collect();
+        crate::held::after_loss(self.pipeline.engine(), &source, || live);
+        Ok(())
     }
 
     /// Close the job out: pending DNS queries, the `end` record, the summary.
@@ -322,6 +327,7 @@ pub fn start_record(
         }),
         policy_yaml: policy.and_then(|p| p.prepared.policy.as_ref()).map(|p| p.to_yaml()),
         job: Some(crate::event::JobInfo { id: identity.id.clone(), pipeline: identity.pipeline.clone(), variables }),
+        project: None,
     }
 }
 

@@ -159,6 +159,8 @@ impl Pipeline {
     /// One live event: enriched, written, judged; its alerts written after it.
     pub fn event(&mut self, mut e: Event) -> anyhow::Result<Vec<Alert>> {
         self.enrichment.apply(&mut e);
+        // A shell the kernel holds: its facts, read while it is stopped, for the engine.
+        crate::held::before(self.engine.as_ref(), &mut e);
         // Protected values out of every event before any sink sees it (raw, hex, base32,
         // base64, in argv, command, messages): the one place, for run and the daemon.
         crate::redact::event(self.collector.secrets(), &mut e);
@@ -167,6 +169,8 @@ impl Pipeline {
             Some(engine) => engine.process(&e),
             None => Vec::new(),
         };
+        // ... and killed or continued on the verdict.
+        crate::held::after(self.engine.as_ref(), &e);
         for a in &alerts {
             let latency_ns = now_ts().0.saturating_sub(a.ts.0);
             self.timings.push(AlertTiming { alert: a.clone(), latency_ns });
@@ -201,12 +205,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Losses given the kernel's counter totals (or none: decode errors only).
-    pub fn losses(&mut self, totals: &[u64; watcher_common::NUM_COUNTERS as usize]) -> anyhow::Result<Vec<Alert>> {
+    /// Losses given the kernel's counter totals (or none: decode errors only). `watched`: the
+    /// job's processes, among which shells held for an exec record that was lost are killed
+    /// (enforce mode; [`crate::held::after_loss`]).
+    pub fn losses(
+        &mut self,
+        totals: &[u64; watcher_common::NUM_COUNTERS as usize],
+        watched: &dyn Fn() -> Vec<u32>,
+    ) -> anyhow::Result<Vec<Alert>> {
         let losses = self.loss.losses(totals);
         let mut alerts = Vec::new();
         for l in losses {
+            let source = l.source.clone();
             alerts.extend(self.event(Event::Loss(l))?);
+            crate::held::after_loss(self.engine.as_ref(), &source, watched);
         }
         Ok(alerts)
     }

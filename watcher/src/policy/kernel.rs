@@ -104,6 +104,13 @@ impl Names<'_> {
 }
 
 /// `registry_hosts`: the hosts of the policy's registries resolved for this run.
+/// Everything `watcher run` checks about a loaded policy before it starts (what `policy check`
+/// runs too, so the two never disagree): the kernel tables compile in the policy's mode.
+/// Registry hosts and resolvers are only known at run time and are not part of it.
+pub fn validate(policy: &Policy) -> Result<(), String> {
+    compile(policy, &[], &[], 0).map(|_| ())
+}
+
 pub fn compile(
     policy: &Policy,
     registry_hosts: &[String],

@@ -38,7 +38,7 @@ pub(crate) struct Compiled {
     exec_deny: GlobSet,
     exec_deny_text: Vec<String>,
     exec_allow: Option<GlobSet>,
-    shells_denied: bool,
+    shells: ShellPolicy,
     secret_env: GlobSet,
     secret_env_text: Vec<String>,
 }
@@ -160,7 +160,7 @@ impl Compiled {
             exec_deny: build_set(spec.exec.deny.iter().map(|p| p.glob()))?,
             exec_deny_text: spec.exec.deny.iter().map(|p| p.as_str().to_string()).collect(),
             exec_allow,
-            shells_denied: spec.exec.install_scripts.shells == ShellPolicy::Deny,
+            shells: spec.exec.install_scripts.shells,
             secret_env: build_set(spec.secrets.env.iter().map(|p| p.glob()))?,
             secret_env_text: spec.secrets.env.iter().map(|p| p.as_str().to_string()).collect(),
         })
@@ -237,8 +237,8 @@ impl Compiled {
         }
     }
 
-    pub(crate) fn shells_denied(&self) -> bool {
-        self.shells_denied
+    pub(crate) fn shells(&self) -> ShellPolicy {
+        self.shells
     }
 
     pub(crate) fn secret_env_patterns(&self) -> &[String] {

@@ -21,7 +21,7 @@ use std::path::Path;
 
 pub use error::{Location, PolicyError};
 pub use matcher::{AllowedNet, NOT_IN_EXEC_ALLOW};
-pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec};
+pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec, ShellPolicy};
 
 use matcher::Compiled;
 
@@ -150,9 +150,34 @@ impl Policy {
         self.compiled.exec_denied(path)
     }
 
-    /// `exec.install_scripts.shells == deny` (the default).
+    /// Shells started by install scripts are judged: `exec.install_scripts.shells` is
+    /// `suspicious` (the default) or `deny`. In enforce mode the kernel holds them for the
+    /// engine's verdict.
     pub fn shells_denied_in_install_scripts(&self) -> bool {
-        self.compiled.shells_denied()
+        self.compiled.shells() != ShellPolicy::Allow
+            || self.spec.packages.iter().any(|r| r.shells.is_some_and(|s| s != ShellPolicy::Allow))
+    }
+
+    /// The shell rule for the install scripts of `package` (of package manager `manager`):
+    /// the first `packages[]` entry naming it with `shells`, else `exec.install_scripts.shells`.
+    pub fn shell_policy_for(&self, manager: &str, package: &str) -> ShellPolicy {
+        self.spec
+            .packages
+            .iter()
+            .filter(|r| r.manager.is_none_or(|m| m.as_str() == manager))
+            .filter(|r| r.name.matches(package))
+            .find_map(|r| r.shells)
+            .unwrap_or_else(|| self.compiled.shells())
+    }
+
+    /// The `exec.temp_dirs` entry `path` lies in, if any.
+    pub fn temp_dir_of(&self, path: &str) -> Option<&str> {
+        self.spec.exec.temp_dirs.iter().find(|d| d.contains(path)).map(|d| d.as_str())
+    }
+
+    /// `exec.install_scripts.shells`.
+    pub fn shell_policy(&self) -> ShellPolicy {
+        self.compiled.shells()
     }
 
     /// `secrets.env`, as written (default: [`schema::DEFAULT_SECRET_ENV`]).

@@ -137,16 +137,23 @@ impl FromStr for PackageManager {
 }
 
 /// May an install script (npm lifecycle script, pip build, cargo build.rs) spawn a shell?
+/// See `shell_rule.rs` for the cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShellPolicy {
+    /// Only shells that look like attacks are denied (reverse shells, `curl | sh`, copied
+    /// shells, memfd shells, interactive shells, `sh -c` running a denied program).
     #[default]
+    Suspicious,
+    /// Strict: every shell an install script starts is denied (wrapper scripts excepted).
     Deny,
+    /// No shell rule.
     Allow,
 }
 
 impl ShellPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
+            ShellPolicy::Suspicious => "suspicious",
             ShellPolicy::Deny => "deny",
             ShellPolicy::Allow => "allow",
         }
@@ -157,9 +164,10 @@ impl FromStr for ShellPolicy {
     type Err = ParseNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "suspicious" => Ok(ShellPolicy::Suspicious),
             "deny" => Ok(ShellPolicy::Deny),
             "allow" => Ok(ShellPolicy::Allow),
-            _ => Err(ParseNameError(format!("shells must be deny or allow, found {s:?}"))),
+            _ => Err(ParseNameError(format!("shells must be suspicious, deny or allow, found {s:?}"))),
         }
     }
 }
@@ -318,6 +326,35 @@ impl ExecPattern {
     }
 }
 
+/// A temporary directory (`exec.temp_dirs[]`): an absolute path, no glob, no trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempDirPath(String);
+
+impl TempDirPath {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("invalid temporary directory {s:?}: expected an absolute path such as /tmp"));
+        }
+        if s.contains(['*', '?', '[', '{']) || s.chars().any(char::is_control) {
+            return Err(format!("invalid temporary directory {s:?}: a directory path, not a glob"));
+        }
+        let t = s.trim_end_matches('/');
+        if t.is_empty() {
+            return Err("a temporary directory cannot be / (every executable would be in it)".to_string());
+        }
+        Ok(TempDirPath(t.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `path` lies below this directory.
+    pub fn contains(&self, path: &str) -> bool {
+        path.len() > self.0.len() + 1 && path.starts_with(&self.0) && path.as_bytes()[self.0.len()] == b'/'
+    }
+}
+
 /// An environment variable NAME glob (`secrets.env[]`), matched case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvPattern {
@@ -393,6 +430,52 @@ pub struct PolicySpec {
     pub exec: ExecSpec,
     #[serde(default, deserialize_with = "mapping")]
     pub secrets: SecretsSpec,
+    /// Per-package rules, matched by the package an install script is attributed to; the
+    /// first matching entry wins.
+    #[serde(default)]
+    pub packages: Vec<PackageRule>,
+}
+
+/// One `packages[]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRule {
+    /// Package name glob (`better-sqlite3`, `@scope/*`, `*-sys`), case-sensitive.
+    pub name: PackageGlob,
+    /// Only packages of this manager (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<PackageManager>,
+    /// `exec.install_scripts.shells` for this package's install scripts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shells: Option<ShellPolicy>,
+}
+
+/// A package name glob (`packages[].name`): `*` matches any run of characters, `/` included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageGlob {
+    text: String,
+    glob: Glob,
+}
+
+impl PackageGlob {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("a package name pattern must not be empty".to_string());
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("invalid package name pattern {s:?}: unexpected character {c:?}"));
+        }
+        let glob = GlobBuilder::new(s).literal_separator(false).build().map_err(|e| glob_error(s, &e))?;
+        Ok(PackageGlob { text: s.to_string(), glob })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.glob.compile_matcher().is_match(name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -456,6 +539,10 @@ pub struct ExecSpec {
     pub deny: Vec<ExecPattern>,
     #[serde(deserialize_with = "at_most::<_, _, MAX_EXEC>")]
     pub allow: Vec<ExecPattern>,
+    /// Temporary directories: an executable run from one of them is denied unless it lies in
+    /// the step's working tree or a package manager's install tree (a dropper, not a
+    /// checkout under /tmp).
+    pub temp_dirs: Vec<TempDirPath>,
     #[serde(deserialize_with = "mapping")]
     pub install_scripts: InstallScriptsSpec,
 }
@@ -773,10 +860,12 @@ str_deserialize!(Mode, "audit or enforce", |s| s.parse().map_err(|e: ParseNameEr
 str_deserialize!(PackageManager, "a package manager name: npm, pip or cargo", |s| s
     .parse()
     .map_err(|e: ParseNameError| e.0));
-str_deserialize!(ShellPolicy, "deny or allow", |s| s.parse().map_err(|e: ParseNameError| e.0));
+str_deserialize!(ShellPolicy, "suspicious, deny or allow", |s| s.parse().map_err(|e: ParseNameError| e.0));
 str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().map_err(|e: ParseNameError| e.0));
 str_deserialize!(ExecPattern, "an executable path or name glob", ExecPattern::parse);
 str_deserialize!(EnvPattern, "an environment variable name glob", EnvPattern::parse);
+str_deserialize!(TempDirPath, "an absolute directory path", TempDirPath::parse);
+str_deserialize!(PackageGlob, "a package name or glob", PackageGlob::parse);
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.parse::<IpAddr>().map_err(|e| {
@@ -992,6 +1081,8 @@ display_serialize!(
     HostPattern => |h: &HostPattern| h.text.clone(),
     ExecPattern => |p: &ExecPattern| p.text.clone(),
     EnvPattern => |p: &EnvPattern| p.text.clone(),
+    TempDirPath => |p: &TempDirPath| p.0.clone(),
+    PackageGlob => |p: &PackageGlob| p.text.clone(),
 );
 
 impl Serialize for PortRange {

@@ -289,7 +289,7 @@ fn bad_resolver_and_shells() {
         &format!("{HEAD}exec:\n  install_scripts:\n    shells: maybe\n"),
         5,
         13,
-        "shells must be deny or allow, found \"maybe\"",
+        "shells must be suspicious, deny or allow, found \"maybe\"",
     );
 }
 
@@ -708,4 +708,34 @@ fn shipped_policies_parse() {
         }
         assert!(p.is_secret_env("NPM_TOKEN") && p.is_secret_env("AWS_ACCESS_KEY_ID"), "{pm}");
     }
+}
+
+#[test]
+fn per_package_rules_choose_the_shell_rule_by_package_and_manager() {
+    let p = parse(&format!(
+        "{HEAD}exec:\n  install_scripts:\n    shells: deny\npackages:\n  - name: better-sqlite3\n    manager: npm\n    shells: suspicious\n  - name: \"@scope/*\"\n    shells: allow\n  - name: \"*-sys\"\n    manager: cargo\n    shells: allow\n"
+    ));
+    assert_eq!(p.shell_policy_for("npm", "better-sqlite3"), ShellPolicy::Suspicious);
+    assert_eq!(p.shell_policy_for("pip", "better-sqlite3"), ShellPolicy::Deny, "manager must match");
+    assert_eq!(p.shell_policy_for("npm", "@scope/native"), ShellPolicy::Allow);
+    assert_eq!(p.shell_policy_for("cargo", "openssl-sys"), ShellPolicy::Allow);
+    assert_eq!(p.shell_policy_for("npm", "openssl-sys"), ShellPolicy::Deny);
+    assert_eq!(p.shell_policy_for("npm", "left-pad"), ShellPolicy::Deny);
+    // A package rule that judges shells makes the kernel hold them even when the default allows.
+    let p = parse(&format!(
+        "{HEAD}exec:\n  install_scripts:\n    shells: allow\npackages:\n  - name: evil\n    shells: deny\n"
+    ));
+    assert!(p.shells_denied_in_install_scripts());
+    assert_eq!(p.shell_policy_for("npm", "evil"), ShellPolicy::Deny);
+    assert_eq!(p.shell_policy_for("npm", "good"), ShellPolicy::Allow);
+    // The rules survive to_yaml.
+    assert!(parse(&p.to_yaml()).shell_policy_for("npm", "evil") == ShellPolicy::Deny);
+}
+
+#[test]
+fn per_package_rule_errors_are_located() {
+    assert_err(&format!("{HEAD}packages:\n  - name: x\n    shell: allow\n"), 5, 5, "unknown field `shell`");
+    assert_err(&format!("{HEAD}packages:\n  - name: \"[ab\"\n"), 4, 11, "invalid glob \"[ab\"");
+    assert_err(&format!("{HEAD}packages:\n  - name: x\n    manager: gem\n"), 5, 14, "unknown registry \"gem\"");
+    assert_err(&format!("{HEAD}packages:\n  - shells: allow\n"), 4, 5, "missing field `name`");
 }

@@ -465,6 +465,9 @@ mod tests {
             killed: false,
             shell: false,
             cwd: None,
+            held: false,
+            script: false,
+            facts: None,
         }));
         r.add_alert(alert("shell-from-install-script", 11, Some("npm:e@1 (postinstall)")), None);
         let g = groups(&r);

@@ -214,6 +214,9 @@ mod tests {
             killed: false,
             shell: false,
             cwd: None,
+            held: false,
+            script: false,
+            facts: None,
         })
     }
 

@@ -44,6 +44,7 @@ pub const CAPTURED_ENV: &[(&str, u32)] = &[
     ("npm_package_name", ENV_FLAG_CAPTURE),
     ("npm_package_version", ENV_FLAG_CAPTURE),
     ("npm_lifecycle_event", ENV_FLAG_CAPTURE),
+    ("npm_package_json", ENV_FLAG_CAPTURE),
     ("CARGO_PKG_NAME", ENV_FLAG_CAPTURE),
     ("CARGO_PKG_VERSION", ENV_FLAG_CAPTURE),
     ("CARGO_MANIFEST_DIR", ENV_FLAG_CAPTURE),
