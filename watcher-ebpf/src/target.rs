@@ -143,7 +143,7 @@ pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
                     unsafe {
                         (*sc).flow = *f;
                         (*sc).owner = owner;
-                        let _ = DNS_PROGS.tail_call(ctx, 1);
+                        DNS_PROGS.tail_call(ctx, 1);
                     }
                 }
                 // The judge could not be reached: fail closed.
