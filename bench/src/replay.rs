@@ -220,6 +220,7 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
                         bytes: 517,
                         secrets: vec![],
                         offset: None,
+                        target: None,
                         credential_of: vec![],
                     }),
                 )?;

@@ -548,6 +548,18 @@ pub const CHUNK_PACKET_START: u8 = 1;
 pub const CHUNK_TLS: u8 = 2;
 /// The socket's capture budget (STREAM_MAX_BYTES) ends with this chunk.
 pub const CHUNK_BUDGET_END: u8 = 4;
+/// The kernel dropped this packet: the target its first bytes name (TLS SNI, HTTP `Host`,
+/// a proxy's `CONNECT` or absolute URI) is not allowed (enforce mode). Every later packet of
+/// the socket is dropped too.
+pub const CHUNK_DROPPED: u8 = 8;
+
+/// Bytes of a TCP stream's first data segment examined for the name it targets (TLS SNI,
+/// HTTP `Host`, `CONNECT host:port`, `GET http://host/`), by the kernel and by userspace.
+pub const TARGET_SCAN_LEN: usize = 1024;
+/// TLS ClientHello extensions walked to find the server name, at most.
+pub const TARGET_TLS_EXTENSIONS: usize = 32;
+/// Longest host name taken from a stream (longer: not judged by name).
+pub const TARGET_NAME_LEN: usize = 253;
 
 /// Sent with only `STREAM_CHUNK_HDR_LEN + len` bytes (the rest of `data` is not in the ring
 /// buffer): userspace must read the fixed part and then `len` data bytes, bounded by the
@@ -593,6 +605,8 @@ pub struct StreamState {
 pub const STREAM_STARTED: u32 = 1;
 /// No more capture on this socket (TLS, or the budget is spent).
 pub const STREAM_STOPPED: u32 = 2;
+/// The socket's target name was denied (enforce): every packet it sends is dropped.
+pub const STREAM_DENIED: u32 = 4;
 
 const _: () = {
     assert!(core::mem::size_of::<StreamChunkRecord>() == STREAM_CHUNK_HDR_LEN + STREAM_CHUNK_LEN);

@@ -40,6 +40,8 @@ pub mod names {
     pub const CURSOR: &str = "CURSOR";
     pub const FILE_RULES: &str = "FILE_RULES";
     pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
+    pub const PROXY_NET: &str = "PROXY_NET";
+    pub const TARGET_SCRATCH: &str = "TARGET_SCRATCH";
     /// Its size is the ABI version.
     pub const ABI: &str = "ABI";
 
@@ -79,6 +81,8 @@ pub mod names {
         CURSOR,
         FILE_RULES,
         FILE_SCRATCH,
+        PROXY_NET,
+        TARGET_SCRATCH,
         ABI,
     ];
 }

@@ -190,7 +190,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     let port = if direction == DIR_EGRESS { f.dport } else { f.sport };
     if port != DNS_PORT {
         if direction == DIR_EGRESS {
-            crate::payload::on_egress(ctx, &f);
+            return crate::target::egress(ctx, &f);
         }
         return 1;
     }

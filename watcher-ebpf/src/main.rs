@@ -12,6 +12,7 @@ mod maps;
 mod net;
 mod payload;
 mod syscalls;
+mod target;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -159,10 +159,15 @@ pub struct PacketScratch {
 #[map]
 pub static PACKET_SCRATCH: PerCpuArray<PacketScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slot 0: dns_egress_enforce. (One array per attach type: the kernel ties a program array
-/// to the attach type of the first program put in it.)
+/// Slot 0: dns_egress_enforce; slot 1: stream_first (target.rs). (One array per attach type:
+/// the kernel ties a program array to the attach type of the first program put in it.)
 #[map]
-pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Forward proxies a job may use (keyed like ALLOW_NET): the target of every request sent to
+/// one is judged (target.rs), not only the proxy's address.
+#[map]
+pub static PROXY_NET: LpmTrie<[u8; JOB_ADDR_LEN], PortSet> = LpmTrie::with_max_entries(1024, 0);
 
 /// Slot 0: dns_ingress_learn.
 #[map]

@@ -27,7 +27,7 @@ use crate::{
 
 /// Capture state per socket cookie.
 #[map]
-static STREAMS: LruHashMap<u64, StreamState> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static STREAMS: LruHashMap<u64, StreamState> = LruHashMap::with_max_entries(16384, 0);
 
 /// One chunk record per CPU, built here and copied into the ring buffer with only its used
 /// bytes (bpf_ringbuf_output), so a 100-byte packet costs about 100 bytes of ring, not 4 KiB.
@@ -70,9 +70,10 @@ fn put(v: &mut u32, x: u32) {
     unsafe { core::ptr::write_volatile(v, x) }
 }
 
-/// A data packet leaving a watched socket (egress, not port 53).
+/// A data packet leaving a watched socket (egress, not port 53). `extra`: CHUNK_* flags for
+/// its chunks (CHUNK_DROPPED).
 #[inline(always)]
-pub fn on_egress(ctx: &SkBuffContext, f: &Flow) {
+pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
     let len = ctx.len();
     if len <= f.payload_off {
         return; // a bare ACK, SYN, FIN
@@ -127,7 +128,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow) {
         st.flags |= STREAM_STOPPED;
         return;
     }
-    let mut flags = CHUNK_PACKET_START as u32;
+    let mut flags = (CHUNK_PACKET_START | extra) as u32;
     if tcp && offset == 0 {
         // A TLS record header (handshake, version 3.x): ciphertext follows, judged by its SNI.
         if let Some(h) = load::<[u8; 3]>(ctx, start)

@@ -193,9 +193,8 @@ impl Collector {
             Record::UnixConnect { task, path, deputy, killed } => out.push(Event::Unix(Unix {
                 ts: self.wall(task.boot_ns),
                 proc: Self::proc(&task),
-                // The kernel's table decides for enforcement; the path list decides for the
-                // log (the same list fills the table).
-                deputy: deputy || crate::policy::is_deputy_socket(&path),
+                // The kernel's table (the policy's deputy list, `egress.deputies` applied).
+                deputy,
                 path,
                 killed,
             })),
@@ -236,6 +235,7 @@ impl Collector {
                     secrets,
                     offset: None,
                     credential_of: vec![],
+                    target: None,
                 }))
             }
             Record::StreamChunk { task, cookie, daddr, dport, proto, offset, packet_len, flags, data } => {
@@ -253,7 +253,18 @@ impl Collector {
                 if flags & (watcher_common::CHUNK_BUDGET_END | watcher_common::CHUNK_TLS) != 0 {
                     self.streams.forget(cookie);
                 }
-                let send = |secrets, offset, credential_of| {
+                // The first segment of a TCP stream: the host name it targets (SNI, Host, a
+                // proxy's CONNECT or absolute URI), and whether the kernel dropped it.
+                let target = (proto == Proto::Tcp && offset == 0 && flags & watcher_common::CHUNK_PACKET_START != 0)
+                    .then(|| crate::stream_target::find(&data, dport))
+                    .flatten()
+                    .map(|t| crate::event::StreamTarget {
+                        how: t.how.into(),
+                        host: t.host,
+                        port: t.port,
+                        dropped: flags & watcher_common::CHUNK_DROPPED != 0,
+                    });
+                let send = |secrets, offset, credential_of, target| {
                     Event::Send(Send {
                         ts: self.wall(task.boot_ns),
                         proc: Self::proc(&task),
@@ -264,15 +275,21 @@ impl Collector {
                         secrets,
                         offset,
                         credential_of,
+                        target,
                     })
                 };
                 // The socket's first data is a fact of its own; then one event per find.
-                if r.first && r.finds.is_empty() {
-                    out.push(send(vec![], None, vec![]));
+                if (r.first && r.finds.is_empty()) || (target.is_some() && r.finds.is_empty()) {
+                    out.push(send(vec![], None, vec![], target.clone()));
                 }
-                for f in r.finds {
+                for (i, f) in r.finds.into_iter().enumerate() {
                     let credential_of = self.credential_of(&f.secret.variable);
-                    out.push(send(vec![f.secret], Some(f.offset), credential_of));
+                    out.push(send(
+                        vec![f.secret],
+                        Some(f.offset),
+                        credential_of,
+                        if i == 0 { target.clone() } else { None },
+                    ));
                 }
             }
             Record::DnsPacket { task, saddr, daddr, sport, dport, proto, egress, payload_len, payload, allowed } => {

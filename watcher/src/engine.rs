@@ -175,6 +175,9 @@ impl Engine {
             Event::Connect(c) => self.on_connect(c, &mut out),
             Event::Dns(d) => self.on_dns(d, &mut out),
             Event::Send(x) => {
+                if let Some(t) = &x.target {
+                    self.on_target(x, t, &mut out);
+                }
                 for s in &x.secrets {
                     if self.policy.is_secret_env(&s.variable) && !self.own_registry_credential(x) {
                         self.secret_alert(
@@ -221,7 +224,7 @@ impl Engine {
                 );
             }
             Event::Unix(x) => {
-                if x.deputy && self.tree.install_script(x.proc.pid).is_some() {
+                if self.policy.is_deputy(&x.path) && self.tree.install_script(x.proc.pid).is_some() {
                     self.alert(
                         &mut out,
                         x.ts,
@@ -434,6 +437,46 @@ impl Engine {
             return true;
         }
         self.learned.get(&canonical(ip)).is_some_and(|names| names.iter().any(|n| self.policy.host_allowed(n, port)))
+    }
+
+    /// The host a stream's first data names (SNI, Host, a proxy's CONNECT or URI), judged as
+    /// the kernel does (watcher-ebpf/src/target.rs): not on a connection to an address an
+    /// `allow` ip/cidr entry names, always through a proxy.
+    fn on_target(&mut self, x: &crate::event::Send, t: &crate::event::StreamTarget, out: &mut Vec<Alert>) {
+        let proxy = self.policy.is_proxy(x.daddr, x.dport);
+        if !proxy && self.policy.ip_allowed(x.daddr, x.dport) {
+            return;
+        }
+        let ok = match t.host.parse::<IpAddr>() {
+            Ok(ip) => self.egress_allowed(ip, t.port),
+            Err(_) => self.policy.host_allowed(&t.host, t.port),
+        };
+        if ok {
+            return;
+        }
+        let via = if proxy {
+            format!("a request through the proxy {}:{}", x.daddr, x.dport)
+        } else {
+            format!("a connection to {}:{}", x.daddr, x.dport)
+        };
+        let what = match t.how.as_str() {
+            "tls-sni" => "TLS server name",
+            "http-connect" => "CONNECT target",
+            "http-uri" => "request URI host",
+            _ => "HTTP Host",
+        };
+        let dest = format!("{}:{}", t.host.to_ascii_lowercase(), t.port);
+        self.alert(
+            out,
+            x.ts,
+            RULE_EGRESS,
+            t.dropped,
+            false,
+            "high",
+            x.proc.pid,
+            dest.clone(),
+            format!("{via} names {dest} ({what}), which is not allowed by policy"),
+        );
     }
 
     fn on_connect(&mut self, c: &Connect, out: &mut Vec<Alert>) {
@@ -697,6 +740,7 @@ mod tests {
                 }],
                 offset: Some(120),
                 credential_of: credential_of.iter().map(|s| s.to_string()).collect(),
+                target: None,
             })
         };
         let mut e = Engine::new(pol);

@@ -481,6 +481,25 @@ pub struct Send {
     /// that manager itself sending it to that host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credential_of: Vec<String>,
+    /// The host name the stream's first data targets (TCP, first data only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<StreamTarget>,
+}
+
+/// The host a TCP stream's first data segment names: a TLS ClientHello's server name, an
+/// HTTP `CONNECT host:port` or absolute URI (a request to a forward proxy), else the HTTP
+/// `Host` header. Judged against the allowed host names (`egress-denied`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StreamTarget {
+    /// `tls-sni`, `http-connect`, `http-uri` or `http-host`.
+    pub how: String,
+    /// As sent (an IP literal is kept as such).
+    pub host: String,
+    /// The CONNECT or URI port, else the connection's.
+    pub port: u16,
+    /// The kernel dropped the segment and every later packet of the socket (enforce mode).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dropped: bool,
 }
 
 fn dns_port() -> u16 {

@@ -41,4 +41,5 @@ pub mod session;
 pub mod shell_rule;
 pub mod step_client;
 pub mod stream;
+pub mod stream_target;
 pub mod suggest;

@@ -349,6 +349,8 @@ struct FSend {
     offset: Option<u64>,
     #[serde(default)]
     credential_of: Vec<String>,
+    #[serde(default)]
+    target: Option<crate::event::StreamTarget>,
 }
 
 impl From<FSend> for Event {
@@ -363,6 +365,7 @@ impl From<FSend> for Event {
             secrets: x.secrets,
             offset: x.offset,
             credential_of: x.credential_of,
+            target: x.target,
         })
     }
 }
@@ -613,6 +616,7 @@ pub mod generate {
                     secrets: self.vec(2, Self::secret),
                     offset: self.opt(|g| g.next_u64() >> 40),
                     credential_of: self.vec(1, |_| "npm:registry.example.test".to_string()),
+                    target: None,
                 }),
                 7 => Event::Loss(Loss { ts, source: self.word(), count: self.next_u64(), total: self.next_u64() }),
                 8 => Event::Alert(Alert {

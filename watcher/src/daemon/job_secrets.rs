@@ -41,6 +41,20 @@ pub struct JobSecrets {
     hasher: RandomState,
 }
 
+/// The values of a job's first process (`pid`, held or just exec'd), learned before its
+/// `start` record is written so that the command line it carries is redacted; the
+/// detectors to use from the start.
+pub fn learn_first(secrets: &mut JobSecrets, pid: Option<u32>) -> anyhow::Result<Vec<SecretSet>> {
+    let Some(environ) = pid.and_then(read_environ) else { return Ok(Vec::new()) };
+    let entries = secrets.unknown_entries(&environ);
+    drop(environ);
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    secrets.add(entries);
+    secrets.sets()
+}
+
 impl JobSecrets {
     /// The variables protected for a job under `policy`: its `secrets.env` globs plus
     /// [`crate::session::SECRET_CANDIDATES`] (as `watcher run` does, so a replay under a stricter

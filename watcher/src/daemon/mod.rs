@@ -167,7 +167,9 @@ impl Daemon {
     }
 
     /// The daemon job of an identity, created (log opened, policy chosen) when new.
-    fn ensure_job(&mut self, identity: Identity, command: &[String]) -> anyhow::Result<String> {
+    /// `first`: the job's first process (its environment gives the values to redact from the
+    /// `start` record's command before anything is written).
+    fn ensure_job(&mut self, identity: Identity, command: &[String], first: Option<u32>) -> anyhow::Result<String> {
         if !self.jobs.contains_key(&identity.id) {
             let policy = self.policy_for(&identity.pipeline);
             let mut name = identity.file_stem();
@@ -192,12 +194,16 @@ impl Daemon {
             if let Some(e) = engine.as_mut() {
                 e.process(&Event::Start(start.clone()));
             }
-            let log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
+            let mut log = RotatingLog::create(&path, Event::Start(start), self.cfg.log_max_bytes, self.cfg.log_keep)?;
             // The job's values come from its own processes' environments (learn_environ), never
             // from the daemon's.
-            let secrets = job_secrets::JobSecrets::new(policy.as_ref().and_then(|p| p.prepared.policy.as_ref()))?;
+            let mut secrets = job_secrets::JobSecrets::new(policy.as_ref().and_then(|p| p.prepared.policy.as_ref()))?;
+            let first_sets = job_secrets::learn_first(&mut secrets, first)?;
+            log.redact_start(&first_sets);
+            let mut collector = Collector::new(clock_offset_ns());
+            collector.set_secrets(first_sets);
             let pipeline = crate::pipeline::Pipeline::new(
-                Collector::new(clock_offset_ns()),
+                collector,
                 crate::pipeline::Enrichment { cwd: true, root: None },
                 engine,
                 Report::default(),
@@ -245,10 +251,10 @@ impl Daemon {
 
     /// A new kernel job: find (or create) its daemon job, write its tables (the caller then
     /// continues the stopped process).
-    fn new_kernel_job(&mut self, kid: u32, env: &[(String, String)], argv: &[String]) -> anyhow::Result<()> {
+    fn new_kernel_job(&mut self, kid: u32, pid: u32, env: &[(String, String)], argv: &[String]) -> anyhow::Result<()> {
         let identity = Identity::from_env(env, &self.cfg.id_env, &self.cfg.pipeline_env)
             .unwrap_or_else(|| Identity { id: format!("kernel-job={kid:#x}"), pipeline: String::new() });
-        let id = self.ensure_job(identity, argv)?;
+        let id = self.ensure_job(identity, argv, Some(pid))?;
         self.attach_kernel_job(&id, kid)
     }
 
@@ -287,7 +293,7 @@ impl Daemon {
             // Bit 30 as well: never a pid-named kernel job (pids stay below 2^22).
             let kid = JOB_DAEMON_BIT | 0x4000_0000 | (self.next_cgroup_job % 0x3fff_ffff);
             let identity = Identity { id: format!("cgroup={rel}"), pipeline: pipeline.unwrap_or_else(|| rel.clone()) };
-            let r = self.ensure_job(identity, &[]).and_then(|id| {
+            let r = self.ensure_job(identity, &[], None).and_then(|id| {
                 self.attach_kernel_job(&id, kid)?;
                 self.sensor.watch_cgroup(cgid, kid)?;
                 if let Some(j) = self.jobs.get_mut(&id) {
@@ -336,7 +342,7 @@ impl Daemon {
         }
         if !self.by_kernel.contains_key(&kid) {
             if let Record::Exec { env, argv, .. } = &rec {
-                if let Err(e) = self.new_kernel_job(kid, env, argv) {
+                if let Err(e) = self.new_kernel_job(kid, rec.task().pid, env, argv) {
                     // Fail closed: a job whose policy cannot be written must not run.
                     tracing::error!(
                         kernel_job = kid,
@@ -454,7 +460,7 @@ impl Daemon {
                 .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
                 .filter(|(k, _)| wanted.contains(&k))
                 .collect();
-            match self.new_kernel_job(kid, &env, &split(cmdline)) {
+            match self.new_kernel_job(kid, pid, &env, &split(cmdline)) {
                 Ok(()) => {
                     self.counters.recovered_jobs += 1;
                     // This job's own exec record is among the lost ones: say so in its log.
@@ -545,7 +551,7 @@ impl Daemon {
                 .sensor
                 .watch_pid(pid, ppid, kid)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| self.new_kernel_job(kid, &env, &argv));
+                .and_then(|()| self.new_kernel_job(kid, pid, &env, &argv));
             match r {
                 Ok(()) => {
                     self.counters.adopted_jobs += 1;

@@ -40,6 +40,8 @@ pub struct KernelTables {
     pub env_markers: Vec<([u8; ENV_NAME_LEN], u32)>,
     /// Every local-deputy socket path (see [`crate::policy::DEPUTY_SOCKETS`]).
     pub deputies: Vec<String>,
+    /// `egress.proxies`: (address, prefix 128, the port).
+    pub proxies: Vec<([u8; 16], u32, PortSet)>,
 }
 
 pub fn map_key(ip: IpAddr) -> [u8; 16] {
@@ -117,7 +119,7 @@ pub fn compile(
 ) -> Result<KernelTables, String> {
     let spec = policy.spec();
     let mut t = KernelTables { seed, ..Default::default() };
-    t.deputies = crate::policy::DEPUTY_SOCKETS.iter().map(|p| p.to_string()).collect();
+    t.deputies = policy.deputy_sockets().to_vec();
     if policy.mode == Mode::Enforce {
         t.job_flags |= JOB_ENFORCE;
     }
@@ -130,6 +132,11 @@ pub fn compile(
             ipnet::IpNet::V6(n) => n.prefix_len() as u32,
         };
         t.nets.push((map_key(net.network()), prefix, port_set(ports.as_deref())?));
+    }
+    for a in policy.proxies() {
+        let mut ps = PortSet { count: 1, ..Default::default() };
+        ps.ranges[0] = (a.port() as u32) << 16 | a.port() as u32;
+        t.proxies.push((map_key(a.ip()), 128, ps));
     }
     for r in &spec.dns.resolvers {
         match r {
@@ -223,6 +230,28 @@ mod tests {
         assert_eq!(t.resolvers, vec![map_key("127.0.0.53".parse().unwrap())]);
         // loopback is not allowed by default (only registries, resolvers and allow entries)
         assert!(!t.nets.iter().any(|(a, p, _)| *p == 104 && a[12] == 127));
+    }
+
+    #[test]
+    fn deputies_are_extended_and_narrowed_by_the_policy_and_proxies_are_tables_of_their_own() {
+        let p = pol(
+            "version: 1\npipeline: t\negress:\n  proxies: [\"127.0.0.1:3128\"]\n  deputies:\n    add: [/srv/agent.sock, \"@ctl\"]\n    remove: [/run/docker.sock]\n",
+        );
+        let t = compile(&p, &[], &[], 1).unwrap();
+        assert!(t.deputies.contains(&"/srv/agent.sock".to_string()) && t.deputies.contains(&"@ctl".to_string()));
+        assert!(!t.deputies.contains(&"/run/docker.sock".to_string()));
+        assert!(t.deputies.contains(&"/var/run/docker.sock".to_string()), "only what is named is removed");
+        assert!(p.is_deputy("/srv/agent.sock") && !p.is_deputy("/run/docker.sock"));
+        let key = map_key("127.0.0.1".parse().unwrap());
+        assert_eq!(t.proxies.len(), 1);
+        assert!(t.proxies[0].0 == key && t.proxies[0].2.contains(3128) && !t.proxies[0].2.contains(80));
+        assert!(t.nets.iter().any(|(a, pre, ports)| *a == key && *pre == 128 && ports.contains(3128)), "reachable");
+        assert!(p.is_proxy("::ffff:127.0.0.1".parse().unwrap(), 3128) && !p.is_proxy("127.0.0.1".parse().unwrap(), 80));
+        for bad in ["add: [relative.sock]", "remove: [/run/nope.sock]"] {
+            let y = format!("version: 1\npipeline: t\negress:\n  deputies:\n    {bad}\n");
+            let e = crate::policy::parse_str("t.yaml", &y).unwrap_err().to_string();
+            assert!(e.contains("egress.deputies") && e.contains("t.yaml"), "{e}");
+        }
     }
 
     #[test]

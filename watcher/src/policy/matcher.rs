@@ -28,6 +28,10 @@ pub(crate) struct Compiled {
     registry_hosts: HashSet<String>,
     /// `ip`/`cidr` entries (ips as /32 or /128) and registry hosts that are IP literals.
     nets: Vec<(IpNet, Option<Vec<PortRange>>)>,
+    /// `egress.proxies` (also in `nets`: reachable).
+    proxies: Vec<std::net::SocketAddr>,
+    /// The built-in deputy sockets with `egress.deputies` applied.
+    deputies: Vec<String>,
     loopback: bool,
     system_resolvers: bool,
     resolver_ips: Vec<IpAddr>,
@@ -72,6 +76,38 @@ fn canonical_net(net: IpNet) -> IpNet {
     net
 }
 
+/// [`crate::policy::DEPUTY_SOCKETS`] without `remove`, with `add`: each entry an absolute path
+/// or `@name`, at most UNIX_PATH_LEN bytes; `remove` only names built-in sockets (a typo there
+/// would silently keep a deputy).
+fn deputy_sockets(spec: &super::schema::DeputiesSpec) -> Result<Vec<String>, String> {
+    for p in spec.add.iter().chain(&spec.remove) {
+        if !(p.starts_with('/') || p.starts_with('@')) || p.len() < 2 || p.len() > watcher_common::UNIX_PATH_LEN {
+            return Err(format!(
+                "egress.deputies: {p:?} is not a unix socket path (absolute, or @name for an abstract socket, at most {} bytes)",
+                watcher_common::UNIX_PATH_LEN
+            ));
+        }
+    }
+    for p in &spec.remove {
+        if !crate::policy::DEPUTY_SOCKETS.contains(&p.as_str()) {
+            return Err(format!(
+                "egress.deputies.remove: {p:?} is not a built-in deputy socket (they are listed in docs/POLICY.md)"
+            ));
+        }
+    }
+    let mut out: Vec<String> = crate::policy::DEPUTY_SOCKETS
+        .iter()
+        .filter(|d| !spec.remove.iter().any(|r| r == *d))
+        .map(|d| d.to_string())
+        .collect();
+    for p in &spec.add {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
@@ -89,6 +125,12 @@ impl Compiled {
                 (Target::Cidr(net), p) => nets.push((canonical_net(*net), p.clone())),
             }
         }
+        let proxies: Vec<std::net::SocketAddr> =
+            spec.egress.proxies.iter().map(|a| std::net::SocketAddr::new(a.ip().to_canonical(), a.port())).collect();
+        for a in &proxies {
+            nets.push((IpNet::from(a.ip()), Some(vec![PortRange { start: a.port(), end: a.port() }])));
+        }
+        let deputies = deputy_sockets(&spec.egress.deputies)?;
         let host_globs = spec.egress.allow.iter().filter_map(|e| match &e.target {
             Target::Host(h) => Some(h.glob()),
             _ => None,
@@ -102,6 +144,8 @@ impl Compiled {
             dns_names,
             registry_hosts: HashSet::new(),
             nets,
+            proxies,
+            deputies,
             loopback: spec.egress.loopback,
             system_resolvers: spec.dns.resolvers.contains(&Resolver::System),
             resolver_ips: spec
@@ -146,6 +190,19 @@ impl Compiled {
         self.registry_hosts.contains(name)
             || self.hosts_any_port.is_match(name)
             || self.hosts_with_ports.iter().any(|(glob, ports)| ports_allow(Some(ports), port) && glob.is_match(name))
+    }
+
+    pub(crate) fn is_proxy(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = ip.to_canonical();
+        self.proxies.iter().any(|a| a.ip() == ip && a.port() == port)
+    }
+
+    pub(crate) fn proxies(&self) -> &[std::net::SocketAddr] {
+        &self.proxies
+    }
+
+    pub(crate) fn deputies(&self) -> &[String] {
+        &self.deputies
     }
 
     pub(crate) fn ip_allowed(&self, ip: IpAddr, port: u16) -> bool {

@@ -197,6 +197,26 @@ impl Policy {
     pub fn allowed_cidrs(&self) -> Vec<AllowedNet> {
         self.compiled.allowed_cidrs()
     }
+
+    /// Is `ip:port` one of `egress.proxies`? Requests through it are judged by their target.
+    pub fn is_proxy(&self, ip: IpAddr, port: u16) -> bool {
+        self.compiled.is_proxy(ip, port)
+    }
+
+    /// The local deputies' sockets for this policy: the built-in list with `egress.deputies`.
+    pub fn deputy_sockets(&self) -> &[String] {
+        self.compiled.deputies()
+    }
+
+    /// Is a unix socket address (a path, or `@name`) a local deputy under this policy?
+    pub fn is_deputy(&self, path: &str) -> bool {
+        self.compiled.deputies().iter().any(|d| d == path)
+    }
+
+    /// `egress.proxies`, IPv4-mapped addresses as IPv4.
+    pub fn proxies(&self) -> &[std::net::SocketAddr] {
+        self.compiled.proxies()
+    }
 }
 
 /// Unix sockets of local daemons that connect or start processes for their caller: a step that

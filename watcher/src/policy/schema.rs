@@ -487,7 +487,38 @@ pub struct EgressSpec {
     #[serde(deserialize_with = "at_most::<_, _, MAX_ALLOW>")]
     pub allow: Vec<AllowEntry>,
     pub loopback: bool,
+    /// Forward proxies the step may use (`IP:PORT`): reachable, and every request sent through
+    /// one is judged by its target (`CONNECT host:port`, an absolute URI's host, `Host`).
+    #[serde(deserialize_with = "at_most::<_, _, MAX_PROXIES>", skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<std::net::SocketAddr>,
+    /// Local deputies' unix sockets beyond the built-in list, and built-in ones this build
+    /// really needs (see [`crate::policy::DEPUTY_SOCKETS`]).
+    #[serde(skip_serializing_if = "DeputiesSpec::is_empty")]
+    pub deputies: DeputiesSpec,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeputiesSpec {
+    /// More sockets (absolute paths, or `@name` for an abstract socket).
+    #[serde(deserialize_with = "at_most::<_, _, MAX_DEPUTY_ENTRIES>")]
+    pub add: Vec<String>,
+    /// Built-in sockets that are not deputies for this pipeline.
+    #[serde(deserialize_with = "at_most::<_, _, MAX_DEPUTY_ENTRIES>")]
+    pub remove: Vec<String>,
+}
+
+impl DeputiesSpec {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// At most this many `egress.deputies.add` (and `.remove`) entries.
+pub const MAX_DEPUTY_ENTRIES: usize = 64;
+
+/// At most this many `egress.proxies`.
+pub const MAX_PROXIES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

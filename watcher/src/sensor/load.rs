@@ -57,11 +57,12 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("egress_guard", Hook::Skb(true)),
 ];
 
-/// Programs reached by tail call only: (program, program array). Loaded, never attached.
-const TAIL_CALLS: &[(&str, &str, TailKind)] = &[
-    ("exec_env_scan", names::ENV_SCAN_PROG, TailKind::Raw),
-    ("dns_egress_enforce", names::DNS_PROGS, TailKind::Skb),
-    ("dns_ingress_learn", names::DNS_INGRESS_PROGS, TailKind::Skb),
+/// Programs reached by tail call only: (program, program array, slot). Loaded, never attached.
+const TAIL_CALLS: &[(&str, &str, u32, TailKind)] = &[
+    ("exec_env_scan", names::ENV_SCAN_PROG, 0, TailKind::Raw),
+    ("dns_egress_enforce", names::DNS_PROGS, 0, TailKind::Skb),
+    ("stream_first", names::DNS_PROGS, 1, TailKind::Skb),
+    ("dns_ingress_learn", names::DNS_INGRESS_PROGS, 0, TailKind::Skb),
 ];
 
 #[derive(Clone, Copy)]
@@ -162,7 +163,7 @@ fn attach(
     links: &mut Vec<PinnedLink>,
 ) -> Result<Vec<SensorState>, SensorError> {
     timing::time(Phase::Verify, || verify_all(ebpf))?;
-    for (prog, array, kind) in TAIL_CALLS {
+    for (prog, array, slot, kind) in TAIL_CALLS {
         let fd = match kind {
             TailKind::Raw => {
                 let p: &mut RawTracePoint = program(ebpf, prog)?;
@@ -176,7 +177,7 @@ fn attach(
         .map_err(|e| SensorError::kernel(format!("program {prog}"), e))?;
         let mut slots =
             ProgramArray::try_from(map_mut(ebpf, array)?).map_err(|e| SensorError::map(array, "opening", e))?;
-        slots.set(0, &fd, 0).map_err(|e| SensorError::map(array, "writing", e))?;
+        slots.set(*slot, &fd, 0).map_err(|e| SensorError::map(array, "writing", e))?;
     }
     let mut states = vec![shell_identity::install(ebpf, pins, links)?];
     let cgroup = std::fs::File::open(cgroup_root)

@@ -54,6 +54,13 @@ impl Sensor {
         for (addr, prefix, ports) in &t.nets {
             written(names::ALLOW_NET, m.insert(&LpmKey::new(32 + *prefix, job_addr_key(job, addr)), ports, 0))?;
         }
+        let mut m = opened(
+            names::PROXY_NET,
+            LpmTrie::<_, [u8; JOB_ADDR_LEN], PortSet>::try_from(map_mut(e, names::PROXY_NET)?),
+        )?;
+        for (addr, prefix, ports) in &t.proxies {
+            written(names::PROXY_NET, m.insert(&LpmKey::new(32 + *prefix, job_addr_key(job, addr)), ports, 0))?;
+        }
         let mut m =
             opened(names::RESOLVERS, HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map_mut(e, names::RESOLVERS)?))?;
         for r in &t.resolvers {
@@ -99,6 +106,12 @@ impl Sensor {
             exec_rules: old.exec_rules.iter().filter(|n| !new.exec_rules.iter().any(|m| m.0 == n.0)).cloned().collect(),
             env_markers: Vec::new(),
             deputies: old.deputies.iter().filter(|d| !new.deputies.contains(d)).cloned().collect(),
+            proxies: old
+                .proxies
+                .iter()
+                .filter(|n| !new.proxies.iter().any(|m| m.0 == n.0 && m.1 == n.1))
+                .cloned()
+                .collect(),
         };
         self.remove_entries(job, &stale, new.host_ports.len()..old.host_ports.len().max(new.host_ports.len()))
     }
@@ -141,6 +154,13 @@ impl Sensor {
         )?;
         for (addr, prefix, _) in &t.nets {
             removed(names::ALLOW_NET, m.remove(&LpmKey::new(32 + *prefix, job_addr_key(job, addr))))?;
+        }
+        let mut m = opened(
+            names::PROXY_NET,
+            LpmTrie::<_, [u8; JOB_ADDR_LEN], PortSet>::try_from(map_mut(e, names::PROXY_NET)?),
+        )?;
+        for (addr, prefix, _) in &t.proxies {
+            removed(names::PROXY_NET, m.remove(&LpmKey::new(32 + *prefix, job_addr_key(job, addr))))?;
         }
         let mut m =
             opened(names::RESOLVERS, HashMap::<_, [u8; JOB_ADDR_LEN], u32>::try_from(map_mut(e, names::RESOLVERS)?))?;

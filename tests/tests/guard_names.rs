@@ -1,0 +1,354 @@
+//! Names, not only addresses: a forward proxy on loopback (run by the test) asked for a target
+//! the policy does not allow, and a connection to an allowed address whose TLS server name or
+//! HTTP `Host` names a host the policy does not allow (domain fronting on a shared address).
+//! Real clients (curl, openssl s_client). The attacker and the "CDN" listen inside a network
+//! namespace the test creates; the proxy's upstream is that namespace and nothing else.
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::Value;
+use watcher_tests::{DnsServer, Listener, Netns, lab::in_netns, netprobe_bin, read_jsonl, root_or_skip, watcher_bin};
+
+struct Step {
+    code: Option<i32>,
+    err: String,
+    events: Vec<Value>,
+}
+
+fn run(policy: &str, script: &str) -> Step {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, policy).unwrap();
+    let log = dir.path().join("e.jsonl");
+    let out = Command::new(watcher_bin())
+        .args(["run", "--policy"])
+        .arg(&p)
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Step { code: out.status.code(), err: String::from_utf8_lossy(&out.stderr).into_owned(), events: read_jsonl(&log) }
+}
+
+fn egress_alerts(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["kind"] == "alert" && e["rule"] == "egress-denied").collect()
+}
+
+fn subnet(k: u16) -> u16 {
+    24000 + (std::process::id() % 2000) as u16 * 4 + k
+}
+
+/// A forward HTTP proxy on 127.0.0.1 (CONNECT and absolute-URI requests), in the test
+/// process (not watched). Names resolve through `hosts` only; anything else is refused. Every
+/// upstream it connects to is recorded.
+struct Proxy {
+    addr: SocketAddr,
+    upstreams: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(hosts: Vec<(String, IpAddr)>) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let upstreams = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (u, s) = (upstreams.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let (u, hosts) = (u.clone(), hosts.clone());
+                        std::thread::spawn(move || serve(c, &hosts, &u));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy { addr, upstreams, stop }
+    }
+
+    fn upstreams(&self) -> Vec<SocketAddr> {
+        self.upstreams.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(mut c: TcpStream, hosts: &[(String, IpAddr)], ups: &Mutex<Vec<SocketAddr>>) {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        match c.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let line = text.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (authority, rest) = if method == "CONNECT" {
+        (target.to_string(), None)
+    } else if let Some(u) = target.strip_prefix("http://") {
+        let (a, path) = u.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((u, "/".into()));
+        (if a.contains(':') { a.to_string() } else { format!("{a}:80") }, Some(text.replacen(target, &path, 1)))
+    } else {
+        let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        return;
+    };
+    let Some((host, port)) = authority.rsplit_once(':') else { return };
+    let ip = host.parse::<IpAddr>().ok().or_else(|| hosts.iter().find(|(n, _)| n == host).map(|(_, ip)| *ip));
+    let (Some(ip), Ok(port)) = (ip, port.parse::<u16>()) else {
+        let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        return;
+    };
+    let to = SocketAddr::new(ip, port);
+    ups.lock().unwrap().push(to);
+    let Ok(mut up) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) else { return };
+    match rest {
+        None => {
+            let _ = c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        }
+        Some(req) => {
+            let _ = up.write_all(req.as_bytes());
+        }
+    }
+    let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut up2, &mut c2);
+    });
+    let _ = std::io::copy(&mut c, &mut up);
+    let _ = up.shutdown(std::net::Shutdown::Both);
+    let _ = t.join();
+}
+
+/// Listens on `port` (0: any) of the namespace's address, inside the namespace.
+fn listen_in(ns: &Netns, port: u16) -> Listener {
+    let addr = SocketAddr::new(IpAddr::V4(ns.ns_v4()), port);
+    in_netns(ns.name(), move || Listener::start(addr)).unwrap()
+}
+
+/// CONNECT and absolute-URI requests through a proxy named in `egress.proxies`: an allowed
+/// target (by name) gets through in both modes; a name or an address that is not allowed
+/// reaches the proxy's upstream in audit mode only (flagged there; in enforce mode the request
+/// is dropped in the kernel, so the proxy never hears of it, and the step exits 77).
+#[test]
+fn a_forward_proxy_is_judged_by_each_requests_target() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new(subnet(0)).unwrap();
+    let attacker = listen_in(&ns, 0);
+    let good = listen_in(&ns, 0);
+    let ip = IpAddr::V4(ns.ns_v4());
+    let proxy = Proxy::start(vec![("good.test".into(), ip), ("evil.test".into(), ip)]);
+    let pol = |mode: &str| {
+        format!(
+            "version: 1\npipeline: proxy\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: good.test\n      ports: [{}]\n  proxies: [\"{}\"]\ndns:\n  resolvers: []\n",
+            good.addr().port(),
+            proxy.addr
+        )
+    };
+    let curl = |tunnel: bool, url: String| {
+        format!("curl -sS -m 3 {} -x http://{} {url} >/dev/null 2>&1; true", if tunnel { "-p" } else { "" }, proxy.addr)
+    };
+    let ap = attacker.addr().port();
+    let attacks = [
+        ("CONNECT to a name", curl(true, format!("http://evil.test:{ap}/")), "evil.test"),
+        ("CONNECT to an address", curl(true, format!("http://{ip}:{ap}/")), &*ip.to_string()),
+        ("absolute URI", curl(false, format!("http://evil.test:{ap}/x")), "evil.test"),
+    ];
+    for (what, script, host) in &attacks {
+        for mode in ["audit", "enforce"] {
+            let before = (attacker.connections(), proxy.upstreams().len());
+            let s = run(&pol(mode), script);
+            let ctx = format!("{what}, {mode}: {}\n{:#?}", s.err, egress_alerts(&s.events));
+            let alerts = egress_alerts(&s.events);
+            assert_eq!(alerts.len(), 1, "{ctx}");
+            assert!(alerts[0]["message"].as_str().unwrap().contains(&format!("{host}:{ap}")), "{ctx}");
+            let send = s.events.iter().find(|e| e["kind"] == "send" && e["target"].is_object()).expect(&ctx);
+            assert_eq!(send["target"]["host"], *host, "{ctx}");
+            if mode == "enforce" {
+                assert_eq!(s.code, Some(77), "{ctx}");
+                assert_eq!(alerts[0]["action"], "deny", "{ctx}");
+                assert_eq!(send["target"]["dropped"], true, "{ctx}");
+                assert_eq!(proxy.upstreams().len(), before.1, "the proxy never got the request: {ctx}");
+                assert_eq!(attacker.connections(), before.0, "{ctx}");
+            } else {
+                assert_eq!(s.code, Some(0), "{ctx}");
+                assert_eq!(alerts[0]["action"], "flag", "{ctx}");
+                assert_eq!(attacker.connections(), before.0 + 1, "{ctx}");
+            }
+        }
+    }
+    // An allowed target, by name, through the proxy: no alert, it gets through.
+    for mode in ["audit", "enforce"] {
+        let before = good.connections();
+        let s = run(&pol(mode), &curl(true, format!("http://good.test:{}/", good.addr().port())));
+        assert_eq!(s.code, Some(0), "{mode}: {}", s.err);
+        assert!(egress_alerts(&s.events).is_empty(), "{mode}: {:#?}", egress_alerts(&s.events));
+        assert_eq!(good.connections(), before + 1, "{mode}");
+    }
+}
+
+/// An address allowed because an answer for an allowed name gave it (a CDN shared by many
+/// sites): a TLS ClientHello or an HTTP request to it that names another host is
+/// `egress-denied` (dropped in enforce mode: the listener gets the connection, never a byte);
+/// the allowed name passes.
+#[test]
+fn a_server_name_or_host_not_allowed_on_an_allowed_address_is_denied() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Netns::new(subnet(1)).unwrap();
+    let cdn = listen_in(&ns, 0);
+    let ip = ns.ns_v4();
+    let pid = std::process::id();
+    let dns_ip = IpAddr::V4(Ipv4Addr::new(127, 53, (pid % 200) as u8 + 20, (pid / 200 % 200) as u8 + 20));
+    let dns = DnsServer::start(dns_ip, vec![("good.test".into(), vec![IpAddr::V4(ip)])]).unwrap();
+    let port = cdn.addr().port();
+    let pol = |mode: &str| {
+        format!(
+            "version: 1\npipeline: names\nmode: {mode}\negress:\n  loopback: false\n  allow:\n    - host: good.test\n      ports: [{port}]\ndns:\n  resolvers: [{}]\n",
+            dns.addr()
+        )
+    };
+    let np = netprobe_bin().display().to_string();
+    let lookup = format!("{np} dns-sendto {} good.test A >/dev/null", dns.addr());
+    let tls = |name: &str| {
+        format!(
+            "{lookup}; echo | timeout 4 openssl s_client -connect {ip}:{port} -servername {name} >/dev/null 2>&1; true"
+        )
+    };
+    let http =
+        |name: &str| format!("{lookup}; curl -sS -m 3 -H 'Host: {name}' http://{ip}:{port}/ >/dev/null 2>&1; true");
+    for (what, script, how) in [("TLS", tls("evil.test"), "tls-sni"), ("HTTP", http("evil.test"), "http-host")] {
+        for mode in ["audit", "enforce"] {
+            let before = cdn.bytes();
+            let s = run(&pol(mode), &script);
+            let alerts = egress_alerts(&s.events);
+            let ctx = format!("{what}, {mode}: {}\n{alerts:#?}", s.err);
+            assert_eq!(alerts.len(), 1, "{ctx}");
+            assert!(alerts[0]["message"].as_str().unwrap().contains(&format!("evil.test:{port}")), "{ctx}");
+            let send = s.events.iter().find(|e| e["kind"] == "send" && e["target"].is_object()).expect(&ctx);
+            assert_eq!(send["target"]["how"], how, "{ctx}");
+            if mode == "enforce" {
+                assert_eq!(s.code, Some(77), "{ctx}");
+                assert_eq!(alerts[0]["action"], "deny", "{ctx}");
+                assert_eq!(cdn.bytes(), before, "not a byte reached the listener: {ctx}");
+            } else {
+                assert_eq!(s.code, Some(0), "{ctx}");
+                assert_eq!(alerts[0]["action"], "flag", "{ctx}");
+                assert!(cdn.bytes() > before, "{ctx}");
+            }
+        }
+    }
+    for (what, script) in [("TLS", tls("good.test")), ("HTTP", http("good.test"))] {
+        let before = cdn.bytes();
+        let s = run(&pol("enforce"), &script);
+        assert_eq!(s.code, Some(0), "{what}: {}", s.err);
+        assert!(egress_alerts(&s.events).is_empty(), "{what}: {:#?}", egress_alerts(&s.events));
+        assert!(cdn.bytes() > before, "{what}: the allowed name gets through");
+    }
+}
+
+/// Removes a directory the test made (declared before the sockets in it, so dropped after).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A unix listener at `path` (created by the test, removed on drop) keeping what it reads.
+struct UnixSink {
+    path: std::path::PathBuf,
+    got: Arc<Mutex<Vec<u8>>>,
+}
+
+impl UnixSink {
+    fn at(path: &std::path::Path) -> UnixSink {
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                g.lock().unwrap().extend(buf);
+            }
+        });
+        UnixSink { path: path.to_path_buf(), got }
+    }
+}
+
+impl Drop for UnixSink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `egress.deputies`: a socket the policy adds is a deputy (an install script connecting to it
+/// is killed in enforce mode before it sends); a built-in one the policy removes is not.
+#[test]
+fn the_policy_extends_and_narrows_the_local_deputies() {
+    if !root_or_skip() {
+        return;
+    }
+    let removed = std::path::Path::new("/run/podman/podman.sock");
+    if removed.exists() {
+        eprintln!("skipped: {} exists (a real podman)", removed.display());
+        return;
+    }
+    let parent = removed.parent().unwrap();
+    let _made = (!parent.exists()).then(|| {
+        std::fs::create_dir(parent).unwrap();
+        RemoveDir(parent.to_path_buf())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let added = dir.path().join("agent.sock");
+    let (a, r) = (UnixSink::at(&added), UnixSink::at(removed));
+    let policy = format!(
+        "version: 1\npipeline: deputies\nmode: enforce\negress:\n  loopback: false\n  deputies:\n    add: [{}]\n    remove: [{}]\ndns:\n  resolvers: []\n",
+        added.display(),
+        removed.display()
+    );
+    let np = netprobe_bin().display().to_string();
+    let install = |script: String| {
+        format!("npm_lifecycle_event=postinstall npm_package_name=evil-pkg npm_package_version=6.6.6 sh -c '{script}'")
+    };
+    let s = run(&policy, &install(format!("{np} unix {}", added.display())));
+    let deputy: Vec<&Value> = s.events.iter().filter(|e| e["kind"] == "alert" && e["rule"] == "local-deputy").collect();
+    assert_eq!(deputy.len(), 1, "{}", s.err);
+    assert_eq!(deputy[0]["action"], "kill", "{}", s.err);
+    assert_eq!(s.code, Some(77), "{}", s.err);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(a.got.lock().unwrap().is_empty(), "the added deputy received data");
+    let s = run(&policy, &install(format!("{np} unix {}", removed.display())));
+    assert!(s.events.iter().all(|e| e["rule"] != "local-deputy"), "{}", s.err);
+    assert_eq!(s.code, Some(0), "{}", s.err);
+    assert!(
+        watcher_tests::wait_until(Duration::from_secs(3), || r.got.lock().unwrap().as_slice() == b"hello\n"),
+        "the removed one is an ordinary socket: {}",
+        s.err
+    );
+}
