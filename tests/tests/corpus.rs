@@ -51,7 +51,13 @@ fn home() -> PathBuf {
 
 /// Copies fixture `name` to `<base>/watcher-corpus-<name>-<pid>`.
 fn project(name: &str, base: &Path) -> Dir {
-    let dir = base.join(format!("watcher-corpus-{name}-{}", std::process::id()));
+    project_as(name, name, base)
+}
+
+/// Copies fixture `name` to `<base>/watcher-corpus-<tag>-<pid>` (tests that run at the same
+/// time use one fixture each in its own directory).
+fn project_as(name: &str, tag: &str, base: &Path) -> Dir {
+    let dir = base.join(format!("watcher-corpus-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let st = Command::new("cp").arg("-a").arg(fixture(name)).arg(&dir).status().unwrap();
     assert!(st.success(), "cannot copy the {name} fixture");
@@ -288,4 +294,116 @@ fn cargo_crates_with_build_scripts_build_clean_under_tmp() {
     assert!(scripts.len() >= 10, "{scripts:?}");
     let out = Command::new(p.0.join("target/debug/watcher-corpus-cargo")).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("sqlite"), "the binary does not run");
+}
+
+/// `pm/bin/<name>` (scripts/install-prereqs.sh installs pnpm, yarn classic and uv there).
+fn pm_tool(name: &str) -> PathBuf {
+    let p = watcher_tests::lab::tools_dir().join("pm/bin").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/install-prereqs.sh", p.display());
+    p
+}
+
+/// The same 24 packages through pnpm and yarn classic, each from its own default registry
+/// configuration (`registries: [npm]` covers every JavaScript package manager's), with the
+/// project under /tmp. pnpm 10 runs no dependency's build script unless the project lists it
+/// (`onlyBuiltDependencies`): the project lists them all, as a project that needs them does.
+#[test]
+fn the_npm_corpus_installs_clean_through_pnpm_and_yarn() {
+    if !root_or_skip() {
+        return;
+    }
+    let (_shims, path) = shims();
+    let skip =
+        [("PUPPETEER_SKIP_DOWNLOAD", "1"), ("CYPRESS_INSTALL_BINARY", "0"), ("ELECTRON_SKIP_BINARY_DOWNLOAD", "1")];
+    for manager in ["pnpm", "yarn"] {
+        let p = project_as("npm", manager, &std::env::temp_dir());
+        let _ = std::fs::remove_file(p.0.join("package-lock.json"));
+        let tool = pm_tool(manager);
+        let path = format!("{}:{path}", tool.parent().unwrap().display());
+        let argv: Vec<String> = match manager {
+            "pnpm" => {
+                let pkg: Value =
+                    serde_json::from_str(&std::fs::read_to_string(p.0.join("package.json")).unwrap()).unwrap();
+                let mut names: Vec<String> = pkg["dependencies"].as_object().unwrap().keys().cloned().collect();
+                names.push("cpu-features".into());
+                let list: String = names.iter().map(|n| format!("  - \"{n}\"\n")).collect();
+                std::fs::write(p.0.join("pnpm-workspace.yaml"), format!("onlyBuiltDependencies:\n{list}")).unwrap();
+                vec![
+                    tool.display().to_string(),
+                    "install".into(),
+                    "--no-frozen-lockfile".into(),
+                    // Scripts really run, also when an earlier run cached their results.
+                    "--config.side-effects-cache=false".into(),
+                    "--reporter=append-only".into(),
+                ]
+            }
+            _ => vec![tool.display().to_string(), "install".into(), "--non-interactive".into(), "--no-progress".into()],
+        };
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let o = watch("npm", &p.0, &path, &skip, &argv);
+        let scripts = o.scripts("npm");
+        report(&format!("{manager} install (24 packages with install scripts)"), &o, scripts.len());
+        assert_eq!(o.code, Some(0), "{manager}: {}", o.context());
+        assert!(o.alerts.is_empty(), "{manager}: {}", o.context());
+        assert!(
+            scripts.len() >= 15,
+            "{manager}: only {} install scripts ran: {scripts:?}\n{}",
+            scripts.len(),
+            o.context()
+        );
+        for want in ["esbuild", "core-js", "es5-ext", "protobufjs"] {
+            assert!(scripts.contains(want), "{manager}: {want}'s install script did not run: {scripts:?}");
+        }
+        assert!(p.0.join("own-postinstall-ran").exists(), "{manager}: {}", o.context());
+    }
+}
+
+/// The sdists through uv (`uv pip install --no-binary`), under the pip policy, with uv's
+/// default index from its own configuration.
+#[test]
+fn pip_sdists_build_clean_through_uv() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = project_as("pip", "uv", &home().join(".cache"));
+    let (_shims, path) = shims();
+    let uv = pm_tool("uv");
+    run_ok(Command::new(&uv).args(["venv", "venv"]).current_dir(&p.0).env("PATH", &path), "uv venv");
+    let reqs = std::fs::read_to_string(p.0.join("requirements.txt")).unwrap();
+    let names: Vec<&str> = reqs
+        .lines()
+        .filter_map(|l| l.split('#').next())
+        .filter_map(|l| l.trim().split("==").next())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let uv_s = uv.display().to_string();
+    let venv_python = p.0.join("venv/bin/python").display().to_string();
+    let cache = p.0.join("uv-cache").display().to_string();
+    let o = watch(
+        "pip",
+        &p.0,
+        &path,
+        // A fresh cache: every sdist is really built under the watch.
+        &[("UV_CACHE_DIR", cache.as_str())],
+        &[
+            uv_s.as_str(),
+            "pip",
+            "install",
+            "--python",
+            venv_python.as_str(),
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-r",
+            "requirements.txt",
+        ],
+    );
+    report("uv pip install (11 sdists)", &o, names.len());
+    assert_eq!(o.code, Some(0), "{}", o.context());
+    assert!(o.alerts.is_empty(), "{}", o.context());
+    let out = Command::new(&uv).args(["pip", "list", "--python", venv_python.as_str()]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    for n in &names {
+        assert!(list.contains(&n.to_lowercase().replace('_', "-")), "{n} not installed: {list}");
+    }
 }

@@ -128,7 +128,13 @@ fn every_credential_store_is_flagged_in_audit_and_killed_before_a_read_in_enforc
     .enumerate()
     {
         let p = if c.ends_with('/') { env.home().join(c).join("stored") } else { env.home().join(c) };
-        env.write(&p, &format!("marker-{i}\n"));
+        // npm's and yarn's configuration is a credential store when it holds a credential.
+        let text = match *c {
+            ".npmrc" => format!("_auth=marker-{i}\n"),
+            ".yarnrc.yml" => format!("npmAuthToken: \"marker-{i}\"\n"),
+            _ => format!("marker-{i}\n"),
+        };
+        env.write(&p, &text);
         paths.push(p);
     }
     let py = python();
@@ -285,7 +291,7 @@ fn the_policy_extends_and_narrows_the_lists_and_replay_gives_the_same_verdicts()
     let token = env.home().join(".config/acme/token");
     env.write(&token, "t\n");
     env.write(&env.home().join(".netrc"), "n\n");
-    env.write(&env.home().join(".npmrc"), "r\n");
+    env.write(&env.home().join(".npmrc"), "_authToken=r\n");
     let files = "  credentials: [\"~/.config/acme/token\"]\n  allow: [\"~/.netrc\"]\n";
     let script = "cat ~/.config/acme/token ~/.netrc ~/.npmrc >/dev/null";
     let s = run(&env, "audit", files, script, true);
@@ -401,4 +407,27 @@ fn the_package_managers_own_reads_and_normal_build_writes_raise_nothing() {
     );
     let noise: Vec<&Value> = s.events.iter().filter(|e| e["kind"] == "alert" || e["kind"] == "file").collect();
     assert!(noise.is_empty(), "{noise:#?}");
+}
+
+/// Tools an install script runs read npm's and yarn's configuration for their settings
+/// (cypress under pnpm reads ~/.npmrc for its proxy): a configuration without a credential
+/// in it (a `${NPM_TOKEN}` reference is none) is not a credential store; with one, it is.
+#[test]
+fn a_package_manager_configuration_without_a_credential_is_read_freely() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new("npmrc");
+    env.write(&env.home().join(".npmrc"), "fund=false\n//r.invalid/:_authToken=${NPM_TOKEN}\n");
+    env.write(&env.home().join(".yarnrc.yml"), "enableTelemetry: false\n");
+    let s = run(&env, "enforce", "", "cat ~/.npmrc ~/.yarnrc.yml; echo read-ok", true);
+    assert_eq!(s.code, Some(0), "{}", s.err);
+    assert!(s.out.contains("read-ok") && s.out.contains("fund=false"), "{}", s.out);
+    assert!(alerts(&s.events, "credential-access").is_empty(), "{:#?}", s.events);
+    // The same file with the token itself in it: killed before the read.
+    env.write(&env.home().join(".npmrc"), "fund=false\n//r.invalid/:_authToken=npm_literal\n");
+    let s = run(&env, "enforce", "", "cat ~/.npmrc; echo read-ok", true);
+    assert_eq!(s.code, Some(77), "{}", s.err);
+    assert!(!s.out.contains("npm_literal"), "{}", s.out);
+    alert_for(&s, "credential-access", ".npmrc");
 }

@@ -447,6 +447,11 @@ impl Engine {
         if !proxy && self.policy.ip_allowed(x.daddr, x.dport) {
             return;
         }
+        // A connection to an address that is not allowed is already an `egress-denied` alert
+        // (its connect): the name it carries adds nothing.
+        if !proxy && !self.egress_allowed(x.daddr, x.dport) {
+            return;
+        }
         let ok = match t.host.parse::<IpAddr>() {
             Ok(ip) => self.egress_allowed(ip, t.port),
             Err(_) => self.policy.host_allowed(&t.host, t.port),

@@ -10,9 +10,6 @@ use crate::policy::files::{Base, FilePattern, FilesSpec};
 
 /// Credential stores under each home directory (a trailing `/`: the whole directory).
 pub const HOME_CREDENTIALS: &[&str] = &[
-    ".npmrc",
-    ".yarnrc",
-    ".yarnrc.yml",
     ".pypirc",
     ".config/pip/",
     ".pip/",
@@ -37,6 +34,51 @@ pub const HOME_CREDENTIALS: &[&str] = &[
     "actions-runner/.credentials_rsaparams",
     "actions-runner/.runner",
 ];
+
+/// The JavaScript package managers' user configuration: many tools an install script runs
+/// read it for their settings (cypress, prebuild-install and node-gyp read proxies, mirrors and
+/// the cache from it), so it is a credential store only when it holds a credential itself
+/// ([`holds_literal_credential`]); a `${NPM_TOKEN}` reference holds none (the value is in the
+/// environment, where secret detection looks for it wherever it goes).
+pub const HOME_TOOL_CONFIGS: &[&str] = &[".npmrc", ".yarnrc", ".yarnrc.yml"];
+
+/// Bytes of a tool configuration read to decide whether it holds a credential.
+pub const CONFIG_READ_LIMIT: u64 = 64 << 10;
+
+/// Whether the npm/yarn configuration at `path` holds a credential value itself: a key naming
+/// one (`_authToken`, `_auth`, `_password`, `npmAuthToken`, `npmAuthIdent`, `npmPassword`) whose
+/// value is not only a `${VAR}` reference. A missing file holds none; a file that exists but
+/// cannot be read counts as holding one (fail closed). Reads at most [`CONFIG_READ_LIMIT`].
+pub fn holds_literal_credential(path: &Path) -> bool {
+    use std::io::Read as _;
+    let text = match std::fs::File::open(path) {
+        Ok(f) => {
+            let mut buf = Vec::new();
+            if f.take(CONFIG_READ_LIMIT).read_to_end(&mut buf).is_err() {
+                return true;
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    text.lines().any(|line| {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') {
+            return false;
+        }
+        // INI (`key=value`, `//host/:_authToken=...`) or YAML (`key: value`): either reading.
+        ['=', ':'].iter().filter_map(|sep| line.split_once(*sep)).any(|(key, value)| {
+            let key = key.to_ascii_lowercase();
+            let key = key.rsplit(':').next().unwrap_or(&key).trim();
+            let named =
+                ["_authtoken", "_auth", "_password", "npmauthtoken", "npmauthident", "npmpassword"].contains(&key);
+            let value = value.trim().trim_matches(['"', '\'']);
+            let reference = value.starts_with("${") && value.ends_with('}') && !value[2..].contains('$');
+            named && !value.is_empty() && !reference
+        })
+    })
+}
 
 /// Credential stores at fixed places.
 pub const SYSTEM_CREDENTIALS: &[&str] = &["/etc/gitlab-runner/config.toml", "/etc/shadow", "/etc/gshadow"];
@@ -183,6 +225,12 @@ pub fn rules(spec: Option<&FilesSpec>, homes: &[PathBuf], project: Option<&Path>
         for c in HOME_CREDENTIALS {
             push(&mut out, &under(h, c), c.ends_with('/'), FILE_CRED | FILE_KILL);
         }
+        for c in HOME_TOOL_CONFIGS {
+            let path = under(h, c);
+            if holds_literal_credential(Path::new(&path)) {
+                push(&mut out, &path, false, FILE_CRED | FILE_KILL);
+            }
+        }
         for (c, kill) in HOME_PROTECTED {
             push(&mut out, &under(h, c), c.ends_with('/'), FILE_TAMPER | if *kill { FILE_KILL } else { 0 });
         }
@@ -270,15 +318,45 @@ mod tests {
 
     #[test]
     fn defaults_cover_every_home_and_exceptions_win() {
-        let homes = vec![PathBuf::from("/home/a"), PathBuf::from("/root")];
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join(".npmrc"), "fund=false\n//r.invalid/:_authToken=abc\n").unwrap();
+        let homes = vec![a.clone(), PathBuf::from("/root")];
         let r = rules(None, &homes, Some(Path::new("/w/proj")));
         let find = |p: &[u8]| r.iter().find(|x| x.prefix == p).map(|x| x.flags);
-        assert_eq!(find(b"/home/a/.npmrc\0"), Some(FILE_CRED | FILE_KILL));
+        let npmrc = format!("{}/.npmrc\0", a.display());
+        assert_eq!(find(npmrc.as_bytes()), Some(FILE_CRED | FILE_KILL));
         assert_eq!(find(b"/root/.aws/"), Some(FILE_CRED | FILE_KILL));
         assert_eq!(find(b"/w/proj/.github/"), Some(FILE_TAMPER | FILE_KILL));
         assert_eq!(find(b"/w/proj/package-lock.json\0"), Some(FILE_TAMPER));
         assert_eq!(find(b"/root/.npm/_logs/"), Some(0));
         assert_eq!(find(b"/proc/"), Some(FILE_PROC));
+    }
+
+    #[test]
+    fn tool_configs_are_credential_stores_only_with_a_credential_in_them() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join(".npmrc");
+        assert!(!holds_literal_credential(&f), "missing");
+        for (text, holds) in [
+            ("fund=false\nregistry=http://127.0.0.1:4873/\n", false),
+            ("//r.invalid/:_authToken=${NPM_TOKEN}\n", false),
+            ("# _authToken=abc\n", false),
+            ("//r.invalid/:_authToken=npm_abc\n", true),
+            ("_auth = dXNlcjpwYXNz\n", true),
+            ("//r.invalid/:_password=\"cGFzcw==\"\n", true),
+            ("npmAuthToken: \"npm_abc\"\n", true),
+            ("npmRegistries:\n  \"//r.invalid\":\n    npmAuthToken: ${NPM_TOKEN}\n", false),
+            ("npmAuthIdent: user:pass\n", true),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            assert_eq!(holds_literal_credential(&f), holds, "{text:?}");
+        }
+        // A config with no credential is not watched at all.
+        std::fs::write(&f, "fund=false\n").unwrap();
+        let r = rules(None, &[d.path().to_path_buf()], None);
+        assert!(!r.iter().any(|x| x.prefix.starts_with(f.display().to_string().as_bytes())));
     }
 
     #[test]

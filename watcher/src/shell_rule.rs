@@ -179,6 +179,13 @@ pub fn in_install_tree(path: &str, cwd: Option<&str>) -> bool {
     {
         return true;
     }
+    // yarn classic's per-run shims for lifecycle scripts: `<tmp>/yarn--<time>-<random>/{node,yarn}`.
+    if let Some((dir, exe)) = path.rsplit_once('/')
+        && dir.rsplit('/').next().is_some_and(|d| d.starts_with("yarn--"))
+        && matches!(exe, "node" | "yarn")
+    {
+        return true;
+    }
     path.split('/').any(|c| {
         c.starts_with("pip-install-")
             || c.starts_with("pip-build-env-")
@@ -357,6 +364,10 @@ mod tests {
         assert!(in_install_tree("/tmp/tmpuroei6zn/.venv/bin/python3.11", None));
         assert!(!in_install_tree("/tmp/tmpuroei6zn/.venv/bin/dropper", None));
         assert!(!in_install_tree("/tmp/tmpuroei6zn/.venv/python", None));
+        // yarn classic's lifecycle shims, and nothing else in their directory.
+        assert!(in_install_tree("/tmp/yarn--1796138407324-0.028868405776738104/node", None));
+        assert!(in_install_tree("/tmp/yarn--1796138407324-0.028868405776738104/yarn", None));
+        assert!(!in_install_tree("/tmp/yarn--1796138407324-0.02886/dropper", None));
         assert!(in_install_tree("/p/target/release/build/x/out/s", Some("/p")));
         assert!(in_install_tree("/tmp/w/target/debug/build/x-0a/build-script-build", Some("/p")));
         assert!(!in_install_tree("/tmp/target/x", Some("/p")));
