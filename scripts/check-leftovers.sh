@@ -8,7 +8,7 @@ if command -v bpftool >/dev/null 2>&1; then
 fi
 # Pins of a watcher that was killed are removed by the next watcher start (the tests that
 # kill one start another): none may be left.
-pins=$(ls -d /sys/fs/bpf/watcher/* 2>/dev/null || true)
+pins=$(ls -d /sys/fs/bpf/watcher/* /sys/fs/bpf/watcher 2>/dev/null || true)
 if [ -n "$pins" ]; then echo "leftover: pinned watcher programs: $pins"; fail=1; fi
 cg=$(ls -d /sys/fs/cgroup/unified/watcher-* /sys/fs/cgroup/watcher-* 2>/dev/null || true)
 if [ -n "$cg" ]; then echo "leftover: cgroups: $cg"; fail=1; fi

@@ -48,13 +48,21 @@ impl PinDir {
         let start = start_time(pid).unwrap_or(0);
         let path = Path::new(PIN_ROOT).join(format!("{}-{pid}-{start}", instance.as_str()));
         let err = |e: std::io::Error| SensorError::Pin { path: path.clone(), detail: e.to_string() };
-        std::fs::create_dir_all(PIN_ROOT).map_err(err)?;
         if path.exists() {
             // Only this very process could have made it (same pid and start time).
             remove_dir(&path);
         }
-        std::fs::create_dir(&path).map_err(err)?;
-        Ok(PinDir { path })
+        // The last agent to leave removes PIN_ROOT when it is empty: it may vanish between
+        // creating it and creating this directory in it; then create it again.
+        let mut tries = 0;
+        loop {
+            std::fs::create_dir_all(PIN_ROOT).map_err(err)?;
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(PinDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 100 => tries += 1,
+                Err(e) => return Err(err(e)),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -63,10 +71,15 @@ impl PinDir {
 
     /// Remove every pin left (links are unpinned before) and the directory.
     pub fn remove(&self) {
-        // PIN_ROOT itself stays: removing it when empty would race another agent creating its
-        // directory in it.
         remove_dir(&self.path);
+        remove_root_if_empty();
     }
+}
+
+/// PIN_ROOT goes with the last agent (rmdir refuses a directory that is not empty, so another
+/// agent's directory is never touched; one creating its own retries, see [`PinDir::create`]).
+fn remove_root_if_empty() {
+    let _ = std::fs::remove_dir(PIN_ROOT);
 }
 
 fn remove_dir(path: &Path) {
