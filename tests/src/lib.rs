@@ -639,7 +639,43 @@ pub fn netprobe_bin() -> PathBuf {
 /// The `watcher` binary: `$WATCHER_BIN`, else `<workspace>/target/release/watcher`.
 /// Panics with instructions if it does not exist.
 pub fn watcher_bin() -> PathBuf {
+    wait_out_hard_kill_window();
     locate_bin("watcher", "WATCHER_BIN")
+}
+
+/// The thread of the test that holds the hard-kill window, if any.
+static HARD_KILL: std::sync::Mutex<Option<std::thread::ThreadId>> = std::sync::Mutex::new(None);
+static HARD_KILL_DONE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Held by a test that kills an agent hard (SIGKILL) and then watches what its programs,
+/// left attached, still enforce. Every watcher start removes what a dead agent left, so no
+/// other test of the same binary may start one meanwhile: [`watcher_bin`] (which every test
+/// starts watcher through) waits while another thread holds the window.
+pub struct HardKillWindow(());
+
+pub fn hard_kill_window() -> HardKillWindow {
+    let me = std::thread::current().id();
+    let mut holder = HARD_KILL.lock().unwrap_or_else(|e| e.into_inner());
+    while holder.is_some_and(|t| t != me) {
+        holder = HARD_KILL_DONE.wait(holder).unwrap_or_else(|e| e.into_inner());
+    }
+    *holder = Some(me);
+    HardKillWindow(())
+}
+
+impl Drop for HardKillWindow {
+    fn drop(&mut self) {
+        *HARD_KILL.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        HARD_KILL_DONE.notify_all();
+    }
+}
+
+fn wait_out_hard_kill_window() {
+    let me = std::thread::current().id();
+    let mut holder = HARD_KILL.lock().unwrap_or_else(|e| e.into_inner());
+    while holder.is_some_and(|t| t != me) {
+        holder = HARD_KILL_DONE.wait(holder).unwrap_or_else(|e| e.into_inner());
+    }
 }
 
 /// True when running as euid 0. Otherwise: with `WATCHER_SKIP_ROOT_TESTS=1` prints

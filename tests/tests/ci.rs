@@ -200,6 +200,18 @@ impl StateRoot {
 
 impl Drop for StateRoot {
     fn drop(&mut self) {
+        // A failed test says what the daemon saw before its log goes with the directory.
+        if std::thread::panicking()
+            && let Ok(log) = fs::read_to_string(self.0.join("daemon.log"))
+        {
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "daemon log ({}), last {} lines:\n{}",
+                self.0.display(),
+                tail.len(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         if let Ok(pid) = fs::read_to_string(self.0.join("daemon.pid")) {
             let pid = pid.trim().to_string();
             if Path::new(&format!("/proc/{pid}")).exists() {
@@ -237,6 +249,16 @@ fn run_with_deadline(mut cmd: Command, what: &str) -> StepOut {
             break st;
         }
         if t.elapsed() > STEP_TIMEOUT {
+            // What it was waiting on: the processes under it, with their states (`T`: held).
+            let ps = Command::new("ps").args(["-eo", "pid,ppid,stat,wchan:24,etimes,args", "--forest"]).output();
+            let tree = ps.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let pid = child.id().to_string();
+            let lines: Vec<&str> = tree.lines().collect();
+            let from = lines.iter().position(|l| l.split_whitespace().next() == Some(pid.as_str()));
+            eprintln!(
+                "{what}: still running after {STEP_TIMEOUT:?}; its processes:\n{}",
+                from.map(|i| lines[i..].iter().take(80).copied().collect::<Vec<_>>().join("\n")).unwrap_or(tree)
+            );
             let _ = child.kill();
             let _ = child.wait();
             panic!(

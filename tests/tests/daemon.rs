@@ -863,6 +863,8 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
     if !root_or_skip() {
         return;
     }
+    // No other test may start a watcher (which removes what a dead one left) meanwhile.
+    let _window = watcher_tests::hard_kill_window();
     let dir = TempDir::new("watcher-daemon-adopttest");
     let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();

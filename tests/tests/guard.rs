@@ -300,6 +300,8 @@ fn sigkill_of_watcher_leaves_its_step_denied_and_killed_and_the_next_start_clean
     if !root_or_skip() {
         return;
     }
+    // No other test may start a watcher (which removes what a dead one left) meanwhile.
+    let _window = watcher_tests::hard_kill_window();
     let np = netprobe_bin().display().to_string();
     for mode in ["audit", "enforce"] {
         let l = Listener::start(format!("{DENIED}:0").parse().unwrap()).unwrap();

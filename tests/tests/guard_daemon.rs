@@ -14,10 +14,13 @@ struct Daemon {
     child: Option<Child>,
     stderr: PathBuf,
     socket: PathBuf,
+    /// This test's job variable: tests run side by side, and a daemon takes every process
+    /// that carries one of its job variables, whoever started it.
+    var: String,
 }
 
 impl Daemon {
-    fn start(config: &Path, dir: &TempDir) -> Daemon {
+    fn start(config: &Path, dir: &TempDir, var: &str) -> Daemon {
         let stderr = dir.join("daemon.stderr");
         let child = Command::new(watcher_bin())
             .args(["daemon", "--config"])
@@ -27,7 +30,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock") };
+        let d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock"), var: var.to_string() };
         assert!(
             wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")),
             "daemon did not start: {}",
@@ -47,11 +50,11 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// The ended job of `WDT_G2_RUN_ID=id`.
+    /// The ended job of `VAR=id`.
     fn ended(&self, id: &str) -> Value {
         let mut last = Value::Null;
         let find = |st: &Value| {
-            st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("WDT_G2_RUN_ID={id}")).cloned()
+            st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("{}={id}", self.var)).cloned()
         };
         let ok = wait_until(Duration::from_secs(20), || {
             last = self.status();
@@ -71,7 +74,7 @@ impl Drop for Daemon {
     }
 }
 
-fn config(dir: &TempDir, mode: &str) -> PathBuf {
+fn config(dir: &TempDir, mode: &str, var: &str) -> PathBuf {
     std::fs::write(
         dir.join("p.yaml"),
         format!(
@@ -82,9 +85,11 @@ fn config(dir: &TempDir, mode: &str) -> PathBuf {
     let config = dir.join("daemon.yaml");
     std::fs::write(
         &config,
-        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
-         jobs:\n  id_env: [WDT_G2_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
-         pipelines:\n  - match: \"acme/g2\"\n    policy: p.yaml\n",
+        format!(
+            "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+             jobs:\n  id_env: [{var}]\n  pipeline_env: [WDT_REPO]\n\
+             pipelines:\n  - match: \"acme/g2\"\n    policy: p.yaml\n"
+        ),
     )
     .unwrap();
     config
@@ -111,14 +116,15 @@ fn a_daemon_jobs_start_record_never_holds_a_protected_value() {
         return;
     }
     let dir = TempDir::new("watcher-g2-start");
-    let config = config(&dir, "audit");
-    let d = Daemon::start(&config, &dir);
+    let var = "WDT_G2_START_ID";
+    let config = config(&dir, "audit", var);
+    let d = Daemon::start(&config, &dir, var);
     let v = fake_secret("Ss");
     let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
     let script = format!(": {v} {hex}; /bin/true");
     let out = Command::new("sh")
         .args(["-c", &script])
-        .env("WDT_G2_RUN_ID", "start")
+        .env(var, "start")
         .env("WDT_REPO", "acme/g2")
         .env("AWS_SECRET_ACCESS_KEY", &v)
         .stdin(Stdio::null())
@@ -157,9 +163,12 @@ fn sigkill_of_the_daemon_leaves_its_jobs_denied_and_killed_and_the_next_start_cl
     if !root_or_skip() {
         return;
     }
+    // No other test may start a watcher (which removes what a dead one left) meanwhile.
+    let _window = watcher_tests::hard_kill_window();
     let dir = TempDir::new("watcher-g2-kill");
-    let cfg = config(&dir, "enforce");
-    let mut d = Daemon::start(&cfg, &dir);
+    let var = "WDT_G2_KILL_ID";
+    let cfg = config(&dir, "enforce", var);
+    let mut d = Daemon::start(&cfg, &dir, var);
     let daemon_pid = d.child.as_ref().unwrap().id();
     let l = watcher_tests::Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let np = watcher_tests::netprobe_bin().display().to_string();
@@ -174,7 +183,7 @@ fn sigkill_of_the_daemon_leaves_its_jobs_denied_and_killed_and_the_next_start_cl
     );
     let mut job = Command::new("sh")
         .args(["-c", &script])
-        .env("WDT_G2_RUN_ID", "kill")
+        .env(var, "kill")
         .env("WDT_REPO", "acme/g2")
         .stdin(Stdio::null())
         .spawn()
@@ -199,8 +208,8 @@ fn sigkill_of_the_daemon_leaves_its_jobs_denied_and_killed_and_the_next_start_cl
     );
     // The next daemon removes them.
     let dir2 = TempDir::new("watcher-g2-kill2");
-    let config2 = config(&dir2, "enforce");
-    let d2 = Daemon::start(&config2, &dir2);
+    let config2 = config(&dir2, "enforce", var);
+    let d2 = Daemon::start(&config2, &dir2, var);
     assert!(
         !pin_dirs().iter().any(|p| p.starts_with(&format!("daemon-{daemon_pid}-"))),
         "{:?}\n{}",
@@ -220,12 +229,13 @@ fn a_raw_socket_in_a_daemon_jobs_install_script_is_killed_in_enforce_mode() {
     let np = watcher_tests::netprobe_bin().display().to_string();
     for mode in ["audit", "enforce"] {
         let dir = TempDir::new(&format!("watcher-g2-raw-{mode}"));
-        let cfg = config(&dir, mode);
-        let d = Daemon::start(&cfg, &dir);
+        let var = "WDT_G2_RAW_ID";
+        let cfg = config(&dir, mode, var);
+        let d = Daemon::start(&cfg, &dir, var);
         let marker = format!("g2-{}-{mode}", std::process::id());
         let out = Command::new("sh")
             .args(["-c", &format!("{np} icmp 127.0.0.2 {marker}")])
-            .env("WDT_G2_RUN_ID", mode)
+            .env(var, mode)
             .env("WDT_REPO", "acme/g2")
             .env("npm_lifecycle_event", "postinstall")
             .env("npm_package_name", "evil-pkg")

@@ -757,6 +757,8 @@ fn a_drill_killed_with_sigkill_leaves_nothing_after_the_next_drill() {
     if !root_or_skip() {
         return;
     }
+    // No other test may start a watcher (which removes what a dead one left) meanwhile.
+    let _window = watcher_tests::hard_kill_window();
     let mut first = Command::new(watcher_bin())
         .arg("drill")
         .stdin(Stdio::null())

@@ -427,7 +427,12 @@ fn standalone_run_runs_the_command_as_the_invoking_user() {
         let mut cmd = Command::new(watcher_bin());
         cmd.arg("run").args(extra).arg("--log").arg(&log);
         cmd.args(["--", "sh", "-c", &format!("id -u > {name}.uid; id -G > {name}.groups; touch {name}.file")]);
-        cmd.current_dir(dir.path()).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("WATCHER_SOCKET");
+        // Not quiet (CI=true makes it so): the start message is checked.
+        cmd.current_dir(dir.path())
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("WATCHER_SOCKET")
+            .env_remove("CI");
         for (k, v) in env {
             cmd.env(k, v);
         }
