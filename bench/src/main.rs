@@ -1,5 +1,6 @@
 //! watcher-bench: measures watcher's cost and speed and prints a table. Numbers are printed,
 //! never asserted. One module per benchmark; this file only dispatches.
+mod guard;
 mod latency;
 mod npm;
 mod replay;
@@ -28,7 +29,10 @@ enum Command {
     Steps(steps::Args),
     /// Replay speed and memory over big generated event logs, fast parser vs serde's (no root).
     Replay(replay::Args),
-    /// npm, storm, latency and steps in one table (replay prints its own: `watcher-bench replay`).
+    /// The packet backstop and stream scanning: a data-sending connect storm and `npm ci`, on
+    /// versus off, side by side.
+    Guard(guard::Args),
+    /// npm, storm, latency, steps and guard in one table (replay prints its own: `watcher-bench replay`).
     All {
         #[command(flatten)]
         npm: npm::Args,
@@ -38,10 +42,15 @@ enum Command {
         latency: latency::Args,
         #[command(flatten)]
         steps: steps::Args,
+        #[command(flatten)]
+        guard: guard::Args,
     },
     /// Internal: the workload the storms and the latency benchmark run.
     #[command(name = "__storm", hide = true)]
     StormWorker(storm::WorkerArgs),
+    /// Internal: the guard benchmark's data-sending connect storm.
+    #[command(name = "__guard_storm", hide = true)]
+    GuardWorker(guard::WorkerArgs),
 }
 
 fn main() {
@@ -51,16 +60,19 @@ fn main() {
         Command::Storm(a) => storm::run(&a).map(|rows| util::print_table(&rows)),
         Command::Latency(a) => latency::run(&a).map(|rows| util::print_table(&rows)),
         Command::Steps(a) => steps::run(&a).map(|rows| util::print_table(&rows)),
-        Command::All { npm, storm, latency, steps } => (|| {
+        Command::Guard(a) => guard::run(&a).map(|rows| util::print_table(&rows)),
+        Command::All { npm, storm, latency, steps, guard } => (|| {
             let mut rows = npm::run(&npm)?;
             rows.extend(storm::run(&storm)?);
             rows.extend(latency::run(&latency)?);
             rows.extend(steps::run(&steps)?);
+            rows.extend(guard::run(&guard)?);
             util::print_table(&rows);
             Ok(())
         })(),
         Command::Replay(a) => replay::main(a),
         Command::StormWorker(a) => storm::worker(&a),
+        Command::GuardWorker(a) => guard::worker(&a),
     };
     if let Err(e) = result {
         eprintln!("watcher-bench: {e:#}");

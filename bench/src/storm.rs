@@ -71,7 +71,7 @@ fn loopback_up() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn private_netns() -> anyhow::Result<()> {
+pub(crate) fn private_netns() -> anyhow::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET) (needs root)")?;
     loopback_up()
 }

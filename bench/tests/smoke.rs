@@ -67,3 +67,19 @@ fn tiny_daemon_backed_steps_run_prints_its_rows() {
         assert!(s.contains(metric), "no {metric:?} in:\n{s}");
     }
 }
+
+#[test]
+fn tiny_guard_run_prints_its_on_and_off_rows() {
+    if !root() {
+        return;
+    }
+    let s =
+        bench(&["guard", "--guard-count", "200", "--guard-rounds", "1", "--guard-packages", "20", "--guard-runs", "1"]);
+    for metric in ["watched, all on", "watched, both off", "backstop + stream scanning: all on / both off", "<= 1.02"] {
+        assert!(s.contains(metric), "no {metric:?} in:\n{s}");
+    }
+    // Neither the storm (allowed, carrying a value it never sends) nor npm raised an alert.
+    for line in s.lines().filter(|l| l.contains("alerts / events lost")) {
+        assert!(line.contains("0 / 0  0 / 0"), "{s}");
+    }
+}

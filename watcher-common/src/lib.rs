@@ -204,7 +204,11 @@ pub const CFG_OFF_TASK_TGID: u32 = 10;
 /// Offset of `thread_info.status` in `task_struct` (x86), from the kernel's BTF: the syscall
 /// dispatcher leaves 32-bit syscalls alone (0: unknown, every syscall is taken as native).
 pub const CFG_OFF_TASK_STATUS: u32 = 11;
-pub const CFG_LEN: u32 = 12;
+/// Non-zero only under `watcher run --bench-disable streams` (the benchmark's hidden flag, set
+/// from argv, never from the step's environment): TCP streams are neither judged by their first
+/// segment nor captured for secret search. Measures what stream scanning costs.
+pub const CFG_BENCH_NO_STREAMS: u32 = 12;
+pub const CFG_LEN: u32 = 13;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;

@@ -77,6 +77,12 @@ pub fn job_unknown(job: u32) -> bool {
     job & JOB_DAEMON_BIT != 0 && unsafe { JOBS.get(&job) }.is_none()
 }
 
+/// `watcher run --bench-disable streams` (the benchmark only): streams are not scanned.
+#[inline(always)]
+pub fn bench_no_streams() -> bool {
+    CONFIG.get(watcher_common::CFG_BENCH_NO_STREAMS).copied().unwrap_or(0) != 0
+}
+
 /// The agent died while its programs stayed attached: its jobs fail closed.
 #[inline(always)]
 pub fn agent_gone() -> bool {

@@ -125,6 +125,9 @@ fn lower(c: u32) -> u32 {
 /// dropped; the rest is captured (payload.rs) and passes.
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
+    if crate::common::bench_no_streams() {
+        return 1;
+    }
     if f.proto == PROTO_TCP && ctx.len() > f.payload_off {
         let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
         // SAFETY: bpf_get_socket_cookie takes the program's context pointer.

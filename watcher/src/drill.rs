@@ -395,6 +395,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         report_format: None,
         user: None,
         mode: opts.mode,
+        bench_disable: Default::default(),
     });
     drop(responder);
     drop(netns);

@@ -170,6 +170,10 @@ enum Command {
         /// environment is left as given (`sudo -E` keeps it).
         #[arg(long, value_name = "USER[:GROUP]")]
         user: Option<String>,
+        /// Benchmark only (watcher-bench): turn off the packet backstop and/or stream scanning
+        /// to measure their cost. Hidden; never read from the environment.
+        #[arg(long, hide = true, value_enum, value_delimiter = ',', value_name = "WHAT")]
+        bench_disable: Vec<BenchOff>,
         /// The command and its arguments (passed on byte for byte).
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -193,6 +197,12 @@ impl Format {
             Format::Sarif => watcher::report::Format::Sarif,
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchOff {
+    Backstop,
+    Streams,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -347,7 +357,19 @@ fn main() {
         }
         Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
         Command::DrillProbe { args } => watcher::drill::probe(&args),
-        Command::Run { log, quiet, verbose, ringbuf_size, command, policy, mode, report, report_format, user } => {
+        Command::Run {
+            log,
+            quiet,
+            verbose,
+            ringbuf_size,
+            command,
+            policy,
+            mode,
+            report,
+            report_format,
+            user,
+            bench_disable,
+        } => {
             run::run(run::RunOptions {
                 command,
                 log,
@@ -359,6 +381,10 @@ fn main() {
                 report_format: report_format.map(Format::into_format),
                 // Under sudo: the invoking user, unless --user says otherwise.
                 user: user.or_else(watcher::run_user::sudo_caller),
+                bench_disable: watcher::sensor::BenchDisable {
+                    backstop: bench_disable.contains(&BenchOff::Backstop),
+                    streams: bench_disable.contains(&BenchOff::Streams),
+                },
             })
         }
     };

@@ -36,12 +36,17 @@ pub struct RunOptions {
     pub report_format: Option<report::Format>,
     /// `--user USER[:GROUP]`: run the command as this user (standalone only; see run_user).
     pub user: Option<String>,
+    /// What the benchmark turns off (hidden `--bench-disable`; standalone only).
+    pub bench_disable: crate::sensor::BenchDisable,
 }
 
 /// Run the command; returns the exit code watcher should exit with.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     // Through a running daemon when one is named (or found, without root): no root needed.
     if let Some(socket) = crate::step_client::socket_for_run() {
+        if opts.bench_disable != Default::default() {
+            bail!("--bench-disable is for a standalone `watcher run` (as root), not a daemon-backed step");
+        }
         return crate::step_client::run(opts, &socket);
     }
     run_timed(opts).map(|(code, _)| code)
@@ -101,7 +106,18 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     // The step's own cgroup only finds and kills what is left at the end: membership is the
     // kernel's, by process, from the step's first exec (the programs are attached at the root).
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
-    let mut sensor = Sensor::load(&SensorConfig::run(Instance::Run, opts.ringbuf_bytes), &root)?;
+    if opts.bench_disable != Default::default() {
+        let b = opts.bench_disable;
+        let off = [(b.backstop, "the packet backstop"), (b.streams, "stream scanning")]
+            .iter()
+            .filter_map(|(o, w)| o.then_some(*w))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        eprintln!("watcher: warning: --bench-disable: {off} off (a benchmark's setting, never for a real build)");
+    }
+    let sensor_cfg =
+        SensorConfig { bench_disable: opts.bench_disable, ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
+    let mut sensor = Sensor::load(&sensor_cfg, &root)?;
     for s in sensor.stale() {
         eprintln!(
             "watcher: warning: a previous watcher (pid {}) was killed while watching a step: its kernel programs \

@@ -744,6 +744,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
             log_no_job: cfg.no_job_log.is_some(),
             job_env: cfg.id_env.clone(),
             extra_env: cfg.pipeline_env.clone(),
+            bench_disable: Default::default(),
         },
         &root,
     )?;

@@ -144,7 +144,7 @@ pub fn load_and_attach(
     })
     .map_err(|e| SensorError::kernel("eBPF object (maps and BTF)", e))?;
     let mut links = Vec::new();
-    match attach(&mut ebpf, cgroup_root, pins, &mut links) {
+    match attach(&mut ebpf, cgroup_root, pins, &mut links, cfg.bench_disable) {
         Ok(states) => {
             timing::report_start();
             Ok((ebpf, links, states))
@@ -161,6 +161,7 @@ fn attach(
     cgroup_root: &Path,
     pins: &PinDir,
     links: &mut Vec<PinnedLink>,
+    bench: super::BenchDisable,
 ) -> Result<Vec<SensorState>, SensorError> {
     timing::time(Phase::Verify, || verify_all(ebpf))?;
     for (prog, array, slot, kind) in TAIL_CALLS {
@@ -188,6 +189,9 @@ fn attach(
     let at = cgroup_root.display().to_string();
     let attached = std::time::Instant::now();
     for (prog, hook) in PROGRAMS {
+        if bench.backstop && *prog == "egress_guard" {
+            continue;
+        }
         let link: FdLink = match *hook {
             Hook::Tracepoint(category, name) => {
                 let p: &mut TracePoint = program(ebpf, prog)?;
@@ -277,6 +281,7 @@ fn attach(
             detail: Some("not used: tracepoints and cgroup hooks cover every sensor".into()),
         },
     ]);
+    states.extend(super::bench_state(bench));
     Ok(states)
 }
 

@@ -96,6 +96,33 @@ pub struct SensorConfig {
     /// Daemon mode: also report processes of no job (in the pseudo-job JOB_NONE, never
     /// enforced).
     pub log_no_job: bool,
+    /// What the benchmark turns off (`watcher run --bench-disable`, a hidden flag set only from
+    /// argv): all off by default and in the daemon.
+    pub bench_disable: BenchDisable,
+}
+
+/// Protections `watcher-bench` turns off to measure their cost, side by side with them on.
+/// Set only from `watcher run`'s command line (never from the step's environment or a policy);
+/// the run's start record names them among its sensors and watcher warns on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchDisable {
+    /// The packet backstop (`egress_guard`, cgroup_skb egress) is not attached.
+    pub backstop: bool,
+    /// TCP streams are neither judged by their first segment nor captured for secrets.
+    pub streams: bool,
+}
+
+/// The start record's word for what `--bench-disable` turned off (none: nothing).
+fn bench_state(b: BenchDisable) -> Option<SensorState> {
+    let off: Vec<&str> = [(b.backstop, "packet backstop"), (b.streams, "stream scanning")]
+        .into_iter()
+        .filter_map(|(o, w)| o.then_some(w))
+        .collect();
+    (!off.is_empty()).then(|| SensorState {
+        name: "bench-disable".into(),
+        active: false,
+        detail: Some(format!("turned off by watcher-bench (--bench-disable): {}", off.join(", "))),
+    })
 }
 
 impl SensorConfig {
@@ -107,6 +134,7 @@ impl SensorConfig {
             job_env: Vec::new(),
             extra_env: Vec::new(),
             log_no_job: false,
+            bench_disable: BenchDisable::default(),
         }
     }
 }
@@ -152,6 +180,11 @@ impl Sensor {
             config
                 .set(CFG_AGENT_PID, &(std::process::id() as u64), 0)
                 .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
+            if cfg.bench_disable.streams {
+                config
+                    .set(watcher_common::CFG_BENCH_NO_STREAMS, &1, 0)
+                    .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
+            }
             for (slot, off) in btf::task_offsets() {
                 config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
