@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5000)]
     pub guard_count: u64,
     /// Rounds of the guard storm (each: bare and the four watched variants).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub guard_rounds: u32,
     /// Packages of the generated graph for the `npm ci` on/off rows.
     #[arg(long, default_value_t = 400)]

@@ -685,3 +685,68 @@ fn a_process_300_forks_below_a_daemon_jobs_install_script_is_attributed_and_its_
     // The job is not clean: the daemon counts its alerts.
     assert!(e.status["alerts"].as_u64().unwrap() >= 2, "{:#}", e.status);
 }
+
+// ------------------------------------------------------------------------ packet backstop
+
+/// An ICMP receiver on the host: every ICMP packet of the host, kept when it carries `marker`.
+struct IcmpSink(std::os::fd::OwnedFd);
+
+impl IcmpSink {
+    fn new() -> IcmpSink {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: socket(2) with constant arguments; owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, libc::IPPROTO_ICMP) };
+        assert!(fd >= 0, "raw icmp socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh descriptor.
+        IcmpSink(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Whether a packet carrying `marker` arrives within `wait`.
+    fn saw(&self, marker: &[u8], wait: Duration) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let deadline = std::time::Instant::now() + wait;
+        let mut buf = [0u8; 2048];
+        while std::time::Instant::now() < deadline {
+            // SAFETY: recv into our buffer.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                if buf[..n as usize].windows(marker.len()).any(|w| w == marker) {
+                    return true;
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        false
+    }
+}
+
+/// ICMP from a raw socket of the job itself (not an install script, so the socket may be
+/// opened): the packet backstop judges its packets, flagged in audit, dropped in enforce.
+/// The destination is 127.0.0.2, which this policy never allows.
+#[test]
+fn icmp_from_a_daemon_jobs_raw_socket_is_judged_by_the_packet_backstop() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Daemon::start("icmp", "WDT_G3_ICMP_ID", |m| policy(m, "  allow: []\n", ""));
+    for mode in MODES {
+        let sink = IcmpSink::new();
+        let marker = format!("g3-icmp-{}-{mode}", std::process::id());
+        let j = d.job(mode, mode, &format!("{} icmp 127.0.0.2 {marker}", np()), false, &[]);
+        let arrived = sink.saw(marker.as_bytes(), Duration::from_millis(700));
+        let ctx = format!("{mode}: {}\n{}\n{}", j.stderr(), j.text, d.log());
+        assert!(j.alerts("raw-socket").is_empty(), "{ctx}");
+        let e = j.alerts("egress-denied");
+        assert_eq!(e.len(), 1, "{ctx}");
+        let c = j.events.iter().find(|e| e["kind"] == "connect").expect(&ctx);
+        assert_eq!((c["op"].as_str(), c["proto"].as_str()), (Some("packet"), Some("icmp")), "{ctx}");
+        if mode == "enforce" {
+            assert_eq!(e[0]["action"], "deny", "{ctx}");
+            assert!(!arrived, "the packet backstop let ICMP to a denied host out: {ctx}");
+        } else {
+            assert_eq!(e[0]["action"], "flag", "{ctx}");
+            assert!(arrived, "{ctx}");
+        }
+    }
+}
