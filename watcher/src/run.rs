@@ -110,7 +110,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         );
     }
     let registries = registries.join().map_err(|_| anyhow::anyhow!("the registry resolution thread panicked"))??;
-    let prepared = session::finish_prepare(policy, registries)?;
+    let mut prepared = session::finish_prepare(policy, registries)?;
+    crate::proxies::add_to(&mut prepared);
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
     let resolvers = crate::probe::system_resolvers();
@@ -168,6 +169,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
         registry_sources: prepared.registry_sources.clone(),
+        proxy_sources: prepared.proxy_sources.clone(),
         policy: policy_info.clone(),
         policy_yaml: prepared.policy.as_ref().map(|p| p.to_yaml()),
         job: None,
