@@ -39,6 +39,8 @@ struct Step {
     err: String,
     out: String,
     events: Vec<Value>,
+    /// The log itself, for `watcher replay -`.
+    log: Vec<u8>,
 }
 
 fn run(policy: &str, script: &str, env: &[(&str, &str)]) -> Step {
@@ -58,7 +60,39 @@ fn run(policy: &str, script: &str, env: &[(&str, &str)]) -> Step {
         err: String::from_utf8_lossy(&out.stderr).into_owned(),
         out: String::from_utf8_lossy(&out.stdout).into_owned(),
         events: read_jsonl(&log),
+        log: std::fs::read(&log).unwrap_or_default(),
     }
+}
+
+/// The alerts `watcher replay` gives for a step's log (judged with the policy and the facts
+/// the start record holds: its proxies among them) and the live ones, as the report has them.
+fn replayed_and_live_alerts(s: &Step) -> (Vec<Value>, Vec<Value>) {
+    use std::io::Write as _;
+    let mut child = Command::new(watcher_bin())
+        .args(["replay", "--format", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&s.log).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let replayed = v["logs"][0]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{v:#}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let live = s
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "alert")
+        .map(|a| {
+            let mut a = a.clone();
+            a.as_object_mut().unwrap().remove("kind");
+            a
+        })
+        .collect();
+    (replayed, live)
 }
 
 fn egress_alerts(events: &[Value]) -> Vec<&Value> {
@@ -163,6 +197,8 @@ fn the_proxy_variables_name_proxies_judged_by_each_requests_target() {
             assert_eq!(src[0]["from"], *var, "{var}");
             assert_eq!(src[0]["proxy"], lab.proxy.addr.to_string(), "{var}");
             assert_denied_through_proxy(&lab, mode, &s, before, var);
+            let (replayed, live) = replayed_and_live_alerts(&s);
+            assert_eq!(replayed, live, "{var} {mode}: replay judges the proxy as the live run did");
         }
         let allowed = if *var == "http_proxy" { http("good.test", gp) } else { https("good.test", gp) };
         let before = (lab.good.connections(), lab.proxy.upstreams().len());
@@ -171,6 +207,8 @@ fn the_proxy_variables_name_proxies_judged_by_each_requests_target() {
         assert!(egress_alerts(&s.events).is_empty(), "{var}: {:#?}", egress_alerts(&s.events));
         assert_eq!(lab.good.connections(), before.0 + 1, "{var}: the allowed target got through");
         assert_eq!(lab.proxy.upstreams().len(), before.1 + 1, "{var}: through the proxy");
+        let (replayed, _) = replayed_and_live_alerts(&s);
+        assert!(replayed.is_empty(), "{var}: replay knows the proxy from the start record: {replayed:#?}");
     }
     // The control: no variable, the same proxy named on curl's command line only: it is a
     // loopback address the policy does not allow.
