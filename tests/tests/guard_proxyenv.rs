@@ -104,7 +104,7 @@ fn proxy_sources(events: &[Value]) -> Vec<Value> {
 }
 
 fn subnet(k: u16) -> u16 {
-    16000 + (std::process::id() % 2000) as u16 * 4 + k
+    16000 + (std::process::id() % 1000) as u16 * 8 + k
 }
 
 fn listen_in(ns: &Netns) -> Listener {
@@ -350,19 +350,24 @@ struct Daemon {
     child: Option<Child>,
     stderr: PathBuf,
     socket: PathBuf,
+    /// Its step socket (`watcher run` with `WATCHER_SOCKET`).
+    steps: PathBuf,
     var: String,
 }
 
 impl Daemon {
     fn start(dir: &TempDir, policy: &str, var: &str) -> Daemon {
         std::fs::write(dir.join("p.yaml"), policy).unwrap();
+        let steps = dir.join("steps.sock");
         let config = dir.join("daemon.yaml");
         std::fs::write(
             &config,
             format!(
                 "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
                  jobs:\n  id_env: [{var}]\n  pipeline_env: [WDT_PXE_REPO]\n\
-                 pipelines:\n  - match: \"acme/pxe\"\n    policy: p.yaml\n"
+                 pipelines:\n  - match: \"acme/pxe\"\n    policy: p.yaml\n\
+                 steps:\n  allow: true\n  socket: {}\n",
+                steps.display()
             ),
         )
         .unwrap();
@@ -375,7 +380,8 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock"), var: var.to_string() };
+        let d =
+            Daemon { child: Some(child), stderr, socket: dir.join("run/watcher.sock"), steps, var: var.to_string() };
         assert!(wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")), "{}", d.log());
         d
     }
@@ -461,4 +467,60 @@ fn a_daemon_jobs_https_proxy_is_a_proxy_for_that_job() {
             assert_eq!(lab.attacker.connections(), before.0 + 1, "{ctx}");
         }
     }
+}
+
+/// A daemon-backed step (`watcher run` through the daemon's step socket): the client's own
+/// `https_proxy` is sent with its policy, so the daemon's kernel tables make that proxy
+/// reachable and judge each request through it by its target.
+#[test]
+fn a_daemon_backed_steps_https_proxy_is_a_proxy_for_that_step() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::new(4);
+    let (ap, gp) = (lab.attacker.addr().port(), lab.good.addr().port());
+    let url = lab.proxy_url();
+    let dir = TempDir::new("watcher-proxyenv-steps");
+    let d = Daemon::start(&dir, &lab.policy("audit"), "WDT_PXE_STEP_ID");
+    let policy = dir.join("step.yaml");
+    std::fs::write(&policy, lab.policy("enforce")).unwrap();
+    let step = |script: &str, log: &Path| {
+        let mut cmd = Command::new(watcher_bin());
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.args(["run", "--policy"])
+            .arg(&policy)
+            .arg("--log")
+            .arg(log)
+            .args(["--", "sh", "-c", script])
+            .env("WATCHER_SOCKET", &d.steps)
+            .env("https_proxy", &url)
+            .env_remove("CI")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let before = (lab.attacker.connections(), lab.good.connections(), lab.proxy.upstreams().len());
+    let log = dir.join("good.jsonl");
+    let out = step(&format!("curl -sS -m 3 https://good.test:{gp}/ >/dev/null 2>&1; true"), &log);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("the daemon's log: "), "a daemon-backed step: {err}\n{}", d.log());
+    let events = read_jsonl(&log);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{:#?}", egress_alerts(&events));
+    assert!(egress_alerts(&events).is_empty(), "{:#?}", egress_alerts(&events));
+    assert_eq!(proxy_sources(&events).len(), 1, "{:#}", events[0]);
+    assert_eq!(proxy_sources(&events)[0]["from"], "https_proxy");
+    assert_eq!(lab.good.connections(), before.1 + 1, "the allowed target got through the proxy");
+    let log = dir.join("evil.jsonl");
+    let out = step(&format!("curl -sS -m 3 https://evil.test:{ap}/ >/dev/null 2>&1; true"), &log);
+    let events = read_jsonl(&log);
+    let alerts = egress_alerts(&events);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(77), "{err}\n{alerts:#?}");
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["action"], "deny");
+    assert!(alerts[0]["message"].as_str().unwrap().contains(&format!("evil.test:{ap}")), "{alerts:#?}");
+    assert_eq!(lab.attacker.connections(), before.0, "the attacker heard nothing");
+    assert_eq!(lab.proxy.upstreams().len(), before.2 + 1, "only the allowed request reached the proxy");
 }
