@@ -69,6 +69,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
             .spawn(move || session::resolve_registries(p.as_ref()))
             .context("starting the registry resolution thread")?
     };
+    // The proxies of the step's environment and package managers (npm is asked again), alongside.
+    let proxies = {
+        let p = policy.clone();
+        std::thread::Builder::new()
+            .name("proxies".into())
+            .spawn(move || crate::proxies::for_step(p.as_ref()))
+            .context("starting the proxy discovery thread")?
+    };
     // Open the log first: a bad path is the user's error to hear about before anything runs.
     crate::outfile::distinct(
         &opts.policy.iter().map(|p| ("policy", p.as_path())).collect::<Vec<_>>(),
@@ -111,7 +119,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     }
     let registries = registries.join().map_err(|_| anyhow::anyhow!("the registry resolution thread panicked"))??;
     let mut prepared = session::finish_prepare(policy, registries)?;
-    crate::proxies::add_to(&mut prepared);
+    let proxies = proxies.join().map_err(|_| anyhow::anyhow!("the proxy discovery thread panicked"))?;
+    crate::proxies::set(&mut prepared, proxies);
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
     let resolvers = crate::probe::system_resolvers();
