@@ -98,6 +98,7 @@ fn generate(path: &Path, policy: &Path, n: u64, seed: u64) -> anyhow::Result<u64
             resolvers: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))],
             registries: Default::default(),
             registry_sources: Vec::new(),
+            proxy_sources: Vec::new(),
             policy: Some(PolicyInfo {
                 source: policy.display().to_string(),
                 pipeline: "bench".into(),

@@ -25,6 +25,7 @@ use simple_dns::rdata::{A, AAAA, RData};
 use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
 pub mod lab;
+pub mod proxy;
 pub mod schema;
 
 /// How often background threads look at their stop flag.

@@ -164,6 +164,9 @@ impl Engine {
                 if !hosts.is_empty() {
                     self.policy = self.policy.clone().with_registry_hosts(hosts);
                 }
+                if !s.proxy_sources.is_empty() {
+                    self.policy = self.policy.clone().with_proxies(&crate::proxies::addresses(&s.proxy_sources));
+                }
             }
             Event::Exec(x) => {
                 self.on_exec(x, &mut out);

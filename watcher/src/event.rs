@@ -145,6 +145,10 @@ pub struct Start {
     /// marks the files of the step's checkout (schema: [`crate::probe::RegistrySource`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registry_sources: Vec<crate::probe::RegistrySource>,
+    /// Forward proxies from the step's environment (`HTTPS_PROXY`, ...) and its package
+    /// managers' settings, judged as `egress.proxies` (schema: [`crate::proxies::ProxySource`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_sources: Vec<crate::proxies::ProxySource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInfo>,
     /// The effective policy itself (YAML, defaults written out, mode as applied): replay

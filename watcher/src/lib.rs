@@ -29,6 +29,7 @@ pub mod policy;
 pub mod probe;
 pub mod proctree;
 pub mod project;
+pub mod proxies;
 pub mod record;
 pub mod redact;
 pub mod replay;

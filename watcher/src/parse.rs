@@ -554,6 +554,7 @@ pub mod generate {
                         BTreeMap::new()
                     },
                     registry_sources: Vec::new(),
+                    proxy_sources: Vec::new(),
                     policy: self.opt(|g| PolicyInfo { source: g.word(), pipeline: "p".into(), mode: "audit".into() }),
                     policy_yaml: self.opt(|g| g.word()),
                     project: None,

@@ -157,6 +157,7 @@ mod tests {
             resolvers: vec![],
             registries: Default::default(),
             registry_sources: Vec::new(),
+            proxy_sources: Vec::new(),
             policy: None,
             policy_yaml: None,
             job: None,

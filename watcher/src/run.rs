@@ -74,6 +74,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
             .spawn(move || session::resolve_registries(p.as_ref()))
             .context("starting the registry resolution thread")?
     };
+    // The proxies of the step's environment and package managers (npm is asked again), alongside.
+    let proxies = {
+        let p = policy.clone();
+        std::thread::Builder::new()
+            .name("proxies".into())
+            .spawn(move || crate::proxies::for_step(p.as_ref()))
+            .context("starting the proxy discovery thread")?
+    };
     // Open the log first: a bad path is the user's error to hear about before anything runs.
     crate::outfile::distinct(
         &opts.policy.iter().map(|p| ("policy", p.as_path())).collect::<Vec<_>>(),
@@ -126,7 +134,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         );
     }
     let registries = registries.join().map_err(|_| anyhow::anyhow!("the registry resolution thread panicked"))??;
-    let prepared = session::finish_prepare(policy, registries)?;
+    let mut prepared = session::finish_prepare(policy, registries)?;
+    let proxies = proxies.join().map_err(|_| anyhow::anyhow!("the proxy discovery thread panicked"))?;
+    crate::proxies::set(&mut prepared, proxies);
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
     let resolvers = crate::probe::system_resolvers();
@@ -184,6 +194,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         resolvers: resolvers.clone(),
         registries: prepared.registries.clone(),
         registry_sources: prepared.registry_sources.clone(),
+        proxy_sources: prepared.proxy_sources.clone(),
         policy: policy_info.clone(),
         policy_yaml: prepared.policy.as_ref().map(|p| p.to_yaml()),
         job: None,

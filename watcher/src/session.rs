@@ -36,6 +36,9 @@ pub struct Prepared {
     pub registries: std::collections::BTreeMap<String, Vec<String>>,
     /// Where each registry host came from (the start record's `registry_sources`).
     pub registry_sources: Vec<crate::probe::RegistrySource>,
+    /// Proxies from the step's environment and package managers (`crate::proxies`), already
+    /// in `policy` (the start record's `proxy_sources`).
+    pub proxy_sources: Vec<crate::proxies::ProxySource>,
     pub secrets: SecretSet,
 }
 
@@ -82,7 +85,7 @@ pub fn finish_prepare(policy: Option<Policy>, registries: crate::probe::Registri
     let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
     let secrets = SecretSet::new(&patterns, env).context("compiling secret variable patterns")?;
     let crate::probe::Registries { hosts: registries, sources: registry_sources } = registries;
-    Ok(Prepared { policy, registries, registry_sources, secrets })
+    Ok(Prepared { policy, registries, registry_sources, proxy_sources: Vec::new(), secrets })
 }
 
 /// CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds: converts kernel timestamps to wall time.

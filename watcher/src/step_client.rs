@@ -79,7 +79,8 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
     // The caller's own view: its package managers' configuration, its resolvers.
     let registries = crate::session::resolve_registries(policy.as_ref())?;
-    let prepared = crate::session::finish_prepare(policy, registries)?;
+    let mut prepared = crate::session::finish_prepare(policy, registries)?;
+    crate::proxies::add_to(&mut prepared);
     let policy = prepared.policy.clone();
     let credentials = crate::credentials::for_run(prepared.policy.as_ref(), &prepared.registries, &prepared.secrets);
     let request = OpenStep {
@@ -91,6 +92,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
             yaml: p.to_yaml(),
             registries: prepared.registries.clone(),
             registry_sources: prepared.registry_sources.clone(),
+            proxy_sources: prepared.proxy_sources.clone(),
             credentials: credentials
                 .iter()
                 .map(|c| StepCredential {

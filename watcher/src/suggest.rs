@@ -360,6 +360,7 @@ mod tests {
             resolvers: vec![],
             registries: registries.iter().map(|(pm, h)| (pm.to_string(), vec![h.to_string()])).collect(),
             registry_sources: vec![],
+            proxy_sources: Vec::new(),
             policy: None,
             policy_yaml: None,
             project: None,

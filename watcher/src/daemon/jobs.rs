@@ -320,6 +320,7 @@ pub fn start_record(
         resolvers,
         registries: policy.map(|p| p.prepared.registries.clone()).unwrap_or_default(),
         registry_sources: policy.map(|p| p.prepared.registry_sources.clone()).unwrap_or_default(),
+        proxy_sources: policy.map(|p| p.prepared.proxy_sources.clone()).unwrap_or_default(),
         policy: policy.and_then(|p| p.prepared.policy.as_ref()).map(|p| crate::event::PolicyInfo {
             source: p.source.clone(),
             pipeline: p.pipeline.clone(),

@@ -171,7 +171,8 @@ impl Daemon {
     /// `start` record's command before anything is written).
     fn ensure_job(&mut self, identity: Identity, command: &[String], first: Option<u32>) -> anyhow::Result<String> {
         if !self.jobs.contains_key(&identity.id) {
-            let policy = self.policy_for(&identity.pipeline);
+            let policy =
+                crate::proxies::for_daemon_job(self.policy_for(&identity.pipeline), first, &self.resolvers, self.seed);
             let mut name = identity.file_stem();
             let mut n = 2;
             while self.used_names.contains(&name) || self.cfg.log_dir.join(format!("{name}.jsonl")).exists() {

@@ -154,6 +154,9 @@ pub struct StepPolicy {
     pub registries: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub registry_sources: Vec<crate::probe::RegistrySource>,
+    /// Proxies of the caller's environment and package managers (`crate::proxies`).
+    #[serde(default)]
+    pub proxy_sources: Vec<crate::proxies::ProxySource>,
     /// Which protected variables are a package manager's own credential for one of its
     /// registries (from the caller's npmrc files; `send` events carry it as `credential_of`).
     #[serde(default)]
@@ -499,12 +502,15 @@ impl Daemon {
                     policy: None,
                     registries: Default::default(),
                     registry_sources: Vec::new(),
+                    proxy_sources: Vec::new(),
                     secrets: crate::secrets::SecretSet::default(),
                 },
                 KernelTables { seed: self.seed, ..Default::default() },
             ),
             Some(p) => {
-                let pol = crate::policy::parse_str(&p.source, &p.yaml).map_err(|e| e.to_string())?;
+                let pol = crate::policy::parse_str(&p.source, &p.yaml)
+                    .map_err(|e| e.to_string())?
+                    .with_proxies(&crate::proxies::addresses(&p.proxy_sources));
                 let hosts: Vec<String> = p.registries.values().flatten().cloned().collect();
                 let tables = crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed)
                     .map_err(|e| format!("{}: {e}", p.source))?;
@@ -513,6 +519,7 @@ impl Daemon {
                         policy: Some(pol),
                         registries: p.registries.clone(),
                         registry_sources: p.registry_sources.clone(),
+                        proxy_sources: p.proxy_sources.clone(),
                         secrets: crate::secrets::SecretSet::default(),
                     },
                     tables,

@@ -134,9 +134,20 @@ pub fn compile(
         t.nets.push((map_key(net.network()), prefix, port_set(ports.as_deref())?));
     }
     for a in policy.proxies() {
-        let mut ps = PortSet { count: 1, ..Default::default() };
-        ps.ranges[0] = (a.port() as u32) << 16 | a.port() as u32;
-        t.proxies.push((map_key(a.ip()), 128, ps));
+        let (key, range) = (map_key(a.ip()), (a.port() as u32) << 16 | a.port() as u32);
+        // One kernel entry per address: proxies on several ports of one address share it.
+        match t.proxies.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, ps)) if (ps.count as usize) < MAX_PORT_RANGES => {
+                ps.ranges[ps.count as usize] = range;
+                ps.count += 1;
+            }
+            Some(_) => return Err(format!("more than {MAX_PORT_RANGES} forward proxies on {}", a.ip())),
+            None => {
+                let mut ps = PortSet { count: 1, ..Default::default() };
+                ps.ranges[0] = range;
+                t.proxies.push((key, 128, ps));
+            }
+        }
     }
     for r in &spec.dns.resolvers {
         match r {

@@ -192,6 +192,24 @@ impl Compiled {
             || self.hosts_with_ports.iter().any(|(glob, ports)| ports_allow(Some(ports), port) && glob.is_match(name))
     }
 
+    /// One more forward proxy (from the step's environment or a package manager's settings,
+    /// `crate::proxies`): reachable on its port and judged by each request's target, as if
+    /// `egress.proxies` named it. Adding one already there changes nothing.
+    pub(crate) fn add_proxy(&mut self, addr: std::net::SocketAddr) {
+        let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if self.proxies.contains(&addr) {
+            return;
+        }
+        self.proxies.push(addr);
+        let net = IpNet::from(addr.ip());
+        let range = PortRange { start: addr.port(), end: addr.port() };
+        // One kernel entry per network: a second port on an address joins the first entry.
+        match self.nets.iter_mut().find(|(n, p)| *n == net && p.is_some()) {
+            Some((_, Some(ports))) => ports.push(range),
+            _ => self.nets.push((net, Some(vec![range]))),
+        }
+    }
+
     pub(crate) fn is_proxy(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
         self.proxies.iter().any(|a| a.ip() == ip && a.port() == port)

@@ -118,6 +118,15 @@ impl Policy {
         self
     }
 
+    /// Adds forward proxies found outside the policy (the step's `HTTPS_PROXY` and the like,
+    /// the package managers' proxy settings: `crate::proxies`) as if `egress.proxies` named them.
+    pub fn with_proxies(mut self, addrs: &[std::net::SocketAddr]) -> Policy {
+        for a in addrs {
+            self.compiled.add_proxy(*a);
+        }
+        self
+    }
+
     /// May the step connect to host `name` on `port`? `egress.allow` host entries and registry
     /// hosts. Case-insensitive; one trailing dot is ignored.
     pub fn host_allowed(&self, name: &str, port: u16) -> bool {

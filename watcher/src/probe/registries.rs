@@ -23,6 +23,7 @@
 
 mod cargo;
 mod js;
+pub(crate) mod proxy_settings;
 mod python;
 
 use std::collections::{BTreeMap, HashSet};

@@ -87,7 +87,7 @@ pub(crate) fn ini_sections(text: &str) -> Vec<(String, String, String)> {
 }
 
 /// pip's configuration files in pip's order (later wins): global, user, site, PIP_CONFIG_FILE.
-fn pip_config_files(ctx: &Ctx) -> Vec<PathBuf> {
+pub(super) fn pip_config_files(ctx: &Ctx) -> Vec<PathBuf> {
     let env_file = ctx.var("PIP_CONFIG_FILE");
     if env_file.as_deref() == Some("/dev/null") {
         return Vec::new();
