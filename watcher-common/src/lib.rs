@@ -204,7 +204,10 @@ pub const CFG_OFF_TASK_TGID: u32 = 10;
 /// Offset of `thread_info.status` in `task_struct` (x86), from the kernel's BTF: the syscall
 /// dispatcher leaves 32-bit syscalls alone (0: unknown, every syscall is taken as native).
 pub const CFG_OFF_TASK_STATUS: u32 = 11;
-pub const CFG_LEN: u32 = 12;
+/// Non-zero: the file sensor is off (`SensorConfig::file_sensor`, for the bench's side-by-side
+/// comparison only; nothing a step can reach sets it).
+pub const CFG_FILES_OFF: u32 = 12;
+pub const CFG_LEN: u32 = 13;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;

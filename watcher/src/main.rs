@@ -359,6 +359,7 @@ fn main() {
                 report_format: report_format.map(Format::into_format),
                 // Under sudo: the invoking user, unless --user says otherwise.
                 user: user.or_else(watcher::run_user::sudo_caller),
+                file_sensor: true,
             })
         }
     };

@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub report_format: Option<report::Format>,
     /// `--user USER[:GROUP]`: run the command as this user (standalone only; see run_user).
     pub user: Option<String>,
+    /// The file sensor (always on, but for the bench's side-by-side comparison; no option of
+    /// `watcher run` turns it off).
+    pub file_sensor: bool,
 }
 
 /// Run the command; returns the exit code watcher should exit with.
@@ -101,7 +104,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     // The step's own cgroup only finds and kills what is left at the end: membership is the
     // kernel's, by process, from the step's first exec (the programs are attached at the root).
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
-    let mut sensor = Sensor::load(&SensorConfig::run(Instance::Run, opts.ringbuf_bytes), &root)?;
+    let sensor_cfg =
+        SensorConfig { file_sensor: opts.file_sensor, ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
+    let mut sensor = Sensor::load(&sensor_cfg, &root)?;
     for s in sensor.stale() {
         eprintln!(
             "watcher: warning: a previous watcher (pid {}) was killed while watching a step: its kernel programs \
@@ -128,11 +133,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     // The file sensor's table: credential stores under every home, the project's (the step's
     // directory) protected paths, the policy's `files:` additions and exceptions.
     let project = std::env::current_dir().ok();
-    let file_rules = crate::files::rules(
-        prepared.policy.as_ref().map(|p| &p.spec().files),
-        &crate::files::homes(),
-        project.as_deref(),
-    );
+    let file_rules =
+        crate::files::rules(prepared.policy.as_ref().map(|p| p.spec()), &crate::files::homes(), project.as_deref());
     sensor.apply_file_rules(0, &file_rules)?;
     // Every rule holds from the first event: the tables are complete before the step's
     // first process is put in the job.

@@ -239,7 +239,7 @@ impl Daemon {
         let job = self.jobs.get_mut(id).ok_or_else(|| anyhow!("no job {id} to attach kernel job {kid} to"))?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         self.sensor.apply_policy(kid, &tables)?;
-        let files = job.policy.as_ref().and_then(|p| p.prepared.policy.as_ref()).map(|p| &p.spec().files);
+        let files = job.policy.as_ref().and_then(|p| p.prepared.policy.as_ref()).map(|p| p.spec());
         self.sensor.apply_file_rules(kid, &crate::files::rules(files, &crate::files::homes(), None))?;
         job.kernel_ids.insert(kid);
         self.by_kernel.insert(kid, id.to_string());
@@ -744,6 +744,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
             log_no_job: cfg.no_job_log.is_some(),
             job_env: cfg.id_env.clone(),
             extra_env: cfg.pipeline_env.clone(),
+            file_sensor: true,
         },
         &root,
     )?;
