@@ -65,6 +65,7 @@ fn measure(policy: &std::path::Path, count: u64, pace_us: u64) -> anyhow::Result
             report_format: None,
             user: None,
             mode: None,
+            file_sensor: true,
         })
     })??;
     Ok(timings

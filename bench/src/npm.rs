@@ -46,7 +46,7 @@ impl Rng {
     }
 }
 
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -66,7 +66,7 @@ struct Pkg {
 }
 
 /// Generate and publish the graph; returns the root project's dependencies.
-fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Value> {
+pub(crate) fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Value> {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let pkgs: Vec<Pkg> = (0..n)
         .map(|i| Pkg {
@@ -164,7 +164,7 @@ fn publish_graph(http: &HttpServer, build: &Path, n: usize) -> anyhow::Result<Va
 }
 
 /// npm's environment for a run: HOME and config in `home`, the cache in `cache`.
-fn npm_env(cmd: &mut Command, home: &Path, cache: &Path) {
+pub(crate) fn npm_env(cmd: &mut Command, home: &Path, cache: &Path) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().to_ascii_uppercase().starts_with("NPM_") {
             cmd.env_remove(k);
@@ -179,11 +179,11 @@ fn npm_env(cmd: &mut Command, home: &Path, cache: &Path) {
         .env("npm_config_loglevel", "error");
 }
 
-fn npm_ci_args() -> Vec<OsString> {
+pub(crate) fn npm_ci_args() -> Vec<OsString> {
     ["npm", "ci"].map(OsString::from).to_vec()
 }
 
-fn clean(project: &Path, cache: &Path) -> anyhow::Result<()> {
+pub(crate) fn clean(project: &Path, cache: &Path) -> anyhow::Result<()> {
     for d in [project.join("node_modules"), cache.to_path_buf()] {
         if d.exists() {
             std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
