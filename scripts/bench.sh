@@ -13,5 +13,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --bins
 target/release/watcher-bench all "$@"
 echo
+echo "== the file sensor's cost (npm ci: bare, file sensor on, off)"
+target/release/watcher-bench npm-files
+echo
 echo "== replay (one core, no root needed)"
 target/release/watcher-bench replay

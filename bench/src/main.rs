@@ -3,6 +3,7 @@
 mod guard;
 mod latency;
 mod npm;
+mod npm_files;
 mod replay;
 mod steps;
 mod storm;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Overhead of `watcher run` on a real `npm ci` from a local registry, and the agent's peak memory.
     Npm(npm::Args),
+    /// The file sensor's cost: `npm ci` bare, watched with the file sensor and without it, side by side.
+    NpmFiles(npm_files::Args),
     /// Exec and connect storms: watched/bare ratio, events/s delivered, events lost.
     Storm(storm::Args),
     /// Kernel-to-alert latency (p50, p99) of the run loop.
@@ -45,6 +48,9 @@ enum Command {
         #[command(flatten)]
         guard: guard::Args,
     },
+    /// Internal: `watcher run` with the file sensor switchable (the npm-files comparison only).
+    #[command(name = "__agent", hide = true)]
+    Agent(npm_files::AgentArgs),
     /// Internal: the workload the storms and the latency benchmark run.
     #[command(name = "__storm", hide = true)]
     StormWorker(storm::WorkerArgs),
@@ -57,6 +63,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Npm(a) => npm::run(&a).map(|rows| util::print_table(&rows)),
+        Command::NpmFiles(a) => npm_files::run(&a).map(|rows| util::print_table(&rows)),
+        Command::Agent(a) => npm_files::agent(&a),
         Command::Storm(a) => storm::run(&a).map(|rows| util::print_table(&rows)),
         Command::Latency(a) => latency::run(&a).map(|rows| util::print_table(&rows)),
         Command::Steps(a) => steps::run(&a).map(|rows| util::print_table(&rows)),

@@ -179,7 +179,7 @@ pub(crate) fn npm_env(cmd: &mut Command, home: &Path, cache: &Path) {
         .env("npm_config_loglevel", "error");
 }
 
-fn npm_ci_args() -> Vec<OsString> {
+pub(crate) fn npm_ci_args() -> Vec<OsString> {
     ["npm", "ci"].map(OsString::from).to_vec()
 }
 

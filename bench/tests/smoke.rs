@@ -83,3 +83,16 @@ fn tiny_guard_run_prints_its_on_and_off_rows() {
         assert!(line.contains("0 / 0  0 / 0"), "{s}");
     }
 }
+
+/// The file sensor's side-by-side comparison: both watched sides run, and each log's start
+/// event says the sensor was on or off as asked (the bench fails otherwise).
+#[test]
+fn tiny_npm_files_run_prints_both_sides() {
+    if !root() {
+        return;
+    }
+    let s = bench(&["npm-files", "--packages", "20", "--runs", "1"]);
+    for metric in ["watched/bare, sensor on", "watched/bare, sensor off", "on minus off", "file records per run"] {
+        assert!(s.contains(metric), "no {metric:?} in:\n{s}");
+    }
+}

@@ -732,6 +732,30 @@ impl Lab {
         format!("http://{}:{VERDACCIO_PORT}/", registry_name(host, "npm"))
     }
 
+    /// The publishing user's token on `host`'s verdaccio: a lab token, valid only on that lab
+    /// registry (the worm scenario plants it in a victim's `~/.npmrc`).
+    pub fn npm_token(&self, host: Host) -> Option<&str> {
+        self.npm_token.get(&host).map(String::as_str)
+    }
+
+    /// The versions of `name` that `host`'s verdaccio has (asked from the build host, not
+    /// watched); empty when it has none (404).
+    pub fn npm_versions(&self, host: Host, name: &str) -> anyhow::Result<Vec<String>> {
+        let url = format!("{}{name}", self.npm_url(host));
+        let out = self.build_cmd("curl").args(["-sS", "-m", "20", "-w", "\n%{http_code}"]).arg(&url).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        match code.trim() {
+            "404" => Ok(Vec::new()),
+            "200" => {
+                let v: serde_json::Value =
+                    serde_json::from_str(body).with_context(|| format!("{url} answered {body:?}"))?;
+                Ok(v["versions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default())
+            }
+            c => bail!("{url} answered {c}: {body} {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+
     /// The simple-index URL of `host`'s pypiserver (`http://pypi.public.lab.test:8080/simple/`).
     pub fn pip_url(&self, host: Host) -> String {
         format!("http://{}:{PYPISERVER_PORT}/simple/", registry_name(host, "pypi"))

@@ -55,11 +55,12 @@ fn row<'a>(stdout: &'a str, check: &str) -> Vec<&'a str> {
     line[check.len()..].split_whitespace().collect()
 }
 
-const CHECKS: [(&str, &str); 4] = [
+const CHECKS: [(&str, &str); 5] = [
     ("canary DNS lookup", "dns-denied"),
     ("connect to canary address", "egress-denied"),
     ("shell from install script", "shell-from-install-script"),
     ("secret in DNS name", "secret-exfil"),
+    ("other process's environment", "credential-access"),
 ];
 
 fn assert_all_detected(d: &Drill, blocked: &str) {
@@ -126,7 +127,7 @@ fn drill_fails_and_names_the_misses_under_a_permissive_policy() {
         &p,
         "version: 1\npipeline: permissive\nmode: enforce\negress:\n  allow:\n    - cidr: 192.0.2.0/24\n\
          dns:\n  resolvers: [system]\n  allow: [\"*.watcher.test\"]\n\
-         exec:\n  install_scripts:\n    shells: allow\nsecrets:\n  env: []\n",
+         exec:\n  install_scripts:\n    shells: allow\nsecrets:\n  env: []\nfiles:\n  allow: [\"/proc/\"]\n",
     )
     .unwrap();
     for mode in ["audit", "enforce"] {
@@ -136,7 +137,7 @@ fn drill_fails_and_names_the_misses_under_a_permissive_policy() {
             let r = row(&d.stdout, check);
             assert_eq!(r[..2], ["NO", rule], "{mode} {check}:\n{}", d.stdout);
         }
-        assert!(d.stdout.contains("FAIL: 4 of 4 checks missed"), "{}", d.stdout);
+        assert!(d.stdout.contains("FAIL: 5 of 5 checks missed"), "{}", d.stdout);
     }
 }
 

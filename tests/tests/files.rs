@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use watcher_tests::{read_jsonl, root_or_skip, watcher_bin};
+use watcher_tests::{netprobe_bin, read_jsonl, root_or_skip, watcher_bin};
 
 const PKG: &str = "npm:evil-pkg@6.6.6 (postinstall)";
 /// Exit code of `watcher run` in enforce mode when the policy was violated.
@@ -430,4 +430,99 @@ fn a_package_manager_configuration_without_a_credential_is_read_freely() {
     assert_eq!(s.code, Some(77), "{}", s.err);
     assert!(!s.out.contains("npm_literal"), "{}", s.out);
     alert_for(&s, "credential-access", ".npmrc");
+}
+
+/// Per-package lists (`packages[].files`): a path one package may read is read by it freely,
+/// and is still flagged for every other package (reported, not killed: the kernel cannot tell
+/// packages apart at open entry; enforce mode fails the step); a path added for one package
+/// is judged for that package alone.
+#[test]
+fn per_package_lists_narrow_and_extend_for_one_package() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new("pkg");
+    let hosts = env.home().join(".config/gh/hosts.yml");
+    let other = env.home().join(".config/gh/config.yml");
+    let key = env.home().join(".acme/key");
+    env.write(&hosts, "hosts-marker\n");
+    env.write(&other, "other-marker\n");
+    env.write(&key, "key-marker\n");
+    let files = "  allow: []\npackages:\n  - name: gh-helper\n    files:\n      allow: [\"~/.config/gh/hosts.yml\"]\n\
+                 \x20 - name: evil-pkg\n    files:\n      credentials: [\"~/.acme/key\"]\n";
+    let as_pkg = |name: &str, inner: &str| {
+        format!(
+            "env npm_lifecycle_event=postinstall npm_package_name={name} npm_package_version=1.0.0 sh -c '{}'; ",
+            inner.replace('\'', "'\\''")
+        )
+    };
+    let script = format!(
+        "{}{}{}echo finished",
+        as_pkg("gh-helper", &format!("cat {} {}; echo gh-read:", hosts.display(), key.display())),
+        as_pkg("evil-pkg", &format!("cat {}; cat {}", hosts.display(), key.display())),
+        as_pkg("gh-helper", &format!("cat {}", other.display())),
+    );
+    for mode in ["audit", "enforce"] {
+        let s = run(&env, mode, files, &script, false);
+        let cred = alerts(&s.events, "credential-access");
+        let of = |pkg: &str, path: &Path| {
+            cred.iter()
+                .find(|a| {
+                    a["package"] == format!("npm:{pkg}@1.0.0 (postinstall)")
+                        && a["message"].as_str().unwrap().contains(&path.display().to_string())
+                })
+                .copied()
+        };
+        // gh-helper: hosts.yml is its own to read; the key is evil-pkg's addition only.
+        assert!(of("gh-helper", &hosts).is_none(), "{mode}: {cred:#?}");
+        assert!(of("gh-helper", &key).is_none(), "{mode}: {cred:#?}");
+        assert!(s.out.contains("hosts-marker") && s.out.contains("gh-read:"), "{mode}: {}\n{}", s.out, s.err);
+        // evil-pkg: hosts.yml is flagged (not killed: the kernel does not kill a path some
+        // package may read), the key (its addition) too.
+        let a = of("evil-pkg", &hosts).unwrap_or_else(|| panic!("{mode}: {cred:#?}\n{}", s.err));
+        assert_eq!(a["action"], "flag", "{mode}");
+        let k = of("evil-pkg", &key).unwrap_or_else(|| panic!("{mode}: {cred:#?}"));
+        assert_eq!(k["action"], "flag", "{mode}");
+        // The rest of gh's directory stays a killed credential store for gh-helper too.
+        let o = of("gh-helper", &other).unwrap_or_else(|| panic!("{mode}: {cred:#?}"));
+        assert_eq!(o["action"], if mode == "enforce" { "kill" } else { "flag" }, "{mode}");
+        assert_eq!(s.out.contains("other-marker"), mode == "audit", "{mode}: {}", s.out);
+        assert_eq!(cred.len(), 3, "{mode}: {cred:#?}");
+        assert_eq!(s.code, Some(if mode == "audit" { 0 } else { VIOLATION }), "{mode}: {}", s.err);
+        assert!(s.out.contains("finished"), "{mode}: {}", s.err);
+    }
+}
+
+/// io_uring (README, "File sensor", not covered on this kernel): an install script that opens
+/// and reads a credential store through io_uring makes no open(2) call, so the kernel neither
+/// reports nor kills it, while the same script's plain open of it is killed in enforce mode.
+/// This pins what README says; when it fails, io_uring opens are seen: update README.
+#[test]
+fn io_uring_opens_are_not_seen_as_readme_says() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new("uring");
+    let npmrc = env.home().join(".npmrc");
+    env.write(&npmrc, "_authToken=uring-marker\n");
+    let script = format!(
+        "{} uring-read '{}'; cat '{}'; echo finished",
+        netprobe_bin().display(),
+        npmrc.display(),
+        npmrc.display()
+    );
+    let s = run(&env, "enforce", "", &script, true);
+    assert!(
+        s.out.contains(&format!("uring-read {}: _authToken=uring-marker", npmrc.display())),
+        "{}\n{}",
+        s.out,
+        s.err
+    );
+    assert_eq!(s.out.matches("uring-marker").count(), 1, "cat was not killed: {}", s.out);
+    let files: Vec<&Value> = s.events.iter().filter(|e| e["kind"] == "file").collect();
+    assert_eq!(files.len(), 1, "only the plain open is seen: {files:#?}");
+    assert_eq!(files[0]["killed"], true);
+    let a = alert_for(&s, "credential-access", &npmrc.display().to_string());
+    assert_eq!(a["action"], "kill");
+    assert!(s.out.contains("finished"), "{}", s.err);
 }

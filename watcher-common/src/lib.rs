@@ -208,7 +208,10 @@ pub const CFG_OFF_TASK_STATUS: u32 = 11;
 /// from argv, never from the step's environment): TCP streams are neither judged by their first
 /// segment nor captured for secret search. Measures what stream scanning costs.
 pub const CFG_BENCH_NO_STREAMS: u32 = 12;
-pub const CFG_LEN: u32 = 13;
+/// Non-zero: the file sensor is off (`SensorConfig::file_sensor`, for the bench's side-by-side
+/// comparison only; nothing a step can reach sets it).
+pub const CFG_FILES_OFF: u32 = 13;
+pub const CFG_LEN: u32 = 14;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;

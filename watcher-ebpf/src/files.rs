@@ -26,14 +26,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use watcher_common::{
-    CNT_RINGBUF_FULL_GUARD, FILE_CRED, FILE_KEY_LEN, FILE_KEY_PATH, FILE_KILL, FILE_OPEN, FILE_PATH_LEN, FILE_PROC,
-    FILE_PROC_ENVIRON, FILE_PROC_MEM, FILE_TAMPER, FILE_VM_READV, FILE_WRITE, FileRecord, GUARD_KILLED, JOB_ENFORCE,
-    KIND_FILE, MAX_FILE_RULES, PROC_INSTALL, ProcInfo,
+    CFG_FILES_OFF, CNT_RINGBUF_FULL_GUARD, FILE_CRED, FILE_KEY_LEN, FILE_KEY_PATH, FILE_KILL, FILE_OPEN, FILE_PATH_LEN,
+    FILE_PROC, FILE_PROC_ENVIRON, FILE_PROC_MEM, FILE_TAMPER, FILE_VM_READV, FILE_WRITE, FileRecord, GUARD_KILLED,
+    JOB_ENFORCE, KIND_FILE, MAX_FILE_RULES, PROC_INSTALL, ProcInfo,
 };
 
 use crate::{
     common::{count, current_tgid, fill_header, job_flags, kill_current, watched_current},
-    maps::{EVENTS, WATCHED},
+    maps::{CONFIG, EVENTS, WATCHED},
 };
 
 /// (job, path prefix) -> FILE_* flags. Filled by userspace (sensor::files).
@@ -53,6 +53,9 @@ const WRITE_FLAGS: u32 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND;
 
 #[inline(always)]
 fn in_script() -> Option<ProcInfo> {
+    if CONFIG.get(CFG_FILES_OFF).copied().unwrap_or(0) != 0 {
+        return None;
+    }
     let info = watched_current()?;
     (info.flags & PROC_INSTALL != 0).then_some(info)
 }

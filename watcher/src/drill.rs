@@ -1,11 +1,13 @@
 //! `watcher drill`: a fire drill for a real runner. It runs a benign "malicious" install step
 //! under a policy with the real sensors and the `watcher run` loop, and checks that each of its
-//! four misdeeds was detected (and blocked in enforce mode):
+//! five misdeeds was detected (and blocked in enforce mode):
 //!
 //! 1. a DNS lookup of a canary name,
 //! 2. a TCP connect to a canary address (TEST-NET-1, 192.0.2.0/24),
 //! 3. a shell spawned from the install script, reading its commands from a pipe (`... | sh`),
-//! 4. a fake `AWS_SECRET_ACCESS_KEY` (generated per run) encoded in a DNS name.
+//! 4. a fake `AWS_SECRET_ACCESS_KEY` (generated per run) encoded in a DNS name,
+//! 5. a read of another process's environment (`/proc/PID/environ` of the drill itself, which
+//!    holds the fake secret: the shape of a worm reading the CI runner's secrets).
 //!
 //! Nothing leaves the machine: the step runs in a private network namespace the drill creates,
 //! whose only interface is its own loopback, carrying the system resolver's address (with a
@@ -33,7 +35,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    engine::{RULE_DNS_NAME, RULE_DNS_RESOLVER, RULE_EGRESS, RULE_SECRET, RULE_SHELL},
+    engine::{RULE_CREDENTIAL, RULE_DNS_NAME, RULE_DNS_RESOLVER, RULE_EGRESS, RULE_SECRET, RULE_SHELL},
     policy::Mode,
     run::{AlertTiming, RunOptions},
 };
@@ -371,6 +373,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
          {w} __drill-probe connect {CANARY_IP}:{CANARY_PORT}\n\
          echo 'echo watcher drill: a shell from an install script, fed by a pipe' | sh || true\n\
          {w} __drill-probe dns {resolver} {secret_name}\n\
+         cat /proc/{pid}/environ >/dev/null 2>&1 || true\n\
          exit 0\n"
     );
     let command = vec![
@@ -396,6 +399,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         user: None,
         mode: opts.mode,
         bench_disable: Default::default(),
+        file_sensor: true,
     });
     drop(responder);
     drop(netns);
@@ -416,6 +420,11 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         },
         Check { name: "shell from install script", rule: RULE_SHELL, alert: find(RULE_SHELL, "") },
         Check { name: "secret in DNS name", rule: RULE_SECRET, alert: find(RULE_SECRET, SECRET_VAR) },
+        Check {
+            name: "other process's environment",
+            rule: RULE_CREDENTIAL,
+            alert: find(RULE_CREDENTIAL, &format!("environment of process {pid},")),
+        },
     ];
     let enforce = mode == Mode::Enforce;
     print!("{}", render(&checks, enforce));

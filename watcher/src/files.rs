@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use watcher_common::{FILE_CRED, FILE_KEY_PATH, FILE_KILL, FILE_PROC, FILE_TAMPER};
 
+use crate::event::FileClass;
+use crate::policy::PolicySpec;
 use crate::policy::files::{Base, FilePattern, FilesSpec};
 
 /// Credential stores under each home directory (a trailing `/`: the whole directory).
@@ -215,10 +217,68 @@ fn expand(p: &FilePattern, homes: &[PathBuf], project: Option<&Path>) -> Vec<Str
     }
 }
 
+/// Per-package `allow`: the entries at or under `path` lose FILE_KILL (the kernel cannot tell
+/// packages apart at open entry, so it reports these opens and the engine judges them by
+/// package); a path inside a directory entry gets an entry of its own, with the directory's
+/// flags less FILE_KILL. Exceptions (flags 0) stay exceptions.
+fn unkill(out: &mut Vec<FileRule>, path: &str, dir: bool) {
+    let mut p = path.as_bytes().to_vec();
+    if dir {
+        if !p.ends_with(b"/") {
+            p.push(b'/');
+        }
+    } else {
+        p.push(0);
+    }
+    if p.len() > FILE_KEY_PATH {
+        return;
+    }
+    for r in out.iter_mut() {
+        if if dir { r.prefix.starts_with(&p) } else { r.prefix == p } {
+            r.flags &= !FILE_KILL;
+        }
+    }
+    if !out.iter().any(|r| r.prefix == p) {
+        let parent = out
+            .iter()
+            .filter(|r| r.prefix.ends_with(b"/") && p.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+            .map(|r| r.flags);
+        if let Some(flags) = parent.filter(|f| *f != 0 && *f & FILE_PROC == 0) {
+            out.push(FileRule { prefix: p, flags: flags & !FILE_KILL });
+        }
+    }
+}
+
 /// The kernel table for one job: defaults, then the policy's additions, then its exceptions
 /// (an exception is an entry with flags 0: longest match wins, so it works inside a default
-/// directory too). `project`: the directory the step runs in (None in daemon mode).
-pub fn rules(spec: Option<&FilesSpec>, homes: &[PathBuf], project: Option<&Path>) -> Vec<FileRule> {
+/// directory too), then the per-package lists (`packages[].files`: additions reported
+/// without a kill, `allow` paths reported without a kill; the engine judges both by package).
+/// `project`: the directory the step runs in (None in daemon mode).
+pub fn rules(policy: Option<&PolicySpec>, homes: &[PathBuf], project: Option<&Path>) -> Vec<FileRule> {
+    let mut out = job_rules(policy.map(|p| &p.files), homes, project);
+    let Some(policy) = policy else { return out };
+    let lists: Vec<&FilesSpec> = policy.packages.iter().filter_map(|r| r.files.as_ref()).collect();
+    for f in &lists {
+        for (list, flags) in [(&f.credentials, FILE_CRED), (&f.protect, FILE_TAMPER)] {
+            for p in list {
+                for path in expand(p, homes, project) {
+                    push(&mut out, &path, p.is_dir(), flags);
+                }
+            }
+        }
+    }
+    for f in &lists {
+        for p in &f.allow {
+            for path in expand(p, homes, project) {
+                unkill(&mut out, &path, p.is_dir());
+            }
+        }
+    }
+    out
+}
+
+fn job_rules(spec: Option<&FilesSpec>, homes: &[PathBuf], project: Option<&Path>) -> Vec<FileRule> {
     let mut out = Vec::new();
     push(&mut out, "/proc", true, FILE_PROC);
     for h in homes {
@@ -275,15 +335,77 @@ pub fn rules(spec: Option<&FilesSpec>, homes: &[PathBuf], project: Option<&Path>
 /// narrower policy drops the alert). Homes and the project are not in the log: `~/x` and
 /// `./x` match `x` under any directory.
 pub fn allowed(spec: &FilesSpec, path: &str) -> bool {
-    spec.allow.iter().any(|p| {
-        let tail = format!("/{}", p.rel);
-        match (p.base, p.is_dir()) {
-            (Base::Root, true) => path.starts_with(&tail),
-            (Base::Root, false) => path == tail,
-            (_, true) => path.contains(&tail),
-            (_, false) => path.ends_with(&tail),
+    spec.allow.iter().any(|p| matches(p, path))
+}
+
+/// Whether `path` is under pattern `p`, as the engine sees it: `~/x` and `./x` match `x`
+/// under any directory (homes and the project are not in the log).
+fn matches(p: &FilePattern, path: &str) -> bool {
+    let tail = format!("/{}", p.rel);
+    match (p.base, p.is_dir()) {
+        (Base::Root, true) => path.starts_with(&tail),
+        (Base::Root, false) => path == tail,
+        (_, true) => path.contains(&tail),
+        (_, false) => path.ends_with(&tail),
+    }
+}
+
+/// The `files:` of the first `packages[]` entry naming this package (of this package manager)
+/// with `files`.
+pub fn package_spec<'a>(policy: &'a PolicySpec, manager: &str, package: &str) -> Option<&'a FilesSpec> {
+    policy
+        .packages
+        .iter()
+        .filter(|r| r.manager.is_none_or(|m| m.as_str() == manager))
+        .filter(|r| r.name.matches(package))
+        .find_map(|r| r.files.as_ref())
+}
+
+/// Whether the shipped lists or the policy's job-wide `files:` hold `path` (tail matching, as
+/// [`allowed`]).
+fn job_wide(policy: &PolicySpec, class: FileClass, path: &str) -> bool {
+    let pattern = |s: String| FilePattern::parse(&s).ok();
+    let (home, project, system, added): (Vec<&str>, Vec<&str>, &[&str], &[FilePattern]) = match class {
+        FileClass::Credential => (
+            HOME_CREDENTIALS.iter().chain(HOME_TOOL_CONFIGS).copied().collect(),
+            Vec::new(),
+            SYSTEM_CREDENTIALS,
+            &policy.files.credentials,
+        ),
+        FileClass::Tamper => (
+            HOME_PROTECTED.iter().map(|(c, _)| *c).collect(),
+            PROJECT_PROTECTED.iter().map(|(c, _)| *c).collect(),
+            SYSTEM_PROTECTED,
+            &policy.files.protect,
+        ),
+    };
+    home.iter()
+        .filter_map(|c| pattern(format!("~/{c}")))
+        .chain(project.iter().filter_map(|c| pattern(format!("./{c}"))))
+        .chain(system.iter().filter_map(|c| pattern(c.to_string())))
+        .any(|p| matches(&p, path))
+        || added.iter().any(|p| matches(p, path))
+}
+
+/// The engine's per-package verdict on an open the kernel reported (after the job-wide
+/// `files.allow`): false when the package's own `allow` holds the path, or when the path is
+/// judged only because another package's `packages[].files` added it.
+pub fn judged_for(policy: &PolicySpec, package: Option<(&str, &str)>, class: FileClass, path: &str) -> bool {
+    let own = package.and_then(|(m, p)| package_spec(policy, m, p));
+    if own.is_some_and(|f| allowed(f, path)) {
+        return false;
+    }
+    let list = |f: &'_ FilesSpec| -> Vec<FilePattern> {
+        match class {
+            FileClass::Credential => f.credentials.clone(),
+            FileClass::Tamper => f.protect.clone(),
         }
-    })
+    };
+    let in_list = |f: &FilesSpec| list(f).iter().any(|p| matches(p, path));
+    if !policy.packages.iter().filter_map(|r| r.files.as_ref()).any(in_list) {
+        return true;
+    }
+    own.is_some_and(in_list) || job_wide(policy, class, path)
 }
 
 /// Whether argv is a publish to a package registry (`npm publish`, `twine upload`, ...).
@@ -311,9 +433,13 @@ pub fn is_publish(argv: &[String], filename: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn spec(y: &str) -> FilesSpec {
-        let p = crate::policy::parse_str("p.yml", &format!("version: 1\npipeline: t\nfiles:\n{y}")).unwrap();
-        p.spec().files.clone()
+    fn policy(y: &str) -> PolicySpec {
+        let p = crate::policy::parse_str("p.yml", &format!("version: 1\npipeline: t\n{y}")).unwrap();
+        p.spec().clone()
+    }
+
+    fn spec(y: &str) -> PolicySpec {
+        policy(&format!("files:\n{y}"))
     }
 
     #[test]
@@ -371,9 +497,56 @@ mod tests {
         assert_eq!(find(b"/p/deploy/"), Some(FILE_TAMPER | FILE_KILL));
         assert_eq!(find(b"/h/.ssh/known_hosts\0"), Some(0));
         assert_eq!(find(b"/h/.npmrc\0"), Some(0));
-        assert!(allowed(&s, "/h/.npmrc"));
-        assert!(!allowed(&s, "/h/.npmrc.bak"));
-        assert!(!allowed(&s, "/h/.ssh/id_rsa"));
+        assert!(allowed(&s.files, "/h/.npmrc"));
+        assert!(!allowed(&s.files, "/h/.npmrc.bak"));
+        assert!(!allowed(&s.files, "/h/.ssh/id_rsa"));
+    }
+
+    #[test]
+    fn per_package_lists_are_reported_without_a_kill_and_judged_by_package() {
+        let p = policy(
+            "packages:\n  - name: gh-helper\n    files:\n      allow: [\"~/.config/gh/hosts.yml\", \"~/.aws/\"]\n\
+             \x20 - name: \"@acme/*\"\n    manager: npm\n    files:\n      credentials: [\"~/.acme/key\"]\n      protect: [\"./dist/\"]\n",
+        );
+        let homes = vec![PathBuf::from("/h")];
+        let r = rules(Some(&p), &homes, Some(Path::new("/p")));
+        let find = |x: &[u8]| r.iter().find(|e| e.prefix == x).map(|e| e.flags);
+        // Allowed for one package: still reported (others are judged), never killed in the kernel.
+        assert_eq!(find(b"/h/.config/gh/hosts.yml\0"), Some(FILE_CRED));
+        assert_eq!(find(b"/h/.config/gh/"), Some(FILE_CRED | FILE_KILL));
+        assert_eq!(find(b"/h/.aws/"), Some(FILE_CRED));
+        // Added for one package: reported, not killed.
+        assert_eq!(find(b"/h/.acme/key\0"), Some(FILE_CRED));
+        assert_eq!(find(b"/p/dist/"), Some(FILE_TAMPER));
+        // The engine's side.
+        let cred = FileClass::Credential;
+        let gh = Some(("npm", "gh-helper"));
+        let acme = Some(("npm", "@acme/cli"));
+        assert!(!judged_for(&p, gh, cred, "/h/.config/gh/hosts.yml"));
+        assert!(judged_for(&p, acme, cred, "/h/.config/gh/hosts.yml"));
+        assert!(judged_for(&p, gh, cred, "/h/.config/gh/other"));
+        assert!(!judged_for(&p, gh, cred, "/h/.aws/credentials"));
+        assert!(judged_for(&p, acme, cred, "/h/.acme/key"));
+        assert!(!judged_for(&p, gh, cred, "/h/.acme/key"));
+        assert!(!judged_for(&p, Some(("pip", "@acme/cli")), cred, "/h/.acme/key"), "manager: npm only");
+        assert!(judged_for(&p, acme, FileClass::Tamper, "/p/dist/x.js"));
+        assert!(!judged_for(&p, gh, FileClass::Tamper, "/p/dist/x.js"));
+        assert!(judged_for(&p, gh, FileClass::Tamper, "/p/.github/workflows/x.yml"));
+        assert!(judged_for(&p, None, cred, "/h/.ssh/id_rsa"));
+        // A package's addition that is also a shipped store is judged for everyone.
+        let q = policy("packages:\n  - name: a\n    files:\n      credentials: [\"~/.ssh/\"]\n");
+        assert!(judged_for(&q, Some(("npm", "b")), cred, "/h/.ssh/id_rsa"));
+        assert_eq!(
+            rules(Some(&q), &homes, None).iter().find(|e| e.prefix == b"/h/.ssh/").map(|e| e.flags),
+            Some(FILE_CRED | FILE_KILL)
+        );
+        // Bad paths in a package's list are refused like the job-wide ones.
+        let e = crate::policy::parse_str(
+            "p.yml",
+            "version: 1\npipeline: t\npackages:\n  - name: a\n    files:\n      allow: [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("start it with"), "{e}");
     }
 
     #[test]

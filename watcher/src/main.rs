@@ -385,6 +385,7 @@ fn main() {
                     backstop: bench_disable.contains(&BenchOff::Backstop),
                     streams: bench_disable.contains(&BenchOff::Streams),
                 },
+                file_sensor: true,
             })
         }
     };

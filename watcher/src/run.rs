@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// What the benchmark turns off (hidden `--bench-disable`; standalone only).
     pub bench_disable: crate::sensor::BenchDisable,
+    /// The file sensor (always on, but for the bench's side-by-side comparison; no option of
+    /// `watcher run` turns it off).
+    pub file_sensor: bool,
 }
 
 /// Run the command; returns the exit code watcher should exit with.
@@ -124,7 +127,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         eprintln!("watcher: warning: --bench-disable: {off} off (a benchmark's setting, never for a real build)");
     }
     let sensor_cfg =
-        SensorConfig { bench_disable: opts.bench_disable, ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
+        SensorConfig {
+        bench_disable: opts.bench_disable,
+        file_sensor: opts.file_sensor,
+        ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
     let mut sensor = Sensor::load(&sensor_cfg, &root)?;
     for s in sensor.stale() {
         eprintln!(
@@ -154,11 +160,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     // The file sensor's table: credential stores under every home, the project's (the step's
     // directory) protected paths, the policy's `files:` additions and exceptions.
     let project = std::env::current_dir().ok();
-    let file_rules = crate::files::rules(
-        prepared.policy.as_ref().map(|p| &p.spec().files),
-        &crate::files::homes(),
-        project.as_deref(),
-    );
+    let file_rules =
+        crate::files::rules(prepared.policy.as_ref().map(|p| p.spec()), &crate::files::homes(), project.as_deref());
     sensor.apply_file_rules(0, &file_rules)?;
     // Every rule holds from the first event: the tables are complete before the step's
     // first process is put in the job.

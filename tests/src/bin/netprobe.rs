@@ -7,6 +7,9 @@
 //!   tcp ADDR:PORT                 TCP connect, send "hello\n", close
 //!   uring-tcp ADDR:PORT           like tcp, but the connect is submitted through io_uring
 //!                                 (IORING_OP_CONNECT); the send is a plain write(2)
+//!   uring-read PATH               open PATH and read it through io_uring (IORING_OP_OPENAT,
+//!                                 IORING_OP_READ: no open(2)/read(2) call); prints
+//!                                 `uring-read PATH: TEXT` (its first 4 KiB, trailing space cut)
 //!   udp-connect ADDR:PORT         UDP connect() + send("ping")
 //!   udp-sendto ADDR:PORT          unconnected UDP sendto("ping")
 //!   dns-sendto SERVER NAME TYPE   DNS query via sendto/recvfrom
@@ -80,6 +83,7 @@ fn err_text(e: &io::Error) -> String {
 enum Action {
     Tcp(SocketAddr),
     UringTcp(SocketAddr),
+    UringRead(String),
     UdpConnect(SocketAddr),
     UdpSendto(SocketAddr),
     /// (mode, server, names, type)
@@ -105,6 +109,7 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
         let a = match action.as_str() {
             "tcp" => Action::Tcp(parse_sockaddr(&param("ADDR:PORT"))),
             "uring-tcp" => Action::UringTcp(parse_sockaddr(&param("ADDR:PORT"))),
+            "uring-read" => Action::UringRead(param("PATH")),
             "udp-connect" => Action::UdpConnect(parse_sockaddr(&param("ADDR:PORT"))),
             "udp-sendto" => Action::UdpSendto(parse_sockaddr(&param("ADDR:PORT"))),
             "dns-sendto" | "dns-sendmsg" | "dns-sendmmsg" | "dns-connected" | "dns-tcp" => {
@@ -163,6 +168,7 @@ fn main() {
         match action {
             Action::Tcp(a) => tcp(a),
             Action::UringTcp(a) => uring_tcp(a),
+            Action::UringRead(p) => uring_read(&p),
             Action::UdpConnect(a) => udp_connect(a),
             Action::UdpSendto(a) => udp_sendto(a),
             Action::Dns(mode, server, names, qtype) => match mode.as_str() {
@@ -318,6 +324,55 @@ fn uring_connect(addr: &SocketAddr) -> io::Result<TcpStream> {
             Some(r) => return Err(io::Error::from_raw_os_error(-r)),
         }
     }
+}
+
+/// Submits one entry and waits for its completion's result (a negative errno on failure).
+fn uring_one(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -> i32 {
+    // SAFETY: the callers keep what the entry points to alive until this returns, and this
+    // returns only after its completion.
+    unsafe { ring.submission().push(entry).unwrap_or_else(|_| fail("io_uring: submission queue full")) };
+    let mut submitted = false;
+    loop {
+        let r = if submitted { ring.submitter().submit_and_wait(1) } else { ring.submit_and_wait(1) };
+        match r {
+            Ok(_) => submitted = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                submitted = ring.submission().is_empty();
+                continue;
+            }
+            Err(e) => fail(format!("io_uring_enter: {}", err_text(&e))),
+        }
+        if let Some(c) = ring.completion().next() {
+            return c.result();
+        }
+    }
+}
+
+/// Opens and reads PATH through io_uring only, prints what it read.
+fn uring_read(path: &str) {
+    use io_uring::{IoUring, opcode, types};
+    let mut ring: IoUring =
+        IoUring::new(4).unwrap_or_else(|e| fail(format!("cannot set up io_uring: {}", err_text(&e))));
+    let c = CString::new(path).unwrap_or_else(|_| fail("uring-read: PATH contains a NUL byte"));
+    let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c.as_ptr())
+        .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+        .build()
+        .user_data(1);
+    let fd = uring_one(&mut ring, &open);
+    if fd < 0 {
+        warn(format_args!("open {path}: {}", err_text(&io::Error::from_raw_os_error(-fd))));
+        return;
+    }
+    // SAFETY: the fd the open completion returned, owned from here on.
+    let file = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = vec![0u8; 4096];
+    let read = opcode::Read::new(types::Fd(file.as_raw_fd()), buf.as_mut_ptr(), buf.len() as u32).build().user_data(2);
+    let n = uring_one(&mut ring, &read);
+    if n < 0 {
+        warn(format_args!("read {path}: {}", err_text(&io::Error::from_raw_os_error(-n))));
+        return;
+    }
+    println!("uring-read {path}: {}", String::from_utf8_lossy(&buf[..n as usize]).trim_end());
 }
 
 /// Sends "hello\n" on a connected stream, or reports the failed connect.

@@ -240,7 +240,7 @@ impl Daemon {
         let job = self.jobs.get_mut(id).ok_or_else(|| anyhow!("no job {id} to attach kernel job {kid} to"))?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         self.sensor.apply_policy(kid, &tables)?;
-        let files = job.policy.as_ref().and_then(|p| p.prepared.policy.as_ref()).map(|p| &p.spec().files);
+        let files = job.policy.as_ref().and_then(|p| p.prepared.policy.as_ref()).map(|p| p.spec());
         self.sensor.apply_file_rules(kid, &crate::files::rules(files, &crate::files::homes(), None))?;
         job.kernel_ids.insert(kid);
         self.by_kernel.insert(kid, id.to_string());
@@ -746,6 +746,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
             job_env: cfg.id_env.clone(),
             extra_env: cfg.pipeline_env.clone(),
             bench_disable: Default::default(),
+            file_sensor: true,
         },
         &root,
     )?;

@@ -10,10 +10,19 @@ pub const RULE_PUBLISH: &str = "publish-from-install-script";
 impl Engine {
     /// A file event: the kernel reports only install scripts' opens that match a rule, so the
     /// engine's part is the message, the package, and the policy's exceptions (a replay with a
-    /// narrower policy drops what the new `files.allow` excludes).
+    /// narrower policy drops what the new `files.allow` excludes) and the per-package lists
+    /// (`packages[].files`).
     pub(super) fn on_file(&mut self, x: &File, out: &mut Vec<Alert>) {
-        if x.what == FileWhat::Open && crate::files::allowed(&self.policy.spec().files, &x.path) {
-            return;
+        if x.what == FileWhat::Open {
+            let spec = self.policy.spec();
+            if crate::files::allowed(&spec.files, &x.path) {
+                return;
+            }
+            let attribution = self.tree.install_script(x.proc.pid).map(|(_, a)| a);
+            let package = attribution.map(|a| (a.manager.as_str(), a.package.as_str()));
+            if !crate::files::judged_for(spec, package, x.class, &x.path) {
+                return;
+            }
         }
         let who = match self.package(x.proc.pid) {
             Some(p) => format!("the install script of {p}"),

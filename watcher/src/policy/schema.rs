@@ -450,6 +450,9 @@ pub struct PackageRule {
     /// `exec.install_scripts.shells` for this package's install scripts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shells: Option<ShellPolicy>,
+    /// The file sensor's lists for this package's install scripts (see `crate::files`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<super::files::FilesSpec>,
 }
 
 /// A package name glob (`packages[].name`): `*` matches any run of characters, `/` included.

@@ -31,8 +31,8 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use watcher_common::{
-    CFG_AGENT_PID, CFG_DAEMON, DAEMON_LOG_ALL, DAEMON_ON, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL, ENV_FLAG_JOB,
-    ENV_NAME_LEN, JOB_NONE, maps::names,
+    CFG_AGENT_PID, CFG_DAEMON, CFG_FILES_OFF, DAEMON_LOG_ALL, DAEMON_ON, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL,
+    ENV_FLAG_JOB, ENV_NAME_LEN, JOB_NONE, maps::names,
 };
 
 pub use counters::COUNTER_NAMES;
@@ -99,6 +99,9 @@ pub struct SensorConfig {
     /// What the benchmark turns off (`watcher run --bench-disable`, a hidden flag set only from
     /// argv): all off by default and in the daemon.
     pub bench_disable: BenchDisable,
+    /// The file sensor (on everywhere; off only in the bench's side-by-side comparison, which
+    /// passes it here: no variable or file a step can reach turns it off).
+    pub file_sensor: bool,
 }
 
 /// Protections `watcher-bench` turns off to measure their cost, side by side with them on.
@@ -135,6 +138,7 @@ impl SensorConfig {
             extra_env: Vec::new(),
             log_no_job: false,
             bench_disable: BenchDisable::default(),
+            file_sensor: true,
         }
     }
 }
@@ -166,7 +170,7 @@ impl Sensor {
         load::require_root()?;
         let stale = pins::clean_stale();
         let pins = pins::PinDir::create(cfg.instance)?;
-        let (mut ebpf, links, states) = match load::load_and_attach(cfg, cgroup_root, &pins) {
+        let (mut ebpf, links, mut states) = match load::load_and_attach(cfg, cgroup_root, &pins) {
             Ok(v) => v,
             Err(e) => {
                 pins.remove();
@@ -187,6 +191,9 @@ impl Sensor {
             }
             for (slot, off) in btf::task_offsets() {
                 config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
+            }
+            if !cfg.file_sensor {
+                config.set(CFG_FILES_OFF, &1, 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
             if cfg.daemon {
                 if cfg.log_no_job {
@@ -211,6 +218,12 @@ impl Sensor {
                 return Err(e);
             }
         };
+        if !cfg.file_sensor {
+            for s in states.iter_mut().filter(|s| s.name == "files") {
+                s.active = false;
+                s.detail = Some("off (the bench's comparison run)".into());
+            }
+        }
         Ok(Sensor { ebpf, links, pins, ring, states, stale })
     }
 
