@@ -24,6 +24,7 @@ use anyhow::{Context, bail};
 use simple_dns::rdata::{A, AAAA, RData};
 use simple_dns::{CLASS, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
+pub mod daemon;
 pub mod lab;
 pub mod proxy;
 pub mod schema;

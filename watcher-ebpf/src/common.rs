@@ -1,16 +1,16 @@
 //! Helpers shared by the programs: who is watched, headers, counters.
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
-};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
 use watcher_common::{CFG_AGENT_GONE, CFG_DAEMON, Header, JOB_DAEMON_BIT, JOB_ENFORCE, ProcInfo};
 
-use crate::maps::{CONFIG, COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS};
+use crate::{
+    maps::{CONFIG, COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS},
+    safe::Lookup as _,
+};
 
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // Per-CPU slot: no other writer.
+        // SAFETY: this CPU's slot of a per-CPU array: no other writer while the program runs.
         unsafe { *p += 1 };
     }
 }
@@ -24,12 +24,12 @@ pub fn current_tgid() -> u32 {
 #[inline(always)]
 pub fn watched_current() -> Option<ProcInfo> {
     let tgid = current_tgid();
-    if let Some(info) = unsafe { WATCHED.get(&tgid) } {
-        return Some(*info);
+    if let Some(info) = WATCHED.value(&tgid) {
+        return Some(info);
     }
-    let cg = unsafe { bpf_get_current_cgroup_id() };
-    let job = unsafe { WATCHED_CGROUPS.get(&cg) }?;
-    let info = ProcInfo { ppid: 0, job: *job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
+    let cg = crate::safe::current_cgroup_id();
+    let job = WATCHED_CGROUPS.value(&cg)?;
+    let info = ProcInfo { ppid: 0, job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
     if WATCHED.insert(&tgid, &info, 0).is_err() {
         count(watcher_common::CNT_WATCHED_FULL);
     }
@@ -45,8 +45,8 @@ pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32, job: u32) {
     hdr.pid = (pid_tgid >> 32) as u32;
     hdr.tid = pid_tgid as u32;
     hdr.ppid = ppid;
-    hdr.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hdr.ts_ns = crate::safe::boot_ns();
+    hdr.cgroup_id = crate::safe::current_cgroup_id();
     hdr.uid = uid_gid as u32;
     hdr.gid = (uid_gid >> 32) as u32;
     hdr.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
@@ -58,8 +58,8 @@ pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32, job: u32) {
 /// not written yet is enforced with empty tables: everything denied (fail closed).
 #[inline(always)]
 pub fn job_flags(job: u32) -> u32 {
-    match unsafe { JOBS.get(&job) } {
-        Some(f) => *f,
+    match JOBS.value(&job) {
+        Some(f) => f,
         None if job & JOB_DAEMON_BIT != 0 => JOB_ENFORCE,
         None => 0,
     }
@@ -74,7 +74,7 @@ pub fn daemon_mode() -> u64 {
 /// A daemon job that has no tables yet (its processes are stopped at exec).
 #[inline(always)]
 pub fn job_unknown(job: u32) -> bool {
-    job & JOB_DAEMON_BIT != 0 && unsafe { JOBS.get(&job) }.is_none()
+    job & JOB_DAEMON_BIT != 0 && !JOBS.contains(&job)
 }
 
 /// `watcher run --bench-disable streams` (the benchmark only): streams are not scanned.
@@ -93,6 +93,5 @@ pub fn agent_gone() -> bool {
 /// space, so it cannot use what the syscall in progress gives it.
 #[inline(always)]
 pub fn kill_current() {
-    // SAFETY: bpf_send_signal only signals the current task; no memory is touched.
-    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+    crate::safe::signal_current(9);
 }

@@ -1,11 +1,7 @@
 //! DNS sensor on the cgroup packet hooks: every packet to port 53 leaving a watched socket
 //! (UDP via sendto/sendmsg/sendmmsg/send/write or io_uring, and TCP) and every packet from
 //! port 53 arriving at one. The payload is copied raw; userspace parses it.
-use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
-    macros::cgroup_skb,
-    programs::SkBuffContext,
-};
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use watcher_common::{
     AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP, DNS_PAYLOAD_LEN,
     DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, MAX_LABELS, NAME_WIRE_LEN, PROTO_TCP, PROTO_UDP, SockOwner,
@@ -19,6 +15,7 @@ use crate::{
         PACKET_SCRATCH, PacketScratch, RESOLVERS, SOCK_OWNER,
     },
     net::map_key,
+    safe::Lookup as _,
 };
 
 const DNS_PORT: u16 = 53;
@@ -97,7 +94,7 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
 /// position. Branches per byte made the verifier's states multiply past its budget.
 #[inline(always)]
 fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
-    let sc = unsafe { &mut *NAME_SCRATCH.get_ptr_mut(0)? };
+    let sc = crate::safe::scratch(&NAME_SCRATCH)?;
     let len = ctx.len();
     if len <= off {
         return None;
@@ -107,8 +104,7 @@ fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
         n = NAME_WIRE_LEN as u32;
     }
     let n = ((n.wrapping_sub(1)) & (NAME_WIRE_LEN as u32 - 1)) + 1;
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    if unsafe { bpf_skb_load_bytes(skb, off, sc.buf.as_mut_ptr().cast(), n) } != 0 {
+    if !crate::safe::skb_load(ctx, off, &mut sc.buf, n) {
         return None;
     }
     let mut pos: u32 = 0;
@@ -133,35 +129,33 @@ fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
     if end == 0 {
         return None;
     }
-    unsafe {
-        core::ptr::write_volatile(&mut sc.end, end);
-        core::ptr::write_volatile(&mut sc.nlabels, nlabels);
-    }
-    let end = unsafe { core::ptr::read_volatile(&sc.end) } & (NAME_WIRE_LEN as u32 * 2 - 1);
-    let nlabels = unsafe { core::ptr::read_volatile(&sc.nlabels) } & (MAX_LABELS as u32 * 2 - 1);
+    crate::safe::park(&mut sc.end, end);
+    crate::safe::park(&mut sc.nlabels, nlabels);
+    let end = crate::safe::reread(&sc.end) & (NAME_WIRE_LEN as u32 * 2 - 1);
+    let nlabels = crate::safe::reread(&sc.nlabels) & (MAX_LABELS as u32 * 2 - 1);
 
     let mut h = CONFIG.get(CFG_SEED).copied().unwrap_or(0);
     for j in 0..NAME_WIRE_LEN as u32 {
         // `end` is read afresh each time: LLVM turns the sign test below into a branch, and a
         // branch on a value the verifier keeps would split its state once per possible `end`.
-        let end = unsafe { core::ptr::read_volatile(&sc.end) } & (NAME_WIRE_LEN as u32 * 2 - 1);
+        let end = crate::safe::reread(&sc.end) & (NAME_WIRE_LEN as u32 * 2 - 1);
         // live = all ones while j < end, else 0; parked in memory so it stays a plain value.
         let live = ((j as u64).wrapping_sub(end as u64) as i64 >> 63) as u64;
-        unsafe { core::ptr::write_volatile(&mut sc.live, live) };
-        let live = unsafe { core::ptr::read_volatile(&sc.live) };
+        crate::safe::park(&mut sc.live, live);
+        let live = crate::safe::reread(&sc.live);
         let p = (end.wrapping_sub(1).wrapping_sub(j) as usize) & (NAME_WIRE_LEN - 1);
         let hn = name_hash_step(h, sc.buf[p]);
         h ^= (h ^ hn) & live;
         sc.hs[p] = h;
     }
-    let mut mask = unsafe { DNS_NAMES.get(&[h, job as u64]) }.copied().unwrap_or(0);
+    let mut mask = DNS_NAMES.value(&[h, job as u64]).unwrap_or(0);
     for i in 1..MAX_LABELS as u32 {
         if i >= nlabels {
             break;
         }
         let start = sc.starts[(i as usize) & (MAX_LABELS - 1)] as usize & (NAME_WIRE_LEN - 1);
         let hs = sc.hs[start];
-        mask |= unsafe { DNS_SUFFIXES.get(&[hs, job as u64]) }.copied().unwrap_or(0);
+        mask |= DNS_SUFFIXES.value(&[hs, job as u64]).unwrap_or(0);
     }
     Some((mask, end))
 }
@@ -170,7 +164,7 @@ fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
 #[inline(always)]
 fn query_allowed(ctx: &SkBuffContext, f: &Flow, job: u32) -> bool {
     let key = job_addr_key(job, &map_key(&f.daddr, f.family));
-    if unsafe { RESOLVERS.get(&key) }.is_none() {
+    if !RESOLVERS.contains(&key) {
         return false;
     }
     let dns = f.payload_off + if f.proto == PROTO_TCP { 2 } else { 0 };
@@ -198,10 +192,9 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     if len <= f.payload_off {
         return 1; // e.g. a bare TCP ACK
     }
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    let cookie = unsafe { bpf_get_socket_cookie(skb) };
-    let owner: SockOwner = match unsafe { SOCK_OWNER.get(&cookie) } {
-        Some(o) => *o,
+    let cookie = crate::safe::socket_cookie(ctx);
+    let owner: SockOwner = match SOCK_OWNER.value(&cookie) {
+        Some(o) => o,
         None => {
             // A socket that never went through connect/sendmsg hooks (raw socket): on egress
             // the sender is the current task.
@@ -215,23 +208,19 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     if direction == DIR_INGRESS && job_flags(owner.job) & JOB_ENFORCE != 0 {
         // Learn the answer's addresses before the application can read it (tail call; if it
         // cannot be made, the agent still learns them from the record, a little later).
-        if let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) {
-            unsafe {
-                (*sc).flow = f;
-                (*sc).owner = owner;
-                DNS_INGRESS_PROGS.tail_call(ctx, 0);
-            }
+        if let Some(sc) = crate::safe::scratch(&PACKET_SCRATCH) {
+            sc.flow = f;
+            sc.owner = owner;
+            crate::safe::tail_call(&DNS_INGRESS_PROGS, ctx, 0);
         }
     }
     if direction == DIR_EGRESS && job_flags(owner.job) & JOB_ENFORCE != 0 {
         // Judging the name is a program of its own (tail call), so the verifier checks it
         // apart from the parsing above. If the call cannot be made: fail closed.
-        if let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) {
-            unsafe {
-                (*sc).flow = f;
-                (*sc).owner = owner;
-                DNS_PROGS.tail_call(ctx, 0);
-            }
+        if let Some(sc) = crate::safe::scratch(&PACKET_SCRATCH) {
+            sc.flow = f;
+            sc.owner = owner;
+            crate::safe::tail_call(&DNS_PROGS, ctx, 0);
         }
         return emit(ctx, &f, &owner, direction, VERDICT_DENY);
     }
@@ -242,8 +231,8 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
 /// with the flow and owner in PACKET_SCRATCH. Not attached.
 #[cgroup_skb(egress)]
 pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
-    let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) else { return 0 };
-    let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
+    let Some(sc) = crate::safe::scratch(&PACKET_SCRATCH) else { return 0 };
+    let (f, owner) = (sc.flow, sc.owner);
     let verdict = if query_allowed(&ctx, &f, owner.job) { VERDICT_ALLOW } else { VERDICT_DENY };
     emit(&ctx, &f, &owner, DIR_EGRESS, verdict)
 }
@@ -274,9 +263,9 @@ fn capture_len<const CAP: usize>(len: u32) -> u32 {
 /// entries allow egress, then report the packet. Reached only by tail call from dns_ingress.
 #[cgroup_skb(ingress)]
 pub fn dns_ingress_learn(ctx: SkBuffContext) -> i32 {
-    let Some(sc) = PACKET_SCRATCH.get_ptr_mut(0) else { return 1 };
-    let (f, owner) = unsafe { ((*sc).flow, (*sc).owner) };
-    learn_answer(&ctx, &f, owner.job, unsafe { &mut *sc });
+    let Some(sc) = crate::safe::scratch(&PACKET_SCRATCH) else { return 1 };
+    let (f, owner) = (sc.flow, sc.owner);
+    learn_answer(&ctx, &f, owner.job, sc);
     emit(&ctx, &f, &owner, DIR_INGRESS, VERDICT_ALLOW);
     1
 }
@@ -286,12 +275,12 @@ const MAX_ANSWER_LABELS: u32 = 8;
 
 #[inline(always)]
 fn get_off(sc: &PacketScratch) -> u32 {
-    (unsafe { core::ptr::read_volatile(&sc.off) }) & 0xffff
+    crate::safe::reread(&sc.off) & 0xffff
 }
 
 #[inline(always)]
 fn set_off(sc: &mut PacketScratch, off: u32) {
-    unsafe { core::ptr::write_volatile(&mut sc.off, off) }
+    crate::safe::park(&mut sc.off, off)
 }
 
 /// The offset lives in map memory between steps: the verifier then does not carry a refined
@@ -337,7 +326,7 @@ fn learn_answer(ctx: &SkBuffContext, f: &Flow, job: u32, sc: &mut PacketScratch)
         };
         if let Some(key) = key {
             let key = job_addr_key(job, &key);
-            let old = unsafe { LEARNED.get(&key) }.copied().unwrap_or(0);
+            let old = LEARNED.value(&key).unwrap_or(0);
             let _ = LEARNED.insert(&key, &(old | mask), 0);
         }
         set_off(sc, data + rdlen as u32);
@@ -357,7 +346,7 @@ fn emit(ctx: &SkBuffContext, f: &Flow, owner: &SockOwner, direction: u8, verdict
         count(CNT_RINGBUF_FULL_DNS);
         return ret;
     };
-    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    let rec = crate::safe::slot(&mut entry);
     owner_header(&mut rec.hdr, KIND_DNS_PACKET, owner);
     rec.saddr = f.saddr;
     rec.daddr = f.daddr;
@@ -370,8 +359,7 @@ fn emit(ctx: &SkBuffContext, f: &Flow, owner: &SockOwner, direction: u8, verdict
     rec.verdict = verdict;
     rec._pad = [0; 7];
     let n = capture_len::<DNS_PAYLOAD_LEN>(payload_len);
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    let ok = unsafe { bpf_skb_load_bytes(skb, f.payload_off, rec.payload.as_mut_ptr().cast(), n) } == 0;
+    let ok = crate::safe::skb_load(ctx, f.payload_off, &mut rec.payload, n);
     rec.captured_len = if ok { n } else { 0 };
     entry.submit(0);
     ret

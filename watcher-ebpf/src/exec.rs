@@ -1,11 +1,7 @@
 //! Process sensors: exec (filename + argv), fork (new processes, not threads) and exit.
 //! Offsets come from /sys/kernel/tracing/events/{syscalls,sched}/*/format.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_user,
-        generated::{bpf_probe_read_user_str, bpf_send_signal},
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -26,6 +22,7 @@ use crate::{
         CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
         NEW_JOBS, SHELL_SIGS, WATCHED,
     },
+    safe::Lookup as _,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -62,16 +59,15 @@ fn exec_enter(ctx: &TracePointContext, prog: &RawTracePointContext, filename_off
         None if daemon_mode() != 0 => (ProcInfo::default(), EXEC_UNWATCHED),
         None => return,
     };
-    let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return };
-    let rec = unsafe { &mut *rec };
+    let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else { return };
     fill_header(&mut rec.hdr, KIND_EXEC, info.ppid, info.job);
     rec.ret = 0;
     rec.flags = unwatched;
     rec.argc = 0;
     rec.args_len = 0;
 
-    let filename: *const u8 = unsafe { ctx.read_at(filename_off) }.unwrap_or(core::ptr::null());
-    let n = unsafe { bpf_probe_read_user_str(rec.filename.as_mut_ptr().cast(), FILENAME_LEN as u32, filename.cast()) };
+    let filename: *const u8 = crate::safe::field(&ctx, filename_off).unwrap_or(core::ptr::null());
+    let n = crate::safe::user_str(&mut rec.filename, 0, FILENAME_LEN as u32, filename);
     rec.filename_len = 0;
     if n <= 0 {
         rec.filename[0] = 0;
@@ -83,17 +79,17 @@ fn exec_enter(ctx: &TracePointContext, prog: &RawTracePointContext, filename_off
     }
 
     enforce_exec(rec, &info);
-    let argv: *const *const u8 = unsafe { ctx.read_at(argv_off) }.unwrap_or(core::ptr::null());
+    let argv: *const *const u8 = crate::safe::field(&ctx, argv_off).unwrap_or(core::ptr::null());
     if !argv.is_null() {
         read_args(rec, argv);
     }
     rec.env_len = 0;
     rec.env_flags = 0;
     rec.env_idx = 0;
-    rec.envp = unsafe { ctx.read_at::<u64>(argv_off + 8) }.unwrap_or(0);
+    rec.envp = crate::safe::field::<u64>(&ctx, argv_off + 8).unwrap_or(0);
     // Continue in exec_env_scan (tail calls); if that is impossible, keep what we have.
     if rec.envp != 0 {
-        unsafe { ENV_SCAN_PROG.tail_call(prog, 0) };
+        crate::safe::tail_call(&ENV_SCAN_PROG, prog, 0);
     }
     finish_exec_enter(rec);
 }
@@ -158,7 +154,7 @@ fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
     }
     let Some(name) = basename_key(&rec.filename, rec.filename_len) else { return };
     let key = ExecKey { job: info.job, name };
-    let Some(rule) = (unsafe { EXEC_RULES.get(&key) }).copied() else { return };
+    let Some(rule) = EXEC_RULES.value(&key) else { return };
     if rule & EXEC_DENY != 0 {
         rec.flags |= EXEC_KILL_PENDING;
     } else if rule & EXEC_SHELL != 0 && info.flags & PROC_INSTALL != 0 && flags & JOB_DENY_SHELLS != 0 {
@@ -171,11 +167,10 @@ fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
 /// tail call from sys_enter_execve{,at}.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn exec_env_scan(ctx: RawTracePointContext) -> i32 {
-    let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
-    let rec = unsafe { &mut *rec };
+    let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else { return 0 };
     let more = scan_env_chunk(rec);
     if more && (rec.env_idx as usize) < MAX_ENV_SCAN {
-        unsafe { ENV_SCAN_PROG.tail_call(&ctx, 0) };
+        crate::safe::tail_call(&ENV_SCAN_PROG, &ctx, 0);
     }
     finish_exec_enter(rec);
     0
@@ -188,7 +183,7 @@ fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
     let start = rec.env_idx as usize;
     let mut off = rec.env_len as usize;
     for i in 0..ENV_SCAN_CHUNK {
-        let p: *const u8 = match unsafe { bpf_probe_read_user(envp.wrapping_add(start + i)) } {
+        let p: *const u8 = match crate::safe::user(envp.wrapping_add(start + i)) {
             Ok(p) => p,
             Err(_) => {
                 rec.env_len = off as u32;
@@ -200,15 +195,15 @@ fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
             return false;
         }
         let mut key = [0u8; ENV_NAME_LEN];
-        let n = unsafe { bpf_probe_read_user_str(key.as_mut_ptr().cast(), ENV_NAME_LEN as u32, p.cast()) };
+        let n = crate::safe::user_str(&mut key, 0, ENV_NAME_LEN as u32, p);
         if n <= 0 {
             continue;
         }
         // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
         if (n as usize) <= ENV_NAME_LEN
-            && let Some(m) = unsafe { ENV_MARKERS.get(&key) }
+            && let Some(m) = ENV_MARKERS.value(&key)
         {
-            rec.env_flags |= *m;
+            rec.env_flags |= m;
         }
         // Keep the name only: zero from '=' on, without branches (a branch per byte would
         // multiply the verifier's states). A name longer than the key never matches.
@@ -221,15 +216,13 @@ fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
         if seen == 0 {
             continue;
         }
-        let Some(flags) = (unsafe { ENV_CAPTURE.get(&key) }) else { continue };
-        rec.env_flags |= *flags;
+        let Some(flags) = ENV_CAPTURE.value(&key) else { continue };
+        rec.env_flags |= flags;
         let at = off & (ENV_LEN * 2 - 1);
         if off > ENV_LEN || at > ENV_LEN {
             continue;
         }
-        let m = unsafe {
-            bpf_probe_read_user_str(rec.env.as_mut_ptr().wrapping_add(at).cast(), ENV_ENTRY_MAX_LEN as u32, p.cast())
-        };
+        let m = crate::safe::user_str(&mut rec.env, at, ENV_ENTRY_MAX_LEN as u32, p);
         if m > 0 {
             off += m as usize;
         }
@@ -246,7 +239,7 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
     let mut off: usize = 0;
     let mut argc: u32 = 0;
     for i in 0..MAX_ARGS {
-        let p: *const u8 = match unsafe { bpf_probe_read_user(argv.wrapping_add(i)) } {
+        let p: *const u8 = match crate::safe::user(argv.wrapping_add(i)) {
             Ok(p) => p,
             Err(_) => break,
         };
@@ -260,9 +253,7 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
             rec.flags |= EXEC_ARGS_TRUNCATED;
             break;
         }
-        let n = unsafe {
-            bpf_probe_read_user_str(rec.args.as_mut_ptr().wrapping_add(at).cast(), ARG_MAX_LEN as u32, p.cast())
-        };
+        let n = crate::safe::user_str(&mut rec.args, at, ARG_MAX_LEN as u32, p);
         if n <= 0 {
             break;
         }
@@ -274,7 +265,7 @@ fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
     }
     if argc as usize == MAX_ARGS {
         // There may be more arguments than we read.
-        let more: *const u8 = unsafe { bpf_probe_read_user(argv.wrapping_add(MAX_ARGS)) }.unwrap_or(core::ptr::null());
+        let more: *const u8 = crate::safe::user(argv.wrapping_add(MAX_ARGS)).unwrap_or(core::ptr::null());
         if !more.is_null() {
             rec.flags |= EXEC_ARGS_TRUNCATED;
         }
@@ -303,9 +294,8 @@ pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
 fn exec_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(rec) = EXEC_PENDING.get_ptr_mut(&tid) else { return };
-    let rec = unsafe { &mut *rec };
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    let Some(rec) = crate::safe::entry_mut(&EXEC_PENDING, &tid) else { return };
+    let ret: i64 = crate::safe::field(&ctx, 16).unwrap_or(-1);
     rec.ret = ret as i32;
     if ret == 0 {
         // After a successful exec the comm is the new program's and a non-leader thread
@@ -318,8 +308,8 @@ fn exec_exit(ctx: &TracePointContext) {
         let starts_script = rec.env_flags & ENV_FLAG_INSTALL != 0 || is_build_script(&rec.filename, rec.filename_len);
         if starts_script {
             let tgid = (pid_tgid >> 32) as u32;
-            if let Some(info) = WATCHED.get_ptr_mut(&tgid) {
-                unsafe { (*info).flags |= PROC_INSTALL };
+            if let Some(info) = crate::safe::entry_mut(&WATCHED, &tgid) {
+                info.flags |= PROC_INSTALL;
             }
         }
     }
@@ -378,7 +368,7 @@ fn is_build_script(filename: &[u8; FILENAME_LEN], len: u32) -> bool {
 /// Called by `syscalls::sys_enter` (the ctx has the per-syscall tracepoint's layout).
 #[inline(always)]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
-    let flags: u64 = unsafe { ctx.read_at(16) }.unwrap_or(CLONE_THREAD);
+    let flags: u64 = crate::safe::field(&ctx, 16).unwrap_or(CLONE_THREAD);
     note_clone(flags);
     0
 }
@@ -387,8 +377,8 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     // struct clone_args starts with `u64 flags`.
-    let uargs: *const u64 = unsafe { ctx.read_at(16) }.unwrap_or(core::ptr::null());
-    let flags = unsafe { bpf_probe_read_user(uargs) }.unwrap_or(CLONE_THREAD);
+    let uargs: *const u64 = crate::safe::field(&ctx, 16).unwrap_or(core::ptr::null());
+    let flags = crate::safe::user(uargs).unwrap_or(CLONE_THREAD);
     note_clone(flags);
     0
 }
@@ -410,7 +400,7 @@ pub fn sys_enter_vfork(_ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn note_clone(flags: u64) {
     let tgid = current_tgid();
-    if unsafe { WATCHED.get(&tgid) }.is_none() {
+    if !WATCHED.contains(&tgid) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -421,8 +411,8 @@ fn note_clone(flags: u64) {
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let flags = match unsafe { CLONE_FLAGS.get(&tid) } {
-        Some(f) => *f,
+    let flags = match CLONE_FLAGS.value(&tid) {
+        Some(f) => f,
         // No clone syscall in flight: a kernel-created thread (io_uring worker, ...).
         None => return 0,
     };
@@ -434,7 +424,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if crate::common::agent_gone() && info.job != JOB_NONE {
         crate::common::kill_current();
     }
-    let child: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
+    let child: i32 = crate::safe::field(&ctx, 20).unwrap_or(0);
     if child <= 0 {
         return 0;
     }
@@ -446,7 +436,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     match EVENTS.reserve::<ForkRecord>(0) {
         Some(mut entry) => {
-            let rec = unsafe { &mut *entry.as_mut_ptr() };
+            let rec = crate::safe::slot(&mut entry);
             fill_header(&mut rec.hdr, KIND_FORK, info.ppid, info.job);
             rec.child_pid = child;
             rec._pad = 0;
@@ -465,14 +455,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     let _ = CLONE_FLAGS.remove(&tid);
-    let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    let group_dead: u8 = crate::safe::field(&ctx, 32).unwrap_or(0);
     if group_dead == 0 {
         return 0;
     }
-    let Some(info) = (unsafe { WATCHED.get(&tgid) }).copied() else { return 0 };
+    let Some(info) = WATCHED.value(&tgid) else { return 0 };
     match EVENTS.reserve::<ExitRecord>(0) {
         Some(mut entry) => {
-            let rec = unsafe { &mut *entry.as_mut_ptr() };
+            let rec = crate::safe::slot(&mut entry);
             fill_header(&mut rec.hdr, KIND_EXIT, info.ppid, info.job);
             rec.exit_code = info.exit_code;
             rec.code_known = info.code_known;
@@ -502,12 +492,10 @@ pub fn sys_enter_exit(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn note_exit_code(ctx: &TracePointContext) {
     let tgid = current_tgid();
-    if let Some(info) = WATCHED.get_ptr_mut(&tgid) {
-        let code: i64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-        unsafe {
-            (*info).exit_code = (code & 0xff) as i32;
-            (*info).code_known = 1;
-        }
+    if let Some(info) = crate::safe::entry_mut(&WATCHED, &tgid) {
+        let code: i64 = crate::safe::field(ctx, 16).unwrap_or(0);
+        info.exit_code = (code & 0xff) as i32;
+        info.code_known = 1;
     }
 }
 
@@ -534,16 +522,16 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     if o_name == 0 || o_interp == 0 {
         return 0;
     }
-    let name: u64 = unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_name).cast::<u64>()) }.unwrap_or(0);
-    let interp: u64 = unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_interp).cast::<u64>()) }.unwrap_or(1);
+    let name: u64 = crate::safe::kernel(bprm.wrapping_add(o_name).cast::<u64>()).unwrap_or(0);
+    let interp: u64 = crate::safe::kernel(bprm.wrapping_add(o_interp).cast::<u64>()).unwrap_or(1);
     let script = name != interp;
-    let Ok(file) = (unsafe { bpf_probe_read_kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) }) else { return 0 };
-    let Ok(inode) = (unsafe { bpf_probe_read_kernel(file.wrapping_add(o_inode).cast::<*const u8>()) }) else {
+    let Ok(file) = crate::safe::kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) else { return 0 };
+    let Ok(inode) = crate::safe::kernel(file.wrapping_add(o_inode).cast::<*const u8>()) else {
         return 0;
     };
-    let Ok(size) = (unsafe { bpf_probe_read_kernel(inode.wrapping_add(o_size).cast::<u64>()) }) else { return 0 };
+    let Ok(size) = crate::safe::kernel(inode.wrapping_add(o_size).cast::<u64>()) else { return 0 };
     let mut head = [0u8; SHELL_SIG_BYTES];
-    if unsafe { bpf_probe_read_kernel_buf(bprm.wrapping_add(o_buf), &mut head) }.is_err() {
+    if crate::safe::kernel_bytes(bprm.wrapping_add(o_buf), &mut head).is_err() {
         return 0;
     }
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -553,13 +541,13 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     for b in head {
         h = sig_step(h, b);
     }
-    if unsafe { SHELL_SIGS.get(&h) }.is_none() {
+    if !SHELL_SIGS.contains(&h) {
         return 0;
     }
     let old_tid: i32 = ctx.arg(1);
-    let pending = EXEC_PENDING.get_ptr_mut(&(old_tid as u32));
-    if let Some(rec) = pending {
-        unsafe { (*rec).flags |= EXEC_IS_SHELL | if script { EXEC_SCRIPT } else { 0 } };
+    let mut pending = crate::safe::entry_mut(&EXEC_PENDING, &(old_tid as u32));
+    if let Some(rec) = &mut pending {
+        rec.flags |= EXEC_IS_SHELL | if script { EXEC_SCRIPT } else { 0 };
     }
     let flags = job_flags(info.job);
     if flags & JOB_ENFORCE != 0 && flags & JOB_DENY_SHELLS != 0 && info.flags & PROC_INSTALL != 0 {
@@ -567,13 +555,11 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         // Without an exec record to carry the flag the agent could not know it holds it:
         // kill then.
         match pending {
-            Some(rec) => unsafe {
-                bpf_send_signal(19);
-                (*rec).flags |= EXEC_SHELL_HELD;
-            },
-            None => unsafe {
-                bpf_send_signal(9);
-            },
+            Some(rec) => {
+                crate::safe::signal_current(19);
+                rec.flags |= EXEC_SHELL_HELD;
+            }
+            None => crate::safe::signal_current(9),
         }
     }
     0
@@ -585,28 +571,22 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec_kill(ctx: RawTracePointContext) -> i32 {
     let old_tid: i32 = ctx.arg(1);
-    let Some(rec) = EXEC_PENDING.get_ptr_mut(&(old_tid as u32)) else { return 0 };
-    let flags = unsafe { (*rec).flags };
+    let Some(rec) = crate::safe::entry_mut(&EXEC_PENDING, &(old_tid as u32)) else { return 0 };
+    let flags = rec.flags;
     if flags & EXEC_KILL_PENDING != 0 {
-        unsafe {
-            bpf_send_signal(9);
-            (*rec).flags |= EXEC_KILLED;
-        }
+        crate::safe::signal_current(9);
+        rec.flags |= EXEC_KILLED;
     } else if flags & EXEC_HOLD_PENDING != 0 && flags & EXEC_SHELL_HELD == 0 {
         // A shell in an install script, by name: held before its first instruction until
         // the agent has judged it (SIGKILL or SIGCONT).
-        unsafe {
-            bpf_send_signal(19);
-            (*rec).flags |= EXEC_SHELL_HELD;
-        }
+        crate::safe::signal_current(19);
+        rec.flags |= EXEC_SHELL_HELD;
     } else if flags & EXEC_STOP_PENDING != 0 {
         // Held before its first instruction until the daemon has written the job's tables
         // and sends SIGCONT (which also discards this stop if it comes first).
-        unsafe {
-            bpf_send_signal(19);
-            (*rec).flags |= EXEC_STOPPED;
-            let _ = NEW_JOBS.insert(&(*rec).hdr.job, &current_tgid(), 0);
-        }
+        crate::safe::signal_current(19);
+        rec.flags |= EXEC_STOPPED;
+        let _ = NEW_JOBS.insert(&rec.hdr.job, &current_tgid(), 0);
     }
     0
 }

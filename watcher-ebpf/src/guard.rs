@@ -57,8 +57,8 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     if agent_gone() {
         return 0;
     }
-    // SAFETY: the kernel passes a valid bpf_sock context for sock_create programs.
-    let (sock_type, protocol) = unsafe { ((*ctx.sock).type_, (*ctx.sock).protocol) };
+    let sock = crate::safe::sock(&ctx);
+    let (sock_type, protocol) = (sock.type_, sock.protocol);
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;

@@ -11,6 +11,7 @@ mod guard;
 mod maps;
 mod net;
 mod payload;
+mod safe;
 mod syscalls;
 mod target;
 

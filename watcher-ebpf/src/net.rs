@@ -2,7 +2,7 @@
 //! sends, IPv4 and IPv6. Returning 1 lets the call proceed; 0 makes it fail with EPERM
 //! inside the kernel, before anything leaves the socket.
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use watcher_common::{
     AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, JOB_ENFORCE, KIND_CONNECT, MAX_HOST_ENTRIES,
     OP_CONNECT, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
@@ -11,6 +11,7 @@ use watcher_common::{
 use crate::{
     common::{agent_gone, count, fill_header, job_flags, watched_current},
     maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN, UdpKey},
+    safe::Lookup as _,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -39,7 +40,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     if agent_gone() {
         return 0;
     }
-    let sa = unsafe { &*ctx.sock_addr };
+    let sa = crate::safe::sock_addr(ctx);
 
     let mut daddr = [0u8; 16];
     if family == AF_INET {
@@ -62,13 +63,13 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
     owner._pad = crate::guard::OWNER_JUDGED;
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let cookie = crate::safe::socket_cookie(ctx);
     let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
 
     if op == OP_SENDMSG && verdict == VERDICT_ALLOW {
         // Report each allowed destination of unconnected UDP once per process.
         let key = UdpKey { pid: owner.pid, port: dport, family, addr: daddr };
-        if unsafe { UDP_SEEN.get(&key) }.is_some() {
+        if UDP_SEEN.contains(&key) {
             return 1;
         }
         let _ = UDP_SEEN.insert(&key, &1, 0);
@@ -76,7 +77,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
 
     match EVENTS.reserve::<ConnectRecord>(0) {
         Some(mut entry) => {
-            let rec = unsafe { &mut *entry.as_mut_ptr() };
+            let rec = crate::safe::slot(&mut entry);
             fill_header(&mut rec.hdr, KIND_CONNECT, info.ppid, info.job);
             rec.daddr = daddr;
             rec.family = family;
@@ -107,7 +108,7 @@ pub fn map_key(addr: &[u8; 16], family: u16) -> [u8; 16] {
 #[inline(always)]
 pub fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> bool {
     let key = job_addr_key(job, &map_key(addr, family));
-    if dport == 53 && unsafe { RESOLVERS.get(&key) }.is_some() {
+    if dport == 53 && RESOLVERS.contains(&key) {
         return true;
     }
     if let Some(ports) = ALLOW_NET.get(&Key::new(160, key))
@@ -115,10 +116,10 @@ pub fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> boo
     {
         return true;
     }
-    let Some(mask) = (unsafe { LEARNED.get(&key) }).copied() else { return false };
+    let Some(mask) = LEARNED.value(&key) else { return false };
     for i in 0..MAX_HOST_ENTRIES {
         if mask & (1u64 << i) != 0
-            && let Some(ports) = unsafe { HOST_PORTS.get(&host_ports_key(job, i)) }
+            && let Some(ports) = HOST_PORTS.value(&host_ports_key(job, i))
             && ports.contains(dport)
         {
             return true;

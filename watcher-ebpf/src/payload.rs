@@ -8,7 +8,6 @@
 //! first chunk (its bytes are ciphertext). UDP is captured datagram by datagram, each
 //! datagram's chunks flagged from its start. Observe only: never drops.
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::SkBuffContext,
@@ -23,6 +22,7 @@ use crate::{
     common::count,
     dns::owner_header,
     maps::{EVENTS, Flow, SOCK_OWNER},
+    safe::Lookup as _,
 };
 
 /// Capture state per socket cookie.
@@ -62,12 +62,12 @@ static CURSOR: PerCpuArray<Cursor> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn get(v: &u32) -> u32 {
-    unsafe { core::ptr::read_volatile(v) }
+    crate::safe::reread(v)
 }
 
 #[inline(always)]
 fn put(v: &mut u32, x: u32) {
-    unsafe { core::ptr::write_volatile(v, x) }
+    crate::safe::park(v, x)
 }
 
 /// A data packet leaving a watched socket (egress, not port 53). `extra`: CHUNK_* flags for
@@ -78,19 +78,16 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
     if len <= f.payload_off {
         return; // a bare ACK, SYN, FIN
     }
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    let cookie = unsafe { bpf_get_socket_cookie(skb) };
-    let Some(owner) = (unsafe { SOCK_OWNER.get(&cookie) }).copied() else { return };
-    if unsafe { STREAMS.get(&cookie) }.is_none() {
+    let cookie = crate::safe::socket_cookie(ctx);
+    let Some(owner) = SOCK_OWNER.value(&cookie) else { return };
+    if !STREAMS.contains(&cookie) {
         let _ = STREAMS.insert(&cookie, &StreamState::default(), 0);
     }
-    let Some(st) = STREAMS.get_ptr_mut(&cookie) else { return };
-    let st = unsafe { &mut *st };
+    let Some(st) = crate::safe::shared_entry_mut(&STREAMS, &cookie) else { return };
     if get(&st.flags) & STREAM_STOPPED != 0 {
         return;
     }
-    let Some(cur) = CURSOR.get_ptr_mut(0) else { return };
-    let cur = unsafe { &mut *cur };
+    let Some(cur) = crate::safe::scratch(&CURSOR) else { return };
     let packet_len = len - f.payload_off;
     // Packet offset of the first byte to capture, and its stream offset.
     let mut start = f.payload_off;
@@ -145,8 +142,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
     put(&mut cur.budget, STREAM_MAX_BYTES - captured);
     put(&mut cur.off, offset);
     put(&mut cur.flags, flags);
-    let Some(rec) = CHUNK_SCRATCH.get_ptr_mut(0) else { return };
-    let rec = unsafe { &mut *rec };
+    let Some(rec) = crate::safe::scratch(&CHUNK_SCRATCH) else { return };
     owner_header(&mut rec.hdr, KIND_STREAM_CHUNK, &owner);
     rec.cookie = cookie;
     rec.daddr = f.daddr;
@@ -167,7 +163,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
         }
         // In [1, STREAM_CHUNK_LEN], with a mask the verifier can see.
         let n = ((n.wrapping_sub(1)) & (STREAM_CHUNK_LEN as u32 - 1)) + 1;
-        if unsafe { bpf_skb_load_bytes(skb, pos, rec.data.as_mut_ptr().cast(), n) } != 0 {
+        if !crate::safe::skb_load(ctx, pos, &mut rec.data, n) {
             break;
         }
         let left = budget.saturating_sub(n);
@@ -176,8 +172,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
         rec.len = n;
         rec.flags = (flags as u8) | if left == 0 { CHUNK_BUDGET_END } else { 0 };
         let size = STREAM_CHUNK_HDR_LEN + n as usize;
-        // SAFETY: `size` <= size_of::<StreamChunkRecord>(): the record is in map memory.
-        let bytes = unsafe { core::slice::from_raw_parts((rec as *const StreamChunkRecord).cast::<u8>(), size) };
+        let bytes = crate::safe::record_bytes::<StreamChunkRecord>(rec, size);
         if EVENTS.output(bytes, 0).is_err() {
             count(CNT_RINGBUF_FULL_PAYLOAD);
         }

@@ -22,7 +22,6 @@
 //! tracepoints, it is not dispatched at all (TS_COMPAT in `thread_info.status`).
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -60,7 +59,7 @@ type Record = [u64; 8];
 
 #[inline(always)]
 fn reg(regs: *const u8, off: usize) -> u64 {
-    unsafe { bpf_probe_read_kernel(regs.wrapping_add(off).cast::<u64>()) }.unwrap_or(0)
+    crate::safe::kernel(regs.wrapping_add(off).cast::<u64>()).unwrap_or(0)
 }
 
 /// Calls `h` with the syscall's arguments unless the syscall is a compat one. Generic over the
@@ -87,8 +86,8 @@ fn compat() -> bool {
     if off == 0 {
         return false;
     }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let status: u32 = unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize).cast()) }.unwrap_or(0);
+    let task = crate::safe::current_task();
+    let status: u32 = crate::safe::kernel(task.wrapping_add(off as usize).cast()).unwrap_or(0);
     status & TS_COMPAT != 0
 }
 

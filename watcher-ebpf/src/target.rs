@@ -16,7 +16,6 @@
 //! Reached by tail call from dns_egress (DNS_PROGS slot 1) with its own verifier budget; the
 //! loops keep their state in map memory (TARGET_SCRATCH) so their paths merge.
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
     maps::{PerCpuArray, lpm_trie::Key},
     programs::SkBuffContext,
@@ -32,6 +31,7 @@ use crate::{
     maps::{ALLOW_NET, CONFIG, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, Flow, HOST_PORTS, PROXY_NET, SOCK_OWNER},
     net::{egress_allowed, map_key},
     payload::{STREAMS, on_egress},
+    safe::Lookup as _,
 };
 
 #[repr(C)]
@@ -63,22 +63,22 @@ const M: u32 = TARGET_SCAN_LEN as u32 - 1;
 
 #[inline(always)]
 fn rd(v: &u32) -> u32 {
-    unsafe { core::ptr::read_volatile(v) }
+    crate::safe::reread(v)
 }
 
 #[inline(always)]
 fn wr(v: &mut u32, x: u32) {
-    unsafe { core::ptr::write_volatile(v, x) }
+    crate::safe::park(v, x)
 }
 
 #[inline(always)]
 fn rd64(v: &u64) -> u64 {
-    unsafe { core::ptr::read_volatile(v) }
+    crate::safe::reread(v)
 }
 
 #[inline(always)]
 fn wr64(v: &mut u64, x: u64) {
-    unsafe { core::ptr::write_volatile(v, x) }
+    crate::safe::park(v, x)
 }
 
 /// Byte `i` of the segment, 0 past its end.
@@ -129,25 +129,19 @@ pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
         return 1;
     }
     if f.proto == PROTO_TCP && ctx.len() > f.payload_off {
-        let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-        // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
-        let cookie = unsafe { bpf_get_socket_cookie(skb) };
-        // SAFETY: copied out at once.
-        if let Some(owner) = unsafe { SOCK_OWNER.get(&cookie) }.copied() {
-            // SAFETY: copied out at once.
-            let flags = unsafe { STREAMS.get(&cookie) }.map(|s| s.flags);
+        let cookie = crate::safe::socket_cookie(ctx);
+        if let Some(owner) = SOCK_OWNER.value(&cookie) {
+            let flags = STREAMS.value(&cookie).map(|s| s.flags);
             if flags.is_some_and(|fl| fl & STREAM_DENIED != 0) {
                 return 0;
             }
             let first = flags.is_none_or(|fl| fl & STREAM_STARTED == 0);
             if first && job_flags(owner.job) & JOB_ENFORCE != 0 {
-                if let Some(sc) = TARGET_SCRATCH.get_ptr_mut(0) {
-                    // SAFETY: this CPU's scratch slot; the tail call runs on the same CPU.
-                    unsafe {
-                        (*sc).flow = *f;
-                        (*sc).owner = owner;
-                        DNS_PROGS.tail_call(ctx, 1);
-                    }
+                if let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) {
+                    // The tail call runs on the same CPU and finds them in this slot.
+                    sc.flow = *f;
+                    sc.owner = owner;
+                    crate::safe::tail_call(&DNS_PROGS, ctx, 1);
                 }
                 // The judge could not be reached: fail closed.
                 return 0;
@@ -161,9 +155,7 @@ pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
 /// The first data segment of a TCP stream of an enforced job (tail call from dns_egress).
 #[cgroup_skb(egress)]
 pub fn stream_first(ctx: SkBuffContext) -> i32 {
-    let Some(sc) = TARGET_SCRATCH.get_ptr_mut(0) else { return 0 };
-    // SAFETY: this CPU's scratch slot.
-    let sc = unsafe { &mut *sc };
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
     let f = sc.flow;
     let job = sc.owner.job;
     let allowed = judge(&ctx, sc, &f, job);
@@ -175,16 +167,12 @@ pub fn stream_first(ctx: SkBuffContext) -> i32 {
     if rd(&sc.dots) != 0 {
         return 1;
     }
-    let skb = aya_ebpf::EbpfContext::as_ptr(&ctx);
-    // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(skb) };
-    // SAFETY: copied out at once.
-    if unsafe { STREAMS.get(&cookie) }.is_none() {
+    let cookie = crate::safe::socket_cookie(&ctx);
+    if !STREAMS.contains(&cookie) {
         let _ = STREAMS.insert(&cookie, &StreamState::default(), 0);
     }
-    if let Some(st) = STREAMS.get_ptr_mut(&cookie) {
-        // SAFETY: a value of this map.
-        unsafe { (*st).flags |= STREAM_DENIED | STREAM_STARTED };
+    if let Some(st) = crate::safe::shared_entry_mut(&STREAMS, &cookie) {
+        st.flags |= STREAM_DENIED | STREAM_STARTED;
     }
     0
 }
@@ -203,9 +191,7 @@ fn judge(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> boo
     let n = len - f.payload_off;
     let n = if n > TARGET_SCAN_LEN as u32 { TARGET_SCAN_LEN as u32 } else { n };
     let n = ((n.wrapping_sub(1)) & M) + 1;
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    // SAFETY: n <= TARGET_SCAN_LEN bytes into the scratch buffer.
-    if unsafe { bpf_skb_load_bytes(skb, f.payload_off, sc.buf.as_mut_ptr().cast(), n) } != 0 {
+    if !crate::safe::skb_load(ctx, f.payload_off, &mut sc.buf, n) {
         return !proxy;
     }
     wr(&mut sc.n, n);
@@ -247,7 +233,7 @@ fn judge(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> boo
     }
     for i in 0..MAX_HOST_ENTRIES {
         if mask & (1u64 << i) != 0
-            && let Some(ports) = unsafe { HOST_PORTS.get(&host_ports_key(job, i)) }
+            && let Some(ports) = HOST_PORTS.value(&host_ports_key(job, i))
             && ports.contains(port)
         {
             return true;
@@ -467,8 +453,7 @@ fn name_mask(sc: &mut TargetScratch, job: u32) -> u64 {
         if c == b'.' as u32 {
             let h = name_hash_step(h, rd(&sc.label) as u8);
             wr64(&mut sc.h, h);
-            // SAFETY: copied out at once.
-            let m = unsafe { DNS_SUFFIXES.get(&[h, job as u64]) }.copied().unwrap_or(0);
+            let m = DNS_SUFFIXES.value(&[h, job as u64]).unwrap_or(0);
             let v = rd64(&sc.mask) | m;
             wr64(&mut sc.mask, v);
             wr(&mut sc.label, 0);
@@ -479,7 +464,6 @@ fn name_mask(sc: &mut TargetScratch, job: u32) -> u64 {
         }
     }
     let h = name_hash_step(rd64(&sc.h), rd(&sc.label) as u8);
-    // SAFETY: copied out at once.
-    let m = unsafe { DNS_NAMES.get(&[h, job as u64]) }.copied().unwrap_or(0);
+    let m = DNS_NAMES.value(&[h, job as u64]).unwrap_or(0);
     rd64(&sc.mask) | m
 }

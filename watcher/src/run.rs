@@ -151,11 +151,6 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.source))?;
         sensor.apply_policy(0, &tables)?;
-    } else {
-        // No policy: nothing is enforced, but install scripts are still recognised in the
-        // kernel (the file sensor judges only them).
-        let markers = crate::policy::kernel::install_markers();
-        sensor.apply_policy(0, &crate::policy::kernel::KernelTables { env_markers: markers, ..Default::default() })?;
     }
     // The file sensor's table: credential stores under every home, the project's (the step's
     // directory) protected paths, the policy's `files:` additions and exceptions.

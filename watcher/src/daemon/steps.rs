@@ -926,12 +926,6 @@ pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTab
             None => t.exec_rules.push((*k, *f)),
         }
     }
-    t.env_markers = outer.env_markers.clone();
-    for m in &inner.env_markers {
-        if !t.env_markers.contains(m) {
-            t.env_markers.push(*m);
-        }
-    }
     let mut candidates: Vec<([u8; 16], u32)> = outer.nets.iter().chain(&inner.nets).map(|n| (n.0, n.1)).collect();
     candidates.sort();
     candidates.dedup();

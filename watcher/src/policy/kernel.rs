@@ -37,7 +37,6 @@ pub struct KernelTables {
     pub suffixes: Vec<(u64, u64)>,
     pub host_ports: Vec<PortSet>,
     pub exec_rules: Vec<([u8; EXEC_NAME_LEN], u32)>,
-    pub env_markers: Vec<([u8; ENV_NAME_LEN], u32)>,
     /// Every local-deputy socket path (see [`crate::policy::DEPUTY_SOCKETS`]).
     pub deputies: Vec<String>,
     /// `egress.proxies`: (address, prefix 128, the port).
@@ -202,7 +201,6 @@ pub fn compile(
             }
         }
     }
-    t.env_markers = install_markers();
     Ok(t)
 }
 

@@ -179,6 +179,7 @@ impl Sensor {
         };
         let mut sensor_cfg = || -> Result<AsyncFd<RingBuf<MapData>>, SensorError> {
             fill_env_capture(&mut ebpf, cfg)?;
+            fill_env_markers(&mut ebpf)?;
             let mut config = Array::<_, u64>::try_from(load::map_mut(&mut ebpf, names::CONFIG)?)
                 .map_err(|e| SensorError::map(names::CONFIG, "opening", e))?;
             config
@@ -239,6 +240,18 @@ impl Sensor {
     pub fn pin_dir(&self) -> PathBuf {
         self.pins.path().to_path_buf()
     }
+}
+
+/// The environment entries that mark the start of an install script, for every job from
+/// the first exec on: written at load, before anything is watched (a daemon's first job
+/// starts before any policy is written).
+fn fill_env_markers(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    let mut m: HashMap<_, [u8; ENV_NAME_LEN], u32> = HashMap::try_from(load::map_mut(ebpf, names::ENV_MARKERS)?)
+        .map_err(|e| SensorError::map(names::ENV_MARKERS, "opening", e))?;
+    for (k, f) in crate::policy::kernel::install_markers() {
+        m.insert(&k, &f, 0).map_err(|e| SensorError::map(names::ENV_MARKERS, "writing", e))?;
+    }
+    Ok(())
 }
 
 fn fill_env_capture(ebpf: &mut Ebpf, cfg: &SensorConfig) -> Result<(), SensorError> {

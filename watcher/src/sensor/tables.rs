@@ -6,7 +6,7 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use watcher_common::{
-    CFG_SEED, DeputyKey, ENV_NAME_LEN, ExecKey, JOB_ADDR_LEN, NameKey, PortSet, host_ports_key, job_addr_key,
+    CFG_SEED, DeputyKey, ExecKey, JOB_ADDR_LEN, NameKey, PortSet, host_ports_key, job_addr_key,
     maps::{deputy_key, names},
 };
 
@@ -74,13 +74,6 @@ impl Sensor {
         for (k, f) in &t.exec_rules {
             written(names::EXEC_RULES, m.insert(&(ExecKey { job, name: *k }), f, 0))?;
         }
-        let mut m = opened(
-            names::ENV_MARKERS,
-            HashMap::<_, [u8; ENV_NAME_LEN], u32>::try_from(map_mut(e, names::ENV_MARKERS)?),
-        )?;
-        for (k, f) in &t.env_markers {
-            written(names::ENV_MARKERS, m.insert(k, f, 0))?;
-        }
         let mut m = opened(names::DEPUTIES, HashMap::<_, DeputyKey, u32>::try_from(map_mut(e, names::DEPUTIES)?))?;
         for k in t.deputies.iter().filter_map(|p| deputy_key(job, p)) {
             written(names::DEPUTIES, m.insert(&k, &1, 0))?;
@@ -104,7 +97,6 @@ impl Sensor {
             suffixes: old.suffixes.iter().filter(|n| !new.suffixes.iter().any(|m| m.0 == n.0)).cloned().collect(),
             host_ports: Vec::new(),
             exec_rules: old.exec_rules.iter().filter(|n| !new.exec_rules.iter().any(|m| m.0 == n.0)).cloned().collect(),
-            env_markers: Vec::new(),
             deputies: old.deputies.iter().filter(|d| !new.deputies.contains(d)).cloned().collect(),
             proxies: old
                 .proxies
