@@ -58,6 +58,7 @@ pub fn agent(a: &AgentArgs) -> anyhow::Result<()> {
         report_format: None,
         user: None,
         file_sensor: !a.no_file_sensor,
+        bench_disable: Default::default(),
     })?;
     std::process::exit(code)
 }

@@ -126,11 +126,11 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
             .join(" and ");
         eprintln!("watcher: warning: --bench-disable: {off} off (a benchmark's setting, never for a real build)");
     }
-    let sensor_cfg =
-        SensorConfig {
+    let sensor_cfg = SensorConfig {
         bench_disable: opts.bench_disable,
         file_sensor: opts.file_sensor,
-        ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
+        ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes)
+    };
     let mut sensor = Sensor::load(&sensor_cfg, &root)?;
     for s in sensor.stale() {
         eprintln!(
