@@ -66,7 +66,7 @@ fn exec_enter(ctx: &TracePointContext, prog: &RawTracePointContext, filename_off
     rec.argc = 0;
     rec.args_len = 0;
 
-    let filename: *const u8 = crate::safe::field(&ctx, filename_off).unwrap_or(core::ptr::null());
+    let filename: *const u8 = crate::safe::field(ctx, filename_off).unwrap_or(core::ptr::null());
     let n = crate::safe::user_str(&mut rec.filename, 0, FILENAME_LEN as u32, filename);
     rec.filename_len = 0;
     if n <= 0 {
@@ -79,14 +79,14 @@ fn exec_enter(ctx: &TracePointContext, prog: &RawTracePointContext, filename_off
     }
 
     enforce_exec(rec, &info);
-    let argv: *const *const u8 = crate::safe::field(&ctx, argv_off).unwrap_or(core::ptr::null());
+    let argv: *const *const u8 = crate::safe::field(ctx, argv_off).unwrap_or(core::ptr::null());
     if !argv.is_null() {
         read_args(rec, argv);
     }
     rec.env_len = 0;
     rec.env_flags = 0;
     rec.env_idx = 0;
-    rec.envp = crate::safe::field::<u64>(&ctx, argv_off + 8).unwrap_or(0);
+    rec.envp = crate::safe::field::<u64>(ctx, argv_off + 8).unwrap_or(0);
     // Continue in exec_env_scan (tail calls); if that is impossible, keep what we have.
     if rec.envp != 0 {
         crate::safe::tail_call(&ENV_SCAN_PROG, prog, 0);
@@ -295,7 +295,7 @@ fn exec_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let Some(rec) = crate::safe::entry_mut(&EXEC_PENDING, &tid) else { return };
-    let ret: i64 = crate::safe::field(&ctx, 16).unwrap_or(-1);
+    let ret: i64 = crate::safe::field(ctx, 16).unwrap_or(-1);
     rec.ret = ret as i32;
     if ret == 0 {
         // After a successful exec the comm is the new program's and a non-leader thread

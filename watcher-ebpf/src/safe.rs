@@ -59,6 +59,8 @@ pub fn entry_mut<K, V>(map: &HashMap<K, V>, key: &K) -> Option<&'static mut V> {
 /// the same CPU in the contexts these run in, and each program takes the slot once per run,
 /// so the reference is exclusive while it lives.
 #[inline(always)]
+// The map is a static shared by every run; the slot is this CPU's, exclusive as said above.
+#[allow(clippy::mut_from_ref)]
 pub fn scratch<T>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
     let p = map.get_ptr_mut(0)?;
     // SAFETY: see above; the pointer is to this CPU's slot, valid for the program's run.
