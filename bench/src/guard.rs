@@ -20,11 +20,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
-use watcher_tests::HttpServer;
 
 use crate::{
-    npm::{clean, npm_env, publish_graph, run_ok},
+    npm::{clean, npm_env},
     util::{Row, TempDir, against, count_log, median, require_root, row, watcher_bin},
 };
 
@@ -178,32 +176,8 @@ fn storm(a: &Args, dir: &TempDir) -> anyhow::Result<Vec<Row>> {
 
 fn npm(a: &Args) -> anyhow::Result<Vec<Row>> {
     let watcher = watcher_bin()?;
-    let work = TempDir::new("watcher-bench-guard-npm")?;
-    let (build, project, home, cache) =
-        (work.join("build"), work.join("project"), work.join("home"), work.join("cache"));
-    for d in [&build, &project, &home] {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(home.join("global-npmrc"), "")?;
-    let http = HttpServer::start("127.0.0.1:0".parse()?)?;
-    eprintln!("watcher-bench guard: generating and publishing {} packages...", a.guard_packages);
-    let deps = publish_graph(&http, &build, a.guard_packages)?;
-    let allow: serde_json::Map<String, Value> =
-        deps.as_object().unwrap().keys().map(|k| (k.clone(), json!(true))).collect();
-    std::fs::write(
-        project.join("package.json"),
-        serde_json::to_string_pretty(&json!({
-            "name": "bench-project", "version": "1.0.0", "private": true,
-            "dependencies": deps, "allowScripts": allow,
-        }))?,
-    )?;
-    std::fs::write(project.join(".npmrc"), format!("registry={}/\n", http.base_url()))?;
-    let policy = work.join("npm.yaml");
-    std::fs::write(&policy, watcher::drill::BUILTIN_POLICY)?;
-    let mut install = Command::new("npm");
-    install.arg("install").current_dir(&project);
-    npm_env(&mut install, &home, &cache);
-    run_ok(&mut install)?;
+    let crate::npm::NpmProject { work, project, home, cache, policy, http: _http } =
+        crate::npm::prepare("guard-npm", a.guard_packages)?;
 
     let variants = [VARIANTS[0], VARIANTS[3]];
     let mut times = vec![Vec::new(); variants.len()];

@@ -10,7 +10,7 @@
 //! process, sampled every 10 ms).
 use std::{
     ffi::OsString,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
@@ -192,10 +192,22 @@ pub(crate) fn clean(project: &Path, cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
-    require_root()?;
-    let watcher = watcher_bin()?;
-    let work = TempDir::new("watcher-bench-npm")?;
+/// The benchmarks' npm project: a registry on loopback serving a generated graph of `packages`
+/// packages, a project depending on all of them (their scripts allowed), the shipped npm policy,
+/// an empty home and cache, and `npm install` run once to make the lockfile. `tag` names the
+/// benchmark in its messages and temporary directory.
+pub(crate) struct NpmProject {
+    pub work: TempDir,
+    pub project: PathBuf,
+    pub home: PathBuf,
+    pub cache: PathBuf,
+    pub policy: PathBuf,
+    /// The registry: serves until dropped.
+    pub http: HttpServer,
+}
+
+pub(crate) fn prepare(tag: &str, packages: usize) -> anyhow::Result<NpmProject> {
+    let work = TempDir::new(&format!("watcher-bench-{tag}"))?;
     let (build, project, home, cache) =
         (work.join("build"), work.join("project"), work.join("home"), work.join("cache"));
     for d in [&build, &project, &home] {
@@ -203,8 +215,8 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     }
     std::fs::write(home.join("global-npmrc"), "")?;
     let http = HttpServer::start("127.0.0.1:0".parse()?)?;
-    eprintln!("watcher-bench npm: generating and publishing {} packages...", a.packages);
-    let deps = publish_graph(&http, &build, a.packages)?;
+    eprintln!("watcher-bench {tag}: generating and publishing {packages} packages...");
+    let deps = publish_graph(&http, &build, packages)?;
     let allow: serde_json::Map<String, Value> =
         deps.as_object().unwrap().keys().map(|k| (k.clone(), json!(true))).collect();
     std::fs::write(
@@ -217,12 +229,18 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     std::fs::write(project.join(".npmrc"), format!("registry={}/\n", http.base_url()))?;
     let policy = work.join("npm.yaml");
     std::fs::write(&policy, watcher::drill::BUILTIN_POLICY)?;
-
-    eprintln!("watcher-bench npm: npm install (makes package-lock.json)...");
+    eprintln!("watcher-bench {tag}: npm install (makes package-lock.json)...");
     let mut install = Command::new("npm");
     install.arg("install").current_dir(&project);
     npm_env(&mut install, &home, &cache);
     run_ok(&mut install)?;
+    Ok(NpmProject { work, project, home, cache, policy, http })
+}
+
+pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
+    require_root()?;
+    let watcher = watcher_bin()?;
+    let NpmProject { work, project, home, cache, policy, http: _http } = prepare("npm", a.packages)?;
     let lock: Value = serde_json::from_str(&std::fs::read_to_string(project.join("package-lock.json"))?)?;
     let installed = lock["packages"].as_object().map(|m| m.len().saturating_sub(1)).unwrap_or(0);
     let nested = lock["packages"]

@@ -15,11 +15,9 @@ use std::{
 };
 
 use anyhow::bail;
-use serde_json::{Value, json};
-use watcher_tests::HttpServer;
 
-use crate::npm::{clean, npm_ci_args, npm_env, publish_graph, run_ok};
-use crate::util::{Row, TempDir, against, count_log, median, require_root, row};
+use crate::npm::{clean, npm_ci_args, npm_env, run_ok};
+use crate::util::{Row, against, count_log, median, require_root, row};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -75,32 +73,8 @@ struct Watched {
 pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     require_root()?;
     let me = std::env::current_exe()?;
-    let work = TempDir::new("watcher-bench-npm-files")?;
-    let (build, project, home, cache) =
-        (work.join("build"), work.join("project"), work.join("home"), work.join("cache"));
-    for d in [&build, &project, &home] {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(home.join("global-npmrc"), "")?;
-    let http = HttpServer::start("127.0.0.1:0".parse()?)?;
-    eprintln!("watcher-bench npm-files: generating and publishing {} packages...", a.packages);
-    let deps = publish_graph(&http, &build, a.packages)?;
-    let allow: serde_json::Map<String, Value> =
-        deps.as_object().unwrap().keys().map(|k| (k.clone(), json!(true))).collect();
-    std::fs::write(
-        project.join("package.json"),
-        serde_json::to_string_pretty(&json!({
-            "name": "bench-project", "version": "1.0.0", "private": true,
-            "dependencies": deps, "allowScripts": allow,
-        }))?,
-    )?;
-    std::fs::write(project.join(".npmrc"), format!("registry={}/\n", http.base_url()))?;
-    let policy = work.join("npm.yaml");
-    std::fs::write(&policy, watcher::drill::BUILTIN_POLICY)?;
-    let mut install = Command::new("npm");
-    install.arg("install").current_dir(&project);
-    npm_env(&mut install, &home, &cache);
-    run_ok(&mut install)?;
+    let crate::npm::NpmProject { work, project, home, cache, policy, http: _http } =
+        crate::npm::prepare("npm-files", a.packages)?;
 
     let mut bare = Vec::new();
     let mut on = Watched { secs: vec![], file_records: 0, events: 0, alerts: 0, lost: 0, install_scripts: 0 };
