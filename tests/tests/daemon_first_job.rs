@@ -103,3 +103,55 @@ fn the_first_job_after_start_is_enforced_like_every_later_one() {
     }
     assert_eq!(bad.connections(), 0, "a denied connect of a first job reached its host");
 }
+
+/// A job's first program is itself one the policy denies. The kernel stopped it at exec before
+/// the job had tables, so the kernel could not judge it; the daemon must kill it instead of
+/// continuing it (enforce), and the job's log says so. In audit mode it runs and is flagged.
+#[test]
+fn a_jobs_first_program_that_the_policy_denies_never_runs() {
+    if !root_or_skip() {
+        return;
+    }
+    const VAR2: &str = "WDT_FIRST_PROG_ID";
+    let ok = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    for mode in ["enforce", "audit"] {
+        let dir = TempDir::new(&format!("watcher-first-prog-{mode}"));
+        let cfg = config(&dir, ok.addr().port());
+        // This test's own job variable and mode (the config helper writes the shared ones).
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(VAR, VAR2);
+        std::fs::write(&cfg, text).unwrap();
+        let p = std::fs::read_to_string(dir.join("p.yaml")).unwrap().replace("mode: enforce", &format!("mode: {mode}"));
+        std::fs::write(dir.join("p.yaml"), p).unwrap();
+        let d = Daemon::start(&cfg, &dir, VAR2);
+        for round in 0..2 {
+            let id = format!("{mode}-{round}");
+            // `id` is the job's first exec: no shell or wrapper before it.
+            let out = Command::new("/usr/bin/id")
+                .env(VAR2, &id)
+                .env("WDT_FIRST_REPO", "acme/first")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let job = d.ended(&id);
+            let events = d.job_events(&job);
+            let got = rules(&events);
+            let ctx = format!(
+                "{mode}, round {round}: exit {:?} signal {:?}\nstdout {}\nalerts {got:?}\n{}",
+                out.status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                String::from_utf8_lossy(&out.stdout),
+                d.log()
+            );
+            if mode == "enforce" {
+                assert!(out.stdout.is_empty(), "a denied first program ran: {ctx}");
+                assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{ctx}");
+                assert!(got.contains(&("exec-denied".to_string(), "kill".to_string())), "{ctx}");
+            } else {
+                assert!(out.status.success() && !out.stdout.is_empty(), "audit must let it run: {ctx}");
+                assert!(got.contains(&("exec-denied".to_string(), "flag".to_string())), "{ctx}");
+            }
+            assert_eq!(job["mode"], mode, "{ctx}");
+        }
+        drop(d);
+    }
+}

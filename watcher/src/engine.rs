@@ -300,6 +300,18 @@ impl Engine {
         self.last_kill
     }
 
+    /// Enforce mode: the `exec.deny` rule that denies running `path` (None in audit mode). The
+    /// daemon asks this of a job's first program, which the kernel stopped at exec before the
+    /// job's tables existed and so could not judge: killed instead of continued when it names
+    /// a rule. Only the explicit deny list: `temp_dirs` needs the step's working tree, which is
+    /// not known yet at a job's first exec.
+    pub fn first_exec_denied(&self, path: &str) -> Option<String> {
+        if self.policy.mode != crate::policy::Mode::Enforce {
+            return None;
+        }
+        self.policy.exec_denied(path)
+    }
+
     /// `exec.temp_dirs`: an executable in a temporary directory outside the step's working tree
     /// and the package managers' install trees is a dropper's (the rule's text for the alert).
     fn dropper(&self, path: &str) -> Option<String> {

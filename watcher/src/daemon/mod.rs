@@ -322,7 +322,7 @@ impl Daemon {
         }
     }
 
-    fn handle(&mut self, rec: Record) -> anyhow::Result<()> {
+    fn handle(&mut self, mut rec: Record) -> anyhow::Result<()> {
         let kid = rec.task().job;
         if kid == JOB_NONE {
             let Some((collector, log)) = &mut self.no_job else {
@@ -373,10 +373,13 @@ impl Daemon {
             // process (a job's first) is read as it is held: complete and stable.
             job.learn_environ(task.pid, (!stopped).then_some(task.boot_ns));
         }
-        if let Record::Exec { stopped: true, task, .. } = &rec {
-            // Its tables are written: let it run.
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.pid as i32), nix::sys::signal::Signal::SIGCONT);
+        if let Record::Exec { stopped: true, task, filename, killed, .. } = &mut rec {
+            // Its tables are written: let it run, unless the program itself is one the
+            // policy denies (the kernel could not judge it: the job had no tables at its
+            // exec). Then it is killed before its first instruction, and logged as killed.
+            if release_first(job.pipeline.engine(), kid, task.pid, filename) {
+                *killed = true;
+            }
             if let Err(e) = self.sensor.forget_held_job(kid) {
                 tracing::error!(kernel_job = kid, "{e}");
             }
@@ -435,9 +438,9 @@ impl Daemon {
                 continue;
             }
             if self.by_kernel.contains_key(&kid) {
-                // Set up already; the record may still be on its way: continue it anyway.
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+                // Set up already; the record may still be on its way: judge it by its
+                // executable and continue (or kill) it anyway.
+                self.release_from_proc(kid, pid);
                 if let Err(e) = self.sensor.forget_held_job(kid) {
                     tracing::error!(kernel_job = kid, "{e}");
                 }
@@ -475,10 +478,7 @@ impl Daemon {
                         }
                     }
                     tracing::warn!(kernel_job = kid, pid, "job set up from /proc: its exec record was lost");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGCONT,
-                    );
+                    self.release_from_proc(kid, pid);
                 }
                 Err(e) => {
                     tracing::error!(kernel_job = kid, pid, "cannot set up job, killing its process: {e:#}");
@@ -492,6 +492,16 @@ impl Daemon {
                 tracing::error!(kernel_job = kid, "{e}");
             }
         }
+    }
+
+    /// A held first program whose exec record is not at hand (lost, or under a previous
+    /// daemon): judged by its executable's path, then continued or killed.
+    fn release_from_proc(&mut self, kid: u32, pid: u32) {
+        let filename = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let engine = self.by_kernel.get(&kid).and_then(|id| self.jobs.get(id)).and_then(|j| j.pipeline.engine());
+        release_first(engine, kid, pid, &filename);
     }
 
     /// At start (the programs are attached, so nothing new escapes): processes a previous
@@ -568,10 +578,7 @@ impl Daemon {
                         tracing::info!(pid, kernel_job = kid, job = %job.name, id = %job.identity.id,
                             "adopted a job a previous daemon left held at its first exec");
                     }
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGCONT,
-                    );
+                    self.release_from_proc(kid, pid);
                 }
                 Err(e) => {
                     // Fail closed, as for any job that cannot be set up.
@@ -710,6 +717,20 @@ impl Daemon {
 }
 
 /// State letter, parent pid and thread count of process `pid` from /proc/PID/stat.
+/// A job's first program, held stopped at exec while its tables were written: continued, or
+/// killed (SIGKILL, true) when the job's policy denies the program itself in enforce mode (the
+/// kernel could not judge that exec: the job had no tables yet).
+fn release_first(engine: Option<&crate::engine::Engine>, kid: u32, pid: u32, filename: &str) -> bool {
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    if let Some(rule) = engine.and_then(|e| e.first_exec_denied(filename)) {
+        tracing::info!(kernel_job = kid, pid, %filename, %rule, "a job's first program is denied: killed at exec");
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+        return true;
+    }
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT);
+    false
+}
+
 fn proc_state(pid: u32) -> Option<(char, u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&stat)
