@@ -50,6 +50,15 @@ impl Daemon {
         d
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -61,12 +70,12 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// The status entry of the job `VAR=id` once it has ended (waits up to 20 s).
+    /// The status entry of the job `VAR=id` once it has ended (waits up to 30 s).
     pub fn ended(&self, id: &str) -> Value {
         let mut last = Value::Null;
         let want = format!("{}={id}", self.var);
         let find = |st: &Value| st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == want).cloned();
-        let ok = wait_until(Duration::from_secs(20), || {
+        let ok = wait_until(Duration::from_secs(30), || {
             last = self.status();
             find(&last).is_some_and(|j| j["state"] == "ended")
         });

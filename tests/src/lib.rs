@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod lab;
 pub mod proxy;
 pub mod schema;
+pub mod sinks;
 
 /// How often background threads look at their stop flag.
 const POLL_MS: i32 = 50;

@@ -5,14 +5,17 @@
 //! Every destination is on loopback (127.0.0.2 is never allowed by these policies) or a path
 //! the test creates.
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use watcher_tests::{Listener, netprobe_bin, read_jsonl, root_or_skip, wait_until, watcher_bin};
+use watcher_tests::{
+    Listener, netprobe_bin, read_jsonl, root_or_skip,
+    sinks::{IcmpSink, TestCgroup, UnixSink, cgroup_root},
+    wait_until, watcher_bin,
+};
 
 const DENIED: &str = "127.0.0.2";
 
@@ -48,45 +51,14 @@ fn alerts<'a>(events: &'a [Value], rule: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == "alert" && e["rule"] == rule).collect()
 }
 
-fn cgroup_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in info.lines() {
-        if let Some((left, right)) = line.split_once(" - ")
-            && right.starts_with("cgroup2 ")
-        {
-            return PathBuf::from(left.split_whitespace().nth(4).unwrap());
-        }
-    }
-    panic!("no cgroup2 mount");
-}
-
-/// A cgroup of the test's own, removed on drop (after what is in it is moved out).
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let p = cgroup_root().join(format!("watcher-test-sibling-{}", std::process::id()));
-        let _ = std::fs::create_dir(&p);
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let kill = self.0.join("cgroup.kill");
-        let _ = std::fs::write(kill, "1");
-        wait_until(Duration::from_secs(5), || std::fs::remove_dir(&self.0).is_ok() || !self.0.exists());
-    }
-}
-
 #[test]
 fn a_step_that_moves_itself_to_another_cgroup_stays_in_its_job() {
     if !root_or_skip() {
         return;
     }
-    let sibling = TestCgroup::new();
+    let sibling = TestCgroup::new("sibling");
     let np = netprobe_bin().display().to_string();
-    for target in [cgroup_root(), sibling.0.clone()] {
+    for target in [cgroup_root(), sibling.path().to_path_buf()] {
         for mode in ["audit", "enforce"] {
             let l = Listener::start(format!("{DENIED}:0").parse().unwrap()).unwrap();
             let script = format!("{np} cgroup-move {} tcp {}", target.display(), l.addr());
@@ -104,37 +76,6 @@ fn a_step_that_moves_itself_to_another_cgroup_stays_in_its_job() {
                 assert_eq!(egress[0]["action"], "flag", "{what}");
             }
         }
-    }
-}
-
-/// An ICMP receiver on the host: every ICMP packet of the host, kept when it carries `marker`.
-struct IcmpSink(OwnedFd);
-
-impl IcmpSink {
-    fn new() -> IcmpSink {
-        // SAFETY: socket(2) with constant arguments; owned at once.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, libc::IPPROTO_ICMP) };
-        assert!(fd >= 0, "raw icmp socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh descriptor.
-        IcmpSink(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// Whether a packet carrying `marker` arrives within `wait`.
-    fn saw(&self, marker: &[u8], wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            // SAFETY: recv into our buffer.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 {
-                if buf[..n as usize].windows(marker.len()).any(|w| w == marker) {
-                    return true;
-                }
-            } else {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        false
     }
 }
 
@@ -203,49 +144,6 @@ fn a_packet_socket_from_an_install_script_is_killed_in_enforce_mode() {
     assert_eq!(enforce.code, Some(77), "{}", enforce.err);
 }
 
-/// A unix listener at a path the test makes (and removes), recording what it receives.
-struct UnixSink {
-    path: PathBuf,
-    made_dir: Option<PathBuf>,
-    got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl UnixSink {
-    fn at(path: &Path) -> Option<UnixSink> {
-        if path.exists() {
-            return None; // a real daemon's socket: never touch it
-        }
-        let dir = path.parent().unwrap();
-        let made_dir = (!dir.exists()).then(|| dir.to_path_buf());
-        std::fs::create_dir_all(dir).unwrap();
-        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (g, c) = (got.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut s = s;
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut s, &mut buf);
-                g.lock().unwrap().extend(buf);
-            }
-        });
-        Some(UnixSink { path: path.to_path_buf(), made_dir, got, conns })
-    }
-}
-
-impl Drop for UnixSink {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        if let Some(d) = &self.made_dir {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
 #[test]
 fn an_install_script_connecting_to_a_local_deputy_is_killed_before_it_sends() {
     if !root_or_skip() {
@@ -259,17 +157,17 @@ fn an_install_script_connecting_to_a_local_deputy_is_killed_before_it_sends() {
     let np = netprobe_bin().display().to_string();
     let audit = run("audit", &format!("{np} unix {}", path.display()), true);
     assert_eq!(alerts(&audit.events, "local-deputy")[0]["action"], "flag", "{}", audit.err);
-    assert!(wait_until(Duration::from_secs(3), || sink.got.lock().unwrap().len() == 6), "{}", audit.err);
-    sink.got.lock().unwrap().clear();
+    assert!(wait_until(Duration::from_secs(3), || sink.received() == 6), "{}", audit.err);
+    sink.clear();
     let enforce = run("enforce", &format!("{np} unix {}", path.display()), true);
     assert_eq!(alerts(&enforce.events, "local-deputy")[0]["action"], "kill", "{}", enforce.err);
     assert_eq!(enforce.code, Some(77), "{}", enforce.err);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(sink.got.lock().unwrap().is_empty(), "the deputy received data in enforce mode");
+    assert!(sink.received() == 0, "the deputy received data in enforce mode");
     // The step itself (not an install script) may use its daemon: flagged nowhere.
     let step = run("enforce", &format!("{np} unix {}", path.display()), false);
     assert!(alerts(&step.events, "local-deputy").is_empty(), "{}", step.err);
-    assert!(sink.conns.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(sink.connections() >= 2);
 }
 
 #[test]

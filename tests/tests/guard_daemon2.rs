@@ -6,20 +6,20 @@
 //! and the job's own log carries the alert. One daemon per test, with an audit and an enforce
 //! pipeline. Every destination is on loopback or inside a network namespace the test creates.
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use watcher_tests::{
-    DnsServer, Listener, Netns, TempDir, lab::in_netns, netprobe_bin, read_jsonl, root_or_skip, wait_until, watcher_bin,
+    DnsServer, Listener, Netns, TempDir,
+    lab::in_netns,
+    netprobe_bin,
+    proxy::Proxy,
+    read_jsonl, root_or_skip,
+    sinks::{IcmpSink, TestCgroup, UnixSink, cgroup_root},
+    wait_until,
 };
 
 /// Subnets of Netns (distinct per test in this file, away from the other files' ones).
@@ -31,14 +31,11 @@ const SUBNET_DEPTH: u16 = 1205;
 
 const MODES: [&str; 2] = ["audit", "enforce"];
 
+/// One daemon of this file: the shared test daemon and the directory it runs in (dropped in
+/// this order: the daemon stops before its directory goes).
 struct Daemon {
-    child: Option<Child>,
+    d: watcher_tests::daemon::Daemon,
     dir: TempDir,
-    stderr: PathBuf,
-    socket: PathBuf,
-    /// This test's job variable (tests run side by side; a daemon takes every process that
-    /// carries one of its job variables).
-    var: String,
 }
 
 /// One job's run: its processes' exit and output, and its log.
@@ -82,63 +79,27 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let stderr = dir.join("daemon.stderr");
-        let child = Command::new(watcher_bin())
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let socket = dir.join("run/watcher.sock");
-        let d = Daemon { child: Some(child), dir, stderr, socket, var: var.to_string() };
-        assert!(
-            wait_until(Duration::from_secs(30), || d.log().contains("watcher daemon started")),
-            "daemon did not start: {}",
-            d.log()
-        );
-        d
+        let d = watcher_tests::daemon::Daemon::start(&config, &dir, var);
+        Daemon { d, dir }
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.d.pid()
     }
 
     fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.d.alive()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn status(&self) -> Value {
-        let out =
-            Command::new(watcher_bin()).args(["status", "--json", "--socket"]).arg(&self.socket).output().unwrap();
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// The ended job of `VAR=id`.
-    fn ended(&self, id: &str) -> Value {
-        let mut last = Value::Null;
-        let find = |st: &Value| {
-            st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == format!("{}={id}", self.var)).cloned()
-        };
-        let ok = wait_until(Duration::from_secs(30), || {
-            last = self.status();
-            find(&last).is_some_and(|j| j["state"] == "ended")
-        });
-        assert!(ok, "job {id} did not end: {last:#}\n{}", self.log());
-        find(&last).unwrap()
+        self.d.log()
     }
 
     /// Runs `sh -c script` as job `id` of pipeline `acme/MODE` (as npm runs a postinstall of
     /// evil-pkg when `install`), with `env` added; waits for the job's end and reads its log.
     fn job(&self, id: &str, mode: &str, script: &str, install: bool, env: &[(&str, &str)]) -> Job {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", script]).env(&self.var, id).env("WDT_REPO", format!("acme/{mode}"));
+        cmd.args(["-c", script]).env(&self.d.var, id).env("WDT_REPO", format!("acme/{mode}"));
         if install {
             cmd.env("npm_lifecycle_event", "postinstall")
                 .env("npm_package_name", "evil-pkg")
@@ -148,19 +109,10 @@ impl Daemon {
             cmd.env(k, v);
         }
         let out = cmd.stdin(Stdio::null()).output().unwrap();
-        let job = self.ended(id);
+        let job = self.d.ended(id);
         assert_eq!(job["mode"], mode, "{job:#}");
         let log = self.dir.join(job["log"].as_str().unwrap());
         Job { status: job, out, events: read_jsonl(&log), text: std::fs::read_to_string(&log).unwrap() }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -234,38 +186,6 @@ fn a_signal_from_a_daemon_job_to_the_daemon_is_tamper() {
 
 // ------------------------------------------------------------------------ local deputy
 
-/// A unix listener at a path the test makes (removed on drop), recording what it receives.
-struct UnixSink {
-    path: PathBuf,
-    got: Arc<Mutex<Vec<u8>>>,
-    conns: Arc<AtomicUsize>,
-}
-
-impl UnixSink {
-    fn at(path: &Path) -> UnixSink {
-        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let conns = Arc::new(AtomicUsize::new(0));
-        let (g, c) = (got.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for mut s in l.incoming().flatten() {
-                c.fetch_add(1, Ordering::SeqCst);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf);
-                g.lock().unwrap().extend(buf);
-            }
-        });
-        UnixSink { path: path.to_path_buf(), got, conns }
-    }
-}
-
-impl Drop for UnixSink {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// A deputy socket the test makes (named in `egress.deputies`, as docker's is built in): an
 /// install script connecting to it is flagged in audit mode, killed before it sends in enforce
 /// mode; the job itself (not an install script) may use it.
@@ -276,14 +196,14 @@ fn a_daemon_jobs_install_script_connecting_to_a_local_deputy_is_killed_before_it
     }
     let sockdir = TempDir::new("watcher-g3-deputy-sock");
     let path = sockdir.join("dockerd.sock");
-    let sink = UnixSink::at(&path);
+    let sink = UnixSink::at(&path).expect("a fresh socket path");
     let p = path.display().to_string();
     let d = Daemon::start("deputy", "WDT_G3_DEPUTY_ID", |m| {
         policy(m, &format!("  allow: []\n  deputies:\n    add: [{p}]\n"), "")
     });
     let script = format!("{} unix {p}; echo rc=$?", np());
     for mode in MODES {
-        sink.got.lock().unwrap().clear();
+        sink.clear();
         let j = d.job(mode, mode, &script, true, &[]);
         let ctx = format!("{mode}: {}\n{}\n{}", j.stderr(), j.text, d.log());
         let a = j.alerts("local-deputy");
@@ -292,50 +212,20 @@ fn a_daemon_jobs_install_script_connecting_to_a_local_deputy_is_killed_before_it
             assert_eq!(a[0]["action"], "kill", "{ctx}");
             assert!(j.stdout().contains("rc=137"), "{ctx}");
             std::thread::sleep(Duration::from_millis(300));
-            assert!(sink.got.lock().unwrap().is_empty(), "the deputy received data in enforce mode: {ctx}");
+            assert!(sink.received() == 0, "the deputy received data in enforce mode: {ctx}");
         } else {
             assert_eq!(a[0]["action"], "flag", "{ctx}");
-            assert!(wait_until(Duration::from_secs(3), || sink.got.lock().unwrap().len() == 6), "{ctx}");
+            assert!(wait_until(Duration::from_secs(3), || sink.received() == 6), "{ctx}");
         }
     }
     // The job itself (not an install script) may use its daemon.
     let j = d.job("step", "enforce", &script, false, &[]);
     assert!(j.alerts("local-deputy").is_empty(), "{}", j.text);
     assert!(j.stdout().contains("rc=0"), "{}", j.stderr());
-    assert!(sink.conns.load(Ordering::SeqCst) >= 2);
+    assert!(sink.connections() >= 2);
 }
 
 // ------------------------------------------------------------------------ cgroup escape
-
-fn cgroup_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in info.lines() {
-        if let Some((left, right)) = line.split_once(" - ")
-            && right.starts_with("cgroup2 ")
-        {
-            return PathBuf::from(left.split_whitespace().nth(4).unwrap());
-        }
-    }
-    panic!("no cgroup2 mount");
-}
-
-/// A cgroup of the test's own, removed on drop (after what is in it is killed).
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let p = cgroup_root().join(format!("watcher-test-g3-sibling-{}", std::process::id()));
-        let _ = std::fs::create_dir(&p);
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-        wait_until(Duration::from_secs(5), || std::fs::remove_dir(&self.0).is_ok() || !self.0.exists());
-    }
-}
 
 /// A job's process that writes its pid into the root cgroup (or a sibling one) and then
 /// connects to the attacker stays in its job: flagged in audit, denied in enforce.
@@ -346,9 +236,9 @@ fn a_daemon_job_that_moves_itself_to_another_cgroup_stays_in_its_job() {
     }
     let ns = Netns::new(SUBNET_CGROUP).unwrap();
     let bad = attacker(&ns);
-    let sibling = TestCgroup::new();
+    let sibling = TestCgroup::new("g3-sibling");
     let d = Daemon::start("cgroup", "WDT_G3_CGROUP_ID", |m| policy(m, "  allow: []\n", ""));
-    for (n, target) in [cgroup_root(), sibling.0.clone()].iter().enumerate() {
+    for (n, target) in [cgroup_root(), sibling.path().to_path_buf()].iter().enumerate() {
         for mode in MODES {
             let before = bad.connections();
             let script = format!("{} cgroup-move {} tcp {}", np(), target.display(), bad.addr());
@@ -369,82 +259,6 @@ fn a_daemon_job_that_moves_itself_to_another_cgroup_stays_in_its_job() {
 }
 
 // ------------------------------------------------------------------------ forward proxy
-
-/// A forward HTTP proxy on 127.0.0.1 (CONNECT only), in the test process (not watched). Names
-/// resolve through `hosts` only. Every upstream it connects to is recorded.
-struct Proxy {
-    addr: SocketAddr,
-    upstreams: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(hosts: Vec<(String, IpAddr)>) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
-        let upstreams = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (u, s) = (upstreams.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        let (u, hosts) = (u.clone(), hosts.clone());
-                        std::thread::spawn(move || serve(c, &hosts, &u));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Proxy { addr, upstreams, stop }
-    }
-
-    fn upstreams(&self) -> usize {
-        self.upstreams.lock().unwrap().len()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn serve(mut c: TcpStream, hosts: &[(String, IpAddr)], ups: &Mutex<Vec<SocketAddr>>) {
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-        match c.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => return,
-        }
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let mut parts = text.lines().next().unwrap_or("").split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let Some((host, port)) = target.rsplit_once(':').filter(|_| method == "CONNECT") else {
-        let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-        return;
-    };
-    let ip = host.parse::<IpAddr>().ok().or_else(|| hosts.iter().find(|(n, _)| n == host).map(|(_, ip)| *ip));
-    let (Some(ip), Ok(port)) = (ip, port.parse::<u16>()) else {
-        let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
-        return;
-    };
-    let to = SocketAddr::new(ip, port);
-    ups.lock().unwrap().push(to);
-    let Ok(mut up) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) else { return };
-    let _ = c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
-    let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
-    let t = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut up2, &mut c2);
-    });
-    let _ = std::io::copy(&mut c, &mut up);
-    let _ = up.shutdown(std::net::Shutdown::Both);
-    let _ = t.join();
-}
 
 /// `CONNECT evil.test:PORT` through a proxy named in `egress.proxies`: flagged and tunnelled in
 /// audit mode; in enforce mode dropped in the kernel (the proxy never hears of it). An allowed
@@ -467,7 +281,7 @@ fn a_daemon_jobs_request_through_a_forward_proxy_is_judged_by_its_target() {
     };
     let bp = bad.addr().port();
     for mode in MODES {
-        let before = (bad.connections(), proxy.upstreams());
+        let before = (bad.connections(), proxy.upstreams().len());
         let j = d.job(mode, mode, &curl("evil.test", bp), false, &[]);
         let alerts = j.alerts("egress-denied");
         let ctx = format!("{mode}: {}\n{alerts:#?}\n{}\n{}", j.stderr(), j.text, d.log());
@@ -478,7 +292,7 @@ fn a_daemon_jobs_request_through_a_forward_proxy_is_judged_by_its_target() {
         if mode == "enforce" {
             assert_eq!(alerts[0]["action"], "deny", "{ctx}");
             assert_eq!(send["target"]["dropped"], true, "{ctx}");
-            assert_eq!(proxy.upstreams(), before.1, "the proxy got the request: {ctx}");
+            assert_eq!(proxy.upstreams().len(), before.1, "the proxy got the request: {ctx}");
             assert_eq!(bad.connections(), before.0, "{ctx}");
         } else {
             assert_eq!(alerts[0]["action"], "flag", "{ctx}");
@@ -687,39 +501,6 @@ fn a_process_300_forks_below_a_daemon_jobs_install_script_is_attributed_and_its_
 }
 
 // ------------------------------------------------------------------------ packet backstop
-
-/// An ICMP receiver on the host: every ICMP packet of the host, kept when it carries `marker`.
-struct IcmpSink(std::os::fd::OwnedFd);
-
-impl IcmpSink {
-    fn new() -> IcmpSink {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: socket(2) with constant arguments; owned at once.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, libc::IPPROTO_ICMP) };
-        assert!(fd >= 0, "raw icmp socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh descriptor.
-        IcmpSink(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// Whether a packet carrying `marker` arrives within `wait`.
-    fn saw(&self, marker: &[u8], wait: Duration) -> bool {
-        use std::os::fd::AsRawFd as _;
-        let deadline = std::time::Instant::now() + wait;
-        let mut buf = [0u8; 2048];
-        while std::time::Instant::now() < deadline {
-            // SAFETY: recv into our buffer.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 {
-                if buf[..n as usize].windows(marker.len()).any(|w| w == marker) {
-                    return true;
-                }
-            } else {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        false
-    }
-}
 
 /// ICMP from a raw socket of the job itself (not an install script, so the socket may be
 /// opened): the packet backstop judges its packets, flagged in audit, dropped in enforce.

@@ -4,16 +4,15 @@
 //! Real clients (curl, openssl s_client). The attacker and the "CDN" listen inside a network
 //! namespace the test creates; the proxy's upstream is that namespace and nothing else.
 use std::{
-    io::Read as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::Value;
 use watcher_tests::{
-    DnsServer, Listener, Netns, lab::in_netns, netprobe_bin, proxy::Proxy, read_jsonl, root_or_skip, watcher_bin,
+    DnsServer, Listener, Netns, lab::in_netns, netprobe_bin, proxy::Proxy, read_jsonl, root_or_skip, sinks::UnixSink,
+    watcher_bin,
 };
 
 struct Step {
@@ -186,35 +185,6 @@ impl Drop for RemoveDir {
     }
 }
 
-/// A unix listener at `path` (created by the test, removed on drop) keeping what it reads.
-struct UnixSink {
-    path: std::path::PathBuf,
-    got: Arc<Mutex<Vec<u8>>>,
-}
-
-impl UnixSink {
-    fn at(path: &std::path::Path) -> UnixSink {
-        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        std::thread::spawn(move || {
-            for mut s in l.incoming().flatten() {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf);
-                g.lock().unwrap().extend(buf);
-            }
-        });
-        UnixSink { path: path.to_path_buf(), got }
-    }
-}
-
-impl Drop for UnixSink {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// `egress.deputies`: a socket the policy adds is a deputy (an install script connecting to it
 /// is killed in enforce mode before it sends); a built-in one the policy removes is not.
 #[test]
@@ -234,7 +204,7 @@ fn the_policy_extends_and_narrows_the_local_deputies() {
     });
     let dir = tempfile::tempdir().unwrap();
     let added = dir.path().join("agent.sock");
-    let (a, r) = (UnixSink::at(&added), UnixSink::at(removed));
+    let (a, r) = (UnixSink::at(&added).unwrap(), UnixSink::at(removed).unwrap());
     let policy = format!(
         "version: 1\npipeline: deputies\nmode: enforce\negress:\n  loopback: false\n  deputies:\n    add: [{}]\n    remove: [{}]\ndns:\n  resolvers: []\n",
         added.display(),
@@ -250,12 +220,12 @@ fn the_policy_extends_and_narrows_the_local_deputies() {
     assert_eq!(deputy[0]["action"], "kill", "{}", s.err);
     assert_eq!(s.code, Some(77), "{}", s.err);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(a.got.lock().unwrap().is_empty(), "the added deputy received data");
+    assert!(a.received() == 0, "the added deputy received data");
     let s = run(&policy, &install(format!("{np} unix {}", removed.display())));
     assert!(s.events.iter().all(|e| e["rule"] != "local-deputy"), "{}", s.err);
     assert_eq!(s.code, Some(0), "{}", s.err);
     assert!(
-        watcher_tests::wait_until(Duration::from_secs(3), || r.got.lock().unwrap().as_slice() == b"hello\n"),
+        watcher_tests::wait_until(Duration::from_secs(3), || r.bytes() == b"hello\n"),
         "the removed one is an ordinary socket: {}",
         s.err
     );
