@@ -66,7 +66,6 @@ fn measure(policy: &std::path::Path, count: u64, pace_us: u64) -> anyhow::Result
             user: None,
             mode: None,
             bench_disable: Default::default(),
-            file_sensor: true,
         })
     })??;
     Ok(timings

@@ -48,9 +48,6 @@ enum Command {
         #[command(flatten)]
         guard: guard::Args,
     },
-    /// Internal: `watcher run` with the file sensor switchable (the npm-files comparison only).
-    #[command(name = "__agent", hide = true)]
-    Agent(npm_files::AgentArgs),
     /// Internal: the workload the storms and the latency benchmark run.
     #[command(name = "__storm", hide = true)]
     StormWorker(storm::WorkerArgs),
@@ -64,7 +61,6 @@ fn main() {
     let result = match cli.command {
         Command::Npm(a) => npm::run(&a).map(|rows| util::print_table(&rows)),
         Command::NpmFiles(a) => npm_files::run(&a).map(|rows| util::print_table(&rows)),
-        Command::Agent(a) => npm_files::agent(&a),
         Command::Storm(a) => storm::run(&a).map(|rows| util::print_table(&rows)),
         Command::Latency(a) => latency::run(&a).map(|rows| util::print_table(&rows)),
         Command::Steps(a) => steps::run(&a).map(|rows| util::print_table(&rows)),

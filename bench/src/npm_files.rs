@@ -1,15 +1,15 @@
 //! The file sensor's cost on a real `npm ci` (issue 16 item 6): the npm benchmark's generated
 //! registry and project (`npm.rs`), and bare `npm ci`, `npm ci` watched with the file sensor
 //! on and watched with it off, alternating in one run (the order rotating every round), each
-//! with node_modules removed and a fresh, empty npm cache. The watched runs go through this
-//! binary's hidden `__agent` subcommand, which is `watcher run --quiet --policy P --log L`
-//! through the library with `RunOptions::file_sensor` set: the only way to turn the sensor off
-//! (no option of `watcher run`, no variable). Reported: the medians, the watched/bare ratios
+//! with node_modules removed and a fresh, empty npm cache. The watched runs are `watcher run
+//! --quiet --policy P --log L`, the "off" ones with `--bench-disable files`: the hidden flag
+//! the guard benchmark uses too, read from the command line only (no variable, no policy
+//! field). Reported: the medians, the watched/bare ratios
 //! with the sensor on and off and their difference (target: at most 0.01), the same
 //! difference paired by round, and the file records that reached userspace (the kernel
 //! filters every other open).
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -29,38 +29,6 @@ pub struct Args {
     pub runs: usize,
 }
 
-/// The hidden `__agent` subcommand: `watcher run --quiet` in this process.
-#[derive(clap::Args, Clone)]
-pub struct AgentArgs {
-    #[arg(long)]
-    pub policy: PathBuf,
-    #[arg(long)]
-    pub log: PathBuf,
-    /// Turn the file sensor off (this comparison only).
-    #[arg(long)]
-    pub no_file_sensor: bool,
-    #[arg(trailing_var_arg = true, required = true)]
-    pub command: Vec<std::ffi::OsString>,
-}
-
-pub fn agent(a: &AgentArgs) -> anyhow::Result<()> {
-    // run_timed, not run: never through a daemon that may be running on this machine.
-    let (code, _) = watcher::run::run_timed(watcher::run::RunOptions {
-        command: a.command.clone(),
-        log: Some(a.log.clone()),
-        quiet: true,
-        ringbuf_bytes: 4 << 20,
-        policy: Some(a.policy.clone()),
-        mode: None,
-        report: Vec::new(),
-        report_format: None,
-        user: None,
-        file_sensor: !a.no_file_sensor,
-        bench_disable: Default::default(),
-    })?;
-    std::process::exit(code)
-}
-
 struct Watched {
     secs: Vec<f64>,
     file_records: u64,
@@ -72,7 +40,7 @@ struct Watched {
 
 pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     require_root()?;
-    let me = std::env::current_exe()?;
+    let watcher = crate::util::watcher_bin()?;
     let crate::npm::NpmProject { work, project, home, cache, policy, http: _http } =
         crate::npm::prepare("npm-files", a.packages)?;
 
@@ -91,10 +59,10 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     };
     let one_watched = |w: &mut Watched, files: bool, log: &Path| -> anyhow::Result<()> {
         clean(&project, &cache)?;
-        let mut c = Command::new(&me);
-        c.arg("__agent").arg("--policy").arg(&policy).arg("--log").arg(log);
+        let mut c = Command::new(&watcher);
+        c.args(["run", "--quiet", "--policy"]).arg(&policy).arg("--log").arg(log);
         if !files {
-            c.arg("--no-file-sensor");
+            c.args(["--bench-disable", "files"]);
         }
         c.arg("--").args(npm_ci_args());
         c.current_dir(&project).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());

@@ -64,3 +64,58 @@ fn the_bench_switch_is_hidden_named_and_really_off() {
     assert!(!s["detail"].as_str().unwrap().contains("backstop"), "{s}");
     assert!(err.contains("--bench-disable"), "{err}");
 }
+
+/// `--bench-disable files` (the npm-files benchmark's switch) turns the file sensor off, and
+/// only from the command line: an install script reading another process's environment is
+/// credential access with the sensor on, unseen with it off; the start record says which.
+#[test]
+fn the_file_sensor_switch_is_named_and_really_off() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\npipeline: bench-files\nmode: audit\negress:\n  loopback: false\n  allow: []\ndns:\n  resolvers: []\n",
+    )
+    .unwrap();
+    let log = dir.path().join("e.jsonl");
+    let mut outside = Command::new("sleep").arg("30").spawn().unwrap();
+    let script = format!(
+        "npm_lifecycle_event=postinstall npm_package_name=evil-pkg npm_package_version=6.6.6 \
+         sh -c 'cat /proc/{}/environ >/dev/null'",
+        outside.id()
+    );
+    let run = |extra: &[&str]| {
+        let out = Command::new(watcher_bin())
+            .args(["run", "--quiet", "--policy"])
+            .arg(&p)
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .args(["--", "sh", "-c", &script])
+            .env("WATCHER_BENCH_DISABLE", "files")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stderr).into_owned(), read_jsonl(&log))
+    };
+    let found = |events: &[Value]| events.iter().filter(|e| e["rule"] == "credential-access").count();
+    let sensor = |events: &[Value], name: &str| {
+        events[0]["sensors"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned()
+    };
+    let (_, on) = run(&[]);
+    let (err, off) = run(&["--bench-disable", "files"]);
+    let _ = outside.kill();
+    let _ = outside.wait();
+    assert_eq!(found(&on), 1, "{on:#?}");
+    assert_eq!(sensor(&on, "files").unwrap()["active"], true);
+    assert!(sensor(&on, "bench-disable").is_none());
+    assert_eq!(found(&off), 0, "{off:#?}");
+    assert_eq!(sensor(&off, "files").unwrap()["active"], false);
+    let s = sensor(&off, "bench-disable").expect("the start record names what is off");
+    assert!(s["detail"].as_str().unwrap().contains("file sensor"), "{s}");
+    assert!(err.contains("the file sensor"), "{err}");
+}

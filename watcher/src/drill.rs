@@ -399,7 +399,6 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         user: None,
         mode: opts.mode,
         bench_disable: Default::default(),
-        file_sensor: true,
     });
     drop(responder);
     drop(netns);

@@ -170,8 +170,8 @@ enum Command {
         /// environment is left as given (`sudo -E` keeps it).
         #[arg(long, value_name = "USER[:GROUP]")]
         user: Option<String>,
-        /// Benchmark only (watcher-bench): turn off the packet backstop and/or stream scanning
-        /// to measure their cost. Hidden; never read from the environment.
+        /// Benchmark only (watcher-bench): turn off the packet backstop, stream scanning and/or
+        /// the file sensor to measure their cost. Hidden; never read from the environment.
         #[arg(long, hide = true, value_enum, value_delimiter = ',', value_name = "WHAT")]
         bench_disable: Vec<BenchOff>,
         /// The command and its arguments (passed on byte for byte).
@@ -203,6 +203,7 @@ impl Format {
 enum BenchOff {
     Backstop,
     Streams,
+    Files,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -384,8 +385,8 @@ fn main() {
                 bench_disable: watcher::sensor::BenchDisable {
                     backstop: bench_disable.contains(&BenchOff::Backstop),
                     streams: bench_disable.contains(&BenchOff::Streams),
+                    files: bench_disable.contains(&BenchOff::Files),
                 },
-                file_sensor: true,
             })
         }
     };

@@ -38,9 +38,6 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// What the benchmark turns off (hidden `--bench-disable`; standalone only).
     pub bench_disable: crate::sensor::BenchDisable,
-    /// The file sensor (always on, but for the bench's side-by-side comparison; no option of
-    /// `watcher run` turns it off).
-    pub file_sensor: bool,
 }
 
 /// Run the command; returns the exit code watcher should exit with.
@@ -119,18 +116,15 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let mut cgroup = Cgroup::create(&root, &format!("watcher-run-{watcher_pid}"))?;
     if opts.bench_disable != Default::default() {
         let b = opts.bench_disable;
-        let off = [(b.backstop, "the packet backstop"), (b.streams, "stream scanning")]
+        let off = [(b.backstop, "the packet backstop"), (b.streams, "stream scanning"), (b.files, "the file sensor")]
             .iter()
             .filter_map(|(o, w)| o.then_some(*w))
             .collect::<Vec<_>>()
             .join(" and ");
         eprintln!("watcher: warning: --bench-disable: {off} off (a benchmark's setting, never for a real build)");
     }
-    let sensor_cfg = SensorConfig {
-        bench_disable: opts.bench_disable,
-        file_sensor: opts.file_sensor,
-        ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes)
-    };
+    let sensor_cfg =
+        SensorConfig { bench_disable: opts.bench_disable, ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
     let mut sensor = Sensor::load(&sensor_cfg, &root)?;
     for s in sensor.stale() {
         eprintln!(

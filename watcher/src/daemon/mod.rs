@@ -767,7 +767,6 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
             job_env: cfg.id_env.clone(),
             extra_env: cfg.pipeline_env.clone(),
             bench_disable: Default::default(),
-            file_sensor: true,
         },
         &root,
     )?;

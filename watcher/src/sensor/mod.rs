@@ -99,9 +99,6 @@ pub struct SensorConfig {
     /// What the benchmark turns off (`watcher run --bench-disable`, a hidden flag set only from
     /// argv): all off by default and in the daemon.
     pub bench_disable: BenchDisable,
-    /// The file sensor (on everywhere; off only in the bench's side-by-side comparison, which
-    /// passes it here: no variable or file a step can reach turns it off).
-    pub file_sensor: bool,
 }
 
 /// Protections `watcher-bench` turns off to measure their cost, side by side with them on.
@@ -113,11 +110,13 @@ pub struct BenchDisable {
     pub backstop: bool,
     /// TCP streams are neither judged by their first segment nor captured for secrets.
     pub streams: bool,
+    /// The file sensor: every open passes unjudged (CONFIG[CFG_FILES_OFF], checked first).
+    pub files: bool,
 }
 
 /// The start record's word for what `--bench-disable` turned off (none: nothing).
 fn bench_state(b: BenchDisable) -> Option<SensorState> {
-    let off: Vec<&str> = [(b.backstop, "packet backstop"), (b.streams, "stream scanning")]
+    let off: Vec<&str> = [(b.backstop, "packet backstop"), (b.streams, "stream scanning"), (b.files, "file sensor")]
         .into_iter()
         .filter_map(|(o, w)| o.then_some(w))
         .collect();
@@ -138,7 +137,6 @@ impl SensorConfig {
             extra_env: Vec::new(),
             log_no_job: false,
             bench_disable: BenchDisable::default(),
-            file_sensor: true,
         }
     }
 }
@@ -193,7 +191,7 @@ impl Sensor {
             for (slot, off) in btf::task_offsets() {
                 config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
-            if !cfg.file_sensor {
+            if cfg.bench_disable.files {
                 config.set(CFG_FILES_OFF, &1, 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
             if cfg.daemon {
@@ -219,10 +217,10 @@ impl Sensor {
                 return Err(e);
             }
         };
-        if !cfg.file_sensor {
+        if cfg.bench_disable.files {
             for s in states.iter_mut().filter(|s| s.name == "files") {
                 s.active = false;
-                s.detail = Some("off (the bench's comparison run)".into());
+                s.detail = Some("off (watcher-bench's comparison run: --bench-disable files)".into());
             }
         }
         Ok(Sensor { ebpf, links, pins, ring, states, stale })
