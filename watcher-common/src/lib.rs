@@ -11,6 +11,11 @@ pub const ABI_VERSION: u32 = 5;
 pub mod counters;
 pub mod kinds;
 pub mod maps;
+/// The decoder of these layouts (userspace).
+#[cfg(feature = "user")]
+pub mod record;
+#[cfg(feature = "user")]
+extern crate std;
 pub use kinds::RecordKind;
 
 pub use kinds::{

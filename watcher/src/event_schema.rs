@@ -12,7 +12,6 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
 use crate::event::{Event, SCHEMA_VERSION, Ts};
-use crate::record::Proto;
 
 impl JsonSchema for Ts {
     fn schema_name() -> Cow<'static, str> {
@@ -24,15 +23,6 @@ impl JsonSchema for Ts {
             "type": "string",
             "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z$",
         })
-    }
-}
-
-impl JsonSchema for Proto {
-    fn schema_name() -> Cow<'static, str> {
-        "Proto".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "string", "enum": ["tcp", "udp", "icmp", "icmpv6", "sctp", "other"] })
     }
 }
 

@@ -30,7 +30,7 @@ pub mod probe;
 pub mod proctree;
 pub mod project;
 pub mod proxies;
-pub mod record;
+pub use watcher_common::record;
 pub mod redact;
 pub mod replay;
 pub mod report;

@@ -1,10 +1,16 @@
-//! Decoding of the fixed-layout records the kernel programs put in the ring buffer.
+//! Decoding of the fixed-layout records the kernel programs put in the ring buffer, beside the
+//! layouts it reads (userspace only: the `user` feature).
 //!
 //! Each record is length-checked and read with `read_unaligned`; the tag is matched against the
 //! known `KIND_*` values, never transmuted. Pure: no aya, no I/O.
-use std::net::IpAddr;
+use std::{
+    format,
+    net::IpAddr,
+    string::{String, ToString},
+    vec::Vec,
+};
 
-use watcher_common as c;
+use crate as c;
 
 /// Task fields common to every record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,9 +477,20 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
     }
 }
 
+/// The event log writes a protocol as its lower-case name.
+impl schemars::JsonSchema for Proto {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Proto".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "enum": ["tcp", "udp", "icmp", "icmpv6", "sctp", "other"] })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) POD value for the test.
