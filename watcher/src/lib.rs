@@ -16,6 +16,7 @@ pub mod drill;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
+pub mod error;
 pub mod event;
 pub mod event_schema;
 pub mod exitcode;

@@ -100,7 +100,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         None => None,
     };
     let report_files =
-        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
+        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<Result<Vec<_>, _>>()?;
     // The files a step writes are its user's, as if it had run without watcher.
     if let Some(u) = &run_as
         && crate::sensor::load::require_root().is_ok()

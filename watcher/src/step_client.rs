@@ -76,7 +76,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         None => None,
     };
     let report_files =
-        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
+        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<Result<Vec<_>, _>>()?;
     // The caller's own view: its package managers' configuration, its resolvers.
     let registries = crate::session::resolve_registries(policy.as_ref())?;
     let mut prepared = crate::session::finish_prepare(policy, registries)?;

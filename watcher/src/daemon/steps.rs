@@ -403,7 +403,7 @@ impl StepStream {
 }
 
 impl Sink for StepStream {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), crate::pipeline::PipelineError> {
         if self.tx.is_some() {
             let mut v = serde_json::to_vec(&EventOut { msg: "event", event: e })?;
             v.push(b'\n');

@@ -28,6 +28,7 @@ use crate::{
     sensor::ring::Decoded,
     session::now_ts,
 };
+pub use sink::PipelineError;
 use sink::Sink;
 
 /// One alert and how long it took to raise: from the kernel timestamp of the event that raised
@@ -127,7 +128,7 @@ impl Pipeline {
     }
 
     /// A batch of decoded ring-buffer records. Undecodable ones are counted as losses.
-    pub fn records(&mut self, batch: &mut Vec<Decoded>) -> anyhow::Result<Vec<Alert>> {
+    pub fn records(&mut self, batch: &mut Vec<Decoded>) -> Result<Vec<Alert>, PipelineError> {
         let mut events = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
             match r {
@@ -142,13 +143,13 @@ impl Pipeline {
     }
 
     /// One record.
-    pub fn record(&mut self, rec: Record) -> anyhow::Result<Vec<Alert>> {
+    pub fn record(&mut self, rec: Record) -> Result<Vec<Alert>, PipelineError> {
         let mut events = Vec::new();
         self.collector.push(rec, &mut events);
         self.events_in(events)
     }
 
-    fn events_in(&mut self, events: Vec<Event>) -> anyhow::Result<Vec<Alert>> {
+    fn events_in(&mut self, events: Vec<Event>) -> Result<Vec<Alert>, PipelineError> {
         let mut alerts = Vec::new();
         for e in events {
             alerts.extend(self.event(e)?);
@@ -157,7 +158,7 @@ impl Pipeline {
     }
 
     /// One live event: enriched, written, judged; its alerts written after it.
-    pub fn event(&mut self, mut e: Event) -> anyhow::Result<Vec<Alert>> {
+    pub fn event(&mut self, mut e: Event) -> Result<Vec<Alert>, PipelineError> {
         self.enrichment.apply(&mut e);
         // A shell the kernel holds: its facts, read while it is stopped, for the engine.
         crate::held::before(self.engine.as_ref(), &mut e);
@@ -193,7 +194,7 @@ impl Pipeline {
         alerts
     }
 
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
         self.events += 1;
         if matches!(e, Event::Alert(_)) {
             self.alerts += 1;
@@ -212,7 +213,7 @@ impl Pipeline {
         &mut self,
         totals: &[u64; watcher_common::NUM_COUNTERS as usize],
         watched: &dyn Fn() -> Vec<u32>,
-    ) -> anyhow::Result<Vec<Alert>> {
+    ) -> Result<Vec<Alert>, PipelineError> {
         let losses = self.loss.losses(totals);
         let mut alerts = Vec::new();
         for l in losses {
@@ -224,7 +225,7 @@ impl Pipeline {
     }
 
     /// The periodic tick: DNS queries whose answer did not come are logged; sinks flushed.
-    pub fn tick(&mut self, now_boot_ns: u64) -> anyhow::Result<Vec<Alert>> {
+    pub fn tick(&mut self, now_boot_ns: u64) -> Result<Vec<Alert>, PipelineError> {
         let mut ev = Vec::new();
         self.collector.expire(now_boot_ns, &mut ev);
         let alerts = self.events_in(ev)?;
@@ -232,7 +233,7 @@ impl Pipeline {
         Ok(alerts)
     }
 
-    pub fn flush(&mut self) -> anyhow::Result<()> {
+    pub fn flush(&mut self) -> Result<(), PipelineError> {
         for s in &mut self.sinks {
             s.flush()?;
         }
@@ -240,14 +241,14 @@ impl Pipeline {
     }
 
     /// The step is over: what the collector still holds.
-    pub fn drain_collector(&mut self) -> anyhow::Result<Vec<Alert>> {
+    pub fn drain_collector(&mut self) -> Result<Vec<Alert>, PipelineError> {
         let mut ev = Vec::new();
         self.collector.finish(&mut ev);
         self.events_in(ev)
     }
 
     /// The `end` record; the sinks are made durable. Returns the events lost in all.
-    pub fn end(&mut self, exit_code: Option<i32>) -> anyhow::Result<u64> {
+    pub fn end(&mut self, exit_code: Option<i32>) -> Result<u64, PipelineError> {
         let lost = self.report.lost_total();
         self.event(Event::End(End { ts: now_ts(), exit_code, lost }))?;
         for s in &mut self.sinks {
