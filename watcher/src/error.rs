@@ -1,10 +1,15 @@
-//! watcher's errors: one `thiserror` enum per layer.
+//! watcher's errors: one `thiserror` enum per layer, wrapped by [`Error`], whose
+//! [`Error::exit_code`] is the one place an error becomes an exit code (see
+//! docs/ARCHITECTURE.md, "Errors and exit codes"). `anyhow` is used only by the CLI
+//! (`main.rs`).
 //!
 //! Messages are one sentence naming the file, line or missing thing; a layer that adds what it
 //! was doing to a lower error ([`Failed`], [`Doing::doing`]) keeps the lower error as its
 //! `source`, so `watcher: {:#}` prints the whole chain, outermost first.
 
 use std::fmt;
+
+use crate::{exitcode, policy::PolicyError, sensor::SensorError};
 
 /// What watcher was doing when something below it failed; the failure is the `source`.
 /// Displays only what was being done (as anyhow's `context`): the chain is printed by
@@ -51,3 +56,74 @@ pub fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl fmt::Display 
     }
     Chain(e)
 }
+
+/// The command `watcher run` was asked to start could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run {name}: {error}")]
+pub struct CommandError {
+    /// The program as the log shows it (redacted, escaped).
+    pub name: String,
+    /// Why (not a `source`: the message already says it).
+    pub error: std::io::Error,
+}
+
+impl CommandError {
+    /// 127 when the program was not found, 126 when it could not be executed, else 125
+    /// (the shell's convention).
+    pub fn exit_code(&self) -> i32 {
+        match self.error.kind() {
+            std::io::ErrorKind::NotFound => exitcode::NOT_FOUND,
+            std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
+            _ => exitcode::WATCHER_ERROR,
+        }
+    }
+}
+
+/// Every error of the library, by layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A policy or daemon configuration that cannot be read, parsed or validated.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The kernel side: loading, attaching, maps, capabilities.
+    #[error(transparent)]
+    Sensor(#[from] SensorError),
+    /// An output file (event log, report, job log).
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
+    /// A sink of a job's pipeline.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    /// What watcher asks the machine: registries, resolvers.
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    /// A step's cgroup.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// `watcher run` and what it prepares (session, user, step client).
+    #[error(transparent)]
+    Run(#[from] crate::run_error::RunError),
+    /// The command of `watcher run`.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+impl Error {
+    /// The exit code of a command that failed with this error: 125 for every failure of
+    /// watcher itself, 126/127 for a command that could not be executed or found, 78 for a
+    /// log that is incomplete where a complete one is needed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Command(c) => c.exit_code(),
+            Error::Policy(_)
+            | Error::Sensor(_)
+            | Error::Output(_)
+            | Error::Pipeline(_)
+            | Error::Probe(_)
+            | Error::Cgroup(_)
+            | Error::Run(_) => exitcode::WATCHER_ERROR,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -370,7 +370,7 @@ fn main() {
             user,
             bench_disable,
         } => {
-            run::run(run::RunOptions {
+            edge(run::run(run::RunOptions {
                 command,
                 log,
                 quiet: quiet || (!verbose && watcher::report::quiet_by_default()),
@@ -386,14 +386,23 @@ fn main() {
                     streams: bench_disable.contains(&BenchOff::Streams),
                 },
                 file_sensor: true,
-            })
+            }))
         }
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("watcher: {e:#}");
-            std::process::exit(exitcode::WATCHER_ERROR);
+            // The library's errors say their exit code; anything else here is the CLI's own
+            // failure (writing the man page), watcher's: 125.
+            let code = e.downcast_ref::<watcher::Error>().map_or(exitcode::WATCHER_ERROR, watcher::Error::exit_code);
+            std::process::exit(code);
         }
     }
+}
+
+/// A library result at the CLI edge: the error keeps its type (for its exit code) inside
+/// anyhow's, which prints its chain.
+fn edge(r: watcher::Result<i32>) -> anyhow::Result<i32> {
+    Ok(r?)
 }
