@@ -100,6 +100,9 @@ pub enum Error {
     /// A step's cgroup.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The daemon: configuration, sockets, jobs, status.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     /// `watcher run` and what it prepares (session, user, step client).
     #[error(transparent)]
     Run(#[from] crate::run_error::RunError),
@@ -121,6 +124,7 @@ impl Error {
             | Error::Pipeline(_)
             | Error::Probe(_)
             | Error::Cgroup(_)
+            | Error::Daemon(_)
             | Error::Run(_) => exitcode::WATCHER_ERROR,
         }
     }

@@ -316,15 +316,15 @@ fn main() {
             Ok(0)
         })(),
         Command::Daemon { config, ringbuf_size } => {
-            watcher::daemon::run(watcher::daemon::DaemonOptions { config, ringbuf_bytes: ringbuf_size })
+            edge(watcher::daemon::run(watcher::daemon::DaemonOptions { config, ringbuf_bytes: ringbuf_size }))
         }
         Command::Status { socket, config, json } => (|| {
             let socket = match (socket, config) {
                 (Some(s), _) => s,
-                (None, Some(c)) => watcher::daemon::config::load(&c).map_err(|e| anyhow::anyhow!("{e}"))?.socket,
+                (None, Some(c)) => watcher::daemon::config::load(&c).map_err(watcher::Error::from)?.socket,
                 (None, None) => watcher::daemon::config::DEFAULT_SOCKET.into(),
             };
-            watcher::daemon::status_command(&socket, json)
+            Ok(watcher::daemon::status_command(&socket, json)?)
         })(),
         Command::Replay { logs, policy, mode, format } => watcher::replay::replay(watcher::replay::ReplayOptions {
             logs,

@@ -229,7 +229,7 @@ impl Job {
                     "looking for these variables' values (from the job's environment) in its traffic");
             }
             Err(e) => {
-                tracing::error!(job = %self.name, "cannot build the secret detector: {e:#}")
+                tracing::error!(job = %self.name, "cannot build the secret detector: {}", crate::error::chain(&e))
             }
         }
     }
