@@ -109,6 +109,12 @@ pub enum Error {
     /// The command of `watcher run`.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// `watcher replay`, `policy suggest`: reading logs, judging them.
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
+    /// `watcher policy compose`.
+    #[error(transparent)]
+    Compose(#[from] crate::ci_policy::ComposeError),
 }
 
 impl Error {
@@ -118,6 +124,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Command(c) => c.exit_code(),
+            Error::Replay(r) if r.is_incomplete() => exitcode::EVENTS_LOST,
             Error::Policy(_)
             | Error::Sensor(_)
             | Error::Output(_)
@@ -125,7 +132,9 @@ impl Error {
             | Error::Probe(_)
             | Error::Cgroup(_)
             | Error::Daemon(_)
-            | Error::Run(_) => exitcode::WATCHER_ERROR,
+            | Error::Run(_)
+            | Error::Replay(_)
+            | Error::Compose(_) => exitcode::WATCHER_ERROR,
         }
     }
 }

@@ -269,7 +269,7 @@ fn main() {
     let result = match cli.command {
         Command::Policy { command: PolicyCommand::Suggest { logs, pipeline, base, allow_flagged } } => (|| {
             let base = match &base {
-                Some(b) => Some(watcher::policy::load(b).map_err(|e| anyhow::anyhow!("{e}"))?),
+                Some(b) => Some(watcher::policy::load(b).map_err(watcher::Error::from)?),
                 None => None,
             };
             let mut s = watcher::suggest::Suggester::default();
@@ -277,13 +277,11 @@ fn main() {
                 let incomplete = watcher::replay::for_each_event_checked(log, |e, _| {
                     s.add(&e);
                     Ok(())
-                })?;
+                })
+                .map_err(watcher::Error::from)?;
                 if let Some(why) = incomplete {
                     let log = watcher::replay::log_name(log);
-                    eprintln!(
-                        "watcher: {log}: incomplete ({why}): no policy is suggested from a log that cannot be vouched for"
-                    );
-                    return Ok(exitcode::EVENTS_LOST);
+                    return Err(watcher::Error::from(watcher::replay::ReplayError::Incomplete { log, why }).into());
                 }
             }
             if !allow_flagged && let Err(e) = s.check_clean() {
@@ -312,7 +310,8 @@ fn main() {
         }
         Command::Policy { command: PolicyCommand::Compose { policy, mode, allow } } => (|| {
             let eps: Vec<String> = allow.iter().flat_map(|a| watcher::ci_policy::split_endpoints(a)).collect();
-            print!("{}", watcher::ci_policy::compose(&policy, mode.map(|m| m.into_mode().as_str()), &eps)?);
+            let composed = watcher::ci_policy::compose(&policy, mode.map(|m| m.into_mode().as_str()), &eps);
+            print!("{}", composed.map_err(watcher::Error::from)?);
             Ok(0)
         })(),
         Command::Daemon { config, ringbuf_size } => {
@@ -326,12 +325,14 @@ fn main() {
             };
             Ok(watcher::daemon::status_command(&socket, json)?)
         })(),
-        Command::Replay { logs, policy, mode, format } => watcher::replay::replay(watcher::replay::ReplayOptions {
-            logs,
-            policy,
-            mode: mode.map(ModeArg::into_mode),
-            format: format.into_format(),
-        }),
+        Command::Replay { logs, policy, mode, format } => {
+            edge(watcher::replay::replay(watcher::replay::ReplayOptions {
+                logs,
+                policy,
+                mode: mode.map(ModeArg::into_mode),
+                format: format.into_format(),
+            }))
+        }
         Command::Drill { policy, mode, log } => watcher::drill::drill(watcher::drill::DrillOptions {
             policy,
             mode: mode.map(ModeArg::into_mode),
