@@ -109,12 +109,15 @@ pub enum Error {
     /// The command of `watcher run`.
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// `watcher replay`, `policy suggest`: reading logs, judging them.
+    /// `watcher replay`, `policy suggest`, `policy compose`: reading logs, judging them.
     #[error(transparent)]
     Replay(#[from] crate::replay::ReplayError),
     /// `watcher policy compose`.
     #[error(transparent)]
     Compose(#[from] crate::ci_policy::ComposeError),
+    /// `watcher drill`.
+    #[error(transparent)]
+    Drill(#[from] crate::drill::DrillError),
 }
 
 impl Error {
@@ -134,9 +137,70 @@ impl Error {
             | Error::Daemon(_)
             | Error::Run(_)
             | Error::Replay(_)
-            | Error::Compose(_) => exitcode::WATCHER_ERROR,
+            | Error::Compose(_)
+            | Error::Drill(_) => exitcode::WATCHER_ERROR,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use crate::{
+        cgroup::CgroupError, ci_policy::ComposeError, daemon::DaemonError, drill::DrillError, outfile::OutputError,
+        pipeline::PipelineError, probe::ProbeError, replay::ReplayError, run_error::RunError, session::SessionError,
+    };
+
+    fn code(e: impl Into<Error>) -> i32 {
+        e.into().exit_code()
+    }
+
+    #[test]
+    fn every_layer_maps_to_its_exit_code() {
+        assert_eq!(code(PolicyError::unlocated("p.yaml", "bad")), 125);
+        assert_eq!(code(SensorError::NotRoot), 125);
+        assert_eq!(code(OutputError::TooManyLinks), 125);
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        assert_eq!(code(PipelineError::Encode(json)), 125);
+        let registry = crate::probe::RegistryError::NotConfigured {
+            pm: crate::policy::PackageManager::Npm,
+            message: "no npm".into(),
+        };
+        assert_eq!(code(ProbeError::Registry(registry)), 125);
+        assert_eq!(code(CgroupError::NoCgroup2), 125);
+        assert_eq!(code(DaemonError::NoPolicy("p.yaml".into())), 125);
+        assert_eq!(code(RunError::NoCommand), 125);
+        assert_eq!(code(RunError::Session(SessionError::ModeWithoutPolicy)), 125);
+        assert_eq!(code(ReplayError::NoPolicy { log: "l".into() }), 125);
+        assert_eq!(code(ComposeError::Mode("x".into())), 125);
+        assert_eq!(code(DrillError::NotRoot), 125);
+        // The command: the shell's codes.
+        let cmd = |kind: io::ErrorKind| CommandError { name: "x".into(), error: io::Error::from(kind) };
+        assert_eq!(code(cmd(io::ErrorKind::NotFound)), exitcode::NOT_FOUND);
+        assert_eq!(code(cmd(io::ErrorKind::PermissionDenied)), exitcode::NOT_EXECUTABLE);
+        assert_eq!(code(cmd(io::ErrorKind::InvalidInput)), exitcode::WATCHER_ERROR);
+        // A log that cannot be vouched for where a complete one is needed: as lost events.
+        assert_eq!(code(ReplayError::Incomplete { log: "l".into(), why: "no end record".into() }), 78);
+    }
+
+    #[test]
+    fn messages_keep_what_was_done_and_why() {
+        let e = Err::<(), _>(io::Error::from(io::ErrorKind::NotFound)).doing(|| "writing x.jsonl".into()).unwrap_err();
+        assert_eq!(e.to_string(), "writing x.jsonl");
+        assert_eq!(chain(&e).to_string(), "writing x.jsonl: entity not found");
+        let e = Error::from(CgroupError::from(e));
+        assert_eq!(e.to_string(), "writing x.jsonl");
+        assert_eq!(chain(&e).to_string(), "writing x.jsonl: entity not found");
+        let cmd = CommandError { name: "nope".into(), error: io::Error::from(io::ErrorKind::NotFound) };
+        assert_eq!(cmd.to_string(), "cannot run nope: entity not found");
+        let e = Error::from(ReplayError::Incomplete { log: "a.jsonl".into(), why: "no end record".into() });
+        assert_eq!(
+            e.to_string(),
+            "a.jsonl: incomplete (no end record): no policy is suggested from a log that cannot be vouched for"
+        );
+    }
+}

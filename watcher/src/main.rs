@@ -333,12 +333,12 @@ fn main() {
                 format: format.into_format(),
             }))
         }
-        Command::Drill { policy, mode, log } => watcher::drill::drill(watcher::drill::DrillOptions {
+        Command::Drill { policy, mode, log } => edge(watcher::drill::drill(watcher::drill::DrillOptions {
             policy,
             mode: mode.map(ModeArg::into_mode),
             log,
             ringbuf_bytes: 16 << 20,
-        }),
+        })),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -356,8 +356,8 @@ fn main() {
             print!("{}", watcher::event_schema::render());
             Ok(0)
         }
-        Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
-        Command::DrillProbe { args } => watcher::drill::probe(&args),
+        Command::DrillStep { netns, script } => edge(watcher::drill::step(&netns, &script)),
+        Command::DrillProbe { args } => edge(watcher::drill::probe(&args)),
         Command::Run {
             log,
             quiet,
