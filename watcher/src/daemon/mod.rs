@@ -32,6 +32,7 @@ use crate::{
     engine::Engine,
     error::Doing as _,
     event::{Event, Loss},
+    pipeline::{Enrichment, Pipeline},
     record::Record,
     report::Report,
     sensor::{Sensor, SensorConfig},
@@ -146,8 +147,9 @@ struct Daemon {
     next_cgroup_job: u32,
     last_cgroup_scan: Option<Instant>,
     held_seen: std::collections::HashSet<u32>,
-    /// Processes of no job (`no_job_log`): their own collector and log, no policy.
-    no_job: Option<(Collector, RotatingLog)>,
+    /// Processes of no job (`no_job_log`): their own pipeline (collector and log), no policy,
+    /// no report.
+    no_job: Option<Pipeline>,
     /// Losses counted while a kernel job was held and not yet set up.
     pending_loss: HashMap<u32, Vec<Loss>>,
     /// Daemon-backed steps (`watcher run` through the step socket).
@@ -341,16 +343,13 @@ impl Daemon {
     fn handle(&mut self, rec: Record) -> Result<(), DaemonError> {
         let kid = rec.task().job;
         if kid == JOB_NONE {
-            let Some((collector, log)) = &mut self.no_job else {
+            let Some(pipe) = &mut self.no_job else {
                 self.counters.unrouted += 1;
                 return Ok(());
             };
-            let mut events = Vec::new();
-            collector.push(rec, &mut events);
-            for e in events {
-                self.counters.no_job_events += 1;
-                log.write(&e)?;
-            }
+            let before = pipe.events;
+            pipe.record(rec)?;
+            self.counters.no_job_events += pipe.events - before;
             return Ok(());
         }
         if kid & JOB_DAEMON_BIT == 0 {
@@ -432,8 +431,8 @@ impl Daemon {
             for k in &held {
                 self.pending_loss.entry(*k).or_default().push(l.clone());
             }
-            if let Some((_, log)) = &mut self.no_job {
-                log.write(&Event::Loss(l.clone()))?;
+            if let Some(pipe) = &mut self.no_job {
+                pipe.event(Event::Loss(l.clone()))?;
             }
         }
         Ok(())
@@ -629,13 +628,8 @@ impl Daemon {
             // A process whose exit record was lost must not keep the job open forever.
             job.live.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
         }
-        if let Some((collector, log)) = &mut self.no_job {
-            let mut ev = Vec::new();
-            collector.expire(now, &mut ev);
-            for e in ev {
-                log.write(&e)?;
-            }
-            log.flush()?;
+        if let Some(pipe) = &mut self.no_job {
+            pipe.tick(now)?;
         }
         self.check_loss()?;
         let grace = self.cfg.job_end_grace;
@@ -816,7 +810,8 @@ async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
         let identity = Identity { id: "none".into(), pipeline: String::new() };
         let start = jobs::start_record(&identity, Vec::new(), d.sensor.states().to_vec(), d.resolvers.clone(), None);
         let log = RotatingLog::create(&path, Event::Start(start), d.cfg.log_max_bytes, d.cfg.log_keep)?;
-        d.no_job = Some((Collector::new(clock_offset_ns()), log));
+        let pipe = Pipeline::new(Collector::new(clock_offset_ns()), Enrichment::default(), None, Report::default());
+        d.no_job = Some(pipe.without_report().with_sink(log));
     }
     d.adopt_held_processes();
     d.scan_cgroups();
@@ -896,18 +891,12 @@ async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
             tracing::error!("closing job {id}: {}", crate::error::chain(&e));
         }
     }
-    if let Some((collector, log)) = &mut d.no_job {
-        let mut ev = Vec::new();
-        collector.finish(&mut ev);
-        for e in ev {
-            let _ = log.write(&e);
+    if let Some(pipe) = &mut d.no_job {
+        // Its `end` record counts every loss it logged: all of the daemon's.
+        let r = pipe.drain_collector().and_then(|_| pipe.end(None));
+        if let Err(e) = r {
+            tracing::error!("closing the no-job log: {}", crate::error::chain(&e));
         }
-        let _ = log.write(&Event::End(crate::event::End {
-            ts: now_ts(),
-            exit_code: None,
-            lost: d.counters.lost.values().sum(),
-        }));
-        let _ = log.finish();
     }
     let socket = d.cfg.socket.clone();
     let step_socket = d.cfg.steps.as_ref().map(|s| s.socket.clone());

@@ -79,6 +79,8 @@ pub struct Pipeline {
     pub events: u64,
     pub alerts: u64,
     timings: Vec<AlertTiming>,
+    /// The report keeps only the loss totals ([`Pipeline::without_report`]).
+    report_off: bool,
 }
 
 impl Pipeline {
@@ -93,7 +95,16 @@ impl Pipeline {
             events: 0,
             alerts: 0,
             timings: Vec::new(),
+            report_off: false,
         }
+    }
+
+    /// A pipeline whose report keeps only the loss totals (for the `end` record): for a log
+    /// that has no end-of-step report and lasts as long as the daemon (the no-job log), whose
+    /// report would grow without bound.
+    pub fn without_report(mut self) -> Pipeline {
+        self.report_off = true;
+        self
     }
 
     /// A pipeline for replay: no collector, no enrichment, no sinks.
@@ -199,7 +210,11 @@ impl Pipeline {
         if matches!(e, Event::Alert(_)) {
             self.alerts += 1;
         }
-        self.report.add(e);
+        if !self.report_off {
+            self.report.add(e);
+        } else if let Event::Loss(l) = e {
+            *self.report.lost.entry(l.source.clone()).or_default() += l.count;
+        }
         for s in &mut self.sinks {
             s.write(e)?;
         }
