@@ -295,9 +295,9 @@ fn main() {
             let mut bad = false;
             for f in &files {
                 // Exactly the validation `run` does: load, then compile the kernel tables.
-                let checked = watcher::policy::load(f).map_err(|e| e.to_string()).and_then(|p| {
-                    watcher::policy::kernel::validate(&p).map_err(|e| format!("{}: {e}", p.source)).map(|_| p)
-                });
+                let checked = watcher::policy::load(f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| watcher::policy::kernel::validate(&p).map_err(|e| e.to_string()).map(|_| p));
                 match checked {
                     Ok(p) => println!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
                     Err(e) => {

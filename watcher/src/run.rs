@@ -149,8 +149,7 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     let resolvers = crate::probe::system_resolvers();
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())
-            .map_err(|e| crate::policy::PolicyError::unlocated(&p.source, e))?;
+        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())?;
         sensor.apply_policy(0, &tables)?;
     }
     // The file sensor's table: credential stores under every home, the project's (the step's

@@ -117,8 +117,7 @@ fn load_policies_send(
         let prepared = crate::session::prepare(Some(path), None)?;
         let pol = prepared.policy.as_ref().ok_or_else(|| DaemonError::NoPolicy(path.clone()))?;
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables = crate::policy::kernel::compile(pol, &hosts, resolvers, seed)
-            .map_err(|e| crate::policy::PolicyError::unlocated(&pol.source, e))?;
+        let tables = crate::policy::kernel::compile(pol, &hosts, resolvers, seed)?;
         out.insert(path.clone(), LoadedPolicy { path: path.clone(), prepared, tables });
     }
     Ok(out)

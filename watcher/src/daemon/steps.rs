@@ -512,8 +512,8 @@ impl Daemon {
                     .map_err(|e| e.to_string())?
                     .with_proxies(&crate::proxies::addresses(&p.proxy_sources));
                 let hosts: Vec<String> = p.registries.values().flatten().cloned().collect();
-                let tables = crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed)
-                    .map_err(|e| format!("{}: {e}", p.source))?;
+                let tables =
+                    crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed).map_err(|e| e.to_string())?;
                 (
                     crate::session::Prepared {
                         policy: Some(pol),
