@@ -8,15 +8,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use crate::error::{Doing as _, Failed};
+
+/// A step's cgroup that cannot be found, created, emptied or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup v2 filesystem is mounted (looked in /proc/self/mountinfo); watcher needs cgroup v2 to scope its socket hooks"
+    )]
+    NoCgroup2,
+    #[error("processes still alive in cgroup {} after SIGKILL", .0.display())]
+    Survivors(PathBuf),
+    #[error("`ss -K` failed: {0}")]
+    SocketKill(String),
+    /// A file system operation or a tool failed.
+    #[error(transparent)]
+    Failed(#[from] Failed),
+}
 
 /// Where cgroup v2 is mounted: /sys/fs/cgroup on unified systems, /sys/fs/cgroup/unified in
 /// hybrid mode. Read from /proc/self/mountinfo.
-pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    parse_cgroup2_root(&info).ok_or_else(|| {
-        anyhow!("no cgroup v2 filesystem is mounted (looked in /proc/self/mountinfo); watcher needs cgroup v2 to scope its socket hooks")
-    })
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").doing(|| "reading /proc/self/mountinfo".into())?;
+    parse_cgroup2_root(&info).ok_or(CgroupError::NoCgroup2)
 }
 
 fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
@@ -42,13 +56,13 @@ impl Cgroup {
     /// Create `<root>/<name>`. The name is made unique by the caller (pid + counter). A
     /// directory of that name is a leftover of a killed watcher whose pid was ours: what is in
     /// it is killed and it is removed first, so it never makes this run fail.
-    pub fn create(root: &Path, name: &str) -> anyhow::Result<Cgroup> {
+    pub fn create(root: &Path, name: &str) -> Result<Cgroup, CgroupError> {
         let path = root.join(name);
         if path.is_dir() {
             remove_stale(&path);
         }
-        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        let id = fs::metadata(&path).with_context(|| format!("reading cgroup {}", path.display()))?.ino();
+        fs::create_dir(&path).doing(|| format!("creating cgroup {}", path.display()))?;
+        let id = fs::metadata(&path).doing(|| format!("reading cgroup {}", path.display()))?.ino();
         Ok(Cgroup { path, rel: format!("/{name}"), id, removed: false })
     }
 
@@ -73,7 +87,7 @@ impl Cgroup {
     }
 
     /// Kill every process in the cgroup and wait until it is empty (at most `timeout`).
-    pub fn kill_all(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
         let kill_file = self.path.join("cgroup.kill");
         let deadline = Instant::now() + timeout;
         loop {
@@ -93,7 +107,7 @@ impl Cgroup {
                 }
             }
             if Instant::now() > deadline {
-                bail!("processes still alive in cgroup {} after SIGKILL", self.path.display());
+                return Err(CgroupError::Survivors(self.path.clone()));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -112,19 +126,19 @@ impl Cgroup {
     /// Destroy those sockets (SOCK_DESTROY through `ss -K`), so nothing the step queued is
     /// sent after watcher stops watching: the kernel programs detach when watcher exits, and
     /// an orphaned TCP socket would retransmit unfiltered.
-    pub fn destroy_sockets(&self) -> anyhow::Result<()> {
+    pub fn destroy_sockets(&self) -> Result<(), CgroupError> {
         let out = std::process::Command::new("ss")
             .args(["-K", "-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
             .output()
-            .context("running `ss -K` (iproute2) to destroy the step's leftover sockets")?;
+            .doing(|| "running `ss -K` (iproute2) to destroy the step's leftover sockets".into())?;
         if !out.status.success() {
-            bail!("`ss -K` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return Err(CgroupError::SocketKill(String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
         Ok(())
     }
 
     /// Kill what is left and remove the directory.
-    pub fn remove(&mut self) -> anyhow::Result<()> {
+    pub fn remove(&mut self) -> Result<(), CgroupError> {
         if self.removed {
             return Ok(());
         }
@@ -139,7 +153,11 @@ impl Cgroup {
                     let _ = e;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(e) => return Err(e).with_context(|| format!("removing cgroup {}", self.path.display())),
+                Err(e) => {
+                    return Err(e)
+                        .doing(|| format!("removing cgroup {}", self.path.display()))
+                        .map_err(CgroupError::from);
+                }
             }
         }
         self.removed = true;

@@ -4,10 +4,47 @@
 //! replaced and one `egress.allow` entry appended per endpoint, written as YAML. The source
 //! policy is checked first (its errors name its own `FILE:LINE:COLUMN`), each endpoint alone
 //! next (an error names the endpoint), and the result last, so what is printed always loads.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow, bail};
 use serde_yaml::{Mapping, Value};
+
+/// Why an endpoint is not one (`allowed endpoint "ITEM": ...`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error("a host name, address or network, not a URL")]
+    Url,
+    #[error("an opening [ without ]")]
+    Unclosed,
+    #[error("expected :PORT after ]")]
+    AfterBracket,
+    #[error("no host or address")]
+    NoHost,
+    #[error("an empty port after ':'")]
+    EmptyPort,
+}
+
+/// A policy that cannot be composed: its own error, an endpoint, a mode.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("allowed endpoints: {0} given, at most {MAX_ENDPOINTS}: put the others in the policy")]
+    TooMany(usize),
+    #[error("allowed endpoint {item:?}: {error}")]
+    Endpoint { item: String, error: EndpointError },
+    /// An endpoint the policy reader refuses (its message).
+    #[error("allowed endpoint {item:?}: {why}")]
+    Refused { item: String, why: String },
+    #[error("{}: not YAML", .path.display())]
+    NotYaml { path: PathBuf, source: serde_yaml::Error },
+    /// The policy's YAML is not shaped as a policy (`what` says where).
+    #[error("{}: {what}", .path.display())]
+    Shape { path: PathBuf, what: &'static str },
+    #[error("mode {0:?}: expected audit or enforce")]
+    Mode(String),
+    #[error("writing the policy")]
+    Write(#[source] serde_yaml::Error),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
 
 /// At most this many endpoints (one policy line each; a longer list belongs in the policy).
 pub const MAX_ENDPOINTS: usize = 256;
@@ -19,15 +56,15 @@ pub fn split_endpoints(text: &str) -> Vec<String> {
 
 /// One endpoint as a policy `egress.allow` entry: `HOST[:PORT]`, `IP[:PORT]`, `[IPV6]:PORT`,
 /// `CIDR[:PORT]` (`[CIDR6]:PORT`); PORT is a number or an inclusive range `LOW-HIGH`.
-pub fn endpoint_entry(item: &str) -> anyhow::Result<Value> {
+pub fn endpoint_entry(item: &str) -> Result<Value, EndpointError> {
     if item.contains("://") || item.contains('@') {
-        bail!("a host name, address or network, not a URL");
+        return Err(EndpointError::Url);
     }
     let (addr, port) = if let Some(rest) = item.strip_prefix('[') {
-        let (inner, after) = rest.split_once(']').ok_or_else(|| anyhow!("an opening [ without ]"))?;
+        let (inner, after) = rest.split_once(']').ok_or(EndpointError::Unclosed)?;
         let port = match after {
             "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| anyhow!("expected :PORT after ]"))?),
+            p => Some(p.strip_prefix(':').ok_or(EndpointError::AfterBracket)?),
         };
         (inner, port)
     } else if item.matches(':').count() > 1 {
@@ -40,7 +77,7 @@ pub fn endpoint_entry(item: &str) -> anyhow::Result<Value> {
         }
     };
     if addr.is_empty() {
-        bail!("no host or address");
+        return Err(EndpointError::NoHost);
     }
     let mut entry = Mapping::new();
     let key = if addr.contains('/') {
@@ -53,7 +90,7 @@ pub fn endpoint_entry(item: &str) -> anyhow::Result<Value> {
     entry.insert(Value::from(key), Value::from(addr));
     if let Some(p) = port {
         if p.is_empty() {
-            bail!("an empty port after ':'");
+            return Err(EndpointError::EmptyPort);
         }
         let v = match p.parse::<u64>() {
             Ok(n) => Value::from(n),
@@ -80,17 +117,19 @@ fn check(name: &str, v: &Value) -> Result<(), String> {
 
 /// The effective policy: `policy` with `mode` (when given) and the endpoints appended to
 /// `egress.allow`, as YAML text.
-pub fn compose(policy: &Path, mode: Option<&str>, endpoints: &[String]) -> anyhow::Result<String> {
-    crate::policy::load(policy).map_err(|e| anyhow!("{e}"))?;
+pub fn compose(policy: &Path, mode: Option<&str>, endpoints: &[String]) -> Result<String, ComposeError> {
+    crate::policy::load(policy)?;
+    let shape = |what: &'static str| ComposeError::Shape { path: policy.to_path_buf(), what };
     if endpoints.len() > MAX_ENDPOINTS {
-        bail!("allowed endpoints: {} given, at most {MAX_ENDPOINTS}: put the others in the policy", endpoints.len());
+        return Err(ComposeError::TooMany(endpoints.len()));
     }
-    let text = crate::policy::limits::read(policy, "policy").map_err(|e| anyhow!("{e}"))?;
-    let mut doc: Value = serde_yaml::from_str(&text).with_context(|| format!("{}: not YAML", policy.display()))?;
-    let root = doc.as_mapping_mut().ok_or_else(|| anyhow!("{}: the policy is not a mapping", policy.display()))?;
+    let text = crate::policy::limits::read(policy, "policy")?;
+    let mut doc: Value =
+        serde_yaml::from_str(&text).map_err(|source| ComposeError::NotYaml { path: policy.to_path_buf(), source })?;
+    let root = doc.as_mapping_mut().ok_or_else(|| shape("the policy is not a mapping"))?;
     if let Some(m) = mode {
         if m != "audit" && m != "enforce" {
-            bail!("mode {m:?}: expected audit or enforce");
+            return Err(ComposeError::Mode(m.to_string()));
         }
         root.insert(Value::from("mode"), Value::from(m));
     }
@@ -99,33 +138,32 @@ pub fn compose(policy: &Path, mode: Option<&str>, endpoints: &[String]) -> anyho
         if egress.is_null() {
             *egress = Value::Mapping(Mapping::new());
         }
-        let egress = egress.as_mapping_mut().ok_or_else(|| anyhow!("{}: egress is not a mapping", policy.display()))?;
+        let egress = egress.as_mapping_mut().ok_or_else(|| shape("egress is not a mapping"))?;
         let allow = egress.entry(Value::from("allow")).or_insert(Value::Null);
         if allow.is_null() {
             *allow = Value::Sequence(Vec::new());
         }
-        let allow =
-            allow.as_sequence_mut().ok_or_else(|| anyhow!("{}: egress.allow is not a list", policy.display()))?;
+        let allow = allow.as_sequence_mut().ok_or_else(|| shape("egress.allow is not a list"))?;
         for item in endpoints {
-            let entry = endpoint_entry(item).map_err(|e| anyhow!("allowed endpoint {item:?}: {e}"))?;
+            let entry = endpoint_entry(item).map_err(|error| ComposeError::Endpoint { item: item.clone(), error })?;
             let alone: Value = serde_yaml::from_str("version: 1\npipeline: endpoint\n").expect("static YAML");
             let mut alone = alone;
             let mut eg = Mapping::new();
             eg.insert(Value::from("allow"), Value::Sequence(vec![entry.clone()]));
             alone.as_mapping_mut().expect("mapping").insert(Value::from("egress"), Value::Mapping(eg));
-            check("allowed-endpoints", &alone).map_err(|e| anyhow!("allowed endpoint {item:?}: {e}"))?;
+            check("allowed-endpoints", &alone).map_err(|why| ComposeError::Refused { item: item.clone(), why })?;
             allow.push(entry);
         }
     }
     // An empty section (`egress:`) takes its defaults when read; written out it would be
     // `egress: null`, which the policy reader refuses: leave such entries out.
     strip_nulls(&mut doc);
-    let body = serde_yaml::to_string(&doc).context("writing the policy")?;
+    let body = serde_yaml::to_string(&doc).map_err(ComposeError::Write)?;
     let out = format!(
         "# Generated by `watcher policy compose` from {} (mode and allowed endpoints applied).\n{body}",
         policy.display().to_string().replace(['\n', '\r'], " ")
     );
-    crate::policy::parse_str("the composed policy", &out).map_err(|e| anyhow!("{e}"))?;
+    crate::policy::parse_str("the composed policy", &out)?;
     Ok(out)
 }
 

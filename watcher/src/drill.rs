@@ -32,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use crate::error::{Doing as _, Failed};
 
 use crate::{
     engine::{RULE_CREDENTIAL, RULE_DNS_NAME, RULE_DNS_RESOLVER, RULE_EGRESS, RULE_SECRET, RULE_SHELL},
@@ -78,20 +78,48 @@ impl Check {
     }
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
+/// Why a drill could not be run (a missed check is not an error: exit [`DRILL_FAILED`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("watcher drill needs root: it loads the eBPF sensors and creates a network namespace")]
+    NotRoot,
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("/etc/resolv.conf names no IPv4 nameserver: the drill impersonates the system resolver")]
+    NoIpv4Resolver,
+    #[error("starting sh: {0}")]
+    StartSh(std::io::Error),
+    #[error("usage: __drill-probe dns SERVER NAME | __drill-probe connect IP:PORT")]
+    ProbeUsage,
+    #[error(transparent)]
+    Failed(#[from] Failed),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    #[error(transparent)]
+    Run(#[from] crate::run_error::RunError),
+}
+
+fn random_hex(bytes: usize) -> Result<String, DrillError> {
     let mut b = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .doing(|| "reading /dev/urandom".into())?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Run `ip ARGS`, failing with its stderr.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+fn ip(args: &[&str]) -> Result<(), DrillError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .context("running `ip` (iproute2 is needed to build the drill's network namespace)")?;
+        .doing(|| "running `ip` (iproute2 is needed to build the drill's network namespace)".into())?;
     if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        return Err(DrillError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -115,7 +143,7 @@ fn remove_stale_netns() {
 }
 
 impl Netns {
-    fn create(name: String, local: &[IpAddr]) -> anyhow::Result<Netns> {
+    fn create(name: String, local: &[IpAddr]) -> Result<Netns, DrillError> {
         remove_stale_netns();
         ip(&["netns", "add", &name])?;
         let ns = Netns { name }; // from here on, drop removes it
@@ -146,16 +174,16 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("watcher: drill: could not remove network namespace {}: {e:#}", self.name);
+            eprintln!("watcher: drill: could not remove network namespace {}: {}", self.name, crate::error::chain(&e));
         }
     }
 }
 
 /// Enter the network namespace at `path` (this thread only).
-fn enter_netns(path: &Path) -> anyhow::Result<()> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+fn enter_netns(path: &Path) -> Result<(), DrillError> {
+    let f = std::fs::File::open(path).doing(|| format!("opening {}", path.display()))?;
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {}", path.display()))?;
+        .doing(|| format!("entering network namespace {}", path.display()))?;
     Ok(())
 }
 
@@ -167,9 +195,9 @@ struct Responder {
 }
 
 impl Responder {
-    fn start(netns: &Path, addr: Ipv4Addr) -> anyhow::Result<Responder> {
+    fn start(netns: &Path, addr: Ipv4Addr) -> Result<Responder, DrillError> {
         let netns = netns.to_path_buf();
-        let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), DrillError>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         // A thread of its own: setns changes only the calling thread, which then stays there.
@@ -177,7 +205,7 @@ impl Responder {
             let sock = (|| {
                 enter_netns(&netns)?;
                 let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(addr), 53))
-                    .with_context(|| format!("binding the drill's DNS responder on {addr}:53"))?;
+                    .doing(|| format!("binding the drill's DNS responder on {addr}:53"))?;
                 s.set_read_timeout(Some(Duration::from_millis(100)))?;
                 Ok(s)
             })();
@@ -200,7 +228,7 @@ impl Responder {
                 }
             }
         });
-        rx.recv().context("the DNS responder thread died")??;
+        rx.recv().doing(|| "the DNS responder thread died".into())??;
         Ok(Responder { stop, thread: Some(thread) })
     }
 }
@@ -321,12 +349,16 @@ fn secret_labels(secret: &str) -> String {
 }
 
 /// `watcher drill`: returns the exit code (0 when every check passed, [`DRILL_FAILED`] if not).
-pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
+pub fn drill(opts: DrillOptions) -> crate::Result<i32> {
+    Ok(drill_inner(opts)?)
+}
+
+fn drill_inner(opts: DrillOptions) -> Result<i32, DrillError> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("watcher drill needs root: it loads the eBPF sensors and creates a network namespace");
+        return Err(DrillError::NotRoot);
     }
     let pid = std::process::id();
-    let exe = std::env::current_exe().context("finding watcher's own executable")?;
+    let exe = std::env::current_exe().doing(|| "finding watcher's own executable".into())?;
     let tag = random_hex(4)?;
     // Obviously fake, different on every run; set before any thread exists, because the run
     // loop reads the secrets to look for from this process's environment and the step inherits it.
@@ -341,12 +373,12 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
     let tmp = TempDir(std::env::temp_dir().join(format!("watcher-drill-{pid}-{tag}")));
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&tmp.0)
-        .with_context(|| format!("creating {}", tmp.0.display()))?;
+        .doing(|| format!("creating {}", tmp.0.display()))?;
     let policy = match &opts.policy {
         Some(p) => p.clone(),
         None => {
             let p = tmp.0.join("npm.yaml");
-            std::fs::write(&p, BUILTIN_POLICY).with_context(|| format!("writing {}", p.display()))?;
+            std::fs::write(&p, BUILTIN_POLICY).doing(|| format!("writing {}", p.display()))?;
             p
         }
     };
@@ -360,7 +392,7 @@ pub fn drill(opts: DrillOptions) -> anyhow::Result<i32> {
         IpAddr::V4(v4) => Some(*v4),
         IpAddr::V6(_) => None,
     }) else {
-        bail!("/etc/resolv.conf names no IPv4 nameserver: the drill impersonates the system resolver");
+        return Err(DrillError::NoIpv4Resolver);
     };
     let mut local: Vec<IpAddr> = vec![IpAddr::V4(resolver), IpAddr::V4(CANARY_IP)];
     local.dedup();
@@ -461,7 +493,7 @@ pub fn render(checks: &[Check], enforce: bool) -> String {
 }
 
 /// Hidden `__drill-step NETNS SCRIPT`: enter the namespace and become npm's lifecycle shell.
-pub fn step(netns: &Path, script: &str) -> anyhow::Result<i32> {
+pub fn step(netns: &Path, script: &str) -> crate::Result<i32> {
     enter_netns(netns)?;
     let err = Command::new("sh")
         .arg("-c")
@@ -470,15 +502,19 @@ pub fn step(netns: &Path, script: &str) -> anyhow::Result<i32> {
         .env("npm_package_name", "watcher-drill-canary")
         .env("npm_package_version", "0.0.0-drill")
         .exec();
-    bail!("starting sh: {err}")
+    Err(DrillError::StartSh(err).into())
 }
 
 /// Hidden `__drill-probe dns SERVER NAME` / `__drill-probe connect IP:PORT`: the network
 /// misdeeds of the fake install script. Failures (denied, refused) are expected and ignored.
-pub fn probe(args: &[String]) -> anyhow::Result<i32> {
+pub fn probe(args: &[String]) -> crate::Result<i32> {
+    Ok(probe_inner(args)?)
+}
+
+fn probe_inner(args: &[String]) -> Result<i32, DrillError> {
     match args {
         [kind, server, name] if kind == "dns" => {
-            let server: IpAddr = server.parse().with_context(|| format!("bad server address {server}"))?;
+            let server: IpAddr = server.parse().doing(|| format!("bad server address {server}"))?;
             let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
             s.set_read_timeout(Some(Duration::from_millis(500)))?;
             if s.connect(SocketAddr::new(server, 53)).is_ok() {
@@ -491,11 +527,11 @@ pub fn probe(args: &[String]) -> anyhow::Result<i32> {
             Ok(0)
         }
         [kind, addr] if kind == "connect" => {
-            let addr: SocketAddr = addr.parse().with_context(|| format!("bad address {addr}"))?;
+            let addr: SocketAddr = addr.parse().doing(|| format!("bad address {addr}"))?;
             let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
             Ok(0)
         }
-        _ => bail!("usage: __drill-probe dns SERVER NAME | __drill-probe connect IP:PORT"),
+        _ => Err(DrillError::ProbeUsage),
     }
 }
 

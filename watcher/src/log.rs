@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
+use crate::{error::Doing as _, outfile::OutputError};
 use flate2::{Compression, write::GzEncoder};
 
 use crate::event::Event;
@@ -48,7 +48,7 @@ pub fn is_gzip_name(path: &Path) -> bool {
 }
 
 impl LogWriter {
-    pub fn create(path: &Path) -> anyhow::Result<LogWriter> {
+    pub fn create(path: &Path) -> Result<LogWriter, OutputError> {
         let inner = if path == Path::new("-") {
             Inner::Stdout(std::io::stdout())
         } else {
@@ -62,19 +62,20 @@ impl LogWriter {
         if self.path == Path::new("-") { "<stdout>".into() } else { self.path.display().to_string() }
     }
 
-    pub fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    pub fn write(&mut self, e: &Event) -> Result<(), OutputError> {
         serde_json::to_writer(&mut self.out, e)
             .map_err(std::io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"))
-            .with_context(|| format!("writing event log {}", self.name()))
+            .doing(|| format!("writing event log {}", self.name()))
+            .map_err(OutputError::from)
     }
 
-    pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.out.flush().with_context(|| format!("writing event log {}", self.name()))
+    pub fn flush(&mut self) -> Result<(), OutputError> {
+        self.out.flush().doing(|| format!("writing event log {}", self.name())).map_err(OutputError::from)
     }
 
     /// Flush everything (the gzip trailer too) and sync the file to disk.
-    pub fn finish(&mut self) -> anyhow::Result<()> {
+    pub fn finish(&mut self) -> Result<(), OutputError> {
         self.flush()?;
         let name = self.name();
         match self.out.get_mut() {
@@ -82,7 +83,8 @@ impl LogWriter {
             Inner::Gz(g) => g.try_finish().and_then(|()| g.get_ref().sync_data()),
             Inner::Stdout(_) => Ok(()),
         }
-        .with_context(|| format!("syncing event log {name}"))
+        .doing(|| format!("syncing event log {name}"))?;
+        Ok(())
     }
 }
 

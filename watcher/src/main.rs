@@ -270,7 +270,7 @@ fn main() {
     let result = match cli.command {
         Command::Policy { command: PolicyCommand::Suggest { logs, pipeline, base, allow_flagged } } => (|| {
             let base = match &base {
-                Some(b) => Some(watcher::policy::load(b).map_err(|e| anyhow::anyhow!("{e}"))?),
+                Some(b) => Some(watcher::policy::load(b).map_err(watcher::Error::from)?),
                 None => None,
             };
             let mut s = watcher::suggest::Suggester::default();
@@ -278,13 +278,11 @@ fn main() {
                 let incomplete = watcher::replay::for_each_event_checked(log, |e, _| {
                     s.add(&e);
                     Ok(())
-                })?;
+                })
+                .map_err(watcher::Error::from)?;
                 if let Some(why) = incomplete {
                     let log = watcher::replay::log_name(log);
-                    eprintln!(
-                        "watcher: {log}: incomplete ({why}): no policy is suggested from a log that cannot be vouched for"
-                    );
-                    return Ok(exitcode::EVENTS_LOST);
+                    return Err(watcher::Error::from(watcher::replay::ReplayError::Incomplete { log, why }).into());
                 }
             }
             if !allow_flagged && let Err(e) = s.check_clean() {
@@ -298,9 +296,9 @@ fn main() {
             let mut bad = false;
             for f in &files {
                 // Exactly the validation `run` does: load, then compile the kernel tables.
-                let checked = watcher::policy::load(f).map_err(|e| e.to_string()).and_then(|p| {
-                    watcher::policy::kernel::validate(&p).map_err(|e| format!("{}: {e}", p.source)).map(|_| p)
-                });
+                let checked = watcher::policy::load(f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| watcher::policy::kernel::validate(&p).map_err(|e| e.to_string()).map(|_| p));
                 match checked {
                     Ok(p) => println!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
                     Err(e) => {
@@ -313,32 +311,35 @@ fn main() {
         }
         Command::Policy { command: PolicyCommand::Compose { policy, mode, allow } } => (|| {
             let eps: Vec<String> = allow.iter().flat_map(|a| watcher::ci_policy::split_endpoints(a)).collect();
-            print!("{}", watcher::ci_policy::compose(&policy, mode.map(|m| m.into_mode().as_str()), &eps)?);
+            let composed = watcher::ci_policy::compose(&policy, mode.map(|m| m.into_mode().as_str()), &eps);
+            print!("{}", composed.map_err(watcher::Error::from)?);
             Ok(0)
         })(),
         Command::Daemon { config, ringbuf_size } => {
-            watcher::daemon::run(watcher::daemon::DaemonOptions { config, ringbuf_bytes: ringbuf_size })
+            edge(watcher::daemon::run(watcher::daemon::DaemonOptions { config, ringbuf_bytes: ringbuf_size }))
         }
         Command::Status { socket, config, json } => (|| {
             let socket = match (socket, config) {
                 (Some(s), _) => s,
-                (None, Some(c)) => watcher::daemon::config::load(&c).map_err(|e| anyhow::anyhow!("{e}"))?.socket,
+                (None, Some(c)) => watcher::daemon::config::load(&c).map_err(watcher::Error::from)?.socket,
                 (None, None) => watcher::daemon::config::DEFAULT_SOCKET.into(),
             };
-            watcher::daemon::status_command(&socket, json)
+            Ok(watcher::daemon::status_command(&socket, json)?)
         })(),
-        Command::Replay { logs, policy, mode, format } => watcher::replay::replay(watcher::replay::ReplayOptions {
-            logs,
-            policy,
-            mode: mode.map(ModeArg::into_mode),
-            format: format.into_format(),
-        }),
-        Command::Drill { policy, mode, log } => watcher::drill::drill(watcher::drill::DrillOptions {
+        Command::Replay { logs, policy, mode, format } => {
+            edge(watcher::replay::replay(watcher::replay::ReplayOptions {
+                logs,
+                policy,
+                mode: mode.map(ModeArg::into_mode),
+                format: format.into_format(),
+            }))
+        }
+        Command::Drill { policy, mode, log } => edge(watcher::drill::drill(watcher::drill::DrillOptions {
             policy,
             mode: mode.map(ModeArg::into_mode),
             log,
             ringbuf_bytes: 16 << 20,
-        }),
+        })),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -356,8 +357,8 @@ fn main() {
             print!("{}", watcher::event_schema::render());
             Ok(0)
         }
-        Command::DrillStep { netns, script } => watcher::drill::step(&netns, &script),
-        Command::DrillProbe { args } => watcher::drill::probe(&args),
+        Command::DrillStep { netns, script } => edge(watcher::drill::step(&netns, &script)),
+        Command::DrillProbe { args } => edge(watcher::drill::probe(&args)),
         Command::Run {
             log,
             quiet,
@@ -371,7 +372,7 @@ fn main() {
             user,
             bench_disable,
         } => {
-            run::run(run::RunOptions {
+            edge(run::run(run::RunOptions {
                 command,
                 log,
                 quiet: quiet || (!verbose && watcher::report::quiet_by_default()),
@@ -387,14 +388,23 @@ fn main() {
                     streams: bench_disable.contains(&BenchOff::Streams),
                     files: bench_disable.contains(&BenchOff::Files),
                 },
-            })
+            }))
         }
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("watcher: {e:#}");
-            std::process::exit(exitcode::WATCHER_ERROR);
+            // The library's errors say their exit code; anything else here is the CLI's own
+            // failure (writing the man page), watcher's: 125.
+            let code = e.downcast_ref::<watcher::Error>().map_or(exitcode::WATCHER_ERROR, watcher::Error::exit_code);
+            std::process::exit(code);
         }
     }
+}
+
+/// A library result at the CLI edge: the error keeps its type (for its exit code) inside
+/// anyhow's, which prints its chain.
+fn edge(r: watcher::Result<i32>) -> anyhow::Result<i32> {
+    Ok(r?)
 }

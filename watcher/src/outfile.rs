@@ -24,26 +24,49 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
+use crate::error::{Doing as _, Failed};
+
+/// Why an output file (event log, report, job log) cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{}: cannot write the {what}: not a file name", .path.display())]
+    NotAFileName { path: PathBuf, what: String },
+    /// The file exists, or is on a path, that watcher will not write through.
+    #[error("{}: refusing to write the {what}: {why}", .path.display())]
+    Refused { path: PathBuf, what: String, why: String },
+    #[error("the path contains a NUL byte")]
+    Nul,
+    #[error("{link} is a symbolic link owned by uid {uid} (only links of root are followed)")]
+    ForeignLink { link: String, uid: u32 },
+    #[error("too many symbolic links")]
+    TooManyLinks,
+    #[error("the {role} {} is the same file as the {other_role} {}: give it another name", .path.display(), .other.display())]
+    SameFile { role: String, path: PathBuf, other_role: String, other: PathBuf },
+    /// A system call on the way failed.
+    #[error(transparent)]
+    Failed(#[from] Failed),
+}
 
 /// At most this many symbolic links are followed on the way to the file (as the kernel's 40).
 const MAX_LINKS: usize = 40;
 
 /// Open `path` for writing as described in the module documentation. `what` names the file
 /// in errors ("event log", "report").
-pub fn create(path: &Path, what: &str) -> anyhow::Result<File> {
+pub fn create(path: &Path, what: &str) -> Result<File, OutputError> {
     let name = path.file_name().filter(|n| *n != OsStr::new("..") && *n != OsStr::new("."));
-    let Some(name) = name else { bail!("{}: cannot write the {what}: not a file name", path.display()) };
+    let Some(name) = name else {
+        return Err(OutputError::NotAFileName { path: path.to_path_buf(), what: what.into() });
+    };
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let dir = open_dir(parent).with_context(|| format!("{}: cannot write the {what}", path.display()))?;
+    let dir = open_dir(parent).doing(|| format!("{}: cannot write the {what}", path.display()))?;
     open_in(&dir, name, path, what)
 }
 
-fn cstr(s: &OsStr) -> anyhow::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| anyhow::anyhow!("the path contains a NUL byte"))
+fn cstr(s: &OsStr) -> Result<CString, OutputError> {
+    CString::new(s.as_bytes()).map_err(|_| OutputError::Nul)
 }
 
 fn last_err() -> std::io::Error {
@@ -56,7 +79,7 @@ fn trusted_uid(uid: u32) -> bool {
 }
 
 /// Open a directory, refusing any symbolic link on the way that belongs to another user.
-fn open_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
+fn open_dir(dir: &Path) -> Result<OwnedFd, OutputError> {
     let mut links = 0usize;
     let start = if dir.is_absolute() { Path::new("/") } else { Path::new(".") };
     let mut fd = raw_open(None, start.as_os_str())?;
@@ -77,18 +100,14 @@ fn open_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
                 Component::ParentDir => OsStr::new(".."),
                 Component::Normal(n) => n,
             };
-            let meta = fstatat_nofollow(&fd, part).with_context(|| format!("{}", p.display()))?;
+            let meta = fstatat_nofollow(&fd, part).doing(|| format!("{}", p.display()))?;
             if meta.st_mode & libc::S_IFMT == libc::S_IFLNK {
                 if !trusted_uid(meta.st_uid) {
-                    bail!(
-                        "{} is a symbolic link owned by uid {} (only links of root are followed)",
-                        part.to_string_lossy(),
-                        meta.st_uid
-                    );
+                    return Err(OutputError::ForeignLink { link: part.to_string_lossy().into(), uid: meta.st_uid });
                 }
                 links += 1;
                 if links > MAX_LINKS {
-                    bail!("too many symbolic links");
+                    return Err(OutputError::TooManyLinks);
                 }
                 let target = readlinkat(&fd, part)?;
                 // Walk the target, then the rest of this path.
@@ -104,7 +123,7 @@ fn open_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
 }
 
 /// `openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW)`.
-fn raw_open(dir: Option<&OwnedFd>, name: &OsStr) -> anyhow::Result<OwnedFd> {
+fn raw_open(dir: Option<&OwnedFd>, name: &OsStr) -> Result<OwnedFd, OutputError> {
     let c = cstr(name)?;
     let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
     // SAFETY: a valid NUL-terminated path; the fd is owned below.
@@ -112,36 +131,37 @@ fn raw_open(dir: Option<&OwnedFd>, name: &OsStr) -> anyhow::Result<OwnedFd> {
         libc::openat(dirfd, c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
     };
     if fd < 0 {
-        return Err(last_err()).with_context(|| format!("{}", name.to_string_lossy()));
+        return Err(last_err()).doing(|| format!("{}", name.to_string_lossy())).map_err(OutputError::from);
     }
     // SAFETY: fd was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn fstatat_nofollow(dir: &OwnedFd, name: &OsStr) -> anyhow::Result<libc::stat> {
+fn fstatat_nofollow(dir: &OwnedFd, name: &OsStr) -> Result<libc::stat, OutputError> {
     let c = cstr(name)?;
     // SAFETY: stat is plain data; the pointers are valid for the call.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
     if rc < 0 {
-        return Err(last_err()).with_context(|| format!("{}", name.to_string_lossy()));
+        return Err(last_err()).doing(|| format!("{}", name.to_string_lossy())).map_err(OutputError::from);
     }
     Ok(st)
 }
 
-fn readlinkat(dir: &OwnedFd, name: &OsStr) -> anyhow::Result<PathBuf> {
+fn readlinkat(dir: &OwnedFd, name: &OsStr) -> Result<PathBuf, OutputError> {
     let c = cstr(name)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     // SAFETY: buf is valid for buf.len() bytes.
     let n = unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
-        return Err(last_err()).with_context(|| format!("reading link {}", name.to_string_lossy()));
+        return Err(last_err()).doing(|| format!("reading link {}", name.to_string_lossy())).map_err(OutputError::from);
     }
     buf.truncate(n as usize);
     Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
-fn open_in(dir: &OwnedFd, name: &OsStr, path: &Path, what: &str) -> anyhow::Result<File> {
+fn open_in(dir: &OwnedFd, name: &OsStr, path: &Path, what: &str) -> Result<File, OutputError> {
+    let refuse = |why: String| OutputError::Refused { path: path.to_path_buf(), what: what.into(), why };
     let c = cstr(name)?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     // SAFETY: a valid NUL-terminated name relative to an open directory.
@@ -149,18 +169,17 @@ fn open_in(dir: &OwnedFd, name: &OsStr, path: &Path, what: &str) -> anyhow::Resu
     if fd < 0 {
         let e = last_err();
         if e.raw_os_error() == Some(libc::ELOOP) {
-            bail!("{}: refusing to write the {what}: it is a symbolic link", path.display());
+            return Err(refuse("it is a symbolic link".into()));
         }
         if e.raw_os_error() == Some(libc::ENXIO) {
             // A FIFO without a reader (opened without blocking).
-            bail!("{}: refusing to write the {what}: it is not a regular file", path.display());
+            return Err(refuse("it is not a regular file".into()));
         }
-        return Err(e).with_context(|| format!("{}: cannot write the {what}", path.display()));
+        return Err(e).doing(|| format!("{}: cannot write the {what}", path.display())).map_err(OutputError::from);
     }
     // SAFETY: fd was just returned by openat and is owned by nobody else.
     let f = unsafe { File::from_raw_fd(fd) };
-    let m = f.metadata().with_context(|| format!("{}: cannot write the {what}", path.display()))?;
-    let refuse = |why: String| anyhow::anyhow!("{}: refusing to write the {what}: {why}", path.display());
+    let m = f.metadata().doing(|| format!("{}: cannot write the {what}", path.display()))?;
     if !m.file_type().is_file() {
         return Err(refuse("it is not a regular file".into()));
     }
@@ -182,11 +201,13 @@ fn open_in(dir: &OwnedFd, name: &OsStr, path: &Path, what: &str) -> anyhow::Resu
         let fl = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
     }
-    f.set_len(0).with_context(|| format!("{}: cannot truncate the {what}", path.display()))?;
+    f.set_len(0).doing(|| format!("{}: cannot truncate the {what}", path.display()))?;
     if m.mode() & 0o7777 != 0o600 {
         // SAFETY: fchmod on our own fd.
         if unsafe { libc::fchmod(fd, 0o600) } < 0 {
-            return Err(last_err()).with_context(|| format!("{}: cannot make the {what} private", path.display()));
+            return Err(last_err())
+                .doing(|| format!("{}: cannot make the {what} private", path.display()))
+                .map_err(OutputError::from);
         }
     }
     Ok(f)
@@ -220,7 +241,7 @@ fn lexical(p: &Path) -> PathBuf {
 /// Refuse a run whose output files coincide with each other or with an input: writing the
 /// log over the policy (or a report over the log) would destroy it. `inputs` are read,
 /// `outputs` written; each is (role, path). `-` (standard output) is never a file.
-pub fn distinct(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+pub fn distinct(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Result<(), OutputError> {
     let all: Vec<(&str, &Path)> = inputs.iter().chain(outputs).copied().collect();
     for (i, (ra, a)) in all.iter().enumerate() {
         for (j, (rb, b)) in all.iter().enumerate().skip(i + 1) {
@@ -233,7 +254,12 @@ pub fn distinct(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> anyhow::
                 _ => lexical(a) == lexical(b),
             };
             if same {
-                bail!("the {rb} {} is the same file as the {ra} {}: give it another name", b.display(), a.display());
+                return Err(OutputError::SameFile {
+                    role: rb.to_string(),
+                    path: b.to_path_buf(),
+                    other_role: ra.to_string(),
+                    other: a.to_path_buf(),
+                });
             }
         }
     }

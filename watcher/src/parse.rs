@@ -67,11 +67,11 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// Call `f` for each non-blank line of `r` with its 1-based number. Lines are parsed in place
 /// in the reader's buffer; only a line split across two buffer fills is copied. A stream that
 /// ends early (a gzip member without its trailer) is a read error.
-pub fn for_each_line(
+pub fn for_each_line<E>(
     r: &mut dyn BufRead,
-    mut f: impl FnMut(&[u8], u64) -> anyhow::Result<()>,
-    mut read_error: impl FnMut(std::io::Error, u64) -> anyhow::Error,
-) -> anyhow::Result<()> {
+    mut f: impl FnMut(&[u8], u64) -> Result<(), E>,
+    mut read_error: impl FnMut(std::io::Error, u64) -> E,
+) -> Result<(), E> {
     let end = for_each_line_terminated(r, |l, n, _| f(l, n), &mut read_error)?;
     match end {
         Tail::Complete => Ok(()),
@@ -90,14 +90,14 @@ pub enum Tail {
 
 /// [`for_each_line`], telling `f` whether each line ended with a newline (only the last one
 /// may not), and returning how the stream ended instead of failing on a cut stream.
-pub fn for_each_line_terminated(
+pub fn for_each_line_terminated<E>(
     r: &mut dyn BufRead,
-    mut f: impl FnMut(&[u8], u64, bool) -> anyhow::Result<()>,
-    mut read_error: impl FnMut(std::io::Error, u64) -> anyhow::Error,
-) -> anyhow::Result<Tail> {
+    mut f: impl FnMut(&[u8], u64, bool) -> Result<(), E>,
+    mut read_error: impl FnMut(std::io::Error, u64) -> E,
+) -> Result<Tail, E> {
     let mut carry: Vec<u8> = Vec::new();
     let mut n = 0u64;
-    let mut line = |l: &[u8], n: &mut u64, terminated: bool| -> anyhow::Result<()> {
+    let mut line = |l: &[u8], n: &mut u64, terminated: bool| -> Result<(), E> {
         *n += 1;
         if l.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(());
@@ -420,7 +420,7 @@ mod tests {
                 got.push((String::from_utf8(l.to_vec()).unwrap(), n));
                 Ok(())
             };
-            for_each_line(&mut r, push, |e, _| e.into()).unwrap();
+            for_each_line(&mut r, push, |e: std::io::Error, _| e).unwrap();
             assert_eq!(
                 got,
                 [("a".into(), 1), ("bcd\r".into(), 4), ("last-without-newline".into(), 5)],

@@ -142,7 +142,7 @@ pub fn for_daemon_job(
     let tables = match crate::policy::kernel::compile(&pol, &hosts, resolvers, seed) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(pid = first.unwrap_or(0), "the job's proxies are not used: {}: {e}", pol.source);
+            tracing::warn!(pid = first.unwrap_or(0), "the job's proxies are not used: {e}");
             return Some(shared);
         }
     };

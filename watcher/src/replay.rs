@@ -12,13 +12,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, anyhow, bail};
-
 use crate::{
     engine::Engine,
     event::{Alert, Event, PolicyInfo},
     pipeline::Pipeline,
-    policy::{self, Mode, Policy},
+    policy::{self, Mode, Policy, PolicyError},
     report::{self, Format, Report, event_line},
 };
 
@@ -38,12 +36,49 @@ pub struct Replayed {
     pub report: Report,
 }
 
+/// A log that cannot be read or judged, or the report that cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{}: cannot read", .path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{log}:{line}: cannot read")]
+    Read { log: String, line: u64, source: std::io::Error },
+    /// A line that is not an event (the parser's message says why).
+    #[error("{log}:{line}: {error}")]
+    Malformed { log: String, line: u64, error: serde_json::Error },
+    #[error("{log}:{line}: the log does not begin with a start record")]
+    NoStart { log: String, line: u64 },
+    #[error("{log}: the policy recorded in the start record is invalid: {error}")]
+    RecordedPolicy { log: String, error: PolicyError },
+    #[error(
+        "{log}: the log names the policy {policy} but does not carry it (recorded by an older watcher); \
+         give it with --policy FILE"
+    )]
+    PolicyNotCarried { log: String, policy: String },
+    #[error("{log}: the log records no policy; give one with --policy FILE")]
+    NoPolicy { log: String },
+    /// `policy suggest` given a log that cannot be vouched for (exit 78).
+    #[error("{log}: incomplete ({why}): no policy is suggested from a log that cannot be vouched for")]
+    Incomplete { log: String, why: String },
+    #[error("writing the report to standard output: {0}")]
+    Stdout(std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+impl ReplayError {
+    /// A log that is incomplete where a complete one is needed (exit 78, as lost events).
+    pub fn is_incomplete(&self) -> bool {
+        matches!(self, ReplayError::Incomplete { .. })
+    }
+}
+
 /// Open a log, transparently gunzipping it (by its magic bytes, not its name).
-fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+fn open(path: &Path) -> Result<Box<dyn BufRead>, ReplayError> {
     let raw: Box<dyn Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
-        Box::new(File::open(path).with_context(|| format!("{}: cannot read", path.display()))?)
+        Box::new(File::open(path).map_err(|source| ReplayError::Open { path: path.to_path_buf(), source })?)
     };
     let mut r = BufReader::with_capacity(256 * 1024, raw);
     let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
@@ -56,20 +91,18 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 
 /// The policy to judge with: the one given, or the copy of the live one the start record
 /// carries. A path in the log is never opened.
-fn policy_for(opts: &ReplayOptions, start: &crate::event::Start, log: &str) -> anyhow::Result<Policy> {
+fn policy_for(opts: &ReplayOptions, start: &crate::event::Start, log: &str) -> Result<Policy, ReplayError> {
     let mut p = match (&opts.policy, &start.policy_yaml, &start.policy) {
-        (Some(path), _, _) => policy::load(path).map_err(|e| anyhow!("{e}"))?,
+        (Some(path), _, _) => policy::load(path)?,
         (None, Some(text), info) => {
             let source = info.as_ref().map(|i| i.source.as_str()).unwrap_or("recorded policy");
             policy::parse_str(source, text)
-                .map_err(|e| anyhow!("{log}: the policy recorded in the start record is invalid: {e}"))?
+                .map_err(|error| ReplayError::RecordedPolicy { log: log.to_string(), error })?
         }
-        (None, None, Some(info)) => bail!(
-            "{log}: the log names the policy {} but does not carry it (recorded by an older watcher); \
-             give it with --policy FILE",
-            report::safe(&info.source)
-        ),
-        (None, None, None) => bail!("{log}: the log records no policy; give one with --policy FILE"),
+        (None, None, Some(info)) => {
+            return Err(ReplayError::PolicyNotCarried { log: log.to_string(), policy: report::safe(&info.source) });
+        }
+        (None, None, None) => return Err(ReplayError::NoPolicy { log: log.to_string() }),
     };
     // The mode the log was recorded in (`--mode audit` of the live run), unless --mode says.
     if let Some(m) = opts.mode.or(start.policy.as_ref().and_then(|p| p.mode.parse::<Mode>().ok())) {
@@ -85,7 +118,7 @@ pub fn log_name(path: &Path) -> String {
 
 /// Call `f` with every event of a log and its line number. Malformed lines are errors
 /// (`LOG:LINE: message`): nothing is skipped.
-pub fn for_each_event(path: &Path, f: impl FnMut(Event, u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn for_each_event(path: &Path, f: impl FnMut(Event, u64) -> Result<(), ReplayError>) -> Result<(), ReplayError> {
     for_each_event_with(path, crate::parse::parse_line, f)
 }
 
@@ -96,22 +129,22 @@ pub type Parser = fn(&[u8]) -> Result<Event, serde_json::Error>;
 pub fn for_each_event_with(
     path: &Path,
     parse: Parser,
-    mut f: impl FnMut(Event, u64) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    mut f: impl FnMut(Event, u64) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
     let name = log_name(path);
     let mut reader = open(path)?;
     crate::parse::for_each_line(
         &mut reader,
         |line, n| {
-            let e = parse(line).map_err(|err| anyhow!("{name}:{n}: {err}"))?;
+            let e = parse(line).map_err(|error| ReplayError::Malformed { log: name.clone(), line: n, error })?;
             f(e, n)
         },
-        |err, n| anyhow::Error::new(err).context(format!("{name}:{n}: cannot read")),
+        |source, n| ReplayError::Read { log: name.clone(), line: n, source },
     )
 }
 
 /// Replay one log.
-pub fn replay_one(path: &Path, opts: &ReplayOptions, on_alert: impl FnMut(&Alert)) -> anyhow::Result<Replayed> {
+pub fn replay_one(path: &Path, opts: &ReplayOptions, on_alert: impl FnMut(&Alert)) -> Result<Replayed, ReplayError> {
     replay_one_with(path, opts, crate::parse::parse_line, on_alert)
 }
 
@@ -121,7 +154,7 @@ pub fn replay_one_with(
     opts: &ReplayOptions,
     parse: Parser,
     mut on_alert: impl FnMut(&Alert),
-) -> anyhow::Result<Replayed> {
+) -> Result<Replayed, ReplayError> {
     let name = log_name(path);
     let mut pipe: Option<Pipeline> = None;
     let mut alerts = Vec::new();
@@ -139,7 +172,7 @@ pub fn replay_one_with(
                     check.cut_at(n);
                     return Ok(());
                 }
-                Err(err) => bail!("{name}:{n}: {err}"),
+                Err(error) => return Err(ReplayError::Malformed { log: name.clone(), line: n, error }),
             };
             check.see(&e, n);
             if check.stopped() {
@@ -149,7 +182,9 @@ pub fn replay_one_with(
                 return Ok(()); // the live run's verdicts: replay makes its own
             }
             if pipe.is_none() {
-                let Event::Start(s) = &e else { bail!("{name}:{n}: the log does not begin with a start record") };
+                let Event::Start(s) = &e else {
+                    return Err(ReplayError::NoStart { log: name.clone(), line: n });
+                };
                 let policy = policy_for(opts, s, &name)?;
                 warn_unrecorded_registries(&name, &policy, s);
                 // The engine builds the process tree; the report takes it at the end.
@@ -172,7 +207,7 @@ pub fn replay_one_with(
             }
             Ok(())
         },
-        |err, n| anyhow::Error::new(err).context(format!("{name}:{n}: cannot read")),
+        |source, n| ReplayError::Read { log: name.clone(), line: n, source },
     )?;
     if let crate::parse::Tail::StreamCut(n) = tail {
         check.cut_at(n + 1);
@@ -271,8 +306,8 @@ impl Completeness {
 /// reason.
 pub fn for_each_event_checked(
     path: &Path,
-    mut f: impl FnMut(Event, u64) -> anyhow::Result<()>,
-) -> anyhow::Result<Option<String>> {
+    mut f: impl FnMut(Event, u64) -> Result<(), ReplayError>,
+) -> Result<Option<String>, ReplayError> {
     let mut check = Completeness::default();
     let mut reader = open(path)?;
     let name = log_name(path);
@@ -290,11 +325,11 @@ pub fn for_each_event_checked(
                     }
                 }
                 Err(_) if !terminated => check.cut_at(n),
-                Err(err) => bail!("{name}:{n}: {err}"),
+                Err(error) => return Err(ReplayError::Malformed { log: name.clone(), line: n, error }),
             }
             Ok(())
         },
-        |err, n| anyhow::Error::new(err).context(format!("{name}:{n}: cannot read")),
+        |source, n| ReplayError::Read { log: name.clone(), line: n, source },
     )?;
     if let crate::parse::Tail::StreamCut(n) = tail {
         check.cut_at(n + 1);
@@ -320,7 +355,7 @@ fn warn_unrecorded_registries(log: &str, policy: &Policy, start: &crate::event::
 }
 
 /// Run the replay command; returns the exit code.
-pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
+pub fn replay(opts: ReplayOptions) -> crate::Result<i32> {
     use std::io::IsTerminal as _;
     let mut violations = 0usize;
     let mut incomplete = 0usize;
@@ -344,7 +379,7 @@ pub fn replay(opts: ReplayOptions) -> anyhow::Result<i32> {
     if let Err(e) = report::write_all(&reports, opts.format, colour, &mut std::io::stdout().lock())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        bail!("writing the report to standard output: {e}");
+        return Err(ReplayError::Stdout(e).into());
     }
     eprint!("{}", report::annotations_all(&reports));
     report::append_step_summary(&reports);

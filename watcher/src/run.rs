@@ -2,19 +2,20 @@
 //! events through the job's pipeline, and clean everything up.
 use std::{ffi::CString, io::Write as _, os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup::{Cgroup, cgroup2_root},
     collect::Collector,
     engine::Engine,
+    error::Doing as _,
     event::{Event, PolicyInfo, SCHEMA_VERSION, Start},
     exitcode,
     log::LogWriter,
     pipeline::{Enrichment, Pipeline, sink::LiveLines},
     policy::Mode,
     report::{self, Report},
+    run_error::RunError,
     sensor::{Instance, Sensor, SensorConfig},
     session::{self, boot_now_ns, clock_offset_ns, now_ts},
 };
@@ -41,26 +42,26 @@ pub struct RunOptions {
 }
 
 /// Run the command; returns the exit code watcher should exit with.
-pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+pub fn run(opts: RunOptions) -> crate::Result<i32> {
     // Through a running daemon when one is named (or found, without root): no root needed.
     if let Some(socket) = crate::step_client::socket_for_run() {
         if opts.bench_disable != Default::default() {
-            bail!("--bench-disable is for a standalone `watcher run` (as root), not a daemon-backed step");
+            return Err(RunError::BenchDisableWithDaemon.into());
         }
         return crate::step_client::run(opts, &socket);
     }
-    run_timed(opts).map(|(code, _)| code)
+    Ok(run_timed(opts).map(|(code, _)| code)?)
 }
 
 /// [`run`], also returning every alert with its detection latency.
-pub fn run_timed(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> {
+pub fn run_timed(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run_async(opts))
 }
 
-async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> {
+async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError> {
     if opts.command.is_empty() {
-        bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
+        return Err(RunError::NoCommand);
     }
     let watcher_pid = std::process::id();
     let run_as = crate::run_user::resolve(opts.user.as_deref(), (None, None))?;
@@ -72,7 +73,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         std::thread::Builder::new()
             .name("registries".into())
             .spawn(move || session::resolve_registries(p.as_ref()))
-            .context("starting the registry resolution thread")?
+            .doing(|| "starting the registry resolution thread".into())?
     };
     // The proxies of the step's environment and package managers (npm is asked again), alongside.
     let proxies = {
@@ -80,7 +81,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         std::thread::Builder::new()
             .name("proxies".into())
             .spawn(move || crate::proxies::for_step(p.as_ref()))
-            .context("starting the proxy discovery thread")?
+            .doing(|| "starting the proxy discovery thread".into())?
     };
     // Open the log first: a bad path is the user's error to hear about before anything runs.
     crate::outfile::distinct(
@@ -97,14 +98,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         None => None,
     };
     let report_files =
-        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
+        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<Result<Vec<_>, _>>()?;
     // The files a step writes are its user's, as if it had run without watcher.
     if let Some(u) = &run_as
         && crate::sensor::load::require_root().is_ok()
     {
         for p in opts.log.iter().chain(&opts.report).filter(|p| p.as_os_str() != "-") {
             std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid))
-                .with_context(|| format!("{}: cannot give it to uid {}", p.display(), u.uid))?;
+                .doing(|| format!("{}: cannot give it to uid {}", p.display(), u.uid))?;
         }
     }
 
@@ -133,17 +134,16 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
             s.pid, s.killed
         );
     }
-    let registries = registries.join().map_err(|_| anyhow::anyhow!("the registry resolution thread panicked"))??;
+    let registries = registries.join().map_err(|_| RunError::ThreadPanicked("registry resolution"))??;
     let mut prepared = session::finish_prepare(policy, registries)?;
-    let proxies = proxies.join().map_err(|_| anyhow::anyhow!("the proxy discovery thread panicked"))?;
+    let proxies = proxies.join().map_err(|_| RunError::ThreadPanicked("proxy discovery"))?;
     crate::proxies::set(&mut prepared, proxies);
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
     let resolvers = crate::probe::system_resolvers();
     if let Some(p) = &prepared.policy {
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.source))?;
+        let tables = crate::policy::kernel::compile(p, &hosts, &resolvers, session::random_seed())?;
         sensor.apply_policy(0, &tables)?;
     }
     // The file sensor's table: credential stores under every home, the project's (the step's
@@ -214,7 +214,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         SignalKind::user_defined1(),
         SignalKind::user_defined2(),
     ] {
-        sigs.push((k, signal(k).context("installing signal handlers")?));
+        sigs.push((k, signal(k).doing(|| "installing signal handlers".into())?));
     }
     let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
     for (kind, mut s) in sigs {
@@ -229,17 +229,12 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     let mut child = match spawn(&opts.command, &cgroup, tty, run_as.as_ref()) {
         Ok(c) => c,
-        Err(e) => {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => exitcode::NOT_FOUND,
-                std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
-                _ => exitcode::WATCHER_ERROR,
-            };
+        Err(error) => {
             let name = crate::log::arg_for_log(&opts.command[0]);
-            eprintln!(
-                "watcher: cannot run {}: {e}",
-                report::safe(&crate::redact::text(pipe.collector_mut().secrets(), &name))
-            );
+            let name = report::safe(&crate::redact::text(pipe.collector_mut().secrets(), &name));
+            let err = crate::error::CommandError { name, error };
+            let code = err.exit_code();
+            eprintln!("watcher: {err}");
             pipe.end(Some(code))?;
             drop(sensor);
             cgroup.remove()?;
@@ -255,10 +250,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
     let status = loop {
         tokio::select! {
             r = sensor.wait_and_drain(&mut batch) => {
-                r.context("reading the kernel ring buffer")?;
+                r.doing(|| "reading the kernel ring buffer".into())?;
                 pipe.records(&mut batch)?;
             }
-            st = child.wait() => break st.context("waiting for the command")?,
+            st = child.wait() => break st.doing(|| "waiting for the command".into())?,
             Some(sig) = sig_rx.recv() => {
                 if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child_pid as i32), sig);
@@ -297,7 +292,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
         }
     }
     if let Err(e) = cgroup.destroy_sockets() {
-        eprintln!("watcher: {e:#}");
+        eprintln!("watcher: {}", crate::error::chain(&e));
     }
     // Let the exit records of the killed processes arrive, then take everything left.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -328,14 +323,14 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<(i32, Vec<AlertTiming>)> 
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
-pub(crate) fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> anyhow::Result<()> {
+pub(crate) fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> Result<(), RunError> {
     use std::io::IsTerminal as _;
     let colour = report::colour_for(std::io::stderr().is_terminal());
     eprint!("{}", report::stderr_report(r, colour));
     for (mut f, path) in files.into_iter().zip(&opts.report) {
         let format = opts.report_format.unwrap_or_else(|| report::Format::from_path(path));
         f.write_all(report::render_one(r, format, false).as_bytes())
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+            .doing(|| format!("{}: cannot write the report", path.display()))?;
     }
     report::append_step_summary(std::slice::from_ref(r));
     Ok(())

@@ -2,7 +2,11 @@
 //! USER[:GROUP]`, or by default the user `sudo` was invoked by (`SUDO_UID`/`SUDO_GID`), with
 //! that user's supplementary groups. The environment (HOME included) is left as given: keep
 //! the variables a build needs with `sudo -E` / `sudo --preserve-env=...`.
-use anyhow::{anyhow, bail};
+use crate::run_error::RunError;
+
+fn user_err(what: impl Into<String>, why: impl ToString) -> RunError {
+    RunError::User { what: what.into(), why: why.to_string() }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunAs {
@@ -13,24 +17,24 @@ pub struct RunAs {
     pub why: String,
 }
 
-fn user_by(spec: &str) -> anyhow::Result<nix::unistd::User> {
+fn user_by(spec: &str) -> Result<nix::unistd::User, RunError> {
     let found = match spec.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
         Err(_) => nix::unistd::User::from_name(spec),
     };
     found
-        .map_err(|e| anyhow!("--user {spec}: {e}"))?
-        .ok_or_else(|| anyhow!("--user {spec}: no such user on this machine"))
+        .map_err(|e| user_err(format!("--user {spec}"), e))?
+        .ok_or_else(|| user_err(format!("--user {spec}"), "no such user on this machine"))
 }
 
-fn group_by(spec: &str) -> anyhow::Result<u32> {
+fn group_by(spec: &str) -> Result<u32, RunError> {
     if let Ok(gid) = spec.parse::<u32>() {
         return Ok(gid);
     }
     nix::unistd::Group::from_name(spec)
-        .map_err(|e| anyhow!("--user ...:{spec}: {e}"))?
+        .map_err(|e| user_err(format!("--user ...:{spec}"), e))?
         .map(|g| g.gid.as_raw())
-        .ok_or_else(|| anyhow!("--user ...:{spec}: no such group on this machine"))
+        .ok_or_else(|| user_err(format!("--user ...:{spec}"), "no such group on this machine"))
 }
 
 fn supplementary(name: &str, gid: u32) -> Vec<u32> {
@@ -43,14 +47,14 @@ fn supplementary(name: &str, gid: u32) -> Vec<u32> {
 
 /// The user to run the command as (None: as watcher itself, root). `spec`: `--user`.
 /// `sudo_env`: the values of SUDO_UID and SUDO_GID.
-pub fn resolve(spec: Option<&str>, sudo_env: (Option<String>, Option<String>)) -> anyhow::Result<Option<RunAs>> {
+pub fn resolve(spec: Option<&str>, sudo_env: (Option<String>, Option<String>)) -> Result<Option<RunAs>, RunError> {
     if let Some(spec) = spec {
         let (u, g) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
         if u.is_empty() {
-            bail!("--user {spec:?}: give USER or USER:GROUP (names or numbers)");
+            return Err(user_err(format!("--user {spec:?}"), "give USER or USER:GROUP (names or numbers)"));
         }
         let user = user_by(u)?;
         let gid = match g {
@@ -64,17 +68,20 @@ pub fn resolve(spec: Option<&str>, sudo_env: (Option<String>, Option<String>)) -
         return Ok(Some(RunAs { uid: user.uid.as_raw(), gid, groups, why: format!("--user {spec}") }));
     }
     let (Some(uid), gid) = sudo_env else { return Ok(None) };
-    let uid: u32 = uid.trim().parse().map_err(|_| anyhow!("SUDO_UID={uid:?} is not a user id"))?;
+    let uid: u32 =
+        uid.trim().parse().map_err(|_| RunError::SudoId { var: "SUDO_UID", value: uid.clone(), kind: "user" })?;
     if uid == 0 {
         return Ok(None);
     }
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
     let gid: u32 = match gid {
-        Some(g) => g.trim().parse().map_err(|_| anyhow!("SUDO_GID={g:?} is not a group id"))?,
+        Some(g) => {
+            g.trim().parse().map_err(|_| RunError::SudoId { var: "SUDO_GID", value: g.clone(), kind: "group" })?
+        }
         None => user
             .as_ref()
             .map(|u| u.gid.as_raw())
-            .ok_or_else(|| anyhow!("SUDO_UID={uid}: no such user and no SUDO_GID"))?,
+            .ok_or_else(|| user_err(format!("SUDO_UID={uid}"), "no such user and no SUDO_GID"))?,
     };
     let groups = match &user {
         Some(u) => supplementary(&u.name, gid),

@@ -2,7 +2,20 @@
 //! the policy with the CLI's mode, its registry hosts, the secret detector, the kernel hash
 //! seed, and the clocks that turn kernel timestamps into wall time. Shared by every mode, so
 //! the daemon imports nothing from the `run` command.
-use anyhow::{Context as _, bail};
+use crate::error::{Doing as _, Failed};
+
+/// What a step cannot be prepared for: its policy, its registries, its secret patterns.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("--mode needs --policy FILE: there is nothing to audit or enforce without a policy")]
+    ModeWithoutPolicy,
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    #[error(transparent)]
+    Failed(#[from] Failed),
+}
 
 use crate::{
     event::Ts,
@@ -43,17 +56,17 @@ pub struct Prepared {
 }
 
 /// Load and check everything a user can get wrong before anything runs.
-pub fn prepare(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Prepared> {
+pub fn prepare(policy: Option<&std::path::Path>, mode: Option<Mode>) -> Result<Prepared, SessionError> {
     let policy = load_policy(policy, mode)?;
     let registries = resolve_registries(policy.as_ref())?;
     finish_prepare(policy, registries)
 }
 
 /// The policy file, with the CLI's mode applied.
-pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyhow::Result<Option<Policy>> {
+pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> Result<Option<Policy>, SessionError> {
     match policy {
         Some(p) => {
-            let mut pol = crate::policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut pol = crate::policy::load(p)?;
             if let Some(m) = mode {
                 pol.mode = m;
             }
@@ -61,7 +74,7 @@ pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyh
         }
         None => {
             if mode.is_some() {
-                bail!("--mode needs --policy FILE: there is nothing to audit or enforce without a policy");
+                return Err(SessionError::ModeWithoutPolicy);
             }
             Ok(None)
         }
@@ -70,20 +83,20 @@ pub fn load_policy(policy: Option<&std::path::Path>, mode: Option<Mode>) -> anyh
 
 /// The hosts of the policy's registries, from each package manager's own configuration (this
 /// starts the package managers: npm alone takes about 0.4 s).
-pub fn resolve_registries(policy: Option<&Policy>) -> anyhow::Result<crate::probe::Registries> {
+pub fn resolve_registries(policy: Option<&Policy>) -> Result<crate::probe::Registries, SessionError> {
     Ok(match policy {
         Some(p) => crate::probe::resolve_registries(p)?,
         None => Default::default(),
     })
 }
 
-pub fn finish_prepare(policy: Option<Policy>, registries: crate::probe::Registries) -> anyhow::Result<Prepared> {
+pub fn finish_prepare(policy: Option<Policy>, registries: crate::probe::Registries) -> Result<Prepared, SessionError> {
     let mut patterns: Vec<String> = SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
     if let Some(p) = &policy {
         patterns.extend(p.secret_env_patterns().iter().cloned());
     }
     let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
-    let secrets = SecretSet::new(&patterns, env).context("compiling secret variable patterns")?;
+    let secrets = SecretSet::new(&patterns, env).doing(|| "compiling secret variable patterns".into())?;
     let crate::probe::Registries { hosts: registries, sources: registry_sources } = registries;
     Ok(Prepared { policy, registries, registry_sources, proxy_sources: Vec::new(), secrets })
 }

@@ -15,16 +15,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow, bail};
 use tokio::{io::AsyncBufReadExt as _, signal::unix::SignalKind};
 
 use crate::{
     daemon::steps::{DEFAULT_STEP_SOCKET, OpenStep, PROTOCOL_VERSION, Reply, StepCredential, StepPolicy},
+    error::Doing as _,
     exitcode,
     log::LogWriter,
     pipeline::sink::{LiveLines, Sink as _},
     report::Report,
     run::RunOptions,
+    run_error::RunError,
 };
 
 /// The variable that names the daemon's step socket.
@@ -42,24 +43,21 @@ pub fn socket_for_run() -> Option<PathBuf> {
     (!root && std::fs::symlink_metadata(DEFAULT_STEP_SOCKET).is_ok()).then(|| PathBuf::from(DEFAULT_STEP_SOCKET))
 }
 
-pub fn run(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(opts, socket))
+pub fn run(opts: RunOptions, socket: &Path) -> crate::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::from)?;
+    Ok(rt.block_on(run_async(opts, socket))?)
 }
 
-fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")
+fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).doing(|| "creating a pipe".into())?)
 }
 
-async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
+async fn run_async(opts: RunOptions, socket: &Path) -> Result<i32, RunError> {
     if opts.command.is_empty() {
-        bail!("no command given: usage is `watcher run [OPTIONS] -- CMD [ARGS...]`");
+        return Err(RunError::NoCommand);
     }
     if opts.user.is_some() {
-        bail!(
-            "--user is for standalone `watcher run` (as root); a daemon-backed step ({SOCKET_ENV}={}) always runs as its caller",
-            socket.display()
-        );
+        return Err(RunError::UserWithDaemon { socket: socket.to_path_buf() });
     }
     let policy = crate::session::load_policy(opts.policy.as_deref(), opts.mode)?;
     crate::outfile::distinct(
@@ -76,7 +74,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         None => None,
     };
     let report_files =
-        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<anyhow::Result<Vec<_>>>()?;
+        opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<Result<Vec<_>, _>>()?;
     // The caller's own view: its package managers' configuration, its resolvers.
     let registries = crate::session::resolve_registries(policy.as_ref())?;
     let mut prepared = crate::session::finish_prepare(policy, registries)?;
@@ -113,7 +111,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
     let sock = unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("creating a socket");
+            return Err(std::io::Error::last_os_error()).doing(|| "creating a socket".into()).map_err(RunError::from);
         }
         <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
     };
@@ -171,13 +169,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
     let mut go = std::fs::File::from(go_w);
     let mut first = [0u8; 5];
     let n = ack.read(&mut first).unwrap_or(0);
-    let not_reached = |why: String| {
-        anyhow!(
-            "cannot reach a watcher daemon that allows steps at {} ({why}); `watcher run` needs root, or a daemon \
-             whose configuration has `steps: {{allow: true}}` ({SOCKET_ENV} names its socket)",
-            socket.display()
-        )
-    };
+    let not_reached = |why: String| RunError::NoDaemon { socket: socket.to_path_buf(), why };
     match (n, first[0]) {
         (1, b'C') => {}
         (5, b'E') => {
@@ -186,7 +178,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
             return Err(not_reached(std::io::Error::from_raw_os_error(errno).to_string()));
         }
         _ => {
-            let e = spawner.join().map_err(|_| anyhow!("the spawn thread panicked"))?.err();
+            let e = spawner.join().map_err(|_| RunError::ThreadPanicked("spawn"))?.err();
             return Err(not_reached(e.map(|e| e.to_string()).unwrap_or_else(|| "the step's process died".into())));
         }
     }
@@ -214,7 +206,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
             let _ = go.write_all(b"N");
             drop(go);
             let _ = spawner.join();
-            bail!("{} at {}: {e}", "watcher run", socket.display());
+            return Err(RunError::DaemonAnswer { socket: socket.to_path_buf(), why: e });
         }
     };
     let _ = go.write_all(b"G");
@@ -231,16 +223,13 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
     {
         eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode.as_str());
     }
-    let child = match spawner.join().map_err(|_| anyhow!("the spawn thread panicked"))? {
+    let child = match spawner.join().map_err(|_| RunError::ThreadPanicked("spawn"))? {
         Ok(c) => c,
-        Err(e) => {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => exitcode::NOT_FOUND,
-                std::io::ErrorKind::PermissionDenied => exitcode::NOT_EXECUTABLE,
-                _ => exitcode::WATCHER_ERROR,
-            };
-            eprintln!("watcher: cannot run {}: {e}", crate::report::safe(&crate::log::arg_for_log(&opts.command[0])));
-            return Ok(code);
+        Err(error) => {
+            let name = crate::report::safe(&crate::log::arg_for_log(&opts.command[0]));
+            let err = crate::error::CommandError { name, error };
+            eprintln!("watcher: {err}");
+            return Ok(err.exit_code());
         }
     };
     let child_pid = child.id();
@@ -257,7 +246,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         SignalKind::user_defined1(),
         SignalKind::user_defined2(),
     ] {
-        let mut s = tokio::signal::unix::signal(k).context("installing signal handlers")?;
+        let mut s = tokio::signal::unix::signal(k).doing(|| "installing signal handlers".into())?;
         let tx = sig_tx.clone();
         tokio::spawn(async move {
             while s.recv().await.is_some() {
@@ -306,9 +295,9 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
                 }
             }
             st = &mut waiter, if status.is_none() => {
-                let st = st.map_err(|e| anyhow!("waiting for the command: {e}"))?
-                    .ok_or_else(|| anyhow!("no command to wait for"))?
-                    .context("waiting for the command")?;
+                let st = st.map_err(|e| RunError::Wait(e.to_string()))?
+                    .ok_or(RunError::NoChild)?
+                    .doing(|| "waiting for the command".into())?;
                 status = Some(st);
                 if tty {
                     // SAFETY: plain libc calls on our own process.
@@ -336,10 +325,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> anyhow::Result<i32> {
         l.finish()?;
     }
     let Some((_, verdict)) = done else {
-        bail!(
-            "the daemon ended this step's stream before its verdict (stopped, or this client did not read fast \
-             enough); the command exited {cmd_code}; the daemon's own log of the step is {daemon_log}"
-        );
+        return Err(RunError::NoVerdict { cmd_code, daemon_log });
     };
     let code = verdict.unwrap_or(cmd_code);
     pipe_report.watcher_exit = Some(code);
@@ -369,14 +355,14 @@ fn read_first_line(mut s: &std::os::unix::net::UnixStream, out: &mut String) -> 
     Ok(bytes.len())
 }
 
-fn sockaddr(path: &Path) -> anyhow::Result<libc::sockaddr_un> {
+fn sockaddr(path: &Path) -> Result<libc::sockaddr_un, RunError> {
     use std::os::unix::ffi::OsStrExt as _;
     // SAFETY: all-zero is a valid sockaddr_un.
     let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     a.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let b = path.as_os_str().as_bytes();
     if b.is_empty() || b.len() >= a.sun_path.len() || b.contains(&0) {
-        bail!("{SOCKET_ENV}: {:?} is not a usable socket path (1 to {} bytes)", path, a.sun_path.len() - 1);
+        return Err(RunError::SocketPath { path: path.to_path_buf(), max: a.sun_path.len() - 1 });
     }
     for (d, s) in a.sun_path.iter_mut().zip(b) {
         *d = *s as libc::c_char;

@@ -283,40 +283,42 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
 /// on it: created (0750) when missing; it must be a directory, not a symbolic link, owned by
 /// root (watcher's user), not writable by group or others, and writable (a probe file is
 /// created and removed).
-pub fn prepare_log_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn prepare_log_dir(dir: &Path) -> Result<(), super::DaemonError> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 
-    use anyhow::{Context as _, bail};
+    use super::DaemonError;
+    use crate::error::Doing as _;
     let d = dir.display();
+    let bad = |why: String| DaemonError::LogDir { dir: dir.to_path_buf(), why };
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o750)
             .create(dir)
-            .with_context(|| format!("log_dir {d}: cannot create it"))?;
+            .doing(|| format!("log_dir {d}: cannot create it"))?;
     }
-    let m = std::fs::symlink_metadata(dir).with_context(|| format!("log_dir {d}"))?;
+    let m = std::fs::symlink_metadata(dir).doing(|| format!("log_dir {d}"))?;
     if m.file_type().is_symlink() {
-        bail!("log_dir {d} is a symbolic link: give the directory itself");
+        return Err(bad("is a symbolic link: give the directory itself".into()));
     }
     if !m.is_dir() {
-        bail!("log_dir {d} is not a directory");
+        return Err(bad("is not a directory".into()));
     }
     let me = nix::unistd::geteuid().as_raw();
     if m.uid() != me {
-        bail!(
-            "log_dir {d} belongs to uid {}, not to uid {me} that the daemon runs as: job logs there could be replaced by its owner",
+        return Err(bad(format!(
+            "belongs to uid {}, not to uid {me} that the daemon runs as: job logs there could be replaced by its owner",
             m.uid()
-        );
+        )));
     }
     if m.mode() & 0o022 != 0 {
-        bail!(
-            "log_dir {d} is writable by others (mode {:o}): job logs there could be replaced; chmod go-w it",
+        return Err(bad(format!(
+            "is writable by others (mode {:o}): job logs there could be replaced; chmod go-w it",
             m.mode() & 0o7777
-        );
+        )));
     }
     let probe = dir.join(format!(".watcher-probe-{}", std::process::id()));
-    crate::outfile::create(&probe, "log_dir probe file").with_context(|| format!("log_dir {d} is not writable"))?;
+    crate::outfile::create(&probe, "log_dir probe file").doing(|| format!("log_dir {d} is not writable"))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

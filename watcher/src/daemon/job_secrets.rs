@@ -44,7 +44,7 @@ pub struct JobSecrets {
 /// The values of a job's first process (`pid`, held or just exec'd), learned before its
 /// `start` record is written so that the command line it carries is redacted; the
 /// detectors to use from the start.
-pub fn learn_first(secrets: &mut JobSecrets, pid: Option<u32>) -> anyhow::Result<Vec<SecretSet>> {
+pub fn learn_first(secrets: &mut JobSecrets, pid: Option<u32>) -> Result<Vec<SecretSet>, super::DaemonError> {
     let Some(environ) = pid.and_then(read_environ) else { return Ok(Vec::new()) };
     let entries = secrets.unknown_entries(&environ);
     drop(environ);
@@ -59,13 +59,12 @@ impl JobSecrets {
     /// The variables protected for a job under `policy`: its `secrets.env` globs plus
     /// [`crate::session::SECRET_CANDIDATES`] (as `watcher run` does, so a replay under a stricter
     /// policy finds the same).
-    pub fn new(policy: Option<&Policy>) -> anyhow::Result<JobSecrets> {
+    pub fn new(policy: Option<&Policy>) -> Result<JobSecrets, super::DaemonError> {
         let mut patterns: Vec<String> = crate::session::SECRET_CANDIDATES.iter().map(|s| s.to_string()).collect();
         if let Some(p) = policy {
             patterns.extend(p.secret_env_patterns().iter().cloned());
         }
-        let names =
-            SecretNames::new(&patterns).map_err(|e| anyhow::anyhow!("compiling secret variable patterns: {e}"))?;
+        let names = SecretNames::new(&patterns).map_err(super::DaemonError::SecretPatterns)?;
         Ok(JobSecrets {
             patterns,
             names,
@@ -134,13 +133,12 @@ impl JobSecrets {
 
     /// The detectors: set `i` holds the `i`-th value of each variable (one set unless a
     /// variable has had several values).
-    pub fn sets(&self) -> anyhow::Result<Vec<SecretSet>> {
+    pub fn sets(&self) -> Result<Vec<SecretSet>, super::DaemonError> {
         let layers = self.values.values().map(Vec::len).max().unwrap_or(0);
         (0..layers)
             .map(|i| {
                 let env = self.values.iter().filter_map(|(n, vs)| vs.get(i).map(|v| (n.clone(), v.clone())));
-                SecretSet::new(&self.patterns, env)
-                    .map_err(|e| anyhow::anyhow!("compiling secret variable patterns: {e}"))
+                SecretSet::new(&self.patterns, env).map_err(super::DaemonError::SecretPatterns)
             })
             .collect()
     }

@@ -9,13 +9,13 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
-
 use super::job_secrets::{self, JobSecrets};
 use crate::{
+    error::Doing as _,
     event::{Event, Loss, Start},
     log::LogWriter,
-    pipeline::{Pipeline, sink::Sink},
+    outfile::OutputError,
+    pipeline::{Pipeline, PipelineError, sink::Sink},
     policy::kernel::KernelTables,
     session::Prepared,
 };
@@ -77,7 +77,7 @@ pub struct RotatingLog {
 }
 
 impl RotatingLog {
-    pub fn create(path: &Path, start: Event, max_bytes: u64, keep: u32) -> anyhow::Result<RotatingLog> {
+    pub fn create(path: &Path, start: Event, max_bytes: u64, keep: u32) -> Result<RotatingLog, OutputError> {
         let writer = LogWriter::create(path)?;
         Ok(RotatingLog { path: path.to_path_buf(), writer, max_bytes, keep, start, started: false, rotations: 0 })
     }
@@ -88,7 +88,7 @@ impl RotatingLog {
         crate::redact::event(sets, &mut self.start);
     }
 
-    fn ensure_started(&mut self) -> anyhow::Result<()> {
+    fn ensure_started(&mut self) -> Result<(), OutputError> {
         if !self.started {
             self.writer.write(&self.start)?;
             self.started = true;
@@ -96,13 +96,13 @@ impl RotatingLog {
         Ok(())
     }
 
-    pub fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    pub fn write(&mut self, e: &Event) -> Result<(), OutputError> {
         self.ensure_started()?;
         self.writer.write(e)
     }
 
     /// Flush, and rotate when the file has grown past its bound.
-    pub fn flush(&mut self) -> anyhow::Result<()> {
+    pub fn flush(&mut self) -> Result<(), OutputError> {
         self.ensure_started()?;
         self.writer.flush()?;
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
@@ -116,7 +116,7 @@ impl RotatingLog {
                 for i in (1..self.keep).rev() {
                     let _ = std::fs::rename(seg(i), seg(i + 1));
                 }
-                std::fs::rename(&self.path, seg(1)).with_context(|| format!("rotating {}", self.path.display()))?;
+                std::fs::rename(&self.path, seg(1)).doing(|| format!("rotating {}", self.path.display()))?;
             }
             self.writer = LogWriter::create(&self.path)?;
             self.writer.write(&self.start)?;
@@ -125,7 +125,7 @@ impl RotatingLog {
         Ok(())
     }
 
-    pub fn finish(&mut self) -> anyhow::Result<()> {
+    pub fn finish(&mut self) -> Result<(), OutputError> {
         self.ensure_started()?;
         self.writer.finish()
     }
@@ -136,14 +136,14 @@ impl RotatingLog {
 }
 
 impl Sink for RotatingLog {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
-        RotatingLog::write(self, e)
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
+        Ok(RotatingLog::write(self, e)?)
     }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        RotatingLog::flush(self)
+    fn flush(&mut self) -> Result<(), PipelineError> {
+        Ok(RotatingLog::flush(self)?)
     }
-    fn finish(&mut self) -> anyhow::Result<()> {
-        RotatingLog::finish(self)
+    fn finish(&mut self) -> Result<(), PipelineError> {
+        Ok(RotatingLog::finish(self)?)
     }
 }
 
@@ -170,7 +170,7 @@ pub struct Job {
 
 impl Job {
     /// Log an event, judge it, log the alerts. Returns the alerts raised.
-    pub fn emit(&mut self, e: Event) -> anyhow::Result<Vec<crate::event::Alert>> {
+    pub fn emit(&mut self, e: Event) -> Result<Vec<crate::event::Alert>, PipelineError> {
         if let Event::Exec(x) = &e {
             self.live.insert(x.proc.pid);
         }
@@ -187,7 +187,7 @@ impl Job {
     }
 
     /// A kernel record of this job (live-process bookkeeping, then the pipeline).
-    pub fn record(&mut self, rec: crate::record::Record) -> anyhow::Result<Vec<crate::event::Alert>> {
+    pub fn record(&mut self, rec: crate::record::Record) -> Result<Vec<crate::event::Alert>, PipelineError> {
         let mut events = Vec::new();
         self.pipeline.collector_mut().push(rec, &mut events);
         let mut alerts = Vec::new();
@@ -228,11 +228,13 @@ impl Job {
                 tracing::info!(job = %self.name, pid, variables = ?added, values = self.secrets.len(),
                     "looking for these variables' values (from the job's environment) in its traffic");
             }
-            Err(e) => tracing::error!(job = %self.name, "cannot build the secret detector: {e:#}"),
+            Err(e) => {
+                tracing::error!(job = %self.name, "cannot build the secret detector: {}", crate::error::chain(&e))
+            }
         }
     }
 
-    pub fn loss(&mut self, l: Loss) -> anyhow::Result<()> {
+    pub fn loss(&mut self, l: Loss) -> Result<(), PipelineError> {
         let source = l.source.clone();
         self.emit(Event::Loss(l))?;
         // Shells of this job held for an exec record that was lost cannot be judged: killed.
@@ -242,7 +244,7 @@ impl Job {
     }
 
     /// Close the job out: pending DNS queries, the `end` record, the summary.
-    pub fn close(&mut self) -> anyhow::Result<String> {
+    pub fn close(&mut self) -> Result<String, PipelineError> {
         let mut ev = Vec::new();
         self.pipeline.collector_mut().finish(&mut ev);
         for e in ev {

@@ -9,6 +9,7 @@
 //! sched_process_exec, before its first instruction); the daemon writes the tables, then
 //! continues it (SIGCONT). Fail closed: a job the daemon never set up never runs.
 pub mod config;
+mod error;
 pub mod job_secrets;
 pub mod jobs;
 pub mod metrics;
@@ -22,7 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
 use watcher_common::{JOB_DAEMON_BIT, JOB_NONE};
 
@@ -30,13 +30,16 @@ use crate::{
     cgroup::cgroup2_root,
     collect::Collector,
     engine::Engine,
+    error::Doing as _,
     event::{Event, Loss},
+    pipeline::{Enrichment, Pipeline},
     record::Record,
     report::Report,
     sensor::{Sensor, SensorConfig},
     session::{boot_now_ns, clock_offset_ns, now_ts},
 };
 use config::Config;
+pub use error::DaemonError;
 use jobs::{Identity, Job, JobStatus, LoadedPolicy, RotatingLog};
 
 pub struct DaemonOptions {
@@ -86,16 +89,16 @@ fn load_policies(
     cfg: &Config,
     resolvers: &[std::net::IpAddr],
     seed: u64,
-) -> anyhow::Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>> {
+) -> Result<BTreeMap<PathBuf, Rc<LoadedPolicy>>, DaemonError> {
     Ok(load_policies_send(cfg, resolvers, seed)?.into_iter().map(|(k, v)| (k, Rc::new(v))).collect())
 }
 
 /// What a SIGHUP reload reads and compiles: run on a blocking thread, so parsing (and the
 /// package managers it starts) never stalls the event loop.
-type Reloaded = anyhow::Result<(Config, BTreeMap<PathBuf, LoadedPolicy>)>;
+type Reloaded = Result<(Config, BTreeMap<PathBuf, LoadedPolicy>), DaemonError>;
 
 fn load_for_reload(source: PathBuf, resolvers: Vec<std::net::IpAddr>, seed: u64) -> Reloaded {
-    let cfg = config::load(&source).map_err(|e| anyhow!("{e}"))?;
+    let cfg = config::load(&source)?;
     let policies = load_policies_send(&cfg, &resolvers, seed)?;
     Ok((cfg, policies))
 }
@@ -104,7 +107,7 @@ fn load_policies_send(
     cfg: &Config,
     resolvers: &[std::net::IpAddr],
     seed: u64,
-) -> anyhow::Result<BTreeMap<PathBuf, LoadedPolicy>> {
+) -> Result<BTreeMap<PathBuf, LoadedPolicy>, DaemonError> {
     let mut out = BTreeMap::new();
     for p in &cfg.pipelines {
         let Some(path) = &p.policy else { continue };
@@ -112,14 +115,16 @@ fn load_policies_send(
             continue;
         }
         let prepared = crate::session::prepare(Some(path), None)?;
-        let pol = prepared.policy.as_ref().ok_or_else(|| anyhow!("{}: no policy", path.display()))?;
+        let pol = prepared.policy.as_ref().ok_or_else(|| DaemonError::NoPolicy(path.clone()))?;
         let hosts: Vec<String> = prepared.registries.values().flatten().cloned().collect();
-        let tables =
-            crate::policy::kernel::compile(pol, &hosts, resolvers, seed).map_err(|e| anyhow!("{}: {e}", pol.source))?;
+        let tables = crate::policy::kernel::compile(pol, &hosts, resolvers, seed)?;
         out.insert(path.clone(), LoadedPolicy { path: path.clone(), prepared, tables });
     }
     Ok(out)
 }
+
+/// A closed job's exit code and its enforce-mode verdict (77/78).
+type Closed = (Option<i32>, Option<i32>);
 
 struct Daemon {
     cfg: Config,
@@ -141,8 +146,9 @@ struct Daemon {
     next_cgroup_job: u32,
     last_cgroup_scan: Option<Instant>,
     held_seen: std::collections::HashSet<u32>,
-    /// Processes of no job (`no_job_log`): their own collector and log, no policy.
-    no_job: Option<(Collector, RotatingLog)>,
+    /// Processes of no job (`no_job_log`): their own pipeline (collector and log), no policy,
+    /// no report.
+    no_job: Option<Pipeline>,
     /// Losses counted while a kernel job was held and not yet set up.
     pending_loss: HashMap<u32, Vec<Loss>>,
     /// Daemon-backed steps (`watcher run` through the step socket).
@@ -169,7 +175,12 @@ impl Daemon {
     /// The daemon job of an identity, created (log opened, policy chosen) when new.
     /// `first`: the job's first process (its environment gives the values to redact from the
     /// `start` record's command before anything is written).
-    fn ensure_job(&mut self, identity: Identity, command: &[String], first: Option<u32>) -> anyhow::Result<String> {
+    fn ensure_job(
+        &mut self,
+        identity: Identity,
+        command: &[String],
+        first: Option<u32>,
+    ) -> Result<String, DaemonError> {
         if !self.jobs.contains_key(&identity.id) {
             let policy =
                 crate::proxies::for_daemon_job(self.policy_for(&identity.pipeline), first, &self.resolvers, self.seed);
@@ -236,8 +247,8 @@ impl Daemon {
     }
 
     /// Write a job's tables for a kernel job id and route that id to it.
-    fn attach_kernel_job(&mut self, id: &str, kid: u32) -> anyhow::Result<()> {
-        let job = self.jobs.get_mut(id).ok_or_else(|| anyhow!("no job {id} to attach kernel job {kid} to"))?;
+    fn attach_kernel_job(&mut self, id: &str, kid: u32) -> Result<(), DaemonError> {
+        let job = self.jobs.get_mut(id).ok_or_else(|| DaemonError::NoJob { id: id.to_string(), kid })?;
         let tables = job.policy.as_ref().map(|p| p.tables.clone()).unwrap_or_default();
         self.sensor.apply_policy(kid, &tables)?;
         let files = job.policy.as_ref().and_then(|p| p.prepared.policy.as_ref()).map(|p| p.spec());
@@ -252,7 +263,13 @@ impl Daemon {
 
     /// A new kernel job: find (or create) its daemon job, write its tables (the caller then
     /// continues the stopped process).
-    fn new_kernel_job(&mut self, kid: u32, pid: u32, env: &[(String, String)], argv: &[String]) -> anyhow::Result<()> {
+    fn new_kernel_job(
+        &mut self,
+        kid: u32,
+        pid: u32,
+        env: &[(String, String)],
+        argv: &[String],
+    ) -> Result<(), DaemonError> {
         let identity = Identity::from_env(env, &self.cfg.id_env, &self.cfg.pipeline_env)
             .unwrap_or_else(|| Identity { id: format!("kernel-job={kid:#x}"), pipeline: String::new() });
         let id = self.ensure_job(identity, argv, Some(pid))?;
@@ -307,7 +324,7 @@ impl Daemon {
                     tracing::info!(cgroup = %rel, kernel_job = kid, "watching cgroup as a job");
                     self.cgroup_jobs.insert(rel, (cgid, kid));
                 }
-                Err(e) => tracing::error!(cgroup = %rel, "cannot watch cgroup: {e:#}"),
+                Err(e) => tracing::error!(cgroup = %rel, "cannot watch cgroup: {}", crate::error::chain(&e)),
             }
         }
         // Cgroups that are gone: out of the watch map (their job ends when its processes have).
@@ -322,19 +339,16 @@ impl Daemon {
         }
     }
 
-    fn handle(&mut self, mut rec: Record) -> anyhow::Result<()> {
+    fn handle(&mut self, mut rec: Record) -> Result<(), DaemonError> {
         let kid = rec.task().job;
         if kid == JOB_NONE {
-            let Some((collector, log)) = &mut self.no_job else {
+            let Some(pipe) = &mut self.no_job else {
                 self.counters.unrouted += 1;
                 return Ok(());
             };
-            let mut events = Vec::new();
-            collector.push(rec, &mut events);
-            for e in events {
-                self.counters.no_job_events += 1;
-                log.write(&e)?;
-            }
+            let before = pipe.events;
+            pipe.record(rec)?;
+            self.counters.no_job_events += pipe.events - before;
             return Ok(());
         }
         if kid & JOB_DAEMON_BIT == 0 {
@@ -348,7 +362,8 @@ impl Daemon {
                     tracing::error!(
                         kernel_job = kid,
                         pid = rec.task().pid,
-                        "cannot set up job, killing its process: {e:#}"
+                        "cannot set up job, killing its process: {}",
+                        crate::error::chain(&e)
                     );
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(rec.task().pid as i32),
@@ -398,7 +413,7 @@ impl Daemon {
 
     /// Loss counters: a kernel loss cannot be attributed to a job, so every running job's log
     /// gets the `loss` record (its events may be among those lost).
-    fn check_loss(&mut self) -> anyhow::Result<()> {
+    fn check_loss(&mut self) -> Result<(), DaemonError> {
         let totals = self.sensor.counters()?;
         let losses = self.loss.losses(&totals);
         for l in &losses {
@@ -418,8 +433,8 @@ impl Daemon {
             for k in &held {
                 self.pending_loss.entry(*k).or_default().push(l.clone());
             }
-            if let Some((_, log)) = &mut self.no_job {
-                log.write(&Event::Loss(l.clone()))?;
+            if let Some(pipe) = &mut self.no_job {
+                pipe.event(Event::Loss(l.clone()))?;
             }
         }
         Ok(())
@@ -481,7 +496,12 @@ impl Daemon {
                     self.release_from_proc(kid, pid);
                 }
                 Err(e) => {
-                    tracing::error!(kernel_job = kid, pid, "cannot set up job, killing its process: {e:#}");
+                    tracing::error!(
+                        kernel_job = kid,
+                        pid,
+                        "cannot set up job, killing its process: {}",
+                        crate::error::chain(&e)
+                    );
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
@@ -561,7 +581,7 @@ impl Daemon {
             let r = self
                 .sensor
                 .watch_pid(pid, ppid, kid)
-                .map_err(anyhow::Error::from)
+                .map_err(DaemonError::from)
                 .and_then(|()| self.new_kernel_job(kid, pid, &env, &argv));
             match r {
                 Ok(()) => {
@@ -582,7 +602,12 @@ impl Daemon {
                 }
                 Err(e) => {
                     // Fail closed, as for any job that cannot be set up.
-                    tracing::error!(kernel_job = kid, pid, "cannot adopt held job, killing its process: {e:#}");
+                    tracing::error!(
+                        kernel_job = kid,
+                        pid,
+                        "cannot adopt held job, killing its process: {}",
+                        crate::error::chain(&e)
+                    );
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
@@ -592,7 +617,7 @@ impl Daemon {
         }
     }
 
-    fn tick(&mut self) -> anyhow::Result<()> {
+    fn tick(&mut self) -> Result<(), DaemonError> {
         self.recover_held_jobs();
         if self.last_cgroup_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
             self.scan_cgroups();
@@ -609,13 +634,8 @@ impl Daemon {
             // A process whose exit record was lost must not keep the job open forever.
             job.live.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
         }
-        if let Some((collector, log)) = &mut self.no_job {
-            let mut ev = Vec::new();
-            collector.expire(now, &mut ev);
-            for e in ev {
-                log.write(&e)?;
-            }
-            log.flush()?;
+        if let Some(pipe) = &mut self.no_job {
+            pipe.tick(now)?;
         }
         self.check_loss()?;
         let grace = self.cfg.job_end_grace;
@@ -641,7 +661,7 @@ impl Daemon {
     }
 
     /// Returns the job's exit code and its enforce-mode verdict (77/78), if it was open.
-    fn close_job(&mut self, id: &str) -> anyhow::Result<Option<(Option<i32>, Option<i32>)>> {
+    fn close_job(&mut self, id: &str) -> Result<Option<Closed>, DaemonError> {
         let Some(mut job) = self.jobs.remove(id) else { return Ok(None) };
         let summary = job.close()?;
         let verdict = job.pipeline.enforce_failure(job.pipeline.report.lost_total());
@@ -677,7 +697,7 @@ impl Daemon {
 
     fn reload(&mut self, result: Result<Reloaded, tokio::task::JoinError>) {
         let result = result
-            .map_err(|e| anyhow!("the reload thread failed: {e}"))
+            .map_err(|e| DaemonError::ReloadThread(e.to_string()))
             .and_then(|r| r)
             .map(|(cfg, p)| (cfg, p.into_iter().map(|(k, v)| (k, Rc::new(v))).collect::<BTreeMap<_, _>>()));
         match result {
@@ -708,7 +728,7 @@ impl Daemon {
             }
             Err(e) => {
                 self.counters.reload_errors += 1;
-                let msg = format!("{e:#}");
+                let msg = crate::error::chain(&e).to_string();
                 tracing::error!(error = %msg, "reload failed; the previous configuration and policies stay in force");
                 self.counters.last_reload_error = Some(msg);
             }
@@ -746,13 +766,13 @@ fn parse_stat(stat: &str) -> Option<(char, u32, u64)> {
     Some((state, ppid, threads))
 }
 
-pub fn run(opts: DaemonOptions) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(opts))
+pub fn run(opts: DaemonOptions) -> crate::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::from)?;
+    Ok(rt.block_on(run_async(opts))?)
 }
 
-async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
-    let cfg = config::load(&opts.config).map_err(|e| anyhow!("{e}"))?;
+async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
+    let cfg = config::load(&opts.config)?;
     let resolvers = crate::probe::system_resolvers();
     let seed = crate::session::random_seed();
     let policies = load_policies(&cfg, &resolvers, seed)?;
@@ -775,7 +795,7 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics_listener = match cfg.metrics {
         Some(addr) => {
-            Some(metrics::Metrics::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?)
+            Some(metrics::Metrics::bind(addr).await.doing(|| format!("cannot listen for metrics on {addr}"))?)
         }
         None => None,
     };
@@ -809,18 +829,19 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
         let identity = Identity { id: "none".into(), pipeline: String::new() };
         let start = jobs::start_record(&identity, Vec::new(), d.sensor.states().to_vec(), d.resolvers.clone(), None);
         let log = RotatingLog::create(&path, Event::Start(start), d.cfg.log_max_bytes, d.cfg.log_keep)?;
-        d.no_job = Some((Collector::new(clock_offset_ns()), log));
+        let pipe = Pipeline::new(Collector::new(clock_offset_ns()), Enrichment::default(), None, Report::default());
+        d.no_job = Some(pipe.without_report().with_sink(log));
     }
     d.adopt_held_processes();
     d.scan_cgroups();
-    let mut hup = signal(SignalKind::hangup()).context("installing signal handlers")?;
-    let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
+    let mut hup = signal(SignalKind::hangup()).doing(|| "installing signal handlers".into())?;
+    let mut term = signal(SignalKind::terminate()).doing(|| "installing signal handlers".into())?;
+    let mut int = signal(SignalKind::interrupt()).doing(|| "installing signal handlers".into())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut batch = Vec::new();
     let mut reloading: Option<tokio::task::JoinHandle<Reloaded>> = None;
     let mut reload_again = false;
-    let result: anyhow::Result<()> = async {
+    let result: Result<(), DaemonError> = async {
         loop {
             tokio::select! {
                 r = d.sensor.wait_and_drain(&mut batch) => {
@@ -886,21 +907,15 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
     let ids: Vec<String> = d.jobs.keys().cloned().collect();
     for id in ids {
         if let Err(e) = d.close_job(&id) {
-            tracing::error!("closing job {id}: {e:#}");
+            tracing::error!("closing job {id}: {}", crate::error::chain(&e));
         }
     }
-    if let Some((collector, log)) = &mut d.no_job {
-        let mut ev = Vec::new();
-        collector.finish(&mut ev);
-        for e in ev {
-            let _ = log.write(&e);
+    if let Some(pipe) = &mut d.no_job {
+        // Its `end` record counts every loss it logged: all of the daemon's.
+        let r = pipe.drain_collector().and_then(|_| pipe.end(None));
+        if let Err(e) = r {
+            tracing::error!("closing the no-job log: {}", crate::error::chain(&e));
         }
-        let _ = log.write(&Event::End(crate::event::End {
-            ts: now_ts(),
-            exit_code: None,
-            lost: d.counters.lost.values().sum(),
-        }));
-        let _ = log.finish();
     }
     let socket = d.cfg.socket.clone();
     let step_socket = d.cfg.steps.as_ref().map(|s| s.socket.clone());
@@ -915,14 +930,15 @@ async fn run_async(opts: DaemonOptions) -> anyhow::Result<i32> {
 }
 
 /// `watcher status`: ask the running daemon.
-pub fn status_command(socket: &Path, json: bool) -> anyhow::Result<i32> {
+pub fn status_command(socket: &Path, json: bool) -> crate::Result<i32> {
     let text = status::query(socket)?;
     if json {
         println!("{text}");
         return Ok(0);
     }
-    let r: StatusReport =
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {}", socket.display()))?;
+    let r: StatusReport = serde_json::from_str(&text)
+        .doing(|| format!("unexpected answer from {}", socket.display()))
+        .map_err(DaemonError::from)?;
     print!("{}", status::render(&r));
     Ok(0)
 }

@@ -8,33 +8,33 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::StatusReport;
+use super::{DaemonError, StatusReport};
+use crate::error::Doing as _;
 
-pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).doing(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+            .doing(|| format!("cannot restrict {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{} is in use: another watcher daemon is running", path.display());
+            return Err(DaemonError::SocketInUse(path.to_path_buf()));
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).doing(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     // The socket is created with the umask's permissions; tighten the umask around bind so
     // there is no moment when others may connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let l = tokio::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let l = l.with_context(|| format!("cannot listen on status socket {}", path.display()))?;
+    let l = l.doing(|| format!("cannot listen on status socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
+        .doing(|| format!("cannot restrict {}", path.display()))?;
     Ok(l)
 }
 
@@ -52,14 +52,14 @@ pub fn serve(mut stream: tokio::net::UnixStream, body: String) {
     });
 }
 
-pub fn query(path: &Path) -> anyhow::Result<String> {
+pub fn query(path: &Path) -> Result<String, DaemonError> {
     let mut s = std::os::unix::net::UnixStream::connect(path)
-        .with_context(|| format!("cannot reach the watcher daemon at {} (is it running? root only)", path.display()))?;
+        .doing(|| format!("cannot reach the watcher daemon at {} (is it running? root only)", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let _ = s.write_all(b"status\n");
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = String::new();
-    s.read_to_string(&mut out).with_context(|| format!("reading from {}", path.display()))?;
+    s.read_to_string(&mut out).doing(|| format!("reading from {}", path.display()))?;
     Ok(out.trim_end().to_string())
 }
 

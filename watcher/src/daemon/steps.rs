@@ -254,39 +254,39 @@ impl Steps {
 }
 
 /// Bind the step socket: mode 0666 (any local user), or 0660 with the configured group.
-pub fn bind(cfg: &StepsConfig) -> anyhow::Result<tokio::net::UnixListener> {
+pub fn bind(cfg: &StepsConfig) -> Result<tokio::net::UnixListener, super::DaemonError> {
     use std::os::unix::fs::PermissionsExt as _;
 
-    use anyhow::Context as _;
+    use crate::error::Doing as _;
     let path = &cfg.socket;
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).doing(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+            .doing(|| format!("cannot set the mode of {}", dir.display()))?;
     }
     if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use: another watcher daemon is running", path.display());
+            return Err(super::DaemonError::SocketInUse(path.to_path_buf()));
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).doing(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     // No moment when others than root may connect: bound 0600, then opened up.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let l = tokio::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let l = l.with_context(|| format!("cannot listen on step socket {}", path.display()))?;
+    let l = l.doing(|| format!("cannot listen on step socket {}", path.display()))?;
     let mode = match &cfg.group {
         Some((_, gid)) => {
             std::os::unix::fs::lchown(path, Some(0), Some(*gid))
-                .with_context(|| format!("cannot give {} to its group", path.display()))?;
+                .doing(|| format!("cannot give {} to its group", path.display()))?;
             0o660
         }
         None => 0o666,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        .doing(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(l)
 }
 
@@ -403,7 +403,7 @@ impl StepStream {
 }
 
 impl Sink for StepStream {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), crate::pipeline::PipelineError> {
         if self.tx.is_some() {
             let mut v = serde_json::to_vec(&EventOut { msg: "event", event: e })?;
             v.push(b'\n');
@@ -512,8 +512,8 @@ impl Daemon {
                     .map_err(|e| e.to_string())?
                     .with_proxies(&crate::proxies::addresses(&p.proxy_sources));
                 let hosts: Vec<String> = p.registries.values().flatten().cloned().collect();
-                let tables = crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed)
-                    .map_err(|e| format!("{}: {e}", p.source))?;
+                let tables =
+                    crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed).map_err(|e| e.to_string())?;
                 (
                     crate::session::Prepared {
                         policy: Some(pol),
@@ -587,7 +587,7 @@ impl Daemon {
             Ok(v) => v,
             Err(e) => {
                 undo(self, &written);
-                return Err(format!("{e:#}"));
+                return Err(crate::error::chain(&e).to_string());
             }
         };
         if let Some(o) = &outer
@@ -616,7 +616,7 @@ impl Daemon {
         ids: Ids,
         outer: Option<&str>,
         mut stream: StepStream,
-    ) -> anyhow::Result<(String, Event)> {
+    ) -> Result<(String, Event), super::DaemonError> {
         let Ids { kid, pid, ppid, uid, gid } = ids;
         let stem = format!("step-{uid}-{pid}");
         let mut name = stem.clone();
@@ -707,7 +707,7 @@ impl Daemon {
     }
 
     /// Records of a nested step are also the enclosing jobs' (their logs stay complete).
-    pub(super) fn feed_outer(&mut self, kid: u32, rec: &crate::record::Record) -> anyhow::Result<()> {
+    pub(super) fn feed_outer(&mut self, kid: u32, rec: &crate::record::Record) -> Result<(), super::DaemonError> {
         let mut next = self.steps.outer_of_kernel(kid);
         let mut depth = 0;
         while let Some(id) = next {
@@ -726,7 +726,7 @@ impl Daemon {
 
     /// Step jobs whose first process has exited: what is left of them is killed, then the job
     /// is closed out and its client gets the verdict.
-    pub(super) fn reap_steps(&mut self) -> anyhow::Result<()> {
+    pub(super) fn reap_steps(&mut self) -> Result<(), super::DaemonError> {
         let mut done = Vec::new();
         let watched = if self.steps.live.values().any(|s| s.root_gone.is_some() || !pidfd_alive(&s.pidfd)) {
             self.sensor.watched_entries()
@@ -766,7 +766,7 @@ impl Daemon {
             let verdict = match self.close_job(&id) {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::error!("closing step job {id}: {e:#}");
+                    tracing::error!("closing step job {id}: {}", crate::error::chain(&e));
                     None
                 }
             };

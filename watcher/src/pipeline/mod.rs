@@ -28,6 +28,7 @@ use crate::{
     sensor::ring::Decoded,
     session::now_ts,
 };
+pub use sink::PipelineError;
 use sink::Sink;
 
 /// One alert and how long it took to raise: from the kernel timestamp of the event that raised
@@ -78,6 +79,8 @@ pub struct Pipeline {
     pub events: u64,
     pub alerts: u64,
     timings: Vec<AlertTiming>,
+    /// The report keeps only the loss totals ([`Pipeline::without_report`]).
+    report_off: bool,
 }
 
 impl Pipeline {
@@ -92,7 +95,16 @@ impl Pipeline {
             events: 0,
             alerts: 0,
             timings: Vec::new(),
+            report_off: false,
         }
+    }
+
+    /// A pipeline whose report keeps only the loss totals (for the `end` record): for a log
+    /// that has no end-of-step report and lasts as long as the daemon (the no-job log), whose
+    /// report would grow without bound.
+    pub fn without_report(mut self) -> Pipeline {
+        self.report_off = true;
+        self
     }
 
     /// A pipeline for replay: no collector, no enrichment, no sinks.
@@ -127,7 +139,7 @@ impl Pipeline {
     }
 
     /// A batch of decoded ring-buffer records. Undecodable ones are counted as losses.
-    pub fn records(&mut self, batch: &mut Vec<Decoded>) -> anyhow::Result<Vec<Alert>> {
+    pub fn records(&mut self, batch: &mut Vec<Decoded>) -> Result<Vec<Alert>, PipelineError> {
         let mut events = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
             match r {
@@ -142,13 +154,13 @@ impl Pipeline {
     }
 
     /// One record.
-    pub fn record(&mut self, rec: Record) -> anyhow::Result<Vec<Alert>> {
+    pub fn record(&mut self, rec: Record) -> Result<Vec<Alert>, PipelineError> {
         let mut events = Vec::new();
         self.collector.push(rec, &mut events);
         self.events_in(events)
     }
 
-    fn events_in(&mut self, events: Vec<Event>) -> anyhow::Result<Vec<Alert>> {
+    fn events_in(&mut self, events: Vec<Event>) -> Result<Vec<Alert>, PipelineError> {
         let mut alerts = Vec::new();
         for e in events {
             alerts.extend(self.event(e)?);
@@ -157,7 +169,7 @@ impl Pipeline {
     }
 
     /// One live event: enriched, written, judged; its alerts written after it.
-    pub fn event(&mut self, mut e: Event) -> anyhow::Result<Vec<Alert>> {
+    pub fn event(&mut self, mut e: Event) -> Result<Vec<Alert>, PipelineError> {
         self.enrichment.apply(&mut e);
         // A shell the kernel holds: its facts, read while it is stopped, for the engine.
         crate::held::before(self.engine.as_ref(), &mut e);
@@ -193,12 +205,16 @@ impl Pipeline {
         alerts
     }
 
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
         self.events += 1;
         if matches!(e, Event::Alert(_)) {
             self.alerts += 1;
         }
-        self.report.add(e);
+        if !self.report_off {
+            self.report.add(e);
+        } else if let Event::Loss(l) = e {
+            *self.report.lost.entry(l.source.clone()).or_default() += l.count;
+        }
         for s in &mut self.sinks {
             s.write(e)?;
         }
@@ -212,7 +228,7 @@ impl Pipeline {
         &mut self,
         totals: &[u64; watcher_common::NUM_COUNTERS as usize],
         watched: &dyn Fn() -> Vec<u32>,
-    ) -> anyhow::Result<Vec<Alert>> {
+    ) -> Result<Vec<Alert>, PipelineError> {
         let losses = self.loss.losses(totals);
         let mut alerts = Vec::new();
         for l in losses {
@@ -224,7 +240,7 @@ impl Pipeline {
     }
 
     /// The periodic tick: DNS queries whose answer did not come are logged; sinks flushed.
-    pub fn tick(&mut self, now_boot_ns: u64) -> anyhow::Result<Vec<Alert>> {
+    pub fn tick(&mut self, now_boot_ns: u64) -> Result<Vec<Alert>, PipelineError> {
         let mut ev = Vec::new();
         self.collector.expire(now_boot_ns, &mut ev);
         let alerts = self.events_in(ev)?;
@@ -232,7 +248,7 @@ impl Pipeline {
         Ok(alerts)
     }
 
-    pub fn flush(&mut self) -> anyhow::Result<()> {
+    pub fn flush(&mut self) -> Result<(), PipelineError> {
         for s in &mut self.sinks {
             s.flush()?;
         }
@@ -240,14 +256,14 @@ impl Pipeline {
     }
 
     /// The step is over: what the collector still holds.
-    pub fn drain_collector(&mut self) -> anyhow::Result<Vec<Alert>> {
+    pub fn drain_collector(&mut self) -> Result<Vec<Alert>, PipelineError> {
         let mut ev = Vec::new();
         self.collector.finish(&mut ev);
         self.events_in(ev)
     }
 
     /// The `end` record; the sinks are made durable. Returns the events lost in all.
-    pub fn end(&mut self, exit_code: Option<i32>) -> anyhow::Result<u64> {
+    pub fn end(&mut self, exit_code: Option<i32>) -> Result<u64, PipelineError> {
         let lost = self.report.lost_total();
         self.event(Event::End(End { ts: now_ts(), exit_code, lost }))?;
         for s in &mut self.sinks {

@@ -3,30 +3,40 @@
 use crate::{
     event::Event,
     log::LogWriter,
+    outfile::OutputError,
     report::{Report, event_line},
 };
 
+/// A sink that cannot take an event: its file cannot be written, or its stream cannot encode.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
 pub trait Sink {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()>;
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError>;
     /// Called on every tick (about 200 ms) and at the end.
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self) -> Result<(), PipelineError> {
         Ok(())
     }
     /// The end: make it durable.
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Result<(), PipelineError> {
         self.flush()
     }
 }
 
 impl Sink for LogWriter {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
-        LogWriter::write(self, e)
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
+        Ok(LogWriter::write(self, e)?)
     }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        LogWriter::flush(self)
+    fn flush(&mut self) -> Result<(), PipelineError> {
+        Ok(LogWriter::flush(self)?)
     }
-    fn finish(&mut self) -> anyhow::Result<()> {
-        LogWriter::finish(self)
+    fn finish(&mut self) -> Result<(), PipelineError> {
+        Ok(LogWriter::finish(self)?)
     }
 }
 
@@ -37,7 +47,7 @@ pub struct LiveLines {
 }
 
 impl Sink for LiveLines {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
         let show = !self.quiet || matches!(e, Event::Alert(_) | Event::Loss(_));
         if show && let Some(line) = event_line(e) {
             eprintln!("watcher: {line}");
@@ -52,7 +62,7 @@ pub struct DaemonLines {
 }
 
 impl Sink for DaemonLines {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
         if let Event::Alert(a) = e {
             tracing::warn!(job = %self.job, rule = %a.rule, action = %a.action, severity = %a.severity, pid = a.pid,
                 "alert: {}", crate::report::safe(&a.message));
@@ -62,7 +72,7 @@ impl Sink for DaemonLines {
 }
 
 impl Sink for Report {
-    fn write(&mut self, e: &Event) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
         self.add(e);
         Ok(())
     }

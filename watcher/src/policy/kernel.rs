@@ -11,7 +11,7 @@ use watcher_common::{
 };
 
 use super::{
-    Mode, Policy,
+    Mode, Policy, PolicyError,
     schema::{Resolver, Target},
 };
 use crate::proctree::SHELLS;
@@ -106,11 +106,21 @@ impl Names<'_> {
 /// Everything `watcher run` checks about a loaded policy before it starts (what `policy check`
 /// runs too, so the two never disagree): the kernel tables compile in the policy's mode.
 /// Registry hosts and resolvers are only known at run time and are not part of it.
-pub fn validate(policy: &Policy) -> Result<(), String> {
+pub fn validate(policy: &Policy) -> Result<(), PolicyError> {
     compile(policy, &[], &[], 0).map(|_| ())
 }
 
+/// The kernel tables of `policy`; an error names the policy file (`FILE: message`).
 pub fn compile(
+    policy: &Policy,
+    registry_hosts: &[String],
+    system_resolvers: &[IpAddr],
+    seed: u64,
+) -> Result<KernelTables, PolicyError> {
+    tables(policy, registry_hosts, system_resolvers, seed).map_err(|e| PolicyError::unlocated(&policy.source, e))
+}
+
+fn tables(
     policy: &Policy,
     registry_hosts: &[String],
     system_resolvers: &[IpAddr],
@@ -275,7 +285,7 @@ mod tests {
     fn unenforceable_patterns_are_refused_in_enforce_mode_only() {
         let y = "version: 1\npipeline: t\nmode: MODE\negress:\n  allow:\n    - host: \"reg-*.test\"\n";
         let e = compile(&pol(&y.replace("MODE", "enforce")), &[], &[], 1).unwrap_err();
-        assert!(e.contains("reg-*.test"), "{e}");
+        assert!(e.message.contains("reg-*.test"), "{e}");
         assert!(compile(&pol(&y.replace("MODE", "audit")), &[], &[], 1).is_ok());
     }
 

@@ -18,6 +18,14 @@ pub use resolv::{parse_resolv_conf, system_resolvers};
 
 use crate::policy::Policy;
 
+/// What watcher could not learn from the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A package manager's registry (its tool or configuration).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
 /// The registry hosts of a policy, by the policy's registry name, and where each came from.
 #[derive(Debug, Clone, Default)]
 pub struct Registries {
@@ -28,10 +36,10 @@ pub struct Registries {
 /// Registry hosts for a policy's package managers, resolved from the tools' configuration.
 /// A host that a file of the step's working directory named is announced on stderr: the
 /// checkout chose it.
-pub fn resolve_registries(policy: &Policy) -> anyhow::Result<Registries> {
+pub fn resolve_registries(policy: &Policy) -> Result<Registries, ProbeError> {
     let mut out = Registries::default();
     for pm in policy.registries() {
-        let sources = resolve_sourced(*pm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sources = resolve_sourced(*pm)?;
         out.hosts.insert(pm.as_str().to_string(), sources.iter().map(|s| s.host.clone()).collect());
         for s in sources {
             if !out.sources.iter().any(|o| o.host == s.host) {

@@ -2,7 +2,17 @@
 //! /sys/kernel/btf/vmlinux, so a kernel program can read a few fields of kernel structs that
 //! no stable interface exposes. aya parses BTF but does not expose member lookups; btf-rs
 //! does, under the LGPL; this is ~80 lines.
-use anyhow::{Context as _, bail};
+/// BTF that cannot be read or is not BTF (the kernel's offsets are then left at zero: the
+/// features that need them are off).
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading /sys/kernel/btf/vmlinux")]
+    Read(#[source] std::io::Error),
+    #[error("not little-endian BTF data")]
+    NotBtf,
+    #[error("BTF sections run past the end of the data")]
+    Truncated,
+}
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
@@ -20,20 +30,20 @@ fn u32_at(d: &[u8], off: usize) -> Option<u32> {
 }
 
 impl Btf {
-    pub fn from_sys() -> anyhow::Result<Btf> {
-        let data = std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+    pub fn from_sys() -> Result<Btf, BtfError> {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").map_err(BtfError::Read)?;
         Btf::parse(data)
     }
 
-    pub fn parse(data: Vec<u8>) -> anyhow::Result<Btf> {
+    pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
-            bail!("not little-endian BTF data");
+            return Err(BtfError::NotBtf);
         }
         let hdr_len = u32_at(&data, 4).unwrap_or(0) as usize;
         let field = |i: usize| u32_at(&data, 8 + 4 * i).unwrap_or(0) as usize;
         let (type_off, type_len, str_off, str_len) = (hdr_len + field(0), field(1), hdr_len + field(2), field(3));
         if type_off + type_len > data.len() || str_off + str_len > data.len() {
-            bail!("BTF sections run past the end of the data");
+            return Err(BtfError::Truncated);
         }
         Ok(Btf { data, type_off, type_len, str_off, str_len })
     }
