@@ -166,11 +166,6 @@ impl HwmSampler {
         HwmSampler { stop, peak_kb, ring_kb, thread: Some(thread) }
     }
 
-    /// Stops sampling; the peak in KiB.
-    pub fn finish(self) -> u64 {
-        self.finish_with_ring().0
-    }
-
     /// Stops sampling; the peak and the ring buffer mapping, in KiB.
     pub fn finish_with_ring(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
