@@ -1,7 +1,9 @@
 //! Daemon-backed steps (`watcher run` through a daemon's step socket): the start+stop cost of
-//! `run -- true` (whole client process, median), and the daemon's resident memory while 10 steps
-//! run at once. The daemon is this benchmark's own (socket and log dir named with its pid) and
-//! is stopped at the end, whatever happens.
+//! `run -- true` (whole client process, median), the daemon's resident memory while 10 steps
+//! run at once (and how much of it is the kernel's ring buffer mapping), and an exec and a
+//! connect storm through a daemon job with the daemon's default ring size: the events in the
+//! job's log and the events lost (target 0). The daemon is this benchmark's own (socket and log
+//! dir named with its pid) and is stopped at the end, whatever happens.
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -10,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{Row, TempDir, median, row, watcher_bin};
+use crate::util::{Row, TempDir, count_log, median, ring_mapping_kb, row, rss_text, status_kb, watcher_bin};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -20,6 +22,10 @@ pub struct Args {
     /// Steps running at once for the daemon's memory figure.
     #[arg(long, default_value_t = 10)]
     pub step_jobs: usize,
+    /// Execs of the exec storm through a daemon job (the connect storm makes twice as many
+    /// connects); 0: no storms.
+    #[arg(long, default_value_t = 5000)]
+    pub step_storm_count: u64,
 }
 
 struct Daemon(Option<Child>);
@@ -39,17 +45,6 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
-}
-
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// "value (met)" or "value (missed by X)".
@@ -134,19 +129,58 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
         }
     }
     let peak_kb = status_kb(pid, "VmHWM:");
+    let ring_kb = ring_mapping_kb(pid);
     let mib = |kb: u64| kb as f64 / 1024.0;
-    Ok(vec![
+    let mut rows = vec![
         row("steps", "`run -- true` start+stop, daemon-backed (median)", against(start_stop, 20.0, "ms"), "<= 20 ms"),
         row(
             "steps",
             &format!("daemon RSS with {} concurrent jobs", a.step_jobs),
             format!(
-                "{} (idle {:.1} MiB, peak {:.1} MiB)",
+                "{} (of which ring mapping {:.1} MiB; idle {:.1} MiB, peak {:.1} MiB)",
                 against(mib(busy_kb), 40.0, "MiB"),
+                mib(ring_kb),
                 mib(idle_kb),
                 mib(peak_kb)
             ),
             "<= 40 MiB",
         ),
-    ])
+    ];
+    if a.step_storm_count == 0 {
+        return Ok(rows);
+    }
+    // Storms through one daemon job, with the daemon's default ring: nothing may be lost.
+    let me = std::env::current_exe()?;
+    for (kind, count, event) in [("exec", a.step_storm_count, "exec"), ("connect", 2 * a.step_storm_count, "connect")] {
+        let log = dir.join(&format!("storm-{kind}.jsonl"));
+        let mut c = Command::new(&watcher);
+        c.args(["run", "--quiet", "--log"]).arg(&log).arg("--").arg(&me);
+        c.args(["__storm", kind, "--count", &count.to_string()]);
+        c.env("WATCHER_SOCKET", &socket).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let out = c.output()?;
+        if !out.status.success() {
+            bail!(
+                "{kind} storm through a daemon job failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let counts = count_log(&log)?;
+        // The worker's own exec is in the log too.
+        let n = counts.kind(event) - u64::from(kind == "exec");
+        let lost = counts.lost();
+        rows.push(row(
+            "steps",
+            &format!("{kind} storm through a daemon job: {event} records in log, lost"),
+            format!("{n} of {count}, {lost} lost{}", if lost == 0 { " (met)" } else { " (MISSED)" }),
+            "0 lost",
+        ));
+    }
+    rows.push(row(
+        "steps",
+        "daemon peak RSS after the storms (VmHWM)",
+        rss_text(status_kb(pid, "VmHWM:"), ring_mapping_kb(pid)),
+        "",
+    ));
+    Ok(rows)
 }

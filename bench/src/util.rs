@@ -90,11 +90,54 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:`), 0 when the process is gone.
+pub fn status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident KiB of a process's BPF map mappings (/proc/PID/smaps, `anon_inode:bpf-map`): the
+/// ring buffer, whose data pages the kernel maps twice (so a ring of N MiB is 2N MiB of RSS,
+/// all resident from the mmap on). The part of watcher's RSS that is the kernel's ring, not
+/// the agent's own memory.
+pub fn ring_mapping_kb(pid: u32) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return 0 };
+    let mut in_map = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        // A mapping's header: "START-END PERMS OFFSET DEV INODE [PATH]".
+        if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && f.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        {
+            in_map = line.contains("bpf-map");
+        } else if in_map && let Some(v) = line.strip_prefix("Rss:") {
+            kb += v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    kb
+}
+
+/// "X MiB (of which ring mapping Y MiB)".
+pub fn rss_text(kb: u64, ring_kb: u64) -> String {
+    format!("{:.1} MiB (of which ring mapping {:.1} MiB)", kb as f64 / 1024.0, ring_kb as f64 / 1024.0)
+}
+
 /// Samples VmHWM (peak resident memory) of a process every 10 ms until it exits; the
 /// high-water mark is monotonic, so the last reading is the peak up to 10 ms before the end.
+/// Also the resident size of its ring buffer mapping (read from smaps until first seen: it
+/// does not change once mapped).
 pub struct HwmSampler {
     stop: Arc<AtomicBool>,
     peak_kb: Arc<AtomicU64>,
+    ring_kb: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -102,7 +145,8 @@ impl HwmSampler {
     pub fn start(pid: u32) -> HwmSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak_kb = Arc::new(AtomicU64::new(0));
-        let (s, p) = (stop.clone(), peak_kb.clone());
+        let ring_kb = Arc::new(AtomicU64::new(0));
+        let (s, p, r) = (stop.clone(), peak_kb.clone(), ring_kb.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { break };
@@ -113,19 +157,22 @@ impl HwmSampler {
                 {
                     p.fetch_max(kb, Ordering::Relaxed);
                 }
+                if r.load(Ordering::Relaxed) == 0 {
+                    r.store(ring_mapping_kb(pid), Ordering::Relaxed);
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        HwmSampler { stop, peak_kb, thread: Some(thread) }
+        HwmSampler { stop, peak_kb, ring_kb, thread: Some(thread) }
     }
 
-    /// Stops sampling; the peak in KiB.
-    pub fn finish(mut self) -> u64 {
+    /// Stops sampling; the peak and the ring buffer mapping, in KiB.
+    pub fn finish_with_ring(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peak_kb.load(Ordering::Relaxed)
+        (self.peak_kb.load(Ordering::Relaxed), self.ring_kb.load(Ordering::Relaxed))
     }
 }
 

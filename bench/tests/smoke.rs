@@ -62,10 +62,23 @@ fn tiny_daemon_backed_steps_run_prints_its_rows() {
     if !root() {
         return;
     }
-    let s = bench(&["steps", "--step-runs", "2", "--step-jobs", "3"]);
-    for metric in ["start+stop, daemon-backed", "daemon RSS with 3 concurrent jobs", "<= 20 ms", "<= 40 MiB"] {
+    let s = bench(&["steps", "--step-runs", "2", "--step-jobs", "3", "--step-storm-count", "200"]);
+    for metric in [
+        "start+stop, daemon-backed",
+        "daemon RSS with 3 concurrent jobs",
+        "of which ring mapping",
+        "<= 20 ms",
+        "<= 40 MiB",
+        "daemon peak RSS after the storms",
+    ] {
         assert!(s.contains(metric), "no {metric:?} in:\n{s}");
     }
+    // Both storms ran through a daemon job; every exec reached the job's log, nothing was lost.
+    for kind in ["exec", "connect"] {
+        let line = s.lines().find(|l| l.contains(&format!("{kind} storm through a daemon job"))).unwrap();
+        assert!(line.contains(", 0 lost (met)"), "{s}");
+    }
+    assert!(s.contains("200 of 200, 0 lost"), "{s}");
 }
 
 #[test]

@@ -348,7 +348,8 @@ fn step_for(r: &Report, g: &Group, subj: Option<&Subject>) -> Step {
         (engine::RULE_LOSS, _) => mk(
             false,
             "the kernel lost events, so the step cannot be vouched for: give `watcher run` a bigger \
-             `--ringbuf-size` (the default is 16M), or reduce the step's process churn"
+             `--ringbuf-size` (the default is 2M; a daemon's `watcher daemon --ringbuf-size`, 8M by default), \
+             or reduce the step's process churn"
                 .into(),
             Vec::new(),
         ),

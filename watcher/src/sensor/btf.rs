@@ -1,99 +1,163 @@
-//! Just enough of the BPF Type Format to find struct member offsets in the running kernel's
-//! /sys/kernel/btf/vmlinux, so a kernel program can read a few fields of kernel structs that
-//! no stable interface exposes. aya parses BTF but does not expose member lookups; btf-rs
-//! does, under the LGPL; this is ~80 lines.
+//! Just enough of the BPF Type Format to find struct member offsets and function type ids in
+//! the running kernel's /sys/kernel/btf/vmlinux, so a kernel program can read a few fields of
+//! kernel structs that no stable interface exposes. aya parses BTF but does not expose member
+//! lookups (and its parser holds the whole file plus a typed copy of every type, ~18 MiB of
+//! heap for this kernel's 5.5 MB); btf-rs does, under the LGPL.
+//!
+//! The file is streamed, never held: one pass over the string section finds the offsets of the
+//! few names asked for, one pass over the type section compares name offsets as numbers. Peak
+//! memory is two 64 KiB read buffers, whatever the size of the kernel's BTF.
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+
 /// BTF that cannot be read or is not BTF (the kernel's offsets are then left at zero: the
 /// features that need them are off).
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("reading /sys/kernel/btf/vmlinux")]
-    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Read(&'static str, #[source] std::io::Error),
     #[error("not little-endian BTF data")]
     NotBtf,
     #[error("BTF sections run past the end of the data")]
     Truncated,
 }
 
+/// `?` on an I/O result while doing `what`.
+trait Doing<T> {
+    fn doing(self, what: &'static str) -> Result<T, BtfError>;
+}
+
+impl<T> Doing<T> for std::io::Result<T> {
+    fn doing(self, what: &'static str) -> Result<T, BtfError> {
+        self.map_err(|e| BtfError::Read(what, e))
+    }
+}
+
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_FUNC: u32 = 12;
+/// Longest name looked at; BTF names are kernel symbols (KSYM_NAME_LEN is 512).
+const MAX_NAME: usize = 4096;
 
-pub struct Btf {
-    data: Vec<u8>,
-    type_off: usize,
-    type_len: usize,
-    str_off: usize,
-    str_len: usize,
+/// What to look up: members of named structs, and named functions.
+pub struct Query<'a> {
+    pub members: &'a [(&'a str, &'a str)],
+    pub funcs: &'a [&'a str],
 }
 
-fn u32_at(d: &[u8], off: usize) -> Option<u32> {
-    d.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+/// The answers, in the query's order: byte offsets of members (not bitfields), type ids of
+/// functions (BTF ids start at 1, in the order of the type section).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    pub members: Vec<Option<u32>>,
+    pub funcs: Vec<Option<u32>>,
 }
 
-impl Btf {
-    pub fn from_sys() -> Result<Btf, BtfError> {
-        let data = std::fs::read("/sys/kernel/btf/vmlinux").map_err(BtfError::Read)?;
-        Btf::parse(data)
+fn u32_le(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// Look `q` up in the BTF data `r` (little-endian, as the kernel writes it for x86_64).
+pub fn lookup<R: Read + Seek>(mut r: R, q: &Query) -> Result<Found, BtfError> {
+    let mut hdr = [0u8; 24];
+    r.read_exact(&mut hdr).doing("reading the BTF header")?;
+    if u16::from_le_bytes([hdr[0], hdr[1]]) != MAGIC {
+        return Err(BtfError::NotBtf);
+    }
+    let hdr_len = u32_le(&hdr, 4) as u64;
+    let (type_off, type_len) = (hdr_len + u32_le(&hdr, 8) as u64, u32_le(&hdr, 12) as u64);
+    let (str_off, str_len) = (hdr_len + u32_le(&hdr, 16) as u64, u32_le(&hdr, 20) as u64);
+    let size = r.seek(SeekFrom::End(0)).doing("seeking in the BTF data")?;
+    if hdr_len < 24 || type_off + type_len > size || str_off + str_len > size {
+        return Err(BtfError::Truncated);
     }
 
-    pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
-        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
-            return Err(BtfError::NotBtf);
+    // Every wanted name, once: (name, offsets in the string section where it is found).
+    let mut names: Vec<(&str, Vec<u32>)> = Vec::new();
+    for n in q.members.iter().flat_map(|(s, m)| [*s, *m]).chain(q.funcs.iter().copied()) {
+        if !names.iter().any(|(x, _)| *x == n) {
+            names.push((n, Vec::new()));
         }
-        let hdr_len = u32_at(&data, 4).unwrap_or(0) as usize;
-        let field = |i: usize| u32_at(&data, 8 + 4 * i).unwrap_or(0) as usize;
-        let (type_off, type_len, str_off, str_len) = (hdr_len + field(0), field(1), hdr_len + field(2), field(3));
-        if type_off + type_len > data.len() || str_off + str_len > data.len() {
-            return Err(BtfError::Truncated);
+    }
+    r.seek(SeekFrom::Start(str_off)).doing("seeking in the BTF data")?;
+    let mut strings = BufReader::with_capacity(64 * 1024, (&mut r).take(str_len));
+    let mut s = Vec::with_capacity(256);
+    let mut at = 0u64;
+    loop {
+        s.clear();
+        let n = (&mut strings).take(MAX_NAME as u64).read_until(0, &mut s).doing("reading BTF strings")?;
+        if n == 0 {
+            break;
         }
-        Ok(Btf { data, type_off, type_len, str_off, str_len })
+        let name = s.strip_suffix(&[0]).unwrap_or(&s);
+        if let Some((_, offs)) = names.iter_mut().find(|(x, _)| x.as_bytes() == name) {
+            offs.push(at as u32);
+        }
+        at += n as u64;
     }
+    drop(strings);
+    let offs = |name: &str| -> &[u32] { names.iter().find(|(x, _)| *x == name).map_or(&[], |(_, o)| o) };
+    let is = |off: u32, name: &str| offs(name).contains(&off);
 
-    fn name(&self, off: u32) -> &[u8] {
-        let start = self.str_off + off as usize;
-        let end = self.str_off + self.str_len;
-        let s = self.data.get(start..end).unwrap_or(&[]);
-        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
-    }
-
-    /// Byte offset of `member` in `struct name` (not bitfields).
-    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
-        let d = &self.data;
-        let mut p = self.type_off;
-        let end = self.type_off + self.type_len;
-        while p + 12 <= end {
-            let name_off = u32_at(d, p)?;
-            let info = u32_at(d, p + 4)?;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31;
-            let body = p + 12;
-            if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
-                for i in 0..vlen {
-                    let m = body + 12 * i;
-                    if self.name(u32_at(d, m)?) == member.as_bytes() {
-                        let off = u32_at(d, m + 8)?;
-                        let bits = if kind_flag == 1 { off & 0x00ff_ffff } else { off };
-                        return (bits % 8 == 0).then_some(bits / 8);
-                    }
+    let mut found = Found { members: vec![None; q.members.len()], funcs: vec![None; q.funcs.len()] };
+    let mut decided = vec![false; q.members.len()];
+    r.seek(SeekFrom::Start(type_off)).doing("seeking in the BTF data")?;
+    let mut types = BufReader::with_capacity(64 * 1024, (&mut r).take(type_len));
+    let mut body = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut h = [0u8; 12];
+        match types.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(BtfError::Read("reading BTF types", e)),
+        }
+        id += 1;
+        let (name_off, info) = (u32_le(&h, 0), u32_le(&h, 4));
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let kind_flag = info >> 31;
+        // Size of the kind-specific data that follows the common header.
+        let len = match kind {
+            1 | 14 | 17 => 4,        // INT, VAR, DECL_TAG
+            3 => 12,                 // ARRAY
+            4 | 5 | 15 => 12 * vlen, // STRUCT, UNION, DATASEC
+            6 | 13 => 8 * vlen,      // ENUM, FUNC_PROTO
+            19 => 12 * vlen,         // ENUM64
+            _ => 0,
+        };
+        body.resize(len, 0);
+        types.read_exact(&mut body).doing("reading BTF types (truncated type)")?;
+        if kind == KIND_FUNC {
+            for (i, f) in q.funcs.iter().enumerate() {
+                if found.funcs[i].is_none() && is(name_off, f) {
+                    found.funcs[i] = Some(id);
                 }
             }
-            // Size of the kind-specific data that follows the common header.
-            p = body
-                + match kind {
-                    1 | 14 | 17 => 4,        // INT, VAR, DECL_TAG
-                    3 => 12,                 // ARRAY
-                    4 | 5 | 15 => 12 * vlen, // STRUCT, UNION, DATASEC
-                    6 | 13 => 8 * vlen,      // ENUM, FUNC_PROTO
-                    19 => 12 * vlen,         // ENUM64
-                    _ => 0,
-                };
         }
-        None
+        if kind != KIND_STRUCT {
+            continue;
+        }
+        for (i, (st, member)) in q.members.iter().enumerate() {
+            if decided[i] || !is(name_off, st) {
+                continue;
+            }
+            // The first struct of that name that has the member decides (a bitfield: none).
+            if let Some(m) = (0..vlen).map(|k| 12 * k).find(|&m| is(u32_le(&body, m), member)) {
+                let off = u32_le(&body, m + 8);
+                let bits = if kind_flag == 1 { off & 0x00ff_ffff } else { off };
+                found.members[i] = (bits % 8 == 0).then_some(bits / 8);
+                decided[i] = true;
+            }
+        }
+        if decided.iter().all(|d| *d) && found.funcs.iter().all(Option::is_some) {
+            break;
+        }
     }
+    Ok(found)
 }
 
-/// Every struct member offset the programs read through CONFIG, from one read of the
-/// kernel's BTF (5.5 MB here: read once, kept only while the offsets are looked up).
+/// Every struct member offset the programs read through CONFIG, and the BTF ids of the
+/// functions the hook probe names, from one streamed read of the kernel's BTF.
 #[derive(Clone, Copy, Default)]
 pub struct KernelOffsets {
     pub task_tgid: Option<u32>,
@@ -101,28 +165,45 @@ pub struct KernelOffsets {
     pub task_status: Option<u32>,
     /// linux_binprm.file, .buf, file.f_inode, inode.i_size, linux_binprm.filename, .interp.
     pub shell: Option<[u32; 6]>,
+    /// BTF id of `bpf_fentry_test1` (the fentry probe's target).
+    pub fentry_probe: Option<u32>,
+    /// BTF id of `bpf_lsm_bpf` (the BPF LSM probe's target).
+    pub lsm_probe: Option<u32>,
 }
 
-/// The kernel's offsets, looked up once per process (all zero without BTF).
+const MEMBERS: &[(&str, &str)] = &[
+    ("task_struct", "tgid"),
+    ("task_struct", "thread_info"),
+    ("thread_info", "status"),
+    ("linux_binprm", "file"),
+    ("linux_binprm", "buf"),
+    ("file", "f_inode"),
+    ("inode", "i_size"),
+    ("linux_binprm", "filename"),
+    ("linux_binprm", "interp"),
+];
+const FUNCS: &[&str] = &["bpf_fentry_test1", "bpf_lsm_bpf"];
+
+/// The kernel's offsets, looked up once per process (all none without BTF).
 pub fn kernel_offsets() -> KernelOffsets {
     static CACHE: std::sync::OnceLock<KernelOffsets> = std::sync::OnceLock::new();
     *CACHE.get_or_init(|| {
-        let Ok(b) = Btf::from_sys() else { return KernelOffsets::default() };
-        let m = |s: &str, f: &str| b.member_offset(s, f);
+        let Ok(f) = std::fs::File::open("/sys/kernel/btf/vmlinux") else { return KernelOffsets::default() };
+        let found = match lookup(f, &Query { members: MEMBERS, funcs: FUNCS }) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("reading /sys/kernel/btf/vmlinux: {e:#}");
+                return KernelOffsets::default();
+            }
+        };
+        let m = |i: usize| found.members[i];
         KernelOffsets {
-            task_tgid: m("task_struct", "tgid"),
+            task_tgid: m(0),
             // Never 0: `status` follows `flags` in x86's thread_info.
-            task_status: m("task_struct", "thread_info").zip(m("thread_info", "status")).map(|(t, s)| t + s),
-            shell: (|| {
-                Some([
-                    m("linux_binprm", "file")?,
-                    m("linux_binprm", "buf")?,
-                    m("file", "f_inode")?,
-                    m("inode", "i_size")?,
-                    m("linux_binprm", "filename")?,
-                    m("linux_binprm", "interp")?,
-                ])
-            })(),
+            task_status: m(1).zip(m(2)).map(|(t, s)| t + s),
+            shell: (|| Some([m(3)?, m(4)?, m(5)?, m(6)?, m(7)?, m(8)?]))(),
+            fentry_probe: found.funcs[0],
+            lsm_probe: found.funcs[1],
         }
     })
 }
@@ -139,19 +220,21 @@ pub fn task_offsets() -> Vec<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
-    /// A BTF blob with one INT type and `struct s { int a; int b; }` (b at bit 32).
+    /// A BTF blob: [1] INT "int", [2] STRUCT "s" { int a; int b; } (b at bit 32), [3] STRUCT
+    /// "s" { int c; } (a second struct of that name), [4] FUNC "f", [5] STRUCT "u" with a
+    /// bitfield member "x" at bit 3.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0s\0a\0b\0";
+        let strings = b"\0int\0s\0a\0b\0c\0f\0u\0x\0";
         let mut types = Vec::new();
         let push = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
-        // [1] INT "int" size 4, encoding word
         push(&mut types, 1);
         push(&mut types, 1 << 24);
         push(&mut types, 4);
         push(&mut types, 32);
-        // [2] STRUCT "s" vlen 2 size 8
         push(&mut types, 5);
         push(&mut types, (4 << 24) | 2);
         push(&mut types, 8);
@@ -159,6 +242,21 @@ mod tests {
             push(&mut types, n);
             push(&mut types, 1);
             push(&mut types, off);
+        }
+        push(&mut types, 5);
+        push(&mut types, (4 << 24) | 1);
+        push(&mut types, 4);
+        for v in [11u32, 1, 0] {
+            push(&mut types, v);
+        }
+        push(&mut types, 13);
+        push(&mut types, 12 << 24);
+        push(&mut types, 0);
+        push(&mut types, 15);
+        push(&mut types, (4 << 24) | 1);
+        push(&mut types, 4);
+        for v in [17u32, 1, 3] {
+            push(&mut types, v);
         }
         let mut d = Vec::new();
         d.extend_from_slice(&MAGIC.to_le_bytes());
@@ -175,21 +273,34 @@ mod tests {
     }
 
     #[test]
-    fn finds_member_offsets() {
-        let b = Btf::parse(blob()).unwrap();
-        assert_eq!(b.member_offset("s", "a"), Some(0));
-        assert_eq!(b.member_offset("s", "b"), Some(4));
-        assert_eq!(b.member_offset("s", "c"), None);
-        assert_eq!(b.member_offset("t", "a"), None);
-        assert!(Btf::parse(vec![0; 10]).is_err());
+    fn finds_member_offsets_and_function_ids() {
+        let members = [("s", "a"), ("s", "b"), ("s", "c"), ("s", "z"), ("t", "a"), ("u", "x")];
+        let found = lookup(Cursor::new(blob()), &Query { members: &members, funcs: &["f", "s", "g"] }).unwrap();
+        assert_eq!(found.members, [Some(0), Some(4), Some(0), None, None, None]);
+        // "s" names structs, not a function.
+        assert_eq!(found.funcs, [Some(4), None, None]);
+    }
+
+    #[test]
+    fn refuses_what_is_not_btf() {
+        let q = Query { members: &[("s", "a")], funcs: &[] };
+        assert!(lookup(Cursor::new(vec![0; 10]), &q).is_err());
+        assert!(lookup(Cursor::new(vec![0; 30]), &q).is_err());
+        let mut cut = blob();
+        cut.truncate(40);
+        assert!(lookup(Cursor::new(cut), &q).is_err());
     }
 
     #[test]
     fn reads_this_kernels_binprm_layout() {
-        let Ok(b) = Btf::from_sys() else { return }; // no BTF: nothing to check
-        assert!(b.member_offset("linux_binprm", "file").is_some());
-        assert!(b.member_offset("linux_binprm", "buf").is_some());
-        assert!(b.member_offset("file", "f_inode").is_some());
-        assert!(b.member_offset("inode", "i_size").is_some());
+        let Ok(f) = std::fs::File::open("/sys/kernel/btf/vmlinux") else { return }; // no BTF
+        let found = lookup(f, &Query { members: MEMBERS, funcs: FUNCS }).unwrap();
+        assert!(found.members[3..7].iter().all(Option::is_some), "{found:?}");
+        assert!(found.members[0].is_some());
+        // The same function ids as aya's full parser (which the hook probe used before).
+        let aya = aya_obj::btf::Btf::from_sys_fs().unwrap();
+        for (i, f) in FUNCS.iter().enumerate() {
+            assert_eq!(found.funcs[i], aya.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).ok(), "{f}");
+        }
     }
 }

@@ -1,9 +1,6 @@
 //! The file sensor's table (`FILE_RULES`, see watcher-ebpf/src/files.rs) and the start-up
 //! probe of the hooks that would close its io_uring gap (fentry, BPF LSM).
-use aya::{
-    maps::lpm_trie::{Key as LpmKey, LpmTrie},
-    programs::{LsmAttachType, ProgramType},
-};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use watcher_common::{FILE_KEY_LEN, FILE_KEY_PATH, maps::names};
 
 use super::{Sensor, SensorError, load::map_mut};
@@ -62,8 +59,7 @@ impl Sensor {
 /// file opens and reads whatever path the kernel takes (io_uring included). Probed once at
 /// start and recorded in the start event; watcher ships none yet, so nothing uses them.
 pub fn probe_hooks() -> SensorState {
-    let fentry = aya::sys::is_program_supported(ProgramType::Tracing).unwrap_or(false);
-    let lsm = aya::sys::is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)).unwrap_or(false);
+    let (fentry, lsm) = super::hook_probe::probe();
     let yes = |b: bool| if b { "available" } else { "not available" };
     SensorState {
         name: "files".into(),

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod error;
 pub mod files;
 pub mod held_jobs;
+pub mod hook_probe;
 pub mod load;
 pub mod pins;
 pub mod ring;
