@@ -374,16 +374,15 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The agent's exit: from now on, its jobs fail closed (see the module comment).
-/// sched_process_exit: group_dead @32. Called by `syscalls::sched_process_exit`.
+/// sched_process_exit's group_dead: the agent's last thread. Called by
+/// `syscalls::sched_process_exit{,_tp}`.
 #[inline(always)]
-pub fn agent_exit(ctx: TracePointContext) -> u32 {
+pub fn agent_exit(group_dead: bool) -> u32 {
     let agent = CONFIG.get(CFG_AGENT_PID).copied().unwrap_or(0) as u32;
     if agent == 0 || current_tgid() != agent {
         return 0;
     }
-    // SAFETY: offset from the tracepoint's format file.
-    let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
-    if group_dead == 0 {
+    if !group_dead {
         return 0;
     }
     if let Some(p) = CONFIG.get_ptr_mut(CFG_AGENT_GONE) {

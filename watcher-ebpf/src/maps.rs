@@ -55,7 +55,8 @@ pub static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// exec records between sys_enter_execve and sys_exit_execve, keyed by tid.
+/// exec records between exec entry (sys_enter) and the exec's success (sched_process_exec),
+/// keyed by the tid at entry. A failed exec's record stays until the thread's next exec or exit.
 #[map]
 pub static EXEC_PENDING: HashMap<u32, ExecRecord> = HashMap::with_max_entries(4096, 0);
 
@@ -159,10 +160,10 @@ pub struct PacketScratch {
 #[map]
 pub static PACKET_SCRATCH: PerCpuArray<PacketScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slot 0: dns_egress_enforce; slot 1: stream_first (target.rs). (One array per attach type:
+/// Slot 0: dns_egress_enforce; slots 1-3: stream_first, stream_name, stream_capture (target.rs). (One array per attach type:
 /// the kernel ties a program array to the attach type of the first program put in it.)
 #[map]
-pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 /// Forward proxies a job may use (keyed like ALLOW_NET): the target of every request sent to
 /// one is judged (target.rs), not only the proxy's address.

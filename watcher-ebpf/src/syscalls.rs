@@ -21,7 +21,6 @@
 //! another architecture. A 32-bit (compat) syscall has other numbers: as with the per-syscall
 //! tracepoints, it is not dispatched at all (TS_COMPAT in `thread_info.status`).
 use aya_ebpf::{
-    EbpfContext as _,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -119,11 +118,22 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     }) as i32
 }
 
-/// sched/sched_process_exit: the process sensor's exit record, then the guard's check for the
-/// agent's own exit; one perf-event tracepoint (whose detach waits for an RCU grace period)
-/// instead of two.
+/// sched_process_exit(task, group_dead): the process sensor's exit record, then the guard's
+/// check for the agent's own exit; one raw tracepoint (its detach does not wait for an RCU
+/// grace period, as a perf-event tracepoint's does) instead of two perf-event tracepoints.
+/// Kernels whose tracepoint has no `group_dead` get `sched_process_exit_tp` instead.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
+    exec::sched_process_exit(group_dead);
+    guard::agent_exit(group_dead) as i32
+}
+
+/// The perf-event tracepoint sched/sched_process_exit (group_dead @32), where the raw one
+/// cannot be used.
 #[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    exec::sched_process_exit(TracePointContext::new(ctx.as_ptr()));
-    guard::agent_exit(ctx)
+pub fn sched_process_exit_tp(ctx: TracePointContext) -> u32 {
+    let group_dead = crate::safe::field::<u8>(&ctx, 32).unwrap_or(0) != 0;
+    exec::sched_process_exit(group_dead);
+    guard::agent_exit(group_dead)
 }

@@ -14,7 +14,12 @@
 //! (retransmissions included) is dropped too: nothing reaches the peer (or a proxy's upstream).
 //!
 //! Reached by tail call from dns_egress (DNS_PROGS slot 1) with its own verifier budget; the
-//! loops keep their state in map memory (TARGET_SCRATCH) so their paths merge.
+//! loops keep their state in map memory (TARGET_SCRATCH) so their paths merge. Three programs,
+//! each verified once from one entry state (one program verified every later step once per
+//! way out of the one before: 640k instructions processed, half the start's verification):
+//! `stream_first` finds the name (slot 1), `stream_name` judges it (slot 2), `stream_capture`
+//! captures the segment and carries out the verdict (slot 3). They pass what they found on in
+//! TARGET_SCRATCH (same CPU: a tail call does not migrate).
 use aya_ebpf::{
     macros::{cgroup_skb, map},
     maps::{PerCpuArray, lpm_trie::Key},
@@ -54,6 +59,9 @@ pub struct TargetScratch {
     other: u32,
     h: u64,
     mask: u64,
+    /// The verdict (1 allowed, 0 denied) for stream_capture.
+    verdict: u32,
+    _pad: u32,
 }
 
 #[map]
@@ -152,19 +160,51 @@ pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
     1
 }
 
-/// The first data segment of a TCP stream of an enforced job (tail call from dns_egress).
+const SLOT_NAME: u32 = 2;
+const SLOT_CAPTURE: u32 = 3;
+
+/// find(): denied, allowed, or a name to judge (in TARGET_SCRATCH: name_off, name_len, port).
+const FOUND_DENY: u32 = 0;
+const FOUND_ALLOW: u32 = 1;
+const FOUND_NAME: u32 = 2;
+
+/// The first data segment of a TCP stream of an enforced job (tail call from dns_egress): the
+/// name it targets. If a tail call cannot be made: fail closed (dropped).
 #[cgroup_skb(egress)]
 pub fn stream_first(ctx: SkBuffContext) -> i32 {
     let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
     let f = sc.flow;
     let job = sc.owner.job;
-    let allowed = judge(&ctx, sc, &f, job);
-    // The verdict goes through map memory, so the many ways out of judge() reach the capture
-    // below as one verifier state, not one per way.
-    wr(&mut sc.dots, allowed as u32);
-    let denied = (rd(&sc.dots) ^ 1) & 1;
-    on_egress(&ctx, &f, (denied as u8) * CHUNK_DROPPED);
-    if rd(&sc.dots) != 0 {
+    let found = find(&ctx, sc, &f, job);
+    if found == FOUND_NAME {
+        crate::safe::tail_call(&DNS_PROGS, &ctx, SLOT_NAME);
+        return 0;
+    }
+    wr(&mut sc.verdict, found);
+    crate::safe::tail_call(&DNS_PROGS, &ctx, SLOT_CAPTURE);
+    0
+}
+
+/// The name stream_first found, judged (tail call from stream_first).
+#[cgroup_skb(egress)]
+pub fn stream_name(ctx: SkBuffContext) -> i32 {
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
+    let job = sc.owner.job;
+    let allowed = judge_name(sc, job);
+    wr(&mut sc.verdict, allowed as u32);
+    crate::safe::tail_call(&DNS_PROGS, &ctx, SLOT_CAPTURE);
+    0
+}
+
+/// The segment captured (payload.rs) and the verdict carried out: a denied socket is marked,
+/// so every later packet of it is dropped (tail call from stream_first or stream_name).
+#[cgroup_skb(egress)]
+pub fn stream_capture(ctx: SkBuffContext) -> i32 {
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
+    let f = sc.flow;
+    let allowed = rd(&sc.verdict) & 1;
+    on_egress(&ctx, &f, ((allowed ^ 1) as u8) * CHUNK_DROPPED);
+    if allowed != 0 {
         return 1;
     }
     let cookie = crate::safe::socket_cookie(&ctx);
@@ -177,22 +217,25 @@ pub fn stream_first(ctx: SkBuffContext) -> i32 {
     0
 }
 
+/// FOUND_ALLOW or FOUND_DENY when the verdict needs no name, else FOUND_NAME.
 #[inline(always)]
-fn judge(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> bool {
+fn find(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> u32 {
     let key = job_addr_key(job, &map_key(&f.daddr, f.family));
     let proxy = PROXY_NET.get(&Key::new(160, key)).is_some_and(|p| p.contains(f.dport));
     if !proxy && ALLOW_NET.get(&Key::new(160, key)).is_some_and(|p| p.contains(f.dport)) {
-        return true;
+        return FOUND_ALLOW;
     }
+    // A proxy request must name an allowed target; elsewhere a segment naming nothing passes.
+    let nothing = if proxy { FOUND_DENY } else { FOUND_ALLOW };
     let len = ctx.len();
     if len <= f.payload_off {
-        return true;
+        return FOUND_ALLOW;
     }
     let n = len - f.payload_off;
     let n = if n > TARGET_SCAN_LEN as u32 { TARGET_SCAN_LEN as u32 } else { n };
     let n = ((n.wrapping_sub(1)) & M) + 1;
     if !crate::safe::skb_load(ctx, f.payload_off, &mut sc.buf, n) {
-        return !proxy;
+        return nothing;
     }
     wr(&mut sc.n, n);
     if n < TARGET_SCAN_LEN as u32 {
@@ -202,7 +245,7 @@ fn judge(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> boo
     wr(&mut sc.port, f.dport as u32);
     if !find_tls(sc) {
         if !find_http(sc) {
-            return true;
+            return FOUND_ALLOW;
         }
         let start = rd(&sc.name_off);
         name_at(sc, start);
@@ -217,10 +260,16 @@ fn judge(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> boo
         nlen -= 1;
     }
     if nlen == 0 || nlen > TARGET_NAME_LEN as u32 || off + nlen > n {
-        // Nothing usable: a proxy request must name an allowed target.
-        return !proxy;
+        // Nothing usable.
+        return nothing;
     }
     wr(&mut sc.name_len, nlen);
+    FOUND_NAME
+}
+
+/// Whether the name in TARGET_SCRATCH (name_off, name_len, port) is allowed for `job`.
+#[inline(always)]
+fn judge_name(sc: &mut TargetScratch, job: u32) -> bool {
     let port = rd(&sc.port) as u16;
     if let Some(a) = ipv4_literal(sc) {
         let mut d = [0u8; 16];

@@ -29,6 +29,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 enum Hook {
     Tracepoint(&'static str, &'static str),
     Raw(&'static str),
+    /// A raw tracepoint where this kernel allows it (see [`Fallback`]), else the program named
+    /// second on the perf-event tracepoint (category, name).
+    RawOr(&'static str, &'static str, &'static str, &'static str),
     SockAddr,
     Skb(bool),
     SockCreate,
@@ -37,14 +40,15 @@ enum Hook {
 /// Every attached program, in attach order. The process sensors come first, so a process is
 /// known before any of its sockets are judged. Every syscall watcher looks at goes through the
 /// raw tracepoint program `sys_enter` (watcher-ebpf/src/syscalls.rs dispatches by number): one
-/// attachment instead of one per syscall (their detaches serialised, most of the stop).
+/// attachment instead of one per syscall (their detaches serialised, most of the stop). Every
+/// tracing program is a raw tracepoint where the kernel allows it: a perf-event tracepoint's
+/// detach waits for an RCU grace period, one link after the other (~50 ms each here). The exec
+/// record is sent at sched_process_exec, so no program runs at the syscall's exit.
 const PROGRAMS: &[(&str, Hook)] = &[
     ("sys_enter", Hook::Raw("sys_enter")),
-    ("sys_exit_execve", Hook::Tracepoint("syscalls", "sys_exit_execve")),
-    ("sys_exit_execveat", Hook::Tracepoint("syscalls", "sys_exit_execveat")),
-    ("sched_process_fork", Hook::Tracepoint("sched", "sched_process_fork")),
+    ("sched_process_fork", Hook::RawOr("sched_process_fork", "sched_process_fork_tp", "sched", "sched_process_fork")),
     // The exit record, then the agent's own exit (guard): one program, syscalls.rs.
-    ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
+    ("sched_process_exit", Hook::RawOr("sched_process_exit", "sched_process_exit_tp", "sched", "sched_process_exit")),
     ("sched_process_exec_kill", Hook::Raw("sched_process_exec")),
     ("signal_generate", Hook::Raw("signal_generate")),
     ("connect4", Hook::SockAddr),
@@ -62,6 +66,8 @@ const TAIL_CALLS: &[(&str, &str, u32, TailKind)] = &[
     ("exec_env_scan", names::ENV_SCAN_PROG, 0, TailKind::Raw),
     ("dns_egress_enforce", names::DNS_PROGS, 0, TailKind::Skb),
     ("stream_first", names::DNS_PROGS, 1, TailKind::Skb),
+    ("stream_name", names::DNS_PROGS, 2, TailKind::Skb),
+    ("stream_capture", names::DNS_PROGS, 3, TailKind::Skb),
     ("dns_ingress_learn", names::DNS_INGRESS_PROGS, 0, TailKind::Skb),
 ];
 
@@ -163,7 +169,16 @@ fn attach(
     links: &mut Vec<PinnedLink>,
     bench: super::BenchDisable,
 ) -> Result<Vec<SensorState>, SensorError> {
-    timing::time(Phase::Verify, || verify_all(ebpf))?;
+    let fallback = Fallback::probe();
+    timing::time(Phase::Verify, || verify_all(ebpf, &fallback))?;
+    // Before anything is attached: the raw sched_process_fork reads the child's pid with it.
+    {
+        let mut config = aya::maps::Array::<_, u64>::try_from(map_mut(ebpf, names::CONFIG)?)
+            .map_err(|e| SensorError::map(names::CONFIG, "opening", e))?;
+        for (slot, off) in super::btf::task_offsets() {
+            config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
+        }
+    }
     for (prog, array, slot, kind) in TAIL_CALLS {
         let fd = match kind {
             TailKind::Raw => {
@@ -192,7 +207,14 @@ fn attach(
         if bench.backstop && *prog == "egress_guard" {
             continue;
         }
-        let link: FdLink = match *hook {
+        let hook = match *hook {
+            Hook::RawOr(raw, _, _, _) if !fallback.perf(prog) => Hook::Raw(raw),
+            Hook::RawOr(_, _, category, name) => Hook::Tracepoint(category, name),
+            h => h,
+        };
+        let prog = fallback.program(prog);
+        let link: FdLink = match hook {
+            Hook::RawOr(..) => return Err(SensorError::Missing { kind: "attachment for program", name: prog.into() }),
             Hook::Tracepoint(category, name) => {
                 let p: &mut TracePoint = program(ebpf, prog)?;
                 let id = p
@@ -249,9 +271,7 @@ fn attach(
             name: "process".into(),
             active: true,
             detail: Some(
-                "raw tracepoint sys_enter (execve/execveat, clone/fork, exit), tracepoints sys_exit_execve{,at}, \
-                 sched_process_fork/exit"
-                    .into(),
+                "raw tracepoints sys_enter (execve/execveat, clone/fork, exit), sched_process_exec/fork/exit".into(),
             ),
         },
         SensorState {
@@ -285,21 +305,84 @@ fn attach(
     Ok(states)
 }
 
-/// Load (the kernel verifies) every program of the object, on as many threads as there are
-/// CPUs (up to 4): the verifier runs per program, so the loads overlap.
-fn verify_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
-    let mut progs: Vec<(&str, &mut Program)> = ebpf.programs_mut().collect();
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
-    let mut buckets: Vec<Vec<(&str, &mut Program)>> = (0..n).map(|_| Vec::new()).collect();
-    for (i, p) in progs.drain(..).enumerate() {
-        buckets[i % n].push(p);
+/// Which raw tracepoints this kernel cannot take, so their perf-event tracepoint programs are
+/// loaded and attached instead (and only those: a program not attached is not verified).
+struct Fallback {
+    /// No kernel BTF: the raw sched_process_fork cannot find the child's pid.
+    fork: bool,
+    /// sched_process_exit has no `group_dead` argument (kernels before 6.16).
+    exit: bool,
+}
+
+impl Fallback {
+    fn probe() -> Fallback {
+        let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .find_map(|d| std::fs::read_to_string(format!("{d}/events/sched/sched_process_exit/format")).ok())
+            .unwrap_or_default();
+        Fallback { fork: super::btf::kernel_offsets().task_tgid.is_none(), exit: !format.contains("group_dead") }
     }
+
+    /// Whether `prog` (a `Hook::RawOr` program) is replaced by its perf-event tracepoint one.
+    fn perf(&self, prog: &str) -> bool {
+        match prog {
+            "sched_process_fork" => self.fork,
+            "sched_process_exit" => self.exit,
+            _ => false,
+        }
+    }
+
+    /// The program attached for `prog`.
+    fn program<'a>(&self, prog: &'a str) -> &'a str {
+        let fallback = PROGRAMS.iter().find_map(|(p, h)| match h {
+            Hook::RawOr(_, tp, _, _) if *p == prog => Some(*tp),
+            _ => None,
+        });
+        match fallback {
+            Some(tp) if self.perf(prog) => tp,
+            _ => prog,
+        }
+    }
+
+    /// Programs of the object that are not loaded: the variant of each `Hook::RawOr` not used.
+    fn unused(&self, prog: &str) -> bool {
+        PROGRAMS.iter().any(|(p, h)| match h {
+            Hook::RawOr(_, tp, _, _) => (prog == *tp && !self.perf(p)) || (prog == *p && self.perf(p)),
+            _ => false,
+        })
+    }
+}
+
+/// The programs that cost the verifier most (instructions processed, measured with
+/// `WATCHER_LOG=watcher::timing=debug`), heaviest first: they are loaded first, and the
+/// lighter ones fill the other threads meanwhile (the verification ends with the longest one,
+/// not with an unlucky bucket).
+const HEAVY_FIRST: &[&str] = &[
+    "sys_enter",
+    "stream_first",
+    "stream_name",
+    "exec_env_scan",
+    "egress_guard",
+    "dns_ingress_learn",
+    "dns_egress_enforce",
+    "dns_egress",
+];
+
+/// Load (the kernel verifies) every program of the object that is used, on as many threads as
+/// there are CPUs (up to 4), each taking the next program from one queue (heaviest first):
+/// the verifier runs per program, so the loads overlap.
+fn verify_all(ebpf: &mut Ebpf, fallback: &Fallback) -> Result<(), SensorError> {
+    let mut progs: Vec<(&str, &mut Program)> = ebpf.programs_mut().filter(|(n, _)| !fallback.unused(n)).collect();
+    let rank = |name: &str| HEAVY_FIRST.iter().position(|h| *h == name).unwrap_or(HEAVY_FIRST.len());
+    progs.sort_by_key(|(name, _)| rank(name));
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let queue = std::sync::Mutex::new(progs.into_iter());
+    let next = || queue.lock().ok().and_then(|mut q| q.next());
     let results: Vec<Result<(), SensorError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = buckets
-            .into_iter()
-            .map(|bucket| {
-                scope.spawn(move || -> Result<(), SensorError> {
-                    for (name, p) in bucket {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), SensorError> {
+                    while let Some((name, p)) = next() {
                         load_one(name, p)?;
                     }
                     Ok(())
@@ -321,8 +404,10 @@ fn load_one(name: &str, p: &mut Program) -> Result<(), SensorError> {
         Program::CgroupSock(p) => ("cgroup_sock", p.load()),
         _ => return Err(SensorError::Missing { kind: "loader for program", name: name.into() }),
     };
-    tracing::debug!(target: "watcher::timing", "verify {name}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    r.map_err(|e| SensorError::kernel(format!("{kind} program {name}"), e))
+    let wall = t.elapsed();
+    r.map_err(|e| SensorError::kernel(format!("{kind} program {name}"), e))?;
+    timing::verified(name, wall, p.info().ok().as_ref());
+    Ok(())
 }
 
 /// Unpin and close every link, each from a thread of its own (every close waits for an RCU
@@ -368,8 +453,11 @@ mod tests {
         let mut want: Vec<&str> = names::ALL.to_vec();
         want.sort();
         assert_eq!(have, want);
-        for (p, _) in PROGRAMS {
+        for (p, h) in PROGRAMS {
             assert!(obj.programs.contains_key(*p), "program {p} missing from the object");
+            if let Hook::RawOr(_, tp, _, _) = h {
+                assert!(obj.programs.contains_key(*tp), "fallback program {tp} missing from the object");
+            }
         }
     }
 }

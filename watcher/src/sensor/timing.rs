@@ -49,3 +49,18 @@ pub fn report_start() {
 pub fn report_stop() {
     tracing::info!(target: "watcher::timing", "stop: detach {:.1} ms", ms(Phase::Detach));
 }
+
+/// One program's verification, at debug level: its load's wall time, the instructions the
+/// verifier processed (`verified_insns` of bpf_prog_info, kernel >= 5.16; the cost that does
+/// not depend on the machine's load) and the program's size after verification.
+pub fn verified(name: &str, wall: std::time::Duration, info: Option<&aya::programs::ProgramInfo>) {
+    let insns = info.and_then(|i| i.verified_instruction_count());
+    let size = info.and_then(|i| i.size_translated()).map(|b| b / 8);
+    tracing::debug!(
+        target: "watcher::timing",
+        "verify {name}: {:.1} ms, {} instructions processed, {} instructions",
+        wall.as_secs_f64() * 1e3,
+        insns.map_or("?".to_string(), |n| n.to_string()),
+        size.map_or("?".to_string(), |n| n.to_string()),
+    );
+}
