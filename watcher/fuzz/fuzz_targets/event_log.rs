@@ -17,9 +17,9 @@ fn lines(data: &[u8], cap: usize) -> Vec<(Vec<u8>, u64, bool)> {
         &mut r,
         |l, n, t| {
             out.push((l.to_vec(), n, t));
-            Ok(())
+            Ok::<(), std::io::Error>(())
         },
-        |e, _| e.into(),
+        |e, _| e,
     )
     .expect("reading from memory cannot fail");
     assert_eq!(tail, Tail::Complete);
