@@ -285,17 +285,30 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     // then destroy what is left while the programs are still attached. In enforce mode a
     // dropped DNS-over-TCP query would otherwise be retransmitted unfiltered after watcher exits.
     let enforce = prepared.policy.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
+    // Audit: every process is gone, so the count only falls; none left, none to destroy.
+    let mut left = true;
     if !enforce {
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while cgroup.socket_count() > 0 && std::time::Instant::now() < deadline {
+        loop {
+            // Unknown (no usable `ss`): destroy, which says why it cannot.
+            left = cgroup.socket_count().map_or(true, |n| n > 0);
+            if !left || std::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    if let Err(e) = cgroup.destroy_sockets() {
+    if left && let Err(e) = cgroup.destroy_sockets() {
         eprintln!("watcher: {}", crate::error::chain(&e));
     }
-    // Let the exit records of the killed processes arrive, then take everything left.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Let the exit records of the killed processes arrive (at most 50 ms), then take
+    // everything left. The kernel writes a process's exit record before it drops the process
+    // from the job, so an empty job means every record is in the ring: in the common case (the
+    // command's tree ended by itself) there is nothing to wait for.
+    let deadline = std::time::Instant::now() + Duration::from_millis(50);
+    while sensor.watched_pids().iter().any(|&p| p != watcher_pid) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     sensor.drain(&mut batch);
     pipe.records(&mut batch)?;
     pipe.drain_collector()?;
