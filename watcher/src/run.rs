@@ -305,8 +305,12 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     // everything left. The kernel writes a process's exit record before it drops the process
     // from the job, so an empty job means every record is in the ring: in the common case (the
     // command's tree ended by itself) there is nothing to wait for.
+    // A process that is gone or a zombie has passed the kernel's exit hook; its entry may stay
+    // (the command's own, when it exited before watcher added its pid), so it does not count.
     let deadline = std::time::Instant::now() + Duration::from_millis(50);
-    while sensor.watched_pids().iter().any(|&p| p != watcher_pid) && std::time::Instant::now() < deadline {
+    while sensor.watched_pids().into_iter().any(|p| p != watcher_pid && not_yet_exited(p))
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     sensor.drain(&mut batch);
@@ -333,6 +337,14 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
         );
     }
     Ok((code, pipe.take_timings()))
+}
+
+/// Whether process `pid` has not yet reached its exit (it exists and is neither a zombie nor
+/// dead): `/proc/PID/stat`'s state, the field after the parenthesised command name.
+fn not_yet_exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X' | 'x') | None)
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
