@@ -244,6 +244,12 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     let child_pid = child.id().unwrap_or(0);
     pipe.set_root(child_pid, watcher_pid);
     sensor.watch_pid(child_pid, watcher_pid, 0)?;
+    // A command that already exited (`true`) passed the kernel's exit hook before its entry
+    // was added: the entry would stay, and at the end watcher would SIGKILL that pid, which
+    // another process may have by then. The child is not reaped yet, so its pid is still its.
+    if !not_yet_exited(child_pid) {
+        sensor.unwatch_pid(child_pid)?;
+    }
 
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
