@@ -99,6 +99,47 @@ fn denied_executables_and_shells_from_install_scripts_are_killed_before_running(
     assert!(!events.iter().any(|e| e["kind"] == "alert"));
 }
 
+/// An exec through a file descriptor passes no path (fexecve: `execveat(fd, "",
+/// AT_EMPTY_PATH)`), so exec entry has no name to judge: the denied program is named from its
+/// file at `sched_process_exec` and killed there, before its first instruction, as by path.
+/// The same trick on a shell from an install script is caught by content.
+#[test]
+fn a_denied_program_run_through_a_file_descriptor_is_killed_before_running() {
+    if !root_or_skip() {
+        return;
+    }
+    let policy = "version: 1\npipeline: t\nmode: enforce\nexec:\n  deny: [id]\n  install_scripts:\n    shells: deny\n";
+    let id = ["/usr/bin/id", "/bin/id"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap();
+    let p = netprobe_bin().display().to_string();
+    let (code, out, err, events) = run_enforced(policy, &format!("{p} fexec {id} id; echo SCRIPT-CONTINUED"), false);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(!out.contains("uid="), "id ran through its descriptor: {out}");
+    assert!(out.contains("SCRIPT-CONTINUED"), "{out}");
+    let denied = alert(&events, "exec-denied");
+    assert_eq!(denied["action"], "kill");
+    let exec = events
+        .iter()
+        .find(|e| e["kind"] == "exec" && e["killed"] == true)
+        .unwrap_or_else(|| panic!("no killed exec: {events:#?}"));
+    assert_eq!(exec["filename"], "id", "the program is named from its file");
+
+    // A shell through its descriptor from an install script: held by content and killed.
+    let (code, out, err, events) =
+        run_enforced(policy, &format!("{p} fexec /bin/sh sh -c 'echo SHELL-RAN'; echo SCRIPT-CONTINUED"), true);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(!out.contains("SHELL-RAN"), "the shell ran: {out}");
+    assert_eq!(alert(&events, "shell-from-install-script")["action"], "kill");
+
+    // An allowed program through its descriptor runs, named, and the step is clean.
+    let echo = ["/usr/bin/echo", "/bin/echo"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap();
+    let (code, out, err, events) = run_enforced(policy, &format!("{p} fexec {echo} echo FEXEC-RAN"), false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("FEXEC-RAN"), "{out}");
+    let ok = events.iter().filter(|e| e["kind"] == "exec").last().unwrap();
+    assert_eq!(ok["filename"], "echo");
+    assert!(!events.iter().any(|e| e["kind"] == "alert"), "{events:#?}");
+}
+
 #[test]
 fn audit_override_lets_everything_through_with_the_commands_code() {
     if !root_or_skip() {

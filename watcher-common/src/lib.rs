@@ -211,7 +211,12 @@ pub const CFG_BENCH_NO_STREAMS: u32 = 12;
 /// Non-zero: the file sensor is off (`SensorConfig::file_sensor`, for the bench's side-by-side
 /// comparison only; nothing a step can reach sets it).
 pub const CFG_FILES_OFF: u32 = 13;
-pub const CFG_LEN: u32 = 14;
+/// `file.f_path.dentry` and `dentry.d_name.name` offsets, from the kernel's BTF: an exec through
+/// a file descriptor (fexecve, `execveat(fd, "", AT_EMPTY_PATH)`) passes no path, so the
+/// program is named by its file's name, read from `bprm->file` (0: unknown, left unnamed).
+pub const CFG_OFF_FILE_DENTRY: u32 = 14;
+pub const CFG_OFF_DENTRY_NAME: u32 = 15;
+pub const CFG_LEN: u32 = 16;
 
 /// DNS payload bytes captured per packet.
 pub const DNS_PAYLOAD_LEN: usize = 1024;

@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use watcher_common::{
     ARG_MAX_LEN, ARGS_LEN, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP,
-    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_TASK_TGID, Counter, DAEMON_LOG_ALL, ENV_ENTRY_MAX_LEN,
-    ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_LEN, ENV_NAME_LEN, ENV_SCAN_CHUNK, EXEC_ARGS_TRUNCATED, EXEC_DENY,
-    EXEC_FILENAME_TRUNCATED, EXEC_HOLD_PENDING, EXEC_IS_SHELL, EXEC_JOB_START, EXEC_KILL_PENDING, EXEC_KILLED,
-    EXEC_NAME_LEN, EXEC_SCRIPT, EXEC_SHELL, EXEC_SHELL_HELD, EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey,
-    ExitRecord, FILENAME_LEN, ForkRecord, JOB_DAEMON_BIT, JOB_DENY_SHELLS, JOB_ENFORCE, JOB_NONE, MAX_ARGS,
-    MAX_ENV_SCAN, PROC_INSTALL, ProcInfo, RecordKind, SHELL_SIG_BYTES, sig_step,
+    CFG_OFF_DENTRY_NAME, CFG_OFF_FILE_DENTRY, CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_TASK_TGID, Counter,
+    DAEMON_LOG_ALL, ENV_ENTRY_MAX_LEN, ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_LEN, ENV_NAME_LEN, ENV_SCAN_CHUNK,
+    EXEC_ARGS_TRUNCATED, EXEC_DENY, EXEC_FILENAME_TRUNCATED, EXEC_HOLD_PENDING, EXEC_IS_SHELL, EXEC_JOB_START,
+    EXEC_KILL_PENDING, EXEC_KILLED, EXEC_NAME_LEN, EXEC_SCRIPT, EXEC_SHELL, EXEC_SHELL_HELD, EXEC_STOP_PENDING,
+    EXEC_STOPPED, EXEC_UNWATCHED, ExecKey, ExitRecord, FILENAME_LEN, ForkRecord, JOB_DAEMON_BIT, JOB_DENY_SHELLS,
+    JOB_ENFORCE, JOB_NONE, MAX_ARGS, MAX_ENV_SCAN, PROC_INSTALL, ProcInfo, RecordKind, SHELL_SIG_BYTES, sig_step,
 };
 
 use crate::{
@@ -157,6 +157,13 @@ fn enforce_exec(rec: &mut watcher_common::ExecRecord, info: &ProcInfo) {
         return;
     }
     let Some(name) = basename_key(&rec.filename, rec.filename_len) else { return };
+    judge_name(rec, info, name);
+}
+
+/// The exec rules for program `name` (a basename, NUL-padded), in an enforcing job.
+#[inline(always)]
+fn judge_name(rec: &mut watcher_common::ExecRecord, info: &ProcInfo, name: [u8; EXEC_NAME_LEN]) {
+    let flags = job_flags(info.job);
     let key = ExecKey { job: info.job, name };
     let Some(rule) = EXEC_RULES.value(&key) else { return };
     if rule & EXEC_DENY != 0 {
@@ -573,6 +580,43 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// An exec through a file descriptor (fexecve, `execveat(fd, "", AT_EMPTY_PATH)`) passed no
+/// path: the program is named by its file's name (`bprm->file->f_path.dentry->d_name`, no
+/// directory) and judged by the exec rules now, before its first instruction, as exec entry
+/// judges a path. Without the offsets (no BTF) it stays unnamed.
+#[inline(always)]
+fn name_from_file(rec: &mut watcher_common::ExecRecord, bprm: *const u8) {
+    let off = |i: u32| CONFIG.get(i).copied().unwrap_or(0) as usize;
+    let (o_file, o_dentry, o_name) = (off(CFG_OFF_BPRM_FILE), off(CFG_OFF_FILE_DENTRY), off(CFG_OFF_DENTRY_NAME));
+    if o_file == 0 || o_dentry == 0 || o_name == 0 {
+        return;
+    }
+    let Ok(file) = crate::safe::kernel(bprm.wrapping_add(o_file).cast::<*const u8>()) else { return };
+    let Ok(dentry) = crate::safe::kernel(file.wrapping_add(o_dentry).cast::<*const u8>()) else { return };
+    let Ok(name) = crate::safe::kernel(dentry.wrapping_add(o_name).cast::<*const u8>()) else { return };
+    let n = crate::safe::kernel_str(&mut rec.filename, FILENAME_LEN as u32, name);
+    if n <= 1 {
+        rec.filename[0] = 0;
+        return;
+    }
+    let len = (n - 1) as usize;
+    rec.filename_len = len as u32;
+    // The name is a basename already: its key is its bytes, NUL-padded, taken from the one
+    // read above without a branch per byte (no scan: the verifier's work stays small). One
+    // longer than a key is named by no rule, as at exec entry.
+    let Some(info) = watched_current() else { return };
+    if job_flags(info.job) & JOB_ENFORCE == 0 || rec.flags & EXEC_UNWATCHED != 0 || len >= EXEC_NAME_LEN {
+        return;
+    }
+    let mut key = [0u8; EXEC_NAME_LEN];
+    for (j, k) in key.iter_mut().enumerate() {
+        // 0xff while j < len, then 0.
+        let keep = ((j as i64 - len as i64) >> 63) as u8;
+        *k = rec.filename[j] & keep;
+    }
+    judge_name(rec, &info, key);
+}
+
 /// The exec succeeded and the new program is loaded; kill it now if exec entry decided so,
 /// then send the exec record.
 /// A raw tracepoint (its detach does not wait for an RCU grace period, as a perf-event
@@ -581,6 +625,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exec_kill(ctx: RawTracePointContext) -> i32 {
     let old_tid: i32 = ctx.arg(1);
     let Some(rec) = crate::safe::entry_mut(&EXEC_PENDING, &(old_tid as u32)) else { return 0 };
+    if rec.filename_len == 0 {
+        name_from_file(rec, ctx.arg(2));
+    }
     let flags = rec.flags;
     if flags & EXEC_KILL_PENDING != 0 {
         crate::safe::signal_current(9);

@@ -117,6 +117,16 @@ pub fn user_str(buf: &mut [u8], at: usize, max: u32, src: *const u8) -> i64 {
     unsafe { bpf_probe_read_user_str(buf.as_mut_ptr().wrapping_add(at).cast(), max, src.cast()) }
 }
 
+/// [`user_str`] for kernel memory (bpf_probe_read_kernel_str).
+#[inline(always)]
+pub fn kernel_str(buf: &mut [u8], max: u32, src: *const u8) -> i64 {
+    if buf.len() < max as usize {
+        return -1;
+    }
+    // SAFETY: the destination range is inside buf (checked above); the read never faults.
+    unsafe { aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(buf.as_mut_ptr().cast(), max, src.cast()) }
+}
+
 /// Continue in program `index` of `progs` (no return on success; on failure, such as the
 /// tail-call limit, the caller goes on).
 #[inline(always)]

@@ -26,6 +26,8 @@
 //!   daemonize                     double fork; the grandchild runs the rest
 //!   write-pid FILE
 //!   exec PROGRAM ARGS...          must be last
+//!   fexec PATH ARGS...            open PATH and exec it through the descriptor (fexecve:
+//!                                 `execveat(fd, "", AT_EMPTY_PATH)`, no path); must be last
 //!
 //! SERVER is an IPv4/IPv6 literal; the port is always 53. TYPE is A, AAAA or TXT.
 //!
@@ -97,6 +99,7 @@ enum Action {
     Daemonize,
     WritePid(String),
     Exec(Vec<String>),
+    Fexec(Vec<String>),
 }
 
 /// Parses all actions up front so that usage errors happen before any side effect.
@@ -152,6 +155,13 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
                 }
                 Action::Exec(rest)
             }
+            "fexec" => {
+                let rest: Vec<String> = it.by_ref().collect();
+                if rest.len() < 2 {
+                    fail("fexec: needs PATH and ARGV0");
+                }
+                Action::Fexec(rest)
+            }
             other => fail(format!("unknown action {other:?}")),
         };
         actions.push(a);
@@ -192,6 +202,7 @@ fn main() {
             Action::Daemonize => daemonize(),
             Action::WritePid(f) => write_pid(Path::new(&f)),
             Action::Exec(rest) => do_exec(rest),
+            Action::Fexec(rest) => do_fexec(rest),
         }
     }
     let _ = io::stdout().flush();
@@ -773,6 +784,26 @@ fn do_exec(args: Vec<String>) -> ! {
     let _ = io::stdout().flush();
     let err = nix::unistd::execvp(&cargs[0], &cargs).unwrap_err();
     warn(format_args!("netprobe: exec {}: {}", args[0], err.desc()));
+    exit(127);
+}
+
+fn do_fexec(args: Vec<String>) -> ! {
+    let cstr = |a: &String| CString::new(a.as_bytes()).unwrap_or_else(|_| fail("fexec: NUL in argument"));
+    let path = cstr(&args[0]);
+    let argv: Vec<CString> = args[1..].iter().map(cstr).collect();
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| CString::new(format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).ok())
+        .collect();
+    let _ = io::stdout().flush();
+    // SAFETY: open(2) of a NUL-terminated path; the descriptor is handed to fexecve.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        fail(format!("fexec: open {}: {}", args[0], err_text(&io::Error::last_os_error())));
+    }
+    // SAFETY: fd is open for as long as the call; on success it does not return.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let err = nix::unistd::fexecve(fd, &argv, &env).unwrap_err();
+    warn(format_args!("netprobe: fexec {}: {}", args[0], err.desc()));
     exit(127);
 }
 

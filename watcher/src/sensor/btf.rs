@@ -34,6 +34,7 @@ impl<T> Doing<T> for std::io::Result<T> {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 const KIND_FUNC: u32 = 12;
 /// Longest name looked at; BTF names are kernel symbols (KSYM_NAME_LEN is 512).
 const MAX_NAME: usize = 4096;
@@ -100,6 +101,10 @@ pub fn lookup<R: Read + Seek>(mut r: R, q: &Query) -> Result<Found, BtfError> {
 
     let mut found = Found { members: vec![None; q.members.len()], funcs: vec![None; q.funcs.len()] };
     let mut decided = vec![false; q.members.len()];
+    // Per query: the anonymous members (type id, offset) of the struct asked about, when the
+    // member is not its own; the anonymous structs and unions (type id, offset) that have it.
+    let mut anon_of: Vec<Vec<(u32, Option<u32>)>> = vec![Vec::new(); q.members.len()];
+    let mut inner: Vec<Vec<(u32, Option<u32>)>> = vec![Vec::new(); q.members.len()];
     r.seek(SeekFrom::Start(type_off)).doing("seeking in the BTF data")?;
     let mut types = BufReader::with_capacity(64 * 1024, (&mut r).take(type_len));
     let mut body = Vec::new();
@@ -134,24 +139,50 @@ pub fn lookup<R: Read + Seek>(mut r: R, q: &Query) -> Result<Found, BtfError> {
                 }
             }
         }
-        if kind != KIND_STRUCT {
+        if kind != KIND_STRUCT && kind != KIND_UNION {
             continue;
         }
+        let member_at = |k: usize| {
+            let (m, off) = (12 * k, u32_le(&body, 12 * k + 8));
+            let bits = if kind_flag == 1 { off & 0x00ff_ffff } else { off };
+            (u32_le(&body, m), u32_le(&body, m + 4), (bits % 8 == 0).then_some(bits / 8))
+        };
         for (i, (st, member)) in q.members.iter().enumerate() {
-            if decided[i] || !is(name_off, st) {
+            if decided[i] {
+                continue;
+            }
+            // A member inside an anonymous union or struct (`file.f_path`, `dentry.d_name`):
+            // where such a type has the member, and where the struct has anonymous members.
+            if name_off == 0 {
+                if let Some((_, _, off)) = (0..vlen).map(member_at).find(|(n, _, _)| is(*n, member)) {
+                    inner[i].push((id, off));
+                }
+                continue;
+            }
+            if kind != KIND_STRUCT || !is(name_off, st) {
                 continue;
             }
             // The first struct of that name that has the member decides (a bitfield: none).
-            if let Some(m) = (0..vlen).map(|k| 12 * k).find(|&m| is(u32_le(&body, m), member)) {
-                let off = u32_le(&body, m + 8);
-                let bits = if kind_flag == 1 { off & 0x00ff_ffff } else { off };
-                found.members[i] = (bits % 8 == 0).then_some(bits / 8);
+            if let Some((_, _, off)) = (0..vlen).map(member_at).find(|(n, _, _)| is(*n, member)) {
+                found.members[i] = off;
                 decided[i] = true;
+            } else if anon_of[i].is_empty() {
+                anon_of[i] = (0..vlen).map(member_at).filter(|(n, _, _)| *n == 0).map(|(_, t, o)| (t, o)).collect();
             }
         }
         if decided.iter().all(|d| *d) && found.funcs.iter().all(Option::is_some) {
             break;
         }
+    }
+    // One level of anonymous members (their types may come after the struct in the section).
+    for i in 0..q.members.len() {
+        if decided[i] {
+            continue;
+        }
+        found.members[i] = anon_of[i].iter().find_map(|&(t, outer)| {
+            let (_, inner) = inner[i].iter().find(|(id, _)| *id == t)?;
+            Some(outer? + (*inner)?)
+        });
     }
     Ok(found)
 }
@@ -165,6 +196,8 @@ pub struct KernelOffsets {
     pub task_status: Option<u32>,
     /// linux_binprm.file, .buf, file.f_inode, inode.i_size, linux_binprm.filename, .interp.
     pub shell: Option<[u32; 6]>,
+    /// file.f_path + path.dentry, dentry.d_name + qstr.name: the name of an executed file.
+    pub exe_name: Option<[u32; 2]>,
     /// BTF id of `bpf_fentry_test1` (the fentry probe's target).
     pub fentry_probe: Option<u32>,
     /// BTF id of `bpf_lsm_bpf` (the BPF LSM probe's target).
@@ -181,6 +214,10 @@ const MEMBERS: &[(&str, &str)] = &[
     ("inode", "i_size"),
     ("linux_binprm", "filename"),
     ("linux_binprm", "interp"),
+    ("file", "f_path"),
+    ("path", "dentry"),
+    ("dentry", "d_name"),
+    ("qstr", "name"),
 ];
 const FUNCS: &[&str] = &["bpf_fentry_test1", "bpf_lsm_bpf"];
 
@@ -202,20 +239,28 @@ pub fn kernel_offsets() -> KernelOffsets {
             // Never 0: `status` follows `flags` in x86's thread_info.
             task_status: m(1).zip(m(2)).map(|(t, s)| t + s),
             shell: (|| Some([m(3)?, m(4)?, m(5)?, m(6)?, m(7)?, m(8)?]))(),
+            // Never 0: `dentry` follows `mnt` in `struct path`, `name` follows `hash_len` in qstr.
+            exe_name: (|| Some([m(9)? + m(10)?, m(11)? + m(12)?]))(),
             fentry_probe: found.funcs[0],
             lsm_probe: found.funcs[1],
         }
     })
 }
 
-/// The `task_struct` offsets for CONFIG: (slot, offset); missing ones are left out (0 in
-/// CONFIG: the feature is off).
+/// The `task_struct` offsets and those naming an executed file, for CONFIG: (slot, offset);
+/// missing ones are left out (0 in CONFIG: the feature is off).
 pub fn task_offsets() -> Vec<(u32, u32)> {
     let k = kernel_offsets();
-    [(watcher_common::CFG_OFF_TASK_TGID, k.task_tgid), (watcher_common::CFG_OFF_TASK_STATUS, k.task_status)]
-        .into_iter()
-        .filter_map(|(slot, off)| Some((slot, off?)))
-        .collect()
+    let [dentry, name] = k.exe_name.map_or([None, None], |[d, n]| [Some(d), Some(n)]);
+    [
+        (watcher_common::CFG_OFF_TASK_TGID, k.task_tgid),
+        (watcher_common::CFG_OFF_TASK_STATUS, k.task_status),
+        (watcher_common::CFG_OFF_FILE_DENTRY, dentry),
+        (watcher_common::CFG_OFF_DENTRY_NAME, name),
+    ]
+    .into_iter()
+    .filter_map(|(slot, off)| Some((slot, off?)))
+    .collect()
 }
 
 #[cfg(test)]
@@ -297,6 +342,9 @@ mod tests {
         let found = lookup(f, &Query { members: MEMBERS, funcs: FUNCS }).unwrap();
         assert!(found.members[3..7].iter().all(Option::is_some), "{found:?}");
         assert!(found.members[0].is_some());
+        // file.f_path, path.dentry, dentry.d_name, qstr.name: an fd exec's program name.
+        assert!(found.members[9..13].iter().all(Option::is_some), "{found:?}");
+        assert!(kernel_offsets().exe_name.is_some());
         // The same function ids as aya's full parser (which the hook probe used before).
         let aya = aya_obj::btf::Btf::from_sys_fs().unwrap();
         for (i, f) in FUNCS.iter().enumerate() {
