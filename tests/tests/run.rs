@@ -489,3 +489,49 @@ fn the_command_gets_the_terminal_and_ctrl_c_reaches_it() {
     wait_for("EXIT=130");
     assert!(t.screen().contains("summary:"), "{}", t.screen());
 }
+
+/// A CI job's `PATH` is not the system's: an earlier step can put a directory first on it
+/// (GitHub's `$GITHUB_PATH`), and `.` resolves into the checkout. watcher runs `ss` as root
+/// after the command ends, outside the watch (in audit mode to count the step's leftover
+/// sockets, in enforce mode to destroy them): never a copy planted on `PATH`.
+#[test]
+fn a_system_tool_planted_on_path_never_runs_as_root() {
+    if !root_or_skip() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let planted = tempfile::tempdir().unwrap();
+    let marker = planted.path().join("ran");
+    for tool in ["ss", "ip"] {
+        let p = planted.path().join(tool);
+        std::fs::write(&p, format!("#!/bin/sh\necho \"$0 $*\" >> '{}'\n", marker.display())).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let policy = planted.path().join("p.yaml");
+    std::fs::write(&policy, "version: 1\npipeline: planted\nmode: enforce\n").unwrap();
+    let path = format!("{}:{}", planted.path().display(), std::env::var("PATH").unwrap_or_default());
+    let l = Listener::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let p = probe();
+    // A socket left open to the end, so the enforce run has one to destroy.
+    let cmd = format!("{p} tcp {} & sleep 0.3", l.addr());
+    for extra in [vec![], vec!["--policy".to_string(), policy.display().to_string()]] {
+        let out = Command::new(watcher_bin())
+            .arg("run")
+            .args(&extra)
+            .args(["--", "sh", "-c", &cmd])
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code().is_some(), "{stderr}");
+        assert!(
+            !marker.exists(),
+            "watcher ran a planted tool as root ({extra:?}): {}\n{stderr}",
+            std::fs::read_to_string(&marker).unwrap_or_default()
+        );
+    }
+    // The planted tool works when its directory is first on PATH: the test can fail.
+    Command::new("sh").arg("-c").arg("ss -h").env("PATH", &path).status().unwrap();
+    assert!(marker.exists(), "the planted ss is not what PATH finds");
+}

@@ -56,16 +56,6 @@ impl Counter {
     }
 }
 
-pub const CNT_RINGBUF_FULL_EXEC: u32 = Counter::RingbufFullExec as u32;
-pub const CNT_RINGBUF_FULL_FORK: u32 = Counter::RingbufFullFork as u32;
-pub const CNT_RINGBUF_FULL_EXIT: u32 = Counter::RingbufFullExit as u32;
-pub const CNT_RINGBUF_FULL_CONNECT: u32 = Counter::RingbufFullConnect as u32;
-pub const CNT_RINGBUF_FULL_DNS: u32 = Counter::RingbufFullDns as u32;
-pub const CNT_WATCHED_FULL: u32 = Counter::WatchedFull as u32;
-pub const CNT_EXEC_SCRATCH_FULL: u32 = Counter::ExecScratchFull as u32;
-pub const CNT_RINGBUF_FULL_PAYLOAD: u32 = Counter::RingbufFullPayload as u32;
-pub const CNT_RINGBUF_FULL_GUARD: u32 = Counter::RingbufFullGuard as u32;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,18 +43,6 @@ impl TryFrom<u32> for RecordKind {
     }
 }
 
-pub const KIND_EXEC: u32 = RecordKind::Exec as u32;
-pub const KIND_FORK: u32 = RecordKind::Fork as u32;
-pub const KIND_EXIT: u32 = RecordKind::Exit as u32;
-pub const KIND_CONNECT: u32 = RecordKind::Connect as u32;
-pub const KIND_DNS_PACKET: u32 = RecordKind::DnsPacket as u32;
-pub const KIND_PAYLOAD: u32 = RecordKind::Payload as u32;
-pub const KIND_SOCKET: u32 = RecordKind::Socket as u32;
-pub const KIND_TAMPER: u32 = RecordKind::Tamper as u32;
-pub const KIND_UNIX_CONNECT: u32 = RecordKind::UnixConnect as u32;
-pub const KIND_STREAM_CHUNK: u32 = RecordKind::StreamChunk as u32;
-pub const KIND_FILE: u32 = RecordKind::File as u32;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Records shared by the kernel programs (`watcher-ebpf`) and the agent (`watcher`).
 //!
 //! Every record that crosses the ring buffer starts with a [`Header`] whose `kind` is one of the
-//! `KIND_*` tags. All structs are `#[repr(C)]` with explicit padding and no `bool`, so the layout
+//! [`RecordKind`]s (`repr(u32)`, read back with `TryFrom<u32>`). All structs are `#[repr(C)]` with explicit padding and no `bool`, so the layout
 //! is the same on both sides; the size assertions at the bottom keep it that way. Userspace
 //! decodes by checking the length, reading the header with `read_unaligned`, then the body.
 #![no_std]
@@ -17,11 +17,6 @@ pub mod record;
 #[cfg(feature = "user")]
 extern crate std;
 pub use kinds::RecordKind;
-
-pub use kinds::{
-    KIND_CONNECT, KIND_DNS_PACKET, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_PAYLOAD, KIND_SOCKET, KIND_TAMPER,
-    KIND_UNIX_CONNECT,
-};
 
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
@@ -452,11 +447,7 @@ pub struct SockOwner {
     pub comm: [u8; COMM_LEN],
 }
 
-pub use counters::{
-    CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_CONNECT, CNT_RINGBUF_FULL_DNS, CNT_RINGBUF_FULL_EXEC,
-    CNT_RINGBUF_FULL_EXIT, CNT_RINGBUF_FULL_FORK, CNT_RINGBUF_FULL_GUARD, CNT_RINGBUF_FULL_PAYLOAD, CNT_WATCHED_FULL,
-    Counter, NUM_COUNTERS,
-};
+pub use counters::{Counter, NUM_COUNTERS};
 
 pub const AF_UNIX: u16 = 1;
 pub const AF_PACKET: u16 = 17;
@@ -547,7 +538,6 @@ const _: () = {
 /// A chunk of the data a watched socket sends (not port 53): TCP in stream order from the
 /// first data byte (retransmitted bytes are not sent twice), UDP datagram by datagram.
 /// (10: main took 7, 8 and 9 for Socket, Tamper and UnixConnect.)
-pub use kinds::KIND_STREAM_CHUNK;
 /// Data bytes per chunk record, at most.
 pub const STREAM_CHUNK_LEN: usize = 4096;
 /// Bytes captured per socket, at most (then the socket is no longer captured).
@@ -630,7 +620,6 @@ const _: () = {
 
 // ---- File sensor (watcher-ebpf/src/files.rs) ----
 
-pub use kinds::KIND_FILE;
 /// Path bytes of a `FILE_RULES` key (after the 4-byte job): longer paths are judged by their
 /// first FILE_KEY_PATH bytes (directory prefixes still match; exact files do not).
 pub const FILE_KEY_PATH: usize = 248;

@@ -2,7 +2,7 @@
 //! layouts it reads (userspace only: the `user` feature).
 //!
 //! Each record is length-checked and read with `read_unaligned`; the tag is matched against the
-//! known `KIND_*` values, never transmuted. Pure: no aya, no I/O.
+//! known [`RecordKind`](crate::RecordKind) values, never transmuted. Pure: no aya, no I/O.
 use std::{
     format,
     net::IpAddr,
@@ -319,8 +319,9 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::Short(buf.len()));
     }
     let hdr: c::Header = read(buf, 0)?;
-    match hdr.kind {
-        c::KIND_EXEC => {
+    let kind = c::RecordKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
+    match kind {
+        c::RecordKind::Exec => {
             let r: c::ExecRecord = read(buf, hdr.kind)?;
             let used = (r.args_len as usize).min(r.args.len());
             let env_used = (r.env_len as usize).min(r.env.len());
@@ -338,15 +339,15 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 script: r.flags & c::EXEC_SCRIPT != 0,
             })
         }
-        c::KIND_FORK => {
+        c::RecordKind::Fork => {
             let r: c::ForkRecord = read(buf, hdr.kind)?;
             Ok(Record::Fork { task: task(&r.hdr), child_pid: r.child_pid })
         }
-        c::KIND_EXIT => {
+        c::RecordKind::Exit => {
             let r: c::ExitRecord = read(buf, hdr.kind)?;
             Ok(Record::Exit { task: task(&r.hdr), exit_code: (r.code_known != 0).then_some(r.exit_code) })
         }
-        c::KIND_CONNECT => {
+        c::RecordKind::Connect => {
             let r: c::ConnectRecord = read(buf, hdr.kind)?;
             Ok(Record::Connect {
                 task: task(&r.hdr),
@@ -358,7 +359,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 allowed: r.verdict != c::VERDICT_DENY,
             })
         }
-        c::KIND_SOCKET => {
+        c::RecordKind::Socket => {
             let r: c::SocketRecord = read(buf, hdr.kind)?;
             Ok(Record::Socket {
                 task: task(&r.hdr),
@@ -368,7 +369,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 killed: r.flags & c::GUARD_KILLED != 0,
             })
         }
-        c::KIND_TAMPER => {
+        c::RecordKind::Tamper => {
             let r: c::TamperRecord = read(buf, hdr.kind)?;
             let what = match r.what {
                 c::TAMPER_SIGNAL => TamperKind::Signal,
@@ -385,7 +386,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 killed: r.flags & c::GUARD_KILLED != 0,
             })
         }
-        c::KIND_FILE => {
+        c::RecordKind::File => {
             let r: c::FileRecord = read(buf, hdr.kind)?;
             let what = match r.what {
                 c::FILE_OPEN => FileWhat::Open,
@@ -406,7 +407,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 killed: r.flags & c::GUARD_KILLED != 0,
             })
         }
-        c::KIND_UNIX_CONNECT => {
+        c::RecordKind::UnixConnect => {
             let r: c::UnixConnectRecord = read(buf, hdr.kind)?;
             let n = (r.path_len as usize).min(r.path.len());
             let bytes = &r.path[..n];
@@ -422,7 +423,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 killed: r.flags & c::GUARD_KILLED != 0,
             })
         }
-        c::KIND_DNS_PACKET => {
+        c::RecordKind::DnsPacket => {
             let r: c::DnsPacketRecord = read(buf, hdr.kind)?;
             let n = (r.captured_len as usize).min(r.payload.len());
             Ok(Record::DnsPacket {
@@ -438,7 +439,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 allowed: r.verdict != c::VERDICT_DENY,
             })
         }
-        c::KIND_PAYLOAD => {
+        c::RecordKind::Payload => {
             let r: c::PayloadRecord = read(buf, hdr.kind)?;
             let n = (r.captured_len as usize).min(r.payload.len());
             Ok(Record::Payload {
@@ -450,7 +451,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 payload: r.payload[..n].to_vec(),
             })
         }
-        c::KIND_STREAM_CHUNK => {
+        c::RecordKind::StreamChunk => {
             // Sent with only its used data bytes: read the fixed part, then at most `len`
             // bytes of what the record really holds.
             if buf.len() < c::STREAM_CHUNK_HDR_LEN {
@@ -473,7 +474,6 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 data: r.data[..used].to_vec(),
             })
         }
-        other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
@@ -518,7 +518,7 @@ mod tests {
     #[test]
     fn exec_round_trip() {
         let mut r = c::ExecRecord {
-            hdr: hdr(c::KIND_EXEC),
+            hdr: hdr(c::RecordKind::Exec as u32),
             ret: 0,
             flags: c::EXEC_ARGS_TRUNCATED,
             argc: 3,
@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn connect_v4_and_v6() {
-        let mut r = c::ConnectRecord { hdr: hdr(c::KIND_CONNECT), ..Default::default() };
+        let mut r = c::ConnectRecord { hdr: hdr(c::RecordKind::Connect as u32), ..Default::default() };
         r.family = c::AF_INET;
         r.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         r.dport = 443;
@@ -600,7 +600,7 @@ mod tests {
     #[test]
     fn dns_packet_payload_is_bounded_by_captured_len() {
         let mut r = c::DnsPacketRecord {
-            hdr: hdr(c::KIND_DNS_PACKET),
+            hdr: hdr(c::RecordKind::DnsPacket as u32),
             saddr: [0; 16],
             daddr: [0; 16],
             family: c::AF_INET,
@@ -637,14 +637,14 @@ mod tests {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short(10)));
         let h = hdr(77);
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(77)));
-        let h = hdr(c::KIND_EXEC);
+        let h = hdr(c::RecordKind::Exec as u32);
         assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Truncated { kind: 1, .. })));
     }
 
     #[test]
     fn stream_chunks_are_read_with_only_their_used_bytes() {
         let mut r = c::StreamChunkRecord {
-            hdr: hdr(c::KIND_STREAM_CHUNK),
+            hdr: hdr(c::RecordKind::StreamChunk as u32),
             cookie: 0xabc,
             daddr: [0; 16],
             family: c::AF_INET,
@@ -684,9 +684,9 @@ mod tests {
 
     #[test]
     fn exit_code_known_or_not() {
-        let r = c::ExitRecord { hdr: hdr(c::KIND_EXIT), exit_code: 3, code_known: 1 };
+        let r = c::ExitRecord { hdr: hdr(c::RecordKind::Exit as u32), exit_code: 3, code_known: 1 };
         assert!(matches!(decode(&bytes_of(&r)).unwrap(), Record::Exit { exit_code: Some(3), .. }));
-        let r = c::ExitRecord { hdr: hdr(c::KIND_EXIT), exit_code: 0, code_known: 0 };
+        let r = c::ExitRecord { hdr: hdr(c::RecordKind::Exit as u32), exit_code: 0, code_known: 0 };
         assert!(matches!(decode(&bytes_of(&r)).unwrap(), Record::Exit { exit_code: None, .. }));
     }
 }

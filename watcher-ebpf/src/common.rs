@@ -1,6 +1,6 @@
 //! Helpers shared by the programs: who is watched, headers, counters.
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
-use watcher_common::{CFG_AGENT_GONE, CFG_DAEMON, Header, JOB_DAEMON_BIT, JOB_ENFORCE, ProcInfo};
+use watcher_common::{CFG_AGENT_GONE, CFG_DAEMON, Counter, Header, JOB_DAEMON_BIT, JOB_ENFORCE, ProcInfo, RecordKind};
 
 use crate::{
     maps::{CONFIG, COUNTERS, JOBS, WATCHED, WATCHED_CGROUPS},
@@ -8,8 +8,8 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn count(idx: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+pub fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: this CPU's slot of a per-CPU array: no other writer while the program runs.
         unsafe { *p += 1 };
     }
@@ -31,17 +31,17 @@ pub fn watched_current() -> Option<ProcInfo> {
     let job = WATCHED_CGROUPS.value(&cg)?;
     let info = ProcInfo { ppid: 0, job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
     if WATCHED.insert(&tgid, &info, 0).is_err() {
-        count(watcher_common::CNT_WATCHED_FULL);
+        count(Counter::WatchedFull);
     }
     Some(info)
 }
 
 /// Fill a header for the current task.
 #[inline(always)]
-pub fn fill_header(hdr: &mut Header, kind: u32, ppid: u32, job: u32) {
+pub fn fill_header(hdr: &mut Header, kind: RecordKind, ppid: u32, job: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    hdr.kind = kind;
+    hdr.kind = kind as u32;
     hdr.pid = (pid_tgid >> 32) as u32;
     hdr.tid = pid_tgid as u32;
     hdr.ppid = ppid;

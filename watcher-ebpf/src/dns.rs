@@ -3,9 +3,9 @@
 //! port 53 arriving at one. The payload is copied raw; userspace parses it.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use watcher_common::{
-    AF_INET, AF_INET6, CFG_SEED, CNT_RINGBUF_FULL_DNS, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP, DNS_PAYLOAD_LEN,
-    DnsPacketRecord, JOB_ENFORCE, KIND_DNS_PACKET, MAX_LABELS, NAME_WIRE_LEN, PROTO_TCP, PROTO_UDP, SockOwner,
-    VERDICT_ALLOW, VERDICT_DENY, job_addr_key, name_hash_step,
+    AF_INET, AF_INET6, CFG_SEED, Counter, DIR_EGRESS, DIR_INGRESS, DNS_MASK_LOOKUP, DNS_PAYLOAD_LEN, DnsPacketRecord,
+    JOB_ENFORCE, MAX_LABELS, NAME_WIRE_LEN, PROTO_TCP, PROTO_UDP, RecordKind, SockOwner, VERDICT_ALLOW, VERDICT_DENY,
+    job_addr_key, name_hash_step,
 };
 
 use crate::{
@@ -240,7 +240,7 @@ pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
 /// Header of a packet record: the socket owner's task fields (ingress runs in softirq
 /// context, where the current task is not the owner).
 #[inline(always)]
-pub(crate) fn owner_header(hdr: &mut watcher_common::Header, kind: u32, owner: &SockOwner) {
+pub(crate) fn owner_header(hdr: &mut watcher_common::Header, kind: watcher_common::RecordKind, owner: &SockOwner) {
     fill_header(hdr, kind, owner.ppid, owner.job);
     hdr.pid = owner.pid;
     hdr.tid = owner.pid;
@@ -343,11 +343,11 @@ fn emit(ctx: &SkBuffContext, f: &Flow, owner: &SockOwner, direction: u8, verdict
     }
     let payload_len = len - f.payload_off;
     let Some(mut entry) = EVENTS.reserve::<DnsPacketRecord>(0) else {
-        count(CNT_RINGBUF_FULL_DNS);
+        count(Counter::RingbufFullDns);
         return ret;
     };
     let rec = crate::safe::slot(&mut entry);
-    owner_header(&mut rec.hdr, KIND_DNS_PACKET, owner);
+    owner_header(&mut rec.hdr, RecordKind::DnsPacket, owner);
     rec.saddr = f.saddr;
     rec.daddr = f.daddr;
     rec.family = f.family;

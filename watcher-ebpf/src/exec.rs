@@ -7,13 +7,12 @@ use aya_ebpf::{
 };
 use watcher_common::{
     ARG_MAX_LEN, ARGS_LEN, CFG_OFF_BPRM_BUF, CFG_OFF_BPRM_FILE, CFG_OFF_BPRM_FILENAME, CFG_OFF_BPRM_INTERP,
-    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_TASK_TGID, CNT_EXEC_SCRATCH_FULL, CNT_RINGBUF_FULL_EXEC,
-    CNT_RINGBUF_FULL_EXIT, CNT_RINGBUF_FULL_FORK, CNT_WATCHED_FULL, DAEMON_LOG_ALL, ENV_ENTRY_MAX_LEN,
+    CFG_OFF_FILE_INODE, CFG_OFF_INODE_SIZE, CFG_OFF_TASK_TGID, Counter, DAEMON_LOG_ALL, ENV_ENTRY_MAX_LEN,
     ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_LEN, ENV_NAME_LEN, ENV_SCAN_CHUNK, EXEC_ARGS_TRUNCATED, EXEC_DENY,
     EXEC_FILENAME_TRUNCATED, EXEC_HOLD_PENDING, EXEC_IS_SHELL, EXEC_JOB_START, EXEC_KILL_PENDING, EXEC_KILLED,
     EXEC_NAME_LEN, EXEC_SCRIPT, EXEC_SHELL, EXEC_SHELL_HELD, EXEC_STOP_PENDING, EXEC_STOPPED, EXEC_UNWATCHED, ExecKey,
-    ExitRecord, FILENAME_LEN, ForkRecord, JOB_DAEMON_BIT, JOB_DENY_SHELLS, JOB_ENFORCE, JOB_NONE, KIND_EXEC, KIND_EXIT,
-    KIND_FORK, MAX_ARGS, MAX_ENV_SCAN, PROC_INSTALL, ProcInfo, SHELL_SIG_BYTES, sig_step,
+    ExitRecord, FILENAME_LEN, ForkRecord, JOB_DAEMON_BIT, JOB_DENY_SHELLS, JOB_ENFORCE, JOB_NONE, MAX_ARGS,
+    MAX_ENV_SCAN, PROC_INSTALL, ProcInfo, RecordKind, SHELL_SIG_BYTES, sig_step,
 };
 
 use crate::{
@@ -65,7 +64,7 @@ fn exec_enter(ctx: &TracePointContext, prog: &RawTracePointContext, filename_off
         None => return,
     };
     let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else { return };
-    fill_header(&mut rec.hdr, KIND_EXEC, info.ppid, info.job);
+    fill_header(&mut rec.hdr, RecordKind::Exec, info.ppid, info.job);
     rec.ret = 0;
     rec.flags = unwatched;
     rec.argc = 0;
@@ -114,7 +113,7 @@ fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
             if rec.hdr.job != JOB_NONE {
                 let info = ProcInfo { ppid: 0, job: JOB_NONE, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
                 if WATCHED.insert(&tgid, &info, 0).is_err() {
-                    count(CNT_WATCHED_FULL);
+                    count(Counter::WatchedFull);
                     return;
                 }
                 rec.hdr.job = JOB_NONE;
@@ -122,7 +121,7 @@ fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
             rec.flags &= !EXEC_UNWATCHED;
             let tid = bpf_get_current_pid_tgid() as u32;
             if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
-                count(CNT_EXEC_SCRATCH_FULL);
+                count(Counter::ExecScratchFull);
             }
             return;
         }
@@ -131,7 +130,7 @@ fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
         let job = JOB_DAEMON_BIT | (tgid & !JOB_DAEMON_BIT);
         let info = ProcInfo { ppid: 0, job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 };
         if WATCHED.insert(&tgid, &info, 0).is_err() {
-            count(CNT_WATCHED_FULL);
+            count(Counter::WatchedFull);
             return;
         }
         rec.hdr.job = job;
@@ -143,7 +142,7 @@ fn finish_exec_enter(rec: &mut watcher_common::ExecRecord) {
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     if EXEC_PENDING.insert(&tid, rec, 0).is_err() {
-        count(CNT_EXEC_SCRATCH_FULL);
+        count(Counter::ExecScratchFull);
     }
 }
 
@@ -302,7 +301,7 @@ fn exec_done(rec: &mut watcher_common::ExecRecord, old_tid: u32) {
         }
     }
     if EVENTS.output(rec, 0).is_err() {
-        count(CNT_RINGBUF_FULL_EXEC);
+        count(Counter::RingbufFullExec);
     }
     let _ = EXEC_PENDING.remove(&old_tid);
 }
@@ -441,17 +440,17 @@ fn on_fork(child: impl FnOnce() -> i32) {
     let parent = current_tgid();
     let child_info = ProcInfo { ppid: parent, job: info.job, exit_code: 0, code_known: 0, flags: info.flags, _pad: 0 };
     if WATCHED.insert(&child, &child_info, 0).is_err() {
-        count(CNT_WATCHED_FULL);
+        count(Counter::WatchedFull);
     }
     match EVENTS.reserve::<ForkRecord>(0) {
         Some(mut entry) => {
             let rec = crate::safe::slot(&mut entry);
-            fill_header(&mut rec.hdr, KIND_FORK, info.ppid, info.job);
+            fill_header(&mut rec.hdr, RecordKind::Fork, info.ppid, info.job);
             rec.child_pid = child;
             rec._pad = 0;
             entry.submit(0);
         }
-        None => count(CNT_RINGBUF_FULL_FORK),
+        None => count(Counter::RingbufFullFork),
     }
 }
 
@@ -472,12 +471,12 @@ pub fn sched_process_exit(group_dead: bool) -> u32 {
     match EVENTS.reserve::<ExitRecord>(0) {
         Some(mut entry) => {
             let rec = crate::safe::slot(&mut entry);
-            fill_header(&mut rec.hdr, KIND_EXIT, info.ppid, info.job);
+            fill_header(&mut rec.hdr, RecordKind::Exit, info.ppid, info.job);
             rec.exit_code = info.exit_code;
             rec.code_known = info.code_known;
             entry.submit(0);
         }
-        None => count(CNT_RINGBUF_FULL_EXIT),
+        None => count(Counter::RingbufFullExit),
     }
     let _ = WATCHED.remove(&tgid);
     0

@@ -26,9 +26,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use watcher_common::{
-    CFG_FILES_OFF, CNT_RINGBUF_FULL_GUARD, FILE_CRED, FILE_KEY_LEN, FILE_KEY_PATH, FILE_KILL, FILE_OPEN, FILE_PATH_LEN,
-    FILE_PROC, FILE_PROC_ENVIRON, FILE_PROC_MEM, FILE_TAMPER, FILE_VM_READV, FILE_WRITE, FileRecord, GUARD_KILLED,
-    JOB_ENFORCE, KIND_FILE, MAX_FILE_RULES, PROC_INSTALL, ProcInfo,
+    CFG_FILES_OFF, Counter, FILE_CRED, FILE_KEY_LEN, FILE_KEY_PATH, FILE_KILL, FILE_OPEN, FILE_PATH_LEN, FILE_PROC,
+    FILE_PROC_ENVIRON, FILE_PROC_MEM, FILE_TAMPER, FILE_VM_READV, FILE_WRITE, FileRecord, GUARD_KILLED, JOB_ENFORCE,
+    MAX_FILE_RULES, PROC_INSTALL, ProcInfo, RecordKind,
 };
 
 use crate::{
@@ -139,12 +139,12 @@ fn report(
     key: Option<(&[u8; FILE_KEY_LEN], u32)>,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FileRecord>(0) else {
-        count(CNT_RINGBUF_FULL_GUARD);
+        count(Counter::RingbufFullGuard);
         return;
     };
     // SAFETY: a FileRecord-sized, writable ring-buffer slot.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut rec.hdr, KIND_FILE, info.ppid, info.job);
+    fill_header(&mut rec.hdr, RecordKind::File, info.ppid, info.job);
     rec.what = what;
     rec.rule = rule;
     rec.open_flags = open_flags;

@@ -22,11 +22,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SkBuffContext, SockContext, TracePointContext},
 };
 use watcher_common::{
-    AF_INET, AF_INET6, AF_PACKET, AF_UNIX, CFG_AGENT_GONE, CFG_AGENT_PID, CFG_OFF_TASK_TGID, CNT_RINGBUF_FULL_GUARD,
-    ConnectRecord, DeputyKey, GUARD_DENIED, GUARD_KILLED, GuardKey, JOB_ENFORCE, KIND_CONNECT, KIND_SOCKET,
-    KIND_TAMPER, KIND_UNIX_CONNECT, OP_PACKET, PROC_INSTALL, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ProcInfo,
-    SOCK_RAW, SockOwner, SocketRecord, TAMPER_BPF, TAMPER_MOUNT, TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord,
-    UNIX_PATH_LEN, UnixConnectRecord, VERDICT_ALLOW, VERDICT_DENY,
+    AF_INET, AF_INET6, AF_PACKET, AF_UNIX, CFG_AGENT_GONE, CFG_AGENT_PID, CFG_OFF_TASK_TGID, ConnectRecord, Counter,
+    DeputyKey, GUARD_DENIED, GUARD_KILLED, GuardKey, JOB_ENFORCE, OP_PACKET, PROC_INSTALL, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP, ProcInfo, RecordKind, SOCK_RAW, SockOwner, SocketRecord, TAMPER_BPF, TAMPER_MOUNT,
+    TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord, UNIX_PATH_LEN, UnixConnectRecord, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::{
@@ -103,7 +102,7 @@ pub fn egress_guard(ctx: SkBuffContext) -> i32 {
             Some(mut entry) => {
                 // SAFETY: the reservation is a ConnectRecord-sized, writable ring-buffer slot.
                 let rec = unsafe { &mut *entry.as_mut_ptr() };
-                fill_header(&mut rec.hdr, KIND_CONNECT, owner.ppid, owner.job);
+                fill_header(&mut rec.hdr, RecordKind::Connect, owner.ppid, owner.job);
                 rec.hdr.pid = owner.pid;
                 rec.hdr.tid = owner.pid;
                 rec.hdr.uid = owner.uid;
@@ -118,7 +117,7 @@ pub fn egress_guard(ctx: SkBuffContext) -> i32 {
                 rec._pad = 0;
                 entry.submit(0);
             }
-            None => count(CNT_RINGBUF_FULL_GUARD),
+            None => count(Counter::RingbufFullGuard),
         }
     }
     if verdict == VERDICT_DENY { 0 } else { 1 }
@@ -184,14 +183,14 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
         Some(mut entry) => {
             // SAFETY: a SocketRecord-sized, writable ring-buffer slot.
             let rec = unsafe { &mut *entry.as_mut_ptr() };
-            fill_header(&mut rec.hdr, KIND_SOCKET, info.ppid, info.job);
+            fill_header(&mut rec.hdr, RecordKind::Socket, info.ppid, info.job);
             rec.family = family;
             rec.sock_type = stype;
             rec.protocol = protocol;
             rec.flags = flags;
             entry.submit(0);
         }
-        None => count(CNT_RINGBUF_FULL_GUARD),
+        None => count(Counter::RingbufFullGuard),
     }
     0
 }
@@ -219,12 +218,12 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<UnixConnectRecord>(0) else {
-        count(CNT_RINGBUF_FULL_GUARD);
+        count(Counter::RingbufFullGuard);
         return 0;
     };
     // SAFETY: a UnixConnectRecord-sized, writable ring-buffer slot.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut rec.hdr, KIND_UNIX_CONNECT, info.ppid, info.job);
+    fill_header(&mut rec.hdr, RecordKind::UnixConnect, info.ppid, info.job);
     rec.flags = 0;
     rec._pad = [0; 4];
     let n = alen.saturating_sub(2).min(UNIX_PATH_LEN as u32) & 0x7f;
@@ -277,14 +276,14 @@ fn tamper(info: &ProcInfo, what: u32, arg: u32, target: u32) {
         Some(mut entry) => {
             // SAFETY: a TamperRecord-sized, writable ring-buffer slot.
             let rec = unsafe { &mut *entry.as_mut_ptr() };
-            fill_header(&mut rec.hdr, KIND_TAMPER, info.ppid, info.job);
+            fill_header(&mut rec.hdr, RecordKind::Tamper, info.ppid, info.job);
             rec.what = what;
             rec.arg = arg;
             rec.target = target;
             rec.flags = flags;
             entry.submit(0);
         }
-        None => count(CNT_RINGBUF_FULL_GUARD),
+        None => count(Counter::RingbufFullGuard),
     }
 }
 

@@ -38,7 +38,7 @@ pub struct Flow {
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
 /// Watched processes, keyed by tgid. A plain hash (not LRU) so nothing is evicted silently:
-/// an insert that fails is counted in COUNTERS[CNT_WATCHED_FULL].
+/// an insert that fails is counted in COUNTERS[Counter::WatchedFull].
 #[map]
 pub static WATCHED: HashMap<u32, ProcInfo> = HashMap::with_max_entries(MAX_WATCHED, 0);
 
@@ -65,7 +65,7 @@ pub static EXEC_PENDING: HashMap<u32, ExecRecord> = HashMap::with_max_entries(40
 #[map]
 pub static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
-/// Per-CPU counters of what could not be delivered or tracked (indexes: CNT_*).
+/// Per-CPU counters of what could not be delivered or tracked (indexed by `watcher_common::Counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
 

@@ -4,8 +4,8 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use watcher_common::{
-    AF_INET, AF_INET6, CNT_RINGBUF_FULL_CONNECT, ConnectRecord, JOB_ENFORCE, KIND_CONNECT, MAX_HOST_ENTRIES,
-    OP_CONNECT, OP_SENDMSG, SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
+    AF_INET, AF_INET6, ConnectRecord, Counter, JOB_ENFORCE, MAX_HOST_ENTRIES, OP_CONNECT, OP_SENDMSG, RecordKind,
+    SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
 };
 
 use crate::{
@@ -78,7 +78,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     match EVENTS.reserve::<ConnectRecord>(0) {
         Some(mut entry) => {
             let rec = crate::safe::slot(&mut entry);
-            fill_header(&mut rec.hdr, KIND_CONNECT, info.ppid, info.job);
+            fill_header(&mut rec.hdr, RecordKind::Connect, info.ppid, info.job);
             rec.daddr = daddr;
             rec.family = family;
             rec.dport = dport;
@@ -88,7 +88,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
             rec._pad = 0;
             entry.submit(0);
         }
-        None => count(CNT_RINGBUF_FULL_CONNECT),
+        None => count(Counter::RingbufFullConnect),
     }
     if verdict == VERDICT_ALLOW { 1 } else { 0 }
 }

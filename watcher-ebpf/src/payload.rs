@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use watcher_common::{
-    CHUNK_BUDGET_END, CHUNK_PACKET_START, CHUNK_TLS, CNT_RINGBUF_FULL_PAYLOAD, KIND_STREAM_CHUNK, PROTO_TCP,
-    STREAM_CHUNK_HDR_LEN, STREAM_CHUNK_LEN, STREAM_CHUNKS_PER_PACKET, STREAM_MAX_BYTES, STREAM_STARTED, STREAM_STOPPED,
-    StreamChunkRecord, StreamState,
+    CHUNK_BUDGET_END, CHUNK_PACKET_START, CHUNK_TLS, Counter, PROTO_TCP, RecordKind, STREAM_CHUNK_HDR_LEN,
+    STREAM_CHUNK_LEN, STREAM_CHUNKS_PER_PACKET, STREAM_MAX_BYTES, STREAM_STARTED, STREAM_STOPPED, StreamChunkRecord,
+    StreamState,
 };
 
 use crate::{
@@ -143,7 +143,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
     put(&mut cur.off, offset);
     put(&mut cur.flags, flags);
     let Some(rec) = crate::safe::scratch(&CHUNK_SCRATCH) else { return };
-    owner_header(&mut rec.hdr, KIND_STREAM_CHUNK, &owner);
+    owner_header(&mut rec.hdr, RecordKind::StreamChunk, &owner);
     rec.cookie = cookie;
     rec.daddr = f.daddr;
     rec.family = f.family;
@@ -174,7 +174,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
         let size = STREAM_CHUNK_HDR_LEN + n as usize;
         let bytes = crate::safe::record_bytes::<StreamChunkRecord>(rec, size);
         if EVENTS.output(bytes, 0).is_err() {
-            count(CNT_RINGBUF_FULL_PAYLOAD);
+            count(Counter::RingbufFullPayload);
         }
         let c = get(&st.captured).wrapping_add(n);
         put(&mut st.captured, c);

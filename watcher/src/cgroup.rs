@@ -115,19 +115,21 @@ impl Cgroup {
 
     /// Sockets the cgroup's processes left behind (TCP, UDP), which the kernel may keep
     /// sending from after every process is gone.
-    pub fn socket_count(&self) -> usize {
-        std::process::Command::new("ss")
+    pub fn socket_count(&self) -> Result<usize, CgroupError> {
+        let mut ss = crate::system_tool::command("ss").map_err(|e| CgroupError::SocketKill(e.to_string()))?;
+        let out = ss
             .args(["-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.contains("TIME-WAIT")).count())
-            .unwrap_or(0)
+            .doing(|| "running `ss` (iproute2) to count the step's leftover sockets".into())?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.contains("TIME-WAIT")).count())
     }
 
     /// Destroy those sockets (SOCK_DESTROY through `ss -K`), so nothing the step queued is
     /// sent after watcher stops watching: the kernel programs detach when watcher exits, and
     /// an orphaned TCP socket would retransmit unfiltered.
     pub fn destroy_sockets(&self) -> Result<(), CgroupError> {
-        let out = std::process::Command::new("ss")
+        let mut ss = crate::system_tool::command("ss").map_err(|e| CgroupError::SocketKill(e.to_string()))?;
+        let out = ss
             .args(["-K", "-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
             .output()
             .doing(|| "running `ss -K` (iproute2) to destroy the step's leftover sockets".into())?;

@@ -111,7 +111,9 @@ fn random_hex(bytes: usize) -> Result<String, DrillError> {
 
 /// Run `ip ARGS`, failing with its stderr.
 fn ip(args: &[&str]) -> Result<(), DrillError> {
-    let out = Command::new("ip")
+    let mut cmd = crate::system_tool::command("ip")
+        .map_err(|e| DrillError::Ip { args: args.join(" "), stderr: e.to_string() })?;
+    let out = cmd
         .args(args)
         .output()
         .doing(|| "running `ip` (iproute2 is needed to build the drill's network namespace)".into())?;
@@ -131,7 +133,8 @@ struct Netns {
 
 /// Remove namespaces of earlier drills whose process is gone (killed with SIGKILL).
 fn remove_stale_netns() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(mut ip_cmd) = crate::system_tool::command("ip") else { return };
+    let Ok(out) = ip_cmd.args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if let Some(pid) = name.strip_prefix("watcher-drill-").and_then(|p| p.parse::<u32>().ok())

@@ -46,4 +46,5 @@ pub mod step_client;
 pub mod stream;
 pub mod stream_target;
 pub mod suggest;
+pub mod system_tool;
 pub use error::{Error, Result};

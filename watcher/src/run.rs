@@ -244,6 +244,12 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     let child_pid = child.id().unwrap_or(0);
     pipe.set_root(child_pid, watcher_pid);
     sensor.watch_pid(child_pid, watcher_pid, 0)?;
+    // A command that already exited (`true`) passed the kernel's exit hook before its entry
+    // was added: the entry would stay, and at the end watcher would SIGKILL that pid, which
+    // another process may have by then. The child is not reaped yet, so its pid is still its.
+    if !not_yet_exited(child_pid) {
+        sensor.unwatch_pid(child_pid)?;
+    }
 
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -285,17 +291,34 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     // then destroy what is left while the programs are still attached. In enforce mode a
     // dropped DNS-over-TCP query would otherwise be retransmitted unfiltered after watcher exits.
     let enforce = prepared.policy.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
+    // Audit: every process is gone, so the count only falls; none left, none to destroy.
+    let mut left = true;
     if !enforce {
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while cgroup.socket_count() > 0 && std::time::Instant::now() < deadline {
+        loop {
+            // Unknown (no usable `ss`): destroy, which says why it cannot.
+            left = cgroup.socket_count().map_or(true, |n| n > 0);
+            if !left || std::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    if let Err(e) = cgroup.destroy_sockets() {
+    if left && let Err(e) = cgroup.destroy_sockets() {
         eprintln!("watcher: {}", crate::error::chain(&e));
     }
-    // Let the exit records of the killed processes arrive, then take everything left.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Let the exit records of the killed processes arrive (at most 50 ms), then take
+    // everything left. The kernel writes a process's exit record before it drops the process
+    // from the job, so an empty job means every record is in the ring: in the common case (the
+    // command's tree ended by itself) there is nothing to wait for.
+    // A process that is gone or a zombie has passed the kernel's exit hook; its entry may stay
+    // (the command's own, when it exited before watcher added its pid), so it does not count.
+    let deadline = std::time::Instant::now() + Duration::from_millis(50);
+    while sensor.watched_pids().into_iter().any(|p| p != watcher_pid && not_yet_exited(p))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     sensor.drain(&mut batch);
     pipe.records(&mut batch)?;
     pipe.drain_collector()?;
@@ -320,6 +343,14 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
         );
     }
     Ok((code, pipe.take_timings()))
+}
+
+/// Whether process `pid` has not yet reached its exit (it exists and is neither a zombie nor
+/// dead): `/proc/PID/stat`'s state, the field after the parenthesised command name.
+fn not_yet_exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X' | 'x') | None)
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.

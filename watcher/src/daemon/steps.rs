@@ -62,6 +62,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 /// Messages queued for one client before it is cut off for not reading.
 pub const STREAM_QUEUE: usize = 32768;
+/// Bytes queued for one client before it is cut off for not reading (a client stopped by its
+/// own step, whose events keep coming, costs the daemon at most this).
+pub const STREAM_QUEUE_BYTES: usize = 8 << 20;
 /// Connections whose request is still being read.
 const MAX_PENDING: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -386,13 +389,25 @@ fn refuse(mut write: OwnedWriteHalf, error: StepError) {
 struct StepStream {
     tx: Option<mpsc::Sender<Vec<u8>>>,
     broken: Arc<AtomicBool>,
+    /// Bytes sent and not yet written to the client (`write_stream` takes them off).
+    queued: Arc<AtomicUsize>,
     job: String,
 }
 
 impl StepStream {
     fn send(&mut self, bytes: Vec<u8>) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(bytes) {
+        let len = bytes.len();
+        let over = self.queued.load(Ordering::Relaxed) + len > STREAM_QUEUE_BYTES;
+        let sent = if over {
+            Err(mpsc::error::TrySendError::Full(bytes))
+        } else {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+            tx.try_send(bytes).inspect_err(|_| {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+            })
+        };
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(job = %self.job, "the step's client does not read its events: stream cut off (the job's log is complete)");
@@ -425,16 +440,21 @@ impl Daemon {
         };
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
         let broken = Arc::new(AtomicBool::new(false));
-        let stream = StepStream { tx: Some(tx.clone()), broken: broken.clone(), job: String::new() };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stream =
+            StepStream { tx: Some(tx.clone()), broken: broken.clone(), queued: queued.clone(), job: String::new() };
         match self.try_open_step(&req, uid, gid, pid, pidfd, stream, tx.clone(), broken.clone()) {
             Ok((ready, start)) => {
-                let _ = tx.try_send(line(&ready));
+                let first = line(&ready);
+                queued.fetch_add(first.len(), Ordering::Relaxed);
+                let _ = tx.try_send(first);
                 if let Ok(mut v) = serde_json::to_vec(&EventOut { msg: "event", event: &start }) {
                     v.push(b'\n');
+                    queued.fetch_add(v.len(), Ordering::Relaxed);
                     let _ = tx.try_send(v);
                 }
                 tokio::spawn(refuse_further(read, tx.downgrade()));
-                tokio::spawn(write_stream(write, rx, broken));
+                tokio::spawn(write_stream(write, rx, broken, queued));
             }
             Err(e) => refuse(write, e),
         }
@@ -783,12 +803,18 @@ fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
 }
 
-async fn write_stream(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, broken: Arc<AtomicBool>) {
+async fn write_stream(
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    broken: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(b) = rx.recv().await {
         // Cut off: the connection closes without `done`.
         if broken.load(Ordering::Relaxed) || w.write_all(&b).await.is_err() {
             return;
         }
+        queued.fetch_sub(b.len(), Ordering::Relaxed);
     }
     let _ = w.shutdown().await;
 }
@@ -951,6 +977,54 @@ pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTab
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stream() -> (StepStream, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        let s = StepStream {
+            tx: Some(tx),
+            broken: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            job: "t".into(),
+        };
+        (s, rx)
+    }
+
+    /// A client its own step stopped (SIGSTOP) reads nothing while the job's events keep
+    /// coming: the daemon holds at most STREAM_QUEUE_BYTES for it, then cuts it off (its
+    /// connection closes without `done`, so it reports the step incomplete).
+    #[test]
+    fn a_client_that_does_not_read_costs_the_daemon_a_bounded_queue() {
+        let (mut s, mut rx) = stream();
+        // Exec events with long argv are ~4 KiB of JSON: far fewer than STREAM_QUEUE of them
+        // fill the byte bound.
+        let event = vec![b'x'; 4096];
+        let mut sent = 0;
+        while s.tx.is_some() && sent < STREAM_QUEUE {
+            s.send(event.clone());
+            sent += 1;
+        }
+        assert!(s.tx.is_none() && s.broken.load(Ordering::Relaxed), "never cut off after {sent} events");
+        let mut held = 0;
+        while let Ok(b) = rx.try_recv() {
+            held += b.len();
+        }
+        assert!(held <= STREAM_QUEUE_BYTES, "{held} bytes queued for a client that does not read");
+        assert!(held > STREAM_QUEUE_BYTES - event.len(), "cut off early: {held} bytes");
+    }
+
+    /// A client that keeps up is never cut off, however much it is sent in all.
+    #[test]
+    fn a_client_that_reads_keeps_its_stream() {
+        let (mut s, mut rx) = stream();
+        let event = vec![b'x'; 4096];
+        for _ in 0..(4 * STREAM_QUEUE_BYTES / event.len()) {
+            s.send(event.clone());
+            // What write_stream does once a line is written to the client.
+            let b = rx.try_recv().unwrap();
+            s.queued.fetch_sub(b.len(), Ordering::Relaxed);
+        }
+        assert!(s.tx.is_some() && !s.broken.load(Ordering::Relaxed));
+    }
 
     fn tables(yaml: &str, hosts: &[&str]) -> KernelTables {
         let p = crate::policy::parse_str("t.yaml", yaml).unwrap();

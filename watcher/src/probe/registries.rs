@@ -31,6 +31,7 @@ use std::io::Read;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,19 @@ impl RegistryError {
             | RegistryError::BadFile { pm, .. }
             | RegistryError::NotConfigured { pm, .. } => *pm,
         }
+    }
+
+    /// The same error, about `to` (a tool answer shared by two package managers' queries).
+    fn for_pm(mut self, to: PackageManager) -> RegistryError {
+        match &mut self {
+            RegistryError::ToolMissing { pm, .. }
+            | RegistryError::CommandFailed { pm, .. }
+            | RegistryError::Timeout { pm, .. }
+            | RegistryError::BadUrl { pm, .. }
+            | RegistryError::BadFile { pm, .. }
+            | RegistryError::NotConfigured { pm, .. } => *pm = to,
+        }
+        self
     }
 }
 
@@ -308,6 +322,15 @@ const CODE_LOADING_VARS: &[&str] = &[
     "COREPACK_HOME_SCRIPT",
 ];
 
+/// One tool query: what [`Ctx::run`] runs, with everything that can change its answer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RunKey {
+    program: PathBuf,
+    args: Vec<String>,
+    cwd: Option<PathBuf>,
+    env: BTreeMap<String, String>,
+}
+
 /// The environment resolution runs in: the process environment and current directory, with
 /// overrides (tests use these instead of mutating the test process's environment).
 #[derive(Debug, Clone, Default)]
@@ -448,7 +471,47 @@ impl Ctx {
 
     /// Runs `program args` in `/` with the code-loading variables removed and returns its
     /// stdout. `program` comes from [`Ctx::tool`].
+    ///
+    /// Identical queries asked at the same time (the registry and the proxy discovery both ask
+    /// `npm config list --json`, on two threads, while the kernel verifies the programs) share
+    /// one run: the first caller runs the tool, the others wait for its answer. Nothing is kept
+    /// once the run is answered, so a later query (the daemon's next job) asks the tool again
+    /// and sees a configuration changed in between.
     fn run(&self, pm: PackageManager, program: &Path, args: &[&str]) -> Result<String, RegistryError> {
+        type Answer = Arc<OnceLock<Result<String, RegistryError>>>;
+        static IN_FLIGHT: Mutex<BTreeMap<RunKey, Answer>> = Mutex::new(BTreeMap::new());
+        let key = RunKey {
+            program: program.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: self.cwd.clone(),
+            env: self.tool_env(),
+        };
+        let answer: Answer = match IN_FLIGHT.lock() {
+            Ok(mut m) => m.entry(key.clone()).or_default().clone(),
+            Err(_) => Answer::default(),
+        };
+        let r = answer.get_or_init(|| self.run_now(pm, program, args, &key.env)).clone();
+        if let Ok(mut m) = IN_FLIGHT.lock()
+            && m.get(&key).is_some_and(|a| Arc::ptr_eq(a, &answer))
+        {
+            m.remove(&key);
+        }
+        // The answer names the package manager that asked first; the error is this caller's.
+        r.map_err(|e| e.for_pm(pm))
+    }
+
+    /// The environment a tool runs with: the process's, without the code-loading variables.
+    fn tool_env(&self) -> BTreeMap<String, String> {
+        self.vars().into_iter().filter(|(k, _)| !CODE_LOADING_VARS.iter().any(|c| c.eq_ignore_ascii_case(k))).collect()
+    }
+
+    fn run_now(
+        &self,
+        pm: PackageManager,
+        program: &Path,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> Result<String, RegistryError> {
         let name =
             program.file_name().map_or_else(|| program.display().to_string(), |n| n.to_string_lossy().into_owned());
         let command = std::iter::once(name.as_str()).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
@@ -465,12 +528,7 @@ impl Ctx {
         }
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).current_dir("/");
-        cmd.env_clear();
-        for (k, v) in self.vars() {
-            if !CODE_LOADING_VARS.iter().any(|c| c.eq_ignore_ascii_case(&k)) {
-                cmd.env(k, v);
-            }
-        }
+        cmd.env_clear().envs(env);
         // corepack shims (yarn, pnpm) must not download a package manager before the watch.
         cmd.env("COREPACK_ENABLE_NETWORK", "0")
             .env("COREPACK_ENABLE_AUTO_PIN", "0")
@@ -722,6 +780,50 @@ mod tests {
         let ctx = clean_ctx(dir.path()).set("PATH", tools.path().to_str().unwrap());
         let e = resolve_in(PackageManager::Npm, &ctx).unwrap_err().to_string();
         assert!(e.starts_with("`npm config list --json` failed (exit status: 3): npm ERR! config is broken"), "{e}");
+    }
+
+    /// The registry and proxy discoveries ask npm the same question at the same time: npm
+    /// starts once for both. A question asked after the answer starts the tool again (the
+    /// daemon's next job sees a configuration changed in between).
+    #[test]
+    fn the_same_query_asked_at_once_runs_the_tool_once_and_later_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        let count = tools.path().join("runs");
+        let npm = tools.path().join("npm");
+        std::fs::write(&npm, format!("#!/bin/sh\necho run >> '{}'\nsleep 0.3\necho '{{}}'\n", count.display()))
+            .unwrap();
+        std::fs::set_permissions(&npm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ctx = clean_ctx(dir.path()).set("PATH", tools.path().to_str().unwrap());
+        let runs = || std::fs::read_to_string(&count).unwrap_or_default().lines().count();
+        let barrier = std::sync::Barrier::new(2);
+        let answers: Vec<_> = std::thread::scope(|s| {
+            let ask = |pm| {
+                let (ctx, barrier, npm) = (&ctx, &barrier, &npm);
+                s.spawn(move || {
+                    barrier.wait();
+                    ctx.run(pm, npm, &["config", "list", "--json"])
+                })
+            };
+            let (a, b) = (ask(PackageManager::Npm), ask(PackageManager::Pnpm));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        assert_eq!(answers, vec![Ok("{}\n".to_string()), Ok("{}\n".to_string())]);
+        assert_eq!(runs(), 1, "two identical queries at once started the tool twice");
+        // Another environment is another question.
+        let other = ctx.clone().set("npm_config_registry", "http://127.0.0.1:9/");
+        other.run(PackageManager::Npm, &npm, &["config", "list", "--json"]).unwrap();
+        assert_eq!(runs(), 2);
+        ctx.run(PackageManager::Npm, &npm, &["config", "list", "--json"]).unwrap();
+        assert_eq!(runs(), 3, "an answered query was served again instead of asking the tool");
+    }
+
+    /// A failure shared by two askers names each asker's package manager.
+    #[test]
+    fn a_shared_failure_is_each_askers_error() {
+        let e = RegistryError::Timeout { command: "npm config list --json".into(), pm: PackageManager::Npm };
+        assert_eq!(e.for_pm(PackageManager::Pnpm).package_manager(), PackageManager::Pnpm);
     }
 
     #[test]
