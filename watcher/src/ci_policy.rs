@@ -32,7 +32,7 @@ pub enum ComposeError {
     Endpoint { item: String, error: EndpointError },
     /// An endpoint the policy reader refuses (its message).
     #[error("allowed endpoint {item:?}: {why}")]
-    Refused { item: String, why: String },
+    Refused { item: String, why: RefusedWhy },
     #[error("{}: not YAML", .path.display())]
     NotYaml { path: PathBuf, source: serde_yaml::Error },
     /// The policy's YAML is not shaped as a policy (`what` says where).
@@ -110,9 +110,18 @@ fn strip_nulls(v: &mut Value) {
     }
 }
 
-fn check(name: &str, v: &Value) -> Result<(), String> {
-    let text = serde_yaml::to_string(v).map_err(|e| e.to_string())?;
-    crate::policy::parse_str(name, &text).map(|_| ()).map_err(|e| e.message)
+fn check(name: &str, v: &Value) -> Result<(), RefusedWhy> {
+    let text = serde_yaml::to_string(v).map_err(RefusedWhy::Yaml)?;
+    crate::policy::parse_str(name, &text).map(|_| ()).map_err(RefusedWhy::Policy)
+}
+
+/// Why the policy reader refuses an endpoint: its message, without the file name.
+#[derive(Debug, thiserror::Error)]
+pub enum RefusedWhy {
+    #[error("{0}")]
+    Yaml(serde_yaml::Error),
+    #[error("{}", .0.message)]
+    Policy(crate::policy::PolicyError),
 }
 
 /// The effective policy: `policy` with `mode` (when given) and the endpoints appended to

@@ -2,6 +2,10 @@
 //! reads back. Schema version [`SCHEMA_VERSION`]; the `start` record of each log names it.
 //! Field names are a contract with other tools: add fields, never rename or remove them
 //! without bumping the version.
+//!
+//! Each event that carries a process (`#[serde(flatten)] proc: Proc`) is defined inside
+//! `flat_event!` (`event/flat.rs`), which also generates its flat reading form for the fast
+//! parser (`parse.rs`): add a field here and both readers have it.
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -35,15 +39,33 @@ impl<'de> Deserialize<'de> for Ts {
     }
 }
 
-/// The process an event belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
-pub struct Proc {
-    pub pid: u32,
-    pub ppid: u32,
-    pub comm: String,
-    #[serde(default)]
-    pub uid: u32,
+/// The process fields of every event, listed once: [`Proc`] and the flat reading form of each
+/// event that flattens it (`flat_event!`, event/flat.rs) are both generated from this list.
+/// `proc_fields! { m! { ARGS } }` calls `m! { {FIELDS} ARGS }`.
+macro_rules! proc_fields {
+    ($m:ident! { $($args:tt)* }) => {
+        $m! {
+            {
+                pub pid: u32,
+                pub ppid: u32,
+                pub comm: String,
+                #[serde(default)]
+                pub uid: u32,
+            }
+            $($args)*
+        }
+    };
 }
+
+#[macro_use]
+mod flat;
+pub use flat::{Flat, FlatForm};
+
+proc_fields! { proc_struct! {
+    /// The process an event belongs to.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+    pub struct Proc;
+} }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -214,49 +236,51 @@ pub struct SensorState {
     pub detail: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Exec {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub filename: String,
-    pub argv: Vec<String>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub argv_truncated: bool,
-    /// Present and `true` when a protected variable's value was in `argv` (e.g. expanded by a
-    /// shell from `$AWS_SECRET_ACCESS_KEY`) and was replaced there by its redacted form.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub argv_redacted: bool,
-    #[serde(default)]
-    pub cgroup_id: u64,
-    /// The few environment variables watcher captures at exec to attribute work to a package
-    /// or a CI job (`npm_package_name`, `npm_lifecycle_event`, `CARGO_PKG_NAME`,
-    /// `GITHUB_RUN_ID`, ...; see README). Never the rest of the environment.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub env: std::collections::BTreeMap<String, String>,
-    /// Killed by the kernel at exec entry (enforce mode).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub killed: bool,
-    /// The kernel recognised the program as a shell by its content (a copy of a shell
-    /// binary under another name).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub shell: bool,
-    /// Working directory, read from /proc when the event arrived (absent if the process was
-    /// already gone).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    /// Enforce mode: the kernel held this shell (stopped before its first instruction) for
-    /// the agent to judge; the engine's verdict killed or continued it.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub held: bool,
-    /// The kernel saw a `#!` script whose interpreter is a shell binary (`filename` is the
-    /// script).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub script: bool,
-    /// What the agent read about a shell started inside an install script (while it was
-    /// held, in enforce mode), so replay judges it exactly as the live run did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub facts: Option<Box<ShellFacts>>,
+flat_event! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Exec {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub filename: String,
+        pub argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub argv_truncated: bool,
+        /// Present and `true` when a protected variable's value was in `argv` (e.g. expanded by a
+        /// shell from `$AWS_SECRET_ACCESS_KEY`) and was replaced there by its redacted form.
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub argv_redacted: bool,
+        #[serde(default)]
+        pub cgroup_id: u64,
+        /// The few environment variables watcher captures at exec to attribute work to a package
+        /// or a CI job (`npm_package_name`, `npm_lifecycle_event`, `CARGO_PKG_NAME`,
+        /// `GITHUB_RUN_ID`, ...; see README). Never the rest of the environment.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        pub env: std::collections::BTreeMap<String, String>,
+        /// Killed by the kernel at exec entry (enforce mode).
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub killed: bool,
+        /// The kernel recognised the program as a shell by its content (a copy of a shell
+        /// binary under another name).
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub shell: bool,
+        /// Working directory, read from /proc when the event arrived (absent if the process was
+        /// already gone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cwd: Option<String>,
+        /// Enforce mode: the kernel held this shell (stopped before its first instruction) for
+        /// the agent to judge; the engine's verdict killed or continued it.
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub held: bool,
+        /// The kernel saw a `#!` script whose interpreter is a shell binary (`filename` is the
+        /// script).
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub script: bool,
+        /// What the agent read about a shell started inside an install script (while it was
+        /// held, in enforce mode), so replay judges it exactly as the live run did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub facts: Option<Box<ShellFacts>>,
+    }
 }
 
 /// Facts about a shell started inside an install script: read from /proc by the agent
@@ -304,100 +328,112 @@ pub struct PipeWriter {
     pub inet_sockets: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Fork {
-    pub ts: Ts,
-    /// The new process: `pid` is the child, `ppid` the process that forked it,
-    /// `comm` the child's (inherited) command name.
-    #[serde(flatten)]
-    pub proc: Proc,
+flat_event! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Fork {
+        pub ts: Ts,
+        /// The new process: `pid` is the child, `ppid` the process that forked it,
+        /// `comm` the child's (inherited) command name.
+        #[serde(flatten)]
+        pub proc: Proc,
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Exit {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    /// Status passed to exit(); absent when the process was killed by a signal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+flat_event! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Exit {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        /// Status passed to exit(); absent when the process was killed by a signal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i32>,
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Connect {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub proto: Proto,
-    /// `connect`, `sendto` for an unconnected UDP send (reported once per destination and
-    /// process), or `packet` for a packet the backstop judged (ICMP, raw IP, SCTP: reported
-    /// once per socket and destination).
-    pub op: String,
-    /// false when the kernel denied it (enforce mode).
-    pub allowed: bool,
+flat_event! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Connect {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub daddr: IpAddr,
+        pub dport: u16,
+        pub proto: Proto,
+        /// `connect`, `sendto` for an unconnected UDP send (reported once per destination and
+        /// process), or `packet` for a packet the backstop judged (ICMP, raw IP, SCTP: reported
+        /// once per socket and destination).
+        pub op: String,
+        /// false when the kernel denied it (enforce mode).
+        pub allowed: bool,
+    }
 }
 
-/// A raw IP socket, a packet socket (AF_PACKET) or an ICMP socket was opened. Its packets
-/// are judged by the packet backstop (`connect` events with `op: "packet"`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Socket {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    /// `inet`, `inet6`, `packet` or the number.
-    pub family: String,
-    /// `raw`, `dgram`, `stream` or the number.
-    #[serde(rename = "type")]
-    pub sock_type: String,
-    pub protocol: u32,
-    /// Killed by the kernel before the socket() call returned (enforce mode).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub killed: bool,
+flat_event! {
+    /// A raw IP socket, a packet socket (AF_PACKET) or an ICMP socket was opened. Its packets
+    /// are judged by the packet backstop (`connect` events with `op: "packet"`).
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Socket {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        /// `inet`, `inet6`, `packet` or the number.
+        pub family: String,
+        /// `raw`, `dgram`, `stream` or the number.
+        #[serde(rename = "type")]
+        pub sock_type: String,
+        pub protocol: u32,
+        /// Killed by the kernel before the socket() call returned (enforce mode).
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub killed: bool,
+    }
 }
 
-/// A watched process went for watcher itself: a signal to the agent, the bpf() system call,
-/// umount, ptrace of a process outside its job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Tamper {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub what: TamperKind,
-    /// The signal number, bpf command, umount flags or ptrace request.
-    pub arg: u32,
-    /// The process it was aimed at (signal, ptrace), else 0.
-    #[serde(default)]
-    pub target: u32,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub killed: bool,
+flat_event! {
+    /// A watched process went for watcher itself: a signal to the agent, the bpf() system call,
+    /// umount, ptrace of a process outside its job.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Tamper {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub what: TamperKind,
+        /// The signal number, bpf command, umount flags or ptrace request.
+        pub arg: u32,
+        /// The process it was aimed at (signal, ptrace), else 0.
+        #[serde(default)]
+        pub target: u32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub killed: bool,
+    }
 }
 
-/// An install script opened a credential store or a protected path, or read the environment
-/// or memory of a process outside its own tree (the file sensor, decided in the kernel).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct File {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub what: FileWhat,
-    /// The path as the process passed it (`open`), or `/proc/PID/...`; empty for
-    /// process_vm_readv and ptrace.
-    #[serde(default)]
-    pub path: String,
-    /// `credential` (a credential store, another process's environment or memory) or
-    /// `tamper` (a write to a protected path).
-    pub class: FileClass,
-    /// The open asked for writing.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub write: bool,
-    /// The process whose environment or memory was read, else 0.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub target: u32,
-    /// Killed by the kernel before the open returned (enforce mode).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub killed: bool,
+flat_event! {
+    /// An install script opened a credential store or a protected path, or read the environment
+    /// or memory of a process outside its own tree (the file sensor, decided in the kernel).
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct File {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub what: FileWhat,
+        /// The path as the process passed it (`open`), or `/proc/PID/...`; empty for
+        /// process_vm_readv and ptrace.
+        #[serde(default)]
+        pub path: String,
+        /// `credential` (a credential store, another process's environment or memory) or
+        /// `tamper` (a write to a protected path).
+        pub class: FileClass,
+        /// The open asked for writing.
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub write: bool,
+        /// The process whose environment or memory was read, else 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pub target: u32,
+        /// Killed by the kernel before the open returned (enforce mode).
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub killed: bool,
+    }
 }
 
 /// What a file event is about, for the rules.
@@ -412,82 +448,88 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
-/// A connect() to a unix socket: a path, or `@name` for an abstract one.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Unix {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub path: String,
-    /// The path is a local deputy's (a daemon that connects or starts processes for its
-    /// caller: docker, containerd, podman, systemd).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub deputy: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub killed: bool,
+flat_event! {
+    /// A connect() to a unix socket: a path, or `@name` for an abstract one.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Unix {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub path: String,
+        /// The path is a local deputy's (a daemon that connects or starts processes for its
+        /// caller: docker, containerd, podman, systemd).
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub deputy: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub killed: bool,
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Dns {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub qname: String,
-    pub qtype: String,
-    pub server: IpAddr,
-    #[serde(default = "dns_port")]
-    pub server_port: u16,
-    pub proto: Proto,
-    pub id: u16,
-    /// DNS response code (`NOERROR`, `NXDOMAIN`, ...); absent when no answer was seen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rcode: Option<String>,
-    /// Addresses from the answer; absent when no answer was seen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answers: Option<Vec<IpAddr>>,
-    /// CNAME targets in the answer.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cnames: Vec<String>,
-    /// The payload to port 53 was not a DNS query this watcher could parse (`qname` is empty);
-    /// `error` says why. Never dropped: it may be data leaving over port 53.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub payload_len: u32,
-    pub allowed: bool,
-    /// Protected environment values found in the query name (redacted: variable names only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<SecretMatch>,
+flat_event! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Dns {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub qname: String,
+        pub qtype: String,
+        pub server: IpAddr,
+        #[serde(default = "dns_port")]
+        pub server_port: u16,
+        pub proto: Proto,
+        pub id: u16,
+        /// DNS response code (`NOERROR`, `NXDOMAIN`, ...); absent when no answer was seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rcode: Option<String>,
+        /// Addresses from the answer; absent when no answer was seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub answers: Option<Vec<IpAddr>>,
+        /// CNAME targets in the answer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub cnames: Vec<String>,
+        /// The payload to port 53 was not a DNS query this watcher could parse (`qname` is empty);
+        /// `error` says why. Never dropped: it may be data leaving over port 53.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+        #[serde(default)]
+        pub payload_len: u32,
+        pub allowed: bool,
+        /// Protected environment values found in the query name (redacted: variable names only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub secrets: Vec<SecretMatch>,
+    }
 }
 
-/// Data a socket sent (not port 53): the first data of each socket (with no `secrets` when
-/// none was found), and one more per protected variable and encoding found later in its
-/// first 64 KiB (TCP) or in a datagram (UDP), with the stream `offset` where the value
-/// starts. Never the data itself.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Send {
-    pub ts: Ts,
-    #[serde(flatten)]
-    pub proc: Proc,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub proto: Proto,
-    /// Size of the payload of the packet that carried it.
-    pub bytes: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<SecretMatch>,
-    /// Where in the socket's data the value found starts (bytes from the first data byte;
-    /// UDP: from the socket's first datagram). Absent on a first-data record with no find.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    /// The package-manager registries (`npm:HOST`) whose credential, in that manager's own
-    /// configuration, the variable found is (`credentials.rs`): the engine does not flag
-    /// that manager itself sending it to that host.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub credential_of: Vec<String>,
-    /// The host name the stream's first data targets (TCP, first data only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<StreamTarget>,
+flat_event! {
+    /// Data a socket sent (not port 53): the first data of each socket (with no `secrets` when
+    /// none was found), and one more per protected variable and encoding found later in its
+    /// first 64 KiB (TCP) or in a datagram (UDP), with the stream `offset` where the value
+    /// starts. Never the data itself.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Send {
+        pub ts: Ts,
+        #[serde(flatten)]
+        pub proc: Proc,
+        pub daddr: IpAddr,
+        pub dport: u16,
+        pub proto: Proto,
+        /// Size of the payload of the packet that carried it.
+        pub bytes: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub secrets: Vec<SecretMatch>,
+        /// Where in the socket's data the value found starts (bytes from the first data byte;
+        /// UDP: from the socket's first datagram). Absent on a first-data record with no find.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub offset: Option<u64>,
+        /// The package-manager registries (`npm:HOST`) whose credential, in that manager's own
+        /// configuration, the variable found is (`credentials.rs`): the engine does not flag
+        /// that manager itself sending it to that host.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub credential_of: Vec<String>,
+        /// The host name the stream's first data targets (TCP, first data only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub target: Option<StreamTarget>,
+    }
 }
 
 /// The host a TCP stream's first data segment names: a TLS ClientHello's server name, an

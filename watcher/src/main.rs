@@ -224,16 +224,25 @@ impl ModeArg {
     }
 }
 
-fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
+/// A `--ringbuf-size` clap refuses (it prints the message).
+#[derive(Debug, thiserror::Error)]
+enum RingbufSizeError {
+    #[error("{0:?} is not a size (examples: 4096, 64K, 16M)")]
+    NotASize(String),
+    #[error("{0} is not a power of two between 4K and 1024M")]
+    OutOfRange(String),
+}
+
+fn parse_ringbuf_size(s: &str) -> Result<u32, RingbufSizeError> {
     let (num, mult) = match s.as_bytes().last() {
         Some(b'K' | b'k') => (&s[..s.len() - 1], 1024u64),
         Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, 64K, 16M)"))?;
-    let bytes = n * mult;
+    let n: u64 = num.parse().map_err(|_| RingbufSizeError::NotASize(s.to_string()))?;
+    let bytes = n.saturating_mul(mult);
     if !(4096..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
-        return Err(format!("{s} is not a power of two between 4K and 1024M"));
+        return Err(RingbufSizeError::OutOfRange(s.to_string()));
     }
     Ok(bytes as u32)
 }

@@ -207,28 +207,49 @@ pub(crate) fn from_env(env: &[(String, String)], tools: bool) -> Vec<Candidate> 
     out
 }
 
+/// Why a proxy URL cannot be a proxy watcher makes reachable (the text completes a warning).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyUrlError {
+    #[error(
+        "a TLS (https://) proxy: the kernel cannot read the target of a request sent through it, so it is not made reachable"
+    )]
+    Tls,
+    #[error(
+        "a SOCKS proxy ({0}://): the kernel cannot read the target of a request sent through it, so it is not made reachable"
+    )]
+    Socks(String),
+    #[error("the scheme {0:?} is not a proxy scheme (http://HOST:PORT)")]
+    Scheme(String),
+    #[error("an IPv6 address without its closing `]`")]
+    Ipv6Bracket,
+    #[error("no host name or address")]
+    NoHost,
+    #[error("no port (curl takes 1080 for a proxy without one, most other tools 80): name it, http://HOST:PORT")]
+    NoPort,
+    #[error("the port {0:?} is not a port")]
+    BadPort(String),
+}
+
 /// `host` and `port` of a proxy URL, or why it cannot be a proxy.
-pub(crate) fn parse(url: &str) -> Result<(String, u16), String> {
+pub(crate) fn parse(url: &str) -> Result<(String, u16), ProxyUrlError> {
     let url = url.trim();
     let rest = match url.split_once("://") {
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
             "http" => rest,
             "https" => {
-                return Err("a TLS (https://) proxy: the kernel cannot read the target of a request sent through it, so it is not made reachable".into());
+                return Err(ProxyUrlError::Tls);
             }
             s if s.starts_with("socks") => {
-                return Err(format!(
-                    "a SOCKS proxy ({s}://): the kernel cannot read the target of a request sent through it, so it is not made reachable"
-                ));
+                return Err(ProxyUrlError::Socks(s.to_string()));
             }
-            s => return Err(format!("the scheme {s:?} is not a proxy scheme (http://HOST:PORT)")),
+            s => return Err(ProxyUrlError::Scheme(s.to_string())),
         },
         None => url,
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("an IPv6 address without its closing `]`")?;
+        let (h, after) = v6.split_once(']').ok_or(ProxyUrlError::Ipv6Bracket)?;
         (h, after.strip_prefix(':'))
     } else {
         match hostport.rsplit_once(':') {
@@ -237,12 +258,10 @@ pub(crate) fn parse(url: &str) -> Result<(String, u16), String> {
         }
     };
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '[' || c == ']') {
-        return Err("no host name or address".into());
+        return Err(ProxyUrlError::NoHost);
     }
-    let port = port
-        .filter(|p| !p.is_empty())
-        .ok_or("no port (curl takes 1080 for a proxy without one, most other tools 80): name it, http://HOST:PORT")?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("the port {port:?} is not a port"))?;
+    let port = port.filter(|p| !p.is_empty()).ok_or(ProxyUrlError::NoPort)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| ProxyUrlError::BadPort(port.to_string()))?;
     Ok((host.to_ascii_lowercase(), port))
 }
 
@@ -294,9 +313,20 @@ pub(crate) fn resolve(candidates: Vec<Candidate>) -> Found {
     found
 }
 
+/// Why a proxy host has no addresses (the text completes a warning).
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("{0}")]
+    Resolve(std::io::Error),
+    #[error("no answer within {0} seconds")]
+    Timeout(u64),
+}
+
 /// The addresses of `host` (an address, or a name for the system's resolver), IPv4-mapped
 /// ones as IPv4, at most [`MAX_ADDRESSES`].
-fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, LookupError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip.to_canonical(), port)]);
     }
@@ -307,10 +337,10 @@ fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         .spawn(move || {
             let _ = tx.send((name.as_str(), port).to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
         })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
+        .map_err(LookupError::Thread)?;
     let addrs = match rx.recv_timeout(RESOLVE_TIMEOUT) {
-        Ok(r) => r.map_err(|e| e.to_string())?,
-        Err(_) => return Err(format!("no answer within {} seconds", RESOLVE_TIMEOUT.as_secs())),
+        Ok(r) => r.map_err(LookupError::Resolve)?,
+        Err(_) => return Err(LookupError::Timeout(RESOLVE_TIMEOUT.as_secs())),
     };
     let mut out: Vec<SocketAddr> = Vec::new();
     for a in addrs {
@@ -336,13 +366,13 @@ mod tests {
         assert_eq!(parse("http://user:pw@Proxy.Corp:8080/").unwrap(), ("proxy.corp".into(), 8080));
         assert_eq!(parse("proxy.corp:3128").unwrap(), ("proxy.corp".into(), 3128));
         assert_eq!(parse("HTTP://[::1]:3128").unwrap(), ("::1".into(), 3128));
-        assert!(parse("https://proxy:443").unwrap_err().contains("TLS"));
-        assert!(parse("socks5h://proxy:1080").unwrap_err().contains("SOCKS"));
-        assert!(parse("http://proxy").unwrap_err().contains("no port"));
-        assert!(parse("http://proxy:99999").unwrap_err().contains("not a port"));
-        assert!(parse("http://:3128").unwrap_err().contains("no host"));
-        assert!(parse("http://[::1:3128").unwrap_err().contains("closing"));
-        assert!(parse("ftp://x:1").unwrap_err().contains("not a proxy scheme"));
+        assert!(parse("https://proxy:443").unwrap_err().to_string().contains("TLS"));
+        assert!(parse("socks5h://proxy:1080").unwrap_err().to_string().contains("SOCKS"));
+        assert!(parse("http://proxy").unwrap_err().to_string().contains("no port"));
+        assert!(parse("http://proxy:99999").unwrap_err().to_string().contains("not a port"));
+        assert!(parse("http://:3128").unwrap_err().to_string().contains("no host"));
+        assert!(parse("http://[::1:3128").unwrap_err().to_string().contains("closing"));
+        assert!(parse("ftp://x:1").unwrap_err().to_string().contains("not a proxy scheme"));
     }
 
     #[test]

@@ -194,25 +194,9 @@ impl Suggester {
 
     /// A policy is suggested from clean, complete runs only: no alerts, no lost events, an
     /// `end` record for every `start` (`--allow-flagged` overrides).
-    pub fn check_clean(&self) -> Result<(), String> {
-        let mut why = Vec::new();
-        if self.alerts > 0 {
-            why.push(format!("{} alerts", self.alerts));
-        }
-        if self.lost > 0 {
-            why.push(format!("{} lost events", self.lost));
-        }
-        if self.ends < self.starts.max(1) {
-            why.push("no `end` record (the run did not finish)".to_string());
-        }
-        if why.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the logs are not of clean, complete runs ({}): a policy suggested from them would allow what was flagged; pass --allow-flagged to suggest one anyway",
-                why.join(", ")
-            ))
-        }
+    pub fn check_clean(&self) -> Result<(), NotClean> {
+        let e = NotClean { alerts: self.alerts, lost: self.lost, unfinished: self.ends < self.starts.max(1) };
+        if e.alerts == 0 && e.lost == 0 && !e.unfinished { Ok(()) } else { Err(e) }
     }
 
     /// The policy as commented YAML.
@@ -342,6 +326,35 @@ impl Suggester {
     }
 }
 
+/// Logs `policy suggest` does not learn from (see [`Suggester::check_clean`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the logs are not of clean, complete runs ({}): a policy suggested from them would allow what was flagged; pass --allow-flagged to suggest one anyway",
+    self.why()
+)]
+pub struct NotClean {
+    pub alerts: u64,
+    pub lost: u64,
+    /// Fewer `end` records than `start` records (or none).
+    pub unfinished: bool,
+}
+
+impl NotClean {
+    fn why(&self) -> String {
+        let mut why = Vec::new();
+        if self.alerts > 0 {
+            why.push(format!("{} alerts", self.alerts));
+        }
+        if self.lost > 0 {
+            why.push(format!("{} lost events", self.lost));
+        }
+        if self.unfinished {
+            why.push("no `end` record (the run did not finish)".to_string());
+        }
+        why.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +459,6 @@ mod portability {
         assert!(y.contains("# RISKY: a DNS query for a name that is not a plain host name: \"*\""), "{y}");
         crate::policy::parse_str("s.yaml", &y).unwrap();
         // No start/end: not a complete run.
-        assert!(s.check_clean().unwrap_err().contains("no `end` record"));
+        assert!(s.check_clean().unwrap_err().to_string().contains("no `end` record"));
     }
 }

@@ -39,7 +39,7 @@ use crate::{
     session::{boot_now_ns, clock_offset_ns, now_ts},
 };
 use config::Config;
-pub use error::DaemonError;
+pub use error::{DaemonError, IntersectError, StepError, StepsConfigError};
 use jobs::{Identity, Job, JobStatus, LoadedPolicy, RotatingLog};
 
 pub struct DaemonOptions {

@@ -48,6 +48,7 @@ use watcher_common::{
 
 use super::{
     Daemon,
+    error::{IntersectError, StepError, StepsConfigError},
     jobs::{self, Identity, Job, LoadedPolicy, RotatingLog},
 };
 use crate::{
@@ -101,7 +102,7 @@ pub struct StepsConfig {
 }
 
 impl StepsConfig {
-    pub fn from_raw(r: RawSteps, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option<StepsConfig>, String> {
+    pub fn from_raw(r: RawSteps, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option<StepsConfig>, StepsConfigError> {
         if !r.allow {
             return Ok(None);
         }
@@ -109,12 +110,12 @@ impl StepsConfig {
             None => None,
             Some(name) => match nix::unistd::Group::from_name(&name) {
                 Ok(Some(g)) => Some((name, g.gid.as_raw())),
-                _ => return Err(format!("group {name:?} does not exist on this machine")),
+                _ => return Err(StepsConfigError::NoGroup(name)),
             },
         };
         let max_steps = r.max_steps.unwrap_or(64);
         if !(1..=4096).contains(&max_steps) {
-            return Err(format!("max_steps {max_steps}: 1 to 4096"));
+            return Err(StepsConfigError::MaxSteps(max_steps));
         }
         Ok(Some(StepsConfig {
             socket: r.socket.map(rel).unwrap_or_else(|| DEFAULT_STEP_SOCKET.into()),
@@ -220,7 +221,7 @@ pub struct Incoming {
     gid: u32,
     pid: Option<i32>,
     pidfd: std::io::Result<OwnedFd>,
-    request: Result<String, String>,
+    request: Result<String, StepError>,
 }
 
 struct StepJob {
@@ -335,9 +336,9 @@ pub fn accept(steps: &Steps, stream: tokio::net::UnixStream, to_daemon: mpsc::Un
         let mut read = BufReader::new(r);
         let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut read, MAX_REQUEST_BYTES)).await {
             Ok(Ok(Some(l))) => Ok(l),
-            Ok(Ok(None)) => Err("the connection closed before a request".to_string()),
+            Ok(Ok(None)) => Err(StepError::Closed),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
+            Err(_) => Err(StepError::Timeout(REQUEST_TIMEOUT.as_secs())),
         };
         pending.fetch_sub(1, Ordering::Relaxed);
         let (uid, gid, pid) = match &cred {
@@ -348,29 +349,30 @@ pub fn accept(steps: &Steps, stream: tokio::net::UnixStream, to_daemon: mpsc::Un
     });
 }
 
-async fn read_line(r: &mut BufReader<OwnedReadHalf>, max: usize) -> Result<Option<String>, String> {
+async fn read_line(r: &mut BufReader<OwnedReadHalf>, max: usize) -> Result<Option<String>, StepError> {
     let mut buf = Vec::new();
     loop {
-        let chunk = r.fill_buf().await.map_err(|e| format!("reading the request: {e}"))?;
+        let chunk = r.fill_buf().await.map_err(StepError::Read)?;
         if chunk.is_empty() {
             return Ok(if buf.is_empty() { None } else { Some(String::from_utf8_lossy(&buf).into_owned()) });
         }
         if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
             buf.extend_from_slice(&chunk[..i]);
             r.consume(i + 1);
-            return String::from_utf8(buf).map(Some).map_err(|_| "the request is not UTF-8".to_string());
+            return String::from_utf8(buf).map(Some).map_err(|_| StepError::NotUtf8);
         }
         let n = chunk.len();
         buf.extend_from_slice(chunk);
         r.consume(n);
         if buf.len() > max {
-            return Err(format!("the request is longer than {} KiB (the bound)", max >> 10));
+            return Err(StepError::TooLong(max));
         }
     }
 }
 
 /// A refusal, written on its own task; the connection closes after it.
-fn refuse(mut write: OwnedWriteHalf, error: String) {
+fn refuse(mut write: OwnedWriteHalf, error: StepError) {
+    let error = error.to_string();
     tracing::warn!("step refused: {}", crate::report::safe(&error));
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -469,34 +471,31 @@ impl Daemon {
         stream: StepStream,
         tx: mpsc::Sender<Vec<u8>>,
         broken: Arc<AtomicBool>,
-    ) -> Result<(Reply, Event), String> {
-        let only = "the step socket only opens a job for the process that connected (op \"open\"); no request ends, pauses or changes a job";
-        let r: OpenStep = serde_json::from_str(req).map_err(|e| format!("bad request: {e}; {only}"))?;
+    ) -> Result<(Reply, Event), StepError> {
+        let r: OpenStep = serde_json::from_str(req).map_err(StepError::BadRequest)?;
         if r.op != "open" {
-            return Err(format!("unknown op {:?}: {only}", r.op));
+            return Err(StepError::UnknownOp(r.op));
         }
         if r.version != PROTOCOL_VERSION {
-            return Err(format!("protocol version {} (this daemon speaks {PROTOCOL_VERSION})", r.version));
+            return Err(StepError::Protocol(r.version));
         }
         if r.command.len() > 4096
             || r.resolvers.len() > 64
             || r.policy.as_ref().is_some_and(|p| p.credentials.len() > 64)
         {
-            return Err("more than 4096 arguments, 64 resolvers or 64 credentials".into());
+            return Err(StepError::TooBig);
         }
         let max = self.cfg.steps.as_ref().map(|s| s.max_steps).unwrap_or(0);
         if self.steps.live.len() >= max {
-            return Err(format!("{max} steps are running (the daemon's steps.max_steps): try again later"));
+            return Err(StepError::Busy(max));
         }
-        let pid = pid.ok_or("the kernel did not give the connecting process's pid")?;
+        let pid = pid.ok_or(StepError::NoPid)?;
         let pidfd = pidfd.map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => format!("the process that connected (pid {pid}) is gone"),
-            _ => format!(
-                "cannot identify the connecting process (SO_PEERPIDFD, Linux 6.5 or later, is needed so a reused pid can never be made a job): {e}"
-            ),
+            Some(libc::ESRCH) => StepError::Gone(pid),
+            _ => StepError::NoPidfd(e),
         })?;
         if pidfd_pid(&pidfd) != Some(pid) || !pidfd_alive(&pidfd) {
-            return Err(format!("the process that connected (pid {pid}) is gone"));
+            return Err(StepError::Gone(pid));
         }
         let pid = pid as u32;
         let ppid = super::proc_state(pid).map(|(_, p, _)| p).unwrap_or(0);
@@ -505,12 +504,7 @@ impl Daemon {
         let outer = match current {
             Some(info) if info.job != JOB_NONE => match self.by_kernel.get(&info.job) {
                 Some(id) => Some(id.clone()),
-                None => {
-                    return Err(format!(
-                        "the calling process is in kernel job {:#x}, which this daemon does not know",
-                        info.job
-                    ));
-                }
+                None => return Err(StepError::UnknownKernelJob(info.job)),
             },
             _ => None,
         };
@@ -528,12 +522,10 @@ impl Daemon {
                 KernelTables { seed: self.seed, ..Default::default() },
             ),
             Some(p) => {
-                let pol = crate::policy::parse_str(&p.source, &p.yaml)
-                    .map_err(|e| e.to_string())?
+                let pol = crate::policy::parse_str(&p.source, &p.yaml)?
                     .with_proxies(&crate::proxies::addresses(&p.proxy_sources));
                 let hosts: Vec<String> = p.registries.values().flatten().cloned().collect();
-                let tables =
-                    crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed).map_err(|e| e.to_string())?;
+                let tables = crate::policy::kernel::compile(&pol, &hosts, &resolvers, self.seed)?;
                 (
                     crate::session::Prepared {
                         policy: Some(pol),
@@ -562,7 +554,7 @@ impl Daemon {
                 break k;
             }
         };
-        self.sensor.apply_policy(kid, &tables).map_err(|e| format!("writing the step's kernel tables: {e}"))?;
+        self.sensor.apply_policy(kid, &tables).map_err(StepError::Tables)?;
         let undo = |d: &mut Daemon, tables: &KernelTables| {
             match current {
                 Some(info) => {
@@ -585,12 +577,12 @@ impl Daemon {
         info.job = kid;
         if let Err(e) = self.sensor.set_watched(pid, info) {
             undo(self, &tables);
-            return Err(format!("putting the process in its job: {e}"));
+            return Err(StepError::Watch(e));
         }
         // The pid was that process's all along only if it still runs now.
         if !pidfd_alive(&pidfd) {
             undo(self, &tables);
-            return Err(format!("the process that connected (pid {pid}) exited while its job was set up"));
+            return Err(StepError::ExitedDuringSetup(pid));
         }
         let policy = Rc::new(LoadedPolicy {
             path: r.policy.as_ref().map(|p| PathBuf::from(&p.source)).unwrap_or_default(),
@@ -607,7 +599,7 @@ impl Daemon {
             Ok(v) => v,
             Err(e) => {
                 undo(self, &written);
-                return Err(crate::error::chain(&e).to_string());
+                return Err(StepError::Job(Box::new(e)));
             }
         };
         if let Some(o) = &outer
@@ -879,7 +871,7 @@ fn meet(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
 }
 
 /// None: no port at all (an empty set cannot be written: `count 0` means any port).
-fn port_set(v: &[(u32, u32)]) -> Result<Option<PortSet>, String> {
+fn port_set(v: &[(u32, u32)]) -> Result<Option<PortSet>, IntersectError> {
     if v.is_empty() {
         return Ok(None);
     }
@@ -887,9 +879,7 @@ fn port_set(v: &[(u32, u32)]) -> Result<Option<PortSet>, String> {
         return Ok(Some(PortSet::default()));
     }
     if v.len() > MAX_PORT_RANGES {
-        return Err(format!(
-            "the intersection with the enclosing job's policy needs more than {MAX_PORT_RANGES} port ranges for one entry"
-        ));
+        return Err(IntersectError::PortRanges);
     }
     let mut p = PortSet::default();
     for (i, (lo, hi)) in v.iter().enumerate() {
@@ -932,7 +922,7 @@ fn mask_ports(t: &KernelTables, mask: u64) -> Vec<(u32, u32)> {
 /// the same name or the same `*.` wildcard (a name the enclosing job allows only through a
 /// wider wildcard is denied to the nested step: narrower than both, never wider). Executable
 /// denials and job flags are the union.
-pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTables, String> {
+pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTables, IntersectError> {
     if outer.job_flags & JOB_ENFORCE == 0 {
         return Ok(inner.clone());
     }
@@ -940,7 +930,7 @@ pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTab
         return Ok(outer.clone());
     }
     if outer.seed != inner.seed {
-        return Err("the enclosing job's tables use another hash seed".into());
+        return Err(IntersectError::Seed);
     }
     let mut t = KernelTables { job_flags: outer.job_flags | inner.job_flags, seed: outer.seed, ..Default::default() };
     t.resolvers = inner.resolvers.iter().filter(|r| outer.resolvers.contains(r)).cloned().collect();
@@ -970,7 +960,7 @@ pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTab
                 let ports = meet(&mask_ports(inner, *mi), &mask_ports(outer, *mo));
                 if let Some(p) = port_set(&ports)? {
                     if t.host_ports.len() >= MAX_HOST_ENTRIES as usize {
-                        return Err(format!("more than {MAX_HOST_ENTRIES} host entries"));
+                        return Err(IntersectError::Hosts);
                     }
                     mask |= 1u64 << t.host_ports.len();
                     t.host_ports.push(p);
@@ -1138,6 +1128,6 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/etc/watcher/s.sock"));
         assert_eq!(c.max_steps, 64);
         let raw: RawSteps = serde_yaml::from_str("allow: true\ngroup: no-such-group-watcher\n").unwrap();
-        assert!(StepsConfig::from_raw(raw, &|p| p).unwrap_err().contains("no-such-group-watcher"));
+        assert!(StepsConfig::from_raw(raw, &|p| p).unwrap_err().to_string().contains("no-such-group-watcher"));
     }
 }

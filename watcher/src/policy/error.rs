@@ -127,6 +127,106 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// A policy value that does not parse: a port, a pattern, an address, a path. serde places it
+/// at the value's position in the file (`PolicyError`'s message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("invalid port {0:?}: ports are 1-65535")]
+    PortOutOfRange(String),
+    #[error("invalid port {0:?}: expected a port number or a range \"first-last\"")]
+    PortNotANumber(String),
+    #[error("invalid port range {text:?}: start {start} is greater than end {end}")]
+    PortRangeReversed { text: String, start: u16, end: u16 },
+    #[error("invalid glob {text:?}: {kind}")]
+    Glob { text: String, kind: globset::ErrorKind },
+    /// `what` names the field ("host", "executable pattern", ...).
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("invalid {what} {text:?}: expected a host name or glob, not a URL")]
+    HostIsUrl { what: &'static str, text: String },
+    #[error("invalid {what} {text:?}: this is an IP address; use `ip: {ip}` in egress.allow")]
+    HostIsIp { what: &'static str, text: String, ip: std::net::IpAddr },
+    #[error("invalid {what} {text:?}: unexpected character {c:?}{hint}")]
+    HostCharacter { what: &'static str, text: String, c: char, hint: &'static str },
+    #[error("invalid temporary directory {0:?}: expected an absolute path such as /tmp")]
+    TempDirRelative(String),
+    #[error("invalid temporary directory {0:?}: a directory path, not a glob")]
+    TempDirGlob(String),
+    #[error("a temporary directory cannot be / (every executable would be in it)")]
+    TempDirRoot,
+    #[error("invalid env var name pattern {0:?}: a name cannot contain '='")]
+    EnvNameEquals(String),
+    #[error("invalid package name pattern {text:?}: unexpected character {c:?}")]
+    PackageCharacter { text: String, c: char },
+    #[error("invalid IP address {text:?}: {err}")]
+    Ip { text: String, err: std::net::AddrParseError },
+    #[error("invalid IP address {text:?}: {err} (use `cidr:` for a network)")]
+    IpIsNetwork { text: String, err: std::net::AddrParseError },
+    #[error("invalid CIDR {text:?}: {err}")]
+    Cidr { text: String, err: ipnet::AddrParseError },
+    #[error("invalid CIDR {text:?}: {err} (a prefix length is required, e.g. {text}/32; or use `ip:`)")]
+    CidrWithoutPrefix { text: String, err: ipnet::AddrParseError },
+    #[error("invalid file path {0:?}: start it with `/`, `~/` or `./`")]
+    FileNotAnchored(String),
+    #[error("invalid file path {text:?}: longer than {max} bytes")]
+    FileTooLong { text: String, max: usize },
+    #[error("invalid file path {0:?}: name a file or a directory under it")]
+    FileNoName(String),
+    #[error("invalid file path {0:?}: no control characters or globs")]
+    FileCharacters(String),
+    #[error("invalid file path {0:?}: no `.`, `..` or empty components")]
+    FileComponents(String),
+    #[error("pipeline must be a non-empty name")]
+    PipelineEmpty,
+    #[error("invalid pipeline name {0:?}: control characters are not allowed")]
+    PipelineControl(String),
+    #[error("invalid pipeline name: longer than 200 bytes")]
+    PipelineTooLong,
+    /// `mode`, `registries`, `shells`, `resolvers`: not one of the names.
+    #[error(transparent)]
+    Name(#[from] super::schema::ParseNameError),
+}
+
+/// A parsed policy whose rules cannot be compiled for the agent (`Compiled::new`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("cannot compile the policy's patterns: {0}")]
+    Patterns(globset::Error),
+    #[error(
+        "egress.deputies: {0:?} is not a unix socket path (absolute, or @name for an abstract socket, at most {max} bytes)",
+        max = watcher_common::UNIX_PATH_LEN
+    )]
+    DeputyPath(String),
+    #[error("egress.deputies.remove: {0:?} is not a built-in deputy socket (they are listed in docs/POLICY.md)")]
+    DeputyNotBuiltIn(String),
+}
+
+/// A policy that cannot be enforced in the kernel (`kernel::compile`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    #[error("at most {max} port ranges per entry can be enforced in the kernel", max = watcher_common::MAX_PORT_RANGES)]
+    PortRanges,
+    #[error("more than {max} forward proxies on {0}", max = watcher_common::MAX_PORT_RANGES)]
+    Proxies(std::net::IpAddr),
+    #[error(
+        "at most {max} allowed hosts (including registry hosts) can be enforced in the kernel",
+        max = watcher_common::MAX_HOST_ENTRIES
+    )]
+    Hosts,
+    /// Enforce mode: host patterns the kernel cannot match, each with its reason.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Names(Vec<NameError>),
+}
+
+/// A host pattern the kernel's name tables cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("host pattern {0:?} cannot be enforced in the kernel: use an exact name or a leading \"*.\" wildcard")]
+    Glob(String),
+    #[error("host name {0:?} is not a valid DNS name")]
+    NotDns(String),
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

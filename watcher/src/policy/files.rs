@@ -12,6 +12,8 @@
 //! most [`MAX_FILE_PATTERN_LEN`] bytes.
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::error::ValueError;
+
 pub const MAX_FILE_PATTERNS: usize = 256;
 pub const MAX_FILE_PATTERN_LEN: usize = 200;
 
@@ -55,7 +57,7 @@ impl From<FilePattern> for String {
 }
 
 impl FilePattern {
-    pub fn parse(s: &str) -> Result<FilePattern, String> {
+    pub fn parse(s: &str) -> Result<FilePattern, ValueError> {
         let (base, rel) = if let Some(r) = s.strip_prefix("~/") {
             (Base::Home, r)
         } else if let Some(r) = s.strip_prefix("./") {
@@ -63,19 +65,19 @@ impl FilePattern {
         } else if let Some(r) = s.strip_prefix('/') {
             (Base::Root, r)
         } else {
-            return Err(format!("invalid file path {s:?}: start it with `/`, `~/` or `./`"));
+            return Err(ValueError::FileNotAnchored(s.to_string()));
         };
         if s.len() > MAX_FILE_PATTERN_LEN {
-            return Err(format!("invalid file path {s:?}: longer than {MAX_FILE_PATTERN_LEN} bytes"));
+            return Err(ValueError::FileTooLong { text: s.to_string(), max: MAX_FILE_PATTERN_LEN });
         }
         if rel.is_empty() && base != Base::Root {
-            return Err(format!("invalid file path {s:?}: name a file or a directory under it"));
+            return Err(ValueError::FileNoName(s.to_string()));
         }
         if s.chars().any(|c| c.is_control()) || s.contains('*') {
-            return Err(format!("invalid file path {s:?}: no control characters or globs"));
+            return Err(ValueError::FileCharacters(s.to_string()));
         }
         if rel.split('/').any(|c| c == ".." || c == ".") || rel.contains("//") {
-            return Err(format!("invalid file path {s:?}: no `.`, `..` or empty components"));
+            return Err(ValueError::FileComponents(s.to_string()));
         }
         Ok(FilePattern { text: s.to_string(), base, rel: rel.to_string() })
     }

@@ -12,6 +12,7 @@ use watcher_common::{
 
 use super::{
     Mode, Policy, PolicyError,
+    error::{KernelError, NameError},
     schema::{Resolver, Target},
 };
 use crate::proctree::SHELLS;
@@ -50,11 +51,11 @@ pub fn map_key(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn port_set(ports: Option<&[(u16, u16)]>) -> Result<PortSet, String> {
+fn port_set(ports: Option<&[(u16, u16)]>) -> Result<PortSet, KernelError> {
     let mut ps = PortSet::default();
     if let Some(ranges) = ports {
         if ranges.len() > MAX_PORT_RANGES {
-            return Err(format!("at most {MAX_PORT_RANGES} port ranges per entry can be enforced in the kernel"));
+            return Err(KernelError::PortRanges);
         }
         for (i, (lo, hi)) in ranges.iter().enumerate() {
             ps.ranges[i] = (*lo as u32) << 16 | *hi as u32;
@@ -76,7 +77,7 @@ fn padded<const N: usize>(s: &str) -> Option<[u8; N]> {
 struct Names<'a> {
     t: &'a mut KernelTables,
     seed: u64,
-    errors: Vec<String>,
+    errors: Vec<NameError>,
 }
 
 impl Names<'_> {
@@ -87,9 +88,7 @@ impl Names<'_> {
             None => (&mut self.t.names, p.clone()),
         };
         if name.contains(['*', '?', '[', '{']) {
-            self.errors.push(format!(
-                "host pattern {pattern:?} cannot be enforced in the kernel: use an exact name or a leading \"*.\" wildcard"
-            ));
+            self.errors.push(NameError::Glob(pattern.to_string()));
             return;
         }
         match name_hash(self.seed, &name) {
@@ -97,7 +96,7 @@ impl Names<'_> {
                 Some((_, m)) => *m |= mask,
                 None => table.push((h, mask)),
             },
-            None => self.errors.push(format!("host name {pattern:?} is not a valid DNS name")),
+            None => self.errors.push(NameError::NotDns(pattern.to_string())),
         }
     }
 }
@@ -117,7 +116,8 @@ pub fn compile(
     system_resolvers: &[IpAddr],
     seed: u64,
 ) -> Result<KernelTables, PolicyError> {
-    tables(policy, registry_hosts, system_resolvers, seed).map_err(|e| PolicyError::unlocated(&policy.source, e))
+    tables(policy, registry_hosts, system_resolvers, seed)
+        .map_err(|e| PolicyError::unlocated(&policy.source, e.to_string()))
 }
 
 fn tables(
@@ -125,7 +125,7 @@ fn tables(
     registry_hosts: &[String],
     system_resolvers: &[IpAddr],
     seed: u64,
-) -> Result<KernelTables, String> {
+) -> Result<KernelTables, KernelError> {
     let spec = policy.spec();
     let mut t = KernelTables { seed, ..Default::default() };
     t.deputies = policy.deputy_sockets().to_vec();
@@ -150,7 +150,7 @@ fn tables(
                 ps.ranges[ps.count as usize] = range;
                 ps.count += 1;
             }
-            Some(_) => return Err(format!("more than {MAX_PORT_RANGES} forward proxies on {}", a.ip())),
+            Some(_) => return Err(KernelError::Proxies(a.ip())),
             None => {
                 let mut ps = PortSet { count: 1, ..Default::default() };
                 ps.ranges[0] = range;
@@ -179,9 +179,7 @@ fn tables(
         }
     }
     if entries.len() > MAX_HOST_ENTRIES as usize {
-        return Err(format!(
-            "at most {MAX_HOST_ENTRIES} allowed hosts (including registry hosts) can be enforced in the kernel"
-        ));
+        return Err(KernelError::Hosts);
     }
     for (i, (pattern, ports)) in entries.iter().enumerate() {
         names.add(pattern, (1u64 << i) | DNS_MASK_LOOKUP);
@@ -192,7 +190,7 @@ fn tables(
     }
     let errors = std::mem::take(&mut names.errors);
     if policy.mode == Mode::Enforce && !errors.is_empty() {
-        return Err(errors.join("; "));
+        return Err(KernelError::Names(errors));
     }
     // Executables: plain names are killed at exec entry; shells only inside install scripts.
     for p in &spec.exec.deny {

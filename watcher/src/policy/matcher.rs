@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::error::CompileError;
 use super::schema::{PolicySpec, PortRange, Resolver, ShellPolicy, Target, ports_allow};
 
 /// An allowed network and its inclusive port ranges (`None` = any port):
@@ -43,12 +44,12 @@ pub(crate) struct Compiled {
     secret_env_text: Vec<String>,
 }
 
-fn build_set<'a>(globs: impl IntoIterator<Item = &'a globset::Glob>) -> Result<GlobSet, String> {
+fn build_set<'a>(globs: impl IntoIterator<Item = &'a globset::Glob>) -> Result<GlobSet, CompileError> {
     let mut b = GlobSetBuilder::new();
     for g in globs {
         b.add(g.clone());
     }
-    b.build().map_err(|e| format!("cannot compile the policy's patterns: {e}"))
+    b.build().map_err(CompileError::Patterns)
 }
 
 /// Lowercases (only if needed) and drops one trailing dot.
@@ -79,20 +80,15 @@ fn canonical_net(net: IpNet) -> IpNet {
 /// [`crate::policy::DEPUTY_SOCKETS`] without `remove`, with `add`: each entry an absolute path
 /// or `@name`, at most UNIX_PATH_LEN bytes; `remove` only names built-in sockets (a typo there
 /// would silently keep a deputy).
-fn deputy_sockets(spec: &super::schema::DeputiesSpec) -> Result<Vec<String>, String> {
+fn deputy_sockets(spec: &super::schema::DeputiesSpec) -> Result<Vec<String>, CompileError> {
     for p in spec.add.iter().chain(&spec.remove) {
         if !(p.starts_with('/') || p.starts_with('@')) || p.len() < 2 || p.len() > watcher_common::UNIX_PATH_LEN {
-            return Err(format!(
-                "egress.deputies: {p:?} is not a unix socket path (absolute, or @name for an abstract socket, at most {} bytes)",
-                watcher_common::UNIX_PATH_LEN
-            ));
+            return Err(CompileError::DeputyPath(p.clone()));
         }
     }
     for p in &spec.remove {
         if !crate::policy::DEPUTY_SOCKETS.contains(&p.as_str()) {
-            return Err(format!(
-                "egress.deputies.remove: {p:?} is not a built-in deputy socket (they are listed in docs/POLICY.md)"
-            ));
+            return Err(CompileError::DeputyNotBuiltIn(p.clone()));
         }
     }
     let mut out: Vec<String> = crate::policy::DEPUTY_SOCKETS
@@ -113,7 +109,7 @@ fn basename(path: &str) -> &str {
 }
 
 impl Compiled {
-    pub(crate) fn new(spec: &PolicySpec) -> Result<Compiled, String> {
+    pub(crate) fn new(spec: &PolicySpec) -> Result<Compiled, CompileError> {
         let mut any_port = Vec::new();
         let mut hosts_with_ports = Vec::new();
         let mut nets = Vec::new();

@@ -20,7 +20,7 @@ mod tests;
 use std::net::IpAddr;
 use std::path::Path;
 
-pub use error::{Location, PolicyError};
+pub use error::{CompileError, KernelError, Location, NameError, PolicyError, ValueError};
 pub use matcher::{AllowedNet, NOT_IN_EXEC_ALLOW};
 pub use schema::{Mode, PackageManager, ParseNameError, PolicySpec, ShellPolicy};
 
@@ -71,7 +71,7 @@ pub fn parse_str(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
     }
     let spec = schema::document(serde_yaml::Deserializer::from_str(text))
         .map_err(|e| PolicyError::from_yaml(source_name, &e))?;
-    let compiled = Compiled::new(&spec).map_err(|m| PolicyError::unlocated(source_name, m))?;
+    let compiled = Compiled::new(&spec).map_err(|m| PolicyError::unlocated(source_name, m.to_string()))?;
     Ok(Policy {
         version: spec.version,
         pipeline: spec.pipeline.clone(),

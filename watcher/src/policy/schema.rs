@@ -23,6 +23,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use super::error::ValueError;
+
 /// The only format version this watcher understands.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -213,18 +215,18 @@ impl PortRange {
         self.start <= port && port <= self.end
     }
 
-    fn port(text: &str, whole: &str) -> Result<u16, String> {
+    fn port(text: &str, whole: &str) -> Result<u16, ValueError> {
         match text.trim().parse::<u32>() {
             Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-            Ok(_) => Err(format!("invalid port {whole:?}: ports are 1-65535")),
-            Err(_) => Err(format!("invalid port {whole:?}: expected a port number or a range \"first-last\"")),
+            Ok(_) => Err(ValueError::PortOutOfRange(whole.to_string())),
+            Err(_) => Err(ValueError::PortNotANumber(whole.to_string())),
         }
     }
 }
 
 impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         match s.split_once('-') {
             None => {
                 let p = PortRange::port(s, s)?;
@@ -233,7 +235,7 @@ impl FromStr for PortRange {
             Some((a, b)) => {
                 let (start, end) = (PortRange::port(a, s)?, PortRange::port(b, s)?);
                 if start > end {
-                    return Err(format!("invalid port range {s:?}: start {start} is greater than end {end}"));
+                    return Err(ValueError::PortRangeReversed { text: s.to_string(), start, end });
                 }
                 Ok(PortRange { start, end })
             }
@@ -247,8 +249,8 @@ impl fmt::Display for PortRange {
     }
 }
 
-fn glob_error(text: &str, err: &globset::Error) -> String {
-    format!("invalid glob {text:?}: {}", err.kind())
+fn glob_error(text: &str, err: &globset::Error) -> ValueError {
+    ValueError::Glob { text: text.to_string(), kind: err.kind().clone() }
 }
 
 /// A host name or host-name glob (`egress.allow[].host`, `dns.allow[]`), stored lowercased
@@ -261,15 +263,15 @@ pub struct HostPattern {
 
 impl HostPattern {
     /// `what` names the field in messages ("host", "DNS name").
-    pub fn parse(s: &str, what: &str) -> Result<Self, String> {
+    pub fn parse(s: &str, what: &'static str) -> Result<Self, ValueError> {
         if s.is_empty() {
-            return Err(format!("{what} must not be empty"));
+            return Err(ValueError::Empty(what));
         }
         if s.contains("://") {
-            return Err(format!("invalid {what} {s:?}: expected a host name or glob, not a URL"));
+            return Err(ValueError::HostIsUrl { what, text: s.to_string() });
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
-            return Err(format!("invalid {what} {s:?}: this is an IP address; use `ip: {ip}` in egress.allow"));
+            return Err(ValueError::HostIsIp { what, text: s.to_string(), ip });
         }
         if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._*?[]{},!^".contains(*c))) {
             let hint = match c {
@@ -277,7 +279,7 @@ impl HostPattern {
                 '/' => " (a host name has no path)",
                 _ => "",
             };
-            return Err(format!("invalid {what} {s:?}: unexpected character {c:?}{hint}"));
+            return Err(ValueError::HostCharacter { what, text: s.to_string(), c, hint });
         }
         let mut text = s.to_ascii_lowercase();
         if text.len() > 1 && text.ends_with('.') {
@@ -309,9 +311,9 @@ pub struct ExecPattern {
 }
 
 impl ExecPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
         if s.is_empty() {
-            return Err("executable pattern must not be empty".to_string());
+            return Err(ValueError::Empty("executable pattern"));
         }
         let glob = GlobBuilder::new(s).literal_separator(true).build().map_err(|e| glob_error(s, &e))?;
         Ok(ExecPattern { text: s.to_string(), glob })
@@ -331,16 +333,16 @@ impl ExecPattern {
 pub struct TempDirPath(String);
 
 impl TempDirPath {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
         if !s.starts_with('/') {
-            return Err(format!("invalid temporary directory {s:?}: expected an absolute path such as /tmp"));
+            return Err(ValueError::TempDirRelative(s.to_string()));
         }
         if s.contains(['*', '?', '[', '{']) || s.chars().any(char::is_control) {
-            return Err(format!("invalid temporary directory {s:?}: a directory path, not a glob"));
+            return Err(ValueError::TempDirGlob(s.to_string()));
         }
         let t = s.trim_end_matches('/');
         if t.is_empty() {
-            return Err("a temporary directory cannot be / (every executable would be in it)".to_string());
+            return Err(ValueError::TempDirRoot);
         }
         Ok(TempDirPath(t.to_string()))
     }
@@ -363,12 +365,12 @@ pub struct EnvPattern {
 }
 
 impl EnvPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
         if s.is_empty() {
-            return Err("env var name pattern must not be empty".to_string());
+            return Err(ValueError::Empty("env var name pattern"));
         }
         if s.contains('=') {
-            return Err(format!("invalid env var name pattern {s:?}: a name cannot contain '='"));
+            return Err(ValueError::EnvNameEquals(s.to_string()));
         }
         let glob = GlobBuilder::new(s).case_insensitive(true).build().map_err(|e| glob_error(s, &e))?;
         Ok(EnvPattern { text: s.to_string(), glob })
@@ -463,12 +465,12 @@ pub struct PackageGlob {
 }
 
 impl PackageGlob {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
         if s.is_empty() {
-            return Err("a package name pattern must not be empty".to_string());
+            return Err(ValueError::Empty("a package name pattern"));
         }
         if let Some(c) = s.chars().find(|c| c.is_control() || c.is_whitespace()) {
-            return Err(format!("invalid package name pattern {s:?}: unexpected character {c:?}"));
+            return Err(ValueError::PackageCharacter { text: s.to_string(), c });
         }
         let glob = GlobBuilder::new(s).literal_separator(false).build().map_err(|e| glob_error(s, &e))?;
         Ok(PackageGlob { text: s.to_string(), glob })
@@ -748,7 +750,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for UniqueKeyVisitor<'_, V> {
 /// Visits a string and parses it; the error is raised inside the visitor, hence located.
 struct ParseStr<T> {
     expecting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str) -> Result<T, ValueError>,
 }
 
 impl<'de, T> Visitor<'de> for ParseStr<T> {
@@ -764,7 +766,7 @@ impl<'de, T> Visitor<'de> for ParseStr<T> {
 fn parse_str<'de, D: Deserializer<'de>, T>(
     d: D,
     expecting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str) -> Result<T, ValueError>,
 ) -> Result<T, D::Error> {
     d.deserialize_str(ParseStr { expecting, parse })
 }
@@ -800,11 +802,11 @@ fn version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 fn pipeline_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     parse_str(d, "a pipeline name", |s| {
         if s.trim().is_empty() {
-            Err("pipeline must be a non-empty name".to_string())
+            Err(ValueError::PipelineEmpty)
         } else if s.chars().any(char::is_control) {
-            Err(format!("invalid pipeline name {s:?}: control characters are not allowed"))
+            Err(ValueError::PipelineControl(s.to_string()))
         } else if s.len() > 200 {
-            Err("invalid pipeline name: longer than 200 bytes".to_string())
+            Err(ValueError::PipelineTooLong)
         } else {
             Ok(s.to_string())
         }
@@ -861,33 +863,29 @@ macro_rules! str_deserialize {
     };
 }
 
-str_deserialize!(Mode, "audit or enforce", |s| s.parse().map_err(|e: ParseNameError| e.0));
-str_deserialize!(PackageManager, "a package manager name: npm, pip or cargo", |s| s
-    .parse()
-    .map_err(|e: ParseNameError| e.0));
-str_deserialize!(ShellPolicy, "suspicious, deny or allow", |s| s.parse().map_err(|e: ParseNameError| e.0));
-str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().map_err(|e: ParseNameError| e.0));
+str_deserialize!(Mode, "audit or enforce", |s| s.parse().map_err(ValueError::Name));
+str_deserialize!(PackageManager, "a package manager name: npm, pip or cargo", |s| s.parse().map_err(ValueError::Name));
+str_deserialize!(ShellPolicy, "suspicious, deny or allow", |s| s.parse().map_err(ValueError::Name));
+str_deserialize!(Resolver, "\"system\" or a resolver IP address", |s| s.parse().map_err(ValueError::Name));
 str_deserialize!(ExecPattern, "an executable path or name glob", ExecPattern::parse);
 str_deserialize!(EnvPattern, "an environment variable name glob", EnvPattern::parse);
 str_deserialize!(TempDirPath, "an absolute directory path", TempDirPath::parse);
 str_deserialize!(PackageGlob, "a package name or glob", PackageGlob::parse);
 
-fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse::<IpAddr>().map_err(|e| {
-        if s.contains('/') {
-            format!("invalid IP address {s:?}: {e} (use `cidr:` for a network)")
-        } else {
-            format!("invalid IP address {s:?}: {e}")
-        }
+fn parse_ip(s: &str) -> Result<IpAddr, ValueError> {
+    s.parse::<IpAddr>().map_err(|err| {
+        let text = s.to_string();
+        if s.contains('/') { ValueError::IpIsNetwork { text, err } } else { ValueError::Ip { text, err } }
     })
 }
 
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>().map(|n| n.trunc()).map_err(|e| {
+fn parse_cidr(s: &str) -> Result<IpNet, ValueError> {
+    s.parse::<IpNet>().map(|n| n.trunc()).map_err(|err| {
+        let text = s.to_string();
         if s.parse::<IpAddr>().is_ok() {
-            format!("invalid CIDR {s:?}: {e} (a prefix length is required, e.g. {s}/32; or use `ip:`)")
+            ValueError::CidrWithoutPrefix { text, err }
         } else {
-            format!("invalid CIDR {s:?}: {e}")
+            ValueError::Cidr { text, err }
         }
     })
 }
@@ -1054,7 +1052,7 @@ impl<'de> Deserialize<'de> for AllowEntry {
 
 struct StrSeed<T> {
     expecting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str) -> Result<T, ValueError>,
 }
 
 impl<'de, T> DeserializeSeed<'de> for StrSeed<T> {

@@ -13,7 +13,7 @@ pub mod resolv;
 use std::collections::BTreeMap;
 
 pub(crate) use registries::proxy_settings;
-pub use registries::{RegistryError, RegistrySource, resolve, resolve_all, resolve_sourced};
+pub use registries::{RegistryError, RegistrySource, UrlError, resolve, resolve_all, resolve_sourced};
 pub use resolv::{parse_resolv_conf, system_resolvers};
 
 use crate::policy::Policy;

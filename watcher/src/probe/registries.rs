@@ -68,7 +68,7 @@ pub enum RegistryError {
     Timeout { command: String, pm: PackageManager },
 
     #[error("the {pm} registry URL {url:?} from {origin} is not usable: {reason}")]
-    BadUrl { pm: PackageManager, url: String, origin: String, reason: String },
+    BadUrl { pm: PackageManager, url: String, origin: String, reason: UrlError },
 
     #[error("{file}: {reason}: cannot resolve the {pm} registry for policy registries: [{pm}]")]
     BadFile { pm: PackageManager, file: String, reason: String },
@@ -582,17 +582,36 @@ impl Ctx {
 // ---------------------------------------------------------------------------------------------
 // URLs
 
+/// Why a registry URL has no usable host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("not a URL (expected scheme://host/...)")]
+    NotAUrl,
+    #[error("invalid URL scheme {0:?}")]
+    Scheme(String),
+    #[error("unclosed '[' in the host")]
+    UnclosedBracket,
+    #[error("invalid IPv6 host [{0}]")]
+    Ipv6(String),
+    #[error("invalid port {0:?}")]
+    Port(String),
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("invalid host {0:?}")]
+    Host(String),
+}
+
 /// The host of `scheme://[user[:pass]@]host[:port][/path]`, lowercased, IPv6 without brackets.
 /// Cargo's `sparse+` / `registry+` / `git+` prefixes are accepted. `Ok(None)` for `file:` URLs
 /// (no network).
-pub(crate) fn url_host(url: &str) -> Result<Option<String>, String> {
+pub(crate) fn url_host(url: &str) -> Result<Option<String>, UrlError> {
     let url = url.trim();
     let rest = ["sparse+", "registry+", "git+"].iter().find_map(|p| url.strip_prefix(p)).unwrap_or(url);
     let Some((scheme, rest)) = rest.split_once("://") else {
-        return Err("not a URL (expected scheme://host/...)".to_string());
+        return Err(UrlError::NotAUrl);
     };
     if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
-        return Err(format!("invalid URL scheme {scheme:?}"));
+        return Err(UrlError::Scheme(scheme.to_string()));
     }
     if scheme.eq_ignore_ascii_case("file") {
         return Ok(None);
@@ -600,8 +619,8 @@ pub(crate) fn url_host(url: &str) -> Result<Option<String>, String> {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(r) = host_port.strip_prefix('[') {
-        let (h, after) = r.split_once(']').ok_or("unclosed '[' in the host")?;
-        h.parse::<Ipv6Addr>().map_err(|_| format!("invalid IPv6 host [{h}]"))?;
+        let (h, after) = r.split_once(']').ok_or(UrlError::UnclosedBracket)?;
+        h.parse::<Ipv6Addr>().map_err(|_| UrlError::Ipv6(h.to_string()))?;
         (h, after.strip_prefix(':'))
     } else {
         match host_port.split_once(':') {
@@ -613,13 +632,13 @@ pub(crate) fn url_host(url: &str) -> Result<Option<String>, String> {
         && !p.is_empty()
         && p.parse::<u16>().is_err()
     {
-        return Err(format!("invalid port {p:?}"));
+        return Err(UrlError::Port(p.to_string()));
     }
     if host.is_empty() {
-        return Err("the URL has no host".to_string());
+        return Err(UrlError::NoHost);
     }
     if !host_port.starts_with('[') && !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
-        return Err(format!("invalid host {host:?}"));
+        return Err(UrlError::Host(host.to_string()));
     }
     let mut host = host.to_ascii_lowercase();
     if host.ends_with('.') && host.len() > 1 {
