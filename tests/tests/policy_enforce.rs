@@ -135,7 +135,7 @@ fn a_denied_program_run_through_a_file_descriptor_is_killed_before_running() {
     let (code, out, err, events) = run_enforced(policy, &format!("{p} fexec {echo} echo FEXEC-RAN"), false);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("FEXEC-RAN"), "{out}");
-    let ok = events.iter().filter(|e| e["kind"] == "exec").last().unwrap();
+    let ok = events.iter().rfind(|e| e["kind"] == "exec").unwrap();
     assert_eq!(ok["filename"], "echo");
     assert!(!events.iter().any(|e| e["kind"] == "alert"), "{events:#?}");
 }
