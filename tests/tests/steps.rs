@@ -324,10 +324,14 @@ fn raw_client(
     (pid, stream, Some(hold))
 }
 
+#[track_caller]
 fn read_reply(r: &mut BufReader<&std::os::unix::net::UnixStream>) -> Value {
     let mut l = String::new();
     r.read_line(&mut l).unwrap();
-    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+    match serde_json::from_str(&l) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}: {l:?}"),
+    }
 }
 
 #[test]
@@ -374,13 +378,17 @@ fn each_refusal_of_the_step_socket() {
     drop(hold); // the held process exits (it never exec'd)
     let mut done = Value::Null;
     for _ in 0..50 {
-        let v = read_reply(&mut r);
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        assert!(!l.is_empty(), "the step's connection closed before done\n{}", d.log());
+        let v: Value = serde_json::from_str(&l).unwrap();
         if v["msg"] == "done" {
             done = v;
             break;
         }
     }
     assert_eq!(done["msg"], "done", "{}", d.log());
+    assert!(!d.log().contains("stream cut off"), "a client that reads is never cut off\n{}", d.log());
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     let log = std::fs::read_dir(&d.logs)
         .unwrap()

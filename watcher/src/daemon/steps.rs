@@ -228,8 +228,7 @@ struct StepJob {
     kid: u32,
     root: u32,
     pidfd: OwnedFd,
-    tx: mpsc::Sender<Vec<u8>>,
-    broken: Arc<AtomicBool>,
+    out: Outbox,
     outer: Option<String>,
     opened: Instant,
     root_gone: Option<Instant>,
@@ -383,45 +382,125 @@ fn refuse(mut write: OwnedWriteHalf, error: StepError) {
     });
 }
 
-/// The stream of one step job's events to its client: never blocks the daemon. A client that
-/// does not keep up is cut off (its connection closed before `done`, so it cannot take a
-/// partial stream for the whole); the job and its log go on.
-struct StepStream {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    broken: Arc<AtomicBool>,
-    /// Bytes sent and not yet written to the client (`write_stream` takes them off).
+/// The lines waiting for one step's client, bounded in messages (STREAM_QUEUE) and bytes
+/// (STREAM_QUEUE_BYTES). Every line to the client goes through it (ready, events, refusals,
+/// done), so the bytes are counted in one place: in at `send`, out at [`Inbox::recv`]. A line
+/// over the bound cuts the client off: the connection closes without `done`, so it cannot take
+/// a partial stream for the whole; the job and its log go on.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
+}
+
+/// The writer's end of an [`Outbox`].
+struct Inbox {
+    rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
+}
+
+/// An [`Outbox`] that does not keep the connection open (the reader of further requests).
+struct WeakOutbox {
+    tx: mpsc::WeakSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Sent {
+    Queued,
+    /// Over the bound: the client is cut off.
+    CutOff,
+    /// The connection is gone.
+    Closed,
+}
+
+fn outbox() -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let broken = Arc::new(AtomicBool::new(false));
+    (Outbox { tx, queued: queued.clone(), broken: broken.clone() }, Inbox { rx, queued, broken })
+}
+
+impl Outbox {
+    fn send(&self, bytes: Vec<u8>) -> Sent {
+        if self.broken.load(Ordering::Relaxed) {
+            return Sent::CutOff;
+        }
+        let len = bytes.len();
+        if self.queued.load(Ordering::Relaxed) + len > STREAM_QUEUE_BYTES {
+            self.broken.store(true, Ordering::Relaxed);
+            return Sent::CutOff;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        match self.tx.try_send(bytes) {
+            Ok(()) => Sent::Queued,
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.broken.store(true, Ordering::Relaxed);
+                        Sent::CutOff
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Sent::Closed,
+                }
+            }
+        }
+    }
+
+    fn is_cut_off(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    fn downgrade(&self) -> WeakOutbox {
+        WeakOutbox { tx: self.tx.downgrade(), queued: self.queued.clone(), broken: self.broken.clone() }
+    }
+}
+
+impl WeakOutbox {
+    fn upgrade(&self) -> Option<Outbox> {
+        Some(Outbox { tx: self.tx.upgrade()?, queued: self.queued.clone(), broken: self.broken.clone() })
+    }
+}
+
+impl Inbox {
+    /// The next line for the client; None once every sender is gone or the client is cut off.
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        if self.broken.load(Ordering::Relaxed) {
+            return None;
+        }
+        let b = self.rx.recv().await?;
+        self.queued.fetch_sub(b.len(), Ordering::Relaxed);
+        (!self.broken.load(Ordering::Relaxed)).then_some(b)
+    }
+}
+
+/// The stream of one step job's events to its client: never blocks the daemon (a client that
+/// does not keep up is cut off, see [`Outbox`]).
+struct StepStream {
+    out: Option<Outbox>,
     job: String,
 }
 
 impl StepStream {
     fn send(&mut self, bytes: Vec<u8>) {
-        let Some(tx) = &self.tx else { return };
-        let len = bytes.len();
-        let over = self.queued.load(Ordering::Relaxed) + len > STREAM_QUEUE_BYTES;
-        let sent = if over {
-            Err(mpsc::error::TrySendError::Full(bytes))
-        } else {
-            self.queued.fetch_add(len, Ordering::Relaxed);
-            tx.try_send(bytes).inspect_err(|_| {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-            })
-        };
-        match sent {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let Some(out) = &self.out else { return };
+        match out.send(bytes) {
+            Sent::Queued => {}
+            Sent::CutOff => {
                 tracing::warn!(job = %self.job, "the step's client does not read its events: stream cut off (the job's log is complete)");
-                self.broken.store(true, Ordering::Relaxed);
-                self.tx = None;
+                self.out = None;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
+            Sent::Closed => self.out = None,
         }
     }
 }
 
 impl Sink for StepStream {
     fn write(&mut self, e: &Event) -> Result<(), crate::pipeline::PipelineError> {
-        if self.tx.is_some() {
+        if self.out.is_some() {
             let mut v = serde_json::to_vec(&EventOut { msg: "event", event: e })?;
             v.push(b'\n');
             self.send(v);
@@ -438,23 +517,17 @@ impl Daemon {
             Ok(r) => r,
             Err(e) => return refuse(write, e),
         };
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-        let broken = Arc::new(AtomicBool::new(false));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let stream =
-            StepStream { tx: Some(tx.clone()), broken: broken.clone(), queued: queued.clone(), job: String::new() };
-        match self.try_open_step(&req, uid, gid, pid, pidfd, stream, tx.clone(), broken.clone()) {
+        let (out, inbox) = outbox();
+        let stream = StepStream { out: Some(out.clone()), job: String::new() };
+        match self.try_open_step(&req, uid, gid, pid, pidfd, stream, out.clone()) {
             Ok((ready, start)) => {
-                let first = line(&ready);
-                queued.fetch_add(first.len(), Ordering::Relaxed);
-                let _ = tx.try_send(first);
+                out.send(line(&ready));
                 if let Ok(mut v) = serde_json::to_vec(&EventOut { msg: "event", event: &start }) {
                     v.push(b'\n');
-                    queued.fetch_add(v.len(), Ordering::Relaxed);
-                    let _ = tx.try_send(v);
+                    out.send(v);
                 }
-                tokio::spawn(refuse_further(read, tx.downgrade()));
-                tokio::spawn(write_stream(write, rx, broken, queued));
+                tokio::spawn(refuse_further(read, out.downgrade()));
+                tokio::spawn(write_stream(write, inbox));
             }
             Err(e) => refuse(write, e),
         }
@@ -469,8 +542,7 @@ impl Daemon {
         pid: Option<i32>,
         pidfd: std::io::Result<OwnedFd>,
         stream: StepStream,
-        tx: mpsc::Sender<Vec<u8>>,
-        broken: Arc<AtomicBool>,
+        out: Outbox,
     ) -> Result<(Reply, Event), StepError> {
         let r: OpenStep = serde_json::from_str(req).map_err(StepError::BadRequest)?;
         if r.op != "open" {
@@ -614,7 +686,7 @@ impl Daemon {
             Reply::Ready { job: job.name.clone(), log: job.log_path.display().to_string(), nested_in: outer.clone() };
         self.steps
             .live
-            .insert(id, StepJob { kid, root: pid, pidfd, tx, broken, outer, opened: Instant::now(), root_gone: None });
+            .insert(id, StepJob { kid, root: pid, pidfd, out, outer, opened: Instant::now(), root_gone: None });
         Ok((ready, start))
     }
 
@@ -782,9 +854,9 @@ impl Daemon {
                     None
                 }
             };
-            if !s.broken.load(Ordering::Relaxed) {
+            if !s.out.is_cut_off() {
                 let (exit_code, verdict) = verdict.unwrap_or((None, None));
-                let _ = s.tx.try_send(line(&Reply::Done { exit_code, verdict }));
+                s.out.send(line(&Reply::Done { exit_code, verdict }));
             }
         }
         Ok(())
@@ -803,31 +875,25 @@ fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
 }
 
-async fn write_stream(
-    mut w: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    broken: Arc<AtomicBool>,
-    queued: Arc<AtomicUsize>,
-) {
-    while let Some(b) = rx.recv().await {
-        // Cut off: the connection closes without `done`.
-        if broken.load(Ordering::Relaxed) || w.write_all(&b).await.is_err() {
+async fn write_stream(mut w: OwnedWriteHalf, mut inbox: Inbox) {
+    while let Some(b) = inbox.recv().await {
+        if w.write_all(&b).await.is_err() {
             return;
         }
-        queued.fetch_sub(b.len(), Ordering::Relaxed);
     }
+    // Cut off: the connection closes without `done`.
     let _ = w.shutdown().await;
 }
 
 /// Every further line from a step's client is refused: a job cannot be changed, paused or
 /// ended once started, by anyone.
-async fn refuse_further(mut read: BufReader<OwnedReadHalf>, tx: mpsc::WeakSender<Vec<u8>>) {
+async fn refuse_further(mut read: BufReader<OwnedReadHalf>, out: WeakOutbox) {
     loop {
         match read_line(&mut read, 64 << 10).await {
             Ok(Some(l)) if l.trim().is_empty() => continue,
             Ok(Some(_)) => {
-                let Some(tx) = tx.upgrade() else { return };
-                let _ = tx.try_send(line(&Reply::Refused {
+                let Some(out) = out.upgrade() else { return };
+                out.send(line(&Reply::Refused {
                     error: "a step's job cannot be changed, paused or ended once started: request ignored".into(),
                 }));
             }
@@ -978,52 +1044,63 @@ pub fn intersect(outer: &KernelTables, inner: &KernelTables) -> Result<KernelTab
 mod tests {
     use super::*;
 
-    fn stream() -> (StepStream, mpsc::Receiver<Vec<u8>>) {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-        let s = StepStream {
-            tx: Some(tx),
-            broken: Arc::new(AtomicBool::new(false)),
-            queued: Arc::new(AtomicUsize::new(0)),
-            job: "t".into(),
-        };
-        (s, rx)
+    fn stream() -> (StepStream, Outbox, Inbox) {
+        let (out, inbox) = outbox();
+        (StepStream { out: Some(out.clone()), job: "t".into() }, out, inbox)
     }
 
     /// A client its own step stopped (SIGSTOP) reads nothing while the job's events keep
     /// coming: the daemon holds at most STREAM_QUEUE_BYTES for it, then cuts it off (its
     /// connection closes without `done`, so it reports the step incomplete).
-    #[test]
-    fn a_client_that_does_not_read_costs_the_daemon_a_bounded_queue() {
-        let (mut s, mut rx) = stream();
+    #[tokio::test]
+    async fn a_client_that_does_not_read_costs_the_daemon_a_bounded_queue() {
+        let (mut s, out, mut inbox) = stream();
         // Exec events with long argv are ~4 KiB of JSON: far fewer than STREAM_QUEUE of them
         // fill the byte bound.
         let event = vec![b'x'; 4096];
         let mut sent = 0;
-        while s.tx.is_some() && sent < STREAM_QUEUE {
+        while s.out.is_some() && sent < STREAM_QUEUE {
             s.send(event.clone());
             sent += 1;
         }
-        assert!(s.tx.is_none() && s.broken.load(Ordering::Relaxed), "never cut off after {sent} events");
+        assert!(s.out.is_none() && out.is_cut_off(), "never cut off after {sent} events");
         let mut held = 0;
-        while let Ok(b) = rx.try_recv() {
+        while let Ok(b) = inbox.rx.try_recv() {
             held += b.len();
         }
         assert!(held <= STREAM_QUEUE_BYTES, "{held} bytes queued for a client that does not read");
         assert!(held > STREAM_QUEUE_BYTES - event.len(), "cut off early: {held} bytes");
+        // The writer sends nothing more: the connection closes without `done`.
+        assert_eq!(out.send(b"done\n".to_vec()), Sent::CutOff);
+        assert_eq!(inbox.recv().await, None);
     }
 
-    /// A client that keeps up is never cut off, however much it is sent in all.
-    #[test]
-    fn a_client_that_reads_keeps_its_stream() {
-        let (mut s, mut rx) = stream();
+    /// A client that keeps up is never cut off, however much it is sent in all, and whatever
+    /// else goes to it beside the events (ready, refusals of further requests, done): every
+    /// line is counted in and out in one place. (Refusals once went round the count, so their
+    /// bytes were taken off a count they were never put on; the count wrapped and a reading
+    /// client was cut off at its next event.)
+    #[tokio::test]
+    async fn a_client_that_reads_keeps_its_stream() {
+        let (mut s, out, mut inbox) = stream();
+        let refusals = out.downgrade();
+        assert_eq!(out.send(b"ready\n".to_vec()), Sent::Queued);
+        assert_eq!(refusals.upgrade().unwrap().send(b"refused\n".to_vec()), Sent::Queued);
+        assert_eq!(inbox.recv().await.unwrap(), b"ready\n");
+        assert_eq!(inbox.recv().await.unwrap(), b"refused\n");
         let event = vec![b'x'; 4096];
         for _ in 0..(4 * STREAM_QUEUE_BYTES / event.len()) {
             s.send(event.clone());
-            // What write_stream does once a line is written to the client.
-            let b = rx.try_recv().unwrap();
-            s.queued.fetch_sub(b.len(), Ordering::Relaxed);
+            assert_eq!(inbox.recv().await.unwrap().len(), event.len());
         }
-        assert!(s.tx.is_some() && !s.broken.load(Ordering::Relaxed));
+        assert!(s.out.is_some() && !out.is_cut_off());
+        assert_eq!(out.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(out.send(b"done\n".to_vec()), Sent::Queued);
+        assert_eq!(inbox.recv().await.unwrap(), b"done\n");
+        // Once every sender is gone the writer ends (and shuts the connection down).
+        drop((s, out));
+        assert!(refusals.upgrade().is_none());
+        assert_eq!(inbox.recv().await, None);
     }
 
     fn tables(yaml: &str, hosts: &[&str]) -> KernelTables {
