@@ -535,3 +535,61 @@ fn a_system_tool_planted_on_path_never_runs_as_root() {
     Command::new("sh").arg("-c").arg("ss -h").env("PATH", &path).status().unwrap();
     assert!(marker.exists(), "the planted ss is not what PATH finds");
 }
+
+/// A pipe whose reader is already gone: writing to it fails with EPIPE (watcher ignores
+/// SIGPIPE, as every Rust program does).
+fn closed_pipe() -> std::fs::File {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    std::fs::File::from(w)
+}
+
+/// `watcher run ... 2>&1 | head` closes watcher's stderr while the step runs. Its own lines to
+/// the user are then dropped, never a panic: the step runs to its end with its exit code, and
+/// the log is complete. Replay to a closed stdout ends its output quietly with the verdict's
+/// exit code.
+#[test]
+fn a_closed_stderr_or_stdout_never_makes_watcher_panic() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let out = Command::new(watcher_bin())
+        .arg("run")
+        .arg("--log")
+        .arg(&log)
+        .args(["--", "sh", "-c", "id >/dev/null; id >/dev/null; exit 3"])
+        // Not quiet (CI=true makes it so): a live line per event is written to the closed pipe.
+        .env_remove("CI")
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(3), "the command's exit code, not a panic (101)");
+    let events = read_jsonl(&log);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.ends_with("/id")))
+            .count(),
+        2
+    );
+    assert_eq!(events.last().unwrap()["kind"], "end", "the log is complete");
+
+    let replay = |stdout: Stdio, stderr: Stdio| {
+        Command::new(watcher_bin())
+            .args(["replay", "--policy", "policies/npm.yaml"])
+            .arg(&log)
+            .current_dir(env!("CARGO_MANIFEST_DIR").to_owned() + "/..")
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .unwrap()
+            .code()
+    };
+    let open = replay(Stdio::null(), Stdio::null());
+    assert!(matches!(open, Some(0 | 77)), "{open:?}");
+    assert_eq!(replay(Stdio::from(closed_pipe()), Stdio::from(closed_pipe())), open);
+}

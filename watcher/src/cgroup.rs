@@ -21,6 +21,9 @@ pub enum CgroupError {
     Survivors(PathBuf),
     #[error("`ss -K` failed: {0}")]
     SocketKill(String),
+    /// `ss` (iproute2) is not installed where watcher takes it from.
+    #[error(transparent)]
+    NoSs(#[from] crate::system_tool::ToolNotFound),
     /// A file system operation or a tool failed.
     #[error(transparent)]
     Failed(#[from] Failed),
@@ -116,7 +119,7 @@ impl Cgroup {
     /// Sockets the cgroup's processes left behind (TCP, UDP), which the kernel may keep
     /// sending from after every process is gone.
     pub fn socket_count(&self) -> Result<usize, CgroupError> {
-        let mut ss = crate::system_tool::command("ss").map_err(|e| CgroupError::SocketKill(e.to_string()))?;
+        let mut ss = crate::system_tool::command("ss")?;
         let out = ss
             .args(["-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
             .output()
@@ -128,7 +131,7 @@ impl Cgroup {
     /// sent after watcher stops watching: the kernel programs detach when watcher exits, and
     /// an orphaned TCP socket would retransmit unfiltered.
     pub fn destroy_sockets(&self) -> Result<(), CgroupError> {
-        let mut ss = crate::system_tool::command("ss").map_err(|e| CgroupError::SocketKill(e.to_string()))?;
+        let mut ss = crate::system_tool::command("ss")?;
         let out = ss
             .args(["-K", "-H", "-n", "-t", "-u", "-a", "cgroup", &self.rel])
             .output()

@@ -177,7 +177,11 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("watcher: drill: could not remove network namespace {}: {}", self.name, crate::error::chain(&e));
+            crate::say!(
+                "watcher: drill: could not remove network namespace {}: {}",
+                self.name,
+                crate::error::chain(&e)
+            );
         }
     }
 }
@@ -324,7 +328,7 @@ fn remove_stale_leftovers() {
         let _ = std::fs::write(cg.join("cgroup.kill"), "1");
         for _ in 0..100 {
             if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
-                eprintln!("watcher drill: removed the cgroup {} left by a killed watcher", cg.display());
+                crate::say!("watcher drill: removed the cgroup {} left by a killed watcher", cg.display());
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -417,7 +421,7 @@ fn drill_inner(opts: DrillOptions) -> Result<i32, DrillError> {
         netns.path().to_string_lossy().into_owned(),
         script,
     ];
-    println!(
+    crate::show!(
         "watcher drill: policy {}, {} mode; step in network namespace {}",
         policy.display(),
         mode.as_str(),
@@ -461,17 +465,17 @@ fn drill_inner(opts: DrillOptions) -> Result<i32, DrillError> {
         },
     ];
     let enforce = mode == Mode::Enforce;
-    print!("{}", render(&checks, enforce));
+    crate::show_text!("{}", render(&checks, enforce));
     let missed = checks.iter().filter(|c| !c.passed(enforce)).count();
     if missed == 0 {
-        println!(
+        crate::show!(
             "watcher drill: PASS: all {} checks detected{}",
             checks.len(),
             if enforce { " and blocked" } else { "" }
         );
         Ok(0)
     } else {
-        println!("watcher drill: FAIL: {missed} of {} checks missed", checks.len());
+        crate::show!("watcher drill: FAIL: {missed} of {} checks missed", checks.len());
         Ok(DRILL_FAILED)
     }
 }

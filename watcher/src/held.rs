@@ -205,9 +205,7 @@ pub fn after_loss(engine: Option<&crate::engine::Engine>, source: &str, pids: im
 pub fn kill_unjudged(pids: impl IntoIterator<Item = u32>) -> usize {
     let mut n = 0;
     for pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
-        if state == Some("T") {
+        if crate::procfs::Stat::of(pid).is_some_and(|s| s.stopped()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             n += 1;
         }

@@ -6,6 +6,46 @@
 /// `watcher --version`: the crate version and the commit it was built from (build.rs).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("WATCHER_COMMIT"), ")");
 
+/// A line for the user on stderr, like `eprintln!` but never a panic: when stderr is closed
+/// (`watcher run ... 2>&1 | head`) the line is dropped, and the watch, its log and its report
+/// go on.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the newline.
+#[macro_export]
+macro_rules! say_text {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::write!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// A line on stdout (reports, status, schema), like `println!` but never a panic: a reader
+/// that went away (`watcher replay ... | head`) ends the output quietly, and the exit code is
+/// still the verdict's.
+#[macro_export]
+macro_rules! show {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`show!`] without the newline.
+#[macro_export]
+macro_rules! show_text {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::write!(::std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod cgroup;
 pub mod ci_policy;
 pub mod collect;
@@ -28,6 +68,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod policy;
 pub mod probe;
+pub mod procfs;
 pub mod proctree;
 pub mod project;
 pub mod proxies;

@@ -298,10 +298,10 @@ fn main() {
                 }
             }
             if !allow_flagged && let Err(e) = s.check_clean() {
-                eprintln!("watcher: {e}");
+                watcher::say!("watcher: {e}");
                 return Ok(1);
             }
-            print!("{}", s.render_with_base(&pipeline, base.as_ref()));
+            watcher::show_text!("{}", s.render_with_base(&pipeline, base.as_ref()));
             Ok(0)
         })(),
         Command::Policy { command: PolicyCommand::Check { files } } => {
@@ -312,9 +312,9 @@ fn main() {
                     .map_err(|e| e.to_string())
                     .and_then(|p| watcher::policy::kernel::validate(&p).map_err(|e| e.to_string()).map(|_| p));
                 match checked {
-                    Ok(p) => println!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
+                    Ok(p) => watcher::show!("{}: ok (pipeline {}, {} mode)", f.display(), p.pipeline, p.mode.as_str()),
                     Err(e) => {
-                        eprintln!("{e}");
+                        watcher::say!("{e}");
                         bad = true;
                     }
                 }
@@ -324,7 +324,7 @@ fn main() {
         Command::Policy { command: PolicyCommand::Compose { policy, mode, allow } } => (|| {
             let eps: Vec<String> = allow.iter().flat_map(|a| watcher::ci_policy::split_endpoints(a)).collect();
             let composed = watcher::ci_policy::compose(&policy, mode.map(|m| m.into_mode().as_str()), &eps);
-            print!("{}", composed.map_err(watcher::Error::from)?);
+            watcher::show_text!("{}", composed.map_err(watcher::Error::from)?);
             Ok(0)
         })(),
         Command::Daemon { config, ringbuf_size } => {
@@ -366,7 +366,7 @@ fn main() {
             Ok(0)
         })(),
         Command::Schema => {
-            print!("{}", watcher::event_schema::render());
+            watcher::show_text!("{}", watcher::event_schema::render());
             Ok(0)
         }
         Command::DrillStep { netns, script } => edge(watcher::drill::step(&netns, &script)),
@@ -406,7 +406,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("watcher: {e:#}");
+            watcher::say!("watcher: {e:#}");
             // The library's errors say their exit code; anything else here is the CLI's own
             // failure (writing the man page), watcher's: 125.
             let code = e.downcast_ref::<watcher::Error>().map_or(exitcode::WATCHER_ERROR, watcher::Error::exit_code);

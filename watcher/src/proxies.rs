@@ -89,18 +89,18 @@ pub fn for_step(policy: Option<&Policy>) -> Vec<ProxySource> {
     if regs.iter().any(|r| matches!(r, PackageManager::Npm)) {
         match crate::probe::proxy_settings::npm_here() {
             Ok(s) => candidates.extend(s.into_iter().map(|(u, f, ws)| Candidate { url: u, from: f, workspace: ws })),
-            Err(e) => eprintln!("watcher: warning: npm's proxy settings are not read: {e}"),
+            Err(e) => crate::say!("watcher: warning: npm's proxy settings are not read: {e}"),
         }
     }
     if regs.iter().any(|r| matches!(r, PackageManager::Pip)) {
         match crate::probe::proxy_settings::pip_here() {
             Ok(s) => candidates.extend(s.into_iter().map(|(u, f, ws)| Candidate { url: u, from: f, workspace: ws })),
-            Err(e) => eprintln!("watcher: warning: pip's proxy settings are not read: {e}"),
+            Err(e) => crate::say!("watcher: warning: pip's proxy settings are not read: {e}"),
         }
     }
     let found = resolve(candidates);
     for w in &found.warnings {
-        eprintln!("watcher: warning: {w}");
+        crate::say!("watcher: warning: {w}");
     }
     found.sources
 }

@@ -344,7 +344,7 @@ pub fn for_each_event_checked(
 fn warn_unrecorded_registries(log: &str, policy: &Policy, start: &crate::event::Start) {
     for pm in policy.registries() {
         if !start.registries.contains_key(pm.as_str()) {
-            eprintln!(
+            crate::say!(
                 "watcher: warning: {log}: the policy allows registry {}, but the log recorded no hosts for it \
                  (it was recorded under a policy without that registry); connections to that registry are judged \
                  as unknown destinations",
@@ -365,13 +365,13 @@ pub fn replay(opts: ReplayOptions) -> crate::Result<i32> {
             if opts.format == Format::Text
                 && let Some(l) = event_line(&Event::Alert(a.clone()))
             {
-                println!("{l}");
+                crate::show!("{l}");
             }
         })?;
         violations += r.alerts.len();
         if let Some(why) = &r.report.incomplete {
             incomplete += 1;
-            eprintln!("watcher: {}: incomplete: {why}", report::safe(&r.log));
+            crate::say!("watcher: {}: incomplete: {why}", report::safe(&r.log));
         }
         reports.push(r.report);
     }
@@ -381,7 +381,7 @@ pub fn replay(opts: ReplayOptions) -> crate::Result<i32> {
     {
         return Err(ReplayError::Stdout(e).into());
     }
-    eprint!("{}", report::annotations_all(&reports));
+    crate::say_text!("{}", report::annotations_all(&reports));
     report::append_step_summary(&reports);
     Ok(if violations > 0 {
         crate::exitcode::POLICY_VIOLATION

@@ -122,16 +122,17 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
             .filter_map(|(o, w)| o.then_some(*w))
             .collect::<Vec<_>>()
             .join(" and ");
-        eprintln!("watcher: warning: --bench-disable: {off} off (a benchmark's setting, never for a real build)");
+        crate::say!("watcher: warning: --bench-disable: {off} off (a benchmark's setting, never for a real build)");
     }
     let sensor_cfg =
         SensorConfig { bench_disable: opts.bench_disable, ..SensorConfig::run(Instance::Run, opts.ringbuf_bytes) };
     let mut sensor = Sensor::load(&sensor_cfg, &root)?;
     for s in sensor.stale() {
-        eprintln!(
+        crate::say!(
             "watcher: warning: a previous watcher (pid {}) was killed while watching a step: its kernel programs \
              were still enforcing; removed them and killed {} process(es) of its step",
-            s.pid, s.killed
+            s.pid,
+            s.killed
         );
     }
     let registries = registries.join().map_err(|_| RunError::ThreadPanicked("registry resolution"))??;
@@ -194,12 +195,12 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     }))?;
     if !opts.quiet {
         let active: Vec<&str> = sensor.states().iter().filter(|s| s.active).map(|s| s.name.as_str()).collect();
-        eprintln!("watcher: sensors active: {}; watching cgroup {}", active.join(", "), cgroup.path().display());
+        crate::say!("watcher: sensors active: {}; watching cgroup {}", active.join(", "), cgroup.path().display());
         if let Some(p) = &policy_info {
-            eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode);
+            crate::say!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode);
         }
         if let Some(u) = &run_as {
-            eprintln!("watcher: running the command as uid {} gid {} ({})", u.uid, u.gid, u.why);
+            crate::say!("watcher: running the command as uid {} gid {} ({})", u.uid, u.gid, u.why);
         }
     }
 
@@ -234,7 +235,7 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
             let name = report::safe(&crate::redact::text(pipe.collector_mut().secrets(), &name));
             let err = crate::error::CommandError { name, error };
             let code = err.exit_code();
-            eprintln!("watcher: {err}");
+            crate::say!("watcher: {err}");
             pipe.end(Some(code))?;
             drop(sensor);
             cgroup.remove()?;
@@ -279,7 +280,7 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     // cgroup are still in the job (tracked by pid in the kernel); kill those too.
     let survivors = cgroup.pids();
     if !survivors.is_empty() && !opts.quiet {
-        eprintln!("watcher: killing {} process(es) left behind by the command", survivors.len());
+        crate::say!("watcher: killing {} process(es) left behind by the command", survivors.len());
     }
     cgroup.kill_all(Duration::from_secs(5))?;
     for pid in sensor.watched_pids() {
@@ -305,7 +306,7 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
         }
     }
     if left && let Err(e) = cgroup.destroy_sockets() {
-        eprintln!("watcher: {}", crate::error::chain(&e));
+        crate::say!("watcher: {}", crate::error::chain(&e));
     }
     // Let the exit records of the killed processes arrive (at most 50 ms), then take
     // everything left. The kernel writes a process's exit record before it drops the process
@@ -337,7 +338,7 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     pipe.report.watcher_exit = Some(code);
     write_reports(&pipe.report, report_files, &opts)?;
     if code != cmd_code {
-        eprintln!(
+        crate::say!(
             "watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
             if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" }
         );
@@ -348,16 +349,14 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
 /// Whether process `pid` has not yet reached its exit (it exists and is neither a zombie nor
 /// dead): `/proc/PID/stat`'s state, the field after the parenthesised command name.
 fn not_yet_exited(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X' | 'x') | None)
+    crate::procfs::Stat::of(pid).is_some_and(|s| !s.exited())
 }
 
 /// The end-of-step report: text on stderr, the `--report` file, the GitHub job summary.
 pub(crate) fn write_reports(r: &Report, files: Vec<std::fs::File>, opts: &RunOptions) -> Result<(), RunError> {
     use std::io::IsTerminal as _;
     let colour = report::colour_for(std::io::stderr().is_terminal());
-    eprint!("{}", report::stderr_report(r, colour));
+    crate::say_text!("{}", report::stderr_report(r, colour));
     for (mut f, path) in files.into_iter().zip(&opts.report) {
         let format = opts.report_format.unwrap_or_else(|| report::Format::from_path(path));
         f.write_all(report::render_one(r, format, false).as_bytes())

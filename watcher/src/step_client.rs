@@ -214,21 +214,21 @@ async fn run_async(opts: RunOptions, socket: &Path) -> Result<i32, RunError> {
     let mut pipe_report = Report { log: opts.log.as_ref().map(|p| p.display().to_string()), ..Default::default() };
     let mut live = LiveLines { quiet: opts.quiet };
     // Always (also with --quiet): where the daemon's own record of this step is.
-    eprintln!(
+    crate::say!(
         "watcher: daemon-backed step: job {job}{} (the daemon's log: {daemon_log})",
         nested_in.map(|n| format!(", nested in job {n} (its policy still applies)")).unwrap_or_default()
     );
     if !opts.quiet
         && let Some(p) = &policy
     {
-        eprintln!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode.as_str());
+        crate::say!("watcher: policy {} (pipeline {}), {} mode", p.source, p.pipeline, p.mode.as_str());
     }
     let child = match spawner.join().map_err(|_| RunError::ThreadPanicked("spawn"))? {
         Ok(c) => c,
         Err(error) => {
             let name = crate::report::safe(&crate::log::arg_for_log(&opts.command[0]));
             let err = crate::error::CommandError { name, error };
-            eprintln!("watcher: {err}");
+            crate::say!("watcher: {err}");
             return Ok(err.exit_code());
         }
     };
@@ -281,15 +281,15 @@ async fn run_async(opts: RunOptions, socket: &Path) -> Result<i32, RunError> {
                             pipe_report.add(&event);
                         }
                         Ok(Reply::Done { exit_code, verdict }) => done = Some((exit_code, verdict)),
-                        Ok(Reply::Refused { error }) => eprintln!("watcher: the daemon: {}", crate::report::safe(&error)),
+                        Ok(Reply::Refused { error }) => crate::say!("watcher: the daemon: {}", crate::report::safe(&error)),
                         Ok(Reply::Ready { .. }) => {}
                         Err(e) => {
-                            eprintln!("watcher: unexpected message from the daemon ({e}); stopping to read");
+                            crate::say!("watcher: unexpected message from the daemon ({e}); stopping to read");
                             eof = true;
                         }
                     },
                     (Err(e), _) => {
-                        eprintln!("watcher: reading from the daemon: {e}");
+                        crate::say!("watcher: reading from the daemon: {e}");
                         eof = true;
                     }
                 }
@@ -331,7 +331,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> Result<i32, RunError> {
     pipe_report.watcher_exit = Some(code);
     crate::run::write_reports(&pipe_report, report_files, &opts)?;
     if code != cmd_code {
-        eprintln!(
+        crate::say!(
             "watcher: enforce mode: exiting {code} (the command exited {cmd_code}) because {}",
             if code == exitcode::POLICY_VIOLATION { "of policy violations" } else { "events were lost" }
         );

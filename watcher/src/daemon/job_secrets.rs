@@ -173,13 +173,8 @@ pub fn read_environ(pid: u32) -> Option<Vec<u8>> {
 /// process that exec'd then, not a later one that reused its pid. Read after the environment:
 /// if this is still the same process, the environment read before was its own.
 pub fn started_by(pid: u32, boot_ns: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // Fields after the command name (which may contain spaces and parentheses): field 3 on.
-    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
-    let Some(start_ticks) = rest.split_whitespace().nth(19).and_then(|s| s.parse::<u64>().ok()) else { return false };
-    let hz =
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|&h| h > 0).unwrap_or(100) as u64;
-    start_ticks.saturating_mul(1_000_000_000 / hz) <= boot_ns
+    let Some(s) = crate::procfs::Stat::of(pid) else { return false };
+    s.start_ticks.saturating_mul(1_000_000_000 / crate::procfs::clock_ticks()) <= boot_ns
 }
 
 #[cfg(test)]

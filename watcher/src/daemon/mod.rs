@@ -540,8 +540,8 @@ impl Daemon {
             if pid == own || watched.contains(&pid) {
                 continue;
             }
-            let Some((state, ppid, threads)) = proc_state(pid) else { continue };
-            if state != 'T' || threads != 1 {
+            let Some(stat) = crate::procfs::Stat::of(pid) else { continue };
+            if !stat.stopped() || stat.threads != 1 {
                 continue;
             }
             // Held at its first exec: it has started nothing yet.
@@ -580,7 +580,7 @@ impl Daemon {
             // tables, then it runs.
             let r = self
                 .sensor
-                .watch_pid(pid, ppid, kid)
+                .watch_pid(pid, stat.ppid, kid)
                 .map_err(DaemonError::from)
                 .and_then(|()| self.new_kernel_job(kid, pid, &env, &argv));
             match r {
@@ -736,7 +736,6 @@ impl Daemon {
     }
 }
 
-/// State letter, parent pid and thread count of process `pid` from /proc/PID/stat.
 /// A job's first program, held stopped at exec while its tables were written: continued, or
 /// killed (SIGKILL, true) when the job's policy denies the program itself in enforce mode (the
 /// kernel could not judge that exec: the job had no tables yet).
@@ -749,21 +748,6 @@ fn release_first(engine: Option<&crate::engine::Engine>, kid: u32, pid: u32, fil
     }
     let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT);
     false
-}
-
-fn proc_state(pid: u32) -> Option<(char, u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
-}
-
-fn parse_stat(stat: &str) -> Option<(char, u32, u64)> {
-    // Fields after the command name (which may contain spaces and parentheses): field 3 on.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let state = f.first()?.chars().next()?;
-    let ppid = f.get(1)?.parse().ok()?;
-    let threads = f.get(17)?.parse().ok()?;
-    Some((state, ppid, threads))
 }
 
 pub fn run(opts: DaemonOptions) -> crate::Result<i32> {
@@ -933,28 +917,12 @@ async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
 pub fn status_command(socket: &Path, json: bool) -> crate::Result<i32> {
     let text = status::query(socket)?;
     if json {
-        println!("{text}");
+        crate::show!("{text}");
         return Ok(0);
     }
     let r: StatusReport = serde_json::from_str(&text)
         .doing(|| format!("unexpected answer from {}", socket.display()))
         .map_err(DaemonError::from)?;
-    print!("{}", status::render(&r));
+    crate::show_text!("{}", status::render(&r));
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_state_parent_and_threads_are_read_past_a_command_with_parentheses() {
-        let stat = "4711 (a) b (c)) T 4700 4711 4700 0 -1 4194560 90 0 0 0 0 0 0 0 20 0 1 0 123456 2416640 180 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some(('T', 4700, 1)));
-        assert_eq!(parse_stat("1 (x) S"), None);
-        let (state, ppid, threads) = proc_state(std::process::id()).unwrap();
-        assert!(state == 'R' || state == 'S', "{state}");
-        assert_eq!(ppid, nix::unistd::getppid().as_raw() as u32);
-        assert!(threads >= 1);
-    }
 }

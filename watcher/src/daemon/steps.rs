@@ -570,7 +570,7 @@ impl Daemon {
             return Err(StepError::Gone(pid));
         }
         let pid = pid as u32;
-        let ppid = super::proc_state(pid).map(|(_, p, _)| p).unwrap_or(0);
+        let ppid = crate::procfs::Stat::of(pid).map_or(0, |s| s.ppid);
         // Nested: the enclosing job's tables keep applying (intersection).
         let current = self.sensor.watched_info(pid);
         let outer = match current {

@@ -50,7 +50,7 @@ impl Sink for LiveLines {
     fn write(&mut self, e: &Event) -> Result<(), PipelineError> {
         let show = !self.quiet || matches!(e, Event::Alert(_) | Event::Loss(_));
         if show && let Some(line) = event_line(e) {
-            eprintln!("watcher: {line}");
+            crate::say!("watcher: {line}");
         }
         Ok(())
     }

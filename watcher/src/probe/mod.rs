@@ -48,7 +48,7 @@ pub fn resolve_registries(policy: &Policy) -> Result<Registries, ProbeError> {
         }
     }
     for s in out.sources.iter().filter(|s| s.workspace) {
-        eprintln!("watcher: registry host {} ({}) is named by the working directory's {}", s.host, s.tool, s.from);
+        crate::say!("watcher: registry host {} ({}) is named by the working directory's {}", s.host, s.tool, s.from);
     }
     Ok(out)
 }

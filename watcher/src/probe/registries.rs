@@ -235,7 +235,7 @@ pub(crate) fn resolve_sources_in(pm: PackageManager, ctx: &Ctx) -> Result<Vec<Re
             }
             Err(e) if tool == pm => return Err(e),
             Err(e) => {
-                eprintln!("watcher: warning: {e} (its hosts are not allowed)");
+                crate::say!("watcher: warning: {e} (its hosts are not allowed)");
                 continue;
             }
         };

@@ -151,7 +151,7 @@ pub fn append_step_summary(reports: &[Report]) {
     let res =
         std::fs::OpenOptions::new().append(true).create(true).open(&path).and_then(|mut f| f.write_all(md.as_bytes()));
     if let Err(e) = res {
-        eprintln!(
+        crate::say!(
             "watcher: warning: cannot append the report to GITHUB_STEP_SUMMARY ({}): {e}",
             Path::new(&path).display()
         );

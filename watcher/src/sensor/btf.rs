@@ -249,7 +249,7 @@ pub fn kernel_offsets() -> KernelOffsets {
 
 /// The `task_struct` offsets and those naming an executed file, for CONFIG: (slot, offset);
 /// missing ones are left out (0 in CONFIG: the feature is off).
-pub fn task_offsets() -> Vec<(u32, u32)> {
+pub fn config_offsets() -> Vec<(u32, u32)> {
     let k = kernel_offsets();
     let [dentry, name] = k.exe_name.map_or([None, None], |[d, n]| [Some(d), Some(n)]);
     [

@@ -175,7 +175,7 @@ fn attach(
     {
         let mut config = aya::maps::Array::<_, u64>::try_from(map_mut(ebpf, names::CONFIG)?)
             .map_err(|e| SensorError::map(names::CONFIG, "opening", e))?;
-        for (slot, off) in super::btf::task_offsets() {
+        for (slot, off) in super::btf::config_offsets() {
             config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
         }
     }

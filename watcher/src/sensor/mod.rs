@@ -189,7 +189,7 @@ impl Sensor {
                     .set(watcher_common::CFG_BENCH_NO_STREAMS, &1, 0)
                     .map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
-            for (slot, off) in btf::task_offsets() {
+            for (slot, off) in btf::config_offsets() {
                 config.set(slot, &(off as u64), 0).map_err(|e| SensorError::map(names::CONFIG, "writing", e))?;
             }
             if cfg.bench_disable.files {

@@ -31,10 +31,7 @@ fn ensure_bpffs() -> Result<(), SensorError> {
 /// This process's start time (field 22 of /proc/PID/stat, clock ticks since boot): with the
 /// pid, it names one process even when pids are reused.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::Stat::of(pid).map(|s| s.start_ticks)
 }
 
 pub struct PinDir {
