@@ -7,6 +7,7 @@
 //! set GITHUB_RUN_ID for every process, and other tests run at the same time.
 use std::{
     io::{Read as _, Write as _},
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -870,12 +871,14 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
     let bad = Listener::start("127.0.0.2:0".parse().unwrap()).unwrap();
     let (okp, badp) = (ok.addr().port(), bad.addr().port());
     std::fs::write(dir.join("adopt.yaml"), policy("adopt", "enforce", okp)).unwrap();
+    // A second job whose first program its policy denies.
+    std::fs::write(dir.join("deny.yaml"), policy("deny", "enforce", okp) + "exec:\n  deny: [netprobe]\n").unwrap();
     let config = dir.join("daemon.yaml");
     std::fs::write(
         &config,
         "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
          jobs:\n  id_env: [WDT_ADOPT_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
-         pipelines:\n  - match: \"acme/adopt\"\n    policy: adopt.yaml\n",
+         pipelines:\n  - match: \"acme/adopt\"\n    policy: adopt.yaml\n  - match: \"acme/deny\"\n    policy: deny.yaml\n",
     )
     .unwrap();
     let mut first = Daemon::start(&config, &dir);
@@ -898,6 +901,21 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
         wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')),
         "the job was not held: {:?}",
         proc_state(pid)
+    );
+    let denied_id = format!("{}08", std::process::id());
+    let mut denied = KillOnDrop(Some(
+        Command::new(netprobe_bin())
+            .args(["tcp", &format!("127.0.0.1:{okp}")])
+            .env("WDT_ADOPT_RUN_ID", &denied_id)
+            .env("WDT_REPO", "acme/deny")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(denied.pid()) == Some('T')),
+        "the second job was not held"
     );
     // A process stopped for another reason, with no job variable: never touched.
     let other = KillOnDrop(Some(Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().unwrap()));
@@ -946,7 +964,7 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
         "{st:#}\n{}",
         d.log()
     );
-    assert_eq!(st["counters"]["adopted_jobs"], 1, "{st:#}");
+    assert_eq!(st["counters"]["adopted_jobs"], 2, "{st:#}");
     let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == want.as_str()).unwrap().clone();
     let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
     let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
@@ -967,6 +985,32 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
     );
     assert_eq!(events.last().unwrap()["kind"], "end", "{text:#?}");
     assert_eq!(events.last().unwrap()["exit_code"], 0, "{text:#?}");
+
+    // The adopted job whose first program its policy denies: killed before its first
+    // instruction (it never connected), and the kill is in its log as the job's verdict.
+    let st = denied.0.take().unwrap().wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{}", d.log());
+    assert_eq!(ok.connections(), 1, "the denied first program ran");
+    let want = format!("WDT_ADOPT_RUN_ID={denied_id}");
+    let mut st = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            st = d.status();
+            st["jobs"].as_array().unwrap().iter().any(|j| j["id"] == want.as_str() && j["state"] == "ended")
+        }),
+        "{st:#}\n{}",
+        d.log()
+    );
+    let j = st["jobs"].as_array().unwrap().iter().find(|j| j["id"] == want.as_str()).unwrap().clone();
+    let events = read_jsonl(dir.join(j["log"].as_str().unwrap()));
+    let text: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        alerts(&events),
+        vec![("events-lost".to_string(), "flag".to_string()), ("exec-denied".to_string(), "kill".to_string())],
+        "{text:#?}"
+    );
+    let killed = events.iter().find(|e| e["kind"] == "alert" && e["rule"] == "exec-denied").unwrap();
+    assert!(killed["message"].as_str().unwrap().contains("netprobe"), "{killed}");
 
     // SIGTERM: clean exit, none of the new daemon's programs left in the kernel.
     let progs = bpf_prog_ids(d.pid());

@@ -312,6 +312,25 @@ impl Engine {
         self.policy.exec_denied(path)
     }
 
+    /// The alert for a job's first program killed on [`Engine::first_exec_denied`] when its exec
+    /// record is not in this job's log (lost, or seen by the daemon before a restart): the kill
+    /// is a verdict, and a verdict is never silent.
+    pub fn first_exec_killed(&mut self, ts: Ts, pid: u32, path: &str, rule: &str) -> Vec<Alert> {
+        let mut out = Vec::new();
+        self.alert(
+            &mut out,
+            ts,
+            RULE_EXEC,
+            false,
+            true,
+            "high",
+            pid,
+            path.to_string(),
+            format!("{path} is denied by exec rule {rule:?}: killed at exec (its exec record is not in the log)"),
+        );
+        out
+    }
+
     /// `exec.temp_dirs`: an executable in a temporary directory outside the step's working tree
     /// and the package managers' install trees is a dropper's (the rule's text for the alert).
     fn dropper(&self, path: &str) -> Option<String> {

@@ -392,7 +392,7 @@ impl Daemon {
             // Its tables are written: let it run, unless the program itself is one the
             // policy denies (the kernel could not judge it: the job had no tables at its
             // exec). Then it is killed before its first instruction, and logged as killed.
-            if release_first(job.pipeline.engine(), kid, task.pid, filename) {
+            if release_first(job.pipeline.engine(), kid, task.pid, filename).is_some() {
                 *killed = true;
             }
             if let Err(e) = self.sensor.forget_held_job(kid) {
@@ -515,13 +515,23 @@ impl Daemon {
     }
 
     /// A held first program whose exec record is not at hand (lost, or under a previous
-    /// daemon): judged by its executable's path, then continued or killed.
+    /// daemon): judged by its executable's path, then continued or killed. A kill is the
+    /// job's verdict, so its log gets the `exec-denied` alert (action `kill`) the record would
+    /// have carried.
     fn release_from_proc(&mut self, kid: u32, pid: u32) {
         let filename = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let engine = self.by_kernel.get(&kid).and_then(|id| self.jobs.get(id)).and_then(|j| j.pipeline.engine());
-        release_first(engine, kid, pid, &filename);
+        let job = self.by_kernel.get(&kid).and_then(|id| self.jobs.get_mut(id));
+        let Some(job) = job else {
+            release_first(None, kid, pid, &filename);
+            return;
+        };
+        let Some(rule) = release_first(job.pipeline.engine(), kid, pid, &filename) else { return };
+        match job.pipeline.alerts(|e| e.first_exec_killed(now_ts(), pid, &filename, &rule)) {
+            Ok(a) => self.counters.alerts += a.len() as u64,
+            Err(e) => tracing::error!(job = %job.name, "{}", crate::error::chain(&e)),
+        }
     }
 
     /// At start (the programs are attached, so nothing new escapes): processes a previous
@@ -737,17 +747,17 @@ impl Daemon {
 }
 
 /// A job's first program, held stopped at exec while its tables were written: continued, or
-/// killed (SIGKILL, true) when the job's policy denies the program itself in enforce mode (the
+/// killed (SIGKILL; the rule that denies it is returned) when the job's policy denies the program itself in enforce mode (the
 /// kernel could not judge that exec: the job had no tables yet).
-fn release_first(engine: Option<&crate::engine::Engine>, kid: u32, pid: u32, filename: &str) -> bool {
+fn release_first(engine: Option<&crate::engine::Engine>, kid: u32, pid: u32, filename: &str) -> Option<String> {
     let target = nix::unistd::Pid::from_raw(pid as i32);
     if let Some(rule) = engine.and_then(|e| e.first_exec_denied(filename)) {
         tracing::info!(kernel_job = kid, pid, %filename, %rule, "a job's first program is denied: killed at exec");
         let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
-        return true;
+        return Some(rule);
     }
     let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT);
-    false
+    None
 }
 
 pub fn run(opts: DaemonOptions) -> crate::Result<i32> {

@@ -191,6 +191,18 @@ impl Pipeline {
         Ok(alerts)
     }
 
+    /// Alerts the engine raises outside an event (`judge`), written like an event's alerts.
+    pub fn alerts(&mut self, judge: impl FnOnce(&mut Engine) -> Vec<Alert>) -> Result<Vec<Alert>, PipelineError> {
+        let alerts = match &mut self.engine {
+            Some(engine) => judge(engine),
+            None => Vec::new(),
+        };
+        for a in &alerts {
+            self.write(&Event::Alert(a.clone()))?;
+        }
+        Ok(alerts)
+    }
+
     /// One recorded event (replay), from log line `line`. The log's own alerts are the live
     /// run's verdicts: the caller skips them; replay makes its own.
     pub fn replayed(&mut self, e: &Event, line: u64) -> Vec<Alert> {
