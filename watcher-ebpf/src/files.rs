@@ -231,41 +231,35 @@ pub fn proc_access(what: u32, target: u32, arg: u32) -> bool {
     true
 }
 
-/// sys_enter_openat: dfd @16, filename @24, flags @32.
-#[inline(always)]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format file.
-    let (name, flags) = unsafe { (ctx.read_at::<u64>(24).unwrap_or(0), ctx.read_at::<u64>(32).unwrap_or(0)) };
-    on_open(name as *const u8, flags as u32);
-    0
+/// The open-like syscalls, told apart by `syscalls::sys_enter`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OpenCall {
+    /// openat(dfd, filename, flags)
+    At,
+    /// openat2(dfd, filename, how): struct open_how has the flags first (u64).
+    At2,
+    /// open(filename, flags)
+    Plain,
+    /// creat(pathname): open with O_CREAT|O_WRONLY|O_TRUNC.
+    Creat,
 }
 
-/// sys_enter_openat2: dfd @16, filename @24, how @32 (struct open_how: flags first, u64).
+/// An open-like syscall with its first three arguments `a`. Each kind picks its pathname and
+/// flags, then one `on_open` runs for all four: the verifier walks it once, not four times.
 #[inline(always)]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format file.
-    let (name, how) = unsafe { (ctx.read_at::<u64>(24).unwrap_or(0), ctx.read_at::<u64>(32).unwrap_or(0)) };
-    // SAFETY: a user pointer read with the probe helper (a fault gives an error).
-    let flags: u64 = if how == 0 { 0 } else { unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0) };
-    on_open(name as *const u8, flags as u32);
-    0
-}
-
-/// sys_enter_open: filename @16, flags @24.
-#[inline(always)]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format file.
-    let (name, flags) = unsafe { (ctx.read_at::<u64>(16).unwrap_or(0), ctx.read_at::<u64>(24).unwrap_or(0)) };
-    on_open(name as *const u8, flags as u32);
-    0
-}
-
-/// sys_enter_creat: pathname @16 (creat is open with O_CREAT|O_WRONLY|O_TRUNC).
-#[inline(always)]
-pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the tracepoint's format file.
-    let name = unsafe { ctx.read_at::<u64>(16).unwrap_or(0) };
-    on_open(name as *const u8, O_CREAT | O_WRONLY | O_TRUNC);
+pub fn sys_enter_open(kind: OpenCall, a: [u64; 3]) -> u32 {
+    let (name, flags) = match kind {
+        OpenCall::At => (a[1], a[2] as u32),
+        OpenCall::At2 => {
+            let how = a[2];
+            // SAFETY: a user pointer read with the probe helper (a fault gives an error).
+            let flags: u64 = if how == 0 { 0 } else { unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0) };
+            (a[1], flags as u32)
+        }
+        OpenCall::Plain => (a[0], a[1] as u32),
+        OpenCall::Creat => (a[0], O_CREAT | O_WRONLY | O_TRUNC),
+    };
+    on_open(name as *const u8, flags);
     0
 }
 

@@ -77,6 +77,35 @@ fn on<H: FnOnce(TracePointContext) -> u32>(prog: &RawTracePointContext, id: i64,
     h(TracePointContext::new(rec.as_mut_ptr().cast()))
 }
 
+/// execve(filename, argv, envp) and execveat(dirfd, filename, argv, envp, flags): the three
+/// pointers are read in each arm, then one exec handler runs for both. The arms meet with the
+/// same kind of state (three unknown scalars), so the verifier prunes the second arm at the
+/// join instead of walking the whole handler twice.
+#[inline(always)]
+fn on_exec(prog: &RawTracePointContext, id: i64) -> u32 {
+    if compat() {
+        return 0;
+    }
+    let regs: *const u8 = prog.arg::<*const u8>(0);
+    let args = if id == NR_EXECVEAT {
+        [reg(regs, REGS_ARGS[1]), reg(regs, REGS_ARGS[2]), reg(regs, REGS_ARGS[3])]
+    } else {
+        [reg(regs, REGS_ARGS[0]), reg(regs, REGS_ARGS[1]), reg(regs, REGS_ARGS[2])]
+    };
+    exec::exec_enter(prog, args[0] as *const u8, args[1] as *const *const u8, args[2]);
+    0
+}
+
+/// The syscall's first three arguments (None for a compat syscall).
+#[inline(always)]
+fn args(prog: &RawTracePointContext) -> Option<[u64; 3]> {
+    if compat() {
+        return None;
+    }
+    let regs: *const u8 = prog.arg::<*const u8>(0);
+    Some([reg(regs, REGS_ARGS[0]), reg(regs, REGS_ARGS[1]), reg(regs, REGS_ARGS[2])])
+}
+
 #[inline(always)]
 fn compat() -> bool {
     // `thread_info` is the first member of `task_struct` on x86; the offset of its `status`
@@ -96,8 +125,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     let p = &ctx;
     (match id {
-        NR_EXECVE => on(p, id, |a| exec::sys_enter_execve(a, p)),
-        NR_EXECVEAT => on(p, id, |a| exec::sys_enter_execveat(a, p)),
+        NR_EXECVE | NR_EXECVEAT => on_exec(p, id),
         NR_CLONE => on(p, id, exec::sys_enter_clone),
         NR_CLONE3 => on(p, id, exec::sys_enter_clone3),
         NR_FORK => on(p, id, exec::sys_enter_fork),
@@ -109,10 +137,15 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         NR_BPF => on(p, id, guard::sys_enter_bpf),
         NR_UMOUNT2 => on(p, id, guard::sys_enter_umount),
         NR_PTRACE => on(p, id, guard::sys_enter_ptrace),
-        NR_OPENAT => on(p, id, files::sys_enter_openat),
-        NR_OPENAT2 => on(p, id, files::sys_enter_openat2),
-        NR_OPEN => on(p, id, files::sys_enter_open),
-        NR_CREAT => on(p, id, files::sys_enter_creat),
+        NR_OPENAT | NR_OPENAT2 | NR_OPEN | NR_CREAT => {
+            let kind = match id {
+                NR_OPENAT => files::OpenCall::At,
+                NR_OPENAT2 => files::OpenCall::At2,
+                NR_OPEN => files::OpenCall::Plain,
+                _ => files::OpenCall::Creat,
+            };
+            args(p).map_or(0, |a| files::sys_enter_open(kind, a))
+        }
         NR_PROCESS_VM_READV => on(p, id, files::sys_enter_process_vm_readv),
         _ => 0,
     }) as i32
