@@ -560,8 +560,10 @@ fn a_closed_stderr_or_stdout_never_makes_watcher_panic() {
         .arg("--log")
         .arg(&log)
         .args(["--", "sh", "-c", "id >/dev/null; id >/dev/null; exit 3"])
-        // Not quiet (CI=true makes it so): a live line per event is written to the closed pipe.
+        // Not quiet (CI=true makes it so): a live line per event is written to the closed pipe,
+        // and with debug logging so is every tracing line.
         .env_remove("CI")
+        .env("WATCHER_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(closed_pipe())
         .stderr(closed_pipe())

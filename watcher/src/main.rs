@@ -268,6 +268,9 @@ fn main() {
         .with_ansi(ansi)
         .fmt_fields(fields)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed: `... 2>&1 | head`) is dropped; by
+        // default tracing reports that with eprintln!, which panics on the same closed pipe.
+        .log_internal_errors(false)
         .init();
     // Usage errors exit 125 like every other failure of watcher itself, so they are never
     // confused with an exit code of the wrapped command.
