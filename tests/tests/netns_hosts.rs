@@ -112,8 +112,14 @@ fn audit_lets_traffic_reach_the_remote_hosts_and_enforce_stops_it_in_the_kernel(
     let (code, events, err) = run("audit", &ns, dir.path());
     assert_eq!(code, Some(0), "{err}");
     assert!(wait_until(Duration::from_secs(5), || read(&dir.path().join("conn-9090")).contains("CONN")), "{err}");
-    let dns_log = read(&dir.path().join("dns.log"));
-    assert!(dns_log.contains("leak-4b4559.evil.lab.test"), "audit lets the query out: {dns_log}");
+    // testdns writes what it received every 100 ms: wait for the last query, not a fixed time.
+    let dns_log = || read(&dir.path().join("dns.log"));
+    assert!(
+        wait_until(Duration::from_secs(5), || dns_log().contains("leak-tcp.evil.lab.test")),
+        "audit lets the queries out: {}",
+        dns_log()
+    );
+    assert!(dns_log().contains("leak-4b4559.evil.lab.test"), "audit lets the query out: {}", dns_log());
     assert!(events.iter().any(|e| e["kind"] == "alert" && e["rule"] == "egress-denied" && e["action"] == "flag"));
 
     // Enforce: clear the recorders' logs and run again.
@@ -122,11 +128,16 @@ fn audit_lets_traffic_reach_the_remote_hosts_and_enforce_stops_it_in_the_kernel(
     }
     let (code, events, err) = run("enforce", &ns, dir.path());
     assert_eq!(code, Some(77), "{err}");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(read(&dir.path().join("conn-8080")).contains("CONN 6"), "the allowed host got its request: {err}");
+    // The allowed query and connection come first; once both are recorded, give anything denied
+    // that leaked ten of testdns's 100 ms polls to show up too.
+    assert!(
+        wait_until(Duration::from_secs(5), || read(&dir.path().join("conn-8080")).contains("CONN 6")
+            && dns_log().contains("ok.lab.test")),
+        "the allowed host got its request: {err}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(read(&dir.path().join("conn-9090")), "", "a denied port was reached");
-    let dns_log = read(&dir.path().join("dns.log"));
-    assert!(dns_log.contains("ok.lab.test"));
+    let dns_log = dns_log();
     assert!(!dns_log.contains("evil"), "a denied query reached the DNS server: {dns_log}");
     for rule in ["egress-denied", "dns-denied"] {
         assert!(
