@@ -61,7 +61,11 @@ fn start_lab(ns: &Netns, dir: &std::path::Path) -> (Remote, Remote, Remote) {
     };
     let a = rec("8080");
     let b = rec("9090");
-    std::thread::sleep(Duration::from_millis(300)); // testdns binds
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&dir.join("dns.log")).contains("testdns: serving")),
+        "testdns did not start: {}",
+        read(&dir.join("dns.log"))
+    );
     (dns, a, b)
 }
 

@@ -1,6 +1,7 @@
 //! A DNS server for demos and manual tests: `testdns ADDR [NAME=IP[,IP...]]...`
 //! Serves A/AAAA answers for the given names on UDP and TCP port 53 of ADDR (a loopback
-//! address), NXDOMAIN for anything else, and logs each query it receives to stderr.
+//! address), NXDOMAIN for anything else. Once bound it logs `testdns: serving ADDR`, then each
+//! query it receives (every 100 ms), to stderr.
 use std::{net::IpAddr, time::Duration};
 
 fn main() {
@@ -31,6 +32,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    eprintln!("testdns: serving {addr}");
     let mut seen = 0;
     loop {
         std::thread::sleep(Duration::from_millis(100));
