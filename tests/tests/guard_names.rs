@@ -21,7 +21,20 @@ struct Step {
     events: Vec<Value>,
 }
 
+/// How the kernel programs loop: through bpf_loop (this kernel has it), or the bounded-loop
+/// twins an older kernel loads (`WATCHER_BOUNDED_LOOPS=1` forces them). Both must give the
+/// same verdicts.
+#[derive(Clone, Copy)]
+enum Loops {
+    BpfLoop,
+    Bounded,
+}
+
 fn run(policy: &str, script: &str) -> Step {
+    run_with(Loops::BpfLoop, policy, script)
+}
+
+fn run_with(loops: Loops, policy: &str, script: &str) -> Step {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p.yaml");
     std::fs::write(&p, policy).unwrap();
@@ -32,10 +45,26 @@ fn run(policy: &str, script: &str) -> Step {
         .arg("--log")
         .arg(&log)
         .args(["--", "sh", "-c", script])
+        .env("WATCHER_BOUNDED_LOOPS", if matches!(loops, Loops::Bounded) { "1" } else { "0" })
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    Step { code: out.status.code(), err: String::from_utf8_lossy(&out.stderr).into_owned(), events: read_jsonl(&log) }
+    let step = Step {
+        code: out.status.code(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        events: read_jsonl(&log),
+    };
+    if matches!(loops, Loops::Bounded) {
+        let network = step.events.first().and_then(|e| e["sensors"].as_array()).and_then(|s| {
+            s.iter().find(|s| s["name"] == "network").and_then(|s| s["detail"].as_str().map(str::to_string))
+        });
+        assert!(
+            network.as_deref().is_some_and(|d| d.contains("bounded loops")),
+            "the bounded twins were not loaded: {network:?}\n{}",
+            step.err
+        );
+    }
+    step
 }
 
 fn egress_alerts(events: &[Value]) -> Vec<&Value> {
@@ -58,10 +87,20 @@ fn listen_in(ns: &Netns, port: u16) -> Listener {
 /// is dropped in the kernel, so the proxy never hears of it, and the step exits 77).
 #[test]
 fn a_forward_proxy_is_judged_by_each_requests_target() {
+    forward_proxy(Loops::BpfLoop, 0);
+}
+
+/// The same, with the programs a kernel without bpf_loop loads.
+#[test]
+fn a_forward_proxy_is_judged_by_each_requests_target_with_bounded_loops() {
+    forward_proxy(Loops::Bounded, 2);
+}
+
+fn forward_proxy(loops: Loops, k: u16) {
     if !root_or_skip() {
         return;
     }
-    let ns = Netns::new(subnet(0)).unwrap();
+    let ns = Netns::new(subnet(k)).unwrap();
     let attacker = listen_in(&ns, 0);
     let good = listen_in(&ns, 0);
     let ip = IpAddr::V4(ns.ns_v4());
@@ -85,7 +124,7 @@ fn a_forward_proxy_is_judged_by_each_requests_target() {
     for (what, script, host) in &attacks {
         for mode in ["audit", "enforce"] {
             let before = (attacker.connections(), proxy.upstreams().len());
-            let s = run(&pol(mode), script);
+            let s = run_with(loops, &pol(mode), script);
             let ctx = format!("{what}, {mode}: {}\n{:#?}", s.err, egress_alerts(&s.events));
             let alerts = egress_alerts(&s.events);
             assert_eq!(alerts.len(), 1, "{ctx}");
@@ -108,7 +147,7 @@ fn a_forward_proxy_is_judged_by_each_requests_target() {
     // An allowed target, by name, through the proxy: no alert, it gets through.
     for mode in ["audit", "enforce"] {
         let before = good.connections();
-        let s = run(&pol(mode), &curl(true, format!("http://good.test:{}/", good.addr().port())));
+        let s = run_with(loops, &pol(mode), &curl(true, format!("http://good.test:{}/", good.addr().port())));
         assert_eq!(s.code, Some(0), "{mode}: {}", s.err);
         assert!(egress_alerts(&s.events).is_empty(), "{mode}: {:#?}", egress_alerts(&s.events));
         assert_eq!(good.connections(), before + 1, "{mode}");
@@ -121,14 +160,24 @@ fn a_forward_proxy_is_judged_by_each_requests_target() {
 /// the allowed name passes.
 #[test]
 fn a_server_name_or_host_not_allowed_on_an_allowed_address_is_denied() {
+    names_on_a_shared_address(Loops::BpfLoop, 1);
+}
+
+/// The same, with the programs a kernel without bpf_loop loads.
+#[test]
+fn a_server_name_or_host_not_allowed_on_an_allowed_address_is_denied_with_bounded_loops() {
+    names_on_a_shared_address(Loops::Bounded, 3);
+}
+
+fn names_on_a_shared_address(loops: Loops, k: u16) {
     if !root_or_skip() {
         return;
     }
-    let ns = Netns::new(subnet(1)).unwrap();
+    let ns = Netns::new(subnet(k)).unwrap();
     let cdn = listen_in(&ns, 0);
     let ip = ns.ns_v4();
     let pid = std::process::id();
-    let dns_ip = IpAddr::V4(Ipv4Addr::new(127, 53, (pid % 200) as u8 + 20, (pid / 200 % 200) as u8 + 20));
+    let dns_ip = IpAddr::V4(Ipv4Addr::new(127, 53, (pid % 200) as u8 + 20 + k as u8, (pid / 200 % 200) as u8 + 20));
     let dns = DnsServer::start(dns_ip, vec![("good.test".into(), vec![IpAddr::V4(ip)])]).unwrap();
     let port = cdn.addr().port();
     let pol = |mode: &str| {
@@ -149,7 +198,7 @@ fn a_server_name_or_host_not_allowed_on_an_allowed_address_is_denied() {
     for (what, script, how) in [("TLS", tls("evil.test"), "tls-sni"), ("HTTP", http("evil.test"), "http-host")] {
         for mode in ["audit", "enforce"] {
             let before = cdn.bytes();
-            let s = run(&pol(mode), &script);
+            let s = run_with(loops, &pol(mode), &script);
             let alerts = egress_alerts(&s.events);
             let ctx = format!("{what}, {mode}: {}\n{alerts:#?}", s.err);
             assert_eq!(alerts.len(), 1, "{ctx}");
@@ -169,7 +218,7 @@ fn a_server_name_or_host_not_allowed_on_an_allowed_address_is_denied() {
     }
     for (what, script) in [("TLS", tls("good.test")), ("HTTP", http("good.test"))] {
         let before = cdn.bytes();
-        let s = run(&pol("enforce"), &script);
+        let s = run_with(loops, &pol("enforce"), &script);
         assert_eq!(s.code, Some(0), "{what}: {}", s.err);
         assert!(egress_alerts(&s.events).is_empty(), "{what}: {:#?}", egress_alerts(&s.events));
         assert!(cdn.bytes() > before, "{what}: the allowed name gets through");

@@ -74,7 +74,18 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 /// The packet backstop: every packet a job's socket sends.
 #[cgroup_skb(egress)]
 pub fn egress_guard(ctx: SkBuffContext) -> i32 {
-    let skb = aya_ebpf::EbpfContext::as_ptr(&ctx);
+    backstop::<true>(&ctx)
+}
+
+/// [`egress_guard`] with bounded loops, for kernels without bpf_loop (see `safe::repeat`).
+#[cgroup_skb(egress)]
+pub fn egress_guard_bounded(ctx: SkBuffContext) -> i32 {
+    backstop::<false>(&ctx)
+}
+
+#[inline(always)]
+fn backstop<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
+    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
     // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(skb) };
     // SAFETY: the value is copied out at once; the LRU may evict it afterwards.
@@ -82,7 +93,7 @@ pub fn egress_guard(ctx: SkBuffContext) -> i32 {
     if agent_gone() {
         return 0;
     }
-    let Some((family, proto, daddr, dport)) = parse(&ctx) else { return 1 };
+    let Some((family, proto, daddr, dport)) = parse(ctx) else { return 1 };
     // TCP and UDP sockets that went through connect or sendmsg were judged (and reported) by
     // the socket-address hooks, whose verdict stands; the backstop is for everything else.
     if owner._pad & OWNER_JUDGED != 0 && (proto == PROTO_TCP || proto == PROTO_UDP) {
@@ -94,7 +105,7 @@ pub fn egress_guard(ctx: SkBuffContext) -> i32 {
         return if v == VERDICT_DENY { 0 } else { 1 };
     }
     let enforce = job_flags(owner.job) & JOB_ENFORCE != 0;
-    let allowed = egress_allowed(owner.job, &daddr, family, dport);
+    let allowed = egress_allowed::<LOOP>(owner.job, &daddr, family, dport);
     let verdict = if allowed || !enforce { VERDICT_ALLOW } else { VERDICT_DENY };
     let _ = GUARD_SEEN.insert(&key, &verdict, 0);
     if !allowed {

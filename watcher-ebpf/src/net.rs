@@ -16,26 +16,47 @@ use crate::{
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    on_sock_addr(&ctx, AF_INET, OP_CONNECT)
+    on_sock_addr::<true>(&ctx, AF_INET, OP_CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    on_sock_addr(&ctx, AF_INET6, OP_CONNECT)
+    on_sock_addr::<true>(&ctx, AF_INET6, OP_CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_sock_addr(&ctx, AF_INET, OP_SENDMSG)
+    on_sock_addr::<true>(&ctx, AF_INET, OP_SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_sock_addr(&ctx, AF_INET6, OP_SENDMSG)
+    on_sock_addr::<true>(&ctx, AF_INET6, OP_SENDMSG)
+}
+
+// The same programs with bounded loops, for kernels without bpf_loop (see `safe::repeat`).
+#[cgroup_sock_addr(connect4)]
+pub fn connect4_bounded(ctx: SockAddrContext) -> i32 {
+    on_sock_addr::<false>(&ctx, AF_INET, OP_CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6_bounded(ctx: SockAddrContext) -> i32 {
+    on_sock_addr::<false>(&ctx, AF_INET6, OP_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4_bounded(ctx: SockAddrContext) -> i32 {
+    on_sock_addr::<false>(&ctx, AF_INET, OP_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6_bounded(ctx: SockAddrContext) -> i32 {
+    on_sock_addr::<false>(&ctx, AF_INET6, OP_SENDMSG)
 }
 
 #[inline(always)]
-fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
+fn on_sock_addr<const LOOP: bool>(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     let Some(info) = watched_current() else { return 1 };
     if agent_gone() {
         return 0;
@@ -57,7 +78,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8) -> i32 {
     let proto = sa.protocol as u8;
     let enforce = job_flags(info.job) & JOB_ENFORCE != 0;
     let verdict =
-        if !enforce || egress_allowed(info.job, &daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
+        if !enforce || egress_allowed::<LOOP>(info.job, &daddr, family, dport) { VERDICT_ALLOW } else { VERDICT_DENY };
 
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
@@ -106,7 +127,7 @@ pub fn map_key(addr: &[u8; 16], family: u16) -> [u8; 16] {
 /// Allowed: port 53 to an allowed resolver, an allowed network with that port, or an address
 /// an answer for an allowed name returned, with a port that name's entry allows.
 #[inline(always)]
-pub fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> bool {
+pub fn egress_allowed<const LOOP: bool>(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> bool {
     let key = job_addr_key(job, &map_key(addr, family));
     if dport == 53 && RESOLVERS.contains(&key) {
         return true;
@@ -117,15 +138,40 @@ pub fn egress_allowed(job: u32, addr: &[u8; 16], family: u16, dport: u16) -> boo
         return true;
     }
     let Some(mask) = LEARNED.value(&key) else { return false };
-    for i in 0..MAX_HOST_ENTRIES {
-        if mask & (1u64 << i) != 0
-            && let Some(ports) = HOST_PORTS.value(&host_ports_key(job, i))
-            && ports.contains(dport)
-        {
-            return true;
-        }
+    hosts_allow::<LOOP>(job, mask, dport)
+}
+
+/// What [`hosts_allow`] asks, and its answer.
+#[repr(C)]
+struct HostQuery {
+    mask: u64,
+    job: u32,
+    port: u32,
+    allowed: u32,
+    _pad: u32,
+}
+
+/// Whether one of the allowed host entries in `mask` (bits 0..MAX_HOST_ENTRIES) allows `port`
+/// for `job`.
+#[inline(always)]
+pub fn hosts_allow<const LOOP: bool>(job: u32, mask: u64, port: u16) -> bool {
+    let mut q = HostQuery { mask, job, port: port as u32, allowed: 0, _pad: 0 };
+    crate::safe::repeat::<LOOP, _>(MAX_HOST_ENTRIES, &mut q, host_allows);
+    q.allowed != 0
+}
+
+/// Host entry `i` of [`hosts_allow`]'s query: 1 (stop) once an entry allows the port.
+#[inline(always)]
+extern "C" fn host_allows(i: u64, q: &mut HostQuery) -> i64 {
+    let i = (i & 63) as u32;
+    if q.mask & (1u64 << i) != 0
+        && let Some(ports) = HOST_PORTS.value(&host_ports_key(q.job, i))
+        && ports.contains(q.port as u16)
+    {
+        q.allowed = 1;
+        return 1;
     }
-    false
+    0
 }
 
 #[inline(always)]

@@ -136,6 +136,31 @@ pub fn tail_call<C: EbpfContext>(progs: &ProgramArray, ctx: &C, index: u32) {
     unsafe { progs.tail_call(ctx, index) }
 }
 
+/// `step(0, ctx)`, `step(1, ctx)`, ... `step(n - 1, ctx)`, until one returns 1. `ctx` (on the
+/// caller's stack) carries the loop's state; `step` returns 0 to go on, 1 to stop.
+///
+/// With `LOOP` (kernels >= 5.17), by bpf_loop: the verifier checks `step` once, not once per
+/// iteration as it does a bounded loop, so a scan of a 1 KiB segment costs it a few hundred
+/// instructions instead of 70k (most of the start's verification). Without (older kernels: the
+/// loader picks each program's `_bounded` twin), a bounded loop into which `step` is inlined.
+#[inline(always)]
+pub fn repeat<const LOOP: bool, T>(n: u32, ctx: &mut T, step: extern "C" fn(u64, &mut T) -> i64) {
+    if LOOP {
+        // SAFETY: bpf_loop calls `step` (a static BPF function, checked by the verifier as a
+        // callback) at most n times, each time with the pointer given here, which is `ctx`:
+        // valid, exclusive and of type T for the whole call.
+        unsafe { aya_ebpf::helpers::generated::bpf_loop(n, step as *mut core::ffi::c_void, (ctx as *mut T).cast(), 0) };
+        return;
+    }
+    let mut i = 0;
+    while i < n {
+        if step(i as u64, ctx) != 0 {
+            break;
+        }
+        i += 1;
+    }
+}
+
 /// Signal `sig` to the current process (tracing programs only).
 #[inline(always)]
 pub fn signal_current(sig: u32) {

@@ -26,15 +26,14 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use watcher_common::{
-    AF_INET, CFG_SEED, CHUNK_DROPPED, DNS_MASK_LOOKUP, JOB_ENFORCE, MAX_HOST_ENTRIES, PROTO_TCP, STREAM_DENIED,
-    STREAM_STARTED, SockOwner, StreamState, TARGET_NAME_LEN, TARGET_SCAN_LEN, TARGET_TLS_EXTENSIONS, host_ports_key,
-    job_addr_key, name_hash_step,
+    AF_INET, CFG_SEED, CHUNK_DROPPED, DNS_MASK_LOOKUP, JOB_ENFORCE, PROTO_TCP, STREAM_DENIED, STREAM_STARTED,
+    SockOwner, StreamState, TARGET_NAME_LEN, TARGET_SCAN_LEN, TARGET_TLS_EXTENSIONS, job_addr_key, name_hash_step,
 };
 
 use crate::{
     common::job_flags,
-    maps::{ALLOW_NET, CONFIG, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, Flow, HOST_PORTS, PROXY_NET, SOCK_OWNER},
-    net::{egress_allowed, map_key},
+    maps::{ALLOW_NET, CONFIG, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, Flow, PROXY_NET, SOCK_OWNER},
+    net::{egress_allowed, hosts_allow, map_key},
     payload::{STREAMS, on_egress},
     safe::Lookup as _,
 };
@@ -172,27 +171,49 @@ const FOUND_NAME: u32 = 2;
 /// name it targets. If a tail call cannot be made: fail closed (dropped).
 #[cgroup_skb(egress)]
 pub fn stream_first(ctx: SkBuffContext) -> i32 {
-    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
-    let f = sc.flow;
-    let job = sc.owner.job;
-    let found = find(&ctx, sc, &f, job);
-    if found == FOUND_NAME {
-        crate::safe::tail_call(&DNS_PROGS, &ctx, SLOT_NAME);
-        return 0;
-    }
-    wr(&mut sc.verdict, found);
-    crate::safe::tail_call(&DNS_PROGS, &ctx, SLOT_CAPTURE);
-    0
+    first::<true>(&ctx)
 }
 
 /// The name stream_first found, judged (tail call from stream_first).
 #[cgroup_skb(egress)]
 pub fn stream_name(ctx: SkBuffContext) -> i32 {
+    name::<true>(&ctx)
+}
+
+// The same two with bounded loops, for kernels without bpf_loop (see `safe::repeat`): the
+// loader puts them in the same slots.
+#[cgroup_skb(egress)]
+pub fn stream_first_bounded(ctx: SkBuffContext) -> i32 {
+    first::<false>(&ctx)
+}
+
+#[cgroup_skb(egress)]
+pub fn stream_name_bounded(ctx: SkBuffContext) -> i32 {
+    name::<false>(&ctx)
+}
+
+#[inline(always)]
+fn first<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
+    let f = sc.flow;
+    let job = sc.owner.job;
+    let found = find::<LOOP>(ctx, sc, &f, job);
+    if found == FOUND_NAME {
+        crate::safe::tail_call(&DNS_PROGS, ctx, SLOT_NAME);
+        return 0;
+    }
+    wr(&mut sc.verdict, found);
+    crate::safe::tail_call(&DNS_PROGS, ctx, SLOT_CAPTURE);
+    0
+}
+
+#[inline(always)]
+fn name<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
     let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 0 };
     let job = sc.owner.job;
-    let allowed = judge_name(sc, job);
+    let allowed = judge_name::<LOOP>(sc, job);
     wr(&mut sc.verdict, allowed as u32);
-    crate::safe::tail_call(&DNS_PROGS, &ctx, SLOT_CAPTURE);
+    crate::safe::tail_call(&DNS_PROGS, ctx, SLOT_CAPTURE);
     0
 }
 
@@ -219,7 +240,7 @@ pub fn stream_capture(ctx: SkBuffContext) -> i32 {
 
 /// FOUND_ALLOW or FOUND_DENY when the verdict needs no name, else FOUND_NAME.
 #[inline(always)]
-fn find(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> u32 {
+fn find<const LOOP: bool>(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> u32 {
     let key = job_addr_key(job, &map_key(&f.daddr, f.family));
     let proxy = PROXY_NET.get(&Key::new(160, key)).is_some_and(|p| p.contains(f.dport));
     if !proxy && ALLOW_NET.get(&Key::new(160, key)).is_some_and(|p| p.contains(f.dport)) {
@@ -244,11 +265,11 @@ fn find(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> u32 
     wr(&mut sc.name_len, 0);
     wr(&mut sc.port, f.dport as u32);
     if !find_tls(sc) {
-        if !find_http(sc) {
+        if !find_http::<LOOP>(sc) {
             return FOUND_ALLOW;
         }
         let start = rd(&sc.name_off);
-        name_at(sc, start);
+        name_at::<LOOP>(sc, start);
         let default = rd(&sc.other);
         if default != 0 {
             port_after(sc, default);
@@ -269,26 +290,15 @@ fn find(ctx: &SkBuffContext, sc: &mut TargetScratch, f: &Flow, job: u32) -> u32 
 
 /// Whether the name in TARGET_SCRATCH (name_off, name_len, port) is allowed for `job`.
 #[inline(always)]
-fn judge_name(sc: &mut TargetScratch, job: u32) -> bool {
+fn judge_name<const LOOP: bool>(sc: &mut TargetScratch, job: u32) -> bool {
     let port = rd(&sc.port) as u16;
     if let Some(a) = ipv4_literal(sc) {
         let mut d = [0u8; 16];
         d[..4].copy_from_slice(&a.to_be_bytes());
-        return egress_allowed(job, &d, AF_INET, port);
+        return egress_allowed::<LOOP>(job, &d, AF_INET, port);
     }
-    let mask = name_mask(sc, job) & !DNS_MASK_LOOKUP;
-    if mask == 0 {
-        return false;
-    }
-    for i in 0..MAX_HOST_ENTRIES {
-        if mask & (1u64 << i) != 0
-            && let Some(ports) = HOST_PORTS.value(&host_ports_key(job, i))
-            && ports.contains(port)
-        {
-            return true;
-        }
-    }
-    false
+    let mask = name_mask::<LOOP>(sc, job) & !DNS_MASK_LOOKUP;
+    mask != 0 && hosts_allow::<LOOP>(job, mask, port)
 }
 
 /// A TLS ClientHello's server name: name_off/name_len set, true.
@@ -329,21 +339,27 @@ fn find_tls(sc: &mut TargetScratch) -> bool {
 /// Length of the name at `start`: up to a delimiter (`:`, `/`, space, CR, LF, tab, `?`, `#`,
 /// the segment's end), at most TARGET_NAME_LEN + 1.
 #[inline(always)]
-fn name_at(sc: &mut TargetScratch, start: u32) {
+fn name_at<const LOOP: bool>(sc: &mut TargetScratch, start: u32) {
     wr(&mut sc.name_off, start);
     wr(&mut sc.pos, 0);
-    for _ in 0..TARGET_NAME_LEN as u32 + 1 {
-        let i = rd(&sc.pos);
-        let c = raw(sc, start + i) as u64;
-        // A delimiter: below 64 and its bit in DELIMS, without a branch per test.
-        let small = ((c >> 6) == 0) as u64;
-        if (DELIMS >> (c & 63)) & small & 1 != 0 {
-            break;
-        }
-        wr(&mut sc.pos, i + 1);
-    }
+    crate::safe::repeat::<LOOP, _>(TARGET_NAME_LEN as u32 + 1, &mut 0u32, name_step);
     let v = rd(&sc.pos);
     wr(&mut sc.name_len, v);
+}
+
+/// One byte of [`name_at`]: 1 (stop) at a delimiter, else `pos` + 1.
+#[inline(always)]
+extern "C" fn name_step(_: u64, _: &mut u32) -> i64 {
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 1 };
+    let i = rd(&sc.pos);
+    let c = raw(sc, rd(&sc.name_off) + i) as u64;
+    // A delimiter: below 64 and its bit in DELIMS, without a branch per test.
+    let small = ((c >> 6) == 0) as u64;
+    if (DELIMS >> (c & 63)) & small & 1 != 0 {
+        return 1;
+    }
+    wr(&mut sc.pos, i + 1);
+    0
 }
 
 /// `:digits` right after the name: the port (else `default`).
@@ -369,7 +385,7 @@ fn port_after(sc: &mut TargetScratch, default: u32) {
 
 /// An HTTP request: CONNECT target, absolute URI host, else the Host header.
 #[inline(always)]
-fn find_http(sc: &mut TargetScratch) -> bool {
+fn find_http<const LOOP: bool>(sc: &mut TargetScratch) -> bool {
     // The method: 1-15 capital letters, then a space.
     let mut sp = 0;
     for i in 0..16u32 {
@@ -415,19 +431,9 @@ fn find_http(sc: &mut TargetScratch) -> bool {
     }
     // "\nHost:" anywhere in the examined bytes.
     wr(&mut sc.pos, u);
-    for _ in 0..TARGET_SCAN_LEN as u32 {
-        let i = rd(&sc.pos);
-        if i + 6 > rd(&sc.n) {
-            return false;
-        }
-        // "\nhost:" in any case, as one test (the verifier walks this loop up to 1024 times).
-        let w =
-            ((raw(sc, i + 1) << 24) | (raw(sc, i + 2) << 16) | (raw(sc, i + 3) << 8) | raw(sc, i + 4)) | 0x2020_2020;
-        let hit = (raw(sc, i) ^ b'\n' as u32) | (w ^ u32::from_be_bytes(*b"host")) | (raw(sc, i + 5) ^ b':' as u32);
-        if hit == 0 {
-            break;
-        }
-        wr(&mut sc.pos, i + 1);
+    crate::safe::repeat::<LOOP, _>(TARGET_SCAN_LEN as u32, &mut 0u32, host_step);
+    if rd(&sc.pos) + 6 > rd(&sc.n) {
+        return false;
     }
     let mut at = rd(&sc.pos) + 6;
     for _ in 0..8 {
@@ -441,6 +447,25 @@ fn find_http(sc: &mut TargetScratch) -> bool {
     // The connection's own port (set by the caller) is the one judged.
     wr(&mut sc.other, 0);
     true
+}
+
+/// One step of the search for "\nHost:" (from `pos`, in any case, as one test): 1 with `pos`
+/// at the match, or once fewer than 6 bytes are left; else `pos` + 1. Its state is in
+/// TARGET_SCRATCH.
+#[inline(always)]
+extern "C" fn host_step(_: u64, _: &mut u32) -> i64 {
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 1 };
+    let i = rd(&sc.pos);
+    if i + 6 > rd(&sc.n) {
+        return 1;
+    }
+    let w = ((raw(sc, i + 1) << 24) | (raw(sc, i + 2) << 16) | (raw(sc, i + 3) << 8) | raw(sc, i + 4)) | 0x2020_2020;
+    let hit = (raw(sc, i) ^ b'\n' as u32) | (w ^ u32::from_be_bytes(*b"host")) | (raw(sc, i + 5) ^ b':' as u32);
+    if hit == 0 {
+        return 1;
+    }
+    wr(&mut sc.pos, i + 1);
+    0
 }
 
 /// The name as an IPv4 literal (a.b.c.d), if it is one.
@@ -486,33 +511,41 @@ fn ipv4_literal(sc: &mut TargetScratch) -> Option<u32> {
 /// OR of the masks the DNS tables give the name (exact) and each of its proper suffixes
 /// (`*.suffix`): the name hashed backwards in wire form, as name_hash does.
 #[inline(always)]
-fn name_mask(sc: &mut TargetScratch, job: u32) -> u64 {
-    let len = rd(&sc.name_len);
-    let off = rd(&sc.name_off);
+fn name_mask<const LOOP: bool>(sc: &mut TargetScratch, job: u32) -> u64 {
     let seed = CONFIG.get(CFG_SEED).copied().unwrap_or(0);
     wr64(&mut sc.h, name_hash_step(seed, 0));
     wr64(&mut sc.mask, 0);
     wr(&mut sc.label, 0);
-    for j in 0..TARGET_NAME_LEN as u32 {
-        if j >= len {
-            break;
-        }
-        let c = raw(sc, off + len - 1 - j);
-        let h = rd64(&sc.h);
-        if c == b'.' as u32 {
-            let h = name_hash_step(h, rd(&sc.label) as u8);
-            wr64(&mut sc.h, h);
-            let m = DNS_SUFFIXES.value(&[h, job as u64]).unwrap_or(0);
-            let v = rd64(&sc.mask) | m;
-            wr64(&mut sc.mask, v);
-            wr(&mut sc.label, 0);
-        } else {
-            wr64(&mut sc.h, name_hash_step(h, c as u8));
-            let v = rd(&sc.label) + 1;
-            wr(&mut sc.label, v);
-        }
-    }
+    let mut j = job;
+    crate::safe::repeat::<LOOP, _>(TARGET_NAME_LEN as u32, &mut j, suffix_step);
     let h = name_hash_step(rd64(&sc.h), rd(&sc.label) as u8);
     let m = DNS_NAMES.value(&[h, job as u64]).unwrap_or(0);
     rd64(&sc.mask) | m
+}
+
+/// Byte `j` from the end of the name, for [`name_mask`] (`job` its context): hashed into `h`;
+/// at a dot, the suffix after it looked up and its mask added. 1 (stop) past the name's start.
+#[inline(always)]
+extern "C" fn suffix_step(j: u64, job: &mut u32) -> i64 {
+    let Some(sc) = crate::safe::scratch(&TARGET_SCRATCH) else { return 1 };
+    let j = j as u32;
+    let len = rd(&sc.name_len);
+    if j >= len {
+        return 1;
+    }
+    let c = raw(sc, rd(&sc.name_off) + len - 1 - j);
+    let h = rd64(&sc.h);
+    if c == b'.' as u32 {
+        let h = name_hash_step(h, rd(&sc.label) as u8);
+        wr64(&mut sc.h, h);
+        let m = DNS_SUFFIXES.value(&[h, *job as u64]).unwrap_or(0);
+        let v = rd64(&sc.mask) | m;
+        wr64(&mut sc.mask, v);
+        wr(&mut sc.label, 0);
+    } else {
+        wr64(&mut sc.h, name_hash_step(h, c as u8));
+        let v = rd(&sc.label) + 1;
+        wr(&mut sc.label, v);
+    }
+    0
 }

@@ -71,6 +71,19 @@ const TAIL_CALLS: &[(&str, &str, u32, TailKind)] = &[
     ("dns_ingress_learn", names::DNS_INGRESS_PROGS, 0, TailKind::Skb),
 ];
 
+/// The programs whose loops run through bpf_loop (kernel >= 5.17; `watcher-ebpf`'s
+/// `safe::repeat`), each with its twin of bounded loops, loaded in its place on older kernels
+/// (or with `WATCHER_BOUNDED_LOOPS=1`): the same verdicts, at several times the verifier's work.
+const BOUNDED: &[(&str, &str)] = &[
+    ("connect4", "connect4_bounded"),
+    ("connect6", "connect6_bounded"),
+    ("sendmsg4", "sendmsg4_bounded"),
+    ("sendmsg6", "sendmsg6_bounded"),
+    ("egress_guard", "egress_guard_bounded"),
+    ("stream_first", "stream_first_bounded"),
+    ("stream_name", "stream_name_bounded"),
+];
+
 #[derive(Clone, Copy)]
 enum TailKind {
     Raw,
@@ -180,6 +193,7 @@ fn attach(
         }
     }
     for (prog, array, slot, kind) in TAIL_CALLS {
+        let prog = &fallback.program(prog);
         let fd = match kind {
             TailKind::Raw => {
                 let p: &mut RawTracePoint = program(ebpf, prog)?;
@@ -277,7 +291,10 @@ fn attach(
         SensorState {
             name: "network".into(),
             active: true,
-            detail: Some(format!("cgroup_sock_addr at {at}: connect4/6, sendmsg4/6 (TCP, UDP, io_uring)")),
+            detail: Some(format!(
+                "cgroup_sock_addr at {at}: connect4/6, sendmsg4/6 (TCP, UDP, io_uring){}",
+                if fallback.bounded { "; bounded loops (no bpf_loop: a slower start)" } else { "" }
+            )),
         },
         SensorState {
             name: "dns".into(),
@@ -312,6 +329,8 @@ struct Fallback {
     fork: bool,
     /// sched_process_exit has no `group_dead` argument (kernels before 6.16).
     exit: bool,
+    /// No bpf_loop (kernels before 5.17): the [`BOUNDED`] twins are loaded.
+    bounded: bool,
 }
 
 impl Fallback {
@@ -320,7 +339,16 @@ impl Fallback {
             .iter()
             .find_map(|d| std::fs::read_to_string(format!("{d}/events/sched/sched_process_exit/format")).ok())
             .unwrap_or_default();
-        Fallback { fork: super::btf::kernel_offsets().task_tgid.is_none(), exit: !format.contains("group_dead") }
+        let forced = std::env::var_os("WATCHER_BOUNDED_LOOPS").is_some_and(|v| v == "1");
+        // A probe the kernel refuses to answer is a kernel without the helper.
+        let bpf_loop =
+            aya::sys::is_helper_supported(aya::programs::ProgramType::CgroupSkb, aya::sys::BpfHelper::BPF_FUNC_loop)
+                .unwrap_or(false);
+        Fallback {
+            fork: super::btf::kernel_offsets().task_tgid.is_none(),
+            exit: !format.contains("group_dead"),
+            bounded: forced || !bpf_loop,
+        }
     }
 
     /// Whether `prog` (a `Hook::RawOr` program) is replaced by its perf-event tracepoint one.
@@ -332,7 +360,7 @@ impl Fallback {
         }
     }
 
-    /// The program attached for `prog`.
+    /// The program loaded for `prog` (attached, or put in a tail-call slot).
     fn program<'a>(&self, prog: &'a str) -> &'a str {
         let fallback = PROGRAMS.iter().find_map(|(p, h)| match h {
             Hook::RawOr(_, tp, _, _) if *p == prog => Some(*tp),
@@ -340,16 +368,22 @@ impl Fallback {
         });
         match fallback {
             Some(tp) if self.perf(prog) => tp,
-            _ => prog,
+            _ => match BOUNDED.iter().find(|(p, _)| *p == prog) {
+                Some((_, twin)) if self.bounded => twin,
+                _ => prog,
+            },
         }
     }
 
-    /// Programs of the object that are not loaded: the variant of each `Hook::RawOr` not used.
+    /// Programs of the object that are not loaded: the variant of each `Hook::RawOr` and of
+    /// each [`BOUNDED`] pair not used.
     fn unused(&self, prog: &str) -> bool {
-        PROGRAMS.iter().any(|(p, h)| match h {
+        let raw_or = PROGRAMS.iter().any(|(p, h)| match h {
             Hook::RawOr(_, tp, _, _) => (prog == *tp && !self.perf(p)) || (prog == *p && self.perf(p)),
             _ => false,
-        })
+        });
+        let twin = BOUNDED.iter().any(|(p, b)| prog == if self.bounded { *p } else { *b });
+        raw_or || twin
     }
 }
 
@@ -359,12 +393,13 @@ impl Fallback {
 /// not with an unlucky bucket).
 const HEAVY_FIRST: &[&str] = &[
     "sys_enter",
-    "stream_first",
-    "stream_name",
+    "stream_first_bounded",
+    "stream_name_bounded",
     "exec_env_scan",
-    "egress_guard",
+    "egress_guard_bounded",
     "dns_ingress_learn",
     "dns_egress_enforce",
+    "stream_first",
     "dns_egress",
 ];
 
@@ -453,6 +488,9 @@ mod tests {
         let mut want: Vec<&str> = names::ALL.to_vec();
         want.sort();
         assert_eq!(have, want);
+        for (p, b) in BOUNDED {
+            assert!(obj.programs.contains_key(*b), "bounded twin {b} of {p} missing from the object");
+        }
         for (p, h) in PROGRAMS {
             assert!(obj.programs.contains_key(*p), "program {p} missing from the object");
             if let Hook::RawOr(_, tp, _, _) = h {
