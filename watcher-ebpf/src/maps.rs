@@ -1,4 +1,11 @@
 //! Every map the programs share with userspace.
+//!
+//! Hash maps only userspace writes (the policy's tables) are created with BPF_F_NO_PREALLOC:
+//! the kernel then allocates an entry when userspace adds it, instead of every possible entry
+//! when the map is created (the start paid ~5 ms and a few MiB of kernel memory for tables a
+//! policy fills with a few dozen entries). Maps the programs insert into keep preallocation, so
+//! an insert in a program never waits on, or fails for, an allocation.
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
@@ -44,7 +51,7 @@ pub static WATCHED: HashMap<u32, ProcInfo> = HashMap::with_max_entries(MAX_WATCH
 
 /// Cgroup v2 ids whose every process is watched (the cgroup of `watcher run`), value = job id.
 #[map]
-pub static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+pub static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// clone flags of a thread's clone/clone3/fork/vfork in flight, keyed by tid, so that
 /// sched_process_fork can tell a new process from a new thread.
@@ -77,7 +84,7 @@ pub static UDP_SEEN: LruHashMap<UdpKey, u8> = LruHashMap::with_max_entries(8192,
 /// Environment variable names (NUL-padded) whose entries are copied into exec records, with
 /// flags. Filled by userspace before anything is watched.
 #[map]
-pub static ENV_CAPTURE: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, 0);
+pub static ENV_CAPTURE: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, BPF_F_NO_PREALLOC);
 
 /// Slot 0: exec_env_scan, which sys_enter_execve tail-calls to scan the environment in chunks.
 #[map]
@@ -94,15 +101,15 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(CFG_LEN, 0);
 
 /// [name hash, job] of an allowed exact name -> mask (bit i: host entry i; DNS_MASK_LOOKUP).
 #[map]
-pub static DNS_NAMES: HashMap<NameKey, u64> = HashMap::with_max_entries(16384, 0);
+pub static DNS_NAMES: HashMap<NameKey, u64> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// [name hash of the suffix of an allowed `*.suffix` pattern, job] -> mask.
 #[map]
-pub static DNS_SUFFIXES: HashMap<NameKey, u64> = HashMap::with_max_entries(16384, 0);
+pub static DNS_SUFFIXES: HashMap<NameKey, u64> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// Job id -> JOB_* flags (enforce, deny shells).
 #[map]
-pub static JOBS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub static JOBS: HashMap<u32, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// Allowed networks, keyed job_addr_key (job, then the address; IPv4 as IPv4-mapped IPv6, so
 /// connect6 to ::ffff:a.b.c.d is judged the same as connect4 to a.b.c.d); prefix 32 + bits.
@@ -111,11 +118,11 @@ pub static ALLOW_NET: LpmTrie<[u8; JOB_ADDR_LEN], PortSet> = LpmTrie::with_max_e
 
 /// Allowed resolvers per job (any port 53 traffic to them is allowed).
 #[map]
-pub static RESOLVERS: HashMap<[u8; JOB_ADDR_LEN], u32> = HashMap::with_max_entries(4096, 0);
+pub static RESOLVERS: HashMap<[u8; JOB_ADDR_LEN], u32> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Ports of host entry i of a job (key host_ports_key(job, i)).
 #[map]
-pub static HOST_PORTS: HashMap<u64, PortSet> = HashMap::with_max_entries(16384, 0);
+pub static HOST_PORTS: HashMap<u64, PortSet> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// (job, address) an answer for an allowed name returned -> OR of the names' masks. Filled in
 /// the kernel as the answer arrives (dns_ingress_learn), before the application can read it.
@@ -124,11 +131,11 @@ pub static LEARNED: LruHashMap<[u8; JOB_ADDR_LEN], u64> = LruHashMap::with_max_e
 
 /// (job, executable basename) -> EXEC_* flags.
 #[map]
-pub static EXEC_RULES: HashMap<ExecKey, u32> = HashMap::with_max_entries(16384, 0);
+pub static EXEC_RULES: HashMap<ExecKey, u32> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// Exact environment entries ("npm_lifecycle_event=postinstall") that mark an install script.
 #[map]
-pub static ENV_MARKERS: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, 0);
+pub static ENV_MARKERS: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, BPF_F_NO_PREALLOC);
 
 #[repr(C)]
 pub struct NameScratch {
@@ -176,7 +183,7 @@ pub static DNS_INGRESS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0
 
 /// Signatures (shell_signature) of the shell binaries of this machine.
 #[map]
-pub static SHELL_SIGS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);
+pub static SHELL_SIGS: HashMap<u64, u32> = HashMap::with_max_entries(64, BPF_F_NO_PREALLOC);
 
 /// Daemon mode: jobs whose first program the kernel stopped, job id -> pid, until the daemon
 /// has set them up. Lets the daemon find a held job even when its exec record was lost.
@@ -190,7 +197,7 @@ pub static GUARD_SEEN: LruHashMap<GuardKey, u8> = LruHashMap::with_max_entries(6
 
 /// (job, local deputy's socket path): connecting to it from an install script is denied.
 #[map]
-pub static DEPUTIES: HashMap<DeputyKey, u32> = HashMap::with_max_entries(MAX_DEPUTIES, 0);
+pub static DEPUTIES: HashMap<DeputyKey, u32> = HashMap::with_max_entries(MAX_DEPUTIES, BPF_F_NO_PREALLOC);
 
 /// Carries the ABI version (watcher_common::ABI_VERSION) as its size: the agent reads it from
 /// the object before loading and refuses another version. Never used by a program.

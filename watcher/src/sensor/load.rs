@@ -144,7 +144,7 @@ pub fn load_and_attach(
     if EBPF_OBJECT.is_empty() {
         return Err(SensorError::NoObject);
     }
-    check_abi(EBPF_OBJECT)?;
+    timing::time(Phase::Object, || check_abi(EBPF_OBJECT))?;
     if !cfg!(target_arch = "x86_64") {
         return Err(SensorError::Arch(std::env::consts::ARCH));
     }
