@@ -417,6 +417,7 @@ fn verify_all(ebpf: &mut Ebpf, fallback: &Fallback) -> Result<(), SensorError> {
         let handles: Vec<_> = (0..n)
             .map(|_| {
                 scope.spawn(|| -> Result<(), SensorError> {
+                    lower_priority();
                     while let Some((name, p)) = next() {
                         load_one(name, p)?;
                     }
@@ -427,6 +428,16 @@ fn verify_all(ebpf: &mut Ebpf, fallback: &Fallback) -> Result<(), SensorError> {
         handles.into_iter().map(|h| h.join().unwrap_or(Err(SensorError::VerifyPanic))).collect()
     });
     results.into_iter().collect()
+}
+
+/// The calling thread (a verifier thread) yields the CPU to anything else that runs meanwhile:
+/// the package managers asked for their configuration at the same time (npm's
+/// `config list` is the other half of the start, and it waited for the CPUs the verifier held).
+/// Alone on the machine, the thread still gets every cycle it would have had.
+fn lower_priority() {
+    // SAFETY: setpriority takes plain integers; with PRIO_PROCESS and 0, Linux changes the
+    // nice value of the calling thread only. A failure leaves the priority as it was.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
 }
 
 fn load_one(name: &str, p: &mut Program) -> Result<(), SensorError> {
