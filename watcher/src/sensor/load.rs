@@ -487,6 +487,24 @@ pub fn detach_all(links: Vec<PinnedLink>) {
 mod tests {
     use super::*;
 
+    /// Without bpf_loop each program of [`BOUNDED`] is replaced by its twin, wherever it is
+    /// loaded (attached or in a tail-call slot), and exactly one of each pair is verified.
+    #[test]
+    fn a_kernel_without_bpf_loop_gets_every_bounded_twin_and_only_those() {
+        for bounded in [false, true] {
+            let f = Fallback { fork: false, exit: false, bounded };
+            for (p, twin) in BOUNDED {
+                assert_eq!(f.program(p), if bounded { *twin } else { *p });
+                assert_eq!(f.unused(p), bounded, "{p}");
+                assert_eq!(f.unused(twin), !bounded, "{twin}");
+                let used = PROGRAMS.iter().any(|(q, _)| q == p) || TAIL_CALLS.iter().any(|(q, ..)| q == p);
+                assert!(used, "{p} is neither attached nor a tail call");
+            }
+            assert_eq!(f.program("stream_capture"), "stream_capture");
+            assert!(!f.unused("stream_capture"));
+        }
+    }
+
     #[test]
     fn the_kernel_object_has_exactly_the_contract_maps_and_its_abi() {
         if EBPF_OBJECT.is_empty() {
