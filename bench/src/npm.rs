@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 use watcher_tests::HttpServer;
 
 use crate::util::{
-    HwmSampler, Row, TempDir, against, count_log, median, parse_timing, require_root, row, rss_text, watcher_bin,
+    HwmSampler, Row, StepDaemon, TempDir, against, count_log, median, parse_timing, require_root, row, rss_text,
+    watcher_bin,
 };
 
 #[derive(clap::Args, Clone)]
@@ -28,7 +29,7 @@ pub struct Args {
     /// Packages in the generated dependency graph.
     #[arg(long, default_value_t = 400)]
     pub packages: usize,
-    /// Bare and watched `npm ci` runs (each).
+    /// Bare, watched and daemon-backed `npm ci` runs (each).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
 }
@@ -252,6 +253,11 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
 
     let (mut bare, mut watched, mut peaks, mut events, mut lost, mut alerts) =
         (Vec::new(), Vec::new(), Vec::new(), 0u64, 0u64, 0u64);
+    // Daemon-backed steps: the same `watcher run` through a daemon of the bench's own, started
+    // before and stopped after each such run, so the bare and standalone runs beside it have no
+    // daemon's programs attached.
+    let (mut backed, mut backed_lost, mut backed_alerts) = (Vec::new(), 0u64, 0u64);
+    let daemon_dir = TempDir::new("watcher-bench-npm-daemon")?;
     let (mut fixed, mut fixed_peaks, mut phases) = (Vec::new(), Vec::new(), [(); 4].map(|_| Vec::new()));
     let (mut ring_kb, mut npm_ring_kb) = (0, 0);
     for i in 0..a.runs {
@@ -315,14 +321,44 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
             alerts += counts.kind("alert");
             Ok(())
         };
+        let mut one_backed = || -> anyhow::Result<()> {
+            clean(&project, &cache)?;
+            let daemon = StepDaemon::start(&watcher, &daemon_dir.0)?;
+            let log = work.join(&format!("backed-{i}.jsonl"));
+            let mut c = Command::new(&watcher);
+            c.args(["run", "--quiet", "--policy"]).arg(&policy).arg("--log").arg(&log).arg("--").args(npm_ci_args());
+            c.current_dir(&project).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+            c.env("WATCHER_SOCKET", &daemon.socket);
+            npm_env(&mut c, &home, &cache);
+            let t = Instant::now();
+            let out = c.output()?;
+            let secs = t.elapsed().as_secs_f64();
+            drop(daemon);
+            if !out.status.success() {
+                bail!("daemon-backed npm ci failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+            }
+            backed.push(secs);
+            let counts = count_log(&log)?;
+            backed_lost += counts.lost();
+            backed_alerts += counts.kind("alert");
+            Ok(())
+        };
         if i % 2 == 0 {
             one_bare()?;
             one_watched()?;
+            one_backed()?;
         } else {
+            one_backed()?;
             one_watched()?;
             one_bare()?;
         }
-        eprintln!("watcher-bench npm: run {}: bare {:.2} s, watched {:.2} s", i + 1, bare[i], watched[i]);
+        eprintln!(
+            "watcher-bench npm: run {}: bare {:.2} s, watched {:.2} s, daemon-backed {:.2} s",
+            i + 1,
+            bare[i],
+            watched[i],
+            backed[i]
+        );
     }
     clean(&project, &cache)?;
     let spread = |v: &[f64]| {
@@ -347,6 +383,18 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
         ),
         row(b, "watched/bare (ratio of medians)", format!("{:.3}", mw / mb), &against(mw / mb, 1.02, "", true)),
         row(
+            b,
+            &format!("daemon-backed, median of {} (spread)", backed.len()),
+            format!("{:.2} s ({})", median(&backed), spread(&backed)),
+            "",
+        ),
+        row(
+            b,
+            "daemon-backed/bare (ratio of medians)",
+            format!("{:.3}", median(&backed) / mb),
+            &against(median(&backed) / mb, 1.02, "", true),
+        ),
+        row(
             "start+stop",
             "`run -- true`, standalone, npm policy (median)",
             format!("{:.3} s", median(&fixed)),
@@ -362,6 +410,7 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
         row(b, "watched/bare without start+stop", format!("{:.3}", (mw - median(&fixed)) / mb), ""),
         row(b, "events logged per watched run (mean)", format!("{}", events / a.runs.max(1) as u64), ""),
         row(b, "alerts / events lost (all runs)", format!("{alerts} / {lost}"), "0 / 0"),
+        row(b, "alerts / events lost, daemon-backed (all runs)", format!("{backed_alerts} / {backed_lost}"), "0 / 0"),
         row(
             b,
             "agent peak memory during npm ci (VmHWM, max)",

@@ -5,14 +5,15 @@
 //! job's log and the events lost (target 0). The daemon is this benchmark's own (socket and log
 //! dir named with its pid) and is stopped at the end, whatever happens.
 use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
-use crate::util::{Row, TempDir, count_log, median, ring_mapping_kb, row, rss_text, status_kb, watcher_bin};
+use crate::util::{
+    Row, StepDaemon, TempDir, count_log, median, ring_mapping_kb, row, rss_text, status_kb, watcher_bin,
+};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -28,25 +29,6 @@ pub struct Args {
     pub step_storm_count: u64,
 }
 
-struct Daemon(Option<Child>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            // SAFETY: our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            for _ in 0..100 {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// "value (met)" or "value (missed by X)".
 fn against(value: f64, target: f64, unit: &str) -> String {
     if value <= target {
@@ -60,36 +42,8 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
     crate::util::require_root()?;
     let watcher = watcher_bin()?;
     let dir = TempDir::new("watcher-bench-steps")?;
-    let socket: PathBuf = dir.join("steps/steps.sock");
-    let cfg = dir.join("daemon.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 1\nsocket: {}\nlog_dir: {}\njobs:\n  id_env: [WATCHER_BENCH_JOB_{}]\nsteps:\n  allow: true\n  socket: {}\n",
-            dir.join("run/status.sock").display(),
-            dir.join("logs").display(),
-            std::process::id(),
-            socket.display()
-        ),
-    )?;
-    let stderr = dir.join("daemon.stderr");
-    let child = Command::new(&watcher)
-        .args(["daemon", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr)?)
-        .spawn()
-        .context("starting the daemon")?;
-    let pid = child.id();
-    let _daemon = Daemon(Some(child));
-    let t = Instant::now();
-    while !std::fs::read_to_string(&stderr).unwrap_or_default().contains("watcher daemon started") {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("the daemon did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let daemon = StepDaemon::start(&watcher, &dir.0)?;
+    let (pid, socket) = (daemon.pid, daemon.socket.clone());
     let step = |args: &[&str]| {
         let mut c = Command::new(&watcher);
         c.args(["run", "--quiet", "--"]).args(args).env("WATCHER_SOCKET", &socket).stdin(Stdio::null());

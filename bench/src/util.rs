@@ -238,3 +238,68 @@ impl Drop for TempDir {
 fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
+
+/// A watcher daemon of the benchmark's own that allows steps (socket, log dir and job variable
+/// named with the bench's pid, in `dir`), stopped (SIGTERM, then SIGKILL) when dropped,
+/// whatever happened meanwhile.
+pub struct StepDaemon {
+    pub pid: u32,
+    pub socket: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl StepDaemon {
+    pub fn start(watcher: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<StepDaemon> {
+        use std::{
+            process::{Command, Stdio},
+            time::{Duration, Instant},
+        };
+        let socket = dir.join("steps/steps.sock");
+        let cfg = dir.join("daemon.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 1\nsocket: {}\nlog_dir: {}\njobs:\n  id_env: [WATCHER_BENCH_JOB_{}]\nsteps:\n  allow: true\n  socket: {}\n",
+                dir.join("run/status.sock").display(),
+                dir.join("logs").display(),
+                std::process::id(),
+                socket.display()
+            ),
+        )?;
+        let stderr = dir.join("daemon.stderr");
+        let child = Command::new(watcher)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr)?)
+            .spawn()
+            .context("starting the daemon")?;
+        let d = StepDaemon { pid: child.id(), socket, child: Some(child) };
+        let t = Instant::now();
+        while !std::fs::read_to_string(&stderr).unwrap_or_default().contains("watcher daemon started") {
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("the daemon did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for StepDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

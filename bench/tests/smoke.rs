@@ -47,13 +47,22 @@ fn tiny_npm_run_prints_its_table() {
         return;
     }
     let s = bench(&["npm", "--packages", "30", "--runs", "1"]);
-    for metric in ["packages installed", "watched/bare (ratio of medians)", "agent peak memory"] {
+    for metric in [
+        "packages installed",
+        "watched/bare (ratio of medians)",
+        "daemon-backed/bare (ratio of medians)",
+        "agent peak memory",
+    ] {
         assert!(s.contains(metric), "no {metric:?} in:\n{s}");
     }
     // The generated graph installed, watched under the shipped policy: no alert, nothing lost.
     let line = s.lines().find(|l| l.contains("alerts / events lost")).unwrap();
     let t: Vec<&str> = line.split_whitespace().collect();
     // "... ALERTS / LOST  0 / 0" (value, then the target column)
+    assert_eq!((t[t.len() - 6], t[t.len() - 4]), ("0", "0"), "{s}");
+    // The same install through a daemon's step socket: no alert, nothing lost either.
+    let line = s.lines().find(|l| l.contains("alerts / events lost, daemon-backed")).unwrap();
+    let t: Vec<&str> = line.split_whitespace().collect();
     assert_eq!((t[t.len() - 6], t[t.len() - 4]), ("0", "0"), "{s}");
 }
 

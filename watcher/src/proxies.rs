@@ -105,12 +105,6 @@ pub fn for_step(policy: Option<&Policy>) -> Vec<ProxySource> {
     found.sources
 }
 
-/// [`for_step`] into `prepared`: its policy gains the proxies, `proxy_sources` says where from.
-pub fn add_to(prepared: &mut crate::session::Prepared) {
-    let sources = for_step(prepared.policy.as_ref());
-    set(prepared, sources);
-}
-
 /// `sources` (from [`for_step`]) into `prepared`.
 pub fn set(prepared: &mut crate::session::Prepared, sources: Vec<ProxySource>) {
     prepared.policy = apply(prepared.policy.take(), &sources);

@@ -66,23 +66,10 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
     let watcher_pid = std::process::id();
     let run_as = crate::run_user::resolve(opts.user.as_deref(), (None, None))?;
     let policy = session::load_policy(opts.policy.as_deref(), opts.mode)?;
-    // The package managers' configuration is read while the kernel verifies the programs: the
-    // two are the bulk of watcher's start-up, and neither needs the other.
-    let registries = {
-        let p = policy.clone();
-        std::thread::Builder::new()
-            .name("registries".into())
-            .spawn(move || session::resolve_registries(p.as_ref()))
-            .doing(|| "starting the registry resolution thread".into())?
-    };
-    // The proxies of the step's environment and package managers (npm is asked again), alongside.
-    let proxies = {
-        let p = policy.clone();
-        std::thread::Builder::new()
-            .name("proxies".into())
-            .spawn(move || crate::proxies::for_step(p.as_ref()))
-            .doing(|| "starting the proxy discovery thread".into())?
-    };
+    // The package managers' configuration (registries, proxies) is read while the kernel
+    // verifies the programs: the two are the bulk of watcher's start-up, and neither needs the
+    // other.
+    let discovery = session::discover(&policy)?;
     // Open the log first: a bad path is the user's error to hear about before anything runs.
     crate::outfile::distinct(
         &opts.policy.iter().map(|p| ("policy", p.as_path())).collect::<Vec<_>>(),
@@ -135,10 +122,7 @@ async fn run_async(opts: RunOptions) -> Result<(i32, Vec<AlertTiming>), RunError
             s.killed
         );
     }
-    let registries = registries.join().map_err(|_| RunError::ThreadPanicked("registry resolution"))??;
-    let mut prepared = session::finish_prepare(policy, registries)?;
-    let proxies = proxies.join().map_err(|_| RunError::ThreadPanicked("proxy discovery"))?;
-    crate::proxies::set(&mut prepared, proxies);
+    let prepared = discovery.finish(policy)?;
     // Read once: the kernel enforces, and the start record (which the engine and replay judge
     // by) states, the same resolvers.
     let resolvers = crate::probe::system_resolvers();

@@ -15,6 +15,8 @@ pub enum SessionError {
     Probe(#[from] crate::probe::ProbeError),
     #[error(transparent)]
     Failed(#[from] Failed),
+    #[error("watcher's {0} thread panicked")]
+    ThreadPanicked(&'static str),
 }
 
 use crate::{
@@ -88,6 +90,43 @@ pub fn resolve_registries(policy: Option<&Policy>) -> Result<crate::probe::Regis
         Some(p) => crate::probe::resolve_registries(p)?,
         None => Default::default(),
     })
+}
+
+/// The package managers' registries and the step's proxies, being found on two threads while
+/// the caller goes on (`run`: the kernel verifies the programs meanwhile). Both ask
+/// `npm config list` for the npm policy; asked at the same time, npm runs once
+/// (`probe::registries`' in-flight sharing). One after the other, the daemon-backed step client
+/// ran npm twice before its step could start.
+pub struct Discovery {
+    registries: std::thread::JoinHandle<Result<crate::probe::Registries, SessionError>>,
+    proxies: std::thread::JoinHandle<Vec<crate::proxies::ProxySource>>,
+}
+
+/// Start [`Discovery`] for `policy`.
+pub fn discover(policy: &Option<Policy>) -> Result<Discovery, SessionError> {
+    let p = policy.clone();
+    let registries = std::thread::Builder::new()
+        .name("registries".into())
+        .spawn(move || resolve_registries(p.as_ref()))
+        .doing(|| "starting the registry resolution thread".into())?;
+    let p = policy.clone();
+    let proxies = std::thread::Builder::new()
+        .name("proxies".into())
+        .spawn(move || crate::proxies::for_step(p.as_ref()))
+        .doing(|| "starting the proxy discovery thread".into())?;
+    Ok(Discovery { registries, proxies })
+}
+
+impl Discovery {
+    /// What is known before the command starts, once both are found: [`finish_prepare`] with
+    /// the registries, and the proxies applied to the policy.
+    pub fn finish(self, policy: Option<Policy>) -> Result<Prepared, SessionError> {
+        let registries = self.registries.join().map_err(|_| SessionError::ThreadPanicked("registry resolution"))??;
+        let mut prepared = finish_prepare(policy, registries)?;
+        let proxies = self.proxies.join().map_err(|_| SessionError::ThreadPanicked("proxy discovery"))?;
+        crate::proxies::set(&mut prepared, proxies);
+        Ok(prepared)
+    }
 }
 
 pub fn finish_prepare(policy: Option<Policy>, registries: crate::probe::Registries) -> Result<Prepared, SessionError> {

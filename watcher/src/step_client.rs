@@ -60,6 +60,8 @@ async fn run_async(opts: RunOptions, socket: &Path) -> Result<i32, RunError> {
         return Err(RunError::UserWithDaemon { socket: socket.to_path_buf() });
     }
     let policy = crate::session::load_policy(opts.policy.as_deref(), opts.mode)?;
+    // The caller's own view: its package managers' configuration (registries, proxies).
+    let discovery = crate::session::discover(&policy)?;
     crate::outfile::distinct(
         &opts.policy.iter().map(|p| ("policy", p.as_path())).collect::<Vec<_>>(),
         &opts
@@ -75,10 +77,7 @@ async fn run_async(opts: RunOptions, socket: &Path) -> Result<i32, RunError> {
     };
     let report_files =
         opts.report.iter().map(|p| crate::outfile::create(p, "report")).collect::<Result<Vec<_>, _>>()?;
-    // The caller's own view: its package managers' configuration, its resolvers.
-    let registries = crate::session::resolve_registries(policy.as_ref())?;
-    let mut prepared = crate::session::finish_prepare(policy, registries)?;
-    crate::proxies::add_to(&mut prepared);
+    let prepared = discovery.finish(policy)?;
     let policy = prepared.policy.clone();
     let credentials = crate::credentials::for_run(prepared.policy.as_ref(), &prepared.registries, &prepared.secrets);
     let request = OpenStep {
