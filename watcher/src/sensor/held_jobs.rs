@@ -27,14 +27,13 @@ impl Sensor {
         let mut m = HashMap::<_, u32, ProcInfo>::try_from(map_mut(&mut self.ebpf, names::WATCHED)?)
             .map_err(|e| SensorError::map(names::WATCHED, "opening", e))?;
         // BPF_NOEXIST: if the kernel already added it (through its cgroup), keep what the
-        // kernel knows (its flags may already say it starts an install script). EEXIST is that
-        // case, even when the process has exited and left the map since (asking the map again
-        // then found nothing: a short step failed to start with exit 125, once in CI-like runs).
+        // kernel knows (its flags may already say it starts an install script). That case is
+        // EEXIST, and only that one, even when the process has exited and left the map since
+        // (asking the map again then found nothing: a short step failed to start, exit 125).
         const BPF_NOEXIST: u64 = 1;
         match m.insert(&pid, &(ProcInfo { ppid, job, exit_code: 0, code_known: 0, flags: 0, _pad: 0 }), BPF_NOEXIST) {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(_) if m.get(&pid, 0).is_ok() => Ok(()),
             Err(e) => Err(SensorError::map(names::WATCHED, "writing", e)),
         }
     }
