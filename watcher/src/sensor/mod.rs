@@ -148,6 +148,8 @@ pub struct Sensor {
     links: Vec<PinnedLink>,
     pins: pins::PinDir,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// When the ring may be read again after a drain that emptied it (see `ring::PAUSE`).
+    next_read: Option<tokio::time::Instant>,
     states: Vec<SensorState>,
     /// What the previous, killed agents left behind and this start removed.
     stale: Vec<pins::Stale>,
@@ -224,7 +226,7 @@ impl Sensor {
                 s.detail = Some("off (watcher-bench's comparison run: --bench-disable files)".into());
             }
         }
-        Ok(Sensor { ebpf, links, pins, ring, states, stale })
+        Ok(Sensor { ebpf, links, pins, ring, next_read: None, states, stale })
     }
 
     pub fn states(&self) -> &[SensorState] {
