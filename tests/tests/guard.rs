@@ -127,6 +127,37 @@ fn icmp_from_a_raw_socket_is_killed_in_an_install_script_and_dropped_elsewhere()
     }
 }
 
+/// The backstop knows a socket's job from the socket's own storage: no number of other sockets
+/// makes it forget. (Owners were kept in an LRU map of 65,536 sockets: 100,000 sockets opened
+/// and closed pushed the raw socket's owner out, and its ICMP then left unjudged, the run clean.)
+#[test]
+fn a_flood_of_sockets_does_not_make_the_backstop_forget_a_raw_socket() {
+    if !root_or_skip() {
+        return;
+    }
+    let np = netprobe_bin().display().to_string();
+    for mode in ["enforce", "audit"] {
+        let sink = IcmpSink::new();
+        let marker = format!("exfil-flood-{}-{mode}", std::process::id());
+        let s = run(mode, &format!("{np} icmp-after-sockets {DENIED} {marker} 100000"), false);
+        let what = format!("{mode}: {}", s.err);
+        let arrived = sink.saw(marker.as_bytes(), Duration::from_millis(700));
+        let e = alerts(&s.events, "egress-denied");
+        assert_eq!(e.len(), 1, "{what}");
+        let c = s.events.iter().find(|e| e["kind"] == "connect").unwrap_or_else(|| panic!("no connect: {what}"));
+        assert_eq!((c["op"].as_str(), c["proto"].as_str()), (Some("packet"), Some("icmp")), "{what}");
+        if mode == "enforce" {
+            assert!(!arrived, "the ICMP payload left in enforce mode after the flood: {what}");
+            assert_eq!(e[0]["action"], "deny", "{what}");
+            assert_eq!(s.code, Some(77), "{what}");
+        } else {
+            assert!(arrived, "{what}");
+            assert_eq!(e[0]["action"], "flag", "{what}");
+            assert_eq!(s.code, Some(0), "{what}");
+        }
+    }
+}
+
 #[test]
 fn a_packet_socket_from_an_install_script_is_killed_in_enforce_mode() {
     if !root_or_skip() {

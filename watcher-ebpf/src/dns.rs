@@ -12,7 +12,7 @@ use crate::{
     common::{count, fill_header, job_flags, watched_current},
     maps::{
         CONFIG, DNS_INGRESS_PROGS, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, EVENTS, Flow, LEARNED, NAME_SCRATCH,
-        PACKET_SCRATCH, PacketScratch, RESOLVERS, SOCK_OWNER,
+        PACKET_SCRATCH, PacketScratch, RESOLVERS,
     },
     net::map_key,
     safe::Lookup as _,
@@ -192,8 +192,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     if len <= f.payload_off {
         return 1; // e.g. a bare TCP ACK
     }
-    let cookie = crate::safe::socket_cookie(ctx);
-    let owner: SockOwner = match SOCK_OWNER.value(&cookie) {
+    let owner: SockOwner = match crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) {
         Some(o) => o,
         None => {
             // A socket that never went through connect/sendmsg hooks (raw socket): on egress

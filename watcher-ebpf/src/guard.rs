@@ -30,7 +30,7 @@ use watcher_common::{
 
 use crate::{
     common::{agent_gone, count, current_tgid, fill_header, job_flags, kill_current, watched_current},
-    maps::{CONFIG, DEPUTIES, EVENTS, GUARD_SEEN, SOCK_OWNER, WATCHED},
+    maps::{CONFIG, DEPUTIES, EVENTS, GUARD_SEEN, WATCHED},
     net::{egress_allowed, fill_owner},
 };
 
@@ -61,9 +61,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
-    // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
+    // Fail closed: a socket whose owner cannot be recorded would send unjudged.
+    let Some(entry) = crate::safe::owner(ctx.sock, true) else { return 0 };
+    *entry = owner;
     // Raw sockets made through io_uring never reach sys_enter_socket: refuse them here too.
     if sock_type == SOCK_RAW && protocol != 0 && enforced(&info) && in_install_script(&info) {
         return 0;
@@ -85,11 +85,7 @@ pub fn egress_guard_bounded(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn backstop<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
-    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
-    // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(skb) };
-    // SAFETY: the value is copied out at once; the LRU may evict it afterwards.
-    let Some(owner) = (unsafe { SOCK_OWNER.get(&cookie) }).copied() else { return 1 };
+    let Some(owner) = crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) else { return 1 };
     if agent_gone() {
         return 0;
     }
@@ -99,6 +95,9 @@ fn backstop<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
     if owner._pad & OWNER_JUDGED != 0 && (proto == PROTO_TCP || proto == PROTO_UDP) {
         return 1;
     }
+    let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
+    // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(skb) };
     let key = GuardKey { cookie, daddr, dport, proto, _pad: 0, family, _pad2: 0 };
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { GUARD_SEEN.get(&key) }.copied() {

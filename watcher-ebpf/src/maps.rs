@@ -7,7 +7,8 @@
 //! an insert in a program never waits on, or fails for, an allocation.
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use watcher_common::{
@@ -67,10 +68,14 @@ pub static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries
 #[map]
 pub static EXEC_PENDING: HashMap<u32, ExecRecord> = HashMap::with_max_entries(4096, 0);
 
-/// Which watched process owns a socket (by socket cookie): filled by the connect/sendmsg hooks,
-/// read by the packet programs, which run without process context on ingress.
-#[map]
-pub static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+/// Which watched process owns a socket: filled by sock_create and the connect/sendmsg hooks,
+/// read by the packet programs, which run without process context on ingress. Socket-local
+/// storage (see `safe::owner`): it lives exactly as long as its socket, so no number of other
+/// sockets can push a socket's owner out (an LRU map keyed by cookie could be flooded until a
+/// raw or ICMP socket's entry was evicted, and its packets then passed the backstop unjudged),
+/// and a lookup is a pointer from the socket, not a hash.
+#[btf_map]
+pub static SOCK_OWNER: SkStorage<SockOwner> = SkStorage::new();
 
 /// Per-CPU counters of what could not be delivered or tracked (indexed by `watcher_common::Counter`).
 #[map]

@@ -10,7 +10,7 @@ use watcher_common::{
 
 use crate::{
     common::{agent_gone, count, fill_header, job_flags, watched_current},
-    maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, SOCK_OWNER, UDP_SEEN, UdpKey},
+    maps::{ALLOW_NET, EVENTS, HOST_PORTS, LEARNED, RESOLVERS, UDP_SEEN, UdpKey},
     safe::Lookup as _,
 };
 
@@ -84,8 +84,11 @@ fn on_sock_addr<const LOOP: bool>(ctx: &SockAddrContext, family: u16, op: u8) ->
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
     owner._pad = crate::guard::OWNER_JUDGED;
-    let cookie = crate::safe::socket_cookie(ctx);
-    let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
+    // SAFETY: the union's `sk` member is the socket (the kernel's context field).
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    // Fail closed: a socket whose owner cannot be recorded would send unjudged.
+    let Some(entry) = crate::safe::owner(sk, true) else { return 0 };
+    *entry = owner;
 
     if op == OP_SENDMSG && verdict == VERDICT_ALLOW {
         // Report each allowed destination of unconnected UDP once per process.

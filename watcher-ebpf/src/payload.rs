@@ -21,7 +21,7 @@ use watcher_common::{
 use crate::{
     common::count,
     dns::owner_header,
-    maps::{EVENTS, Flow, SOCK_OWNER},
+    maps::{EVENTS, Flow},
     safe::Lookup as _,
 };
 
@@ -79,7 +79,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
         return; // a bare ACK, SYN, FIN
     }
     let cookie = crate::safe::socket_cookie(ctx);
-    let Some(owner) = SOCK_OWNER.value(&cookie) else { return };
+    let Some(owner) = crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) else { return };
     if !STREAMS.contains(&cookie) {
         let _ = STREAMS.insert(&cookie, &StreamState::default(), 0);
     }

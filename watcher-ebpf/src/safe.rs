@@ -195,6 +195,33 @@ pub fn socket_cookie<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// The owner entry of socket `sk` (a `struct bpf_sock *` the context gave, possibly null) in
+/// `SOCK_OWNER`; with `create`, made (zeroed) when it has none. None for a null or request
+/// socket, or when the kernel cannot allocate the entry.
+#[inline(always)]
+pub fn owner(sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> Option<&'static mut watcher_common::SockOwner> {
+    if sk.is_null() {
+        return None;
+    }
+    let flags = if create { aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64 } else { 0 };
+    let map = core::ptr::addr_of!(crate::maps::SOCK_OWNER).cast_mut().cast();
+    // SAFETY: the map is socket storage of SockOwner values; the helper checks the socket
+    // pointer (the verifier: that it came from the context) and returns null or a pointer to
+    // this socket's entry, valid for the program's run.
+    let p = unsafe { aya_ebpf::helpers::generated::bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) };
+    // SAFETY: null or a valid, aligned SockOwner (see above).
+    unsafe { p.cast::<watcher_common::SockOwner>().as_mut() }
+}
+
+/// The socket of a packet program's skb (null when it has none).
+#[inline(always)]
+pub fn skb_sock(ctx: &aya_ebpf::programs::SkBuffContext) -> *mut aya_ebpf::bindings::bpf_sock {
+    let skb = aya_ebpf::EbpfContext::as_ptr(ctx).cast::<aya_ebpf::bindings::__sk_buff>();
+    // SAFETY: the kernel passes a valid __sk_buff for the program's whole run; `sk` is one of
+    // its fields (the verifier rewrites the read).
+    unsafe { (*skb).__bindgen_anon_2.sk }
+}
+
 /// `v` read back from memory: the verifier then sees a fresh value, with no range refined
 /// from earlier branches (which would split its state), and LLVM cannot fold it away.
 #[inline(always)]

@@ -32,7 +32,7 @@ use watcher_common::{
 
 use crate::{
     common::job_flags,
-    maps::{ALLOW_NET, CONFIG, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, Flow, PROXY_NET, SOCK_OWNER},
+    maps::{ALLOW_NET, CONFIG, DNS_NAMES, DNS_PROGS, DNS_SUFFIXES, Flow, PROXY_NET},
     net::{egress_allowed, hosts_allow, map_key},
     payload::{STREAMS, on_egress},
     safe::Lookup as _,
@@ -137,7 +137,7 @@ pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
     }
     if f.proto == PROTO_TCP && ctx.len() > f.payload_off {
         let cookie = crate::safe::socket_cookie(ctx);
-        if let Some(owner) = SOCK_OWNER.value(&cookie) {
+        if let Some(owner) = crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) {
             let flags = STREAMS.value(&cookie).map(|s| s.flags);
             if flags.is_some_and(|fl| fl & STREAM_DENIED != 0) {
                 return 0;

@@ -18,6 +18,8 @@
 //!   dns-connected SERVER NAME TYPE  UDP connect() + send/recv
 //!   dns-tcp SERVER NAME TYPE      DNS over TCP (length prefix + query in one write)
 //!   icmp ADDR TEXT                ICMP echo request carrying TEXT, from a raw socket
+//!   icmp-after-sockets ADDR TEXT N  like icmp, but between opening the raw socket and sending
+//!                                 it opens and closes N UDP sockets (a flood of socket entries)
 //!   packet-socket                 open an AF_PACKET socket (and send nothing)
 //!   unix PATH                     connect to a unix socket at PATH, send "hello\n"
 //!   cgroup-move DIR               write this process's pid into DIR/cgroup.procs
@@ -91,6 +93,7 @@ enum Action {
     /// (mode, server, names, type)
     Dns(String, SocketAddr, Vec<String>, TYPE),
     Icmp(IpAddr, String),
+    IcmpAfterSockets(IpAddr, String, u32),
     PacketSocket,
     Unix(String),
     CgroupMove(String),
@@ -134,6 +137,11 @@ fn parse_actions(args: Vec<String>) -> Vec<Action> {
                 Action::Dns(action.clone(), server, names, qtype)
             }
             "icmp" => Action::Icmp(parse_ip(&param("ADDR")), param("TEXT")),
+            "icmp-after-sockets" => {
+                let (addr, text) = (parse_ip(&param("ADDR")), param("TEXT"));
+                let n = param("N").parse().unwrap_or_else(|e| fail(format!("icmp-after-sockets: bad N: {e}")));
+                Action::IcmpAfterSockets(addr, text, n)
+            }
             "packet-socket" => Action::PacketSocket,
             "unix" => Action::Unix(param("PATH")),
             "cgroup-move" => Action::CgroupMove(param("DIR")),
@@ -188,7 +196,8 @@ fn main() {
                 "dns-connected" => dns_connected(server, &names[0], qtype),
                 _ => dns_tcp(server, &names[0], qtype),
             },
-            Action::Icmp(a, text) => icmp(a, &text),
+            Action::Icmp(a, text) => icmp(a, &text, 0),
+            Action::IcmpAfterSockets(a, text, n) => icmp(a, &text, n),
             Action::PacketSocket => packet_socket(),
             Action::Unix(path) => unix(&path),
             Action::CgroupMove(dir) => cgroup_move(&dir),
@@ -807,7 +816,9 @@ fn do_fexec(args: Vec<String>) -> ! {
     exit(127);
 }
 
-fn icmp(addr: IpAddr, text: &str) {
+/// An ICMP echo carrying `text` to `addr`; `churn` UDP sockets are opened and closed between
+/// the raw socket's creation and the send.
+fn icmp(addr: IpAddr, text: &str, churn: u32) {
     let IpAddr::V4(v4) = addr else { fail("icmp: IPv4 only") };
     // SAFETY: socket(2) with constant arguments; the fd is owned at once.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
@@ -817,6 +828,16 @@ fn icmp(addr: IpAddr, text: &str) {
     }
     // SAFETY: fd is a fresh, valid descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for _ in 0..churn {
+        // SAFETY: socket(2) with constant arguments, closed at once.
+        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        if s < 0 {
+            warn(format!("socket udp: {}", err_text(&io::Error::last_os_error())));
+            return;
+        }
+        // SAFETY: our own fresh descriptor.
+        unsafe { libc::close(s) };
+    }
     let mut pkt = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
     pkt.extend_from_slice(text.as_bytes());
     let mut sum: u32 = 0;
