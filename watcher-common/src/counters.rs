@@ -19,9 +19,11 @@ pub enum Counter {
     RingbufFullPayload = 7,
     /// The ring buffer was full for a socket, tamper, unix-connect or backstop record.
     RingbufFullGuard = 8,
+    /// A socket's owner entry could not be allocated: the socket (or its connect) was refused.
+    SockOwnerFull = 9,
 }
 
-pub const NUM_COUNTERS: u32 = 9;
+pub const NUM_COUNTERS: u32 = 10;
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -34,6 +36,7 @@ impl Counter {
         Counter::ExecScratchFull,
         Counter::RingbufFullPayload,
         Counter::RingbufFullGuard,
+        Counter::SockOwnerFull,
     ];
 
     /// The name in logs, status and metrics (a contract: never renamed).
@@ -48,6 +51,7 @@ impl Counter {
             Counter::ExecScratchFull => "exec-scratch",
             Counter::RingbufFullPayload => "payload",
             Counter::RingbufFullGuard => "guard",
+            Counter::SockOwnerFull => "socket-owner",
         }
     }
 

@@ -192,7 +192,7 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
     if len <= f.payload_off {
         return 1; // e.g. a bare TCP ACK
     }
-    let owner: SockOwner = match crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) {
+    let owner: SockOwner = match crate::safe::skb_owner(ctx) {
         Some(o) => o,
         None => {
             // A socket that never went through connect/sendmsg hooks (raw socket): on egress

@@ -61,9 +61,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
-    // Fail closed: a socket whose owner cannot be recorded would send unjudged.
-    let Some(entry) = crate::safe::owner(ctx.sock, true) else { return 0 };
-    *entry = owner;
+    if !crate::safe::set_owner(ctx.sock, &owner) {
+        return 0;
+    }
     // Raw sockets made through io_uring never reach sys_enter_socket: refuse them here too.
     if sock_type == SOCK_RAW && protocol != 0 && enforced(&info) && in_install_script(&info) {
         return 0;
@@ -85,7 +85,7 @@ pub fn egress_guard_bounded(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn backstop<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
-    let Some(owner) = crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) else { return 1 };
+    let Some(owner) = crate::safe::skb_owner(ctx) else { return 1 };
     if agent_gone() {
         return 0;
     }

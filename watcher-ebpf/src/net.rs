@@ -84,11 +84,9 @@ fn on_sock_addr<const LOOP: bool>(ctx: &SockAddrContext, family: u16, op: u8) ->
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
     owner._pad = crate::guard::OWNER_JUDGED;
-    // SAFETY: the union's `sk` member is the socket (the kernel's context field).
-    let sk = unsafe { sa.__bindgen_anon_1.sk };
-    // Fail closed: a socket whose owner cannot be recorded would send unjudged.
-    let Some(entry) = crate::safe::owner(sk, true) else { return 0 };
-    *entry = owner;
+    if !crate::safe::set_owner(crate::safe::addr_sock(ctx), &owner) {
+        return 0;
+    }
 
     if op == OP_SENDMSG && verdict == VERDICT_ALLOW {
         // Report each allowed destination of unconnected UDP once per process.

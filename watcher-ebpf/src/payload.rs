@@ -79,7 +79,7 @@ pub fn on_egress(ctx: &SkBuffContext, f: &Flow, extra: u8) {
         return; // a bare ACK, SYN, FIN
     }
     let cookie = crate::safe::socket_cookie(ctx);
-    let Some(owner) = crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) else { return };
+    let Some(owner) = crate::safe::skb_owner(ctx) else { return };
     if !STREAMS.contains(&cookie) {
         let _ = STREAMS.insert(&cookie, &StreamState::default(), 0);
     }

@@ -199,7 +199,7 @@ pub fn socket_cookie<C: EbpfContext>(ctx: &C) -> u64 {
 /// `SOCK_OWNER`; with `create`, made (zeroed) when it has none. None for a null or request
 /// socket, or when the kernel cannot allocate the entry.
 #[inline(always)]
-pub fn owner(sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> Option<&'static mut watcher_common::SockOwner> {
+fn owner(sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> Option<&'static mut watcher_common::SockOwner> {
     if sk.is_null() {
         return None;
     }
@@ -213,13 +213,38 @@ pub fn owner(sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> Option<&'st
     unsafe { p.cast::<watcher_common::SockOwner>().as_mut() }
 }
 
-/// The socket of a packet program's skb (null when it has none).
+/// The owner of the socket of a packet program's skb, copied out (None: not a job's socket,
+/// or no socket).
 #[inline(always)]
-pub fn skb_sock(ctx: &aya_ebpf::programs::SkBuffContext) -> *mut aya_ebpf::bindings::bpf_sock {
+pub fn skb_owner(ctx: &aya_ebpf::programs::SkBuffContext) -> Option<watcher_common::SockOwner> {
     let skb = aya_ebpf::EbpfContext::as_ptr(ctx).cast::<aya_ebpf::bindings::__sk_buff>();
     // SAFETY: the kernel passes a valid __sk_buff for the program's whole run; `sk` is one of
     // its fields (the verifier rewrites the read).
-    unsafe { (*skb).__bindgen_anon_2.sk }
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    owner(sk, false).map(|o| *o)
+}
+
+/// Record `o` as the owner of socket `sk` (see [`owner`]); false, counted, when the kernel
+/// cannot allocate the entry: the caller then refuses the socket (it would send unjudged).
+#[inline(always)]
+pub fn set_owner(sk: *mut aya_ebpf::bindings::bpf_sock, o: &watcher_common::SockOwner) -> bool {
+    match owner(sk, true) {
+        Some(e) => {
+            *e = *o;
+            true
+        }
+        None => {
+            crate::common::count(watcher_common::Counter::SockOwnerFull);
+            false
+        }
+    }
+}
+
+/// The socket a cgroup sock_addr program judges.
+#[inline(always)]
+pub fn addr_sock(ctx: &aya_ebpf::programs::SockAddrContext) -> *mut aya_ebpf::bindings::bpf_sock {
+    // SAFETY: the union's `sk` member is the socket (the kernel's context field).
+    unsafe { sock_addr(ctx).__bindgen_anon_1.sk }
 }
 
 /// `v` read back from memory: the verifier then sees a fresh value, with no range refined

@@ -137,7 +137,7 @@ pub fn egress(ctx: &SkBuffContext, f: &Flow) -> i32 {
     }
     if f.proto == PROTO_TCP && ctx.len() > f.payload_off {
         let cookie = crate::safe::socket_cookie(ctx);
-        if let Some(owner) = crate::safe::owner(crate::safe::skb_sock(ctx), false).map(|o| *o) {
+        if let Some(owner) = crate::safe::skb_owner(ctx) {
             let flags = STREAMS.value(&cookie).map(|s| s.flags);
             if flags.is_some_and(|fl| fl & STREAM_DENIED != 0) {
                 return 0;

@@ -557,8 +557,9 @@ fn dns_port() -> u16 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Loss {
     pub ts: Ts,
-    /// What was lost: `exec`, `fork`, `exit`, `connect`, `dns`, `watch` (process not tracked),
-    /// `exec-scratch`, `decode`; in daemon mode also `restart` (a job adopted from a daemon
+    /// What was lost: `exec`, `fork`, `exit`, `connect`, `dns`, `payload`, `guard` (ring buffer
+    /// full), `watch` (process not tracked), `exec-scratch`, `socket-owner` (a socket or connect
+    /// refused: its owner could not be recorded), `decode`; in daemon mode also `restart` (a job adopted from a daemon
     /// that was killed while the job was held: what happened before is not in this log).
     pub source: String,
     /// Lost since the previous loss event for this source.

@@ -36,11 +36,12 @@ pub fn render(r: &StatusReport) -> String {
     );
     metric("watcher_events_total", "counter", "Events written to job logs.", vec![(String::new(), c.events)]);
     metric("watcher_alerts_total", "counter", "Alerts raised in all jobs.", vec![(String::new(), c.alerts)]);
-    let mut lost: Vec<(String, u64)> =
-        ["exec", "fork", "exit", "connect", "dns", "watch", "exec-scratch", "payload", "decode"]
-            .iter()
-            .map(|src| (format!("{{source=\"{src}\"}}"), c.lost.get(*src).copied().unwrap_or(0)))
-            .collect();
+    let mut lost: Vec<(String, u64)> = watcher_common::Counter::ALL
+        .iter()
+        .map(|k| k.name())
+        .chain(["decode"])
+        .map(|src| (format!("{{source=\"{src}\"}}"), c.lost.get(src).copied().unwrap_or(0)))
+        .collect();
     for (k, v) in &c.lost {
         if !lost.iter().any(|(l, _)| l == &format!("{{source=\"{}\"}}", label(k))) {
             lost.push((format!("{{source=\"{}\"}}", label(k)), *v));
