@@ -223,6 +223,19 @@ fn names_on_a_shared_address(loops: Loops, k: u16) {
         assert!(egress_alerts(&s.events).is_empty(), "{what}: {:#?}", egress_alerts(&s.events));
         assert!(cdn.bytes() > before, "{what}: the allowed name gets through");
     }
+    // The kernel's name judgement (a hash of the name, through bpf_loop or the bounded loop):
+    // the resolver hears the allowed name and not the other.
+    let heard = dns.queries().len();
+    let s = run_with(
+        loops,
+        &pol("enforce"),
+        &format!("{np} dns-sendto {} evil.test A >/dev/null 2>&1; {lookup}", dns.addr()),
+    );
+    let got: Vec<String> = dns.queries()[heard..].iter().map(|q| q.name.to_ascii_lowercase()).collect();
+    assert_eq!(got, ["good.test"], "{}", s.err);
+    assert_eq!(s.code, Some(77), "{}", s.err);
+    let denied = s.events.iter().find(|e| e["kind"] == "alert" && e["rule"] == "dns-denied");
+    assert_eq!(denied.map(|a| a["action"].clone()), Some(Value::from("deny")), "{}", s.err);
 }
 
 /// Removes a directory the test made (declared before the sockets in it, so dropped after).

@@ -93,7 +93,7 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
 /// through a mask read back from map memory, and the hash of every suffix is stored by
 /// position. Branches per byte made the verifier's states multiply past its budget.
 #[inline(always)]
-fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
+fn name_mask<const LOOP: bool>(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
     let sc = crate::safe::scratch(&NAME_SCRATCH)?;
     let len = ctx.len();
     if len <= off {
@@ -135,19 +135,10 @@ fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
     let nlabels = crate::safe::reread(&sc.nlabels) & (MAX_LABELS as u32 * 2 - 1);
 
     let mut h = CONFIG.get(CFG_SEED).copied().unwrap_or(0);
-    for j in 0..NAME_WIRE_LEN as u32 {
-        // `end` is read afresh each time: LLVM turns the sign test below into a branch, and a
-        // branch on a value the verifier keeps would split its state once per possible `end`.
-        let end = crate::safe::reread(&sc.end) & (NAME_WIRE_LEN as u32 * 2 - 1);
-        // live = all ones while j < end, else 0; parked in memory so it stays a plain value.
-        let live = ((j as u64).wrapping_sub(end as u64) as i64 >> 63) as u64;
-        crate::safe::park(&mut sc.live, live);
-        let live = crate::safe::reread(&sc.live);
-        let p = (end.wrapping_sub(1).wrapping_sub(j) as usize) & (NAME_WIRE_LEN - 1);
-        let hn = name_hash_step(h, sc.buf[p]);
-        h ^= (h ^ hn) & live;
-        sc.hs[p] = h;
-    }
+    // With bpf_loop only the name's own bytes are hashed; the bounded loop needs a constant
+    // count, and its steps past the end change nothing (see hash_step).
+    let steps = if LOOP { end } else { NAME_WIRE_LEN as u32 };
+    crate::safe::repeat::<LOOP, _>(steps, &mut h, hash_step);
     let mut mask = DNS_NAMES.value(&[h, job as u64]).unwrap_or(0);
     for i in 1..MAX_LABELS as u32 {
         if i >= nlabels {
@@ -160,9 +151,29 @@ fn name_mask(ctx: &SkBuffContext, off: u32, job: u32) -> Option<(u64, u32)> {
     Some((mask, end))
 }
 
+/// Step `j` of [`name_mask`]'s hash, taken backwards from the name's end: `h` becomes the hash
+/// of the name's last j + 1 bytes, kept in `hs` at the position it starts from. Past the end
+/// (`live` 0) nothing changes, without a branch: `end` is read afresh each time (LLVM turns
+/// the sign test into a branch, and a branch on a value the verifier keeps would split its
+/// state once per possible `end`), and `live` is parked in memory so it stays a plain value.
+#[inline(always)]
+extern "C" fn hash_step(j: u64, h: &mut u64) -> i64 {
+    let Some(sc) = crate::safe::scratch(&NAME_SCRATCH) else { return 1 };
+    let end = crate::safe::reread(&sc.end) & (NAME_WIRE_LEN as u32 * 2 - 1);
+    // live = all ones while j < end, else 0.
+    let live = (j.wrapping_sub(end as u64) as i64 >> 63) as u64;
+    crate::safe::park(&mut sc.live, live);
+    let live = crate::safe::reread(&sc.live);
+    let p = (end.wrapping_sub(1).wrapping_sub(j as u32) as usize) & (NAME_WIRE_LEN - 1);
+    let hn = name_hash_step(*h, sc.buf[p]);
+    *h ^= (*h ^ hn) & live;
+    sc.hs[p] = *h;
+    0
+}
+
 /// Enforce mode, a query leaving: allowed only to an allowed resolver and for an allowed name.
 #[inline(always)]
-fn query_allowed(ctx: &SkBuffContext, f: &Flow, job: u32) -> bool {
+fn query_allowed<const LOOP: bool>(ctx: &SkBuffContext, f: &Flow, job: u32) -> bool {
     let key = job_addr_key(job, &map_key(&f.daddr, f.family));
     if !RESOLVERS.contains(&key) {
         return false;
@@ -172,7 +183,7 @@ fn query_allowed(ctx: &SkBuffContext, f: &Flow, job: u32) -> bool {
         Some(q) if q > 0 => {}
         _ => return false,
     }
-    match name_mask(ctx, dns + 12, job) {
+    match name_mask::<LOOP>(ctx, dns + 12, job) {
         Some((mask, _)) => mask & DNS_MASK_LOOKUP != 0,
         None => false,
     }
@@ -230,10 +241,21 @@ fn on_packet(ctx: &SkBuffContext, direction: u8) -> i32 {
 /// with the flow and owner in PACKET_SCRATCH. Not attached.
 #[cgroup_skb(egress)]
 pub fn dns_egress_enforce(ctx: SkBuffContext) -> i32 {
+    egress_enforce::<true>(&ctx)
+}
+
+/// [`dns_egress_enforce`] with bounded loops, for kernels without bpf_loop (see `safe::repeat`).
+#[cgroup_skb(egress)]
+pub fn dns_egress_enforce_bounded(ctx: SkBuffContext) -> i32 {
+    egress_enforce::<false>(&ctx)
+}
+
+#[inline(always)]
+fn egress_enforce<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
     let Some(sc) = crate::safe::scratch(&PACKET_SCRATCH) else { return 0 };
     let (f, owner) = (sc.flow, sc.owner);
-    let verdict = if query_allowed(&ctx, &f, owner.job) { VERDICT_ALLOW } else { VERDICT_DENY };
-    emit(&ctx, &f, &owner, DIR_EGRESS, verdict)
+    let verdict = if query_allowed::<LOOP>(ctx, &f, owner.job) { VERDICT_ALLOW } else { VERDICT_DENY };
+    emit(ctx, &f, &owner, DIR_EGRESS, verdict)
 }
 
 /// Header of a packet record: the socket owner's task fields (ingress runs in softirq
@@ -262,10 +284,21 @@ fn capture_len<const CAP: usize>(len: u32) -> u32 {
 /// entries allow egress, then report the packet. Reached only by tail call from dns_ingress.
 #[cgroup_skb(ingress)]
 pub fn dns_ingress_learn(ctx: SkBuffContext) -> i32 {
+    ingress_learn::<true>(&ctx)
+}
+
+/// [`dns_ingress_learn`] with bounded loops, for kernels without bpf_loop (see `safe::repeat`).
+#[cgroup_skb(ingress)]
+pub fn dns_ingress_learn_bounded(ctx: SkBuffContext) -> i32 {
+    ingress_learn::<false>(&ctx)
+}
+
+#[inline(always)]
+fn ingress_learn<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
     let Some(sc) = crate::safe::scratch(&PACKET_SCRATCH) else { return 1 };
     let (f, owner) = (sc.flow, sc.owner);
-    learn_answer(&ctx, &f, owner.job, sc);
-    emit(&ctx, &f, &owner, DIR_INGRESS, VERDICT_ALLOW);
+    learn_answer::<LOOP>(ctx, &f, owner.job, sc);
+    emit(ctx, &f, &owner, DIR_INGRESS, VERDICT_ALLOW);
     1
 }
 
@@ -285,10 +318,10 @@ fn set_off(sc: &mut PacketScratch, off: u32) {
 /// The offset lives in map memory between steps: the verifier then does not carry a refined
 /// range for it from one answer to the next, which would split its state at every branch.
 #[inline(always)]
-fn learn_answer(ctx: &SkBuffContext, f: &Flow, job: u32, sc: &mut PacketScratch) {
+fn learn_answer<const LOOP: bool>(ctx: &SkBuffContext, f: &Flow, job: u32, sc: &mut PacketScratch) {
     let dns = f.payload_off + if f.proto == PROTO_TCP { 2 } else { 0 };
     let Some(ancount) = load::<u16>(ctx, dns + 6).map(u16::from_be) else { return };
-    let Some((mask, name_len)) = name_mask(ctx, dns + 12, job) else { return };
+    let Some((mask, name_len)) = name_mask::<LOOP>(ctx, dns + 12, job) else { return };
     let mask = mask & !DNS_MASK_LOOKUP;
     if mask == 0 {
         return;

@@ -18,8 +18,8 @@ use watcher_common::{
 use crate::{
     common::{count, current_tgid, daemon_mode, fill_header, job_flags, job_unknown, watched_current},
     maps::{
-        CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES, EXEC_SCRATCH,
-        NEW_JOBS, SHELL_SIGS, WATCHED,
+        BASENAME_PARK, CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES,
+        EXEC_SCRATCH, NEW_JOBS, SHELL_SIGS, WATCHED,
     },
     safe::Lookup as _,
 };
@@ -31,7 +31,12 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// (One handler picking the ctx offsets by syscall number doubled the verifier's work:
 /// 158k -> 275k instructions processed. Reading the pointers in each arm lets it prune.)
 #[inline(always)]
-pub fn exec_enter(prog: &RawTracePointContext, filename: *const u8, argv: *const *const u8, envp: u64) {
+pub fn exec_enter<const LOOP: bool>(
+    prog: &RawTracePointContext,
+    filename: *const u8,
+    argv: *const *const u8,
+    envp: u64,
+) {
     // A failed exec of this thread left its record (a PATH search's ENOENT): this exec has a
     // new one, or none.
     let _ = EXEC_PENDING.remove(&(bpf_get_current_pid_tgid() as u32));
@@ -69,7 +74,7 @@ pub fn exec_enter(prog: &RawTracePointContext, filename: *const u8, argv: *const
 
     enforce_exec(rec, &info);
     if !argv.is_null() {
-        read_args(rec, argv);
+        read_args::<LOOP>(argv);
     }
     rec.env_len = 0;
     rec.env_flags = 0;
@@ -157,116 +162,160 @@ fn judge_name(rec: &mut watcher_common::ExecRecord, info: &ProcInfo, name: [u8; 
     }
 }
 
-/// Examines ENV_SCAN_CHUNK environment entries per run and tail-calls itself for the next
+/// Examines the environment's entries, a chunk per run, and tail-calls itself for the next
 /// chunk; copies the entries whose names are in ENV_CAPTURE. Not attached: reached only by
-/// tail call from sys_enter_execve{,at}.
+/// tail call from sys_enter (execve, execveat). With bpf_loop a chunk is the whole scan
+/// (MAX_ENV_SCAN entries, no further tail call); `exec_env_scan_bounded`, for kernels without
+/// it, takes ENV_SCAN_CHUNK entries per run.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn exec_env_scan(ctx: RawTracePointContext) -> i32 {
+    env_scan::<true>(&ctx)
+}
+
+/// [`exec_env_scan`] with bounded loops (see `safe::repeat`).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn exec_env_scan_bounded(ctx: RawTracePointContext) -> i32 {
+    env_scan::<false>(&ctx)
+}
+
+#[inline(always)]
+fn env_scan<const LOOP: bool>(ctx: &RawTracePointContext) -> i32 {
     let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else { return 0 };
-    let more = scan_env_chunk(rec);
+    let more = scan_env_chunk::<LOOP>(rec);
     if more && (rec.env_idx as usize) < MAX_ENV_SCAN {
-        crate::safe::tail_call(&ENV_SCAN_PROG, &ctx, 0);
+        crate::safe::tail_call(&ENV_SCAN_PROG, ctx, 0);
     }
     finish_exec_enter(rec);
     0
 }
 
+/// What one step of [`scan_env_chunk`] hands the next: where the environment is, the index of
+/// the chunk's first entry, how much of `ExecRecord::env` is filled, the flags found so far,
+/// and whether the end (or an unreadable entry) was reached.
+#[repr(C)]
+struct EnvWalk {
+    envp: u64,
+    start: u64,
+    off: u64,
+    flags: u32,
+    done: u32,
+}
+
 /// Returns true when entries remain.
 #[inline(always)]
-fn scan_env_chunk(rec: &mut watcher_common::ExecRecord) -> bool {
-    let envp = rec.envp as *const *const u8;
-    let start = rec.env_idx as usize;
-    let mut off = rec.env_len as usize;
-    for i in 0..ENV_SCAN_CHUNK {
-        let p: *const u8 = match crate::safe::user(envp.wrapping_add(start + i)) {
-            Ok(p) => p,
-            Err(_) => {
-                rec.env_len = off as u32;
-                return false;
-            }
-        };
-        if p.is_null() {
-            rec.env_len = off as u32;
-            return false;
-        }
-        let mut key = [0u8; ENV_NAME_LEN];
-        let n = crate::safe::user_str(&mut key, 0, ENV_NAME_LEN as u32, p);
-        if n <= 0 {
-            continue;
-        }
-        // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
-        if (n as usize) <= ENV_NAME_LEN
-            && let Some(m) = ENV_MARKERS.value(&key)
-        {
-            rec.env_flags |= m;
-        }
-        // Keep the name only: zero from '=' on, without branches (a branch per byte would
-        // multiply the verifier's states). A name longer than the key never matches.
-        let mut seen: u8 = 0;
-        for b in key.iter_mut() {
-            let x = (*b ^ b'=') as u32;
-            seen |= (x.wrapping_sub(1) >> 31) as u8;
-            *b &= seen.wrapping_sub(1);
-        }
-        if seen == 0 {
-            continue;
-        }
-        let Some(flags) = ENV_CAPTURE.value(&key) else { continue };
-        rec.env_flags |= flags;
-        let at = off & (ENV_LEN * 2 - 1);
-        if off > ENV_LEN || at > ENV_LEN {
-            continue;
-        }
-        let m = crate::safe::user_str(&mut rec.env, at, ENV_ENTRY_MAX_LEN as u32, p);
-        if m > 0 {
-            off += m as usize;
-        }
+fn scan_env_chunk<const LOOP: bool>(rec: &mut watcher_common::ExecRecord) -> bool {
+    let chunk = if LOOP { MAX_ENV_SCAN } else { ENV_SCAN_CHUNK };
+    let start = rec.env_idx as u64;
+    let mut w = EnvWalk { envp: rec.envp, start, off: rec.env_len as u64, flags: 0, done: 0 };
+    crate::safe::repeat::<LOOP, _>(chunk as u32, &mut w, env_step);
+    rec.env_flags |= w.flags;
+    rec.env_len = w.off as u32;
+    if w.done != 0 {
+        return false;
     }
-    rec.env_idx = (start + ENV_SCAN_CHUNK) as u32;
-    rec.env_len = off as u32;
+    rec.env_idx = (start + chunk as u64) as u32;
     true
 }
 
+/// Environment entry `start + i` of [`scan_env_chunk`]: 1 (stop) at the end of the
+/// environment or an unreadable entry, else 0. It writes only `ExecRecord::env` (this CPU's
+/// scratch record); everything else goes back through `w`.
 #[inline(always)]
-fn read_args(rec: &mut watcher_common::ExecRecord, argv: *const *const u8) {
-    // Arguments are stored NUL-separated. A read of at most ARG_MAX_LEN bytes starts at an
-    // offset <= ARGS_LEN, so it fits in ARGS_BUF_LEN; the verifier sees the mask and the check.
-    let mut off: usize = 0;
-    let mut argc: u32 = 0;
-    for i in 0..MAX_ARGS {
-        let p: *const u8 = match crate::safe::user(argv.wrapping_add(i)) {
-            Ok(p) => p,
-            Err(_) => break,
-        };
-        if p.is_null() {
-            rec.argc = argc;
-            rec.args_len = off as u32;
-            return;
+extern "C" fn env_step(i: u64, w: &mut EnvWalk) -> i64 {
+    let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else {
+        w.done = 1;
+        return 1;
+    };
+    let envp = w.envp as *const *const u8;
+    let p: *const u8 = match crate::safe::user(envp.wrapping_add((w.start + i) as usize)) {
+        Ok(p) if !p.is_null() => p,
+        _ => {
+            w.done = 1;
+            return 1;
         }
-        let at = off & (ARGS_LEN * 2 - 1);
-        if off > ARGS_LEN || at > ARGS_LEN {
-            rec.flags |= EXEC_ARGS_TRUNCATED;
-            break;
-        }
-        let n = crate::safe::user_str(&mut rec.args, at, ARG_MAX_LEN as u32, p);
-        if n <= 0 {
-            break;
-        }
-        if n as usize >= ARG_MAX_LEN {
-            rec.flags |= EXEC_ARGS_TRUNCATED;
-        }
-        off += n as usize;
-        argc += 1;
+    };
+    let mut key = [0u8; ENV_NAME_LEN];
+    let n = crate::safe::user_str(&mut key, 0, ENV_NAME_LEN as u32, p);
+    if n <= 0 {
+        return 0;
     }
-    if argc as usize == MAX_ARGS {
+    // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
+    if (n as usize) <= ENV_NAME_LEN
+        && let Some(m) = ENV_MARKERS.value(&key)
+    {
+        w.flags |= m;
+    }
+    // Keep the name only: zero from '=' on, without branches (a branch per byte would
+    // multiply the verifier's states). A name longer than the key never matches.
+    let mut seen: u8 = 0;
+    for b in key.iter_mut() {
+        let x = (*b ^ b'=') as u32;
+        seen |= (x.wrapping_sub(1) >> 31) as u8;
+        *b &= seen.wrapping_sub(1);
+    }
+    if seen == 0 {
+        return 0;
+    }
+    let Some(flags) = ENV_CAPTURE.value(&key) else { return 0 };
+    w.flags |= flags;
+    let off = w.off as usize;
+    let at = off & (ENV_LEN * 2 - 1);
+    if off > ENV_LEN || at > ENV_LEN {
+        return 0;
+    }
+    let m = crate::safe::user_str(&mut rec.env, at, ENV_ENTRY_MAX_LEN as u32, p);
+    if m > 0 {
+        w.off = (off + m as usize) as u64;
+    }
+    0
+}
+
+/// The arguments, NUL-separated into `ExecRecord::args` of this CPU's scratch record (whose
+/// `argc` and `args_len` start at 0).
+#[inline(always)]
+fn read_args<const LOOP: bool>(argv: *const *const u8) {
+    let mut argv = argv as u64;
+    crate::safe::repeat::<LOOP, _>(MAX_ARGS as u32, &mut argv, arg_step);
+    let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else { return };
+    if rec.argc as usize == MAX_ARGS {
         // There may be more arguments than we read.
-        let more: *const u8 = crate::safe::user(argv.wrapping_add(MAX_ARGS)).unwrap_or(core::ptr::null());
+        let more: *const u8 =
+            crate::safe::user((argv as *const *const u8).wrapping_add(MAX_ARGS)).unwrap_or(core::ptr::null());
         if !more.is_null() {
             rec.flags |= EXEC_ARGS_TRUNCATED;
         }
     }
-    rec.argc = argc;
-    rec.args_len = off as u32;
+}
+
+/// Argument `i` of [`read_args`]: 1 (stop) after the last one, else 0. The running counts are
+/// the record's `argc` and `args_len`, in map memory, not on the stack: the verifier tracks no
+/// range for a value it loads from there, so every step looks the same to it and bpf_loop's
+/// callback is checked a few times, not once per argument. A read of at most ARG_MAX_LEN bytes
+/// starts at an offset <= ARGS_LEN, so it fits in ARGS_BUF_LEN; the verifier sees the mask
+/// and the check.
+#[inline(always)]
+extern "C" fn arg_step(i: u64, argv: &mut u64) -> i64 {
+    let Some(rec) = crate::safe::scratch(&EXEC_SCRATCH) else { return 1 };
+    let p: *const u8 = match crate::safe::user((*argv as *const *const u8).wrapping_add(i as usize)) {
+        Ok(p) if !p.is_null() => p,
+        _ => return 1,
+    };
+    let off = rec.args_len as usize;
+    let at = off & (ARGS_LEN * 2 - 1);
+    if off > ARGS_LEN || at > ARGS_LEN {
+        rec.flags |= EXEC_ARGS_TRUNCATED;
+        return 1;
+    }
+    let n = crate::safe::user_str(&mut rec.args, at, ARG_MAX_LEN as u32, p);
+    if n <= 0 {
+        return 1;
+    }
+    if n as usize >= ARG_MAX_LEN {
+        rec.flags |= EXEC_ARGS_TRUNCATED;
+    }
+    rec.args_len = (off + n as usize) as u32;
+    rec.argc += 1;
+    0
 }
 
 /// The exec succeeded (sched_process_exec, after the decisions of exec entry were carried out):
@@ -318,6 +367,15 @@ fn basename_key(filename: &[u8; FILENAME_LEN], len: u32) -> Option<[u8; EXEC_NAM
     if start == usize::MAX {
         return None;
     }
+    // The scan above leaves by one of EXEC_NAME_LEN + 1 exits, each with its own exact `start`;
+    // carried on in a register, the copy below would be checked once per exit (115k of the
+    // 140k instructions the verifier processed for sys_enter). Parked in map memory and read
+    // back, `start` and `len` are plain values: the exits meet in one state, checked once.
+    let park = crate::safe::scratch(&BASENAME_PARK)?;
+    crate::safe::park(&mut park[0], start as u32);
+    crate::safe::park(&mut park[1], len as u32);
+    let start = crate::safe::reread(&park[0]) as usize & (FILENAME_LEN - 1);
+    let len = crate::safe::reread(&park[1]) as usize & (FILENAME_LEN - 1);
     let mut key = [0u8; EXEC_NAME_LEN];
     for j in 0..EXEC_NAME_LEN - 1 {
         if start + j >= len {

@@ -63,6 +63,10 @@ pub static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where `exec::basename_key` parks the basename's start and the name's length (see there).
+#[map]
+pub static BASENAME_PARK: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// exec records between exec entry (sys_enter) and the exec's success (sched_process_exec),
 /// keyed by the tid at entry. A failed exec's record stays until the thread's next exec or exit.
 #[map]

@@ -61,20 +61,24 @@ fn reg(regs: *const u8, off: usize) -> u64 {
     crate::safe::kernel(regs.wrapping_add(off).cast::<u64>()).unwrap_or(0)
 }
 
-/// Calls `h` with the syscall's arguments unless the syscall is a compat one. Generic over the
-/// handler, so each arm is a direct, inlined call (BPF has no indirect calls).
-#[inline(always)]
-fn on<H: FnOnce(TracePointContext) -> u32>(prog: &RawTracePointContext, id: i64, h: H) -> u32 {
-    if compat() {
-        return 0;
-    }
-    let regs: *const u8 = prog.arg::<*const u8>(0);
-    let mut rec: Record = [0; 8];
-    rec[1] = id as u64;
-    for (i, off) in REGS_ARGS.iter().enumerate() {
-        rec[2 + i] = reg(regs, *off);
-    }
-    h(TracePointContext::new(rec.as_mut_ptr().cast()))
+/// Calls `$h` with the syscall's arguments unless the syscall is a compat one. A macro, not a
+/// generic function: each arm must be a direct call inlined into the program (a handler left
+/// as a BPF-to-BPF call adds its stack frame to the program's, past the verifier's 512 bytes,
+/// and LLVM stops inlining once `dispatch` has two instances).
+macro_rules! on {
+    ($prog:expr, $id:expr, $h:path) => {{
+        if compat() {
+            0
+        } else {
+            let regs: *const u8 = $prog.arg::<*const u8>(0);
+            let mut rec: Record = [0; 8];
+            rec[1] = $id as u64;
+            for (i, off) in REGS_ARGS.iter().enumerate() {
+                rec[2 + i] = reg(regs, *off);
+            }
+            $h(TracePointContext::new(rec.as_mut_ptr().cast()))
+        }
+    }};
 }
 
 /// execve(filename, argv, envp) and execveat(dirfd, filename, argv, envp, flags): the three
@@ -82,7 +86,7 @@ fn on<H: FnOnce(TracePointContext) -> u32>(prog: &RawTracePointContext, id: i64,
 /// same kind of state (three unknown scalars), so the verifier prunes the second arm at the
 /// join instead of walking the whole handler twice.
 #[inline(always)]
-fn on_exec(prog: &RawTracePointContext, id: i64) -> u32 {
+fn on_exec<const LOOP: bool>(prog: &RawTracePointContext, id: i64) -> u32 {
     if compat() {
         return 0;
     }
@@ -92,7 +96,7 @@ fn on_exec(prog: &RawTracePointContext, id: i64) -> u32 {
     } else {
         [reg(regs, REGS_ARGS[0]), reg(regs, REGS_ARGS[1]), reg(regs, REGS_ARGS[2])]
     };
-    exec::exec_enter(prog, args[0] as *const u8, args[1] as *const *const u8, args[2]);
+    exec::exec_enter::<LOOP>(prog, args[0] as *const u8, args[1] as *const *const u8, args[2]);
     0
 }
 
@@ -122,21 +126,31 @@ fn compat() -> bool {
 /// sys_enter(struct pt_regs *regs, long id).
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let id: i64 = ctx.arg(1);
-    let p = &ctx;
+    dispatch::<true>(&ctx)
+}
+
+/// [`sys_enter`] with bounded loops, for kernels without bpf_loop (see `safe::repeat`).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_bounded(ctx: RawTracePointContext) -> i32 {
+    dispatch::<false>(&ctx)
+}
+
+#[inline(always)]
+fn dispatch<const LOOP: bool>(p: &RawTracePointContext) -> i32 {
+    let id: i64 = p.arg(1);
     (match id {
-        NR_EXECVE | NR_EXECVEAT => on_exec(p, id),
-        NR_CLONE => on(p, id, exec::sys_enter_clone),
-        NR_CLONE3 => on(p, id, exec::sys_enter_clone3),
-        NR_FORK => on(p, id, exec::sys_enter_fork),
-        NR_VFORK => on(p, id, exec::sys_enter_vfork),
-        NR_EXIT => on(p, id, exec::sys_enter_exit),
-        NR_EXIT_GROUP => on(p, id, exec::sys_enter_exit_group),
-        NR_SOCKET => on(p, id, guard::sys_enter_socket),
-        NR_CONNECT => on(p, id, guard::sys_enter_connect),
-        NR_BPF => on(p, id, guard::sys_enter_bpf),
-        NR_UMOUNT2 => on(p, id, guard::sys_enter_umount),
-        NR_PTRACE => on(p, id, guard::sys_enter_ptrace),
+        NR_EXECVE | NR_EXECVEAT => on_exec::<LOOP>(p, id),
+        NR_CLONE => on!(p, id, exec::sys_enter_clone),
+        NR_CLONE3 => on!(p, id, exec::sys_enter_clone3),
+        NR_FORK => on!(p, id, exec::sys_enter_fork),
+        NR_VFORK => on!(p, id, exec::sys_enter_vfork),
+        NR_EXIT => on!(p, id, exec::sys_enter_exit),
+        NR_EXIT_GROUP => on!(p, id, exec::sys_enter_exit_group),
+        NR_SOCKET => on!(p, id, guard::sys_enter_socket),
+        NR_CONNECT => on!(p, id, guard::sys_enter_connect),
+        NR_BPF => on!(p, id, guard::sys_enter_bpf),
+        NR_UMOUNT2 => on!(p, id, guard::sys_enter_umount),
+        NR_PTRACE => on!(p, id, guard::sys_enter_ptrace),
         NR_OPENAT | NR_OPENAT2 | NR_OPEN | NR_CREAT => {
             let kind = match id {
                 NR_OPENAT => files::OpenCall::At,
@@ -146,7 +160,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             };
             args(p).map_or(0, |a| files::sys_enter_open(kind, a))
         }
-        NR_PROCESS_VM_READV => on(p, id, files::sys_enter_process_vm_readv),
+        NR_PROCESS_VM_READV => on!(p, id, files::sys_enter_process_vm_readv),
         _ => 0,
     }) as i32
 }

@@ -75,6 +75,10 @@ const TAIL_CALLS: &[(&str, &str, u32, TailKind)] = &[
 /// `safe::repeat`), each with its twin of bounded loops, loaded in its place on older kernels
 /// (or with `WATCHER_BOUNDED_LOOPS=1`): the same verdicts, at several times the verifier's work.
 const BOUNDED: &[(&str, &str)] = &[
+    ("sys_enter", "sys_enter_bounded"),
+    ("exec_env_scan", "exec_env_scan_bounded"),
+    ("dns_egress_enforce", "dns_egress_enforce_bounded"),
+    ("dns_ingress_learn", "dns_ingress_learn_bounded"),
     ("connect4", "connect4_bounded"),
     ("connect6", "connect6_bounded"),
     ("sendmsg4", "sendmsg4_bounded"),
@@ -393,14 +397,19 @@ impl Fallback {
 /// not with an unlucky bucket).
 const HEAVY_FIRST: &[&str] = &[
     "sys_enter",
+    "stream_first",
     "stream_first_bounded",
+    "exec_env_scan_bounded",
     "stream_name_bounded",
-    "exec_env_scan",
     "egress_guard_bounded",
+    "dns_ingress_learn_bounded",
+    "dns_egress_enforce_bounded",
+    "sys_enter_bounded",
+    "dns_egress",
+    "sched_process_exec_kill",
     "dns_ingress_learn",
     "dns_egress_enforce",
-    "stream_first",
-    "dns_egress",
+    "stream_capture",
 ];
 
 /// Load (the kernel verifies) every program of the object that is used, on as many threads as
