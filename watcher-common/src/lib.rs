@@ -456,6 +456,8 @@ pub use counters::{Counter, NUM_COUNTERS};
 
 pub const AF_UNIX: u16 = 1;
 pub const AF_PACKET: u16 = 17;
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_SCTP: u8 = 132;

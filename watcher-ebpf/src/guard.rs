@@ -36,6 +36,9 @@ use crate::{
 
 /// `SockOwner::_pad` flag: the socket-address hooks (connect, sendmsg) saw this socket.
 pub const OWNER_JUDGED: u32 = 1;
+/// `SockOwner::_pad` flag, with OWNER_JUDGED: a TCP (SOCK_STREAM) or UDP (SOCK_DGRAM) socket,
+/// whose every packet went to a destination the socket-address hooks judged.
+pub const OWNER_L4: u32 = 2;
 
 const SIGCHLD: i32 = 17;
 
@@ -89,12 +92,13 @@ fn backstop<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
     if agent_gone() {
         return 0;
     }
-    let Some((family, proto, daddr, dport)) = parse(ctx) else { return 1 };
     // TCP and UDP sockets that went through connect or sendmsg were judged (and reported) by
-    // the socket-address hooks, whose verdict stands; the backstop is for everything else.
-    if owner._pad & OWNER_JUDGED != 0 && (proto == PROTO_TCP || proto == PROTO_UDP) {
+    // the socket-address hooks, whose verdict stands; the backstop is for everything else
+    // (a listener's replies, raw and ping sockets, SCTP, a path those hooks miss).
+    if owner._pad & (OWNER_JUDGED | OWNER_L4) == OWNER_JUDGED | OWNER_L4 {
         return 1;
     }
+    let Some((family, proto, daddr, dport)) = parse(ctx) else { return 1 };
     let skb = aya_ebpf::EbpfContext::as_ptr(ctx);
     // SAFETY: bpf_get_socket_cookie takes the program's context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(skb) };
@@ -133,22 +137,23 @@ fn backstop<const LOOP: bool>(ctx: &SkBuffContext) -> i32 {
     if verdict == VERDICT_DENY { 0 } else { 1 }
 }
 
-/// (family, protocol, destination, destination port or 0) of an IP packet.
+/// (family, protocol, destination, destination port or 0) of an IP packet, in two or three
+/// helper calls (the first 20 bytes at once, the rest of an IPv6 header, the port).
 #[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Option<(u16, u8, [u8; 16], u16)> {
-    let b0: u8 = ctx.load(0).ok()?;
+    let h: [u8; 20] = ctx.load(0).ok()?;
     let mut daddr = [0u8; 16];
-    let (family, proto, l4, first) = match b0 >> 4 {
+    let (family, proto, l4, first) = match h[0] >> 4 {
         4 => {
-            let ihl = ((b0 & 0x0f) as usize) * 4;
-            let frag: u16 = u16::from_be(ctx.load(6).ok()?);
-            let d: [u8; 4] = ctx.load(16).ok()?;
-            daddr[..4].copy_from_slice(&d);
-            (AF_INET, ctx.load::<u8>(9).ok()?, ihl, frag & 0x1fff == 0)
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            let frag = u16::from_be_bytes([h[6], h[7]]);
+            daddr[..4].copy_from_slice(&h[16..20]);
+            (AF_INET, h[9], ihl, frag & 0x1fff == 0)
         }
         6 => {
-            daddr = ctx.load(24).ok()?;
-            (AF_INET6, ctx.load::<u8>(6).ok()?, 40, true)
+            let rest: [u8; 20] = ctx.load(20).ok()?;
+            daddr.copy_from_slice(&rest[4..20]);
+            (AF_INET6, h[6], 40, true)
         }
         _ => return None,
     };

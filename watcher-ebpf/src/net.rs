@@ -4,8 +4,8 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use watcher_common::{
-    AF_INET, AF_INET6, ConnectRecord, Counter, JOB_ENFORCE, MAX_HOST_ENTRIES, OP_CONNECT, OP_SENDMSG, RecordKind,
-    SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
+    AF_INET, AF_INET6, ConnectRecord, Counter, JOB_ENFORCE, MAX_HOST_ENTRIES, OP_CONNECT, OP_SENDMSG, PROTO_TCP,
+    PROTO_UDP, RecordKind, SOCK_DGRAM, SOCK_STREAM, SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
 };
 
 use crate::{
@@ -83,7 +83,11 @@ fn on_sock_addr<const LOOP: bool>(ctx: &SockAddrContext, family: u16, op: u8) ->
     let mut owner = SockOwner::default();
     fill_owner(&mut owner, info.ppid);
     owner.job = info.job;
-    owner._pad = crate::guard::OWNER_JUDGED;
+    // A TCP or UDP socket sends only packets of its own protocol to destinations these hooks
+    // judge: the backstop lets them pass without reading the packet (OWNER_L4).
+    let l4 = (sa.type_ == SOCK_STREAM && sa.protocol == PROTO_TCP as u32)
+        || (sa.type_ == SOCK_DGRAM && sa.protocol == PROTO_UDP as u32);
+    owner._pad = crate::guard::OWNER_JUDGED | if l4 { crate::guard::OWNER_L4 } else { 0 };
     if !crate::safe::set_owner(crate::safe::addr_sock(ctx), &owner) {
         return 0;
     }
