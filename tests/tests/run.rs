@@ -595,3 +595,31 @@ fn a_closed_stderr_or_stdout_never_makes_watcher_panic() {
     assert!(matches!(open, Some(0 | 77)), "{open:?}");
     assert_eq!(replay(Stdio::from(closed_pipe()), Stdio::from(closed_pipe())), open);
 }
+
+/// The kernel's table of watched processes holds the living, not every process that ever ran:
+/// an exiting process's SIGCHLD (sent after its exit was recorded) used to add it back, one
+/// entry for good per process, until the table (65,536) was full and every later process of
+/// the step (or, in a daemon, of every job after it) went unwatched as a loss.
+#[test]
+fn exited_processes_leave_no_entries_in_the_kernel_table() {
+    if !root_or_skip() {
+        return;
+    }
+    if Command::new("bpftool").arg("version").output().map_or(true, |o| !o.status.success()) {
+        panic!("bpftool is needed (scripts/install-prereqs.sh installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("count");
+    let script = format!(
+        "for i in $(seq 300); do /bin/true; done; \
+         bpftool -j map dump pinned /sys/fs/bpf/watcher/run-$PPID-*/WATCHED > {}",
+        out.display()
+    );
+    let r = watch(&[], &["sh", "-c", &script]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let dump: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let n = dump.as_array().map_or(0, Vec::len);
+    // Living: sh and bpftool (and nothing of the 300 /bin/true).
+    assert!(n <= 4, "{n} entries left in WATCHED after 300 processes exited:\n{dump:#}");
+    assert_eq!(r.execs_of("/true").len(), 300);
+}

@@ -358,7 +358,10 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
     if agent == 0 {
         return 0;
     }
-    let Some(info) = watched_current() else { return 0 };
+    // Who sent it is asked last, once the signal is known to be one to the agent: an exiting
+    // process sends SIGCHLD (exit_notify) after sched_process_exit removed its entry, and
+    // watched_current() would add it again, for good (one leaked entry per process that
+    // ever exited in a watched cgroup, until WATCHED was full).
     let sig: i32 = ctx.arg(0);
     if sig == SIGCHLD {
         return 0;
@@ -383,6 +386,7 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
     if tgid as u32 != agent {
         return 0;
     }
+    let Some(info) = watched_current() else { return 0 };
     tamper(&info, TAMPER_SIGNAL, sig as u32, agent);
     0
 }

@@ -5,7 +5,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use watcher_common::{
     AF_INET, AF_INET6, ConnectRecord, Counter, JOB_ENFORCE, MAX_HOST_ENTRIES, OP_CONNECT, OP_SENDMSG, PROTO_TCP,
-    PROTO_UDP, RecordKind, SOCK_DGRAM, SOCK_STREAM, SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key, job_addr_key,
+    PROTO_UDP, RecordKind, SOCK_DGRAM, SOCK_STREAM, SockOwner, VERDICT_ALLOW, VERDICT_DENY, host_ports_key,
+    job_addr_key,
 };
 
 use crate::{
