@@ -239,12 +239,7 @@ extern "C" fn env_step(i: u64, w: &mut EnvWalk) -> i64 {
     if n <= 0 {
         return 0;
     }
-    // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall").
-    if (n as usize) <= ENV_NAME_LEN
-        && let Some(m) = ENV_MARKERS.value(&key)
-    {
-        w.flags |= m;
-    }
+    let whole = key;
     // Keep the name only: zero from '=' on, without branches (a branch per byte would
     // multiply the verifier's states). A name longer than the key never matches.
     let mut seen: u8 = 0;
@@ -258,6 +253,14 @@ extern "C" fn env_step(i: u64, w: &mut EnvWalk) -> i64 {
     }
     let Some(flags) = ENV_CAPTURE.value(&key) else { return 0 };
     w.flags |= flags;
+    // A short entry may be a marker as a whole ("npm_lifecycle_event=postinstall"). Every
+    // marker's name is captured (`sensor::CAPTURED_ENV`, checked by a unit test), so the
+    // entries whose names are not (nearly all) cost one lookup, not two.
+    if (n as usize) <= ENV_NAME_LEN
+        && let Some(m) = ENV_MARKERS.value(&whole)
+    {
+        w.flags |= m;
+    }
     let off = w.off as usize;
     let at = off & (ENV_LEN * 2 - 1);
     if off > ENV_LEN || at > ENV_LEN {

@@ -222,6 +222,16 @@ pub fn install_markers() -> Vec<([u8; ENV_NAME_LEN], u32)> {
 mod tests {
     use super::*;
 
+    /// The kernel looks a marker up only for an entry whose name it captures
+    /// (exec.rs `env_step`): every marker's name must be captured.
+    #[test]
+    fn every_install_marker_is_a_captured_variable() {
+        for m in NPM_INSTALL_MARKERS {
+            let name = m.split('=').next().unwrap();
+            assert!(crate::sensor::CAPTURED_ENV.iter().any(|(n, _)| *n == name), "{m}: {name} is not captured");
+        }
+    }
+
     fn pol(yaml: &str) -> Policy {
         crate::policy::parse_str("t.yaml", yaml).unwrap()
     }
