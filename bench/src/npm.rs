@@ -382,6 +382,7 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
             "",
         ),
         row(b, "watched/bare (ratio of medians)", format!("{:.3}", mw / mb), &against(mw / mb, 1.02, "", true)),
+        row(b, "watched/bare paired by round (median; spread)", paired(&watched, &bare), ""),
         row(
             b,
             &format!("daemon-backed, median of {} (spread)", backed.len()),
@@ -394,6 +395,7 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
             format!("{:.3}", median(&backed) / mb),
             &against(median(&backed) / mb, 1.02, "", true),
         ),
+        row(b, "daemon-backed/bare paired by round (median; spread)", paired(&backed, &bare), ""),
         row(
             "start+stop",
             "`run -- true`, standalone, npm policy (median)",
@@ -418,4 +420,13 @@ pub fn run(a: &Args) -> anyhow::Result<Vec<Row>> {
             "",
         ),
     ])
+}
+
+/// The ratio of each round's two runs (run side by side, so a slow spell of the machine hits
+/// both), as median and spread: how far the ratio of medians can be trusted on a noisy machine.
+fn paired(a: &[f64], b: &[f64]) -> String {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    let lo = r.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().cloned().fold(0.0, f64::max);
+    format!("{:.3} ({lo:.3}..{hi:.3})", median(&r))
 }

@@ -51,6 +51,8 @@ fn tiny_npm_run_prints_its_table() {
         "packages installed",
         "watched/bare (ratio of medians)",
         "daemon-backed/bare (ratio of medians)",
+        "watched/bare paired by round",
+        "daemon-backed/bare paired by round",
         "agent peak memory",
     ] {
         assert!(s.contains(metric), "no {metric:?} in:\n{s}");
