@@ -695,6 +695,36 @@ pub fn root_or_skip() -> bool {
     panic!("root integration tests need root; set WATCHER_SKIP_ROOT_TESTS=1 to skip them explicitly");
 }
 
+/// How the kernel programs loop: through bpf_loop (this kernel has it), or the bounded-loop
+/// twins an older kernel loads (`WATCHER_BOUNDED_LOOPS=1` forces them). Both must give the
+/// same records and verdicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loops {
+    BpfLoop,
+    Bounded,
+}
+
+impl Loops {
+    /// The variable that picks them, to set on `watcher run`.
+    pub fn env(self) -> (&'static str, &'static str) {
+        ("WATCHER_BOUNDED_LOOPS", if self == Loops::Bounded { "1" } else { "0" })
+    }
+
+    /// For `Bounded`: panics unless the log's start record says the twins were loaded (its
+    /// `network` sensor names "bounded loops"). `BpfLoop` is what the kernel allows: on one
+    /// without bpf_loop both runs are bounded, still a valid pair.
+    pub fn assert_loaded(self, events: &[serde_json::Value], stderr: &str) {
+        if self != Loops::Bounded {
+            return;
+        }
+        let network = events.first().and_then(|e| e["sensors"].as_array()).and_then(|s| {
+            s.iter().find(|s| s["name"] == "network").and_then(|s| s["detail"].as_str().map(str::to_string))
+        });
+        let bounded = network.as_deref().is_some_and(|d| d.contains("bounded loops"));
+        assert!(bounded, "the bounded twins were not loaded: {network:?}\n{stderr}");
+    }
+}
+
 /// Parses a JSONL file (blank lines are skipped). Panics with `file:line` on a malformed line.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
     let path = path.as_ref();

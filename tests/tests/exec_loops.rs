@@ -12,13 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use watcher_tests::{read_jsonl, root_or_skip, watcher_bin};
-
-#[derive(Clone, Copy, Debug)]
-enum Loops {
-    BpfLoop,
-    Bounded,
-}
+use watcher_tests::{Loops, read_jsonl, root_or_skip, watcher_bin};
 
 struct Step {
     code: Option<i32>,
@@ -50,7 +44,7 @@ fn run(loops: Loops, dir: &Path, script: &str) -> Step {
         .arg("--log")
         .arg(&log)
         .args(["--", "sh", "-c", script])
-        .env("WATCHER_BOUNDED_LOOPS", if matches!(loops, Loops::Bounded) { "1" } else { "0" })
+        .env(loops.env().0, loops.env().1)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
@@ -60,12 +54,7 @@ fn run(loops: Loops, dir: &Path, script: &str) -> Step {
         err: String::from_utf8_lossy(&out.stderr).into_owned(),
         events: read_jsonl(&log),
     };
-    let network =
-        step.events.first().and_then(|e| e["sensors"].as_array()).and_then(|s| {
-            s.iter().find(|s| s["name"] == "network").and_then(|s| s["detail"].as_str().map(str::to_string))
-        });
-    let bounded = network.as_deref().is_some_and(|d| d.contains("bounded loops"));
-    assert_eq!(bounded, matches!(loops, Loops::Bounded), "{loops:?}: network sensor {network:?}\n{}", step.err);
+    loops.assert_loaded(&step.events, &step.err);
     step
 }
 

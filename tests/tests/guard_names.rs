@@ -11,23 +11,14 @@ use std::{
 
 use serde_json::Value;
 use watcher_tests::{
-    DnsServer, Listener, Netns, lab::in_netns, netprobe_bin, proxy::Proxy, read_jsonl, root_or_skip, sinks::UnixSink,
-    watcher_bin,
+    DnsServer, Listener, Loops, Netns, lab::in_netns, netprobe_bin, proxy::Proxy, read_jsonl, root_or_skip,
+    sinks::UnixSink, watcher_bin,
 };
 
 struct Step {
     code: Option<i32>,
     err: String,
     events: Vec<Value>,
-}
-
-/// How the kernel programs loop: through bpf_loop (this kernel has it), or the bounded-loop
-/// twins an older kernel loads (`WATCHER_BOUNDED_LOOPS=1` forces them). Both must give the
-/// same verdicts.
-#[derive(Clone, Copy)]
-enum Loops {
-    BpfLoop,
-    Bounded,
 }
 
 fn run(policy: &str, script: &str) -> Step {
@@ -45,7 +36,7 @@ fn run_with(loops: Loops, policy: &str, script: &str) -> Step {
         .arg("--log")
         .arg(&log)
         .args(["--", "sh", "-c", script])
-        .env("WATCHER_BOUNDED_LOOPS", if matches!(loops, Loops::Bounded) { "1" } else { "0" })
+        .env(loops.env().0, loops.env().1)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -54,16 +45,7 @@ fn run_with(loops: Loops, policy: &str, script: &str) -> Step {
         err: String::from_utf8_lossy(&out.stderr).into_owned(),
         events: read_jsonl(&log),
     };
-    if matches!(loops, Loops::Bounded) {
-        let network = step.events.first().and_then(|e| e["sensors"].as_array()).and_then(|s| {
-            s.iter().find(|s| s["name"] == "network").and_then(|s| s["detail"].as_str().map(str::to_string))
-        });
-        assert!(
-            network.as_deref().is_some_and(|d| d.contains("bounded loops")),
-            "the bounded twins were not loaded: {network:?}\n{}",
-            step.err
-        );
-    }
+    loops.assert_loaded(&step.events, &step.err);
     step
 }
 
