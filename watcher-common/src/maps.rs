@@ -11,6 +11,7 @@ pub mod names {
     pub const WATCHED_CGROUPS: &str = "WATCHED_CGROUPS";
     pub const CLONE_FLAGS: &str = "CLONE_FLAGS";
     pub const EXEC_SCRATCH: &str = "EXEC_SCRATCH";
+    pub const BASENAME_PARK: &str = "BASENAME_PARK";
     pub const EXEC_PENDING: &str = "EXEC_PENDING";
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
     pub const COUNTERS: &str = "COUNTERS";
@@ -52,6 +53,7 @@ pub mod names {
         WATCHED_CGROUPS,
         CLONE_FLAGS,
         EXEC_SCRATCH,
+        BASENAME_PARK,
         EXEC_PENDING,
         SOCK_OWNER,
         COUNTERS,

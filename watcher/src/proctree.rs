@@ -112,6 +112,12 @@ pub fn install_script_of(
             stage: "build.rs".into(),
         });
     }
+    // pip installs a build's dependencies with a pip of its own, in the build tracker's
+    // environment: that is pip, not a package's script (the builds it runs are starts of
+    // their own). Started inside a script, it stays in that script (inherited at fork).
+    if is_pip_build_deps_installer(filename, argv) {
+        return None;
+    }
     // pip builds an sdist in <tmp>/pip-install-XXXX/<name>_<hash>/ through its PEP 517 hook
     // runner (_in_process.py) or, for legacy projects, setup.py; it sets PIP_BUILD_TRACKER
     // for those subprocesses (the kernel marks the same processes from that variable).
@@ -146,6 +152,14 @@ pub fn install_script_of(
         return Some(Attribution { manager: "pip".into(), package, version: None, stage: "build".into() });
     }
     None
+}
+
+/// `python .../pip/__pip-runner__.py install ...`: the pip that pip starts to install the
+/// build dependencies of an sdist it builds (into an isolated prefix, through pip's own cache).
+pub fn is_pip_build_deps_installer(filename: &str, argv: &[String]) -> bool {
+    basename(filename).starts_with("python")
+        && argv.get(1).is_some_and(|a| a.ends_with("/pip/__pip-runner__.py"))
+        && argv.get(2).is_some_and(|a| a == "install")
 }
 
 /// `.../sdists-v11/index/<hash>/evil-pkg/1.0.0/<id>/src` -> `evil-pkg`
@@ -293,6 +307,34 @@ impl ProcTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// pip's own build-dependency installer runs in the build tracker's environment but is
+    /// not a script start; the hook runner beside it is.
+    #[test]
+    fn pips_build_dependency_installer_is_pip_not_a_script() {
+        let mut env = BTreeMap::new();
+        env.insert("PIP_BUILD_TRACKER".to_string(), "/tmp/pip-build-tracker-x".to_string());
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let runner = v(&["/venv/bin/python3", "/venv/lib/python3.11/site-packages/pip/__pip-runner__.py", "install"]);
+        assert!(install_script_of("/venv/bin/python3", &runner, &env, Some("/w")).is_none());
+        let hook = v(&[
+            "/venv/bin/python3",
+            "/venv/lib/python3.11/site-packages/pip/_vendor/pyproject_hooks/_in_process/_in_process.py",
+            "build_wheel",
+        ]);
+        let a = install_script_of("/venv/bin/python3", &hook, &env, Some("/tmp/pip-install-1/attrs_0a1b")).unwrap();
+        assert_eq!(a.manager, "pip");
+        // A script of that name elsewhere, or run for something else, is not the installer.
+        assert!(!is_pip_build_deps_installer(
+            "/venv/bin/python3",
+            &v(&["python3", "/tmp/x/__pip-runner__.py", "install"])
+        ));
+        assert!(!is_pip_build_deps_installer("/bin/sh", &runner));
+        assert!(!is_pip_build_deps_installer(
+            "/venv/bin/python3",
+            &v(&["python3", "/v/pip/__pip-runner__.py", "download"])
+        ));
+    }
 
     #[test]
     fn npm_lifecycle_is_recognised_only_for_install_events() {

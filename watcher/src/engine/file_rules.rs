@@ -13,6 +13,14 @@ impl Engine {
     /// narrower policy drops what the new `files.allow` excludes) and the per-package lists
     /// (`packages[].files`).
     pub(super) fn on_file(&mut self, x: &File, out: &mut Vec<Alert>) {
+        // pip's build-dependency installer, started by pip outside any script: the kernel
+        // marked it from the build tracker's variable, but it is pip, filling pip's own cache.
+        if let Some(n) = self.tree.get(x.proc.pid)
+            && n.script.is_none()
+            && n.filename.as_deref().is_some_and(|f| crate::proctree::is_pip_build_deps_installer(f, &n.argv))
+        {
+            return;
+        }
         if x.what == FileWhat::Open {
             let spec = self.policy.spec();
             if crate::files::allowed(&spec.files, &x.path) {
