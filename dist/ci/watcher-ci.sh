@@ -231,8 +231,8 @@ cmd_stop() {
     return 78
   fi
   local out=${WATCHER_OUT_DIR:-$ROOT.out}
-  # What this script starts from here on must not become a new job: one that execs while the
-  # daemon shuts down would stay held (stopped) for good, the daemon's fail-closed rule.
+  # What this script starts from here on is not a new job (each would get a log of its own
+  # while the daemon shuts down).
   if [ -n "${WATCHER_ID_VAR:-}" ] && [[ "$WATCHER_ID_VAR" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
     unset "$WATCHER_ID_VAR"
   fi

@@ -7,7 +7,7 @@
 //! set GITHUB_RUN_ID for every process, and other tests run at the same time.
 use std::{
     io::{Read as _, Write as _},
-    os::unix::process::ExitStatusExt as _,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -1024,4 +1024,92 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
         "programs of the stopped daemon are still loaded: {progs:?}"
     );
     assert_eq!(proc_state(other.pid()), Some('T'));
+}
+
+/// The processes of one process group, killed (SIGCONT first: a stopped one is killed too)
+/// when dropped.
+struct GroupOnDrop(Option<Child>);
+
+impl Drop for GroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: our own child's process group.
+            unsafe {
+                libc::kill(-(c.id() as i32), libc::SIGCONT);
+                libc::kill(-(c.id() as i32), libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stopping the daemon closes every job out; a job still running runs on, unwatched, and none
+/// of its processes is left stopped. (The daemon used to remove a job's tables before its
+/// programs were detached: a process of that job exec'ing in between had no tables, so the
+/// kernel held it as the first of a job the daemon would never set up, for good. The GitLab
+/// include's stop script hung that way on its `sleep`.)
+#[test]
+fn a_job_running_when_the_daemon_stops_runs_on_with_nothing_left_stopped() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("watcher-daemon-stoptest");
+    std::fs::write(dir.join("p.yaml"), policy("stop", "enforce", 9)).unwrap();
+    let config = dir.join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nsocket: run/watcher.sock\nlog_dir: logs\njob_end_grace: 300ms\n\
+         jobs:\n  id_env: [WDT_STOP_RUN_ID]\n  pipeline_env: [WDT_REPO]\n\
+         pipelines:\n  - match: \"acme/*\"\n    policy: p.yaml\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(&config, &dir);
+    let id = format!("{}09", std::process::id());
+    let flag = dir.join("loop-done");
+    // Execs as fast as it can, through the daemon's stop and after it, until told to end.
+    let script =
+        format!("n=0; while [ ! -e {} ] && [ $n -lt 100000 ]; do /bin/true; n=$((n+1)); done; echo $n", flag.display());
+    let mut job = GroupOnDrop(Some(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env("WDT_STOP_RUN_ID", &id)
+            .env("WDT_REPO", "acme/web")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let pgid = job.0.as_ref().unwrap().id() as i32;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let want = format!("WDT_STOP_RUN_ID={id}");
+            d.status()["jobs"].as_array().unwrap().iter().any(|j| j["id"] == want.as_str())
+        }),
+        "the job did not start: {}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&flag, "").unwrap();
+    let mut child = job.0.take().unwrap();
+    let mut status = None;
+    let ended = wait_until(Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !ended {
+        job.0 = Some(child);
+        let ps = Command::new("ps").args(["-eo", "pgid=,pid=,stat=,args="]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        let group: Vec<&str> =
+            ps.lines().filter(|l| l.split_whitespace().next() == Some(pgid.to_string().as_str())).collect();
+        panic!("the job did not end after the daemon stopped; its processes:\n{}\n{}", group.join("\n"), d.log());
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.unwrap().success(), "{out}");
+    let n: u32 = out.trim().parse().unwrap();
+    assert!(n > 0 && n < 100_000, "the loop ran {n} times");
 }

@@ -886,9 +886,13 @@ async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
         Ok(())
     }
     .await;
-    // Stop: take what is left, close every job out, detach everything.
-    tracing::info!(jobs = d.jobs.len(), "stopping: closing out running jobs and detaching");
+    // Stop: detach the programs, take what they sent, close every job out. Detached first:
+    // closing a job removes its tables, and a process of it exec'ing after that, with the
+    // programs still attached, would be held as the first of a job nobody sets up, for good.
+    tracing::info!(jobs = d.jobs.len(), "stopping: detaching and closing out running jobs");
     let mut rest = Vec::new();
+    d.sensor.drain(&mut rest);
+    d.sensor.detach();
     d.sensor.drain(&mut rest);
     for r in rest.into_iter().flatten() {
         let _ = d.handle(r);
@@ -910,6 +914,11 @@ async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
         if let Err(e) = r {
             tracing::error!("closing the no-job log: {}", crate::error::chain(&e));
         }
+    }
+    // Nothing should be held now; whatever is (a bookkeeping slip) must not stay stopped.
+    for (kid, pid) in d.sensor.held_jobs() {
+        tracing::warn!(kernel_job = kid, pid, "still held at stop: continued");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
     }
     let socket = d.cfg.socket.clone();
     let step_socket = d.cfg.steps.as_ref().map(|s| s.socket.clone());

@@ -165,6 +165,22 @@ impl Drop for Sensor {
 }
 
 impl Sensor {
+    /// Detach every program now, keeping the maps and the ring buffer: what the programs sent
+    /// before can still be read and their maps still answer, and nothing new happens in the
+    /// kernel. Returns when no program is running any more (a raw tracepoint's program may
+    /// still be running when its link is closed: one RCU grace period, which
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for; 50 ms where it cannot).
+    pub fn detach(&mut self) {
+        load::detach_all(std::mem::take(&mut self.links));
+        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+        // SAFETY: membarrier takes no pointers; it only waits.
+        let r =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
+        if r != 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Load, pin and attach everything at the cgroup v2 root. Fails with one sentence naming
     /// what is missing. Removes first what killed agents left (pins, their jobs' processes).
     pub fn load(cfg: &SensorConfig, cgroup_root: &std::path::Path) -> Result<Sensor, SensorError> {
