@@ -42,6 +42,44 @@ pub const ENV_SCAN_CHUNK: usize = 16;
 pub const MAX_ENV_SCAN: usize = 512;
 /// Key of the `ENV_CAPTURE` map: a variable name, NUL-padded.
 pub const ENV_NAME_LEN: usize = 32;
+/// The environment scan's prefilter, `ENV_BLOOM`: a set of 64 * ENV_BLOOM_WORDS bits with the
+/// bit [`env_bloom_bit`] of every `ENV_CAPTURE` name's [`env_name_prefix`] set. An entry whose
+/// bit is clear names no captured variable: it costs one 8-byte read, not a 32-byte string
+/// read and a hash lookup. A set bit only sends the entry on to the lookup (no false negative:
+/// the kernel computes the same prefix from the entry's first 8 bytes).
+pub const ENV_BLOOM_WORDS: u32 = 16;
+
+/// The bit of [`ENV_BLOOM_WORDS`] * 64 a name prefix selects (Fibonacci hashing: the top bits
+/// of one multiplication).
+#[inline(always)]
+pub fn env_bloom_bit(prefix: u64) -> u32 {
+    (prefix.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as u32
+}
+
+/// A variable name's prefix as the kernel reads it from an entry: the name's first 8 bytes,
+/// zero-padded when it is shorter, little-endian.
+pub fn env_name_prefix(name: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = name.len().min(8);
+    b[..n].copy_from_slice(&name[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// The prefix of the entry whose first 8 bytes, read little-endian, are `raw`: every byte from
+/// the first '=' on is zeroed (branch-free, for the verifier).
+#[inline(always)]
+pub fn env_entry_prefix(raw: u64) -> u64 {
+    let mut seen = 0u64;
+    let mut x = raw;
+    let mut i = 0;
+    while i < 8 {
+        let b = (raw >> (i * 8)) & 0xff;
+        seen |= (b ^ b'=' as u64).wrapping_sub(1) >> 63;
+        x &= !((seen * 0xff) << (i * 8));
+        i += 1;
+    }
+    x
+}
 /// `ENV_CAPTURE` value flags.
 pub const ENV_FLAG_CAPTURE: u32 = 1;
 /// `ENV_MARKERS` value flag: this exact entry (e.g. `npm_lifecycle_event=postinstall`) means
@@ -167,6 +205,7 @@ pub fn name_hash(seed: u64, name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     #[test]
@@ -178,6 +217,35 @@ mod tests {
                 assert_eq!(name_hash_step(7, b), (7u64 ^ b as u64).wrapping_mul(FNV_PRIME), "byte {b}");
             }
         }
+    }
+
+    /// The first 8 bytes of an entry, as the kernel reads them (what follows a short string
+    /// in memory is whatever is there: here 0xAA).
+    fn raw(entry: &[u8]) -> u64 {
+        let mut b = [0xAAu8; 8];
+        let n = entry.len().min(8);
+        b[..n].copy_from_slice(&entry[..n]);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn an_entry_of_a_name_has_that_names_prefix() {
+        for (name, value) in [
+            ("A", "1"),
+            ("WDS", "1234509"),
+            ("CI_JOB", ""),
+            ("CI_JOBID", "7"),
+            ("CI_JOB_ID", "12345"),
+            ("npm_lifecycle_event", "postinstall"),
+            ("X", "a=b=c"),
+        ] {
+            let entry = std::format!("{name}={value}\0");
+            assert_eq!(env_entry_prefix(raw(entry.as_bytes())), env_name_prefix(name.as_bytes()), "{entry:?}");
+        }
+        // Different names of one 8-byte prefix share it (the lookup tells them apart).
+        assert_eq!(env_name_prefix(b"npm_package_name"), env_name_prefix(b"npm_package_json"));
+        assert_ne!(env_name_prefix(b"CI_JOB"), env_name_prefix(b"CI_JOB_ID"));
+        assert!(env_bloom_bit(u64::MAX) < ENV_BLOOM_WORDS * 64 && env_bloom_bit(0) < ENV_BLOOM_WORDS * 64);
     }
 }
 

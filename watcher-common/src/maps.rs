@@ -17,6 +17,7 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const UDP_SEEN: &str = "UDP_SEEN";
     pub const ENV_CAPTURE: &str = "ENV_CAPTURE";
+    pub const ENV_BLOOM: &str = "ENV_BLOOM";
     pub const ENV_SCAN_PROG: &str = "ENV_SCAN_PROG";
     pub const CONFIG: &str = "CONFIG";
     pub const DNS_NAMES: &str = "DNS_NAMES";
@@ -59,6 +60,7 @@ pub mod names {
         COUNTERS,
         UDP_SEEN,
         ENV_CAPTURE,
+        ENV_BLOOM,
         ENV_SCAN_PROG,
         CONFIG,
         DNS_NAMES,

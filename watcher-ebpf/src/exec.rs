@@ -18,8 +18,8 @@ use watcher_common::{
 use crate::{
     common::{count, current_tgid, daemon_mode, fill_header, job_flags, job_unknown, watched_current},
     maps::{
-        BASENAME_PARK, CLONE_FLAGS, CONFIG, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING, EXEC_RULES,
-        EXEC_SCRATCH, NEW_JOBS, SHELL_SIGS, WATCHED,
+        BASENAME_PARK, CLONE_FLAGS, CONFIG, ENV_BLOOM, ENV_CAPTURE, ENV_MARKERS, ENV_SCAN_PROG, EVENTS, EXEC_PENDING,
+        EXEC_RULES, EXEC_SCRATCH, NEW_JOBS, SHELL_SIGS, WATCHED,
     },
     safe::Lookup as _,
 };
@@ -234,6 +234,15 @@ extern "C" fn env_step(i: u64, w: &mut EnvWalk) -> i64 {
             return 1;
         }
     };
+    // The prefilter: an entry whose name cannot be captured costs this 8-byte read. One that
+    // cannot be read as 8 bytes (a short entry at the end of a mapping) takes the full path.
+    if let Ok(raw) = crate::safe::user(p as *const u64) {
+        let bit = watcher_common::env_bloom_bit(watcher_common::env_entry_prefix(raw));
+        let word = ENV_BLOOM.get(bit >> 6).copied().unwrap_or(!0);
+        if (word >> (bit & 63)) & 1 == 0 {
+            return 0;
+        }
+    }
     let mut key = [0u8; ENV_NAME_LEN];
     let n = crate::safe::user_str(&mut key, 0, ENV_NAME_LEN as u32, p);
     if n <= 0 {

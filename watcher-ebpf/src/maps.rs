@@ -95,6 +95,11 @@ pub static UDP_SEEN: LruHashMap<UdpKey, u8> = LruHashMap::with_max_entries(8192,
 #[map]
 pub static ENV_CAPTURE: HashMap<[u8; ENV_NAME_LEN], u32> = HashMap::with_max_entries(64, BPF_F_NO_PREALLOC);
 
+/// The prefilter in front of ENV_CAPTURE (see `watcher_common::ENV_BLOOM_WORDS`). Filled by
+/// userspace with ENV_CAPTURE.
+#[map]
+pub static ENV_BLOOM: Array<u64> = Array::with_max_entries(watcher_common::ENV_BLOOM_WORDS, 0);
+
 /// Slot 0: exec_env_scan, which sys_enter_execve tail-calls to scan the environment in chunks.
 #[map]
 pub static ENV_SCAN_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -32,8 +32,8 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use watcher_common::{
-    CFG_AGENT_PID, CFG_DAEMON, CFG_FILES_OFF, DAEMON_LOG_ALL, DAEMON_ON, ENV_FLAG_CAPTURE, ENV_FLAG_INSTALL,
-    ENV_FLAG_JOB, ENV_NAME_LEN, JOB_NONE, maps::names,
+    CFG_AGENT_PID, CFG_DAEMON, CFG_FILES_OFF, DAEMON_LOG_ALL, DAEMON_ON, ENV_BLOOM_WORDS, ENV_FLAG_CAPTURE,
+    ENV_FLAG_INSTALL, ENV_FLAG_JOB, ENV_NAME_LEN, JOB_NONE, env_bloom_bit, env_name_prefix, maps::names,
 };
 
 pub use counters::COUNTER_NAMES;
@@ -283,6 +283,7 @@ fn fill_env_capture(ebpf: &mut Ebpf, cfg: &SensorConfig) -> Result<(), SensorErr
             }
         }
     }
+    let mut bloom = [0u64; ENV_BLOOM_WORDS as usize];
     for (name, flags) in &all {
         if name.is_empty() || name.len() >= ENV_NAME_LEN || name.contains('=') {
             return Err(SensorError::EnvName(name.clone()));
@@ -290,6 +291,13 @@ fn fill_env_capture(ebpf: &mut Ebpf, cfg: &SensorConfig) -> Result<(), SensorErr
         let mut key = [0u8; ENV_NAME_LEN];
         key[..name.len()].copy_from_slice(name.as_bytes());
         capture.insert(&key, flags, 0).map_err(|e| SensorError::map(names::ENV_CAPTURE, "writing", e))?;
+        let bit = env_bloom_bit(env_name_prefix(name.as_bytes()));
+        bloom[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    let mut m = Array::<_, u64>::try_from(load::map_mut(ebpf, names::ENV_BLOOM)?)
+        .map_err(|e| SensorError::map(names::ENV_BLOOM, "opening", e))?;
+    for (i, w) in bloom.iter().enumerate() {
+        m.set(i as u32, w, 0).map_err(|e| SensorError::map(names::ENV_BLOOM, "writing", e))?;
     }
     Ok(())
 }
