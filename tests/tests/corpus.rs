@@ -59,6 +59,8 @@ fn project(name: &str, base: &Path) -> Dir {
 fn project_as(name: &str, tag: &str, base: &Path) -> Dir {
     let dir = base.join(format!("watcher-corpus-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // A fresh machine may have no ~/.cache yet (pip or npm creates it when they first run).
+    std::fs::create_dir_all(base).unwrap_or_else(|e| panic!("cannot create {}: {e}", base.display()));
     let st = Command::new("cp").arg("-a").arg(fixture(name)).arg(&dir).status().unwrap();
     assert!(st.success(), "cannot copy the {name} fixture");
     Dir(dir)
