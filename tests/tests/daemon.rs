@@ -843,11 +843,17 @@ impl KillOnDrop {
 }
 
 impl Drop for KillOnDrop {
+    /// SIGCONT first (a stopped process is killed too); a child that leads its own process
+    /// group (`process_group(0)`) with its whole group.
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
-            // SAFETY: our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
-            let _ = c.kill();
+            let pid = c.id() as i32;
+            // SAFETY: our own child, or its own process group.
+            unsafe {
+                let target = if libc::getpgid(pid) == pid { -pid } else { pid };
+                libc::kill(target, libc::SIGCONT);
+                libc::kill(target, libc::SIGKILL);
+            }
             let _ = c.wait();
         }
     }
@@ -1026,23 +1032,6 @@ fn a_job_held_when_the_daemon_was_killed_is_adopted_by_the_next_daemon() {
     assert_eq!(proc_state(other.pid()), Some('T'));
 }
 
-/// The processes of one process group, killed (SIGCONT first: a stopped one is killed too)
-/// when dropped.
-struct GroupOnDrop(Option<Child>);
-
-impl Drop for GroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            // SAFETY: our own child's process group.
-            unsafe {
-                libc::kill(-(c.id() as i32), libc::SIGCONT);
-                libc::kill(-(c.id() as i32), libc::SIGKILL);
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Stopping the daemon closes every job out; a job still running runs on, unwatched, and none
 /// of its processes is left stopped. (The daemon used to remove a job's tables before its
 /// programs were detached: a process of that job exec'ing in between had no tables, so the
@@ -1071,7 +1060,7 @@ fn a_job_running_when_the_daemon_stops_runs_on_with_nothing_left_stopped() {
     // Execs as fast as it can, through the daemon's stop and after it, until told to end.
     let script =
         format!("n=0; while [ ! -e {} ] && [ $n -lt 100000 ]; do /bin/true; n=$((n+1)); done; echo $n", flag.display());
-    let mut job = GroupOnDrop(Some(
+    let mut job = KillOnDrop(Some(
         Command::new("sh")
             .args(["-c", &script])
             .env("WDS", &id)

@@ -915,11 +915,6 @@ async fn run_async(opts: DaemonOptions) -> Result<i32, DaemonError> {
             tracing::error!("closing the no-job log: {}", crate::error::chain(&e));
         }
     }
-    // Nothing should be held now; whatever is (a bookkeeping slip) must not stay stopped.
-    for (kid, pid) in d.sensor.held_jobs() {
-        tracing::warn!(kernel_job = kid, pid, "still held at stop: continued");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
-    }
     let socket = d.cfg.socket.clone();
     let step_socket = d.cfg.steps.as_ref().map(|s| s.socket.clone());
     drop(d); // the sensor: every program and link is detached here

@@ -159,7 +159,9 @@ impl Drop for Sensor {
     /// Detach everything. Closing a tracepoint or cgroup link waits for an RCU grace period
     /// (tens of milliseconds on a busy machine); closed from one thread each, the waits overlap.
     fn drop(&mut self) {
-        load::detach_all(std::mem::take(&mut self.links));
+        if !self.links.is_empty() {
+            load::detach_all(std::mem::take(&mut self.links));
+        }
         self.pins.remove();
     }
 }
